@@ -1,0 +1,15 @@
+//! The pure domain of Plexus: workflow manifests, their validation into a [`plan::Plan`],
+//! templates, and the run state machine. Nothing here performs I/O; time and randomness
+//! come in as arguments so every decision is reproducible in tests.
+
+pub mod diagnostic;
+pub mod duration;
+pub mod manifest;
+pub mod node;
+pub mod parse;
+pub mod plan;
+pub mod template;
+
+pub use diagnostic::{Diagnostic, Loc};
+pub use manifest::Manifest;
+pub use plan::{CompileOptions, Plan, load};
