@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod node;
 pub mod parse;
 pub mod plan;
+pub mod machine;
 pub mod template;
 
 pub use diagnostic::{Diagnostic, Loc};

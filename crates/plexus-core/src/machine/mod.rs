@@ -1,0 +1,232 @@
+//! The run state machine. The engine feeds it [`Input`]s; it answers with a
+//! [`Transition`]: events to persist and actions to perform once they are durable.
+//! Restoring a run folds its persisted events back into the same state.
+
+mod event;
+mod state;
+mod trigger;
+
+pub use event::{Event, EventKind, Millis};
+pub use state::RunState;
+
+use crate::manifest::Permission;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Paused => "paused",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "paused" => RunStatus::Paused,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    /// Waiting for a pool slot (in memory only: recomputed after a restart).
+    Queued,
+    Running,
+    RetryWait,
+    AwaitingApproval,
+    Waiting,
+    /// A foreach step with some failed items and others still running.
+    Partial,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Queued => "queued",
+            StepStatus::Running => "running",
+            StepStatus::RetryWait => "retry_wait",
+            StepStatus::AwaitingApproval => "awaiting_approval",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Partial => "partial",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A unit of work: a step, or one item of a foreach step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Unit {
+    pub step: usize,
+    pub item: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerPurpose {
+    /// Start the next attempt after a backoff.
+    Retry,
+    /// A `wait: {timer}` or `builtin: sleep` finished.
+    Elapsed,
+    /// A wait or an approval gave up.
+    Timeout,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Begin a new run.
+    Start,
+    /// The engine's pool granted the unit its slots.
+    SlotGranted(Unit),
+    AttemptFinished {
+        unit: Unit,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    TimerFired {
+        unit: Unit,
+        attempt: u32,
+        purpose: TimerPurpose,
+    },
+    Signal {
+        step_id: String,
+        data: Json,
+    },
+    Approve {
+        step_id: String,
+        by: String,
+        comment: Option<String>,
+    },
+    Reject {
+        step_id: String,
+        by: String,
+        comment: Option<String>,
+    },
+    Cancel {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Success(Json),
+    Failure { error: String, output: Json },
+}
+
+/// Side effects to perform after the transition's events are durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Ask the pool for slots; answer with [`Input::SlotGranted`].
+    Enqueue { unit: Unit, pool: String, slots: u32 },
+    /// Forget a queued request (the unit was cancelled before it got slots).
+    Dequeue { unit: Unit },
+    /// Run an attempt; answer with [`Input::AttemptFinished`].
+    Execute(Task),
+    /// Start (or re-attach to) a child run; answer with [`Input::AttemptFinished`].
+    StartChild {
+        unit: Unit,
+        attempt: u32,
+        key: String,
+        path: String,
+        inputs: Json,
+    },
+    SetTimer { at: Millis, unit: Unit, attempt: u32, purpose: TimerPurpose },
+    /// Stop a running attempt (its process group is killed).
+    Kill { unit: Unit, attempt: u32 },
+    /// The run reached a terminal state.
+    Finished { status: RunStatus },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub unit: Unit,
+    pub step_id: String,
+    pub attempt: u32,
+    pub key: String,
+    pub work: Work,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    Shell { command: String },
+    Python { script: String },
+    /// Output is the given value.
+    Echo(Json),
+    Noop,
+    Fail(String),
+    /// Kinds this version parses but cannot execute yet (agent, llm).
+    Unsupported(String),
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Transition {
+    pub events: Vec<Event>,
+    pub actions: Vec<Action>,
+}
+
+/// Why an input could not be applied (the run is unchanged).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    #[error("unknown step `{0}`")]
+    UnknownStep(String),
+    #[error("step `{step}` is {status}, not {expected}")]
+    WrongState { step: String, status: &'static str, expected: &'static str },
+    #[error("the run is already {0}")]
+    RunFinished(&'static str),
+}
+
+/// Who may approve what, and what they are approving.
+pub fn permission_name(p: Permission) -> &'static str {
+    match p {
+        Permission::Read => "read",
+        Permission::Modify => "modify",
+        Permission::Admin => "admin",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,973 @@
+//! [`RunState`]: one run's state, changed only by applying events.
+
+use super::trigger::{ParentCounts, Verdict, evaluate};
+use super::*;
+use crate::manifest::{Builtin, OnFailure, RetryPolicy, StepKind, TimeoutPolicy};
+use crate::plan::Plan;
+use crate::template;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+struct UnitRt {
+    status: StepStatus,
+    /// Number of the last attempt started (0 = none yet).
+    attempt: u32,
+    /// Failed attempts, counted against `retry.max_attempts` (interruptions are not).
+    failures: u32,
+    output: Json,
+    error: Option<String>,
+    /// When the pending retry or the current wait ends.
+    wake_at: Option<Millis>,
+}
+
+impl Default for UnitRt {
+    fn default() -> Self {
+        UnitRt { status: StepStatus::Pending, attempt: 0, failures: 0, output: Json::Null, error: None, wake_at: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Items {
+    values: Vec<Json>,
+    units: Vec<UnitRt>,
+    /// Items `0..launched` have been handed out (in order).
+    launched: u32,
+    finished: u32,
+    failed: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StepRt {
+    unit: UnitRt,
+    approved: bool,
+    items: Option<Box<Items>>,
+}
+
+/// The state of one run: the fold of its events over its plan.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    pub run_id: String,
+    pub plan: Arc<Plan>,
+    pub inputs: Json,
+    pub status: RunStatus,
+    /// Sequence number of the last event.
+    pub seq: u64,
+    pub outputs: Json,
+    pub error: Option<String>,
+    steps: Vec<StepRt>,
+    /// Steps not yet in a terminal state.
+    open: usize,
+}
+
+/// A read-only view of one step, for display.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepView {
+    pub id: String,
+    pub status: StepStatus,
+    pub attempt: u32,
+    pub output: Json,
+    pub error: Option<String>,
+}
+
+impl RunState {
+    /// A run that has not started yet (no events).
+    pub fn new(run_id: impl Into<String>, plan: Arc<Plan>, inputs: Json) -> Self {
+        let n = plan.len();
+        RunState {
+            run_id: run_id.into(),
+            plan,
+            inputs,
+            status: RunStatus::Queued,
+            seq: 0,
+            outputs: Json::Null,
+            error: None,
+            steps: vec![StepRt::default(); n],
+            open: n,
+        }
+    }
+
+    /// Rebuilds a run from its persisted events.
+    pub fn restore(run_id: impl Into<String>, plan: Arc<Plan>, inputs: Json, events: &[Event]) -> Self {
+        let mut state = RunState::new(run_id, plan, inputs);
+        for e in events {
+            state.apply(e);
+        }
+        state
+    }
+
+    pub fn step_status(&self, i: usize) -> StepStatus {
+        self.steps[i].unit.status
+    }
+
+    pub fn step_view(&self, i: usize) -> StepView {
+        let s = &self.steps[i];
+        StepView {
+            id: self.plan.step(i).id.clone(),
+            status: s.unit.status,
+            attempt: s.unit.attempt,
+            output: s.unit.output.clone(),
+            error: s.unit.error.clone(),
+        }
+    }
+
+    pub fn open_steps(&self) -> usize {
+        self.open
+    }
+
+    fn index_of(&self, step_id: &str) -> Option<usize> {
+        self.plan.index.get(step_id).copied()
+    }
+
+    fn unit(&self, u: Unit) -> &UnitRt {
+        let s = &self.steps[u.step];
+        match (u.item, &s.items) {
+            (Some(i), Some(items)) => &items.units[i as usize],
+            _ => &s.unit,
+        }
+    }
+
+    fn unit_mut(&mut self, u: Unit) -> &mut UnitRt {
+        let s = &mut self.steps[u.step];
+        match (u.item, &mut s.items) {
+            (Some(i), Some(items)) => &mut items.units[i as usize],
+            _ => &mut s.unit,
+        }
+    }
+
+    fn set_terminal(&mut self, step: usize, status: StepStatus) {
+        let unit = &mut self.steps[step].unit;
+        if !unit.status.is_terminal() {
+            self.open -= 1;
+        }
+        unit.status = status;
+        unit.wake_at = None;
+    }
+
+    // ----- the fold -------------------------------------------------------------------
+
+    /// Applies one event. Used both live (every emitted event) and when restoring.
+    pub fn apply(&mut self, e: &Event) {
+        self.seq = e.seq;
+        let step_of = |s: &RunState, id: &str| s.index_of(id);
+        match &e.kind {
+            EventKind::RunStarted { inputs } => {
+                self.status = RunStatus::Running;
+                self.inputs = inputs.clone();
+            }
+            EventKind::StepExpanded { step_id, items } => {
+                if let Some(i) = step_of(self, step_id) {
+                    let n = items.len();
+                    self.steps[i].items = Some(Box::new(Items {
+                        values: items.clone(),
+                        units: vec![UnitRt::default(); n],
+                        launched: 0,
+                        finished: 0,
+                        failed: 0,
+                    }));
+                    self.steps[i].unit.status = StepStatus::Running;
+                }
+            }
+            EventKind::StepAwaitingApproval { step_id, expires_at, .. } => {
+                if let Some(i) = step_of(self, step_id) {
+                    self.steps[i].unit.status = StepStatus::AwaitingApproval;
+                    self.steps[i].unit.wake_at = *expires_at;
+                }
+            }
+            EventKind::StepApproved { step_id, .. } => {
+                if let Some(i) = step_of(self, step_id) {
+                    self.steps[i].approved = true;
+                    self.steps[i].unit.status = StepStatus::Pending;
+                    self.steps[i].unit.wake_at = None;
+                }
+            }
+            EventKind::StepStarted { step_id, item, attempt, .. } | EventKind::StepWaiting { step_id, item, attempt, .. } => {
+                let Some(i) = step_of(self, step_id) else { return };
+                let u = Unit { step: i, item: *item };
+                let waiting = matches!(e.kind, EventKind::StepWaiting { .. });
+                let until = match &e.kind {
+                    EventKind::StepWaiting { until, .. } => *until,
+                    _ => None,
+                };
+                self.mark_launched(u);
+                let unit = self.unit_mut(u);
+                unit.status = if waiting { StepStatus::Waiting } else { StepStatus::Running };
+                unit.attempt = *attempt;
+                unit.wake_at = until;
+            }
+            EventKind::StepSucceeded { step_id, item, attempt, output } => {
+                let Some(i) = step_of(self, step_id) else { return };
+                let u = Unit { step: i, item: *item };
+                let unit = self.unit_mut(u);
+                unit.attempt = *attempt;
+                unit.output = output.clone();
+                unit.error = None;
+                match item {
+                    Some(_) => {
+                        unit.status = StepStatus::Succeeded;
+                        unit.wake_at = None;
+                        if let Some(items) = &mut self.steps[i].items {
+                            items.finished += 1;
+                        }
+                    }
+                    None => self.set_terminal(i, StepStatus::Succeeded),
+                }
+            }
+            EventKind::StepFailed { step_id, item, attempt, error, output, retry_at } => {
+                let Some(i) = step_of(self, step_id) else { return };
+                let u = Unit { step: i, item: *item };
+                self.mark_launched(u);
+                let unit = self.unit_mut(u);
+                unit.attempt = *attempt;
+                unit.failures += 1;
+                unit.error = Some(error.clone());
+                unit.output = output.clone();
+                if retry_at.is_some() {
+                    unit.status = StepStatus::RetryWait;
+                    unit.wake_at = *retry_at;
+                    return;
+                }
+                match item {
+                    Some(_) => {
+                        unit.status = StepStatus::Failed;
+                        unit.wake_at = None;
+                        let step = &mut self.steps[i];
+                        if let Some(items) = &mut step.items {
+                            items.finished += 1;
+                            items.failed += 1;
+                        }
+                        step.unit.status = StepStatus::Partial;
+                    }
+                    None => self.set_terminal(i, StepStatus::Failed),
+                }
+            }
+            EventKind::StepInterrupted { step_id, item, attempt } => {
+                let Some(i) = step_of(self, step_id) else { return };
+                let unit = self.unit_mut(Unit { step: i, item: *item });
+                unit.attempt = *attempt;
+                unit.status = StepStatus::Pending;
+            }
+            EventKind::StepSkipped { step_id, reason } => {
+                if let Some(i) = step_of(self, step_id) {
+                    self.steps[i].unit.error = Some(reason.clone());
+                    self.set_terminal(i, StepStatus::Skipped);
+                }
+            }
+            EventKind::StepCancelled { step_id } => {
+                if let Some(i) = step_of(self, step_id) {
+                    self.set_terminal(i, StepStatus::Cancelled);
+                }
+            }
+            EventKind::RunSucceeded { outputs } => {
+                self.status = RunStatus::Succeeded;
+                self.outputs = outputs.clone();
+            }
+            EventKind::RunFailed { error, outputs } => {
+                self.status = RunStatus::Failed;
+                self.error = Some(error.clone());
+                self.outputs = outputs.clone();
+            }
+            EventKind::RunCancelled { reason } => {
+                self.status = RunStatus::Cancelled;
+                self.error = Some(reason.clone());
+            }
+        }
+    }
+
+    fn mark_launched(&mut self, u: Unit) {
+        if let (Some(item), Some(items)) = (u.item, &mut self.steps[u.step].items) {
+            items.launched = items.launched.max(item + 1);
+        }
+    }
+
+    // ----- decisions ------------------------------------------------------------------
+
+    fn emit(&mut self, t: &mut Transition, now: Millis, kind: EventKind) {
+        let e = Event { seq: self.seq + 1, time: now, kind };
+        self.apply(&e);
+        t.events.push(e);
+    }
+
+    /// Applies an input and returns the events to persist and the actions to perform.
+    pub fn handle(&mut self, input: Input, now: Millis) -> Result<Transition, Rejected> {
+        let mut t = Transition::default();
+        if self.status.is_terminal() {
+            return match input {
+                // Late answers from attempts, timers or slots are harmless after the end.
+                Input::AttemptFinished { .. } | Input::TimerFired { .. } | Input::SlotGranted(_) => Ok(t),
+                _ => Err(Rejected::RunFinished(self.status.as_str())),
+            };
+        }
+        match input {
+            Input::Start => {
+                if self.seq == 0 {
+                    self.start(&mut t, now);
+                }
+            }
+            Input::SlotGranted(u) => {
+                if self.unit(u).status == StepStatus::Queued {
+                    self.start_attempt(&mut t, now, u);
+                } else {
+                    // Cancelled or stale grant: give the slots straight back.
+                    t.actions.push(Action::Dequeue { unit: u });
+                }
+            }
+            Input::AttemptFinished { unit, attempt, outcome } => {
+                let current = self.unit(unit);
+                if current.status == StepStatus::Running && current.attempt == attempt {
+                    match outcome {
+                        Outcome::Success(output) => self.succeed_unit(&mut t, now, unit, attempt, output),
+                        Outcome::Failure { error, output } => self.fail_unit(&mut t, now, unit, attempt, error, output, true),
+                    }
+                }
+            }
+            Input::TimerFired { unit, attempt, purpose } => self.timer_fired(&mut t, now, unit, attempt, purpose),
+            Input::Signal { step_id, data } => {
+                let i = self.index_of(&step_id).ok_or_else(|| Rejected::UnknownStep(step_id.clone()))?;
+                let waiting: Vec<Unit> = self.units_of(i).filter(|u| self.is_signal_wait(*u)).collect();
+                if waiting.is_empty() {
+                    return Err(Rejected::WrongState {
+                        step: step_id,
+                        status: self.steps[i].unit.status.as_str(),
+                        expected: "waiting for a signal",
+                    });
+                }
+                for u in waiting {
+                    let attempt = self.unit(u).attempt;
+                    self.succeed_unit(&mut t, now, u, attempt, data.clone());
+                }
+            }
+            Input::Approve { step_id, by, comment } => {
+                let i = self.awaiting_approval(&step_id)?;
+                self.emit(&mut t, now, EventKind::StepApproved { step_id, by: by.clone(), comment: comment.clone() });
+                self.after_approval(&mut t, now, i, by, comment);
+            }
+            Input::Reject { step_id, by, comment } => {
+                let i = self.awaiting_approval(&step_id)?;
+                let reason = match comment {
+                    Some(c) => format!("rejected by {by}: {c}"),
+                    None => format!("rejected by {by}"),
+                };
+                self.skip_step(&mut t, now, i, reason);
+            }
+            Input::Cancel { reason } => self.cancel(&mut t, now, reason),
+        }
+        self.maybe_finish(&mut t, now);
+        Ok(t)
+    }
+
+    /// After a restart: re-arm timers, retry interrupted attempts as new attempts,
+    /// re-queue what was queued, and continue.
+    pub fn resume(&mut self, now: Millis) -> Transition {
+        let mut t = Transition::default();
+        if self.status.is_terminal() {
+            return t;
+        }
+        if self.seq == 0 {
+            self.start(&mut t, now);
+            self.maybe_finish(&mut t, now);
+            return t;
+        }
+        for i in 0..self.steps.len() {
+            let status = self.steps[i].unit.status;
+            match status {
+                StepStatus::Pending | StepStatus::Queued => continue, // evaluated below
+                StepStatus::AwaitingApproval => {
+                    if let Some(at) = self.steps[i].unit.wake_at {
+                        t.actions.push(Action::SetTimer { at, unit: Unit { step: i, item: None }, attempt: 0, purpose: TimerPurpose::Timeout });
+                    }
+                    continue;
+                }
+                s if s.is_terminal() => continue,
+                _ => {}
+            }
+            let units: Vec<Unit> = match &self.steps[i].items {
+                Some(items) => (0..items.launched).map(|k| Unit { step: i, item: Some(k) }).collect(),
+                None => vec![Unit { step: i, item: None }],
+            };
+            for u in units {
+                self.resume_unit(&mut t, now, u);
+            }
+            if self.steps[i].items.is_some() {
+                self.launch_items(&mut t, now, i);
+                self.maybe_finish_items(&mut t, now, i);
+            }
+        }
+        for i in 0..self.steps.len() {
+            if matches!(self.steps[i].unit.status, StepStatus::Pending | StepStatus::Queued) {
+                self.steps[i].unit.status = StepStatus::Pending;
+                self.evaluate_step(&mut t, now, i);
+            }
+        }
+        self.maybe_finish(&mut t, now);
+        t
+    }
+
+    fn resume_unit(&mut self, t: &mut Transition, now: Millis, u: Unit) {
+        let unit = self.unit(u).clone();
+        match unit.status {
+            StepStatus::Running if matches!(self.plan.step(u.step).kind, StepKind::Workflow(_)) => {
+                // The child run is durable on its own: re-attach instead of starting over.
+                self.unit_mut(u).status = StepStatus::Queued;
+                self.unit_mut(u).attempt = unit.attempt - 1;
+                self.start_attempt_inner(t, now, u, false);
+            }
+            StepStatus::Running => {
+                let step_id = self.plan.step(u.step).id.clone();
+                self.emit(t, now, EventKind::StepInterrupted { step_id, item: u.item, attempt: unit.attempt });
+                self.launch_unit(t, now, u);
+            }
+            StepStatus::Pending | StepStatus::Queued => self.launch_unit(t, now, u),
+            StepStatus::RetryWait => t.actions.push(Action::SetTimer {
+                at: unit.wake_at.unwrap_or(now),
+                unit: u,
+                attempt: unit.attempt,
+                purpose: TimerPurpose::Retry,
+            }),
+            StepStatus::Waiting => {
+                if let Some(at) = unit.wake_at {
+                    let purpose = if self.is_timer_wait(u.step) { TimerPurpose::Elapsed } else { TimerPurpose::Timeout };
+                    t.actions.push(Action::SetTimer { at, unit: u, attempt: unit.attempt, purpose });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, t: &mut Transition, now: Millis) {
+        self.emit(t, now, EventKind::RunStarted { inputs: self.inputs.clone() });
+        for i in 0..self.steps.len() {
+            if self.plan.nodes[i].parents.is_empty() {
+                self.evaluate_step(t, now, i);
+            }
+        }
+    }
+
+    fn parent_counts(&self, i: usize) -> ParentCounts {
+        let mut c = ParentCounts { total: self.plan.nodes[i].parents.len() as u32, ..Default::default() };
+        for &p in &self.plan.nodes[i].parents {
+            match self.steps[p].unit.status {
+                StepStatus::Succeeded => c.succeeded += 1,
+                StepStatus::Failed if self.plan.nodes[p].on_failure == OnFailure::Continue => c.succeeded += 1,
+                StepStatus::Failed => c.failed += 1,
+                StepStatus::Skipped | StepStatus::Cancelled => c.skipped += 1,
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// Decides whether a pending step fires now.
+    fn evaluate_step(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        if self.steps[i].unit.status != StepStatus::Pending {
+            return;
+        }
+        let step = self.plan.step(i);
+        match evaluate(step.trigger, self.parent_counts(i)) {
+            Verdict::Wait => {}
+            Verdict::Skip(reason) => self.skip_step(t, now, i, reason.to_owned()),
+            Verdict::Fire => {
+                if let Some(cond) = step.when.clone() {
+                    match template::eval_condition(&cond, &self.context(i, None)) {
+                        Ok(true) => {}
+                        Ok(false) => return self.skip_step(t, now, i, format!("condition `{cond}` is false")),
+                        Err(e) => return self.fail_step_now(t, now, i, format!("`when` could not be evaluated: {e}")),
+                    }
+                }
+                if self.plan.nodes[i].gate.is_some() && !self.steps[i].approved {
+                    self.request_approval(t, now, i);
+                } else {
+                    self.launch(t, now, i);
+                }
+            }
+        }
+    }
+
+    fn request_approval(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        let step = self.plan.step(i);
+        let (permission, expires_at, message) = match &step.kind {
+            StepKind::Approval(a) => (
+                step.permission,
+                a.timeout.map(|d| now + d.as_millis() as u64),
+                a.message.as_deref().map(|m| template::render_str(m, &self.context(i, None)).unwrap_or_else(|_| m.to_owned())),
+            ),
+            _ => (self.plan.nodes[i].gate.unwrap_or(step.permission), None, None),
+        };
+        let mut detail = self.preview(i);
+        if let Some(m) = message {
+            detail["message"] = Json::String(m);
+        }
+        let step_id = step.id.clone();
+        self.emit(t, now, EventKind::StepAwaitingApproval { step_id, permission, detail, expires_at });
+        if let Some(at) = expires_at {
+            t.actions.push(Action::SetTimer { at, unit: Unit { step: i, item: None }, attempt: 0, purpose: TimerPurpose::Timeout });
+        }
+    }
+
+    /// What a step will do, rendered as far as possible, for approvers.
+    fn preview(&self, i: usize) -> Json {
+        let step = self.plan.step(i);
+        let ctx = self.context(i, None);
+        let render = |s: &str| template::render_str(s, &ctx).unwrap_or_else(|_| s.to_owned());
+        match &step.kind {
+            StepKind::Run(c) => json!({"kind": "run", "command": render(c)}),
+            StepKind::Python(s) => json!({"kind": "python", "script": render(s)}),
+            StepKind::Agent { agent, action } => {
+                json!({"kind": "agent", "agent": agent, "action": action, "with": step.with.as_ref().map(|w| template::render_value(w, &ctx).unwrap_or_else(|_| w.clone()))})
+            }
+            other => json!({"kind": other.name()}),
+        }
+    }
+
+    fn after_approval(&mut self, t: &mut Transition, now: Millis, i: usize, by: String, comment: Option<String>) {
+        if let StepKind::Approval(_) = self.plan.step(i).kind {
+            let u = Unit { step: i, item: None };
+            self.succeed_unit(t, now, u, 1, json!({"approved_by": by, "comment": comment}));
+        } else {
+            self.launch(t, now, i);
+        }
+    }
+
+    fn awaiting_approval(&self, step_id: &str) -> Result<usize, Rejected> {
+        let i = self.index_of(step_id).ok_or_else(|| Rejected::UnknownStep(step_id.to_owned()))?;
+        let status = self.steps[i].unit.status;
+        if status != StepStatus::AwaitingApproval {
+            return Err(Rejected::WrongState { step: step_id.to_owned(), status: status.as_str(), expected: "awaiting approval" });
+        }
+        Ok(i)
+    }
+
+    fn launch(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        let step = self.plan.step(i);
+        if let StepKind::Approval(_) = step.kind {
+            return self.request_approval(t, now, i);
+        }
+        let Some(source) = step.foreach.clone() else {
+            return self.launch_unit(t, now, Unit { step: i, item: None });
+        };
+        let evaluated = if source.trim_start().starts_with('[') {
+            serde_json::from_str::<Json>(&source).map_err(|e| e.to_string())
+        } else {
+            template::eval_value(&source, &self.context(i, None))
+        };
+        let items = match evaluated {
+            Ok(Json::Array(items)) => items,
+            Ok(other) => return self.fail_step_now(t, now, i, format!("`foreach` must give a list, it gave {other}")),
+            Err(e) => return self.fail_step_now(t, now, i, format!("`foreach` could not be evaluated: {e}")),
+        };
+        let step_id = step.id.clone();
+        let empty = items.is_empty();
+        self.emit(t, now, EventKind::StepExpanded { step_id: step_id.clone(), items });
+        if empty {
+            self.emit(t, now, EventKind::StepSucceeded { step_id, item: None, attempt: 0, output: json!([]) });
+            return self.on_step_terminal(t, now, i);
+        }
+        self.launch_items(t, now, i);
+    }
+
+    /// Hands out foreach items up to the step's concurrency.
+    fn launch_items(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        let limit = self.plan.step(i).concurrency.unwrap_or(u32::MAX);
+        loop {
+            let Some(items) = &mut self.steps[i].items else { return };
+            let active = items.launched - items.finished;
+            if items.launched as usize >= items.values.len() || active >= limit {
+                return;
+            }
+            let k = items.launched;
+            items.launched += 1;
+            self.launch_unit(t, now, Unit { step: i, item: Some(k) });
+        }
+    }
+
+    fn launch_unit(&mut self, t: &mut Transition, now: Millis, u: Unit) {
+        let plan = Arc::clone(&self.plan);
+        let step = plan.step(u.step);
+        match &step.kind {
+            StepKind::Run(_) | StepKind::Python(_) => {
+                self.unit_mut(u).status = StepStatus::Queued;
+                let node = &plan.nodes[u.step];
+                t.actions.push(Action::Enqueue { unit: u, pool: node.pool.clone(), slots: step.pool_slots });
+            }
+            StepKind::Wait(w) => {
+                let attempt = self.unit(u).attempt + 1;
+                let (until, purpose) = match (w.timer, w.timeout) {
+                    (Some(d), _) => (Some(now + d.as_millis() as u64), TimerPurpose::Elapsed),
+                    (None, Some(d)) => (Some(now + d.as_millis() as u64), TimerPurpose::Timeout),
+                    (None, None) => (None, TimerPurpose::Timeout),
+                };
+                let step_id = step.id.clone();
+                let signal = w.signal.clone();
+                self.emit(t, now, EventKind::StepWaiting { step_id, item: u.item, attempt, signal, until });
+                if let Some(at) = until {
+                    t.actions.push(Action::SetTimer { at, unit: u, attempt, purpose });
+                }
+            }
+            StepKind::Builtin(Builtin::Sleep) => {
+                let attempt = self.unit(u).attempt + 1;
+                let step_id = step.id.clone();
+                let duration = match self.sleep_duration(u) {
+                    Ok(d) => d,
+                    Err(e) => return self.fail_unit(t, now, u, attempt, e, Json::Null, false),
+                };
+                let until = now + duration.as_millis() as u64;
+                self.emit(t, now, EventKind::StepWaiting { step_id, item: u.item, attempt, signal: None, until: Some(until) });
+                t.actions.push(Action::SetTimer { at: until, unit: u, attempt, purpose: TimerPurpose::Elapsed });
+            }
+            _ => {
+                // In-process and logical work takes no pool slot.
+                self.unit_mut(u).status = StepStatus::Queued;
+                self.start_attempt(t, now, u);
+            }
+        }
+    }
+
+    fn sleep_duration(&self, u: Unit) -> Result<std::time::Duration, String> {
+        let with = self.plan.step(u.step).with.clone().unwrap_or(Json::Null);
+        let rendered = template::render_value(&with, &self.context(u.step, u.item))?;
+        match rendered.get("duration") {
+            Some(Json::String(s)) => crate::duration::parse_duration(s),
+            Some(Json::Number(n)) => Ok(std::time::Duration::from_secs_f64(n.as_f64().unwrap_or(0.0).max(0.0))),
+            _ => Err("builtin sleep needs `with: {duration: 5s}`".into()),
+        }
+    }
+
+    fn start_attempt(&mut self, t: &mut Transition, now: Millis, u: Unit) {
+        self.start_attempt_inner(t, now, u, true)
+    }
+
+    /// Renders the unit's work and starts attempt `attempt + 1` (with `record` false, re-attaches
+    /// to the current attempt of a workflow step without a new event).
+    fn start_attempt_inner(&mut self, t: &mut Transition, now: Millis, u: Unit, record: bool) {
+        let step = self.plan.step(u.step);
+        let attempt = self.unit(u).attempt + 1;
+        let key = format!(
+            "{}/{}/{}/{attempt}",
+            self.run_id,
+            step.id,
+            u.item.map_or_else(|| "-".to_owned(), |k| k.to_string())
+        );
+        let ctx = self.context(u.step, u.item);
+        let rendered = render_work(step, &ctx);
+        let (work, detail, env, workdir) = match rendered {
+            Ok(r) => r,
+            Err(e) => return self.fail_unit(t, now, u, attempt, format!("template error: {e}"), Json::Null, false),
+        };
+        if record {
+            let step_id = step.id.clone();
+            self.emit(t, now, EventKind::StepStarted { step_id, item: u.item, attempt, key: key.clone(), detail });
+        } else {
+            self.unit_mut(u).status = StepStatus::Running;
+            self.unit_mut(u).attempt = attempt;
+        }
+        let step = self.plan.step(u.step);
+        let node = &self.plan.nodes[u.step];
+        match work {
+            RenderedWork::Child { path, inputs } => t.actions.push(Action::StartChild { unit: u, attempt, key, path, inputs }),
+            RenderedWork::Task(work) => t.actions.push(Action::Execute(Task {
+                unit: u,
+                step_id: step.id.clone(),
+                attempt,
+                key,
+                work,
+                timeout: node.timeout,
+                env,
+                workdir,
+                pool: node.pool.clone(),
+            })),
+        }
+    }
+
+    fn succeed_unit(&mut self, t: &mut Transition, now: Millis, u: Unit, attempt: u32, output: Json) {
+        let step_id = self.plan.step(u.step).id.clone();
+        self.emit(t, now, EventKind::StepSucceeded { step_id, item: u.item, attempt, output });
+        match u.item {
+            Some(_) => self.after_item(t, now, u.step),
+            None => self.on_step_terminal(t, now, u.step),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fail_unit(&mut self, t: &mut Transition, now: Millis, u: Unit, attempt: u32, error: String, output: Json, retryable: bool) {
+        let step_id = self.plan.step(u.step).id.clone();
+        let policy = &self.plan.nodes[u.step].retry;
+        let failures = self.unit(u).failures + 1;
+        if retryable && failures < policy.max_attempts {
+            let delay = backoff(policy, failures, &format!("{}/{step_id}/{:?}", self.run_id, u.item));
+            let at = now + delay;
+            self.emit(t, now, EventKind::StepFailed { step_id, item: u.item, attempt, error, output, retry_at: Some(at) });
+            t.actions.push(Action::SetTimer { at, unit: u, attempt, purpose: TimerPurpose::Retry });
+            return;
+        }
+        self.emit(t, now, EventKind::StepFailed { step_id, item: u.item, attempt, error, output, retry_at: None });
+        match u.item {
+            Some(_) => self.after_item(t, now, u.step),
+            None => self.on_step_terminal(t, now, u.step),
+        }
+    }
+
+    /// Fails a step outright (bad `when`, bad `foreach`): no attempt, no retry.
+    fn fail_step_now(&mut self, t: &mut Transition, now: Millis, i: usize, error: String) {
+        self.fail_unit(t, now, Unit { step: i, item: None }, 0, error, Json::Null, false)
+    }
+
+    fn after_item(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        self.launch_items(t, now, i);
+        self.maybe_finish_items(t, now, i);
+    }
+
+    /// Ends a foreach step once every item has ended.
+    fn maybe_finish_items(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        let Some(items) = &self.steps[i].items else { return };
+        if self.steps[i].unit.status.is_terminal() || (items.finished as usize) < items.values.len() {
+            return;
+        }
+        let outputs: Vec<Json> = items.units.iter().map(|u| u.output.clone()).collect();
+        let failed = items.failed;
+        let total = items.values.len();
+        let step_id = self.plan.step(i).id.clone();
+        if failed == 0 {
+            self.emit(t, now, EventKind::StepSucceeded { step_id, item: None, attempt: 0, output: Json::Array(outputs) });
+        } else {
+            let error = format!("{failed} of {total} items failed");
+            self.emit(t, now, EventKind::StepFailed { step_id, item: None, attempt: 0, error, output: Json::Array(outputs), retry_at: None });
+        }
+        self.on_step_terminal(t, now, i);
+    }
+
+    fn skip_step(&mut self, t: &mut Transition, now: Millis, i: usize, reason: String) {
+        let step_id = self.plan.step(i).id.clone();
+        self.emit(t, now, EventKind::StepSkipped { step_id, reason });
+        self.on_step_terminal(t, now, i);
+    }
+
+    fn on_step_terminal(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        if self.steps[i].unit.status == StepStatus::Failed && self.plan.nodes[i].on_failure == OnFailure::SkipDownstream {
+            let reason = format!("upstream step `{}` failed (on_failure: skip_downstream)", self.plan.step(i).id);
+            let mut stack = self.plan.nodes[i].children.clone();
+            while let Some(c) = stack.pop() {
+                if self.steps[c].unit.status == StepStatus::Pending {
+                    let step_id = self.plan.step(c).id.clone();
+                    self.emit(t, now, EventKind::StepSkipped { step_id, reason: reason.clone() });
+                    stack.extend(self.plan.nodes[c].children.iter().copied());
+                }
+            }
+        }
+        let plan = Arc::clone(&self.plan);
+        for &c in &plan.nodes[i].children {
+            self.evaluate_step(t, now, c);
+        }
+    }
+
+    fn timer_fired(&mut self, t: &mut Transition, now: Millis, u: Unit, attempt: u32, purpose: TimerPurpose) {
+        if u.item.is_none() && self.steps[u.step].unit.status == StepStatus::AwaitingApproval {
+            if purpose != TimerPurpose::Timeout {
+                return;
+            }
+            let policy = match &self.plan.step(u.step).kind {
+                StepKind::Approval(a) => a.on_timeout,
+                _ => TimeoutPolicy::Reject,
+            };
+            let step_id = self.plan.step(u.step).id.clone();
+            match policy {
+                TimeoutPolicy::Reject => self.skip_step(t, now, u.step, "approval timed out (rejected)".into()),
+                TimeoutPolicy::Approve => {
+                    self.emit(t, now, EventKind::StepApproved { step_id, by: "timeout".into(), comment: Some("approved when the timeout passed".into()) });
+                    self.after_approval(t, now, u.step, "timeout".into(), None);
+                }
+            }
+            return;
+        }
+        let unit = self.unit(u);
+        if unit.attempt != attempt {
+            return;
+        }
+        match (purpose, unit.status) {
+            (TimerPurpose::Retry, StepStatus::RetryWait) => self.launch_unit(t, now, u),
+            (TimerPurpose::Elapsed, StepStatus::Waiting) => {
+                let output = if self.is_timer_wait(u.step) { json!({"waited_until": now}) } else { Json::Null };
+                self.succeed_unit(t, now, u, attempt, output)
+            }
+            (TimerPurpose::Timeout, StepStatus::Waiting) => {
+                let what = match &self.plan.step(u.step).kind {
+                    StepKind::Wait(w) => w.signal.clone().map_or("a signal".to_owned(), |s| format!("signal `{s}`")),
+                    _ => "a signal".into(),
+                };
+                self.fail_unit(t, now, u, attempt, format!("timed out waiting for {what}"), Json::Null, true)
+            }
+            _ => {}
+        }
+    }
+
+    fn is_timer_wait(&self, i: usize) -> bool {
+        match &self.plan.step(i).kind {
+            StepKind::Wait(w) => w.timer.is_some(),
+            StepKind::Builtin(Builtin::Sleep) => true,
+            _ => false,
+        }
+    }
+
+    fn is_signal_wait(&self, u: Unit) -> bool {
+        self.unit(u).status == StepStatus::Waiting && matches!(&self.plan.step(u.step).kind, StepKind::Wait(w) if w.timer.is_none())
+    }
+
+    fn units_of(&self, i: usize) -> impl Iterator<Item = Unit> + '_ {
+        let items = self.steps[i].items.as_ref().map_or(0, |it| it.values.len() as u32);
+        let whole = (items == 0).then_some(Unit { step: i, item: None });
+        whole.into_iter().chain((0..items).map(move |k| Unit { step: i, item: Some(k) }))
+    }
+
+    fn cancel(&mut self, t: &mut Transition, now: Millis, reason: String) {
+        for i in 0..self.steps.len() {
+            if self.steps[i].unit.status.is_terminal() {
+                continue;
+            }
+            let units: Vec<Unit> = self.units_of(i).collect();
+            for u in units {
+                let unit = self.unit(u);
+                match unit.status {
+                    StepStatus::Running => t.actions.push(Action::Kill { unit: u, attempt: unit.attempt }),
+                    StepStatus::Queued => t.actions.push(Action::Dequeue { unit: u }),
+                    _ => {}
+                }
+            }
+            let step_id = self.plan.step(i).id.clone();
+            self.emit(t, now, EventKind::StepCancelled { step_id });
+        }
+        self.emit(t, now, EventKind::RunCancelled { reason });
+        t.actions.push(Action::Finished { status: RunStatus::Cancelled });
+    }
+
+    fn maybe_finish(&mut self, t: &mut Transition, now: Millis) {
+        if self.open > 0 || self.status.is_terminal() || self.seq == 0 {
+            return;
+        }
+        let failed: Vec<usize> = (0..self.steps.len())
+            .filter(|&i| self.steps[i].unit.status == StepStatus::Failed && self.plan.nodes[i].on_failure == OnFailure::FailRun)
+            .collect();
+        let ctx = self.full_context();
+        let outputs = template::render_value(&serde_json::to_value(&self.plan.manifest.outputs).unwrap_or(Json::Null), &ctx);
+        if let Some(&first) = failed.first() {
+            let step = self.plan.step(first);
+            let mut error = format!("step `{}` failed: {}", step.id, self.steps[first].unit.error.clone().unwrap_or_default());
+            if failed.len() > 1 {
+                error.push_str(&format!(" (and {} more failed steps)", failed.len() - 1));
+            }
+            self.emit(t, now, EventKind::RunFailed { error, outputs: outputs.unwrap_or(Json::Null) });
+            t.actions.push(Action::Finished { status: RunStatus::Failed });
+            return;
+        }
+        match outputs {
+            Ok(outputs) => {
+                self.emit(t, now, EventKind::RunSucceeded { outputs });
+                t.actions.push(Action::Finished { status: RunStatus::Succeeded });
+            }
+            Err(e) => {
+                self.emit(t, now, EventKind::RunFailed { error: format!("run outputs could not be rendered: {e}"), outputs: Json::Null });
+                t.actions.push(Action::Finished { status: RunStatus::Failed });
+            }
+        }
+    }
+
+    fn step_context(&self, i: usize) -> Json {
+        let s = &self.steps[i].unit;
+        json!({"output": s.output, "status": s.status.as_str(), "error": s.error})
+    }
+
+    /// The template context of a step: inputs, the steps it reads, the foreach item.
+    fn context(&self, i: usize, item: Option<u32>) -> Json {
+        let mut steps = serde_json::Map::new();
+        for &r in &self.plan.nodes[i].refs {
+            steps.insert(self.plan.step(r).id.clone(), self.step_context(r));
+        }
+        let mut ctx = json!({
+            "inputs": self.inputs,
+            "steps": steps,
+            "run": {"id": self.run_id, "workflow": self.plan.manifest.name},
+        });
+        if let (Some(k), Some(items)) = (item, &self.steps[i].items) {
+            ctx["item"] = items.values[k as usize].clone();
+            ctx["item_index"] = json!(k);
+        }
+        ctx
+    }
+
+    fn full_context(&self) -> Json {
+        let steps: serde_json::Map<String, Json> =
+            (0..self.steps.len()).map(|i| (self.plan.step(i).id.clone(), self.step_context(i))).collect();
+        json!({"inputs": self.inputs, "steps": steps, "run": {"id": self.run_id, "workflow": self.plan.manifest.name}})
+    }
+}
+
+enum RenderedWork {
+    Task(Work),
+    Child { path: String, inputs: Json },
+}
+
+type Rendered = (RenderedWork, Json, std::collections::BTreeMap<String, String>, Option<String>);
+
+fn render_work(step: &crate::manifest::Step, ctx: &Json) -> Result<Rendered, String> {
+    let env = step
+        .env
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), template::render_str(v, ctx)?)))
+        .collect::<Result<_, String>>()?;
+    let workdir = step.workdir.as_deref().map(|w| template::render_str(w, ctx)).transpose()?;
+    let with = match &step.with {
+        Some(w) => template::render_value(w, ctx)?,
+        None => Json::Null,
+    };
+    let (work, detail) = match &step.kind {
+        StepKind::Run(c) => {
+            let command = template::render_str(c, ctx)?;
+            (RenderedWork::Task(Work::Shell { command: command.clone() }), json!({"command": command}))
+        }
+        StepKind::Python(s) => {
+            let script = template::render_str(s, ctx)?;
+            (RenderedWork::Task(Work::Python { script }), Json::Null)
+        }
+        StepKind::Builtin(Builtin::Noop) => (RenderedWork::Task(Work::Noop), Json::Null),
+        StepKind::Builtin(Builtin::Echo) => (RenderedWork::Task(Work::Echo(with)), Json::Null),
+        StepKind::Builtin(Builtin::Fail) => {
+            let msg = with.get("message").and_then(Json::as_str).unwrap_or("failed by `builtin: fail`").to_owned();
+            (RenderedWork::Task(Work::Fail(msg)), Json::Null)
+        }
+        StepKind::Builtin(Builtin::Sleep) => unreachable_sleep(),
+        StepKind::Workflow(p) => {
+            let path = template::render_str(p, ctx)?;
+            let detail = json!({"workflow": path, "inputs": with});
+            (RenderedWork::Child { path, inputs: with }, detail)
+        }
+        StepKind::Agent { agent, action } => (
+            RenderedWork::Task(Work::Unsupported(format!("agent steps (`{agent}`/`{action}`) are not executable in this version yet"))),
+            json!({"agent": agent, "action": action, "with": with}),
+        ),
+        StepKind::Llm(_) => (RenderedWork::Task(Work::Unsupported("llm steps are not executable in this version yet".into())), Json::Null),
+        StepKind::Wait(_) | StepKind::Approval(_) => (RenderedWork::Task(Work::Noop), Json::Null),
+    };
+    Ok((work, detail, env, workdir))
+}
+
+/// Sleep is a timer, handled in `launch_unit`; it never reaches rendering.
+fn unreachable_sleep() -> (RenderedWork, Json) {
+    (RenderedWork::Task(Work::Noop), Json::Null)
+}
+
+/// Delay before the retry that follows the `failures`-th failure, in ms. Jitter is derived
+/// from `seed` so the same run always computes the same delays.
+pub(crate) fn backoff(policy: &RetryPolicy, failures: u32, seed: &str) -> Millis {
+    let base = policy.backoff.as_millis() as f64;
+    let mut delay = base * policy.multiplier.powi(failures.saturating_sub(1) as i32);
+    if let Some(max) = policy.max_backoff {
+        delay = delay.min(max.as_millis() as f64);
+    }
+    if policy.jitter > 0.0 {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in seed.bytes().chain(failures.to_le_bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+        let frac = (h >> 11) as f64 / (1u64 << 53) as f64;
+        delay *= 1.0 - policy.jitter * frac;
+    }
+    delay.max(0.0).min(u64::MAX as f64 / 2.0) as Millis
+}

@@ -1,0 +1,297 @@
+//! State machine tests: a tiny in-memory driver plays the engine's part.
+
+use super::*;
+use crate::plan::{CompileOptions, load};
+use serde_json::json;
+use std::sync::Arc;
+
+fn plan(yaml: &str) -> Arc<Plan> {
+    let opts = CompileOptions::with_default_pool(4);
+    Arc::new(load(yaml, "test.yaml", &opts).unwrap_or_else(|d| panic!("{d:#?}")))
+}
+
+use crate::plan::Plan;
+
+/// Drives a run to quiescence. Shell commands "succeed" unless they contain "false";
+/// timers fire immediately (in time order); all events are collected.
+struct Driver {
+    run: RunState,
+    events: Vec<Event>,
+    now: Millis,
+    pending: Vec<Input>,
+    timers: Vec<(Millis, Input)>,
+    executed: Vec<String>,
+    fire_timers: bool,
+}
+
+impl Driver {
+    fn new(yaml: &str) -> Self {
+        Driver {
+            run: RunState::new("r1", plan(yaml), json!({})),
+            events: Vec::new(),
+            now: 1_000,
+            pending: Vec::new(),
+            timers: Vec::new(),
+            executed: Vec::new(),
+            fire_timers: true,
+        }
+    }
+
+    fn feed(&mut self, t: Transition) {
+        self.events.extend(t.events);
+        for a in t.actions {
+            match a {
+                Action::Enqueue { unit, .. } => self.pending.push(Input::SlotGranted(unit)),
+                Action::Execute(task) => {
+                    let outcome = match &task.work {
+                        Work::Shell { command } => {
+                            self.executed.push(command.clone());
+                            if command.contains("false") {
+                                Outcome::Failure { error: "exit 1".into(), output: json!({"exit_code": 1}) }
+                            } else {
+                                Outcome::Success(json!({"stdout": command, "exit_code": 0}))
+                            }
+                        }
+                        Work::Echo(v) => Outcome::Success(v.clone()),
+                        Work::Fail(m) => Outcome::Failure { error: m.clone(), output: Json::Null },
+                        _ => Outcome::Success(Json::Null),
+                    };
+                    self.pending.push(Input::AttemptFinished { unit: task.unit, attempt: task.attempt, outcome });
+                }
+                Action::SetTimer { at, unit, attempt, purpose } => {
+                    self.timers.push((at, Input::TimerFired { unit, attempt, purpose }));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        if self.run.seq == 0 {
+            self.pending.push(Input::Start);
+        }
+        loop {
+            while let Some(input) = (!self.pending.is_empty()).then(|| self.pending.remove(0)) {
+                let t = self.run.handle(input, self.now).expect("input accepted");
+                self.feed(t);
+            }
+            if !self.fire_timers || self.timers.is_empty() {
+                return;
+            }
+            self.timers.sort_by_key(|(at, _)| *at);
+            let (at, input) = self.timers.remove(0);
+            self.now = self.now.max(at);
+            self.pending.push(input);
+        }
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|e| match e.kind.step_id() {
+                Some(s) => format!("{}:{s}", e.kind.type_name()),
+                None => e.kind.type_name().to_owned(),
+            })
+            .collect()
+    }
+
+    fn status(&self, id: &str) -> StepStatus {
+        self.run.step_status(self.run.plan.index[id])
+    }
+}
+
+#[test]
+fn sequential_steps_run_in_order_and_pass_outputs() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- id: a\n  builtin: echo\n  with: {msg: hi}\n- id: b\n  needs: [a]\n  run: echo {{ steps.a.output.msg }}\n",
+    );
+    d.settle();
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+    assert_eq!(d.executed, vec!["echo hi"]);
+    assert_eq!(
+        d.types(),
+        vec!["run_started", "step_started:a", "step_succeeded:a", "step_started:b", "step_succeeded:b", "run_succeeded"]
+    );
+    let seqs: Vec<u64> = d.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+}
+
+#[test]
+fn retries_with_exponential_backoff_then_fails_the_run() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- id: a\n  run: 'false'\n  retry: {max_attempts: 3, backoff: 1s, multiplier: 3}\n- id: cleanup\n  needs: [a]\n  trigger: all_done\n  builtin: noop\n- id: after\n  needs: [a]\n  builtin: noop\n",
+    );
+    d.settle();
+    let retry_ats: Vec<Option<Millis>> = d
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StepFailed { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retry_ats, vec![Some(2_000), Some(5_000), None]);
+    assert_eq!(d.executed.len(), 3);
+    assert_eq!(d.status("cleanup"), StepStatus::Succeeded);
+    assert_eq!(d.status("after"), StepStatus::Skipped);
+    assert_eq!(d.run.status, RunStatus::Failed);
+    assert!(d.run.error.as_deref().unwrap().contains("step `a` failed"));
+}
+
+#[test]
+fn on_failure_continue_and_skip_downstream() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- id: a\n  run: 'false'\n  on_failure: continue\n- id: b\n  needs: [a]\n  builtin: noop\n- id: c\n  run: 'false'\n  on_failure: skip_downstream\n- id: d\n  needs: [c]\n  trigger: all_done\n  builtin: noop\n",
+    );
+    d.settle();
+    assert_eq!(d.status("b"), StepStatus::Succeeded);
+    assert_eq!(d.status("d"), StepStatus::Skipped);
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn when_false_skips_and_quorum_fires_early() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\ninputs: {go: {type: boolean, default: false}}\nsteps:\n- {id: a, builtin: noop}\n- {id: b, builtin: noop}\n- {id: c, run: 'false'}\n- {id: q, needs: [a, b, c], trigger: {quorum: 2}, builtin: noop}\n- {id: w, needs: [q], when: 'inputs.go', builtin: noop}\n",
+    );
+    d.settle();
+    assert_eq!(d.status("q"), StepStatus::Succeeded);
+    assert_eq!(d.status("w"), StepStatus::Skipped);
+}
+
+#[test]
+fn foreach_respects_concurrency_and_collects_outputs() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- id: list\n  builtin: echo\n  with: {hosts: [h1, h2, h3]}\n- id: ping\n  needs: [list]\n  foreach: '{{ steps.list.output.hosts }}'\n  concurrency: 2\n  run: ping {{ item }}\n",
+    );
+    // Hold execution to see that only two items are queued at once.
+    let t = d.run.handle(Input::Start, d.now).unwrap();
+    d.feed(t);
+    let first = d.pending.remove(0);
+    let t = d.run.handle(first, d.now).unwrap();
+    let enqueued = t.actions.iter().filter(|a| matches!(a, Action::Enqueue { .. })).count();
+    assert_eq!(enqueued, 2);
+    d.feed(t);
+    d.settle();
+    assert_eq!(d.executed, vec!["ping h1", "ping h2", "ping h3"]);
+    let out = &d.run.step_view(1).output;
+    assert_eq!(out.as_array().unwrap().len(), 3);
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn approval_gate_and_signal_wait() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- id: gate\n  run: kubectl restart\n  permission: modify\n- id: sig\n  needs: [gate]\n  wait: {signal: go}\n",
+    );
+    d.settle();
+    assert_eq!(d.status("gate"), StepStatus::AwaitingApproval);
+    assert!(d.executed.is_empty(), "nothing runs before approval");
+    let err = d.run.handle(Input::Signal { step_id: "sig".into(), data: json!(1) }, d.now).unwrap_err();
+    assert!(matches!(err, Rejected::WrongState { .. }));
+    let t = d.run.handle(Input::Approve { step_id: "gate".into(), by: "alice".into(), comment: None }, d.now).unwrap();
+    d.feed(t);
+    d.settle();
+    assert_eq!(d.executed, vec!["kubectl restart"]);
+    assert_eq!(d.status("sig"), StepStatus::Waiting);
+    let t = d.run.handle(Input::Signal { step_id: "sig".into(), data: json!({"ok": true}) }, d.now).unwrap();
+    d.feed(t);
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+    assert_eq!(d.run.step_view(1).output, json!({"ok": true}));
+}
+
+#[test]
+fn rejection_skips_and_downstream_follows_triggers() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- id: ok\n  approval: {message: 'deploy?'}\n- id: deploy\n  needs: [ok]\n  run: deploy\n- id: report\n  needs: [deploy]\n  trigger: all_done\n  builtin: noop\n",
+    );
+    d.settle();
+    let t = d.run.handle(Input::Reject { step_id: "ok".into(), by: "bob".into(), comment: Some("not now".into()) }, d.now).unwrap();
+    d.feed(t);
+    d.settle();
+    assert_eq!(d.status("ok"), StepStatus::Skipped);
+    assert_eq!(d.status("deploy"), StepStatus::Skipped);
+    assert_eq!(d.status("report"), StepStatus::Succeeded);
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn cancel_kills_running_work_and_ends_the_run() {
+    let mut d = Driver::new("version: plexus/v1\nname: t\nsteps:\n- id: a\n  run: sleep 100\n- id: b\n  needs: [a]\n  run: echo\n");
+    let t = d.run.handle(Input::Start, d.now).unwrap();
+    d.feed(t);
+    let grant = d.pending.remove(0);
+    let t = d.run.handle(grant, d.now).unwrap();
+    assert!(matches!(t.actions[0], Action::Execute(_)));
+    let t = d.run.handle(Input::Cancel { reason: "ctrl-c".into() }, d.now).unwrap();
+    assert!(t.actions.iter().any(|a| matches!(a, Action::Kill { .. })));
+    assert_eq!(d.run.status, RunStatus::Cancelled);
+    assert!(d.run.handle(Input::Cancel { reason: "again".into() }, d.now).is_err());
+}
+
+#[test]
+fn restore_then_resume_retries_an_interrupted_attempt_as_a_new_attempt() {
+    let yaml = "version: plexus/v1\nname: t\nsteps:\n- id: a\n  run: echo a\n- id: b\n  needs: [a]\n  run: echo b\n";
+    let mut d = Driver::new(yaml);
+    let t = d.run.handle(Input::Start, d.now).unwrap();
+    d.feed(t);
+    let grant = d.pending.remove(0);
+    let t = d.run.handle(grant, d.now).unwrap();
+    d.events.extend(t.events); // `a` started; its process is lost with the crash
+
+    let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events);
+    assert_eq!(restored.step_status(0), StepStatus::Running);
+    let t = restored.resume(d.now);
+    assert_eq!(t.events[0].kind.type_name(), "step_interrupted");
+    assert_eq!(t.events[0].seq, d.events.len() as u64 + 1);
+    let mut d2 = Driver { run: restored, events: d.events.clone(), ..Driver::new(yaml) };
+    d2.pending.clear();
+    d2.feed(t);
+    d2.settle();
+    assert_eq!(d2.run.status, RunStatus::Succeeded);
+    let a_attempts: Vec<u32> = d2
+        .events
+        .iter()
+        .filter(|e| e.kind.type_name() == "step_started" && e.kind.step_id() == Some("a"))
+        .filter_map(|e| e.kind.attempt())
+        .collect();
+    assert_eq!(a_attempts, vec![1, 2]);
+    let succeeded_a = d2.types().iter().filter(|t| *t == "step_succeeded:a").count();
+    assert_eq!(succeeded_a, 1);
+}
+
+#[test]
+fn resuming_a_folded_run_reaches_the_same_state() {
+    let yaml = "version: plexus/v1\nname: t\nsteps:\n- {id: a, builtin: noop}\n- {id: b, needs: [a], wait: {timer: 5s}}\n- {id: c, needs: [b], builtin: noop}\n";
+    let mut d = Driver::new(yaml);
+    d.fire_timers = false;
+    d.settle();
+    assert_eq!(d.status("b"), StepStatus::Waiting);
+    let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events);
+    let t = restored.resume(d.now);
+    assert!(t.events.is_empty());
+    assert_eq!(
+        t.actions,
+        vec![Action::SetTimer { at: 6_000, unit: Unit { step: 1, item: None }, attempt: 1, purpose: TimerPurpose::Elapsed }]
+    );
+}
+
+#[test]
+fn backoff_is_capped_and_jitter_is_deterministic() {
+    use crate::manifest::RetryPolicy;
+    use std::time::Duration;
+    let p = RetryPolicy {
+        max_attempts: 10,
+        backoff: Duration::from_secs(2),
+        multiplier: 2.0,
+        max_backoff: Some(Duration::from_secs(60)),
+        jitter: 0.0,
+    };
+    assert_eq!(state::backoff(&p, 1, "k"), 2_000);
+    assert_eq!(state::backoff(&p, 3, "k"), 8_000);
+    assert_eq!(state::backoff(&p, 9, "k"), 60_000);
+    let j = RetryPolicy { jitter: 0.5, ..p };
+    let a = state::backoff(&j, 2, "k");
+    assert_eq!(a, state::backoff(&j, 2, "k"));
+    assert!((2_000..=4_000).contains(&a), "{a}");
+}
