@@ -1,1 +1,251 @@
+//! Drives Plexus runs. One scheduler task owns the state of every active run, applies
+//! inputs to their state machines, commits the resulting events in one transaction per
+//! tick (group commit) and only then performs the actions those events imply.
 
+pub mod exec;
+mod owner;
+pub mod pools;
+mod scheduler;
+mod timers;
+
+pub use exec::process::LogChunk;
+pub use owner::{new_owner_id, owner_alive};
+pub use pools::{PoolStats, RunId};
+
+use plexus_core::machine::{Event, Input, Millis, Rejected, RunState, RunStatus};
+use plexus_core::{CompileOptions, Diagnostic, Plan};
+use plexus_store::{NewRun, ParentRef, Store, StoreError};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub pools: BTreeMap<String, u32>,
+    /// Holds `work/` (attempt scratch space) and `artifacts/`.
+    pub data_dir: PathBuf,
+    /// Identifies this engine as the owner of the runs it drives (see [`new_owner_id`]).
+    pub owner: String,
+    pub output_cap: usize,
+    pub python: String,
+    pub lease: Duration,
+    /// How often control commands from other processes are picked up.
+    pub command_poll: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf, pools: BTreeMap<String, u32>) -> Self {
+        EngineConfig {
+            pools,
+            data_dir,
+            owner: new_owner_id(),
+            output_cap: 1024 * 1024,
+            python: std::env::var("PLEXUS_PYTHON").unwrap_or_else(|_| "python3".into()),
+            lease: Duration::from_secs(15),
+            command_poll: Duration::from_millis(200),
+        }
+    }
+
+    pub fn compile_options(&self) -> CompileOptions {
+        CompileOptions { pools: self.pools.clone() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Rejected(#[from] Rejected),
+    #[error("run `{0}` is not active in this engine")]
+    NotActive(String),
+    #[error("run `{run}` is being driven by another process ({owner}); stop it first or wait for its lease to expire")]
+    Owned { run: String, owner: String },
+    #[error("run `{run}` is already {status}")]
+    Finished { run: String, status: String },
+    #[error("the stored manifest of run `{run}` no longer compiles: {problems}")]
+    Manifest { run: String, problems: String },
+    #[error("the engine has stopped: {0}")]
+    Stopped(String),
+}
+
+/// What happened, after it became durable.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    Event { run_id: RunId, event: Arc<Event> },
+    Finished { run_id: RunId, status: RunStatus },
+    /// The engine cannot persist and has stopped; runs resume from their last commit.
+    Fatal { error: String },
+}
+
+/// Counters for benchmarks and `/metrics`.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub commits: AtomicU64,
+    pub events: AtomicU64,
+    pub commit_micros: AtomicU64,
+}
+
+impl EngineStats {
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (self.commits.load(Ordering::Relaxed), self.events.load(Ordering::Relaxed), self.commit_micros.load(Ordering::Relaxed))
+    }
+}
+
+pub(crate) enum Msg {
+    Adopt { state: Box<RunState>, base_dir: PathBuf, parent: Option<ParentRef>, reply: Option<oneshot::Sender<()>> },
+    Input { run_id: String, input: Input, reply: Option<oneshot::Sender<Result<(), Rejected>>> },
+    AttemptDone { run_id: RunId, unit: plexus_core::machine::Unit, attempt: u32, finished: exec::process::Finished },
+    Commands(Vec<plexus_store::Command>),
+    ChildEnded { parent: ParentRef, outcome: plexus_core::machine::Outcome },
+    Pools(oneshot::Sender<Vec<PoolStats>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) tx: mpsc::Sender<Msg>,
+    pub(crate) notices: broadcast::Sender<Notice>,
+    pub(crate) logs: broadcast::Sender<LogChunk>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Arc<EngineConfig>,
+    pub stats: Arc<EngineStats>,
+}
+
+/// A run to start.
+pub struct Submission {
+    pub plan: Arc<Plan>,
+    pub manifest_text: String,
+    pub base_dir: PathBuf,
+    /// Inputs already checked with [`plexus_core::parse::resolve_inputs`].
+    pub inputs: Json,
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+impl Engine {
+    /// Starts the scheduler task. Call from within a Tokio runtime.
+    pub fn start(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
+        let (tx, rx) = mpsc::channel(65_536);
+        let (notices, _) = broadcast::channel(65_536);
+        let (logs, _) = broadcast::channel(4_096);
+        let engine = Engine { tx, notices, logs, store, config: Arc::new(config), stats: Arc::default() };
+        scheduler::spawn(engine.clone(), rx);
+        engine
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.config.owner
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    pub fn logs(&self) -> broadcast::Receiver<LogChunk> {
+        self.logs.subscribe()
+    }
+
+    async fn send(&self, msg: Msg) -> Result<(), EngineError> {
+        self.tx.send(msg).await.map_err(|_| EngineError::Stopped("the scheduler is not running".into()))
+    }
+
+    /// Creates and starts a run; returns its id once the run is recorded.
+    pub async fn submit(&self, sub: Submission) -> Result<String, EngineError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_ms();
+        let plan = sub.plan;
+        self.store
+            .create_run(NewRun {
+                id: id.clone(),
+                workflow: plan.manifest.name.clone(),
+                manifest: sub.manifest_text,
+                base_dir: Some(sub.base_dir.to_string_lossy().into_owned()),
+                inputs: sub.inputs.clone(),
+                step_ids: plan.manifest.steps.iter().map(|s| s.id.clone()).collect(),
+                parent: None,
+                owner: Some(self.config.owner.clone()),
+                lease_until: Some(now + self.config.lease.as_millis() as u64),
+                created_at: now,
+            })
+            .await?;
+        let state = RunState::new(id.clone(), plan, sub.inputs);
+        let (reply, done) = oneshot::channel();
+        self.send(Msg::Adopt { state: Box::new(state), base_dir: sub.base_dir, parent: None, reply: Some(reply) }).await?;
+        let _ = done.await;
+        Ok(id)
+    }
+
+    /// Takes over an interrupted run and continues it from its events.
+    pub async fn resume(&self, run_id: &str) -> Result<String, EngineError> {
+        let row = self.store.get_run(run_id).await?;
+        let now = now_ms();
+        if let Some(status) = RunStatus::parse(&row.status).filter(|s| s.is_terminal()) {
+            return Err(EngineError::Finished { run: row.id, status: status.as_str().into() });
+        }
+        let live_lease = row.lease_until.is_some_and(|t| t >= now);
+        let force = match &row.owner {
+            Some(owner) if owner != &self.config.owner => {
+                // A live engine renews its leases every few seconds; on this host a dead
+                // owner is seen at once, without waiting for the lease to run out.
+                let alive = owner_alive(owner) != Some(false) && live_lease;
+                if alive {
+                    return Err(EngineError::Owned { run: row.id, owner: owner.clone() });
+                }
+                true
+            }
+            _ => false,
+        };
+        let lease_until = now + self.config.lease.as_millis() as u64;
+        if !self.store.claim_run(&row.id, &self.config.owner, lease_until, now, force).await? {
+            return Err(EngineError::Owned { run: row.id.clone(), owner: row.owner.unwrap_or_default() });
+        }
+        let file = format!("(stored manifest of run {})", row.id);
+        let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options()).map_err(|d| EngineError::Manifest {
+            run: row.id.clone(),
+            problems: d.iter().map(Diagnostic::to_string).collect::<Vec<_>>().join("; "),
+        })?;
+        let events = self.store.events(&row.id, 0, 0).await?;
+        let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
+        let base_dir = row.base_dir.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let (reply, done) = oneshot::channel();
+        self.send(Msg::Adopt { state: Box::new(state), base_dir, parent: row.parent, reply: Some(reply) }).await?;
+        let _ = done.await;
+        Ok(row.id)
+    }
+
+    /// Applies an input (signal, approve, reject, cancel) to a run this engine drives.
+    pub async fn input(&self, run_id: &str, input: Input) -> Result<(), EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Input { run_id: run_id.to_owned(), input, reply: Some(reply) }).await?;
+        match answer.await {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(_) => Err(EngineError::NotActive(run_id.to_owned())),
+        }
+    }
+
+    pub async fn pool_stats(&self) -> Result<Vec<PoolStats>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Pools(reply)).await?;
+        answer.await.map_err(|_| EngineError::Stopped("no answer".into()))
+    }
+
+    /// Commits what is pending, hands the leases of unfinished runs back and stops.
+    pub async fn shutdown(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(reply)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}

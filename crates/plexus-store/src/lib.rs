@@ -1,1 +1,193 @@
+//! Durable storage for Plexus. The engine talks to the [`Store`] trait only; [`SqliteStore`]
+//! is the embedded implementation (a PostgreSQL one implements the same trait).
+//!
+//! Every write of run progress goes through [`Store::commit`]: events are appended and the
+//! `runs`/`steps` rows they imply are updated in the same transaction.
 
+mod materialize;
+mod sqlite;
+
+pub use materialize::{RowChange, StepChange, materialize};
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+use plexus_core::machine::{Event, Millis};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("the database is full or the disk is out of space: {0}")]
+    Full(String),
+    #[error("run `{0}` not found")]
+    RunNotFound(String),
+    #[error("run id prefix `{0}` matches several runs; give more characters")]
+    Ambiguous(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where a child run reports back to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParentRef {
+    pub run_id: String,
+    pub step_id: String,
+    pub item: Option<u32>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub workflow: String,
+    /// The manifest text, kept so a run can resume even if the file changes or vanishes.
+    pub manifest: String,
+    /// Directory that relative paths in the manifest (sub-workflows) are resolved against.
+    pub base_dir: Option<String>,
+    pub inputs: Json,
+    pub step_ids: Vec<String>,
+    pub parent: Option<ParentRef>,
+    pub owner: Option<String>,
+    pub lease_until: Option<Millis>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    pub id: String,
+    pub workflow: String,
+    pub status: String,
+    #[serde(skip)]
+    pub manifest: String,
+    pub base_dir: Option<String>,
+    pub inputs: Json,
+    pub outputs: Json,
+    pub error: Option<String>,
+    pub parent: Option<ParentRef>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub owner: Option<String>,
+    pub lease_until: Option<Millis>,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRow {
+    pub step_id: String,
+    pub status: String,
+    pub attempt: u32,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub output: Json,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<String>,
+    pub workflow: Option<String>,
+    /// Only non-terminal runs.
+    pub active: bool,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Signal,
+    Approve,
+    Reject,
+    Cancel,
+}
+
+impl CommandKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Signal => "signal",
+            CommandKind::Approve => "approve",
+            CommandKind::Reject => "reject",
+            CommandKind::Cancel => "cancel",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "signal" => CommandKind::Signal,
+            "approve" => CommandKind::Approve,
+            "reject" => CommandKind::Reject,
+            "cancel" => CommandKind::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// A control request for a run, stored until the engine that owns the run applies it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Command {
+    pub id: i64,
+    pub run_id: String,
+    pub kind: CommandKind,
+    pub step_id: Option<String>,
+    pub data: Json,
+    pub actor: String,
+    pub created_at: Millis,
+    pub consumed_at: Option<Millis>,
+    pub result: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Artifact {
+    pub sha256: String,
+    pub run_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    pub name: String,
+    pub size: u64,
+}
+
+/// One group commit: everything the engine learnt during one tick, across runs.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<(String, Event)>,
+    pub consumed: Vec<(i64, Option<String>)>,
+    pub artifacts: Vec<Artifact>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.consumed.is_empty() && self.artifacts.is_empty()
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a run and its pending step rows. Creating an existing id is a no-op that
+    /// returns `false` (sub-workflow starts are retried with the same id).
+    async fn create_run(&self, run: NewRun) -> Result<bool>;
+    /// Appends events and updates the rows they imply, atomically.
+    async fn commit(&self, batch: Batch) -> Result<()>;
+    /// Takes ownership of a run if nobody holds a live lease on it (or `force`).
+    async fn claim_run(&self, run_id: &str, owner: &str, lease_until: Millis, now: Millis, force: bool) -> Result<bool>;
+    /// Extends the leases of every non-terminal run `owner` holds.
+    async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()>;
+    /// Gives up ownership of `owner`'s non-terminal runs (clean shutdown).
+    async fn release_runs(&self, owner: &str) -> Result<()>;
+    /// Finds a run by id or unique id prefix.
+    async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow>;
+    async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunRow>>;
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRow>>;
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
+    async fn children(&self, run_id: &str) -> Result<Vec<RunRow>>;
+    async fn add_command(&self, run_id: &str, kind: CommandKind, step_id: Option<&str>, data: Json, actor: &str, now: Millis) -> Result<i64>;
+    /// Unapplied commands for runs owned by `owner`.
+    async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
+    async fn command(&self, id: i64) -> Result<Option<Command>>;
+    async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>>;
+}

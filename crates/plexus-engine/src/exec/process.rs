@@ -1,0 +1,234 @@
+//! Shell and python attempts as subprocesses: own process group (killed as a group on
+//! timeout or cancel), a clean environment, capped output, `$PLEXUS_OUTPUT` and
+//! `$PLEXUS_ARTIFACTS`.
+
+use super::artifacts::{self, Collected};
+use plexus_core::machine::{Outcome, Task, Work};
+use serde_json::{Value as Json, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{broadcast, oneshot};
+
+/// Variables passed through from the engine's environment; everything else is dropped,
+/// so credentials in the engine's environment never reach a step that did not ask.
+pub const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM"];
+
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    /// Where per-attempt scratch directories live.
+    pub work_root: PathBuf,
+    pub artifact_root: PathBuf,
+    /// Bytes kept of each of stdout and stderr.
+    pub output_cap: usize,
+    pub python: String,
+}
+
+/// A chunk of a step's output, for `--follow-logs`.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    pub run_id: std::sync::Arc<str>,
+    pub step_id: String,
+    pub item: Option<u32>,
+    pub stderr: bool,
+    pub text: String,
+}
+
+pub struct Finished {
+    pub outcome: Outcome,
+    pub artifacts: Vec<Collected>,
+}
+
+struct Captured {
+    kept: Vec<u8>,
+    total: usize,
+}
+
+async fn capture<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: R,
+    cap: usize,
+    logs: Option<(broadcast::Sender<LogChunk>, LogChunk)>,
+) -> Captured {
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        total += n;
+        if kept.len() < cap {
+            let take = n.min(cap - kept.len());
+            kept.extend_from_slice(&buf[..take]);
+        }
+        if let Some((tx, template)) = &logs {
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(LogChunk { text: String::from_utf8_lossy(&buf[..n]).into_owned(), ..template.clone() });
+            }
+        }
+    }
+    Captured { kept, total }
+}
+
+fn kill_group(pgid: i32) {
+    if pgid > 0 {
+        // SAFETY: killpg only sends a signal; a stale pgid at worst fails with ESRCH.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
+    }
+}
+
+fn text(c: &Captured) -> String {
+    let mut s = String::from_utf8_lossy(&c.kept).into_owned();
+    if c.total > c.kept.len() {
+        s.push_str(&format!("\n[plexus: output truncated, {} of {} bytes kept]", c.kept.len(), c.total));
+    }
+    s
+}
+
+fn attempt_dir(settings: &ProcessSettings, task: &Task, run_id: &str) -> PathBuf {
+    let item = task.unit.item.map_or_else(|| "-".to_owned(), |i| i.to_string());
+    settings.work_root.join(run_id).join(format!("{}.{item}.{}", task.step_id, task.attempt))
+}
+
+/// Runs one attempt to the end. `kill` stops it (and its whole process group) early.
+pub async fn run(
+    task: &Task,
+    run_id: std::sync::Arc<str>,
+    base_dir: &Path,
+    settings: &ProcessSettings,
+    logs: Option<broadcast::Sender<LogChunk>>,
+    kill: oneshot::Receiver<()>,
+) -> Finished {
+    match run_inner(task, run_id, base_dir, settings, logs, kill).await {
+        Ok(f) => f,
+        Err(e) => Finished { outcome: Outcome::Failure { error: e, output: Json::Null }, artifacts: Vec::new() },
+    }
+}
+
+async fn run_inner(
+    task: &Task,
+    run_id: std::sync::Arc<str>,
+    base_dir: &Path,
+    settings: &ProcessSettings,
+    logs: Option<broadcast::Sender<LogChunk>>,
+    kill: oneshot::Receiver<()>,
+) -> Result<Finished, String> {
+    let dir = attempt_dir(settings, task, &run_id);
+    let artifacts_dir = dir.join("artifacts");
+    std::fs::create_dir_all(&artifacts_dir).map_err(|e| format!("cannot create {}: {e}", artifacts_dir.display()))?;
+    let output_file = dir.join("output.json");
+
+    let mut cmd = match &task.work {
+        Work::Shell { command } => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c").arg(command);
+            c
+        }
+        Work::Python { script } => {
+            let path = dir.join("script.py");
+            std::fs::write(&path, script).map_err(|e| format!("cannot write the python script: {e}"))?;
+            let mut c = tokio::process::Command::new(&settings.python);
+            c.arg(path);
+            c
+        }
+        other => return Err(format!("not a subprocess: {other:?}")),
+    };
+    cmd.env_clear();
+    for name in PASSED_THROUGH {
+        if let Ok(v) = std::env::var(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd.env("PLEXUS_RUN_ID", &*run_id)
+        .env("PLEXUS_STEP_ID", &task.step_id)
+        .env("PLEXUS_ATTEMPT", task.attempt.to_string())
+        .env("PLEXUS_IDEMPOTENCY_KEY", &task.key)
+        .env("PLEXUS_OUTPUT", &output_file)
+        .env("PLEXUS_ARTIFACTS", &artifacts_dir);
+    if let Some(item) = task.unit.item {
+        cmd.env("PLEXUS_ITEM_INDEX", item.to_string());
+    }
+    cmd.envs(&task.env);
+    let cwd = match &task.workdir {
+        Some(w) => base_dir.join(w),
+        None => base_dir.to_path_buf(),
+    };
+    cmd.current_dir(&cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+
+    let mut child = cmd.spawn().map_err(|e| match &task.work {
+        Work::Python { .. } => format!("cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)", settings.python),
+        _ => format!("cannot start the command in {}: {e}", cwd.display()),
+    })?;
+    let pgid = child.id().map_or(0, |p| p as i32);
+    let log = |stderr: bool| {
+        logs.clone().map(|tx| (tx, LogChunk { run_id: run_id.clone(), step_id: task.step_id.clone(), item: task.unit.item, stderr, text: String::new() }))
+    };
+    let out_task = tokio::spawn(capture(child.stdout.take().expect("piped"), settings.output_cap, log(false)));
+    let err_task = tokio::spawn(capture(child.stderr.take().expect("piped"), settings.output_cap, log(true)));
+
+    let timeout = task.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
+    let mut stopped: Option<String> = None;
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        _ = tokio::time::sleep(timeout) => {
+            stopped = Some(format!("timed out after {}", plexus_core::duration::format_duration(timeout)));
+            None
+        }
+        _ = kill => {
+            stopped = Some("cancelled".into());
+            None
+        }
+    };
+    // Background children of the step die with it, so its pipes close and nothing lingers.
+    kill_group(pgid);
+    let status = match status {
+        Some(s) => Some(s),
+        None => child.wait().await.ok(),
+    };
+    let stdout = out_task.await.unwrap_or(Captured { kept: Vec::new(), total: 0 });
+    let stderr = err_task.await.unwrap_or(Captured { kept: Vec::new(), total: 0 });
+
+    let collected = artifacts::collect(&artifacts_dir, &settings.artifact_root).map_err(|e| format!("collecting artifacts failed: {e}"))?;
+    let custom_output = std::fs::read(&output_file).ok().filter(|b| !b.iter().all(u8::is_ascii_whitespace));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let exit_code = status.and_then(|s| s.code());
+    let mut output = json!({"stdout": text(&stdout), "stderr": text(&stderr), "exit_code": exit_code});
+    if !collected.is_empty() {
+        output["artifacts"] = serde_json::to_value(&collected).unwrap_or(Json::Null);
+    }
+    if let Some(reason) = stopped {
+        return Ok(Finished { outcome: Outcome::Failure { error: reason, output }, artifacts: collected });
+    }
+    let status = status.ok_or("the process could not be waited for")?;
+    if !status.success() {
+        let error = match status.code() {
+            Some(code) => {
+                let last = String::from_utf8_lossy(&stderr.kept).lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned);
+                match last {
+                    Some(l) => format!("exit code {code}: {l}"),
+                    None => format!("exit code {code}"),
+                }
+            }
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                format!("killed by signal {}", status.signal().unwrap_or(0))
+            }
+        };
+        return Ok(Finished { outcome: Outcome::Failure { error, output }, artifacts: collected });
+    }
+    if let Some(bytes) = custom_output {
+        return Ok(match serde_json::from_slice::<Json>(&bytes) {
+            Ok(v) => Finished { outcome: Outcome::Success(v), artifacts: collected },
+            Err(e) => Finished {
+                outcome: Outcome::Failure { error: format!("$PLEXUS_OUTPUT does not hold valid JSON: {e}"), output },
+                artifacts: collected,
+            },
+        });
+    }
+    Ok(Finished { outcome: Outcome::Success(output), artifacts: collected })
+}

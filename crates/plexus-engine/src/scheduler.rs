@@ -1,0 +1,460 @@
+//! The scheduler loop: owns every active run, the pools, the timers and the open batch.
+
+use crate::exec::{self, process};
+use crate::pools::{Pools, RunId};
+use crate::timers::Timers;
+use crate::{Engine, Msg, Notice, now_ms};
+use plexus_core::machine::{Action, Input, Outcome, RunState, RunStatus, Unit};
+use plexus_store::{Artifact, Batch, NewRun, ParentRef, StoreError};
+use serde_json::{Value as Json, json};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+struct Active {
+    state: RunState,
+    base_dir: PathBuf,
+    parent: Option<ParentRef>,
+}
+
+struct InFlight {
+    handle: JoinHandle<Result<(), StoreError>>,
+    actions: Vec<(RunId, Action)>,
+    notices: Vec<Notice>,
+    started: Instant,
+    events: usize,
+}
+
+struct Loop {
+    engine: Engine,
+    settings: process::ProcessSettings,
+    runs: HashMap<RunId, Active>,
+    pools: Pools,
+    timers: Timers,
+    running: HashMap<(RunId, Unit), oneshot::Sender<()>>,
+    batch: Batch,
+    actions: Vec<(RunId, Action)>,
+    notices: Vec<Notice>,
+    inflight: Option<InFlight>,
+    seen_commands: HashSet<i64>,
+    polling: bool,
+    stopping: Option<oneshot::Sender<()>>,
+}
+
+pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
+    let cfg = &engine.config;
+    let settings = process::ProcessSettings {
+        work_root: cfg.data_dir.join("work"),
+        artifact_root: cfg.data_dir.join("artifacts"),
+        output_cap: cfg.output_cap,
+        python: cfg.python.clone(),
+    };
+    let pools = Pools::new(&cfg.pools);
+    let lp = Loop {
+        engine,
+        settings,
+        runs: HashMap::new(),
+        pools,
+        timers: Timers::default(),
+        running: HashMap::new(),
+        batch: Batch::default(),
+        actions: Vec::new(),
+        notices: Vec::new(),
+        inflight: None,
+        seen_commands: HashSet::new(),
+        polling: false,
+        stopping: None,
+    };
+    tokio::spawn(lp.run(rx));
+}
+
+impl Loop {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut poll = tokio::time::interval(self.engine.config.command_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease = tokio::time::interval(self.engine.config.lease / 3);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.flush();
+            if self.stopping.is_some() && self.inflight.is_none() && self.batch.is_empty() && self.actions.is_empty() {
+                break;
+            }
+            let timer_wait = self.timers.next_at().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            tokio::select! {
+                result = async { (&mut self.inflight.as_mut().expect("guarded").handle).await }, if self.inflight.is_some() => {
+                    let done = self.inflight.take().expect("guarded");
+                    let result = result.unwrap_or_else(|e| Err(StoreError::Db(format!("commit task failed: {e}"))));
+                    if let Err(e) = result {
+                        self.fatal(e);
+                        return;
+                    }
+                    let stats = &self.engine.stats;
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                    stats.events.fetch_add(done.events as u64, Ordering::Relaxed);
+                    stats.commit_micros.fetch_add(done.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    for n in done.notices {
+                        let _ = self.engine.notices.send(n);
+                    }
+                    self.perform(done.actions);
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.on_msg(msg);
+                    // Take whatever else is waiting so it joins the same commit.
+                    for _ in 0..16_384 {
+                        match rx.try_recv() {
+                            Ok(m) => self.on_msg(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(timer_wait.unwrap_or(Duration::ZERO)), if timer_wait.is_some() => {
+                    for due in self.timers.pop_due(now_ms()) {
+                        let input = Input::TimerFired { unit: due.unit, attempt: due.attempt, purpose: due.purpose };
+                        let _ = self.apply(&due.run, input);
+                    }
+                }
+                _ = poll.tick() => self.poll_commands(),
+                _ = lease.tick() => self.renew_leases(),
+            }
+        }
+        let _ = self.engine.store.release_runs(&self.engine.config.owner).await;
+        if let Some(reply) = self.stopping.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    fn fatal(&mut self, e: StoreError) {
+        tracing::error!(error = %e, "cannot persist run progress; stopping the engine");
+        for (_, kill) in self.running.drain() {
+            let _ = kill.send(());
+        }
+        let _ = self.engine.notices.send(Notice::Fatal { error: e.to_string() });
+        if let Some(reply) = self.stopping.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Starts a commit of the open batch, or performs eventless actions right away.
+    fn flush(&mut self) {
+        while self.inflight.is_none() {
+            if !self.batch.is_empty() {
+                let batch = std::mem::take(&mut self.batch);
+                let events = batch.events.len();
+                let store = Arc::clone(&self.engine.store);
+                self.inflight = Some(InFlight {
+                    handle: tokio::spawn(async move { store.commit(batch).await }),
+                    actions: std::mem::take(&mut self.actions),
+                    notices: std::mem::take(&mut self.notices),
+                    started: Instant::now(),
+                    events,
+                });
+                return;
+            }
+            if self.actions.is_empty() {
+                for n in self.notices.drain(..) {
+                    let _ = self.engine.notices.send(n);
+                }
+                return;
+            }
+            let actions = std::mem::take(&mut self.actions);
+            self.perform(actions);
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Adopt { mut state, base_dir, parent, reply } => {
+                let run: RunId = state.run_id.as_str().into();
+                let now = now_ms();
+                let t = if state.seq == 0 {
+                    state.handle(Input::Start, now).unwrap_or_default()
+                } else {
+                    state.resume(now)
+                };
+                self.runs.insert(run.clone(), Active { state: *state, base_dir, parent });
+                self.absorb(&run, t);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            Msg::Input { run_id, input, reply } => {
+                let result = self.apply(&RunId::from(run_id.as_str()), input);
+                if let Some(reply) = reply {
+                    match result {
+                        Some(r) => {
+                            let _ = reply.send(r);
+                        }
+                        None => drop(reply), // not active here
+                    }
+                }
+            }
+            Msg::AttemptDone { run_id, unit, attempt, finished } => {
+                self.running.remove(&(run_id.clone(), unit));
+                self.pools.release(&run_id, unit);
+                self.grant();
+                if let Some(active) = self.runs.get(&run_id) {
+                    let step_id = active.state.plan.step(unit.step).id.clone();
+                    for a in &finished.artifacts {
+                        self.batch.artifacts.push(Artifact {
+                            sha256: a.sha256.clone(),
+                            run_id: run_id.to_string(),
+                            step_id: step_id.clone(),
+                            attempt,
+                            name: a.name.clone(),
+                            size: a.size,
+                        });
+                    }
+                }
+                let _ = self.apply(&run_id, Input::AttemptFinished { unit, attempt, outcome: finished.outcome });
+            }
+            Msg::Commands(commands) => {
+                self.polling = false;
+                for c in commands {
+                    if !self.seen_commands.insert(c.id) {
+                        continue;
+                    }
+                    let comment = c.data.get("comment").and_then(Json::as_str).map(str::to_owned);
+                    let step = c.step_id.clone().unwrap_or_default();
+                    let input = match c.kind {
+                        plexus_store::CommandKind::Signal => Input::Signal { step_id: step, data: c.data.get("data").cloned().unwrap_or(Json::Null) },
+                        plexus_store::CommandKind::Approve => Input::Approve { step_id: step, by: c.actor.clone(), comment },
+                        plexus_store::CommandKind::Reject => Input::Reject { step_id: step, by: c.actor.clone(), comment },
+                        plexus_store::CommandKind::Cancel => Input::Cancel { reason: format!("cancelled by {}", c.actor) },
+                    };
+                    let result = match self.apply(&RunId::from(c.run_id.as_str()), input) {
+                        Some(Ok(())) => None,
+                        Some(Err(r)) => Some(r.to_string()),
+                        None => Some("the run is not active".to_owned()),
+                    };
+                    self.batch.consumed.push((c.id, result));
+                }
+            }
+            Msg::ChildEnded { parent, outcome } => self.child_ended(parent, outcome),
+            Msg::Pools(reply) => {
+                let _ = reply.send(self.pools.stats());
+            }
+            Msg::Shutdown(reply) => {
+                self.stopping = Some(reply);
+            }
+        }
+    }
+
+    /// Applies an input to a run; `None` if the run is not active here.
+    fn apply(&mut self, run: &RunId, input: Input) -> Option<Result<(), plexus_core::machine::Rejected>> {
+        let active = self.runs.get_mut(run)?;
+        Some(match active.state.handle(input, now_ms()) {
+            Ok(t) => {
+                self.absorb(run, t);
+                Ok(())
+            }
+            Err(r) => Err(r),
+        })
+    }
+
+    fn absorb(&mut self, run: &RunId, t: plexus_core::machine::Transition) {
+        let listening = self.engine.notices.receiver_count() > 0;
+        for e in t.events {
+            if listening {
+                self.notices.push(Notice::Event { run_id: run.clone(), event: Arc::new(e.clone()) });
+            }
+            self.batch.events.push((run.to_string(), e));
+        }
+        for a in t.actions {
+            self.actions.push((run.clone(), a));
+        }
+    }
+
+    fn grant(&mut self) {
+        for (run, unit) in self.pools.grant() {
+            if self.apply(&run, Input::SlotGranted(unit)).is_none() {
+                self.pools.release(&run, unit);
+            }
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<(RunId, Action)>) {
+        let mut regrant = false;
+        for (run, action) in actions {
+            match action {
+                Action::Enqueue { unit, pool, slots } => {
+                    self.pools.enqueue(run, unit, &pool, slots);
+                    regrant = true;
+                }
+                Action::Dequeue { unit } => {
+                    self.pools.release(&run, unit);
+                    regrant = true;
+                }
+                Action::Execute(task) => {
+                    if let Some(outcome) = exec::run_inline(&task.work) {
+                        let _ = self.apply(&run, Input::AttemptFinished { unit: task.unit, attempt: task.attempt, outcome });
+                        continue;
+                    }
+                    let Some(active) = self.runs.get(&run) else { continue };
+                    let base_dir = active.base_dir.clone();
+                    let (kill_tx, kill_rx) = oneshot::channel();
+                    self.running.insert((run.clone(), task.unit), kill_tx);
+                    let settings = self.settings.clone();
+                    let tx = self.engine.tx.clone();
+                    let logs = (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone());
+                    tokio::spawn(async move {
+                        let finished = process::run(&task, run.clone(), &base_dir, &settings, logs, kill_rx).await;
+                        let _ = tx.send(Msg::AttemptDone { run_id: run, unit: task.unit, attempt: task.attempt, finished }).await;
+                    });
+                }
+                Action::StartChild { unit, attempt, key, path, inputs } => self.start_child(run, unit, attempt, key, path, inputs),
+                Action::SetTimer { at, unit, attempt, purpose } => self.timers.set(at, run, unit, attempt, purpose),
+                Action::Kill { unit, .. } => {
+                    if let Some(kill) = self.running.remove(&(run, unit)) {
+                        let _ = kill.send(());
+                    }
+                }
+                Action::Finished { status } => self.finished(run, status),
+            }
+        }
+        if regrant {
+            self.grant();
+        }
+    }
+
+    fn finished(&mut self, run: RunId, status: RunStatus) {
+        self.notices.push(Notice::Finished { run_id: run.clone(), status });
+        let Some(active) = self.runs.remove(&run) else { return };
+        if let Some(parent) = active.parent {
+            let outcome = child_outcome(&active.state, status);
+            self.child_ended(parent, outcome);
+        }
+    }
+
+    fn child_ended(&mut self, parent: ParentRef, outcome: Outcome) {
+        let parent_run: RunId = parent.run_id.as_str().into();
+        let Some(p) = self.runs.get(&parent_run) else { return };
+        if let Some(&step) = p.state.plan.index.get(&parent.step_id) {
+            let unit = Unit { step, item: parent.item };
+            let _ = self.apply(&parent_run, Input::AttemptFinished { unit, attempt: parent.attempt, outcome });
+        }
+    }
+
+    fn start_child(&mut self, run: RunId, unit: Unit, attempt: u32, key: String, path: String, inputs: Json) {
+        let child_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes()).to_string();
+        if self.runs.contains_key(child_id.as_str()) {
+            return; // already running here; it reports back when it ends
+        }
+        let Some(active) = self.runs.get(&run) else { return };
+        let step_id = active.state.plan.step(unit.step).id.clone();
+        let file = active.base_dir.join(&path);
+        let engine = self.engine.clone();
+        let parent = ParentRef { run_id: run.to_string(), step_id, item: unit.item, attempt };
+        tokio::spawn(async move {
+            let fail = |error: String| Msg::Input {
+                run_id: run.to_string(),
+                input: Input::AttemptFinished { unit, attempt, outcome: Outcome::Failure { error, output: Json::Null } },
+                reply: None,
+            };
+            let msg = match prepare_child(&engine, &file, inputs, child_id, parent).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return,
+                Err(error) => fail(error),
+            };
+            let _ = engine.tx.send(msg).await;
+        });
+    }
+
+    fn poll_commands(&mut self) {
+        if self.polling || self.runs.is_empty() {
+            return;
+        }
+        self.polling = true;
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let commands = engine.store.pending_commands(&engine.config.owner).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading control commands failed");
+                Vec::new()
+            });
+            let _ = engine.tx.send(Msg::Commands(commands)).await;
+        });
+    }
+
+    fn renew_leases(&self) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let until = now_ms() + engine.config.lease.as_millis() as u64;
+            if let Err(e) = engine.store.renew_leases(&engine.config.owner, until).await {
+                tracing::warn!(error = %e, "renewing run leases failed");
+            }
+        });
+    }
+}
+
+fn child_outcome(state: &RunState, status: RunStatus) -> Outcome {
+    match status {
+        RunStatus::Succeeded => Outcome::Success(state.outputs.clone()),
+        _ => Outcome::Failure {
+            error: format!(
+                "sub-workflow `{}` (run {}) {}: {}",
+                state.plan.manifest.name,
+                state.run_id,
+                status.as_str(),
+                state.error.clone().unwrap_or_default()
+            ),
+            output: json!({"run_id": state.run_id, "outputs": state.outputs}),
+        },
+    }
+}
+
+/// Loads, checks and records a child run; returns the message that starts (or reports) it.
+async fn prepare_child(engine: &Engine, file: &std::path::Path, inputs: Json, child_id: String, parent: ParentRef) -> Result<Option<Msg>, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read sub-workflow {}: {e}", file.display()))?;
+    let plan = plexus_core::load(&text, &file.to_string_lossy(), &engine.config.compile_options())
+        .map_err(|d| format!("sub-workflow {} is invalid: {}", file.display(), d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")))?;
+    let given = match inputs {
+        Json::Object(m) => m,
+        Json::Null => serde_json::Map::new(),
+        other => return Err(format!("`with` of a workflow step must be a mapping of inputs, got {other}")),
+    };
+    let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, &given).map_err(|e| format!("sub-workflow inputs: {}", e.join("; ")))?;
+    let inputs = Json::Object(inputs);
+    let now = now_ms();
+    let base_dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let created = engine
+        .store
+        .create_run(NewRun {
+            id: child_id.clone(),
+            workflow: plan.manifest.name.clone(),
+            manifest: text,
+            base_dir: Some(base_dir.to_string_lossy().into_owned()),
+            inputs: inputs.clone(),
+            step_ids: plan.manifest.steps.iter().map(|s| s.id.clone()).collect(),
+            parent: Some(parent.clone()),
+            owner: Some(engine.config.owner.clone()),
+            lease_until: Some(now + engine.config.lease.as_millis() as u64),
+            created_at: now,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if created {
+        let state = RunState::new(child_id, Arc::new(plan), inputs);
+        return Ok(Some(Msg::Adopt { state: Box::new(state), base_dir, parent: Some(parent), reply: None }));
+    }
+    // The child exists from before a restart: report its end, or take it over.
+    let row = engine.store.get_run(&child_id).await.map_err(|e| e.to_string())?;
+    match RunStatus::parse(&row.status).filter(|s| s.is_terminal()) {
+        Some(status) => {
+            let events = engine.store.events(&child_id, 0, 0).await.map_err(|e| e.to_string())?;
+            let state = RunState::restore(child_id, Arc::new(plan), row.inputs, &events);
+            Ok(Some(Msg::ChildEnded { parent, outcome: child_outcome(&state, status) }))
+        }
+        None => {
+            engine.resume(&child_id).await.map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+    }
+}
+

@@ -1,0 +1,572 @@
+//! The embedded store: one SQLite file in WAL mode. A single writer thread owns the write
+//! connection and commits everything queued since its last commit in one transaction
+//! (group commit), so durable throughput is bounded by fsyncs, not by callers.
+
+use crate::*;
+use plexus_core::machine::Event;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use tokio::sync::oneshot;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// `synchronous=FULL` (the default): a commit survives power loss, not just a crash.
+    pub synchronous_full: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { synchronous_full: true }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => StoreError::Full(e.to_string()),
+        _ => StoreError::Db(e.to_string()),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Db(format!("bad JSON in the database: {e}"))
+}
+
+fn connect(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(db_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    let sync = if opts.synchronous_full { "FULL" } else { "NORMAL" };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
+    ))
+    .map_err(db_err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        .map_err(db_err)?;
+    let current: i64 = tx
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+        .map_err(db_err)?;
+    for (version, sql) in MIGRATIONS {
+        if *version > current {
+            tx.execute_batch(sql).map_err(db_err)?;
+            tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))", [version])
+                .map_err(db_err)?;
+        }
+    }
+    let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > newest {
+        return Err(StoreError::Db(format!(
+            "the database has schema version {current}, newer than this plexus understands ({newest}); upgrade plexus"
+        )));
+    }
+    tx.commit().map_err(db_err)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut write_conn = connect(&path, &opts)?;
+        migrate(&mut write_conn)?;
+        let reader = connect(&path, &opts)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("plexus-sqlite-writer".into())
+            .spawn(move || writer_loop(write_conn, rx))
+            .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore { path, writer: Mutex::new(Some(tx)), reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` inside the next group commit; resolves once that commit is durable.
+    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit_error| {
+                let _ = tx.send(match (result, commit_error) {
+                    (Ok(v), None) => Ok(v),
+                    (Ok(_), Some(e)) | (Err(e), _) => Err(e),
+                });
+            });
+            (ok, reply)
+        });
+        let sender = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let conn = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().map_err(|_| StoreError::Closed)?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Db(format!("read task failed: {e}")))?
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 1024 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = db_err(e);
+            for job in jobs {
+                // Run nothing: report the failure to each caller.
+                let (_, reply) = job_failed(job, &err);
+                reply(Some(err.clone()));
+            }
+            continue;
+        }
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, reply) = job(&conn);
+            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let _ = conn.execute_batch(end);
+            replies.push(reply);
+        }
+        let commit_error = match conn.execute_batch("COMMIT") {
+            Ok(()) => None,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Some(db_err(e))
+            }
+        };
+        for reply in replies {
+            reply(commit_error.clone());
+        }
+    }
+}
+
+/// A job that cannot run: its reply still has to be delivered.
+fn job_failed(job: Job, _err: &StoreError) -> (bool, Reply) {
+    // Jobs only touch the connection when called; with no transaction open we must not
+    // call them, so hand back a reply that drops the job unrun.
+    drop(job);
+    (false, Box::new(|_| {}))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
+     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq";
+
+fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
+    let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Json::Null);
+    let parent_run: Option<String> = r.get(8)?;
+    let parent = match parent_run {
+        Some(run_id) => Some(ParentRef {
+            run_id,
+            step_id: r.get(9)?,
+            item: r.get::<_, Option<i64>>(10)?.map(|v| v as u32),
+            attempt: r.get::<_, Option<i64>>(11)?.unwrap_or(0) as u32,
+        }),
+        None => None,
+    };
+    Ok(RunRow {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        status: r.get(2)?,
+        manifest: r.get(3)?,
+        base_dir: r.get(4)?,
+        inputs: parse(r.get(5)?),
+        outputs: parse(r.get(6)?),
+        error: r.get(7)?,
+        parent,
+        created_at: r.get::<_, i64>(12)? as u64,
+        updated_at: r.get::<_, i64>(13)? as u64,
+        finished_at: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+        owner: r.get(15)?,
+        lease_until: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+        last_seq: r.get::<_, i64>(17)? as u64,
+    })
+}
+
+fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
+    let mut insert_event = conn
+        .prepare_cached("INSERT INTO events (run_id, seq, time, type, step_id, attempt, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+        .map_err(db_err)?;
+    let mut update_step = conn
+        .prepare_cached(
+            "UPDATE steps SET status = ?3, attempt = COALESCE(?4, attempt), started_at = COALESCE(started_at, ?5), \
+             finished_at = COALESCE(?6, finished_at), output = CASE WHEN ?7 IS NULL THEN output ELSE ?7 END, \
+             error = CASE WHEN ?8 THEN ?9 ELSE error END WHERE run_id = ?1 AND step_id = ?2",
+        )
+        .map_err(db_err)?;
+    let mut update_run = conn
+        .prepare_cached(
+            "UPDATE runs SET status = ?2, finished_at = COALESCE(?3, finished_at), outputs = COALESCE(?4, outputs), \
+             error = COALESCE(?5, error) WHERE id = ?1",
+        )
+        .map_err(db_err)?;
+    let mut last: HashMap<&str, (u64, u64)> = HashMap::new();
+    for (run_id, e) in &batch.events {
+        let data = serde_json::to_string(e).map_err(json_err)?;
+        insert_event
+            .execute(params![run_id, e.seq as i64, e.time as i64, e.kind.type_name(), e.kind.step_id(), e.kind.attempt(), data])
+            .map_err(|err| match db_err(err) {
+                StoreError::Db(m) if m.contains("UNIQUE") => {
+                    StoreError::Conflict(format!("event {} of run {run_id} was already written by another process", e.seq))
+                }
+                other => other,
+            })?;
+        match materialize(e) {
+            RowChange::Step(StepChange { step_id, status, attempt, started, finished, output, error }) => {
+                let output = output.map(|o| o.to_string());
+                let (set_error, error) = match error {
+                    Some(v) => (true, v),
+                    None => (false, None),
+                };
+                update_step
+                    .execute(params![
+                        run_id,
+                        step_id,
+                        status,
+                        attempt,
+                        started.map(|t| t as i64),
+                        finished.map(|t| t as i64),
+                        output,
+                        set_error,
+                        error
+                    ])
+                    .map_err(db_err)?;
+            }
+            RowChange::Run { status, finished, outputs, error } => {
+                update_run
+                    .execute(params![run_id, status, finished.map(|t| t as i64), outputs.map(|o| o.to_string()), error])
+                    .map_err(db_err)?;
+            }
+            RowChange::None => {}
+        }
+        let entry = last.entry(run_id.as_str()).or_default();
+        entry.0 = entry.0.max(e.seq);
+        entry.1 = entry.1.max(e.time);
+    }
+    let mut bump = conn
+        .prepare_cached("UPDATE runs SET last_seq = MAX(last_seq, ?2), updated_at = MAX(updated_at, ?3) WHERE id = ?1")
+        .map_err(db_err)?;
+    for (run_id, (seq, time)) in last {
+        bump.execute(params![run_id, seq as i64, time as i64]).map_err(db_err)?;
+    }
+    let mut consume = conn.prepare_cached("UPDATE commands SET consumed_at = ?2, result = ?3 WHERE id = ?1").map_err(db_err)?;
+    for (id, result) in &batch.consumed {
+        consume.execute(params![id, now_ms(), result]).map_err(db_err)?;
+    }
+    let mut artifact = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO artifacts (sha256, run_id, step_id, attempt, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db_err)?;
+    for a in &batch.artifacts {
+        artifact.execute(params![a.sha256, a.run_id, a.step_id, a.attempt, a.name, a.size as i64, now_ms()]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn command_from_row(r: &Row) -> rusqlite::Result<Command> {
+    let kind: String = r.get(2)?;
+    let data: Option<String> = r.get(4)?;
+    Ok(Command {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        kind: CommandKind::parse(&kind).unwrap_or(CommandKind::Cancel),
+        step_id: r.get(3)?,
+        data: data.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Json::Null),
+        actor: r.get(5)?,
+        created_at: r.get::<_, i64>(6)? as u64,
+        consumed_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        result: r.get(8)?,
+    })
+}
+
+const COMMAND_COLUMNS: &str = "c.id, c.run_id, c.kind, c.step_id, c.data, c.actor, c.created_at, c.consumed_at, c.result";
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_run(&self, run: NewRun) -> Result<bool> {
+        self.write(move |conn| {
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12)",
+                    params![
+                        run.id,
+                        run.workflow,
+                        run.manifest,
+                        run.base_dir,
+                        run.inputs.to_string(),
+                        run.parent.as_ref().map(|p| p.run_id.clone()),
+                        run.parent.as_ref().map(|p| p.step_id.clone()),
+                        run.parent.as_ref().and_then(|p| p.item),
+                        run.parent.as_ref().map(|p| p.attempt),
+                        run.created_at as i64,
+                        run.owner,
+                        run.lease_until.map(|t| t as i64),
+                    ],
+                )
+                .map_err(db_err)?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            let mut step = conn
+                .prepare_cached("INSERT INTO steps (run_id, step_id, position, status) VALUES (?1, ?2, ?3, 'pending')")
+                .map_err(db_err)?;
+            for (i, id) in run.step_ids.iter().enumerate() {
+                step.execute(params![run.id, id, i as i64]).map_err(db_err)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| apply_batch(conn, &batch)).await
+    }
+
+    async fn claim_run(&self, run_id: &str, owner: &str, lease_until: Millis, now: Millis, force: bool) -> Result<bool> {
+        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE runs SET owner = ?2, lease_until = ?3, fence = fence + 1 WHERE id = ?1 \
+                     AND status NOT IN ('succeeded', 'failed', 'cancelled') \
+                     AND (?5 OR owner IS NULL OR owner = ?2 OR lease_until IS NULL OR lease_until < ?4)",
+                    params![run_id, owner, lease_until as i64, now as i64, force],
+                )
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()> {
+        let owner = owner.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE runs SET lease_until = ?2 WHERE owner = ?1 AND status NOT IN ('succeeded', 'failed', 'cancelled')",
+                params![owner, lease_until as i64],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_runs(&self, owner: &str) -> Result<()> {
+        let owner = owner.to_owned();
+        self.write(move |conn| {
+            conn.execute("UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = ?1", params![owner]).map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow> {
+        let key = id_or_prefix.to_owned();
+        self.read(move |conn| {
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(StoreError::RunNotFound(key));
+            }
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+            if let Some(run) = conn.query_row(&sql, [&key], run_from_row).optional().map_err(db_err)? {
+                return Ok(run);
+            }
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 || '%' LIMIT 2");
+            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut rows: Vec<RunRow> = stmt.query_map([&key], run_from_row).map_err(db_err)?.collect::<rusqlite::Result<_>>().map_err(db_err)?;
+            match rows.len() {
+                0 => Err(StoreError::RunNotFound(key)),
+                1 => Ok(rows.remove(0)),
+                _ => Err(StoreError::Ambiguous(key)),
+            }
+        })
+        .await
+    }
+
+    async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunRow>> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+            let mut args: Vec<String> = Vec::new();
+            if let Some(s) = &filter.status {
+                args.push(s.clone());
+                sql.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            if let Some(w) = &filter.workflow {
+                args.push(w.clone());
+                sql.push_str(&format!(" AND workflow = ?{}", args.len()));
+            }
+            if filter.active {
+                sql.push_str(" AND status NOT IN ('succeeded', 'failed', 'cancelled')");
+            }
+            let limit = if filter.limit == 0 { 50 } else { filter.limit };
+            sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
+            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), run_from_row)
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRow>> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT step_id, status, attempt, started_at, finished_at, output, error FROM steps WHERE run_id = ?1 ORDER BY position")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([&run_id], |r| {
+                    let output: Option<String> = r.get(5)?;
+                    Ok(StepRow {
+                        step_id: r.get(0)?,
+                        status: r.get(1)?,
+                        attempt: r.get::<_, i64>(2)? as u32,
+                        started_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                        finished_at: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                        output: output.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or(Json::Null),
+                        error: r.get(6)?,
+                    })
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT data FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .map_err(db_err)?;
+            let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+            let mut out = Vec::new();
+            let mut rows = stmt.query(params![run_id, after as i64, limit]).map_err(db_err)?;
+            while let Some(row) = rows.next().map_err(db_err)? {
+                let data: String = row.get(0).map_err(db_err)?;
+                out.push(serde_json::from_str(&data).map_err(json_err)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn children(&self, run_id: &str) -> Result<Vec<RunRow>> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 ORDER BY created_at");
+            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let rows = stmt.query_map([&run_id], run_from_row).map_err(db_err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn add_command(&self, run_id: &str, kind: CommandKind, step_id: Option<&str>, data: Json, actor: &str, now: Millis) -> Result<i64> {
+        let (run_id, step_id, actor) = (run_id.to_owned(), step_id.map(str::to_owned), actor.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO commands (run_id, kind, step_id, data, actor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![run_id, kind.as_str(), step_id, data.to_string(), actor, now as i64],
+            )
+            .map_err(db_err)?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>> {
+        let owner = owner.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {COMMAND_COLUMNS} FROM commands c JOIN runs r ON r.id = c.run_id \
+                 WHERE c.consumed_at IS NULL AND r.owner = ?1 ORDER BY c.id"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            let rows = stmt.query_map([&owner], command_from_row).map_err(db_err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn command(&self, id: i64) -> Result<Option<Command>> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {COMMAND_COLUMNS} FROM commands c WHERE c.id = ?1");
+            conn.query_row(&sql, [id], command_from_row).optional().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT sha256, run_id, step_id, attempt, name, size FROM artifacts WHERE run_id = ?1 ORDER BY step_id, name")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([&run_id], |r| {
+                    Ok(Artifact {
+                        sha256: r.get(0)?,
+                        run_id: r.get(1)?,
+                        step_id: r.get(2)?,
+                        attempt: r.get::<_, i64>(3)? as u32,
+                        name: r.get(4)?,
+                        size: r.get::<_, i64>(5)? as u64,
+                    })
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer thread once queued commits are done.
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+    }
+}
