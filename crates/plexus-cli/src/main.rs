@@ -1,1 +1,208 @@
-fn main() {}
+//! `plexus`: run durable workflows on your machine, inspect and control them.
+
+mod cmd_run;
+mod cmd_runs;
+mod cmd_validate;
+mod config;
+mod output;
+mod progress;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use output::Format;
+use plexus_store::{CommandKind, RunFilter, Store};
+use serde_json::{Value as Json, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const ABOUT: &str = "Durable workflows for AI-agent operations.
+
+A workflow is a YAML file of steps (shell, python, builtins, waits, approvals,
+sub-workflows) joined by `needs`. `plexus run` executes it durably in an embedded
+SQLite store: kill the process at any point and `plexus resume RUN` continues.
+
+Start here:
+  plexus validate flow.yaml          check a manifest, every problem at once
+  plexus plan flow.yaml              see layers, parallelism and approval gates
+  plexus run flow.yaml -i key=value  run it, with live progress
+  plexus runs list                   recent runs (interrupted ones are marked)";
+
+#[derive(Parser)]
+#[command(name = "plexus", version, about = "Durable workflows for AI-agent operations", long_about = ABOUT)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Directory of the embedded store, artifacts and scratch space
+    /// [default: $XDG_DATA_HOME/plexus]
+    #[arg(long, global = true, env = "PLEXUS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Executor pool size, NAME=SLOTS (repeatable); `default` is the number of cores
+    #[arg(long = "pool", global = true, value_name = "NAME=SLOTS")]
+    pools: Vec<String>,
+    /// Configuration file [default: ./plexus.toml, then $XDG_CONFIG_HOME/plexus/plexus.toml]
+    #[arg(long, global = true, env = "PLEXUS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Output format
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a workflow now, durably, and show its progress
+    ///
+    /// Exit status: 0 succeeded, 1 failed, 2 invalid manifest or inputs, 130 cancelled.
+    /// Steps that wait for approval prompt on a terminal; elsewhere approve them with
+    /// `plexus approve RUN STEP` from another shell.
+    Run {
+        /// The workflow manifest (YAML or JSON)
+        file: PathBuf,
+        /// An input, KEY=VALUE (repeatable); values are converted to the declared type
+        #[arg(short, long = "input", value_name = "KEY=VALUE")]
+        input: Vec<String>,
+        /// A JSON file holding an object of inputs
+        #[arg(long, value_name = "FILE")]
+        inputs: Option<PathBuf>,
+        /// Stream the output of steps as they run
+        #[arg(long)]
+        follow_logs: bool,
+    },
+    /// Continue an interrupted run (after a crash, kill -9 or reboot)
+    Resume {
+        run: String,
+        #[arg(long)]
+        follow_logs: bool,
+    },
+    /// Check manifests and report every problem with file:line:column (exit 2 if invalid)
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show how a workflow will run: layers, parallel steps, pools, approval gates
+    Plan { file: PathBuf },
+    /// Inspect and control runs
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Deliver a signal to a step waiting in `wait: {signal: ...}`
+    Signal {
+        run: String,
+        step: String,
+        /// JSON data; it becomes the step's output
+        #[arg(long, value_name = "JSON")]
+        data: Option<String>,
+    },
+    /// Approve a step that waits for approval
+    Approve {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a step that waits for approval (it is skipped with reason `rejected`)
+    Reject {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Recent runs, newest first
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs that no process is driving (resume them with `plexus resume`)
+        #[arg(long)]
+        interrupted: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One run with its steps (a unique prefix of the id is enough)
+    Show { run: String },
+    /// The run's event history
+    Events {
+        run: String,
+        /// Only events after this sequence number
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Cancel a run: running steps are killed, the rest cancelled
+    Cancel { run: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    // Exit without waiting for threads blocked on the terminal (approval prompts).
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> Result<i32> {
+    let g = cli.global;
+    let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref())?;
+    let compile = plexus_core::CompileOptions { pools: settings.pools.clone() };
+    let format = g.output;
+    match cli.command {
+        Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
+        Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
+        Command::Run { file, input, inputs, follow_logs } => {
+            cmd_run::run(&settings, cmd_run::RunArgs { file, inputs: input, inputs_file: inputs, follow_logs, format }).await
+        }
+        Command::Resume { run, follow_logs } => cmd_run::resume(&settings, &run, follow_logs, format).await,
+        Command::Runs(rc) => {
+            let store: Arc<dyn Store> = settings.open_store()?;
+            match rc {
+                RunsCommand::List { status, workflow, interrupted, limit } => {
+                    let active = interrupted;
+                    cmd_runs::list(&*store, RunFilter { status, workflow, active, limit }, interrupted, format).await
+                }
+                RunsCommand::Show { run } => cmd_runs::show_run(&*store, &run, format).await.map(|_| 0),
+                RunsCommand::Events { run, after } => cmd_runs::events(&*store, &run, after, format).await,
+                RunsCommand::Cancel { run } => {
+                    let actor = cmd_run::local_user();
+                    cmd_runs::control(store, &run, CommandKind::Cancel, None, Json::Null, &actor, &settings).await
+                }
+            }
+        }
+        Command::Signal { run, step, data } => {
+            let data = match data {
+                Some(d) => serde_json::from_str::<Json>(&d).with_context(|| format!("--data is not valid JSON: {d}"))?,
+                None => Json::Null,
+            };
+            let store: Arc<dyn Store> = settings.open_store()?;
+            let actor = cmd_run::local_user();
+            cmd_runs::control(store, &run, CommandKind::Signal, Some(&step), json!({"data": data}), &actor, &settings).await
+        }
+        Command::Approve { run, step, comment } => {
+            let store: Arc<dyn Store> = settings.open_store()?;
+            let actor = cmd_run::local_user();
+            cmd_runs::control(store, &run, CommandKind::Approve, Some(&step), json!({"comment": comment}), &actor, &settings).await
+        }
+        Command::Reject { run, step, comment } => {
+            let store: Arc<dyn Store> = settings.open_store()?;
+            let actor = cmd_run::local_user();
+            cmd_runs::control(store, &run, CommandKind::Reject, Some(&step), json!({"comment": comment}), &actor, &settings).await
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `plexus validate` and `plexus plan`.
+
+use crate::output::{self, Format};
+use anyhow::{Context, Result};
+use plexus_core::manifest::StepKind;
+use plexus_core::{CompileOptions, Diagnostic, Plan};
+use serde_json::json;
+use std::path::Path;
+
+/// Reads and compiles a manifest file: `Ok(Err(diagnostics))` when it is invalid.
+pub fn load_file(path: &Path, opts: &CompileOptions) -> Result<(std::result::Result<Plan, Vec<Diagnostic>>, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((plexus_core::load(&text, &path.to_string_lossy(), opts), text))
+}
+
+pub fn print_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+    eprintln!("{} problem{} found", diags.len(), if diags.len() == 1 { "" } else { "s" });
+}
+
+/// Exit code 0 when every file is valid, 2 otherwise.
+pub fn validate(files: &[std::path::PathBuf], opts: &CompileOptions, format: Format) -> Result<i32> {
+    let mut all = Vec::new();
+    let mut results = Vec::new();
+    for file in files {
+        let (result, _) = load_file(file, opts)?;
+        match result {
+            Ok(plan) => results.push(json!({"file": file, "valid": true, "workflow": plan.manifest.name, "steps": plan.len()})),
+            Err(d) => {
+                results.push(json!({"file": file, "valid": false, "problems": d}));
+                all.extend(d);
+            }
+        }
+    }
+    match format {
+        Format::Json => output::json(&json!({"valid": all.is_empty(), "files": results, "problems": all})),
+        Format::Table => {
+            if all.is_empty() {
+                for r in &results {
+                    println!("{}: ok ({} steps)", r["file"].as_str().unwrap_or(""), r["steps"]);
+                }
+            } else {
+                print_diagnostics(&all);
+            }
+        }
+    }
+    Ok(if all.is_empty() { 0 } else { 2 })
+}
+
+pub fn plan(file: &Path, opts: &CompileOptions, format: Format) -> Result<i32> {
+    let (result, _) = load_file(file, opts)?;
+    let plan = match result {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&d);
+            return Ok(2);
+        }
+    };
+    let step_json = |i: usize| {
+        let s = plan.step(i);
+        let n = &plan.nodes[i];
+        let uses_pool = matches!(s.kind, StepKind::Run(_) | StepKind::Python(_));
+        json!({
+            "id": s.id,
+            "kind": s.kind.name(),
+            "needs": s.needs,
+            "pool": uses_pool.then(|| n.pool.clone()),
+            "pool_slots": uses_pool.then_some(s.pool_slots),
+            "approval": n.gate.map(plexus_core::machine::permission_name).or(matches!(s.kind, StepKind::Approval(_)).then_some("explicit")),
+            "foreach": s.foreach,
+            "retry": n.retry.max_attempts,
+        })
+    };
+    let layers: Vec<Vec<serde_json::Value>> = plan.layers.iter().map(|l| l.iter().map(|&i| step_json(i)).collect()).collect();
+    if format == Format::Json {
+        output::json(&json!({"workflow": plan.manifest.name, "mode": plan.manifest.mode, "layers": layers, "pools": opts.pools}));
+        return Ok(0);
+    }
+    println!("workflow {} ({} steps, {} layers, mode {:?})", plan.manifest.name, plan.len(), plan.layers.len(), plan.manifest.mode);
+    for (k, layer) in layers.iter().enumerate() {
+        let parallel = if layer.len() > 1 { format!(" — {} in parallel", layer.len()) } else { String::new() };
+        println!("\nlayer {}{parallel}", k + 1);
+        for s in layer {
+            let mut notes = Vec::new();
+            if let Some(p) = s["pool"].as_str() {
+                notes.push(format!("pool {p}×{}", s["pool_slots"]));
+            }
+            if let Some(a) = s["approval"].as_str() {
+                notes.push(format!("waits for approval ({a})"));
+            }
+            if let Some(f) = s["foreach"].as_str() {
+                notes.push(format!("foreach {f}"));
+            }
+            if s["retry"].as_u64().unwrap_or(1) > 1 {
+                notes.push(format!("up to {} attempts", s["retry"]));
+            }
+            let needs = s["needs"].as_array().filter(|n| !n.is_empty()).map(|n| {
+                format!(" ← {}", n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+            });
+            println!(
+                "  {:<24} {:<9}{}{}",
+                s["id"].as_str().unwrap_or(""),
+                s["kind"].as_str().unwrap_or(""),
+                needs.unwrap_or_default(),
+                if notes.is_empty() { String::new() } else { format!("  [{}]", notes.join("; ")) }
+            );
+        }
+    }
+    println!("\npools: {}", opts.pools.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "));
+    Ok(0)
+}
