@@ -1,0 +1,109 @@
+//! Black-box helpers: every test drives the real `plexus` binary against its own data dir.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Plexus {
+    pub dir: tempfile::TempDir,
+}
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").canonicalize().expect("examples dir")
+}
+
+impl Plexus {
+    pub fn new() -> Self {
+        Plexus { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_plexus"));
+        c.env("PLEXUS_DATA_DIR", self.data_dir())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env_remove("PLEXUS_CONFIG")
+            .env_remove("PLEXUS_LOG")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("plexus runs")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(&[args, &["-o", "json"]].concat());
+        assert!(out.status.success(), "plexus {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Starts `plexus` in the background and returns it with the run id it announced.
+    pub fn spawn(&self, args: &[&str]) -> (Child, String) {
+        let mut child = self.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn plexus");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("first line");
+        let id = line
+            .split_whitespace()
+            .nth(1)
+            .filter(|_| line.starts_with("run "))
+            .unwrap_or_else(|| panic!("expected `run ID ...`, got {line:?}"))
+            .to_owned();
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        (child, id)
+    }
+
+    pub fn run_json(&self, run: &str) -> Value {
+        self.json(&["runs", "show", run])
+    }
+
+    pub fn step_status(&self, run: &str, step: &str) -> String {
+        let v = self.run_json(run);
+        v["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == step).map(|s| s["status"].as_str().unwrap().to_owned()).unwrap_or_default()
+    }
+
+    /// Polls until `f` holds or the timeout passes.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    pub fn events(&self, run: &str) -> Vec<Value> {
+        self.json(&["runs", "events", run]).as_array().unwrap().clone()
+    }
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("plexus did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
