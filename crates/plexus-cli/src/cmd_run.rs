@@ -26,14 +26,19 @@ pub struct RunArgs {
 fn given_inputs(flags: &[String], file: Option<&Path>) -> Result<serde_json::Map<String, Json>> {
     let mut map = serde_json::Map::new();
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        match serde_json::from_str::<Json>(&text).with_context(|| format!("{} is not valid JSON", f.display()))? {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        match serde_json::from_str::<Json>(&text)
+            .with_context(|| format!("{} is not valid JSON", f.display()))?
+        {
             Json::Object(m) => map.extend(m),
             _ => bail!("{} must hold a JSON object of inputs", f.display()),
         }
     }
     for flag in flags {
-        let (k, v) = flag.split_once('=').with_context(|| format!("`--input {flag}`: write KEY=VALUE"))?;
+        let (k, v) = flag
+            .split_once('=')
+            .with_context(|| format!("`--input {flag}`: write KEY=VALUE"))?;
         map.insert(k.trim().to_owned(), Json::String(v.to_owned()));
     }
     Ok(map)
@@ -44,7 +49,9 @@ fn engine_config(settings: &Settings) -> EngineConfig {
 }
 
 pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
-    let opts = plexus_core::CompileOptions { pools: settings.pools.clone() };
+    let opts = plexus_core::CompileOptions {
+        pools: settings.pools.clone(),
+    };
     let (result, text) = load_file(&args.file, &opts)?;
     let plan = match result {
         Ok(p) => p,
@@ -67,26 +74,54 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
     let engine = Engine::start(store, engine_config(settings));
     let notices = engine.subscribe();
     let logs = args.follow_logs.then(|| engine.logs());
-    let base_dir = args.file.canonicalize()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = args
+        .file
+        .canonicalize()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let total = plan.len();
     let name = plan.manifest.name.clone();
     let run_id = engine
-        .submit(Submission { plan: Arc::new(plan), manifest_text: text, base_dir, inputs: Json::Object(inputs) })
+        .submit(Submission {
+            plan: Arc::new(plan),
+            manifest_text: text,
+            base_dir,
+            inputs: Json::Object(inputs),
+        })
         .await?;
     eprintln!("run {run_id} started: workflow {name}, {total} steps");
     follow(&engine, &run_id, total, 0, notices, logs, args.format).await
 }
 
-pub async fn resume(settings: &Settings, run: &str, follow_logs: bool, format: Format) -> Result<i32> {
+pub async fn resume(
+    settings: &Settings,
+    run: &str,
+    follow_logs: bool,
+    format: Format,
+) -> Result<i32> {
     let store = settings.open_store()?;
     let engine = Engine::start(store.clone(), engine_config(settings));
     let notices = engine.subscribe();
     let logs = follow_logs.then(|| engine.logs());
     let row = plexus_store::Store::get_run(&*store, run).await?;
     let steps = plexus_store::Store::steps(&*store, &row.id).await?;
-    let done = steps.iter().filter(|s| matches!(s.status.as_str(), "succeeded" | "failed" | "skipped" | "cancelled")).count();
+    let done = steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.status.as_str(),
+                "succeeded" | "failed" | "skipped" | "cancelled"
+            )
+        })
+        .count();
     let run_id = engine.resume(&row.id).await?;
-    eprintln!("run {run_id} resumed: workflow {}, {}/{} steps already done", row.workflow, done, steps.len());
+    eprintln!(
+        "run {run_id} resumed: workflow {}, {}/{} steps already done",
+        row.workflow,
+        done,
+        steps.len()
+    );
     follow(&engine, &run_id, steps.len(), done, notices, logs, format).await
 }
 
@@ -109,12 +144,13 @@ async fn follow(
     let mut cancelling = false;
     let mut fatal = None;
     let status = loop {
-        if interactive && !prompting {
-            if let Some((step, what)) = waiting_approval.pop() {
-                prompting = true;
-                progress.finish();
-                ask_approval(step, what, answers_tx.clone());
-            }
+        if interactive
+            && !prompting
+            && let Some((step, what)) = waiting_approval.pop()
+        {
+            prompting = true;
+            progress.finish();
+            ask_approval(step, what, answers_tx.clone());
         }
         tokio::select! {
             n = notices.recv() => match n {
@@ -136,12 +172,12 @@ async fn follow(
                 Err(broadcast::error::RecvError::Closed) => break None,
             },
             chunk = async { logs.as_mut().expect("guarded").recv().await }, if logs.is_some() => {
-                if let Ok(c) = chunk {
-                    if &*c.run_id == run_id {
-                        let tag = match c.item { Some(k) => format!("{}[{k}]", c.step_id), None => c.step_id.clone() };
-                        for line in c.text.lines() {
-                            progress.say(&format!("  {tag} {} {line}", if c.stderr { "!" } else { "|" }));
-                        }
+                if let Ok(c) = chunk
+                    && &*c.run_id == run_id
+                {
+                    let tag = match c.item { Some(k) => format!("{}[{k}]", c.step_id), None => c.step_id.clone() };
+                    for line in c.text.lines() {
+                        progress.say(&format!("  {tag} {} {line}", if c.stderr { "!" } else { "|" }));
                     }
                 }
             }
@@ -174,11 +210,15 @@ async fn follow(
     progress.finish();
     engine.shutdown().await;
     if let Some(error) = fatal {
-        eprintln!("error: {error}\nthe run stopped at its last durable step; fix the problem and run `plexus resume {run_id}`");
+        eprintln!(
+            "error: {error}\nthe run stopped at its last durable step; fix the problem and run `plexus resume {run_id}`"
+        );
         return Ok(1);
     }
     let Some(status) = status else {
-        bail!("the engine stopped before run {run_id} finished; `plexus resume {run_id}` continues it");
+        bail!(
+            "the engine stopped before run {run_id} finished; `plexus resume {run_id}` continues it"
+        );
     };
     cmd_runs::show_run(&**engine.store(), run_id, format).await?;
     Ok(match status {
@@ -194,12 +234,24 @@ fn describe_approval(detail: &Json, permission: plexus_core::manifest::Permissio
         .or_else(|| detail.get("message"))
         .and_then(Json::as_str)
         .map(|c| one_line(c, 120))
-        .unwrap_or_else(|| detail.get("kind").and_then(Json::as_str).unwrap_or("step").to_owned());
-    format!("{} permission: {what}", plexus_core::machine::permission_name(permission))
+        .unwrap_or_else(|| {
+            detail
+                .get("kind")
+                .and_then(Json::as_str)
+                .unwrap_or("step")
+                .to_owned()
+        });
+    format!(
+        "{} permission: {what}",
+        plexus_core::machine::permission_name(permission)
+    )
 }
 
 pub fn local_user() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).map(|u| format!("local:{u}")).unwrap_or_else(|_| "local".into())
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .map(|u| format!("local:{u}"))
+        .unwrap_or_else(|_| "local".into())
 }
 
 /// Asks on the terminal in a plain thread (a pending read must not keep the process alive).
@@ -207,7 +259,8 @@ fn ask_approval(step: String, what: String, answers: mpsc::Sender<(String, bool)
     std::thread::spawn(move || {
         eprint!("step `{step}` needs approval ({what})\napprove? [y/N] ");
         let mut line = String::new();
-        let yes = std::io::stdin().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes");
+        let yes = std::io::stdin().read_line(&mut line).is_ok()
+            && matches!(line.trim(), "y" | "Y" | "yes");
         let _ = answers.blocking_send((step, yes));
     });
 }

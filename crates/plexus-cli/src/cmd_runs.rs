@@ -23,7 +23,11 @@ fn interrupted(row: &RunRow) -> bool {
 }
 
 fn shown_status(row: &RunRow) -> String {
-    if interrupted(row) { format!("{} (interrupted)", row.status) } else { row.status.clone() }
+    if interrupted(row) {
+        format!("{} (interrupted)", row.status)
+    } else {
+        row.status.clone()
+    }
 }
 
 fn run_json(row: &RunRow) -> Json {
@@ -32,7 +36,12 @@ fn run_json(row: &RunRow) -> Json {
     v
 }
 
-pub async fn list(store: &dyn Store, filter: RunFilter, only_interrupted: bool, format: Format) -> Result<i32> {
+pub async fn list(
+    store: &dyn Store,
+    filter: RunFilter,
+    only_interrupted: bool,
+    format: Format,
+) -> Result<i32> {
     let mut rows = store.list_runs(filter).await?;
     if only_interrupted {
         rows.retain(interrupted);
@@ -48,8 +57,17 @@ pub async fn list(store: &dyn Store, filter: RunFilter, only_interrupted: bool, 
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let took = r.finished_at.map(|f| millis(f.saturating_sub(r.created_at))).unwrap_or_else(|| "-".into());
-            vec![r.id.clone(), r.workflow.clone(), shown_status(r), ago(r.created_at), took]
+            let took = r
+                .finished_at
+                .map(|f| millis(f.saturating_sub(r.created_at)))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                r.id.clone(),
+                r.workflow.clone(),
+                shown_status(r),
+                ago(r.created_at),
+                took,
+            ]
         })
         .collect();
     output::table(&["RUN", "WORKFLOW", "STATUS", "STARTED", "TOOK"], &table);
@@ -69,8 +87,16 @@ pub async fn show_run(store: &dyn Store, run: &str, format: Format) -> Result<()
         output::json(&v);
         return Ok(());
     }
-    let took = row.finished_at.map(|f| format!(" in {}", millis(f.saturating_sub(row.created_at)))).unwrap_or_default();
-    println!("run {}  {}{took}  (workflow {})", row.id, shown_status(&row), row.workflow);
+    let took = row
+        .finished_at
+        .map(|f| format!(" in {}", millis(f.saturating_sub(row.created_at))))
+        .unwrap_or_default();
+    println!(
+        "run {}  {}{took}  (workflow {})",
+        row.id,
+        shown_status(&row),
+        row.workflow
+    );
     if let Some(e) = &row.error {
         println!("error: {e}");
     }
@@ -81,12 +107,24 @@ pub async fn show_run(store: &dyn Store, run: &str, format: Format) -> Result<()
                 (Some(a), Some(b)) => millis(b.saturating_sub(a)),
                 _ => "-".into(),
             };
-            let detail = s.error.clone().map(|e| one_line(&e, 80)).unwrap_or_else(|| match &s.output {
-                Json::Null => String::new(),
-                Json::Object(o) if o.contains_key("stdout") => one_line(o["stdout"].as_str().unwrap_or(""), 80),
-                other => one_line(&other.to_string(), 80),
-            });
-            vec![s.step_id.clone(), s.status.clone(), s.attempt.to_string(), took, detail]
+            let detail = s
+                .error
+                .clone()
+                .map(|e| one_line(&e, 80))
+                .unwrap_or_else(|| match &s.output {
+                    Json::Null => String::new(),
+                    Json::Object(o) if o.contains_key("stdout") => {
+                        one_line(o["stdout"].as_str().unwrap_or(""), 80)
+                    }
+                    other => one_line(&other.to_string(), 80),
+                });
+            vec![
+                s.step_id.clone(),
+                s.status.clone(),
+                s.attempt.to_string(),
+                took,
+                detail,
+            ]
         })
         .collect();
     println!();
@@ -124,13 +162,24 @@ pub async fn events(store: &dyn Store, run: &str, after: u64, format: Format) ->
             ]
         })
         .collect();
-    output::table(&["SEQ", "AT", "TYPE", "STEP", "ITEM", "ATTEMPT", "DETAIL"], &table);
+    output::table(
+        &["SEQ", "AT", "TYPE", "STEP", "ITEM", "ATTEMPT", "DETAIL"],
+        &table,
+    );
     Ok(0)
 }
 
 /// Sends a control command. A live engine applies it within a moment and the answer is
 /// shown; for an interrupted run it is kept and applied by `plexus resume`.
-pub async fn control(store: Arc<dyn Store>, run: &str, kind: CommandKind, step: Option<&str>, data: Json, actor: &str, opts: &crate::config::Settings) -> Result<i32> {
+pub async fn control(
+    store: Arc<dyn Store>,
+    run: &str,
+    kind: CommandKind,
+    step: Option<&str>,
+    data: Json,
+    actor: &str,
+    opts: &crate::config::Settings,
+) -> Result<i32> {
     let row = store.get_run(run).await?;
     if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
         bail!("run {} is already {}", row.id, row.status);
@@ -139,60 +188,92 @@ pub async fn control(store: Arc<dyn Store>, run: &str, kind: CommandKind, step: 
         let steps = store.steps(&row.id).await?;
         let Some(s) = steps.iter().find(|s| s.step_id == step) else {
             let names: Vec<&str> = steps.iter().map(|s| s.step_id.as_str()).collect();
-            bail!("run {} has no step `{step}` (steps: {})", row.id, names.join(", "));
+            bail!(
+                "run {} has no step `{step}` (steps: {})",
+                row.id,
+                names.join(", ")
+            );
         };
         let expected = match kind {
             CommandKind::Signal => Some(("waiting", "waiting for a signal")),
-            CommandKind::Approve | CommandKind::Reject => Some(("awaiting_approval", "awaiting approval")),
+            CommandKind::Approve | CommandKind::Reject => {
+                Some(("awaiting_approval", "awaiting approval"))
+            }
             CommandKind::Cancel => None,
         };
-        if let Some((status, what)) = expected {
-            if s.status != status {
-                bail!("step `{step}` is {}, not {what}", s.status);
-            }
+        if let Some((status, what)) = expected
+            && s.status != status
+        {
+            bail!("step `{step}` is {}, not {what}", s.status);
         }
     }
     if kind == CommandKind::Cancel && !is_driven(&row) {
         return cancel_interrupted(store, &row, actor, opts).await;
     }
-    let id = store.add_command(&row.id, kind, step, data, actor, now_ms()).await?;
+    let id = store
+        .add_command(&row.id, kind, step, data, actor, now_ms())
+        .await?;
     if !is_driven(&row) {
-        println!("recorded; run {} is interrupted, so this applies when you run `plexus resume {}`", row.id, row.id);
+        println!(
+            "recorded; run {} is interrupted, so this applies when you run `plexus resume {}`",
+            row.id, row.id
+        );
         return Ok(0);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
-        if let Some(c) = store.command(id).await? {
-            if c.consumed_at.is_some() {
-                return match c.result {
-                    None => {
-                        println!("{} applied to run {}", kind.as_str(), row.id);
-                        Ok(0)
-                    }
-                    Some(err) => bail!("{} refused: {err}", kind.as_str()),
-                };
-            }
+        if let Some(c) = store.command(id).await?
+            && c.consumed_at.is_some()
+        {
+            return match c.result {
+                None => {
+                    println!("{} applied to run {}", kind.as_str(), row.id);
+                    Ok(0)
+                }
+                Some(err) => bail!("{} refused: {err}", kind.as_str()),
+            };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("recorded; the engine driving run {} has not applied it yet", row.id);
+    println!(
+        "recorded; the engine driving run {} has not applied it yet",
+        row.id
+    );
     Ok(0)
 }
 
 /// Nobody drives the run: apply the cancellation to its state directly.
-async fn cancel_interrupted(store: Arc<dyn Store>, row: &RunRow, actor: &str, settings: &crate::config::Settings) -> Result<i32> {
+async fn cancel_interrupted(
+    store: Arc<dyn Store>,
+    row: &RunRow,
+    actor: &str,
+    settings: &crate::config::Settings,
+) -> Result<i32> {
     let me = plexus_engine::new_owner_id();
     let now = now_ms();
-    if !store.claim_run(&row.id, &me, now + 10_000, now, true).await? {
+    if !store
+        .claim_run(&row.id, &me, now + 10_000, now, true)
+        .await?
+    {
         bail!("run {} could not be claimed", row.id);
     }
-    let opts = plexus_core::CompileOptions { pools: settings.pools.clone() };
+    let opts = plexus_core::CompileOptions {
+        pools: settings.pools.clone(),
+    };
     let plan = plexus_core::load(&row.manifest, "(stored manifest)", &opts)
         .map_err(|d| anyhow::anyhow!("the stored manifest no longer compiles: {}", d[0]))?;
     let events = store.events(&row.id, 0, 0).await?;
     let mut state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
-    let t = state.handle(Input::Cancel { reason: format!("cancelled by {actor}") }, now)?;
-    let batch = Batch { events: t.events.into_iter().map(|e| (row.id.clone(), e)).collect(), ..Default::default() };
+    let t = state.handle(
+        Input::Cancel {
+            reason: format!("cancelled by {actor}"),
+        },
+        now,
+    )?;
+    let batch = Batch {
+        events: t.events.into_iter().map(|e| (row.id.clone(), e)).collect(),
+        ..Default::default()
+    };
     store.commit(batch).await?;
     store.release_runs(&me).await?;
     println!("run {} cancelled", row.id);

@@ -8,20 +8,35 @@ use serde_json::json;
 use std::path::Path;
 
 /// Reads and compiles a manifest file: `Ok(Err(diagnostics))` when it is invalid.
-pub fn load_file(path: &Path, opts: &CompileOptions) -> Result<(std::result::Result<Plan, Vec<Diagnostic>>, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok((plexus_core::load(&text, &path.to_string_lossy(), opts), text))
+pub fn load_file(
+    path: &Path,
+    opts: &CompileOptions,
+) -> Result<(std::result::Result<Plan, Vec<Diagnostic>>, String)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((
+        plexus_core::load(&text, &path.to_string_lossy(), opts),
+        text,
+    ))
 }
 
 pub fn print_diagnostics(diags: &[Diagnostic]) {
     for d in diags {
         eprintln!("{d}");
     }
-    eprintln!("{} problem{} found", diags.len(), if diags.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{} problem{} found",
+        diags.len(),
+        if diags.len() == 1 { "" } else { "s" }
+    );
 }
 
 /// Exit code 0 when every file is valid, 2 otherwise.
-pub fn validate(files: &[std::path::PathBuf], opts: &CompileOptions, format: Format) -> Result<i32> {
+pub fn validate(
+    files: &[std::path::PathBuf],
+    opts: &CompileOptions,
+    format: Format,
+) -> Result<i32> {
     let mut all = Vec::new();
     let mut results = Vec::new();
     for file in files {
@@ -35,11 +50,17 @@ pub fn validate(files: &[std::path::PathBuf], opts: &CompileOptions, format: For
         }
     }
     match format {
-        Format::Json => output::json(&json!({"valid": all.is_empty(), "files": results, "problems": all})),
+        Format::Json => {
+            output::json(&json!({"valid": all.is_empty(), "files": results, "problems": all}))
+        }
         Format::Table => {
             if all.is_empty() {
                 for r in &results {
-                    println!("{}: ok ({} steps)", r["file"].as_str().unwrap_or(""), r["steps"]);
+                    println!(
+                        "{}: ok ({} steps)",
+                        r["file"].as_str().unwrap_or(""),
+                        r["steps"]
+                    );
                 }
             } else {
                 print_diagnostics(&all);
@@ -73,14 +94,30 @@ pub fn plan(file: &Path, opts: &CompileOptions, format: Format) -> Result<i32> {
             "retry": n.retry.max_attempts,
         })
     };
-    let layers: Vec<Vec<serde_json::Value>> = plan.layers.iter().map(|l| l.iter().map(|&i| step_json(i)).collect()).collect();
+    let layers: Vec<Vec<serde_json::Value>> = plan
+        .layers
+        .iter()
+        .map(|l| l.iter().map(|&i| step_json(i)).collect())
+        .collect();
     if format == Format::Json {
-        output::json(&json!({"workflow": plan.manifest.name, "mode": plan.manifest.mode, "layers": layers, "pools": opts.pools}));
+        output::json(
+            &json!({"workflow": plan.manifest.name, "mode": plan.manifest.mode, "layers": layers, "pools": opts.pools}),
+        );
         return Ok(0);
     }
-    println!("workflow {} ({} steps, {} layers, mode {:?})", plan.manifest.name, plan.len(), plan.layers.len(), plan.manifest.mode);
+    println!(
+        "workflow {} ({} steps, {} layers, mode {:?})",
+        plan.manifest.name,
+        plan.len(),
+        plan.layers.len(),
+        plan.manifest.mode
+    );
     for (k, layer) in layers.iter().enumerate() {
-        let parallel = if layer.len() > 1 { format!(" — {} in parallel", layer.len()) } else { String::new() };
+        let parallel = if layer.len() > 1 {
+            format!(" — {} in parallel", layer.len())
+        } else {
+            String::new()
+        };
         println!("\nlayer {}{parallel}", k + 1);
         for s in layer {
             let mut notes = Vec::new();
@@ -97,17 +134,34 @@ pub fn plan(file: &Path, opts: &CompileOptions, format: Format) -> Result<i32> {
                 notes.push(format!("up to {} attempts", s["retry"]));
             }
             let needs = s["needs"].as_array().filter(|n| !n.is_empty()).map(|n| {
-                format!(" ← {}", n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                format!(
+                    " ← {}",
+                    n.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             });
             println!(
                 "  {:<24} {:<9}{}{}",
                 s["id"].as_str().unwrap_or(""),
                 s["kind"].as_str().unwrap_or(""),
                 needs.unwrap_or_default(),
-                if notes.is_empty() { String::new() } else { format!("  [{}]", notes.join("; ")) }
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", notes.join("; "))
+                }
             );
         }
     }
-    println!("\npools: {}", opts.pools.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "\npools: {}",
+        opts.pools
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(0)
 }

@@ -143,10 +143,16 @@ enum RunsCommand {
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -161,48 +167,124 @@ fn main() {
 async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
     let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref())?;
-    let compile = plexus_core::CompileOptions { pools: settings.pools.clone() };
+    let compile = plexus_core::CompileOptions {
+        pools: settings.pools.clone(),
+    };
     let format = g.output;
     match cli.command {
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
-        Command::Run { file, input, inputs, follow_logs } => {
-            cmd_run::run(&settings, cmd_run::RunArgs { file, inputs: input, inputs_file: inputs, follow_logs, format }).await
+        Command::Run {
+            file,
+            input,
+            inputs,
+            follow_logs,
+        } => {
+            cmd_run::run(
+                &settings,
+                cmd_run::RunArgs {
+                    file,
+                    inputs: input,
+                    inputs_file: inputs,
+                    follow_logs,
+                    format,
+                },
+            )
+            .await
         }
-        Command::Resume { run, follow_logs } => cmd_run::resume(&settings, &run, follow_logs, format).await,
+        Command::Resume { run, follow_logs } => {
+            cmd_run::resume(&settings, &run, follow_logs, format).await
+        }
         Command::Runs(rc) => {
             let store: Arc<dyn Store> = settings.open_store()?;
             match rc {
-                RunsCommand::List { status, workflow, interrupted, limit } => {
+                RunsCommand::List {
+                    status,
+                    workflow,
+                    interrupted,
+                    limit,
+                } => {
                     let active = interrupted;
-                    cmd_runs::list(&*store, RunFilter { status, workflow, active, limit }, interrupted, format).await
+                    cmd_runs::list(
+                        &*store,
+                        RunFilter {
+                            status,
+                            workflow,
+                            active,
+                            limit,
+                        },
+                        interrupted,
+                        format,
+                    )
+                    .await
                 }
-                RunsCommand::Show { run } => cmd_runs::show_run(&*store, &run, format).await.map(|_| 0),
-                RunsCommand::Events { run, after } => cmd_runs::events(&*store, &run, after, format).await,
+                RunsCommand::Show { run } => {
+                    cmd_runs::show_run(&*store, &run, format).await.map(|_| 0)
+                }
+                RunsCommand::Events { run, after } => {
+                    cmd_runs::events(&*store, &run, after, format).await
+                }
                 RunsCommand::Cancel { run } => {
                     let actor = cmd_run::local_user();
-                    cmd_runs::control(store, &run, CommandKind::Cancel, None, Json::Null, &actor, &settings).await
+                    cmd_runs::control(
+                        store,
+                        &run,
+                        CommandKind::Cancel,
+                        None,
+                        Json::Null,
+                        &actor,
+                        &settings,
+                    )
+                    .await
                 }
             }
         }
         Command::Signal { run, step, data } => {
             let data = match data {
-                Some(d) => serde_json::from_str::<Json>(&d).with_context(|| format!("--data is not valid JSON: {d}"))?,
+                Some(d) => serde_json::from_str::<Json>(&d)
+                    .with_context(|| format!("--data is not valid JSON: {d}"))?,
                 None => Json::Null,
             };
             let store: Arc<dyn Store> = settings.open_store()?;
             let actor = cmd_run::local_user();
-            cmd_runs::control(store, &run, CommandKind::Signal, Some(&step), json!({"data": data}), &actor, &settings).await
+            cmd_runs::control(
+                store,
+                &run,
+                CommandKind::Signal,
+                Some(&step),
+                json!({"data": data}),
+                &actor,
+                &settings,
+            )
+            .await
         }
         Command::Approve { run, step, comment } => {
             let store: Arc<dyn Store> = settings.open_store()?;
             let actor = cmd_run::local_user();
-            cmd_runs::control(store, &run, CommandKind::Approve, Some(&step), json!({"comment": comment}), &actor, &settings).await
+            cmd_runs::control(
+                store,
+                &run,
+                CommandKind::Approve,
+                Some(&step),
+                json!({"comment": comment}),
+                &actor,
+                &settings,
+            )
+            .await
         }
         Command::Reject { run, step, comment } => {
             let store: Arc<dyn Store> = settings.open_store()?;
             let actor = cmd_run::local_user();
-            cmd_runs::control(store, &run, CommandKind::Reject, Some(&step), json!({"comment": comment}), &actor, &settings).await
+            cmd_runs::control(
+                store,
+                &run,
+                CommandKind::Reject,
+                Some(&step),
+                json!({"comment": comment}),
+                &actor,
+                &settings,
+            )
+            .await
         }
     }
 }

@@ -11,7 +11,10 @@ pub enum Format {
 }
 
 pub fn json<T: Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    );
 }
 
 /// Prints rows under a header, columns padded to the widest cell.
@@ -53,14 +56,28 @@ pub fn ago(ms: u64) -> String {
 }
 
 pub fn millis(ms: u64) -> String {
-    if ms < 1000 { format!("{ms}ms") } else { format!("{:.2}s", ms as f64 / 1000.0) }
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    }
 }
 
 /// Shortens text to one line of at most `max` characters.
 pub fn one_line(s: &str, max: usize) -> String {
-    let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let first = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if first.chars().count() > max {
-        format!("{}…", first.chars().take(max.saturating_sub(1)).collect::<String>())
+        format!(
+            "{}…",
+            first
+                .chars()
+                .take(max.saturating_sub(1))
+                .collect::<String>()
+        )
     } else {
         first.to_owned()
     }

@@ -55,7 +55,11 @@ impl Progress {
         if self.running.len() > 4 {
             running.push("…");
         }
-        let running = if running.is_empty() { String::new() } else { format!(" · running: {}", running.join(", ")) };
+        let running = if running.is_empty() {
+            String::new()
+        } else {
+            format!(" · running: {}", running.join(", "))
+        };
         eprint!(
             "\r\x1b[2K{frame} {}/{} steps done{running} · {:.1}s",
             self.done,
@@ -71,9 +75,19 @@ impl Progress {
     }
 
     pub fn on_event(&mut self, e: &Event) {
-        let elapsed = |p: &Self, id: &str| p.step_started.get(id).map(|t| millis(e.time.saturating_sub(*t))).unwrap_or_default();
+        let elapsed = |p: &Self, id: &str| {
+            p.step_started
+                .get(id)
+                .map(|t| millis(e.time.saturating_sub(*t)))
+                .unwrap_or_default()
+        };
         match &e.kind {
-            EventKind::StepStarted { step_id, item: None, attempt, .. } => {
+            EventKind::StepStarted {
+                step_id,
+                item: None,
+                attempt,
+                ..
+            } => {
                 self.step_started.entry(step_id.clone()).or_insert(e.time);
                 self.running.insert(step_id.clone());
                 if *attempt > 1 {
@@ -87,7 +101,13 @@ impl Progress {
                 self.running.insert(step_id.clone());
                 self.say(&format!("▸ {step_id}: {} items", items.len()));
             }
-            EventKind::StepWaiting { step_id, item: None, signal, until, .. } => {
+            EventKind::StepWaiting {
+                step_id,
+                item: None,
+                signal,
+                until,
+                ..
+            } => {
                 self.step_started.entry(step_id.clone()).or_insert(e.time);
                 self.running.insert(step_id.clone());
                 let what = match (signal, until) {
@@ -97,16 +117,30 @@ impl Progress {
                 };
                 self.say(&format!("… {step_id}: {what}"));
             }
-            EventKind::StepSucceeded { step_id, item: None, .. } => {
+            EventKind::StepSucceeded {
+                step_id,
+                item: None,
+                ..
+            } => {
                 self.done += 1;
                 self.running.remove(step_id);
                 let d = elapsed(self, step_id);
                 self.say(&format!("✓ {step_id} {d}"));
             }
-            EventKind::StepFailed { step_id, item: None, error, retry_at, .. } => {
+            EventKind::StepFailed {
+                step_id,
+                item: None,
+                error,
+                retry_at,
+                ..
+            } => {
                 let d = elapsed(self, step_id);
                 match retry_at {
-                    Some(at) => self.say(&format!("✗ {step_id}: {} (retrying in {})", one_line(error, 100), millis(at.saturating_sub(e.time)))),
+                    Some(at) => self.say(&format!(
+                        "✗ {step_id}: {} (retrying in {})",
+                        one_line(error, 100),
+                        millis(at.saturating_sub(e.time))
+                    )),
                     None => {
                         self.done += 1;
                         self.running.remove(step_id);
@@ -114,11 +148,21 @@ impl Progress {
                     }
                 }
             }
-            EventKind::StepFailed { step_id, item: Some(k), error, retry_at: None, .. } => {
+            EventKind::StepFailed {
+                step_id,
+                item: Some(k),
+                error,
+                retry_at: None,
+                ..
+            } => {
                 self.say(&format!("✗ {step_id}[{k}]: {}", one_line(error, 100)));
             }
-            EventKind::StepInterrupted { step_id, attempt, .. } => {
-                self.say(&format!("⚡ {step_id}: attempt {attempt} was interrupted; starting a new attempt"));
+            EventKind::StepInterrupted {
+                step_id, attempt, ..
+            } => {
+                self.say(&format!(
+                    "⚡ {step_id}: attempt {attempt} was interrupted; starting a new attempt"
+                ));
             }
             EventKind::StepSkipped { step_id, reason } => {
                 self.done += 1;

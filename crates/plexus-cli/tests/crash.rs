@@ -42,7 +42,13 @@ fn kill_9_at_random_points_then_resume() {
     let seed = std::env::var("PLEXUS_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("PLEXUS_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
 
@@ -61,7 +67,14 @@ fn kill_9_at_random_points_then_resume() {
             break;
         }
         let listed = p.json(&["runs", "list", "--interrupted"]);
-        assert!(listed.as_array().unwrap().iter().any(|r| r["id"] == run.as_str()), "killed run is listed as interrupted");
+        assert!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == run.as_str()),
+            "killed run is listed as interrupted"
+        );
         (child, _) = p.spawn(&["resume", &run]);
     }
     if child.try_wait().unwrap().is_none() {
@@ -71,32 +84,66 @@ fn kill_9_at_random_points_then_resume() {
     let status = p.run_json(&run)["status"].as_str().unwrap().to_owned();
     if status != "succeeded" {
         let out = p.run(&["resume", &run]);
-        assert_eq!(out.status.code(), Some(0), "final resume: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "final resume: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    assert!(kills >= 2, "the run should have been killed several times (seed {seed})");
+    assert!(
+        kills >= 2,
+        "the run should have been killed several times (seed {seed})"
+    );
 
     let v = p.run_json(&run);
     assert_eq!(v["status"], "succeeded", "seed {seed}");
     let log = std::fs::read_to_string(&effects).unwrap();
     for i in 1..=20 {
-        assert!(log.lines().any(|l| l.starts_with(&format!("s{i:02} "))), "side effect of s{i:02} missing (seed {seed})\n{log}");
+        assert!(
+            log.lines().any(|l| l.starts_with(&format!("s{i:02} "))),
+            "side effect of s{i:02} missing (seed {seed})\n{log}"
+        );
     }
     let events = p.events(&run);
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "event sequence has gaps or repeats");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "event sequence has gaps or repeats"
+    );
     let mut succeeded: HashMap<String, usize> = HashMap::new();
     for e in events.iter().filter(|e| e["type"] == "step_succeeded") {
-        *succeeded.entry(e["step_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        *succeeded
+            .entry(e["step_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert_eq!(succeeded.len(), 20);
-    assert!(succeeded.values().all(|&n| n == 1), "a step succeeded twice: {succeeded:?} (seed {seed})");
-    assert_eq!(events.iter().filter(|e| e["type"] == "run_succeeded").count(), 1);
-    let interrupted: Vec<_> = events.iter().filter(|e| e["type"] == "step_interrupted").collect();
-    assert!(!interrupted.is_empty(), "with 120ms steps some kill lands mid-attempt (seed {seed})");
+    assert!(
+        succeeded.values().all(|&n| n == 1),
+        "a step succeeded twice: {succeeded:?} (seed {seed})"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "run_succeeded")
+            .count(),
+        1
+    );
+    let interrupted: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "step_interrupted")
+        .collect();
+    assert!(
+        !interrupted.is_empty(),
+        "with 120ms steps some kill lands mid-attempt (seed {seed})"
+    );
     for i in interrupted {
         let next = i["attempt"].as_u64().unwrap() + 1;
         assert!(
-            events.iter().any(|e| e["type"] == "step_started" && e["step_id"] == i["step_id"] && e["attempt"] == next),
+            events.iter().any(|e| e["type"] == "step_started"
+                && e["step_id"] == i["step_id"]
+                && e["attempt"] == next),
             "interrupted {} was not retried as attempt {next}",
             i["step_id"]
         );

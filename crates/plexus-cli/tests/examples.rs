@@ -10,8 +10,12 @@ fn example(name: &str) -> String {
 
 fn run_example(p: &Plexus, name: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let out = p.run(&[&["run", &example(name), "-o", "json"], extra].concat());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{name}: not JSON ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name}: not JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap_or(-1), v)
 }
 
@@ -21,7 +25,13 @@ fn hello() {
     let (code, v) = run_example(&p, "hello.yaml", &["--input", "who=tests"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["status"], "succeeded");
-    assert!(v["outputs"]["message"].as_str().unwrap().starts_with("hello, tests (python 3."), "{v}");
+    assert!(
+        v["outputs"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("hello, tests (python 3."),
+        "{v}"
+    );
 }
 
 #[test]
@@ -39,12 +49,21 @@ fn retry_with_a_flaky_command() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["outputs"]["attempts"], "attempt 3");
     let events = p.events(v["id"].as_str().unwrap());
-    let failed: Vec<_> = events.iter().filter(|e| e["type"] == "step_failed").collect();
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "step_failed")
+        .collect();
     assert_eq!(failed.len(), 2);
     assert!(failed.iter().all(|e| e["retry_at"].is_u64()));
     // Exponential backoff: the second wait is longer than the first.
-    let wait = |e: &serde_json::Value| e["retry_at"].as_u64().unwrap() - e["time"].as_u64().unwrap();
-    assert!(wait(failed[1]) > wait(failed[0]), "{} then {}", wait(failed[0]), wait(failed[1]));
+    let wait =
+        |e: &serde_json::Value| e["retry_at"].as_u64().unwrap() - e["time"].as_u64().unwrap();
+    assert!(
+        wait(failed[1]) > wait(failed[0]),
+        "{} then {}",
+        wait(failed[0]),
+        wait(failed[1])
+    );
 }
 
 #[test]
@@ -53,7 +72,12 @@ fn foreach_fans_out_over_a_list() {
     let (code, v) = run_example(&p, "foreach.yaml", &["-i", "prefix=db"]);
     assert_eq!(code, 0);
     assert_eq!(v["outputs"]["checked"], 5);
-    let check = v["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "check").unwrap();
+    let check = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == "check")
+        .unwrap();
     assert_eq!(check["output"][4]["stdout"], "db-5 ok\n");
 }
 
@@ -63,7 +87,15 @@ fn failure_with_all_done_cleanup() {
     let (code, v) = run_example(&p, "cleanup-on-failure.yaml", &[]);
     assert_eq!(code, 1, "a failed run exits 1");
     assert_eq!(v["status"], "failed");
-    let status = |id: &str| v["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == id).unwrap()["status"].clone();
+    let status = |id: &str| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step_id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
     assert_eq!(status("deploy"), "failed");
     assert_eq!(status("smoke-test"), "skipped");
     assert_eq!(status("cleanup"), "succeeded");
@@ -74,9 +106,17 @@ fn sub_workflow_per_item() {
     let p = Plexus::new();
     let (code, v) = run_example(&p, "sub-workflow.yaml", &[]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["outputs"]["said"], serde_json::json!(["hello, ada", "hello, grace"]));
+    assert_eq!(
+        v["outputs"]["said"],
+        serde_json::json!(["hello, ada", "hello, grace"])
+    );
     let all = p.json(&["runs", "list"]);
-    let children: Vec<_> = all.as_array().unwrap().iter().filter(|r| r["workflow"] == "greet").collect();
+    let children: Vec<_> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["workflow"] == "greet")
+        .collect();
     assert_eq!(children.len(), 2);
     assert!(children.iter().all(|c| c["parent"]["run_id"] == v["id"]));
 }
@@ -85,20 +125,38 @@ fn sub_workflow_per_item() {
 fn approval_gate_waits_for_plexus_approve() {
     let p = Plexus::new();
     let (mut child, run) = p.spawn(&["run", &example("approval-gate.yaml")]);
-    p.wait_until("restart awaiting approval", Duration::from_secs(20), || p.step_status(&run, "restart") == "awaiting_approval");
+    p.wait_until("restart awaiting approval", Duration::from_secs(20), || {
+        p.step_status(&run, "restart") == "awaiting_approval"
+    });
     // Nothing ran yet: the gated step is still waiting.
     assert_eq!(p.step_status(&run, "announce"), "pending");
     let out = p.run(&["approve", &run, "restart", "--comment", "go"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    p.wait_until("announce awaiting approval", Duration::from_secs(20), || p.step_status(&run, "announce") == "awaiting_approval");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.wait_until(
+        "announce awaiting approval",
+        Duration::from_secs(20),
+        || p.step_status(&run, "announce") == "awaiting_approval",
+    );
     let out = p.run(&["reject", &run, "announce"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
     let v = p.run_json(&run);
     assert_eq!(v["status"], "succeeded");
     assert_eq!(p.step_status(&run, "restart"), "succeeded");
     assert_eq!(p.step_status(&run, "announce"), "skipped");
-    let approved = p.events(&run).into_iter().find(|e| e["type"] == "step_approved").unwrap();
+    let approved = p
+        .events(&run)
+        .into_iter()
+        .find(|e| e["type"] == "step_approved")
+        .unwrap();
     assert_eq!(approved["comment"], "go");
     // Approving a step that is not waiting is refused with a clear message.
     let out = p.run(&["approve", &run, "restart"]);
@@ -111,16 +169,35 @@ fn timer_then_signal() {
     let p = Plexus::new();
     let (mut child, run) = p.spawn(&["run", &example("timer-signal.yaml")]);
     // The signal is refused while the timer still runs...
-    p.wait_until("cool-down waiting", Duration::from_secs(20), || p.step_status(&run, "cool-down") == "waiting");
+    p.wait_until("cool-down waiting", Duration::from_secs(20), || {
+        p.step_status(&run, "cool-down") == "waiting"
+    });
     let early = p.run(&["signal", &run, "go-ahead"]);
     assert!(!early.status.success());
     // ...and accepted once the step waits for it.
-    p.wait_until("go-ahead waiting", Duration::from_secs(20), || p.step_status(&run, "go-ahead") == "waiting");
-    let out = p.run(&["signal", &run, "go-ahead", "--data", r#"{"ticket": "OPS-7"}"#]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    p.wait_until("go-ahead waiting", Duration::from_secs(20), || {
+        p.step_status(&run, "go-ahead") == "waiting"
+    });
+    let out = p.run(&[
+        "signal",
+        &run,
+        "go-ahead",
+        "--data",
+        r#"{"ticket": "OPS-7"}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
     let v = p.run_json(&run);
     assert_eq!(v["outputs"]["ticket"], "OPS-7");
-    let act = v["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "act").unwrap();
+    let act = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == "act")
+        .unwrap();
     assert_eq!(act["output"]["stdout"], "acting on OPS-7\n");
 }

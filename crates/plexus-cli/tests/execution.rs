@@ -17,7 +17,11 @@ fn alive(pid: i32) -> bool {
 }
 
 fn read_pid(path: &std::path::Path) -> i32 {
-    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -33,7 +37,11 @@ fn ctrl_c_cancels_the_run_and_kills_the_process_group() {
         ),
     );
     let (mut child, run) = p.spawn(&["run", &flow]);
-    p.wait_until("the step's background process", Duration::from_secs(20), || pidfile.exists() && std::fs::read_to_string(&pidfile).unwrap().ends_with('\n'));
+    p.wait_until(
+        "the step's background process",
+        Duration::from_secs(20),
+        || pidfile.exists() && std::fs::read_to_string(&pidfile).unwrap().ends_with('\n'),
+    );
     let sleeper = read_pid(&pidfile);
     assert!(alive(sleeper));
     // SAFETY: sending SIGINT to the child we spawned.
@@ -43,7 +51,11 @@ fn ctrl_c_cancels_the_run_and_kills_the_process_group() {
     assert_eq!(v["status"], "cancelled");
     assert_eq!(p.step_status(&run, "sleepy"), "cancelled");
     assert_eq!(p.step_status(&run, "after"), "cancelled");
-    p.wait_until("the background sleep to die with its group", Duration::from_secs(5), || !alive(sleeper));
+    p.wait_until(
+        "the background sleep to die with its group",
+        Duration::from_secs(5),
+        || !alive(sleeper),
+    );
 }
 
 #[test]
@@ -61,19 +73,39 @@ fn timeout_kills_the_whole_group_and_fails_the_step() {
     let out = p.run(&["run", &flow, "-o", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["error"].as_str().unwrap().contains("timed out after 500ms"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 500ms"),
+        "{v}"
+    );
     let sleeper = read_pid(&pidfile);
-    p.wait_until("the timed-out group to be gone", Duration::from_secs(5), || !alive(sleeper));
+    p.wait_until(
+        "the timed-out group to be gone",
+        Duration::from_secs(5),
+        || !alive(sleeper),
+    );
 }
 
 #[test]
 fn runs_cancel_from_another_process() {
     let p = Plexus::new();
-    let flow = write(&p, "wait.yaml", "version: plexus/v1\nname: w\nsteps:\n- id: hold\n  wait: {signal: never}\n");
+    let flow = write(
+        &p,
+        "wait.yaml",
+        "version: plexus/v1\nname: w\nsteps:\n- id: hold\n  wait: {signal: never}\n",
+    );
     let (mut child, run) = p.spawn(&["run", &flow]);
-    p.wait_until("hold waiting", Duration::from_secs(20), || p.step_status(&run, "hold") == "waiting");
+    p.wait_until("hold waiting", Duration::from_secs(20), || {
+        p.step_status(&run, "hold") == "waiting"
+    });
     let out = p.run(&["runs", "cancel", &run]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 130);
     assert_eq!(p.run_json(&run)["status"], "cancelled");
     let again = p.run(&["runs", "cancel", &run]);
@@ -84,13 +116,23 @@ fn runs_cancel_from_another_process() {
 #[test]
 fn an_interrupted_run_can_be_cancelled_without_resuming_it() {
     let p = Plexus::new();
-    let flow = write(&p, "wait.yaml", "version: plexus/v1\nname: w\nsteps:\n- id: hold\n  wait: {signal: never}\n");
+    let flow = write(
+        &p,
+        "wait.yaml",
+        "version: plexus/v1\nname: w\nsteps:\n- id: hold\n  wait: {signal: never}\n",
+    );
     let (mut child, run) = p.spawn(&["run", &flow]);
-    p.wait_until("hold waiting", Duration::from_secs(20), || p.step_status(&run, "hold") == "waiting");
+    p.wait_until("hold waiting", Duration::from_secs(20), || {
+        p.step_status(&run, "hold") == "waiting"
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let out = p.run(&["runs", "cancel", &run]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(p.run_json(&run)["status"], "cancelled");
 }
 
@@ -102,7 +144,12 @@ fn subprocesses_get_a_clean_environment_plus_what_the_step_names() {
         "env.yaml",
         "version: plexus/v1\nname: env\ninputs: {region: {type: string, default: eu}}\nsteps:\n- id: show\n  env: {REGION: '{{ inputs.region }}'}\n  run: echo \"${SECRET_TOKEN:-absent} $REGION $PLEXUS_STEP_ID\"\n",
     );
-    let out = p.cmd().args(["run", &flow, "-o", "json"]).env("SECRET_TOKEN", "hunter2").output().unwrap();
+    let out = p
+        .cmd()
+        .args(["run", &flow, "-o", "json"])
+        .env("SECRET_TOKEN", "hunter2")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["steps"][0]["output"]["stdout"], "absent eu show\n");
@@ -117,18 +164,30 @@ fn output_is_capped_json_output_and_artifacts_are_stored() {
         "version: plexus/v1\nname: out\nsteps:\n- id: big\n  run: head -c 3000000 /dev/zero | tr '\\0' x\n- id: structured\n  python: |\n    import json, os\n    json.dump({\"answer\": 42}, open(os.environ['PLEXUS_OUTPUT'], 'w'))\n    open(os.path.join(os.environ['PLEXUS_ARTIFACTS'], 'report.txt'), 'w').write('the report')\n- id: broken\n  run: echo 'not json' > \"$PLEXUS_OUTPUT\"\n  on_failure: continue\n",
     );
     let out = p.run(&["run", &flow, "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let stdout = v["steps"][0]["output"]["stdout"].as_str().unwrap();
     assert!(stdout.len() < 1_100_000, "stdout kept: {}", stdout.len());
     assert!(stdout.ends_with("[plexus: output truncated, 1048576 of 3000000 bytes kept]"));
     assert_eq!(v["steps"][1]["output"], serde_json::json!({"answer": 42}));
-    assert!(v["steps"][2]["error"].as_str().unwrap().contains("PLEXUS_OUTPUT does not hold valid JSON"));
+    assert!(
+        v["steps"][2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("PLEXUS_OUTPUT does not hold valid JSON")
+    );
     let artifact = &v["artifacts"][0];
     assert_eq!(artifact["name"], "report.txt");
     // sha256("the report")
     let sha = artifact["sha256"].as_str().unwrap();
-    assert_eq!(sha, "14e4cce86788499d03144f70ab24ca83d1abe97d55153c71ee1df55c5296c1f9");
+    assert_eq!(
+        sha,
+        "14e4cce86788499d03144f70ab24ca83d1abe97d55153c71ee1df55c5296c1f9"
+    );
     let stored = p.data_dir().join("artifacts").join(&sha[..2]).join(sha);
     assert_eq!(std::fs::read_to_string(stored).unwrap(), "the report");
 }
@@ -136,7 +195,11 @@ fn output_is_capped_json_output_and_artifacts_are_stored() {
 #[test]
 fn bad_inputs_and_invalid_manifests_exit_2() {
     let p = Plexus::new();
-    let flow = write(&p, "in.yaml", "version: plexus/v1\nname: in\ninputs: {n: {type: integer, required: true}}\nsteps:\n- {id: a, run: 'echo {{ inputs.n }}'}\n");
+    let flow = write(
+        &p,
+        "in.yaml",
+        "version: plexus/v1\nname: in\ninputs: {n: {type: integer, required: true}}\nsteps:\n- {id: a, run: 'echo {{ inputs.n }}'}\n",
+    );
     let missing = p.run(&["run", &flow]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("missing required input `n`"));
@@ -146,6 +209,10 @@ fn bad_inputs_and_invalid_manifests_exit_2() {
     assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown input `m`"));
     let ok = p.run(&["run", &flow, "-i", "n=7", "-o", "json"]);
     assert_eq!(ok.status.code(), Some(0));
-    let bad = write(&p, "bad.yaml", "version: plexus/v1\nname: bad\nsteps: [{id: a}]\n");
+    let bad = write(
+        &p,
+        "bad.yaml",
+        "version: plexus/v1\nname: bad\nsteps: [{id: a}]\n",
+    );
     assert_eq!(p.run(&["run", &bad]).status.code(), Some(2));
 }

@@ -65,7 +65,11 @@ impl fmt::Display for Diagnostic {
         } else {
             &self.file
         };
-        write!(f, "{file}:{}:{}: error[{}]", self.line, self.column, self.code)?;
+        write!(
+            f,
+            "{file}:{}:{}: error[{}]",
+            self.line, self.column, self.code
+        )?;
         if let Some(step) = &self.step {
             write!(f, " in step `{step}`")?;
         }
@@ -77,12 +81,24 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// The suggestion for a misspelt name, if one of `candidates` is close enough.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+/// The suggestion for a misspelt name, if one of `candidates` is close enough: one or two
+/// edits away (a transposition counts once), or very similar by Jaro-Winkler.
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let allowed_edits = if name.chars().count() >= 5 { 2 } else { 1 };
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(name, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+        .filter(|c| *c != name)
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(name, c),
+                strsim::jaro_winkler(name, c),
+                c,
+            )
+        })
+        .filter(|(edits, score, _)| *edits <= allowed_edits || *score > 0.85)
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+        .map(|(_, _, c)| c)
 }

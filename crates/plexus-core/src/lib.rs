@@ -4,11 +4,11 @@
 
 pub mod diagnostic;
 pub mod duration;
+pub mod machine;
 pub mod manifest;
 pub mod node;
 pub mod parse;
 pub mod plan;
-pub mod machine;
 pub mod template;
 
 pub use diagnostic::{Diagnostic, Loc};

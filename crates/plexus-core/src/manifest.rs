@@ -104,7 +104,9 @@ impl Default for RetryPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
     #[default]
@@ -209,7 +211,10 @@ pub enum StepKind {
     Approval(ApprovalSpec),
     /// Path of a sub-workflow manifest, relative to the parent manifest.
     Workflow(String),
-    Agent { agent: String, action: String },
+    Agent {
+        agent: String,
+        action: String,
+    },
     Llm(Json),
 }
 

@@ -117,7 +117,9 @@ impl<'de> Visitor<'de> for RawVisitor {
         Ok(Raw(Value::Int(v)))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Raw, E> {
-        Ok(Raw(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)))
+        Ok(Raw(
+            i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
+        ))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Raw, E> {
         Ok(Raw(Value::Float(v)))

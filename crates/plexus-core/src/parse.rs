@@ -18,7 +18,12 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(node: &'a Node, context: &'static str, step: Option<&str>, out: &mut Vec<Diagnostic>) -> Option<Self> {
+    fn new(
+        node: &'a Node,
+        context: &'static str,
+        step: Option<&str>,
+        out: &mut Vec<Diagnostic>,
+    ) -> Option<Self> {
         match &node.value {
             Value::Map(entries) => Some(Fields {
                 entries,
@@ -77,7 +82,8 @@ struct Ctx<'o> {
 
 impl Ctx<'_> {
     fn err(&mut self, code: &'static str, loc: Loc, msg: impl Into<String>) -> &mut Diagnostic {
-        self.out.push(Diagnostic::new(code, loc, msg).with_step(self.step.as_deref()));
+        self.out
+            .push(Diagnostic::new(code, loc, msg).with_step(self.step.as_deref()));
         self.out.last_mut().expect("just pushed")
     }
 
@@ -89,7 +95,11 @@ impl Ctx<'_> {
             Value::Float(f) => Some(f.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             _ => {
-                self.err("wrong-type", node.loc, format!("{what} must be a string, found {}", node.type_name()));
+                self.err(
+                    "wrong-type",
+                    node.loc,
+                    format!("{what} must be a string, found {}", node.type_name()),
+                );
                 None
             }
         }
@@ -103,7 +113,14 @@ impl Ctx<'_> {
                 .filter_map(|n| self.string(n, what).map(|s| (s, n.loc)))
                 .collect(),
             _ => {
-                self.err("wrong-type", node.loc, format!("{what} must be a list of strings, found {}", node.type_name()));
+                self.err(
+                    "wrong-type",
+                    node.loc,
+                    format!(
+                        "{what} must be a list of strings, found {}",
+                        node.type_name()
+                    ),
+                );
                 Vec::new()
             }
         }
@@ -113,7 +130,14 @@ impl Ctx<'_> {
         match &node.value {
             Value::Int(i) if *i >= 0 => Some(*i as u64),
             _ => {
-                self.err("wrong-type", node.loc, format!("{what} must be a non-negative integer, found {}", node.type_name()));
+                self.err(
+                    "wrong-type",
+                    node.loc,
+                    format!(
+                        "{what} must be a non-negative integer, found {}",
+                        node.type_name()
+                    ),
+                );
                 None
             }
         }
@@ -124,7 +148,11 @@ impl Ctx<'_> {
             Value::Int(i) => Some(*i as f64),
             Value::Float(f) => Some(*f),
             _ => {
-                self.err("wrong-type", node.loc, format!("{what} must be a number, found {}", node.type_name()));
+                self.err(
+                    "wrong-type",
+                    node.loc,
+                    format!("{what} must be a number, found {}", node.type_name()),
+                );
                 None
             }
         }
@@ -134,7 +162,11 @@ impl Ctx<'_> {
         match &node.value {
             Value::Bool(b) => Some(*b),
             _ => {
-                self.err("wrong-type", node.loc, format!("{what} must be true or false, found {}", node.type_name()));
+                self.err(
+                    "wrong-type",
+                    node.loc,
+                    format!("{what} must be true or false, found {}", node.type_name()),
+                );
                 None
             }
         }
@@ -145,7 +177,14 @@ impl Ctx<'_> {
             Value::Int(i) if *i >= 0 => return Some(Duration::from_secs(*i as u64)),
             Value::Str(s) => s.clone(),
             _ => {
-                self.err("bad-duration", node.loc, format!("{what} must be a duration such as 30s or 5m, found {}", node.type_name()));
+                self.err(
+                    "bad-duration",
+                    node.loc,
+                    format!(
+                        "{what} must be a duration such as 30s or 5m, found {}",
+                        node.type_name()
+                    ),
+                );
                 return None;
             }
         };
@@ -168,7 +207,12 @@ impl Ctx<'_> {
             Some(m) => format!("did you mean `{m}`?"),
             None => format!("expected one of: {}", names.join(", ")),
         };
-        self.err("bad-value", node.loc, format!("`{s}` is not a valid {what}")).hint = Some(hint);
+        self.err(
+            "bad-value",
+            node.loc,
+            format!("`{s}` is not a valid {what}"),
+        )
+        .hint = Some(hint);
         None
     }
 
@@ -183,7 +227,11 @@ impl Ctx<'_> {
                 }
             }
             _ => {
-                self.err("wrong-type", node.loc, format!("{what} must be a mapping, found {}", node.type_name()));
+                self.err(
+                    "wrong-type",
+                    node.loc,
+                    format!("{what} must be a mapping, found {}", node.type_name()),
+                );
             }
         }
         map
@@ -191,14 +239,46 @@ impl Ctx<'_> {
 }
 
 const TOP_KEYS: &[&str] = &[
-    "version", "name", "description", "intents", "mode", "inputs", "defaults", "schedule", "on",
-    "steps", "outputs",
+    "version",
+    "name",
+    "description",
+    "intents",
+    "mode",
+    "inputs",
+    "defaults",
+    "schedule",
+    "on",
+    "steps",
+    "outputs",
 ];
 
 const STEP_KEYS: &[&str] = &[
-    "id", "description", "run", "python", "builtin", "wait", "approval", "workflow", "agent",
-    "action", "llm", "needs", "trigger", "when", "foreach", "concurrency", "retry", "timeout",
-    "pool", "pool_slots", "resources", "constraints", "permission", "on_failure", "env", "workdir",
+    "id",
+    "description",
+    "run",
+    "python",
+    "builtin",
+    "wait",
+    "approval",
+    "workflow",
+    "agent",
+    "action",
+    "llm",
+    "needs",
+    "trigger",
+    "when",
+    "foreach",
+    "concurrency",
+    "retry",
+    "timeout",
+    "pool",
+    "pool_slots",
+    "resources",
+    "constraints",
+    "permission",
+    "on_failure",
+    "env",
+    "workdir",
     "with",
 ];
 
@@ -219,8 +299,8 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
         Some(n) => {
             let v = cx.string(n, "version").unwrap_or_default();
             if v != MANIFEST_VERSION {
-                cx.err("bad-version", n.loc, format!("unsupported version `{v}`")).hint =
-                    Some(format!("write `version: {MANIFEST_VERSION}`"));
+                cx.err("bad-version", n.loc, format!("unsupported version `{v}`"))
+                    .hint = Some(format!("write `version: {MANIFEST_VERSION}`"));
             }
             v
         }
@@ -234,8 +314,15 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
         Some(n) => {
             let v = cx.string(n, "name").unwrap_or_default();
             if !valid_name(&v) {
-                cx.err("bad-name", n.loc, format!("workflow name `{v}` is not allowed")).hint =
-                    Some("use lower-case letters, digits, `_` and `-`, starting with a letter or digit".into());
+                cx.err(
+                    "bad-name",
+                    n.loc,
+                    format!("workflow name `{v}` is not allowed"),
+                )
+                .hint = Some(
+                    "use lower-case letters, digits, `_` and `-`, starting with a letter or digit"
+                        .into(),
+                );
             }
             v
         }
@@ -245,24 +332,52 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
             String::new()
         }
     };
-    let description = f.get("description").and_then(|n| cx.string(n, "description"));
+    let description = f
+        .get("description")
+        .and_then(|n| cx.string(n, "description"));
     let intents = f
         .get("intents")
-        .map(|n| cx.strings(n, "intents").into_iter().map(|(s, _)| s).collect())
+        .map(|n| {
+            cx.strings(n, "intents")
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        })
         .unwrap_or_default();
     let mode = f
         .get("mode")
         .and_then(|n| {
-            cx.choice(n, "mode", &[("manual", Mode::Manual), ("guided", Mode::Guided), ("autonomous", Mode::Autonomous)])
+            cx.choice(
+                n,
+                "mode",
+                &[
+                    ("manual", Mode::Manual),
+                    ("guided", Mode::Guided),
+                    ("autonomous", Mode::Autonomous),
+                ],
+            )
         })
         .unwrap_or_default();
-    let inputs = f.get("inputs").map(|n| parse_inputs(n, &mut cx)).unwrap_or_default();
-    let defaults = f.get("defaults").map(|n| parse_defaults(n, &mut cx)).unwrap_or_default();
+    let inputs = f
+        .get("inputs")
+        .map(|n| parse_inputs(n, &mut cx))
+        .unwrap_or_default();
+    let defaults = f
+        .get("defaults")
+        .map(|n| parse_defaults(n, &mut cx))
+        .unwrap_or_default();
     let schedule = f.get("schedule").and_then(|n| {
         let s = cx.string(n, "schedule")?;
         if let Err(e) = s.parse::<croner::Cron>() {
-            cx.err("bad-cron", n.loc, format!("`{s}` is not a valid cron expression: {e}")).hint =
-                Some("five fields: minute hour day-of-month month day-of-week, e.g. \"0 8 * * 1-5\"".into());
+            cx.err(
+                "bad-cron",
+                n.loc,
+                format!("`{s}` is not a valid cron expression: {e}"),
+            )
+            .hint = Some(
+                "five fields: minute hour day-of-month month day-of-week, e.g. \"0 8 * * 1-5\""
+                    .into(),
+            );
         }
         Some(s)
     });
@@ -277,10 +392,18 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
                     cx.err("no-steps", n.loc, "`steps` is empty").hint =
                         Some("a workflow needs at least one step".into());
                 }
-                items.iter().enumerate().filter_map(|(i, s)| parse_step(s, i, cx.out)).collect()
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| parse_step(s, i, cx.out))
+                    .collect()
             }
             _ => {
-                cx.err("wrong-type", n.loc, format!("`steps` must be a list, found {}", n.type_name()));
+                cx.err(
+                    "wrong-type",
+                    n.loc,
+                    format!("`steps` must be a list, found {}", n.type_name()),
+                );
                 Vec::new()
             }
         },
@@ -292,9 +415,16 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
     };
     let outputs = match f.get("outputs") {
         Some(n) => match &n.value {
-            Value::Map(entries) => entries.iter().map(|(k, v)| (k.name.clone(), v.to_json())).collect(),
+            Value::Map(entries) => entries
+                .iter()
+                .map(|(k, v)| (k.name.clone(), v.to_json()))
+                .collect(),
             _ => {
-                cx.err("wrong-type", n.loc, format!("`outputs` must be a mapping, found {}", n.type_name()));
+                cx.err(
+                    "wrong-type",
+                    n.loc,
+                    format!("`outputs` must be a mapping, found {}", n.type_name()),
+                );
                 BTreeMap::new()
             }
         },
@@ -324,7 +454,11 @@ pub fn valid_name(s: &str) -> bool {
 
 fn parse_inputs(node: &Node, cx: &mut Ctx) -> Vec<InputDef> {
     let Value::Map(entries) = &node.value else {
-        cx.err("wrong-type", node.loc, format!("`inputs` must be a mapping, found {}", node.type_name()));
+        cx.err(
+            "wrong-type",
+            node.loc,
+            format!("`inputs` must be a mapping, found {}", node.type_name()),
+        );
         return Vec::new();
     };
     let mut inputs = Vec::new();
@@ -343,7 +477,9 @@ fn parse_inputs(node: &Node, cx: &mut Ctx) -> Vec<InputDef> {
             inputs.push(def);
             continue;
         }
-        let Some(mut f) = Fields::new(spec, "an input", None, cx.out) else { continue };
+        let Some(mut f) = Fields::new(spec, "an input", None, cx.out) else {
+            continue;
+        };
         if let Some(n) = f.get("type") {
             def.ty = parse_input_type(n, cx).unwrap_or(InputType::Any);
         }
@@ -353,7 +489,14 @@ fn parse_inputs(node: &Node, cx: &mut Ctx) -> Vec<InputDef> {
         if let Some(n) = f.get("default") {
             let v = n.to_json();
             if !def.ty.accepts(&v) {
-                cx.err("bad-default", n.loc, format!("default of input `{}` does not match its type {:?}", def.name, def.ty));
+                cx.err(
+                    "bad-default",
+                    n.loc,
+                    format!(
+                        "default of input `{}` does not match its type {:?}",
+                        def.name, def.ty
+                    ),
+                );
             }
             def.default = Some(v);
         }
@@ -384,7 +527,9 @@ fn parse_input_type(node: &Node, cx: &mut Ctx) -> Option<InputType> {
 
 fn parse_defaults(node: &Node, cx: &mut Ctx) -> Defaults {
     let mut d = Defaults::default();
-    let Some(mut f) = Fields::new(node, "`defaults`", None, cx.out) else { return d };
+    let Some(mut f) = Fields::new(node, "`defaults`", None, cx.out) else {
+        return d;
+    };
     d.timeout = f.get("timeout").and_then(|n| cx.duration(n, "timeout"));
     d.retry = f.get("retry").and_then(|n| parse_retry(n, cx));
     d.pool = f.get("pool").and_then(|n| cx.string(n, "pool"));
@@ -397,7 +542,11 @@ fn parse_on_failure(node: &Node, cx: &mut Ctx) -> Option<OnFailure> {
     cx.choice(
         node,
         "on_failure",
-        &[("fail_run", OnFailure::FailRun), ("continue", OnFailure::Continue), ("skip_downstream", OnFailure::SkipDownstream)],
+        &[
+            ("fail_run", OnFailure::FailRun),
+            ("continue", OnFailure::Continue),
+            ("skip_downstream", OnFailure::SkipDownstream),
+        ],
     )
 }
 
@@ -405,15 +554,18 @@ fn parse_retry(node: &Node, cx: &mut Ctx) -> Option<RetryPolicy> {
     // `retry: 3` is shorthand for `retry: {max_attempts: 3}`.
     if let Value::Int(_) = node.value {
         let n = cx.uint(node, "retry")?;
-        return Some(RetryPolicy { max_attempts: n as u32, ..Default::default() });
+        return Some(RetryPolicy {
+            max_attempts: n as u32,
+            ..Default::default()
+        });
     }
     let mut f = Fields::new(node, "`retry`", cx.step.as_deref(), cx.out)?;
     let mut r = RetryPolicy::default();
     if let Some(n) = f.get("max_attempts") {
         match cx.uint(n, "max_attempts") {
             Some(0) => {
-                cx.err("bad-value", n.loc, "max_attempts must be at least 1").hint =
-                    Some("1 means no retry".into());
+                cx.err("bad-value", n.loc, "max_attempts must be at least 1")
+                    .hint = Some("1 means no retry".into());
             }
             Some(v) => r.max_attempts = v.min(u32::MAX as u64) as u32,
             None => {}
@@ -440,46 +592,80 @@ fn parse_retry(node: &Node, cx: &mut Ctx) -> Option<RetryPolicy> {
             _ => match cx.number(n, "jitter") {
                 Some(j) if (0.0..=1.0).contains(&j) => r.jitter = j,
                 Some(_) => {
-                    cx.err("bad-value", n.loc, "jitter must be between 0 and 1 (a fraction of each delay) or true");
+                    cx.err(
+                        "bad-value",
+                        n.loc,
+                        "jitter must be between 0 and 1 (a fraction of each delay) or true",
+                    );
                 }
                 None => {}
             },
         }
     }
-    f.finish(&["max_attempts", "backoff", "multiplier", "max_backoff", "jitter"], cx.out);
+    f.finish(
+        &[
+            "max_attempts",
+            "backoff",
+            "multiplier",
+            "max_backoff",
+            "jitter",
+        ],
+        cx.out,
+    );
     Some(r)
 }
 
 fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<Step> {
     let mut f = Fields::new(node, "a step", None, out)?;
     let mut cx = Ctx { out, step: None };
-    let mut locs = StepLocs { step: node.loc, ..Default::default() };
+    let mut locs = StepLocs {
+        step: node.loc,
+        ..Default::default()
+    };
     let id = match f.get("id") {
         Some(n) => {
             locs.id = n.loc;
             let id = cx.string(n, "id").unwrap_or_default();
             if !valid_name(&id) {
-                cx.err("bad-id", n.loc, format!("step id `{id}` is not allowed")).hint =
-                    Some("use lower-case letters, digits, `_` and `-`, starting with a letter or digit".into());
+                cx.err("bad-id", n.loc, format!("step id `{id}` is not allowed"))
+                    .hint = Some(
+                    "use lower-case letters, digits, `_` and `-`, starting with a letter or digit"
+                        .into(),
+                );
             }
             id
         }
         None => {
-            cx.err("missing-key", node.loc, format!("step #{} has no `id`", index + 1)).hint =
-                Some("every step needs a unique `id`".into());
+            cx.err(
+                "missing-key",
+                node.loc,
+                format!("step #{} has no `id`", index + 1),
+            )
+            .hint = Some("every step needs a unique `id`".into());
             format!("#{}", index + 1)
         }
     };
     cx.step = Some(id.clone());
     f.step = Some(id.clone());
 
-    let present: Vec<&str> = StepKind::KEYS.iter().copied().filter(|k| f.has(k)).collect();
+    let present: Vec<&str> = StepKind::KEYS
+        .iter()
+        .copied()
+        .filter(|k| f.has(k))
+        .collect();
     if present.is_empty() {
-        cx.err("no-kind", node.loc, "the step says nothing to do").hint =
-            Some(format!("give it exactly one of: {}", StepKind::KEYS.join(", ")));
+        cx.err("no-kind", node.loc, "the step says nothing to do")
+            .hint = Some(format!(
+            "give it exactly one of: {}",
+            StepKind::KEYS.join(", ")
+        ));
     } else if present.len() > 1 {
-        cx.err("two-kinds", node.loc, format!("the step has more than one kind: {}", present.join(", "))).hint =
-            Some("split it into several steps joined with `needs`".into());
+        cx.err(
+            "two-kinds",
+            node.loc,
+            format!("the step has more than one kind: {}", present.join(", ")),
+        )
+        .hint = Some("split it into several steps joined with `needs`".into());
     }
     let mut kind = None;
     for key in &present {
@@ -489,7 +675,16 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
             "run" => cx.string(n, "run").map(StepKind::Run),
             "python" => cx.string(n, "python").map(StepKind::Python),
             "builtin" => cx
-                .choice(n, "builtin", &[("noop", Builtin::Noop), ("echo", Builtin::Echo), ("sleep", Builtin::Sleep), ("fail", Builtin::Fail)])
+                .choice(
+                    n,
+                    "builtin",
+                    &[
+                        ("noop", Builtin::Noop),
+                        ("echo", Builtin::Echo),
+                        ("sleep", Builtin::Sleep),
+                        ("fail", Builtin::Fail),
+                    ],
+                )
                 .map(StepKind::Builtin),
             "wait" => parse_wait(n, &mut cx).map(StepKind::Wait),
             "approval" => parse_approval(n, &mut cx).map(StepKind::Approval),
@@ -503,7 +698,9 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
                         None
                     }
                 };
-                agent.zip(action).map(|(agent, action)| StepKind::Agent { agent, action })
+                agent
+                    .zip(action)
+                    .map(|(agent, action)| StepKind::Agent { agent, action })
             }
             "llm" => Some(StepKind::Llm(n.to_json())),
             _ => None,
@@ -512,16 +709,20 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
             kind = k;
         }
     }
-    if let Some(n) = f.get("action") {
-        if !present.contains(&"agent") {
-            cx.err("stray-key", n.loc, "`action` only applies to agent steps").hint =
-                Some("add `agent: NAME` or remove `action`".into());
+    if let Some(n) = f.get("action")
+        && !present.contains(&"agent")
+    {
+        {
+            cx.err("stray-key", n.loc, "`action` only applies to agent steps")
+                .hint = Some("add `agent: NAME` or remove `action`".into());
         }
     }
 
     let mut step = Step {
         id,
-        description: f.get("description").and_then(|n| cx.string(n, "description")),
+        description: f
+            .get("description")
+            .and_then(|n| cx.string(n, "description")),
         kind: kind.unwrap_or(StepKind::Builtin(Builtin::Noop)),
         needs: Vec::new(),
         trigger: Trigger::AllSuccess,
@@ -605,7 +806,16 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
     }
     if let Some(n) = f.get("permission") {
         step.permission = cx
-            .choice(n, "permission", &[("read", Permission::Read), ("modify", Permission::Modify), ("write", Permission::Modify), ("admin", Permission::Admin)])
+            .choice(
+                n,
+                "permission",
+                &[
+                    ("read", Permission::Read),
+                    ("modify", Permission::Modify),
+                    ("write", Permission::Modify),
+                    ("admin", Permission::Admin),
+                ],
+            )
             .unwrap_or(Permission::Read);
     }
     if let Some(n) = f.get("on_failure") {
@@ -626,7 +836,11 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
 
 /// Field names as `'static` keys for [`StepLocs::fields`].
 fn key_static(key: &str) -> &'static str {
-    STEP_KEYS.iter().copied().find(|k| *k == key).unwrap_or("step")
+    STEP_KEYS
+        .iter()
+        .copied()
+        .find(|k| *k == key)
+        .unwrap_or("step")
 }
 
 fn parse_trigger(node: &Node, cx: &mut Ctx) -> Option<Trigger> {
@@ -642,7 +856,11 @@ fn parse_trigger(node: &Node, cx: &mut Ctx) -> Option<Trigger> {
                 None => None,
             },
             None => {
-                cx.err("bad-trigger", node.loc, "a trigger mapping must be `{quorum: N}`");
+                cx.err(
+                    "bad-trigger",
+                    node.loc,
+                    "a trigger mapping must be `{quorum: N}`",
+                );
                 None
             }
         };
@@ -655,16 +873,24 @@ fn parse_trigger(node: &Node, cx: &mut Ctx) -> Option<Trigger> {
         None => {
             let hint = match did_you_mean(&name, Trigger::NAMES) {
                 Some(m) => format!("did you mean `{m}`?"),
-                None => format!("expected one of: {}, or {{quorum: N}}", Trigger::NAMES.join(", ")),
+                None => format!(
+                    "expected one of: {}, or {{quorum: N}}",
+                    Trigger::NAMES.join(", ")
+                ),
             };
-            cx.err("bad-trigger", node.loc, format!("unknown trigger `{name}`")).hint = Some(hint);
+            cx.err("bad-trigger", node.loc, format!("unknown trigger `{name}`"))
+                .hint = Some(hint);
             None
         }
     }
 }
 
 fn parse_wait(node: &Node, cx: &mut Ctx) -> Option<WaitSpec> {
-    let mut spec = WaitSpec { signal: None, timer: None, timeout: None };
+    let mut spec = WaitSpec {
+        signal: None,
+        timer: None,
+        timeout: None,
+    };
     // `wait: 30s` is shorthand for a timer.
     if let Value::Str(_) | Value::Int(_) = node.value {
         spec.timer = cx.duration(node, "wait");
@@ -675,18 +901,30 @@ fn parse_wait(node: &Node, cx: &mut Ctx) -> Option<WaitSpec> {
     spec.timer = f.get("timer").and_then(|n| cx.duration(n, "timer"));
     spec.timeout = f.get("timeout").and_then(|n| cx.duration(n, "timeout"));
     if spec.signal.is_none() && spec.timer.is_none() {
-        cx.err("bad-wait", node.loc, "a wait step needs `signal: NAME` or `timer: DURATION`");
+        cx.err(
+            "bad-wait",
+            node.loc,
+            "a wait step needs `signal: NAME` or `timer: DURATION`",
+        );
     }
     if spec.signal.is_some() && spec.timer.is_some() {
-        cx.err("bad-wait", node.loc, "a wait step takes either `signal` or `timer`, not both").hint =
-            Some("use `timeout` to bound a signal wait".into());
+        cx.err(
+            "bad-wait",
+            node.loc,
+            "a wait step takes either `signal` or `timer`, not both",
+        )
+        .hint = Some("use `timeout` to bound a signal wait".into());
     }
     f.finish(&["signal", "timer", "timeout"], cx.out);
     Some(spec)
 }
 
 fn parse_approval(node: &Node, cx: &mut Ctx) -> Option<ApprovalSpec> {
-    let mut spec = ApprovalSpec { message: None, timeout: None, on_timeout: TimeoutPolicy::Reject };
+    let mut spec = ApprovalSpec {
+        message: None,
+        timeout: None,
+        on_timeout: TimeoutPolicy::Reject,
+    };
     match &node.value {
         Value::Null | Value::Bool(true) => return Some(spec),
         Value::Str(s) => {
@@ -700,7 +938,14 @@ fn parse_approval(node: &Node, cx: &mut Ctx) -> Option<ApprovalSpec> {
     spec.timeout = f.get("timeout").and_then(|n| cx.duration(n, "timeout"));
     if let Some(n) = f.get("on_timeout") {
         spec.on_timeout = cx
-            .choice(n, "on_timeout", &[("reject", TimeoutPolicy::Reject), ("approve", TimeoutPolicy::Approve)])
+            .choice(
+                n,
+                "on_timeout",
+                &[
+                    ("reject", TimeoutPolicy::Reject),
+                    ("approve", TimeoutPolicy::Approve),
+                ],
+            )
             .unwrap_or_default();
     }
     f.finish(&["message", "timeout", "on_timeout"], cx.out);
@@ -712,7 +957,10 @@ fn parse_resources(node: &Node, cx: &mut Ctx) -> Option<Resources> {
     let r = Resources {
         cpu: f.get("cpu").and_then(|n| cx.number(n, "cpu")),
         memory_mb: f.get("memory_mb").and_then(|n| cx.uint(n, "memory_mb")),
-        gpu: f.get("gpu").and_then(|n| cx.uint(n, "gpu")).map(|g| g.min(u32::MAX as u64) as u32),
+        gpu: f
+            .get("gpu")
+            .and_then(|n| cx.uint(n, "gpu"))
+            .map(|g| g.min(u32::MAX as u64) as u32),
     };
     f.finish(&["cpu", "memory_mb", "gpu"], cx.out);
     Some(r)
@@ -720,14 +968,19 @@ fn parse_resources(node: &Node, cx: &mut Ctx) -> Option<Resources> {
 
 /// Inputs given by the user, checked against the manifest: unknown names, wrong types and
 /// missing required inputs are all reported; defaults fill the rest.
-pub fn resolve_inputs(manifest: &Manifest, given: &serde_json::Map<String, Json>) -> Result<serde_json::Map<String, Json>, Vec<String>> {
+pub fn resolve_inputs(
+    manifest: &Manifest,
+    given: &serde_json::Map<String, Json>,
+) -> Result<serde_json::Map<String, Json>, Vec<String>> {
     let mut errors = Vec::new();
     let mut out = serde_json::Map::new();
     for (name, value) in given {
         match manifest.inputs.iter().find(|d| &d.name == name) {
             None => {
                 let names = manifest.inputs.iter().map(|d| d.name.as_str());
-                let hint = did_you_mean(name, names).map(|m| format!(" (did you mean `{m}`?)")).unwrap_or_default();
+                let hint = did_you_mean(name, names)
+                    .map(|m| format!(" (did you mean `{m}`?)"))
+                    .unwrap_or_default();
                 errors.push(format!("unknown input `{name}`{hint}"));
             }
             Some(def) => {
@@ -735,7 +988,10 @@ pub fn resolve_inputs(manifest: &Manifest, given: &serde_json::Map<String, Json>
                 if def.ty.accepts(&value) {
                     out.insert(name.clone(), value);
                 } else {
-                    errors.push(format!("input `{name}` must be of type {:?}, got {value}", def.ty).to_lowercase());
+                    errors.push(
+                        format!("input `{name}` must be of type {:?}, got {value}", def.ty)
+                            .to_lowercase(),
+                    );
                 }
             }
         }
@@ -754,16 +1010,27 @@ pub fn resolve_inputs(manifest: &Manifest, given: &serde_json::Map<String, Json>
             }
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// `--input n=5` arrives as the string "5": turn it into the declared type when it parses.
 fn coerce_input(ty: InputType, value: &Json) -> Json {
-    let Json::String(s) = value else { return value.clone() };
+    let Json::String(s) = value else {
+        return value.clone();
+    };
     match ty {
-        InputType::Integer | InputType::Number | InputType::Boolean | InputType::Object | InputType::Array => {
-            serde_json::from_str(s).ok().filter(|v| ty.accepts(v)).unwrap_or_else(|| value.clone())
-        }
+        InputType::Integer
+        | InputType::Number
+        | InputType::Boolean
+        | InputType::Object
+        | InputType::Array => serde_json::from_str(s)
+            .ok()
+            .filter(|v| ty.accepts(v))
+            .unwrap_or_else(|| value.clone()),
         _ => value.clone(),
     }
 }

@@ -17,7 +17,9 @@ pub struct CompileOptions {
 
 impl CompileOptions {
     pub fn with_default_pool(cores: u32) -> Self {
-        CompileOptions { pools: BTreeMap::from([("default".to_owned(), cores.max(1))]) }
+        CompileOptions {
+            pools: BTreeMap::from([("default".to_owned(), cores.max(1))]),
+        }
     }
 }
 
@@ -65,10 +67,15 @@ pub fn load(text: &str, file: &str, opts: &CompileOptions) -> Result<Plan, Vec<D
     let mut diags = Vec::new();
     let result = match parse_document(text) {
         Err(e) => {
-            diags.push(Diagnostic::new("syntax", e.loc, e.message).with_hint("fix the YAML/JSON syntax at this place"));
+            diags.push(
+                Diagnostic::new("syntax", e.loc, e.message)
+                    .with_hint("fix the YAML/JSON syntax at this place"),
+            );
             None
         }
-        Ok(root) => manifest_from_node(&root, &mut diags).and_then(|m| compile(m, opts, &mut diags)),
+        Ok(root) => {
+            manifest_from_node(&root, &mut diags).and_then(|m| compile(m, opts, &mut diags))
+        }
     };
     for d in &mut diags {
         d.file = file.to_owned();
@@ -82,15 +89,26 @@ pub fn load(text: &str, file: &str, opts: &CompileOptions) -> Result<Plan, Vec<D
 
 /// Graph and reference checks. Appends problems to `diags`; returns the plan only if
 /// the graph itself could be built.
-pub fn compile(manifest: Manifest, opts: &CompileOptions, diags: &mut Vec<Diagnostic>) -> Option<Plan> {
+pub fn compile(
+    manifest: Manifest,
+    opts: &CompileOptions,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Plan> {
     let steps = &manifest.steps;
     let mut index: HashMap<String, usize> = HashMap::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
         if let Some(&first) = index.get(&s.id) {
             diags.push(
-                Diagnostic::new("duplicate-id", s.locs.id, format!("duplicate step id `{}`", s.id))
-                    .with_step(Some(&s.id))
-                    .with_hint(format!("first defined at line {}; ids must be unique", steps[first].locs.id.line)),
+                Diagnostic::new(
+                    "duplicate-id",
+                    s.locs.id,
+                    format!("duplicate step id `{}`", s.id),
+                )
+                .with_step(Some(&s.id))
+                .with_hint(format!(
+                    "first defined at line {}; ids must be unique",
+                    steps[first].locs.id.line
+                )),
             );
         } else {
             index.insert(s.id.clone(), i);
@@ -103,10 +121,21 @@ pub fn compile(manifest: Manifest, opts: &CompileOptions, diags: &mut Vec<Diagno
             parents: Vec::new(),
             children: Vec::new(),
             refs: Vec::new(),
-            retry: s.retry.clone().or_else(|| manifest.defaults.retry.clone()).unwrap_or_default(),
+            retry: s
+                .retry
+                .clone()
+                .or_else(|| manifest.defaults.retry.clone())
+                .unwrap_or_default(),
             timeout: s.timeout.or(manifest.defaults.timeout),
-            pool: s.pool.clone().or_else(|| manifest.defaults.pool.clone()).unwrap_or_else(|| "default".into()),
-            on_failure: s.on_failure.or(manifest.defaults.on_failure).unwrap_or_default(),
+            pool: s
+                .pool
+                .clone()
+                .or_else(|| manifest.defaults.pool.clone())
+                .unwrap_or_else(|| "default".into()),
+            on_failure: s
+                .on_failure
+                .or(manifest.defaults.on_failure)
+                .unwrap_or_default(),
             gate: gate_for(manifest.mode, s),
         })
         .collect();
@@ -116,7 +145,8 @@ pub fn compile(manifest: Manifest, opts: &CompileOptions, diags: &mut Vec<Diagno
             let loc = s.locs.needs.get(j).copied().unwrap_or(s.locs.step);
             match index.get(need) {
                 Some(&p) if p == i => diags.push(
-                    Diagnostic::new("cycle", loc, format!("step `{}` needs itself", s.id)).with_step(Some(&s.id)),
+                    Diagnostic::new("cycle", loc, format!("step `{}` needs itself", s.id))
+                        .with_step(Some(&s.id)),
                 ),
                 Some(&p) => {
                     if !nodes[i].parents.contains(&p) {
@@ -125,8 +155,12 @@ pub fn compile(manifest: Manifest, opts: &CompileOptions, diags: &mut Vec<Diagno
                     }
                 }
                 None => {
-                    let mut d = Diagnostic::new("unknown-need", loc, format!("`needs` names unknown step `{need}`"))
-                        .with_step(Some(&s.id));
+                    let mut d = Diagnostic::new(
+                        "unknown-need",
+                        loc,
+                        format!("`needs` names unknown step `{need}`"),
+                    )
+                    .with_step(Some(&s.id));
                     if let Some(m) = did_you_mean(need, index.keys().map(String::as_str)) {
                         d = d.with_hint(format!("did you mean `{m}`?"));
                     }
@@ -143,13 +177,25 @@ pub fn compile(manifest: Manifest, opts: &CompileOptions, diags: &mut Vec<Diagno
     for s in steps {
         if s.when.as_deref().map(str::trim) == Some("false") {
             diags.push(
-                Diagnostic::new("unreachable", s.locs.field("when"), format!("step `{}` can never run: its condition is always false", s.id))
-                    .with_step(Some(&s.id))
-                    .with_hint("remove the step or give it a real condition"),
+                Diagnostic::new(
+                    "unreachable",
+                    s.locs.field("when"),
+                    format!(
+                        "step `{}` can never run: its condition is always false",
+                        s.id
+                    ),
+                )
+                .with_step(Some(&s.id))
+                .with_hint("remove the step or give it a real condition"),
             );
         }
     }
-    Some(Plan { manifest, nodes, index, layers })
+    Some(Plan {
+        manifest,
+        nodes,
+        index,
+        layers,
+    })
 }
 
 fn gate_for(mode: Mode, s: &Step) -> Option<Permission> {
@@ -164,7 +210,11 @@ fn gate_for(mode: Mode, s: &Step) -> Option<Permission> {
 }
 
 /// Orders the graph in layers (Kahn); whatever cannot be ordered is on or behind a cycle.
-fn check_cycles(steps: &[Step], nodes: &[StepNode], diags: &mut Vec<Diagnostic>) -> Vec<Vec<usize>> {
+fn check_cycles(
+    steps: &[Step],
+    nodes: &[StepNode],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Vec<usize>> {
     let n = nodes.len();
     let mut indegree: Vec<usize> = nodes.iter().map(|s| s.parents.len()).collect();
     let mut depth = vec![0usize; n];
@@ -197,7 +247,11 @@ fn check_cycles(steps: &[Step], nodes: &[StepNode], diags: &mut Vec<Diagnostic>)
         while !seen_at.contains_key(&cur) && !on_cycle[cur] {
             seen_at.insert(cur, path.len());
             path.push(cur);
-            cur = *nodes[cur].parents.iter().find(|&&p| !done[p]).expect("leftover step has a leftover parent");
+            cur = *nodes[cur]
+                .parents
+                .iter()
+                .find(|&&p| !done[p])
+                .expect("leftover step has a leftover parent");
         }
         if on_cycle[cur] {
             continue; // joins a cycle already reported
@@ -207,19 +261,34 @@ fn check_cycles(steps: &[Step], nodes: &[StepNode], diags: &mut Vec<Diagnostic>)
         for &c in &cycle {
             on_cycle[c] = true;
         }
-        let names: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&c| steps[c].id.as_str()).collect();
+        let names: Vec<&str> = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|&c| steps[c].id.as_str())
+            .collect();
         let first = &steps[cycle[0]];
         diags.push(
-            Diagnostic::new("cycle", first.locs.step, format!("steps form a cycle: {}", names.join(" -> ")))
-                .with_step(Some(&first.id))
-                .with_hint("remove one of these `needs` so the steps form a DAG"),
+            Diagnostic::new(
+                "cycle",
+                first.locs.step,
+                format!("steps form a cycle: {}", names.join(" -> ")),
+            )
+            .with_step(Some(&first.id))
+            .with_hint("remove one of these `needs` so the steps form a DAG"),
         );
     }
     for i in 0..n {
         if !done[i] && !on_cycle[i] {
             diags.push(
-                Diagnostic::new("unreachable", steps[i].locs.step, format!("step `{}` can never run: it depends on a cycle", steps[i].id))
-                    .with_step(Some(&steps[i].id)),
+                Diagnostic::new(
+                    "unreachable",
+                    steps[i].locs.step,
+                    format!(
+                        "step `{}` can never run: it depends on a cycle",
+                        steps[i].id
+                    ),
+                )
+                .with_step(Some(&steps[i].id)),
             );
         }
     }
@@ -232,36 +301,66 @@ fn check_triggers(steps: &[Step], nodes: &[StepNode], diags: &mut Vec<Diagnostic
         match s.trigger {
             Trigger::AllSuccess => {}
             Trigger::Quorum(q) if q as usize > node.parents.len() => diags.push(
-                Diagnostic::new("bad-trigger", loc, format!("quorum {q} is larger than the number of parents ({})", node.parents.len()))
-                    .with_step(Some(&s.id))
-                    .with_hint("lower the quorum or add steps to `needs`"),
+                Diagnostic::new(
+                    "bad-trigger",
+                    loc,
+                    format!(
+                        "quorum {q} is larger than the number of parents ({})",
+                        node.parents.len()
+                    ),
+                )
+                .with_step(Some(&s.id))
+                .with_hint("lower the quorum or add steps to `needs`"),
             ),
             _ if node.parents.is_empty() && s.needs.is_empty() => diags.push(
-                Diagnostic::new("bad-trigger", loc, "a trigger rule needs parents, but the step has no `needs`")
-                    .with_step(Some(&s.id))
-                    .with_hint("add `needs` or remove `trigger`"),
+                Diagnostic::new(
+                    "bad-trigger",
+                    loc,
+                    "a trigger rule needs parents, but the step has no `needs`",
+                )
+                .with_step(Some(&s.id))
+                .with_hint("add `needs` or remove `trigger`"),
             ),
             _ => {}
         }
     }
 }
 
-fn check_pools(steps: &[Step], nodes: &[StepNode], opts: &CompileOptions, diags: &mut Vec<Diagnostic>) {
+fn check_pools(
+    steps: &[Step],
+    nodes: &[StepNode],
+    opts: &CompileOptions,
+    diags: &mut Vec<Diagnostic>,
+) {
     for (s, node) in steps.iter().zip(nodes) {
         match opts.pools.get(&node.pool) {
             None => {
-                let mut d = Diagnostic::new("unknown-pool", s.locs.field("pool"), format!("unknown pool `{}`", node.pool))
-                    .with_step(Some(&s.id));
+                let mut d = Diagnostic::new(
+                    "unknown-pool",
+                    s.locs.field("pool"),
+                    format!("unknown pool `{}`", node.pool),
+                )
+                .with_step(Some(&s.id));
                 d = match did_you_mean(&node.pool, opts.pools.keys().map(String::as_str)) {
                     Some(m) => d.with_hint(format!("did you mean `{m}`?")),
-                    None => d.with_hint(format!("define it with `--pool {}=N` or in plexus.toml under [pools]", node.pool)),
+                    None => d.with_hint(format!(
+                        "define it with `--pool {}=N` or in plexus.toml under [pools]",
+                        node.pool
+                    )),
                 };
                 diags.push(d);
             }
             Some(&cap) if s.pool_slots > cap => diags.push(
-                Diagnostic::new("pool-slots", s.locs.field("pool_slots"), format!("pool_slots {} is more than pool `{}` has ({cap})", s.pool_slots, node.pool))
-                    .with_step(Some(&s.id))
-                    .with_hint("lower pool_slots or give the pool more capacity"),
+                Diagnostic::new(
+                    "pool-slots",
+                    s.locs.field("pool_slots"),
+                    format!(
+                        "pool_slots {} is more than pool `{}` has ({cap})",
+                        s.pool_slots, node.pool
+                    ),
+                )
+                .with_step(Some(&s.id))
+                .with_hint("lower pool_slots or give the pool more capacity"),
             ),
             _ => {}
         }
@@ -285,10 +384,10 @@ fn templates_of(s: &Step) -> Vec<(&'static str, &str, bool)> {
     if let Some(w) = &s.when {
         out.push(("when", w, true));
     }
-    if let Some(f) = &s.foreach {
-        if !f.trim_start().starts_with('[') {
-            out.push(("foreach", f, true));
-        }
+    if let Some(f) = &s.foreach
+        && !f.trim_start().starts_with('[')
+    {
+        out.push(("foreach", f, true));
     }
     if let Some(w) = &s.workdir {
         out.push(("workdir", w, false));
@@ -311,16 +410,30 @@ fn json_strings<'a>(v: &'a serde_json::Value, f: &mut impl FnMut(&'a str)) {
     }
 }
 
-fn check_templates(manifest: &Manifest, index: &HashMap<String, usize>, nodes: &mut [StepNode], diags: &mut Vec<Diagnostic>) {
+fn check_templates(
+    manifest: &Manifest,
+    index: &HashMap<String, usize>,
+    nodes: &mut [StepNode],
+    diags: &mut Vec<Diagnostic>,
+) {
     let input_names: HashSet<&str> = manifest.inputs.iter().map(|d| d.name.as_str()).collect();
     for (i, s) in manifest.steps.iter().enumerate() {
         let mut refs = Vec::new();
         for (field, text, is_expr) in templates_of(s) {
             let loc = s.locs.field(field);
-            let checked = if is_expr { template::check_expression(text) } else { template::check_template(text) };
+            let checked = if is_expr {
+                template::check_expression(text)
+            } else {
+                template::check_template(text)
+            };
             if let Err(e) = checked {
                 diags.push(
-                    Diagnostic::new("bad-template", loc, format!("`{field}` has a template error: {e}")).with_step(Some(&s.id)),
+                    Diagnostic::new(
+                        "bad-template",
+                        loc,
+                        format!("`{field}` has a template error: {e}"),
+                    )
+                    .with_step(Some(&s.id)),
                 );
                 continue;
             }
@@ -328,17 +441,29 @@ fn check_templates(manifest: &Manifest, index: &HashMap<String, usize>, nodes: &
             for name in template::referenced_names(text, "steps") {
                 match index.get(&name) {
                     None => {
-                        let mut d = Diagnostic::new("unknown-ref", loc, format!("`{field}` refers to unknown step `{name}`"))
-                            .with_step(Some(&s.id));
+                        let mut d = Diagnostic::new(
+                            "unknown-ref",
+                            loc,
+                            format!("`{field}` refers to unknown step `{name}`"),
+                        )
+                        .with_step(Some(&s.id));
                         if let Some(m) = did_you_mean(&name, index.keys().map(String::as_str)) {
                             d = d.with_hint(format!("did you mean `{m}`?"));
                         }
                         diags.push(d);
                     }
                     Some(&r) if !is_ancestor(nodes, r, i) => diags.push(
-                        Diagnostic::new("not-ancestor", loc, format!("`{field}` reads step `{name}`, which does not run before this step"))
-                            .with_step(Some(&s.id))
-                            .with_hint(format!("add `{name}` to `needs` (directly or through another step)")),
+                        Diagnostic::new(
+                            "not-ancestor",
+                            loc,
+                            format!(
+                                "`{field}` reads step `{name}`, which does not run before this step"
+                            ),
+                        )
+                        .with_step(Some(&s.id))
+                        .with_hint(format!(
+                            "add `{name}` to `needs` (directly or through another step)"
+                        )),
                     ),
                     Some(&r) => {
                         if !refs.contains(&r) {
@@ -356,24 +481,45 @@ fn check_templates(manifest: &Manifest, index: &HashMap<String, usize>, nodes: &
     }
     for text in outputs {
         if let Err(e) = template::check_template(text) {
-            diags.push(Diagnostic::new("bad-template", Loc::default(), format!("`outputs` has a template error: {e}")));
+            diags.push(Diagnostic::new(
+                "bad-template",
+                Loc::default(),
+                format!("`outputs` has a template error: {e}"),
+            ));
         }
         check_input_refs(text, &input_names, Loc::default(), None, diags);
         for name in template::referenced_names(text, "steps") {
             if !index.contains_key(&name) {
-                diags.push(Diagnostic::new("unknown-ref", Loc::default(), format!("`outputs` refers to unknown step `{name}`")));
+                diags.push(Diagnostic::new(
+                    "unknown-ref",
+                    Loc::default(),
+                    format!("`outputs` refers to unknown step `{name}`"),
+                ));
             }
         }
     }
 }
 
-fn check_input_refs(text: &str, inputs: &HashSet<&str>, loc: Loc, step: Option<&str>, diags: &mut Vec<Diagnostic>) {
+fn check_input_refs(
+    text: &str,
+    inputs: &HashSet<&str>,
+    loc: Loc,
+    step: Option<&str>,
+    diags: &mut Vec<Diagnostic>,
+) {
     for name in template::referenced_names(text, "inputs") {
         if !inputs.contains(name.as_str()) {
-            let mut d = Diagnostic::new("unknown-input", loc, format!("template refers to undeclared input `{name}`")).with_step(step);
+            let mut d = Diagnostic::new(
+                "unknown-input",
+                loc,
+                format!("template refers to undeclared input `{name}`"),
+            )
+            .with_step(step);
             d = match did_you_mean(&name, inputs.iter().copied()) {
                 Some(m) => d.with_hint(format!("did you mean `{m}`?")),
-                None => d.with_hint(format!("declare it under `inputs:`, e.g. `{name}: {{type: string}}`")),
+                None => d.with_hint(format!(
+                    "declare it under `inputs:`, e.g. `{name}: {{type: string}}`"
+                )),
             };
             diags.push(d);
         }

@@ -52,13 +52,19 @@ pub fn check_template(src: &str) -> Result<(), String> {
     if !is_template(src) {
         return Ok(());
     }
-    strict().template_from_str(src).map(|_| ()).map_err(|e| describe(&e))
+    strict()
+        .template_from_str(src)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
 }
 
 /// Checks an expression (`when`, `foreach`), with or without surrounding `{{ }}`.
 pub fn check_expression(src: &str) -> Result<(), String> {
     let expr = sole_expression(src).unwrap_or(src);
-    lenient().compile_expression(expr).map(|_| ()).map_err(|e| describe(&e))
+    lenient()
+        .compile_expression(expr)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
 }
 
 pub fn render_str(src: &str, ctx: &Json) -> Result<String, String> {
@@ -78,7 +84,12 @@ pub fn render_value(value: &Json, ctx: &Json) -> Result<Json, String> {
             Some(expr) => eval_value(expr, ctx)?,
             None => Json::String(render_str(s, ctx)?),
         },
-        Json::Array(items) => Json::Array(items.iter().map(|v| render_value(v, ctx)).collect::<Result<_, _>>()?),
+        Json::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|v| render_value(v, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
         Json::Object(map) => Json::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), render_value(v, ctx)?)))
@@ -91,16 +102,24 @@ pub fn render_value(value: &Json, ctx: &Json) -> Result<Json, String> {
 /// Evaluates an expression strictly and returns its value as JSON.
 pub fn eval_value(expr: &str, ctx: &Json) -> Result<Json, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
-    let compiled = strict().compile_expression(expr).map_err(|e| describe(&e))?;
-    let v = compiled.eval(Value::from(minijinja::value::Serde(ctx))).map_err(|e| describe(&e))?;
+    let compiled = strict()
+        .compile_expression(expr)
+        .map_err(|e| describe(&e))?;
+    let v = compiled
+        .eval(Value::from(minijinja::value::Serde(ctx)))
+        .map_err(|e| describe(&e))?;
     serde_json::to_value(&v).map_err(|e| e.to_string())
 }
 
 /// Evaluates a `when` condition: undefined values are false rather than errors.
 pub fn eval_condition(expr: &str, ctx: &Json) -> Result<bool, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
-    let compiled = lenient().compile_expression(expr).map_err(|e| describe(&e))?;
-    let v = compiled.eval(Value::from(minijinja::value::Serde(ctx))).map_err(|e| describe(&e))?;
+    let compiled = lenient()
+        .compile_expression(expr)
+        .map_err(|e| describe(&e))?;
+    let v = compiled
+        .eval(Value::from(minijinja::value::Serde(ctx)))
+        .map_err(|e| describe(&e))?;
     Ok(v.is_true())
 }
 
@@ -122,10 +141,14 @@ pub fn referenced_names(src: &str, root: &str) -> Vec<String> {
         }
         let rest = &src[from..];
         let name: String = if let Some(r) = rest.strip_prefix('.') {
-            r.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+            r.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
         } else if let Some(r) = rest.strip_prefix('[') {
             let r = r.trim_start();
-            let Some(quote) = r.chars().next().filter(|c| *c == '"' || *c == '\'') else { continue };
+            let Some(quote) = r.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                continue;
+            };
             r[1..].chars().take_while(|c| *c != quote).collect()
         } else {
             continue;
@@ -144,9 +167,17 @@ mod tests {
 
     #[test]
     fn renders_and_keeps_types_of_sole_expressions() {
-        let ctx = json!({"inputs": {"svc": "api"}, "steps": {"inv": {"output": {"hosts": ["a", "b"]}}}});
-        assert_eq!(render_str("restart {{ inputs.svc }}", &ctx).unwrap(), "restart api");
-        let v = render_value(&json!({"hosts": "{{ steps.inv.output.hosts }}", "n": 3}), &ctx).unwrap();
+        let ctx =
+            json!({"inputs": {"svc": "api"}, "steps": {"inv": {"output": {"hosts": ["a", "b"]}}}});
+        assert_eq!(
+            render_str("restart {{ inputs.svc }}", &ctx).unwrap(),
+            "restart api"
+        );
+        let v = render_value(
+            &json!({"hosts": "{{ steps.inv.output.hosts }}", "n": 3}),
+            &ctx,
+        )
+        .unwrap();
         assert_eq!(v, json!({"hosts": ["a", "b"], "n": 3}));
     }
 

@@ -51,7 +51,9 @@ impl EngineConfig {
     }
 
     pub fn compile_options(&self) -> CompileOptions {
-        CompileOptions { pools: self.pools.clone() }
+        CompileOptions {
+            pools: self.pools.clone(),
+        }
     }
 }
 
@@ -63,7 +65,9 @@ pub enum EngineError {
     Rejected(#[from] Rejected),
     #[error("run `{0}` is not active in this engine")]
     NotActive(String),
-    #[error("run `{run}` is being driven by another process ({owner}); stop it first or wait for its lease to expire")]
+    #[error(
+        "run `{run}` is being driven by another process ({owner}); stop it first or wait for its lease to expire"
+    )]
     Owned { run: String, owner: String },
     #[error("run `{run}` is already {status}")]
     Finished { run: String, status: String },
@@ -76,10 +80,18 @@ pub enum EngineError {
 /// What happened, after it became durable.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    Event { run_id: RunId, event: Arc<Event> },
-    Finished { run_id: RunId, status: RunStatus },
+    Event {
+        run_id: RunId,
+        event: Arc<Event>,
+    },
+    Finished {
+        run_id: RunId,
+        status: RunStatus,
+    },
     /// The engine cannot persist and has stopped; runs resume from their last commit.
-    Fatal { error: String },
+    Fatal {
+        error: String,
+    },
 }
 
 /// Counters for benchmarks and `/metrics`.
@@ -92,16 +104,37 @@ pub struct EngineStats {
 
 impl EngineStats {
     pub fn snapshot(&self) -> (u64, u64, u64) {
-        (self.commits.load(Ordering::Relaxed), self.events.load(Ordering::Relaxed), self.commit_micros.load(Ordering::Relaxed))
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.events.load(Ordering::Relaxed),
+            self.commit_micros.load(Ordering::Relaxed),
+        )
     }
 }
 
 pub(crate) enum Msg {
-    Adopt { state: Box<RunState>, base_dir: PathBuf, parent: Option<ParentRef>, reply: Option<oneshot::Sender<()>> },
-    Input { run_id: String, input: Input, reply: Option<oneshot::Sender<Result<(), Rejected>>> },
-    AttemptDone { run_id: RunId, unit: plexus_core::machine::Unit, attempt: u32, finished: exec::process::Finished },
+    Adopt {
+        state: Box<RunState>,
+        base_dir: PathBuf,
+        parent: Option<ParentRef>,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    Input {
+        run_id: String,
+        input: Input,
+        reply: Option<oneshot::Sender<Result<(), Rejected>>>,
+    },
+    AttemptDone {
+        run_id: RunId,
+        unit: plexus_core::machine::Unit,
+        attempt: u32,
+        finished: exec::process::Finished,
+    },
     Commands(Vec<plexus_store::Command>),
-    ChildEnded { parent: ParentRef, outcome: plexus_core::machine::Outcome },
+    ChildEnded {
+        parent: ParentRef,
+        outcome: plexus_core::machine::Outcome,
+    },
     Pools(oneshot::Sender<Vec<PoolStats>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -127,7 +160,9 @@ pub struct Submission {
 }
 
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 impl Engine {
@@ -136,7 +171,14 @@ impl Engine {
         let (tx, rx) = mpsc::channel(65_536);
         let (notices, _) = broadcast::channel(65_536);
         let (logs, _) = broadcast::channel(4_096);
-        let engine = Engine { tx, notices, logs, store, config: Arc::new(config), stats: Arc::default() };
+        let engine = Engine {
+            tx,
+            notices,
+            logs,
+            store,
+            config: Arc::new(config),
+            stats: Arc::default(),
+        };
         scheduler::spawn(engine.clone(), rx);
         engine
     }
@@ -158,7 +200,10 @@ impl Engine {
     }
 
     async fn send(&self, msg: Msg) -> Result<(), EngineError> {
-        self.tx.send(msg).await.map_err(|_| EngineError::Stopped("the scheduler is not running".into()))
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| EngineError::Stopped("the scheduler is not running".into()))
     }
 
     /// Creates and starts a run; returns its id once the run is recorded.
@@ -182,7 +227,13 @@ impl Engine {
             .await?;
         let state = RunState::new(id.clone(), plan, sub.inputs);
         let (reply, done) = oneshot::channel();
-        self.send(Msg::Adopt { state: Box::new(state), base_dir: sub.base_dir, parent: None, reply: Some(reply) }).await?;
+        self.send(Msg::Adopt {
+            state: Box::new(state),
+            base_dir: sub.base_dir,
+            parent: None,
+            reply: Some(reply),
+        })
+        .await?;
         let _ = done.await;
         Ok(id)
     }
@@ -192,7 +243,10 @@ impl Engine {
         let row = self.store.get_run(run_id).await?;
         let now = now_ms();
         if let Some(status) = RunStatus::parse(&row.status).filter(|s| s.is_terminal()) {
-            return Err(EngineError::Finished { run: row.id, status: status.as_str().into() });
+            return Err(EngineError::Finished {
+                run: row.id,
+                status: status.as_str().into(),
+            });
         }
         let live_lease = row.lease_until.is_some_and(|t| t >= now);
         let force = match &row.owner {
@@ -201,26 +255,50 @@ impl Engine {
                 // owner is seen at once, without waiting for the lease to run out.
                 let alive = owner_alive(owner) != Some(false) && live_lease;
                 if alive {
-                    return Err(EngineError::Owned { run: row.id, owner: owner.clone() });
+                    return Err(EngineError::Owned {
+                        run: row.id,
+                        owner: owner.clone(),
+                    });
                 }
                 true
             }
             _ => false,
         };
         let lease_until = now + self.config.lease.as_millis() as u64;
-        if !self.store.claim_run(&row.id, &self.config.owner, lease_until, now, force).await? {
-            return Err(EngineError::Owned { run: row.id.clone(), owner: row.owner.unwrap_or_default() });
+        if !self
+            .store
+            .claim_run(&row.id, &self.config.owner, lease_until, now, force)
+            .await?
+        {
+            return Err(EngineError::Owned {
+                run: row.id.clone(),
+                owner: row.owner.unwrap_or_default(),
+            });
         }
         let file = format!("(stored manifest of run {})", row.id);
-        let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options()).map_err(|d| EngineError::Manifest {
-            run: row.id.clone(),
-            problems: d.iter().map(Diagnostic::to_string).collect::<Vec<_>>().join("; "),
-        })?;
+        let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options())
+            .map_err(|d| EngineError::Manifest {
+                run: row.id.clone(),
+                problems: d
+                    .iter()
+                    .map(Diagnostic::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })?;
         let events = self.store.events(&row.id, 0, 0).await?;
         let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
-        let base_dir = row.base_dir.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let base_dir = row
+            .base_dir
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         let (reply, done) = oneshot::channel();
-        self.send(Msg::Adopt { state: Box::new(state), base_dir, parent: row.parent, reply: Some(reply) }).await?;
+        self.send(Msg::Adopt {
+            state: Box::new(state),
+            base_dir,
+            parent: row.parent,
+            reply: Some(reply),
+        })
+        .await?;
         let _ = done.await;
         Ok(row.id)
     }
@@ -228,7 +306,12 @@ impl Engine {
     /// Applies an input (signal, approve, reject, cancel) to a run this engine drives.
     pub async fn input(&self, run_id: &str, input: Input) -> Result<(), EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Input { run_id: run_id.to_owned(), input, reply: Some(reply) }).await?;
+        self.send(Msg::Input {
+            run_id: run_id.to_owned(),
+            input,
+            reply: Some(reply),
+        })
+        .await?;
         match answer.await {
             Ok(r) => r.map_err(EngineError::from),
             Err(_) => Err(EngineError::NotActive(run_id.to_owned())),
@@ -238,7 +321,9 @@ impl Engine {
     pub async fn pool_stats(&self) -> Result<Vec<PoolStats>, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.send(Msg::Pools(reply)).await?;
-        answer.await.map_err(|_| EngineError::Stopped("no answer".into()))
+        answer
+            .await
+            .map_err(|_| EngineError::Stopped("no answer".into()))
     }
 
     /// Commits what is pending, hands the leases of unfinished runs back and stops.

@@ -11,7 +11,12 @@ pub fn hostname() -> String {
 }
 
 pub fn new_owner_id() -> String {
-    format!("plexus/{}/{}/{}", hostname(), std::process::id(), uuid::Uuid::now_v7().simple())
+    format!(
+        "plexus/{}/{}/{}",
+        hostname(),
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    )
 }
 
 /// Whether the owning process is alive; `None` when that cannot be told from here

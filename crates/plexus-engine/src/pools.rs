@@ -32,15 +32,31 @@ impl Pools {
     pub fn new(capacities: &BTreeMap<String, u32>) -> Self {
         let pools = capacities
             .iter()
-            .map(|(name, &capacity)| (name.clone(), Pool { capacity: capacity.max(1), used: 0, queue: VecDeque::new() }))
+            .map(|(name, &capacity)| {
+                (
+                    name.clone(),
+                    Pool {
+                        capacity: capacity.max(1),
+                        used: 0,
+                        queue: VecDeque::new(),
+                    },
+                )
+            })
             .collect();
-        Pools { pools, held: HashMap::new() }
+        Pools {
+            pools,
+            held: HashMap::new(),
+        }
     }
 
     /// Queues a request. Unknown pools (a manifest validated against other settings) are
     /// created with one slot so the run still makes progress.
     pub fn enqueue(&mut self, run: RunId, unit: Unit, pool: &str, slots: u32) {
-        let p = self.pools.entry(pool.to_owned()).or_insert_with(|| Pool { capacity: 1, used: 0, queue: VecDeque::new() });
+        let p = self.pools.entry(pool.to_owned()).or_insert_with(|| Pool {
+            capacity: 1,
+            used: 0,
+            queue: VecDeque::new(),
+        });
         let slots = slots.clamp(1, p.capacity);
         p.queue.push_back((run, unit, slots));
     }
@@ -82,7 +98,12 @@ impl Pools {
         let mut s: Vec<PoolStats> = self
             .pools
             .iter()
-            .map(|(name, p)| PoolStats { name: name.clone(), capacity: p.capacity, used: p.used, queued: p.queue.len() })
+            .map(|(name, p)| PoolStats {
+                name: name.clone(),
+                capacity: p.capacity,
+                used: p.used,
+                queued: p.queue.len(),
+            })
             .collect();
         s.sort_by(|a, b| a.name.cmp(&b.name));
         s

@@ -80,10 +80,17 @@ impl Loop {
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();
-            if self.stopping.is_some() && self.inflight.is_none() && self.batch.is_empty() && self.actions.is_empty() {
+            if self.stopping.is_some()
+                && self.inflight.is_none()
+                && self.batch.is_empty()
+                && self.actions.is_empty()
+            {
                 break;
             }
-            let timer_wait = self.timers.next_at().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            let timer_wait = self
+                .timers
+                .next_at()
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
             tokio::select! {
                 result = async { (&mut self.inflight.as_mut().expect("guarded").handle).await }, if self.inflight.is_some() => {
                     let done = self.inflight.take().expect("guarded");
@@ -122,7 +129,11 @@ impl Loop {
                 _ = lease.tick() => self.renew_leases(),
             }
         }
-        let _ = self.engine.store.release_runs(&self.engine.config.owner).await;
+        let _ = self
+            .engine
+            .store
+            .release_runs(&self.engine.config.owner)
+            .await;
         if let Some(reply) = self.stopping.take() {
             let _ = reply.send(());
         }
@@ -133,7 +144,9 @@ impl Loop {
         for (_, kill) in self.running.drain() {
             let _ = kill.send(());
         }
-        let _ = self.engine.notices.send(Notice::Fatal { error: e.to_string() });
+        let _ = self.engine.notices.send(Notice::Fatal {
+            error: e.to_string(),
+        });
         if let Some(reply) = self.stopping.take() {
             let _ = reply.send(());
         }
@@ -168,7 +181,12 @@ impl Loop {
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::Adopt { mut state, base_dir, parent, reply } => {
+            Msg::Adopt {
+                mut state,
+                base_dir,
+                parent,
+                reply,
+            } => {
                 let run: RunId = state.run_id.as_str().into();
                 let now = now_ms();
                 let t = if state.seq == 0 {
@@ -176,13 +194,24 @@ impl Loop {
                 } else {
                     state.resume(now)
                 };
-                self.runs.insert(run.clone(), Active { state: *state, base_dir, parent });
+                self.runs.insert(
+                    run.clone(),
+                    Active {
+                        state: *state,
+                        base_dir,
+                        parent,
+                    },
+                );
                 self.absorb(&run, t);
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
             }
-            Msg::Input { run_id, input, reply } => {
+            Msg::Input {
+                run_id,
+                input,
+                reply,
+            } => {
                 let result = self.apply(&RunId::from(run_id.as_str()), input);
                 if let Some(reply) = reply {
                     match result {
@@ -193,7 +222,12 @@ impl Loop {
                     }
                 }
             }
-            Msg::AttemptDone { run_id, unit, attempt, finished } => {
+            Msg::AttemptDone {
+                run_id,
+                unit,
+                attempt,
+                finished,
+            } => {
                 self.running.remove(&(run_id.clone(), unit));
                 self.pools.release(&run_id, unit);
                 self.grant();
@@ -210,7 +244,14 @@ impl Loop {
                         });
                     }
                 }
-                let _ = self.apply(&run_id, Input::AttemptFinished { unit, attempt, outcome: finished.outcome });
+                let _ = self.apply(
+                    &run_id,
+                    Input::AttemptFinished {
+                        unit,
+                        attempt,
+                        outcome: finished.outcome,
+                    },
+                );
             }
             Msg::Commands(commands) => {
                 self.polling = false;
@@ -218,13 +259,30 @@ impl Loop {
                     if !self.seen_commands.insert(c.id) {
                         continue;
                     }
-                    let comment = c.data.get("comment").and_then(Json::as_str).map(str::to_owned);
+                    let comment = c
+                        .data
+                        .get("comment")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned);
                     let step = c.step_id.clone().unwrap_or_default();
                     let input = match c.kind {
-                        plexus_store::CommandKind::Signal => Input::Signal { step_id: step, data: c.data.get("data").cloned().unwrap_or(Json::Null) },
-                        plexus_store::CommandKind::Approve => Input::Approve { step_id: step, by: c.actor.clone(), comment },
-                        plexus_store::CommandKind::Reject => Input::Reject { step_id: step, by: c.actor.clone(), comment },
-                        plexus_store::CommandKind::Cancel => Input::Cancel { reason: format!("cancelled by {}", c.actor) },
+                        plexus_store::CommandKind::Signal => Input::Signal {
+                            step_id: step,
+                            data: c.data.get("data").cloned().unwrap_or(Json::Null),
+                        },
+                        plexus_store::CommandKind::Approve => Input::Approve {
+                            step_id: step,
+                            by: c.actor.clone(),
+                            comment,
+                        },
+                        plexus_store::CommandKind::Reject => Input::Reject {
+                            step_id: step,
+                            by: c.actor.clone(),
+                            comment,
+                        },
+                        plexus_store::CommandKind::Cancel => Input::Cancel {
+                            reason: format!("cancelled by {}", c.actor),
+                        },
                     };
                     let result = match self.apply(&RunId::from(c.run_id.as_str()), input) {
                         Some(Ok(())) => None,
@@ -245,7 +303,11 @@ impl Loop {
     }
 
     /// Applies an input to a run; `None` if the run is not active here.
-    fn apply(&mut self, run: &RunId, input: Input) -> Option<Result<(), plexus_core::machine::Rejected>> {
+    fn apply(
+        &mut self,
+        run: &RunId,
+        input: Input,
+    ) -> Option<Result<(), plexus_core::machine::Rejected>> {
         let active = self.runs.get_mut(run)?;
         Some(match active.state.handle(input, now_ms()) {
             Ok(t) => {
@@ -260,7 +322,10 @@ impl Loop {
         let listening = self.engine.notices.receiver_count() > 0;
         for e in t.events {
             if listening {
-                self.notices.push(Notice::Event { run_id: run.clone(), event: Arc::new(e.clone()) });
+                self.notices.push(Notice::Event {
+                    run_id: run.clone(),
+                    event: Arc::new(e.clone()),
+                });
             }
             self.batch.events.push((run.to_string(), e));
         }
@@ -291,23 +356,53 @@ impl Loop {
                 }
                 Action::Execute(task) => {
                     if let Some(outcome) = exec::run_inline(&task.work) {
-                        let _ = self.apply(&run, Input::AttemptFinished { unit: task.unit, attempt: task.attempt, outcome });
+                        let _ = self.apply(
+                            &run,
+                            Input::AttemptFinished {
+                                unit: task.unit,
+                                attempt: task.attempt,
+                                outcome,
+                            },
+                        );
                         continue;
                     }
-                    let Some(active) = self.runs.get(&run) else { continue };
+                    let Some(active) = self.runs.get(&run) else {
+                        continue;
+                    };
                     let base_dir = active.base_dir.clone();
                     let (kill_tx, kill_rx) = oneshot::channel();
                     self.running.insert((run.clone(), task.unit), kill_tx);
                     let settings = self.settings.clone();
                     let tx = self.engine.tx.clone();
-                    let logs = (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone());
+                    let logs =
+                        (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone());
                     tokio::spawn(async move {
-                        let finished = process::run(&task, run.clone(), &base_dir, &settings, logs, kill_rx).await;
-                        let _ = tx.send(Msg::AttemptDone { run_id: run, unit: task.unit, attempt: task.attempt, finished }).await;
+                        let finished =
+                            process::run(&task, run.clone(), &base_dir, &settings, logs, kill_rx)
+                                .await;
+                        let _ = tx
+                            .send(Msg::AttemptDone {
+                                run_id: run,
+                                unit: task.unit,
+                                attempt: task.attempt,
+                                finished,
+                            })
+                            .await;
                     });
                 }
-                Action::StartChild { unit, attempt, key, path, inputs } => self.start_child(run, unit, attempt, key, path, inputs),
-                Action::SetTimer { at, unit, attempt, purpose } => self.timers.set(at, run, unit, attempt, purpose),
+                Action::StartChild {
+                    unit,
+                    attempt,
+                    key,
+                    path,
+                    inputs,
+                } => self.start_child(run, unit, attempt, key, path, inputs),
+                Action::SetTimer {
+                    at,
+                    unit,
+                    attempt,
+                    purpose,
+                } => self.timers.set(at, run, unit, attempt, purpose),
                 Action::Kill { unit, .. } => {
                     if let Some(kill) = self.running.remove(&(run, unit)) {
                         let _ = kill.send(());
@@ -322,8 +417,13 @@ impl Loop {
     }
 
     fn finished(&mut self, run: RunId, status: RunStatus) {
-        self.notices.push(Notice::Finished { run_id: run.clone(), status });
-        let Some(active) = self.runs.remove(&run) else { return };
+        self.notices.push(Notice::Finished {
+            run_id: run.clone(),
+            status,
+        });
+        let Some(active) = self.runs.remove(&run) else {
+            return;
+        };
         if let Some(parent) = active.parent {
             let outcome = child_outcome(&active.state, status);
             self.child_ended(parent, outcome);
@@ -332,27 +432,61 @@ impl Loop {
 
     fn child_ended(&mut self, parent: ParentRef, outcome: Outcome) {
         let parent_run: RunId = parent.run_id.as_str().into();
-        let Some(p) = self.runs.get(&parent_run) else { return };
+        let Some(p) = self.runs.get(&parent_run) else {
+            return;
+        };
         if let Some(&step) = p.state.plan.index.get(&parent.step_id) {
-            let unit = Unit { step, item: parent.item };
-            let _ = self.apply(&parent_run, Input::AttemptFinished { unit, attempt: parent.attempt, outcome });
+            let unit = Unit {
+                step,
+                item: parent.item,
+            };
+            let _ = self.apply(
+                &parent_run,
+                Input::AttemptFinished {
+                    unit,
+                    attempt: parent.attempt,
+                    outcome,
+                },
+            );
         }
     }
 
-    fn start_child(&mut self, run: RunId, unit: Unit, attempt: u32, key: String, path: String, inputs: Json) {
+    fn start_child(
+        &mut self,
+        run: RunId,
+        unit: Unit,
+        attempt: u32,
+        key: String,
+        path: String,
+        inputs: Json,
+    ) {
         let child_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes()).to_string();
         if self.runs.contains_key(child_id.as_str()) {
             return; // already running here; it reports back when it ends
         }
-        let Some(active) = self.runs.get(&run) else { return };
+        let Some(active) = self.runs.get(&run) else {
+            return;
+        };
         let step_id = active.state.plan.step(unit.step).id.clone();
         let file = active.base_dir.join(&path);
         let engine = self.engine.clone();
-        let parent = ParentRef { run_id: run.to_string(), step_id, item: unit.item, attempt };
+        let parent = ParentRef {
+            run_id: run.to_string(),
+            step_id,
+            item: unit.item,
+            attempt,
+        };
         tokio::spawn(async move {
             let fail = |error: String| Msg::Input {
                 run_id: run.to_string(),
-                input: Input::AttemptFinished { unit, attempt, outcome: Outcome::Failure { error, output: Json::Null } },
+                input: Input::AttemptFinished {
+                    unit,
+                    attempt,
+                    outcome: Outcome::Failure {
+                        error,
+                        output: Json::Null,
+                    },
+                },
                 reply: None,
             };
             let msg = match prepare_child(&engine, &file, inputs, child_id, parent).await {
@@ -371,10 +505,14 @@ impl Loop {
         self.polling = true;
         let engine = self.engine.clone();
         tokio::spawn(async move {
-            let commands = engine.store.pending_commands(&engine.config.owner).await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "reading control commands failed");
-                Vec::new()
-            });
+            let commands = engine
+                .store
+                .pending_commands(&engine.config.owner)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "reading control commands failed");
+                    Vec::new()
+                });
             let _ = engine.tx.send(Msg::Commands(commands)).await;
         });
     }
@@ -410,19 +548,47 @@ fn child_outcome(state: &RunState, status: RunStatus) -> Outcome {
 }
 
 /// Loads, checks and records a child run; returns the message that starts (or reports) it.
-async fn prepare_child(engine: &Engine, file: &std::path::Path, inputs: Json, child_id: String, parent: ParentRef) -> Result<Option<Msg>, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read sub-workflow {}: {e}", file.display()))?;
-    let plan = plexus_core::load(&text, &file.to_string_lossy(), &engine.config.compile_options())
-        .map_err(|d| format!("sub-workflow {} is invalid: {}", file.display(), d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")))?;
+async fn prepare_child(
+    engine: &Engine,
+    file: &std::path::Path,
+    inputs: Json,
+    child_id: String,
+    parent: ParentRef,
+) -> Result<Option<Msg>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read sub-workflow {}: {e}", file.display()))?;
+    let plan = plexus_core::load(
+        &text,
+        &file.to_string_lossy(),
+        &engine.config.compile_options(),
+    )
+    .map_err(|d| {
+        format!(
+            "sub-workflow {} is invalid: {}",
+            file.display(),
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
     let given = match inputs {
         Json::Object(m) => m,
         Json::Null => serde_json::Map::new(),
-        other => return Err(format!("`with` of a workflow step must be a mapping of inputs, got {other}")),
+        other => {
+            return Err(format!(
+                "`with` of a workflow step must be a mapping of inputs, got {other}"
+            ));
+        }
     };
-    let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, &given).map_err(|e| format!("sub-workflow inputs: {}", e.join("; ")))?;
+    let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, &given)
+        .map_err(|e| format!("sub-workflow inputs: {}", e.join("; ")))?;
     let inputs = Json::Object(inputs);
     let now = now_ms();
-    let base_dir = file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = file
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let created = engine
         .store
         .create_run(NewRun {
@@ -441,15 +607,31 @@ async fn prepare_child(engine: &Engine, file: &std::path::Path, inputs: Json, ch
         .map_err(|e| e.to_string())?;
     if created {
         let state = RunState::new(child_id, Arc::new(plan), inputs);
-        return Ok(Some(Msg::Adopt { state: Box::new(state), base_dir, parent: Some(parent), reply: None }));
+        return Ok(Some(Msg::Adopt {
+            state: Box::new(state),
+            base_dir,
+            parent: Some(parent),
+            reply: None,
+        }));
     }
     // The child exists from before a restart: report its end, or take it over.
-    let row = engine.store.get_run(&child_id).await.map_err(|e| e.to_string())?;
+    let row = engine
+        .store
+        .get_run(&child_id)
+        .await
+        .map_err(|e| e.to_string())?;
     match RunStatus::parse(&row.status).filter(|s| s.is_terminal()) {
         Some(status) => {
-            let events = engine.store.events(&child_id, 0, 0).await.map_err(|e| e.to_string())?;
+            let events = engine
+                .store
+                .events(&child_id, 0, 0)
+                .await
+                .map_err(|e| e.to_string())?;
             let state = RunState::restore(child_id, Arc::new(plan), row.inputs, &events);
-            Ok(Some(Msg::ChildEnded { parent, outcome: child_outcome(&state, status) }))
+            Ok(Some(Msg::ChildEnded {
+                parent,
+                outcome: child_outcome(&state, status),
+            }))
         }
         None => {
             engine.resume(&child_id).await.map_err(|e| e.to_string())?;
@@ -457,4 +639,3 @@ async fn prepare_child(engine: &Engine, file: &std::path::Path, inputs: Json, ch
         }
     }
 }
-

@@ -48,7 +48,15 @@ pub struct Due {
 impl Timers {
     pub fn set(&mut self, at: Millis, run: RunId, unit: Unit, attempt: u32, purpose: TimerPurpose) {
         self.seq += 1;
-        self.heap.push(Reverse(Entry { at, seq: self.seq, run, step: unit.step, item: unit.item, attempt, purpose: purpose_code(purpose) }));
+        self.heap.push(Reverse(Entry {
+            at,
+            seq: self.seq,
+            run,
+            step: unit.step,
+            item: unit.item,
+            attempt,
+            purpose: purpose_code(purpose),
+        }));
     }
 
     pub fn next_at(&self) -> Option<Millis> {
@@ -59,7 +67,15 @@ impl Timers {
         let mut due = Vec::new();
         while self.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
             let Reverse(e) = self.heap.pop().expect("peeked");
-            due.push(Due { run: e.run, unit: Unit { step: e.step, item: e.item }, attempt: e.attempt, purpose: purpose_of(e.purpose) });
+            due.push(Due {
+                run: e.run,
+                unit: Unit {
+                    step: e.step,
+                    item: e.item,
+                },
+                attempt: e.attempt,
+                purpose: purpose_of(e.purpose),
+            });
         }
         due
     }

@@ -173,7 +173,14 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events and updates the rows they imply, atomically.
     async fn commit(&self, batch: Batch) -> Result<()>;
     /// Takes ownership of a run if nobody holds a live lease on it (or `force`).
-    async fn claim_run(&self, run_id: &str, owner: &str, lease_until: Millis, now: Millis, force: bool) -> Result<bool>;
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+        force: bool,
+    ) -> Result<bool>;
     /// Extends the leases of every non-terminal run `owner` holds.
     async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()>;
     /// Gives up ownership of `owner`'s non-terminal runs (clean shutdown).
@@ -185,7 +192,15 @@ pub trait Store: Send + Sync + 'static {
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
     async fn children(&self, run_id: &str) -> Result<Vec<RunRow>>;
-    async fn add_command(&self, run_id: &str, kind: CommandKind, step_id: Option<&str>, data: Json, actor: &str, now: Millis) -> Result<i64>;
+    async fn add_command(
+        &self,
+        run_id: &str,
+        kind: CommandKind,
+        step_id: Option<&str>,
+        data: Json,
+        actor: &str,
+        now: Millis,
+    ) -> Result<i64>;
     /// Unapplied commands for runs owned by `owner`.
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;

@@ -40,56 +40,125 @@ pub fn materialize(e: &Event) -> RowChange {
         error: None,
     };
     match &e.kind {
-        EventKind::RunStarted { .. } => RowChange::Run { status: "running", finished: None, outputs: None, error: None },
-        EventKind::RunSucceeded { outputs } => {
-            RowChange::Run { status: "succeeded", finished: Some(e.time), outputs: Some(outputs.clone()), error: None }
-        }
+        EventKind::RunStarted { .. } => RowChange::Run {
+            status: "running",
+            finished: None,
+            outputs: None,
+            error: None,
+        },
+        EventKind::RunSucceeded { outputs } => RowChange::Run {
+            status: "succeeded",
+            finished: Some(e.time),
+            outputs: Some(outputs.clone()),
+            error: None,
+        },
         EventKind::RunFailed { error, outputs } => RowChange::Run {
             status: "failed",
             finished: Some(e.time),
             outputs: Some(outputs.clone()),
             error: Some(error.clone()),
         },
-        EventKind::RunCancelled { reason } => {
-            RowChange::Run { status: "cancelled", finished: Some(e.time), outputs: None, error: Some(reason.clone()) }
+        EventKind::RunCancelled { reason } => RowChange::Run {
+            status: "cancelled",
+            finished: Some(e.time),
+            outputs: None,
+            error: Some(reason.clone()),
+        },
+        EventKind::StepExpanded { step_id, .. } => RowChange::Step(StepChange {
+            started: Some(e.time),
+            ..step(step_id, "running")
+        }),
+        EventKind::StepAwaitingApproval { step_id, .. } => {
+            RowChange::Step(step(step_id, "awaiting_approval"))
         }
-        EventKind::StepExpanded { step_id, .. } => RowChange::Step(StepChange { started: Some(e.time), ..step(step_id, "running") }),
-        EventKind::StepAwaitingApproval { step_id, .. } => RowChange::Step(step(step_id, "awaiting_approval")),
         EventKind::StepApproved { step_id, .. } => RowChange::Step(step(step_id, "pending")),
-        EventKind::StepStarted { step_id, item, attempt, .. } => RowChange::Step(StepChange {
+        EventKind::StepStarted {
+            step_id,
+            item,
+            attempt,
+            ..
+        } => RowChange::Step(StepChange {
             attempt: item.is_none().then_some(*attempt),
             started: Some(e.time),
             ..step(step_id, "running")
         }),
-        EventKind::StepWaiting { step_id, item, attempt, .. } => RowChange::Step(StepChange {
+        EventKind::StepWaiting {
+            step_id,
+            item,
+            attempt,
+            ..
+        } => RowChange::Step(StepChange {
             attempt: item.is_none().then_some(*attempt),
             started: Some(e.time),
             ..step(step_id, if item.is_some() { "running" } else { "waiting" })
         }),
-        EventKind::StepSucceeded { step_id, item: Some(_), .. } => RowChange::Step(step(step_id, "running")),
-        EventKind::StepSucceeded { step_id, item: None, attempt, output } => RowChange::Step(StepChange {
+        EventKind::StepSucceeded {
+            step_id,
+            item: Some(_),
+            ..
+        } => RowChange::Step(step(step_id, "running")),
+        EventKind::StepSucceeded {
+            step_id,
+            item: None,
+            attempt,
+            output,
+        } => RowChange::Step(StepChange {
             attempt: (*attempt > 0).then_some(*attempt),
             finished: Some(e.time),
             output: Some(output.clone()),
             error: Some(None),
             ..step(step_id, "succeeded")
         }),
-        EventKind::StepFailed { step_id, item: Some(_), retry_at: None, error, .. } => {
-            RowChange::Step(StepChange { error: Some(Some(error.clone())), ..step(step_id, "partial") })
-        }
-        EventKind::StepFailed { step_id, item: Some(_), .. } => RowChange::Step(step(step_id, "running")),
-        EventKind::StepFailed { step_id, item: None, attempt, error, output, retry_at } => RowChange::Step(StepChange {
+        EventKind::StepFailed {
+            step_id,
+            item: Some(_),
+            retry_at: None,
+            error,
+            ..
+        } => RowChange::Step(StepChange {
+            error: Some(Some(error.clone())),
+            ..step(step_id, "partial")
+        }),
+        EventKind::StepFailed {
+            step_id,
+            item: Some(_),
+            ..
+        } => RowChange::Step(step(step_id, "running")),
+        EventKind::StepFailed {
+            step_id,
+            item: None,
+            attempt,
+            error,
+            output,
+            retry_at,
+        } => RowChange::Step(StepChange {
             attempt: (*attempt > 0).then_some(*attempt),
             finished: retry_at.is_none().then_some(e.time),
             output: Some(output.clone()),
             error: Some(Some(error.clone())),
-            ..step(step_id, if retry_at.is_some() { "retry_wait" } else { "failed" })
+            ..step(
+                step_id,
+                if retry_at.is_some() {
+                    "retry_wait"
+                } else {
+                    "failed"
+                },
+            )
         }),
-        EventKind::StepInterrupted { step_id, item: None, .. } => RowChange::Step(step(step_id, "pending")),
+        EventKind::StepInterrupted {
+            step_id,
+            item: None,
+            ..
+        } => RowChange::Step(step(step_id, "pending")),
         EventKind::StepInterrupted { .. } => RowChange::None,
-        EventKind::StepSkipped { step_id, reason } => {
-            RowChange::Step(StepChange { finished: Some(e.time), error: Some(Some(reason.clone())), ..step(step_id, "skipped") })
-        }
-        EventKind::StepCancelled { step_id } => RowChange::Step(StepChange { finished: Some(e.time), ..step(step_id, "cancelled") }),
+        EventKind::StepSkipped { step_id, reason } => RowChange::Step(StepChange {
+            finished: Some(e.time),
+            error: Some(Some(reason.clone())),
+            ..step(step_id, "skipped")
+        }),
+        EventKind::StepCancelled { step_id } => RowChange::Step(StepChange {
+            finished: Some(e.time),
+            ..step(step_id, "cancelled")
+        }),
     }
 }

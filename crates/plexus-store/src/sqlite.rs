@@ -20,7 +20,9 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { synchronous_full: true }
+        SqliteOptions {
+            synchronous_full: true,
+        }
     }
 }
 
@@ -35,7 +37,9 @@ pub struct SqliteStore {
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     match &e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => StoreError::Full(e.to_string()),
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+            StoreError::Full(e.to_string())
+        }
         _ => StoreError::Db(e.to_string()),
     }
 }
@@ -46,8 +50,13 @@ fn json_err(e: serde_json::Error) -> StoreError {
 
 fn connect(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
     let conn = Connection::open(path).map_err(db_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
-    let sync = if opts.synchronous_full { "FULL" } else { "NORMAL" };
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db_err)?;
+    let sync = if opts.synchronous_full {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
     ))
@@ -56,11 +65,17 @@ fn connect(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
         .map_err(db_err)?;
     let current: i64 = tx
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
         .map_err(db_err)?;
     for (version, sql) in MIGRATIONS {
         if *version > current {
@@ -90,7 +105,11 @@ impl SqliteStore {
             .name("plexus-sqlite-writer".into())
             .spawn(move || writer_loop(write_conn, rx))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { path, writer: Mutex::new(Some(tx)), reader: Arc::new(Mutex::new(reader)) })
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(Some(tx)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -98,7 +117,10 @@ impl SqliteStore {
     }
 
     /// Runs `f` inside the next group commit; resolves once that commit is durable.
-    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
@@ -111,12 +133,20 @@ impl SqliteStore {
             });
             (ok, reply)
         });
-        let sender = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        let sender = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
         sender.send(job).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let conn = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().map_err(|_| StoreError::Closed)?;
@@ -149,7 +179,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
         for job in jobs {
             let _ = conn.execute_batch("SAVEPOINT job");
             let (ok, reply) = job(&conn);
-            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
             let _ = conn.execute_batch(end);
             replies.push(reply);
         }
@@ -175,14 +209,19 @@ fn job_failed(job: Job, _err: &StoreError) -> (bool, Reply) {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
      parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq";
 
 fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
-    let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Json::Null);
+    let parse = |s: Option<String>| {
+        s.and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Json::Null)
+    };
     let parent_run: Option<String> = r.get(8)?;
     let parent = match parent_run {
         Some(run_id) => Some(ParentRef {
@@ -233,15 +272,32 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
     for (run_id, e) in &batch.events {
         let data = serde_json::to_string(e).map_err(json_err)?;
         insert_event
-            .execute(params![run_id, e.seq as i64, e.time as i64, e.kind.type_name(), e.kind.step_id(), e.kind.attempt(), data])
+            .execute(params![
+                run_id,
+                e.seq as i64,
+                e.time as i64,
+                e.kind.type_name(),
+                e.kind.step_id(),
+                e.kind.attempt(),
+                data
+            ])
             .map_err(|err| match db_err(err) {
-                StoreError::Db(m) if m.contains("UNIQUE") => {
-                    StoreError::Conflict(format!("event {} of run {run_id} was already written by another process", e.seq))
-                }
+                StoreError::Db(m) if m.contains("UNIQUE") => StoreError::Conflict(format!(
+                    "event {} of run {run_id} was already written by another process",
+                    e.seq
+                )),
                 other => other,
             })?;
         match materialize(e) {
-            RowChange::Step(StepChange { step_id, status, attempt, started, finished, output, error }) => {
+            RowChange::Step(StepChange {
+                step_id,
+                status,
+                attempt,
+                started,
+                finished,
+                output,
+                error,
+            }) => {
                 let output = output.map(|o| o.to_string());
                 let (set_error, error) = match error {
                     Some(v) => (true, v),
@@ -261,9 +317,20 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
                     ])
                     .map_err(db_err)?;
             }
-            RowChange::Run { status, finished, outputs, error } => {
+            RowChange::Run {
+                status,
+                finished,
+                outputs,
+                error,
+            } => {
                 update_run
-                    .execute(params![run_id, status, finished.map(|t| t as i64), outputs.map(|o| o.to_string()), error])
+                    .execute(params![
+                        run_id,
+                        status,
+                        finished.map(|t| t as i64),
+                        outputs.map(|o| o.to_string()),
+                        error
+                    ])
                     .map_err(db_err)?;
             }
             RowChange::None => {}
@@ -276,11 +343,16 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
         .prepare_cached("UPDATE runs SET last_seq = MAX(last_seq, ?2), updated_at = MAX(updated_at, ?3) WHERE id = ?1")
         .map_err(db_err)?;
     for (run_id, (seq, time)) in last {
-        bump.execute(params![run_id, seq as i64, time as i64]).map_err(db_err)?;
+        bump.execute(params![run_id, seq as i64, time as i64])
+            .map_err(db_err)?;
     }
-    let mut consume = conn.prepare_cached("UPDATE commands SET consumed_at = ?2, result = ?3 WHERE id = ?1").map_err(db_err)?;
+    let mut consume = conn
+        .prepare_cached("UPDATE commands SET consumed_at = ?2, result = ?3 WHERE id = ?1")
+        .map_err(db_err)?;
     for (id, result) in &batch.consumed {
-        consume.execute(params![id, now_ms(), result]).map_err(db_err)?;
+        consume
+            .execute(params![id, now_ms(), result])
+            .map_err(db_err)?;
     }
     let mut artifact = conn
         .prepare_cached(
@@ -288,7 +360,17 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
         )
         .map_err(db_err)?;
     for a in &batch.artifacts {
-        artifact.execute(params![a.sha256, a.run_id, a.step_id, a.attempt, a.name, a.size as i64, now_ms()]).map_err(db_err)?;
+        artifact
+            .execute(params![
+                a.sha256,
+                a.run_id,
+                a.step_id,
+                a.attempt,
+                a.name,
+                a.size as i64,
+                now_ms()
+            ])
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -301,7 +383,9 @@ fn command_from_row(r: &Row) -> rusqlite::Result<Command> {
         run_id: r.get(1)?,
         kind: CommandKind::parse(&kind).unwrap_or(CommandKind::Cancel),
         step_id: r.get(3)?,
-        data: data.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Json::Null),
+        data: data
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or(Json::Null),
         actor: r.get(5)?,
         created_at: r.get::<_, i64>(6)? as u64,
         consumed_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
@@ -309,7 +393,8 @@ fn command_from_row(r: &Row) -> rusqlite::Result<Command> {
     })
 }
 
-const COMMAND_COLUMNS: &str = "c.id, c.run_id, c.kind, c.step_id, c.data, c.actor, c.created_at, c.consumed_at, c.result";
+const COMMAND_COLUMNS: &str =
+    "c.id, c.run_id, c.kind, c.step_id, c.data, c.actor, c.created_at, c.consumed_at, c.result";
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
@@ -357,7 +442,14 @@ impl Store for SqliteStore {
         self.write(move |conn| apply_batch(conn, &batch)).await
     }
 
-    async fn claim_run(&self, run_id: &str, owner: &str, lease_until: Millis, now: Millis, force: bool) -> Result<bool> {
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+        force: bool,
+    ) -> Result<bool> {
         let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
         self.write(move |conn| {
             let n = conn
@@ -389,7 +481,11 @@ impl Store for SqliteStore {
     async fn release_runs(&self, owner: &str) -> Result<()> {
         let owner = owner.to_owned();
         self.write(move |conn| {
-            conn.execute("UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = ?1", params![owner]).map_err(db_err)?;
+            conn.execute(
+                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = ?1",
+                params![owner],
+            )
+            .map_err(db_err)?;
             Ok(())
         })
         .await
@@ -402,12 +498,20 @@ impl Store for SqliteStore {
                 return Err(StoreError::RunNotFound(key));
             }
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
-            if let Some(run) = conn.query_row(&sql, [&key], run_from_row).optional().map_err(db_err)? {
+            if let Some(run) = conn
+                .query_row(&sql, [&key], run_from_row)
+                .optional()
+                .map_err(db_err)?
+            {
                 return Ok(run);
             }
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 || '%' LIMIT 2");
             let mut stmt = conn.prepare(&sql).map_err(db_err)?;
-            let mut rows: Vec<RunRow> = stmt.query_map([&key], run_from_row).map_err(db_err)?.collect::<rusqlite::Result<_>>().map_err(db_err)?;
+            let mut rows: Vec<RunRow> = stmt
+                .query_map([&key], run_from_row)
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db_err)?;
             match rows.len() {
                 0 => Err(StoreError::RunNotFound(key)),
                 1 => Ok(rows.remove(0)),
@@ -476,11 +580,15 @@ impl Store for SqliteStore {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT data FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .prepare_cached(
+                    "SELECT data FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
                 .map_err(db_err)?;
             let limit = if limit == 0 { i64::MAX } else { limit as i64 };
             let mut out = Vec::new();
-            let mut rows = stmt.query(params![run_id, after as i64, limit]).map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![run_id, after as i64, limit])
+                .map_err(db_err)?;
             while let Some(row) = rows.next().map_err(db_err)? {
                 let data: String = row.get(0).map_err(db_err)?;
                 out.push(serde_json::from_str(&data).map_err(json_err)?);
@@ -493,16 +601,34 @@ impl Store for SqliteStore {
     async fn children(&self, run_id: &str) -> Result<Vec<RunRow>> {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
-            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 ORDER BY created_at");
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 ORDER BY created_at"
+            );
             let mut stmt = conn.prepare(&sql).map_err(db_err)?;
-            let rows = stmt.query_map([&run_id], run_from_row).map_err(db_err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+            let rows = stmt
+                .query_map([&run_id], run_from_row)
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
             Ok(rows)
         })
         .await
     }
 
-    async fn add_command(&self, run_id: &str, kind: CommandKind, step_id: Option<&str>, data: Json, actor: &str, now: Millis) -> Result<i64> {
-        let (run_id, step_id, actor) = (run_id.to_owned(), step_id.map(str::to_owned), actor.to_owned());
+    async fn add_command(
+        &self,
+        run_id: &str,
+        kind: CommandKind,
+        step_id: Option<&str>,
+        data: Json,
+        actor: &str,
+        now: Millis,
+    ) -> Result<i64> {
+        let (run_id, step_id, actor) = (
+            run_id.to_owned(),
+            step_id.map(str::to_owned),
+            actor.to_owned(),
+        );
         self.write(move |conn| {
             conn.execute(
                 "INSERT INTO commands (run_id, kind, step_id, data, actor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -522,7 +648,11 @@ impl Store for SqliteStore {
                  WHERE c.consumed_at IS NULL AND r.owner = ?1 ORDER BY c.id"
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-            let rows = stmt.query_map([&owner], command_from_row).map_err(db_err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+            let rows = stmt
+                .query_map([&owner], command_from_row)
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
             Ok(rows)
         })
         .await
@@ -531,7 +661,9 @@ impl Store for SqliteStore {
     async fn command(&self, id: i64) -> Result<Option<Command>> {
         self.read(move |conn| {
             let sql = format!("SELECT {COMMAND_COLUMNS} FROM commands c WHERE c.id = ?1");
-            conn.query_row(&sql, [id], command_from_row).optional().map_err(db_err)
+            conn.query_row(&sql, [id], command_from_row)
+                .optional()
+                .map_err(db_err)
         })
         .await
     }

@@ -12,12 +12,17 @@ pub struct Plexus {
 }
 
 pub fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").canonicalize().expect("examples dir")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .canonicalize()
+        .expect("examples dir")
 }
 
 impl Plexus {
     pub fn new() -> Self {
-        Plexus { dir: tempfile::tempdir().expect("tempdir") }
+        Plexus {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -41,13 +46,24 @@ impl Plexus {
 
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.run(&[args, &["-o", "json"]].concat());
-        assert!(out.status.success(), "plexus {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "plexus {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// Starts `plexus` in the background and returns it with the run id it announced.
     pub fn spawn(&self, args: &[&str]) -> (Child, String) {
-        let mut child = self.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn plexus");
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plexus");
         let stderr = child.stderr.take().expect("stderr");
         let mut reader = BufReader::new(stderr);
         let mut line = String::new();
@@ -74,7 +90,13 @@ impl Plexus {
 
     pub fn step_status(&self, run: &str, step: &str) -> String {
         let v = self.run_json(run);
-        v["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == step).map(|s| s["status"].as_str().unwrap().to_owned()).unwrap_or_default()
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step_id"] == step)
+            .map(|s| s["status"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
     }
 
     /// Polls until `f` holds or the timeout passes.
@@ -90,7 +112,10 @@ impl Plexus {
     }
 
     pub fn events(&self, run: &str) -> Vec<Value> {
-        self.json(&["runs", "events", run]).as_array().unwrap().clone()
+        self.json(&["runs", "events", run])
+            .as_array()
+            .unwrap()
+            .clone()
     }
 }
 

@@ -28,7 +28,10 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -75,7 +78,13 @@ pub enum StepStatus {
 
 impl StepStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled)
+        matches!(
+            self,
+            StepStatus::Succeeded
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -157,7 +166,11 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Ask the pool for slots; answer with [`Input::SlotGranted`].
-    Enqueue { unit: Unit, pool: String, slots: u32 },
+    Enqueue {
+        unit: Unit,
+        pool: String,
+        slots: u32,
+    },
     /// Forget a queued request (the unit was cancelled before it got slots).
     Dequeue { unit: Unit },
     /// Run an attempt; answer with [`Input::AttemptFinished`].
@@ -170,7 +183,12 @@ pub enum Action {
         path: String,
         inputs: Json,
     },
-    SetTimer { at: Millis, unit: Unit, attempt: u32, purpose: TimerPurpose },
+    SetTimer {
+        at: Millis,
+        unit: Unit,
+        attempt: u32,
+        purpose: TimerPurpose,
+    },
     /// Stop a running attempt (its process group is killed).
     Kill { unit: Unit, attempt: u32 },
     /// The run reached a terminal state.
@@ -192,8 +210,12 @@ pub struct Task {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    Shell { command: String },
-    Python { script: String },
+    Shell {
+        command: String,
+    },
+    Python {
+        script: String,
+    },
     /// Output is the given value.
     Echo(Json),
     Noop,
@@ -214,7 +236,11 @@ pub enum Rejected {
     #[error("unknown step `{0}`")]
     UnknownStep(String),
     #[error("step `{step}` is {status}, not {expected}")]
-    WrongState { step: String, status: &'static str, expected: &'static str },
+    WrongState {
+        step: String,
+        status: &'static str,
+        expected: &'static str,
+    },
     #[error("the run is already {0}")]
     RunFinished(&'static str),
 }

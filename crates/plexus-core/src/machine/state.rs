@@ -23,7 +23,14 @@ struct UnitRt {
 
 impl Default for UnitRt {
     fn default() -> Self {
-        UnitRt { status: StepStatus::Pending, attempt: 0, failures: 0, output: Json::Null, error: None, wake_at: None }
+        UnitRt {
+            status: StepStatus::Pending,
+            attempt: 0,
+            failures: 0,
+            output: Json::Null,
+            error: None,
+            wake_at: None,
+        }
     }
 }
 
@@ -88,7 +95,12 @@ impl RunState {
     }
 
     /// Rebuilds a run from its persisted events.
-    pub fn restore(run_id: impl Into<String>, plan: Arc<Plan>, inputs: Json, events: &[Event]) -> Self {
+    pub fn restore(
+        run_id: impl Into<String>,
+        plan: Arc<Plan>,
+        inputs: Json,
+        events: &[Event],
+    ) -> Self {
         let mut state = RunState::new(run_id, plan, inputs);
         for e in events {
             state.apply(e);
@@ -168,7 +180,11 @@ impl RunState {
                     self.steps[i].unit.status = StepStatus::Running;
                 }
             }
-            EventKind::StepAwaitingApproval { step_id, expires_at, .. } => {
+            EventKind::StepAwaitingApproval {
+                step_id,
+                expires_at,
+                ..
+            } => {
                 if let Some(i) = step_of(self, step_id) {
                     self.steps[i].unit.status = StepStatus::AwaitingApproval;
                     self.steps[i].unit.wake_at = *expires_at;
@@ -181,9 +197,25 @@ impl RunState {
                     self.steps[i].unit.wake_at = None;
                 }
             }
-            EventKind::StepStarted { step_id, item, attempt, .. } | EventKind::StepWaiting { step_id, item, attempt, .. } => {
-                let Some(i) = step_of(self, step_id) else { return };
-                let u = Unit { step: i, item: *item };
+            EventKind::StepStarted {
+                step_id,
+                item,
+                attempt,
+                ..
+            }
+            | EventKind::StepWaiting {
+                step_id,
+                item,
+                attempt,
+                ..
+            } => {
+                let Some(i) = step_of(self, step_id) else {
+                    return;
+                };
+                let u = Unit {
+                    step: i,
+                    item: *item,
+                };
                 let waiting = matches!(e.kind, EventKind::StepWaiting { .. });
                 let until = match &e.kind {
                     EventKind::StepWaiting { until, .. } => *until,
@@ -191,13 +223,27 @@ impl RunState {
                 };
                 self.mark_launched(u);
                 let unit = self.unit_mut(u);
-                unit.status = if waiting { StepStatus::Waiting } else { StepStatus::Running };
+                unit.status = if waiting {
+                    StepStatus::Waiting
+                } else {
+                    StepStatus::Running
+                };
                 unit.attempt = *attempt;
                 unit.wake_at = until;
             }
-            EventKind::StepSucceeded { step_id, item, attempt, output } => {
-                let Some(i) = step_of(self, step_id) else { return };
-                let u = Unit { step: i, item: *item };
+            EventKind::StepSucceeded {
+                step_id,
+                item,
+                attempt,
+                output,
+            } => {
+                let Some(i) = step_of(self, step_id) else {
+                    return;
+                };
+                let u = Unit {
+                    step: i,
+                    item: *item,
+                };
                 let unit = self.unit_mut(u);
                 unit.attempt = *attempt;
                 unit.output = output.clone();
@@ -213,9 +259,21 @@ impl RunState {
                     None => self.set_terminal(i, StepStatus::Succeeded),
                 }
             }
-            EventKind::StepFailed { step_id, item, attempt, error, output, retry_at } => {
-                let Some(i) = step_of(self, step_id) else { return };
-                let u = Unit { step: i, item: *item };
+            EventKind::StepFailed {
+                step_id,
+                item,
+                attempt,
+                error,
+                output,
+                retry_at,
+            } => {
+                let Some(i) = step_of(self, step_id) else {
+                    return;
+                };
+                let u = Unit {
+                    step: i,
+                    item: *item,
+                };
                 self.mark_launched(u);
                 let unit = self.unit_mut(u);
                 unit.attempt = *attempt;
@@ -241,9 +299,18 @@ impl RunState {
                     None => self.set_terminal(i, StepStatus::Failed),
                 }
             }
-            EventKind::StepInterrupted { step_id, item, attempt } => {
-                let Some(i) = step_of(self, step_id) else { return };
-                let unit = self.unit_mut(Unit { step: i, item: *item });
+            EventKind::StepInterrupted {
+                step_id,
+                item,
+                attempt,
+            } => {
+                let Some(i) = step_of(self, step_id) else {
+                    return;
+                };
+                let unit = self.unit_mut(Unit {
+                    step: i,
+                    item: *item,
+                });
                 unit.attempt = *attempt;
                 unit.status = StepStatus::Pending;
             }
@@ -283,7 +350,11 @@ impl RunState {
     // ----- decisions ------------------------------------------------------------------
 
     fn emit(&mut self, t: &mut Transition, now: Millis, kind: EventKind) {
-        let e = Event { seq: self.seq + 1, time: now, kind };
+        let e = Event {
+            seq: self.seq + 1,
+            time: now,
+            kind,
+        };
         self.apply(&e);
         t.events.push(e);
     }
@@ -294,7 +365,9 @@ impl RunState {
         if self.status.is_terminal() {
             return match input {
                 // Late answers from attempts, timers or slots are harmless after the end.
-                Input::AttemptFinished { .. } | Input::TimerFired { .. } | Input::SlotGranted(_) => Ok(t),
+                Input::AttemptFinished { .. }
+                | Input::TimerFired { .. }
+                | Input::SlotGranted(_) => Ok(t),
                 _ => Err(Rejected::RunFinished(self.status.as_str())),
             };
         }
@@ -312,19 +385,36 @@ impl RunState {
                     t.actions.push(Action::Dequeue { unit: u });
                 }
             }
-            Input::AttemptFinished { unit, attempt, outcome } => {
+            Input::AttemptFinished {
+                unit,
+                attempt,
+                outcome,
+            } => {
                 let current = self.unit(unit);
                 if current.status == StepStatus::Running && current.attempt == attempt {
                     match outcome {
-                        Outcome::Success(output) => self.succeed_unit(&mut t, now, unit, attempt, output),
-                        Outcome::Failure { error, output } => self.fail_unit(&mut t, now, unit, attempt, error, output, true),
+                        Outcome::Success(output) => {
+                            self.succeed_unit(&mut t, now, unit, attempt, output)
+                        }
+                        Outcome::Failure { error, output } => {
+                            self.fail_unit(&mut t, now, unit, attempt, error, output, true)
+                        }
                     }
                 }
             }
-            Input::TimerFired { unit, attempt, purpose } => self.timer_fired(&mut t, now, unit, attempt, purpose),
+            Input::TimerFired {
+                unit,
+                attempt,
+                purpose,
+            } => self.timer_fired(&mut t, now, unit, attempt, purpose),
             Input::Signal { step_id, data } => {
-                let i = self.index_of(&step_id).ok_or_else(|| Rejected::UnknownStep(step_id.clone()))?;
-                let waiting: Vec<Unit> = self.units_of(i).filter(|u| self.is_signal_wait(*u)).collect();
+                let i = self
+                    .index_of(&step_id)
+                    .ok_or_else(|| Rejected::UnknownStep(step_id.clone()))?;
+                let waiting: Vec<Unit> = self
+                    .units_of(i)
+                    .filter(|u| self.is_signal_wait(*u))
+                    .collect();
                 if waiting.is_empty() {
                     return Err(Rejected::WrongState {
                         step: step_id,
@@ -337,12 +427,28 @@ impl RunState {
                     self.succeed_unit(&mut t, now, u, attempt, data.clone());
                 }
             }
-            Input::Approve { step_id, by, comment } => {
+            Input::Approve {
+                step_id,
+                by,
+                comment,
+            } => {
                 let i = self.awaiting_approval(&step_id)?;
-                self.emit(&mut t, now, EventKind::StepApproved { step_id, by: by.clone(), comment: comment.clone() });
+                self.emit(
+                    &mut t,
+                    now,
+                    EventKind::StepApproved {
+                        step_id,
+                        by: by.clone(),
+                        comment: comment.clone(),
+                    },
+                );
                 self.after_approval(&mut t, now, i, by, comment);
             }
-            Input::Reject { step_id, by, comment } => {
+            Input::Reject {
+                step_id,
+                by,
+                comment,
+            } => {
                 let i = self.awaiting_approval(&step_id)?;
                 let reason = match comment {
                     Some(c) => format!("rejected by {by}: {c}"),
@@ -374,7 +480,15 @@ impl RunState {
                 StepStatus::Pending | StepStatus::Queued => continue, // evaluated below
                 StepStatus::AwaitingApproval => {
                     if let Some(at) = self.steps[i].unit.wake_at {
-                        t.actions.push(Action::SetTimer { at, unit: Unit { step: i, item: None }, attempt: 0, purpose: TimerPurpose::Timeout });
+                        t.actions.push(Action::SetTimer {
+                            at,
+                            unit: Unit {
+                                step: i,
+                                item: None,
+                            },
+                            attempt: 0,
+                            purpose: TimerPurpose::Timeout,
+                        });
                     }
                     continue;
                 }
@@ -382,8 +496,16 @@ impl RunState {
                 _ => {}
             }
             let units: Vec<Unit> = match &self.steps[i].items {
-                Some(items) => (0..items.launched).map(|k| Unit { step: i, item: Some(k) }).collect(),
-                None => vec![Unit { step: i, item: None }],
+                Some(items) => (0..items.launched)
+                    .map(|k| Unit {
+                        step: i,
+                        item: Some(k),
+                    })
+                    .collect(),
+                None => vec![Unit {
+                    step: i,
+                    item: None,
+                }],
             };
             for u in units {
                 self.resume_unit(&mut t, now, u);
@@ -394,7 +516,10 @@ impl RunState {
             }
         }
         for i in 0..self.steps.len() {
-            if matches!(self.steps[i].unit.status, StepStatus::Pending | StepStatus::Queued) {
+            if matches!(
+                self.steps[i].unit.status,
+                StepStatus::Pending | StepStatus::Queued
+            ) {
                 self.steps[i].unit.status = StepStatus::Pending;
                 self.evaluate_step(&mut t, now, i);
             }
@@ -414,7 +539,15 @@ impl RunState {
             }
             StepStatus::Running => {
                 let step_id = self.plan.step(u.step).id.clone();
-                self.emit(t, now, EventKind::StepInterrupted { step_id, item: u.item, attempt: unit.attempt });
+                self.emit(
+                    t,
+                    now,
+                    EventKind::StepInterrupted {
+                        step_id,
+                        item: u.item,
+                        attempt: unit.attempt,
+                    },
+                );
                 self.launch_unit(t, now, u);
             }
             StepStatus::Pending | StepStatus::Queued => self.launch_unit(t, now, u),
@@ -426,8 +559,17 @@ impl RunState {
             }),
             StepStatus::Waiting => {
                 if let Some(at) = unit.wake_at {
-                    let purpose = if self.is_timer_wait(u.step) { TimerPurpose::Elapsed } else { TimerPurpose::Timeout };
-                    t.actions.push(Action::SetTimer { at, unit: u, attempt: unit.attempt, purpose });
+                    let purpose = if self.is_timer_wait(u.step) {
+                        TimerPurpose::Elapsed
+                    } else {
+                        TimerPurpose::Timeout
+                    };
+                    t.actions.push(Action::SetTimer {
+                        at,
+                        unit: u,
+                        attempt: unit.attempt,
+                        purpose,
+                    });
                 }
             }
             _ => {}
@@ -435,7 +577,13 @@ impl RunState {
     }
 
     fn start(&mut self, t: &mut Transition, now: Millis) {
-        self.emit(t, now, EventKind::RunStarted { inputs: self.inputs.clone() });
+        self.emit(
+            t,
+            now,
+            EventKind::RunStarted {
+                inputs: self.inputs.clone(),
+            },
+        );
         for i in 0..self.steps.len() {
             if self.plan.nodes[i].parents.is_empty() {
                 self.evaluate_step(t, now, i);
@@ -444,11 +592,16 @@ impl RunState {
     }
 
     fn parent_counts(&self, i: usize) -> ParentCounts {
-        let mut c = ParentCounts { total: self.plan.nodes[i].parents.len() as u32, ..Default::default() };
+        let mut c = ParentCounts {
+            total: self.plan.nodes[i].parents.len() as u32,
+            ..Default::default()
+        };
         for &p in &self.plan.nodes[i].parents {
             match self.steps[p].unit.status {
                 StepStatus::Succeeded => c.succeeded += 1,
-                StepStatus::Failed if self.plan.nodes[p].on_failure == OnFailure::Continue => c.succeeded += 1,
+                StepStatus::Failed if self.plan.nodes[p].on_failure == OnFailure::Continue => {
+                    c.succeeded += 1
+                }
                 StepStatus::Failed => c.failed += 1,
                 StepStatus::Skipped | StepStatus::Cancelled => c.skipped += 1,
                 _ => {}
@@ -470,8 +623,22 @@ impl RunState {
                 if let Some(cond) = step.when.clone() {
                     match template::eval_condition(&cond, &self.context(i, None)) {
                         Ok(true) => {}
-                        Ok(false) => return self.skip_step(t, now, i, format!("condition `{cond}` is false")),
-                        Err(e) => return self.fail_step_now(t, now, i, format!("`when` could not be evaluated: {e}")),
+                        Ok(false) => {
+                            return self.skip_step(
+                                t,
+                                now,
+                                i,
+                                format!("condition `{cond}` is false"),
+                            );
+                        }
+                        Err(e) => {
+                            return self.fail_step_now(
+                                t,
+                                now,
+                                i,
+                                format!("`when` could not be evaluated: {e}"),
+                            );
+                        }
                     }
                 }
                 if self.plan.nodes[i].gate.is_some() && !self.steps[i].approved {
@@ -489,18 +656,41 @@ impl RunState {
             StepKind::Approval(a) => (
                 step.permission,
                 a.timeout.map(|d| now + d.as_millis() as u64),
-                a.message.as_deref().map(|m| template::render_str(m, &self.context(i, None)).unwrap_or_else(|_| m.to_owned())),
+                a.message.as_deref().map(|m| {
+                    template::render_str(m, &self.context(i, None)).unwrap_or_else(|_| m.to_owned())
+                }),
             ),
-            _ => (self.plan.nodes[i].gate.unwrap_or(step.permission), None, None),
+            _ => (
+                self.plan.nodes[i].gate.unwrap_or(step.permission),
+                None,
+                None,
+            ),
         };
         let mut detail = self.preview(i);
         if let Some(m) = message {
             detail["message"] = Json::String(m);
         }
         let step_id = step.id.clone();
-        self.emit(t, now, EventKind::StepAwaitingApproval { step_id, permission, detail, expires_at });
+        self.emit(
+            t,
+            now,
+            EventKind::StepAwaitingApproval {
+                step_id,
+                permission,
+                detail,
+                expires_at,
+            },
+        );
         if let Some(at) = expires_at {
-            t.actions.push(Action::SetTimer { at, unit: Unit { step: i, item: None }, attempt: 0, purpose: TimerPurpose::Timeout });
+            t.actions.push(Action::SetTimer {
+                at,
+                unit: Unit {
+                    step: i,
+                    item: None,
+                },
+                attempt: 0,
+                purpose: TimerPurpose::Timeout,
+            });
         }
     }
 
@@ -519,9 +709,19 @@ impl RunState {
         }
     }
 
-    fn after_approval(&mut self, t: &mut Transition, now: Millis, i: usize, by: String, comment: Option<String>) {
+    fn after_approval(
+        &mut self,
+        t: &mut Transition,
+        now: Millis,
+        i: usize,
+        by: String,
+        comment: Option<String>,
+    ) {
         if let StepKind::Approval(_) = self.plan.step(i).kind {
-            let u = Unit { step: i, item: None };
+            let u = Unit {
+                step: i,
+                item: None,
+            };
             self.succeed_unit(t, now, u, 1, json!({"approved_by": by, "comment": comment}));
         } else {
             self.launch(t, now, i);
@@ -529,10 +729,16 @@ impl RunState {
     }
 
     fn awaiting_approval(&self, step_id: &str) -> Result<usize, Rejected> {
-        let i = self.index_of(step_id).ok_or_else(|| Rejected::UnknownStep(step_id.to_owned()))?;
+        let i = self
+            .index_of(step_id)
+            .ok_or_else(|| Rejected::UnknownStep(step_id.to_owned()))?;
         let status = self.steps[i].unit.status;
         if status != StepStatus::AwaitingApproval {
-            return Err(Rejected::WrongState { step: step_id.to_owned(), status: status.as_str(), expected: "awaiting approval" });
+            return Err(Rejected::WrongState {
+                step: step_id.to_owned(),
+                status: status.as_str(),
+                expected: "awaiting approval",
+            });
         }
         Ok(i)
     }
@@ -543,7 +749,14 @@ impl RunState {
             return self.request_approval(t, now, i);
         }
         let Some(source) = step.foreach.clone() else {
-            return self.launch_unit(t, now, Unit { step: i, item: None });
+            return self.launch_unit(
+                t,
+                now,
+                Unit {
+                    step: i,
+                    item: None,
+                },
+            );
         };
         let evaluated = if source.trim_start().starts_with('[') {
             serde_json::from_str::<Json>(&source).map_err(|e| e.to_string())
@@ -552,14 +765,44 @@ impl RunState {
         };
         let items = match evaluated {
             Ok(Json::Array(items)) => items,
-            Ok(other) => return self.fail_step_now(t, now, i, format!("`foreach` must give a list, it gave {other}")),
-            Err(e) => return self.fail_step_now(t, now, i, format!("`foreach` could not be evaluated: {e}")),
+            Ok(other) => {
+                return self.fail_step_now(
+                    t,
+                    now,
+                    i,
+                    format!("`foreach` must give a list, it gave {other}"),
+                );
+            }
+            Err(e) => {
+                return self.fail_step_now(
+                    t,
+                    now,
+                    i,
+                    format!("`foreach` could not be evaluated: {e}"),
+                );
+            }
         };
         let step_id = step.id.clone();
         let empty = items.is_empty();
-        self.emit(t, now, EventKind::StepExpanded { step_id: step_id.clone(), items });
+        self.emit(
+            t,
+            now,
+            EventKind::StepExpanded {
+                step_id: step_id.clone(),
+                items,
+            },
+        );
         if empty {
-            self.emit(t, now, EventKind::StepSucceeded { step_id, item: None, attempt: 0, output: json!([]) });
+            self.emit(
+                t,
+                now,
+                EventKind::StepSucceeded {
+                    step_id,
+                    item: None,
+                    attempt: 0,
+                    output: json!([]),
+                },
+            );
             return self.on_step_terminal(t, now, i);
         }
         self.launch_items(t, now, i);
@@ -569,14 +812,23 @@ impl RunState {
     fn launch_items(&mut self, t: &mut Transition, now: Millis, i: usize) {
         let limit = self.plan.step(i).concurrency.unwrap_or(u32::MAX);
         loop {
-            let Some(items) = &mut self.steps[i].items else { return };
+            let Some(items) = &mut self.steps[i].items else {
+                return;
+            };
             let active = items.launched - items.finished;
             if items.launched as usize >= items.values.len() || active >= limit {
                 return;
             }
             let k = items.launched;
             items.launched += 1;
-            self.launch_unit(t, now, Unit { step: i, item: Some(k) });
+            self.launch_unit(
+                t,
+                now,
+                Unit {
+                    step: i,
+                    item: Some(k),
+                },
+            );
         }
     }
 
@@ -587,7 +839,11 @@ impl RunState {
             StepKind::Run(_) | StepKind::Python(_) => {
                 self.unit_mut(u).status = StepStatus::Queued;
                 let node = &plan.nodes[u.step];
-                t.actions.push(Action::Enqueue { unit: u, pool: node.pool.clone(), slots: step.pool_slots });
+                t.actions.push(Action::Enqueue {
+                    unit: u,
+                    pool: node.pool.clone(),
+                    slots: step.pool_slots,
+                });
             }
             StepKind::Wait(w) => {
                 let attempt = self.unit(u).attempt + 1;
@@ -598,9 +854,24 @@ impl RunState {
                 };
                 let step_id = step.id.clone();
                 let signal = w.signal.clone();
-                self.emit(t, now, EventKind::StepWaiting { step_id, item: u.item, attempt, signal, until });
+                self.emit(
+                    t,
+                    now,
+                    EventKind::StepWaiting {
+                        step_id,
+                        item: u.item,
+                        attempt,
+                        signal,
+                        until,
+                    },
+                );
                 if let Some(at) = until {
-                    t.actions.push(Action::SetTimer { at, unit: u, attempt, purpose });
+                    t.actions.push(Action::SetTimer {
+                        at,
+                        unit: u,
+                        attempt,
+                        purpose,
+                    });
                 }
             }
             StepKind::Builtin(Builtin::Sleep) => {
@@ -611,8 +882,23 @@ impl RunState {
                     Err(e) => return self.fail_unit(t, now, u, attempt, e, Json::Null, false),
                 };
                 let until = now + duration.as_millis() as u64;
-                self.emit(t, now, EventKind::StepWaiting { step_id, item: u.item, attempt, signal: None, until: Some(until) });
-                t.actions.push(Action::SetTimer { at: until, unit: u, attempt, purpose: TimerPurpose::Elapsed });
+                self.emit(
+                    t,
+                    now,
+                    EventKind::StepWaiting {
+                        step_id,
+                        item: u.item,
+                        attempt,
+                        signal: None,
+                        until: Some(until),
+                    },
+                );
+                t.actions.push(Action::SetTimer {
+                    at: until,
+                    unit: u,
+                    attempt,
+                    purpose: TimerPurpose::Elapsed,
+                });
             }
             _ => {
                 // In-process and logical work takes no pool slot.
@@ -627,7 +913,9 @@ impl RunState {
         let rendered = template::render_value(&with, &self.context(u.step, u.item))?;
         match rendered.get("duration") {
             Some(Json::String(s)) => crate::duration::parse_duration(s),
-            Some(Json::Number(n)) => Ok(std::time::Duration::from_secs_f64(n.as_f64().unwrap_or(0.0).max(0.0))),
+            Some(Json::Number(n)) => Ok(std::time::Duration::from_secs_f64(
+                n.as_f64().unwrap_or(0.0).max(0.0),
+            )),
             _ => Err("builtin sleep needs `with: {duration: 5s}`".into()),
         }
     }
@@ -651,11 +939,31 @@ impl RunState {
         let rendered = render_work(step, &ctx);
         let (work, detail, env, workdir) = match rendered {
             Ok(r) => r,
-            Err(e) => return self.fail_unit(t, now, u, attempt, format!("template error: {e}"), Json::Null, false),
+            Err(e) => {
+                return self.fail_unit(
+                    t,
+                    now,
+                    u,
+                    attempt,
+                    format!("template error: {e}"),
+                    Json::Null,
+                    false,
+                );
+            }
         };
         if record {
             let step_id = step.id.clone();
-            self.emit(t, now, EventKind::StepStarted { step_id, item: u.item, attempt, key: key.clone(), detail });
+            self.emit(
+                t,
+                now,
+                EventKind::StepStarted {
+                    step_id,
+                    item: u.item,
+                    attempt,
+                    key: key.clone(),
+                    detail,
+                },
+            );
         } else {
             self.unit_mut(u).status = StepStatus::Running;
             self.unit_mut(u).attempt = attempt;
@@ -663,7 +971,13 @@ impl RunState {
         let step = self.plan.step(u.step);
         let node = &self.plan.nodes[u.step];
         match work {
-            RenderedWork::Child { path, inputs } => t.actions.push(Action::StartChild { unit: u, attempt, key, path, inputs }),
+            RenderedWork::Child { path, inputs } => t.actions.push(Action::StartChild {
+                unit: u,
+                attempt,
+                key,
+                path,
+                inputs,
+            }),
             RenderedWork::Task(work) => t.actions.push(Action::Execute(Task {
                 unit: u,
                 step_id: step.id.clone(),
@@ -678,9 +992,25 @@ impl RunState {
         }
     }
 
-    fn succeed_unit(&mut self, t: &mut Transition, now: Millis, u: Unit, attempt: u32, output: Json) {
+    fn succeed_unit(
+        &mut self,
+        t: &mut Transition,
+        now: Millis,
+        u: Unit,
+        attempt: u32,
+        output: Json,
+    ) {
         let step_id = self.plan.step(u.step).id.clone();
-        self.emit(t, now, EventKind::StepSucceeded { step_id, item: u.item, attempt, output });
+        self.emit(
+            t,
+            now,
+            EventKind::StepSucceeded {
+                step_id,
+                item: u.item,
+                attempt,
+                output,
+            },
+        );
         match u.item {
             Some(_) => self.after_item(t, now, u.step),
             None => self.on_step_terminal(t, now, u.step),
@@ -688,18 +1018,58 @@ impl RunState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn fail_unit(&mut self, t: &mut Transition, now: Millis, u: Unit, attempt: u32, error: String, output: Json, retryable: bool) {
+    fn fail_unit(
+        &mut self,
+        t: &mut Transition,
+        now: Millis,
+        u: Unit,
+        attempt: u32,
+        error: String,
+        output: Json,
+        retryable: bool,
+    ) {
         let step_id = self.plan.step(u.step).id.clone();
         let policy = &self.plan.nodes[u.step].retry;
         let failures = self.unit(u).failures + 1;
         if retryable && failures < policy.max_attempts {
-            let delay = backoff(policy, failures, &format!("{}/{step_id}/{:?}", self.run_id, u.item));
+            let delay = backoff(
+                policy,
+                failures,
+                &format!("{}/{step_id}/{:?}", self.run_id, u.item),
+            );
             let at = now + delay;
-            self.emit(t, now, EventKind::StepFailed { step_id, item: u.item, attempt, error, output, retry_at: Some(at) });
-            t.actions.push(Action::SetTimer { at, unit: u, attempt, purpose: TimerPurpose::Retry });
+            self.emit(
+                t,
+                now,
+                EventKind::StepFailed {
+                    step_id,
+                    item: u.item,
+                    attempt,
+                    error,
+                    output,
+                    retry_at: Some(at),
+                },
+            );
+            t.actions.push(Action::SetTimer {
+                at,
+                unit: u,
+                attempt,
+                purpose: TimerPurpose::Retry,
+            });
             return;
         }
-        self.emit(t, now, EventKind::StepFailed { step_id, item: u.item, attempt, error, output, retry_at: None });
+        self.emit(
+            t,
+            now,
+            EventKind::StepFailed {
+                step_id,
+                item: u.item,
+                attempt,
+                error,
+                output,
+                retry_at: None,
+            },
+        );
         match u.item {
             Some(_) => self.after_item(t, now, u.step),
             None => self.on_step_terminal(t, now, u.step),
@@ -708,7 +1078,18 @@ impl RunState {
 
     /// Fails a step outright (bad `when`, bad `foreach`): no attempt, no retry.
     fn fail_step_now(&mut self, t: &mut Transition, now: Millis, i: usize, error: String) {
-        self.fail_unit(t, now, Unit { step: i, item: None }, 0, error, Json::Null, false)
+        self.fail_unit(
+            t,
+            now,
+            Unit {
+                step: i,
+                item: None,
+            },
+            0,
+            error,
+            Json::Null,
+            false,
+        )
     }
 
     fn after_item(&mut self, t: &mut Transition, now: Millis, i: usize) {
@@ -718,8 +1099,11 @@ impl RunState {
 
     /// Ends a foreach step once every item has ended.
     fn maybe_finish_items(&mut self, t: &mut Transition, now: Millis, i: usize) {
-        let Some(items) = &self.steps[i].items else { return };
-        if self.steps[i].unit.status.is_terminal() || (items.finished as usize) < items.values.len() {
+        let Some(items) = &self.steps[i].items else {
+            return;
+        };
+        if self.steps[i].unit.status.is_terminal() || (items.finished as usize) < items.values.len()
+        {
             return;
         }
         let outputs: Vec<Json> = items.units.iter().map(|u| u.output.clone()).collect();
@@ -727,10 +1111,30 @@ impl RunState {
         let total = items.values.len();
         let step_id = self.plan.step(i).id.clone();
         if failed == 0 {
-            self.emit(t, now, EventKind::StepSucceeded { step_id, item: None, attempt: 0, output: Json::Array(outputs) });
+            self.emit(
+                t,
+                now,
+                EventKind::StepSucceeded {
+                    step_id,
+                    item: None,
+                    attempt: 0,
+                    output: Json::Array(outputs),
+                },
+            );
         } else {
             let error = format!("{failed} of {total} items failed");
-            self.emit(t, now, EventKind::StepFailed { step_id, item: None, attempt: 0, error, output: Json::Array(outputs), retry_at: None });
+            self.emit(
+                t,
+                now,
+                EventKind::StepFailed {
+                    step_id,
+                    item: None,
+                    attempt: 0,
+                    error,
+                    output: Json::Array(outputs),
+                    retry_at: None,
+                },
+            );
         }
         self.on_step_terminal(t, now, i);
     }
@@ -742,13 +1146,25 @@ impl RunState {
     }
 
     fn on_step_terminal(&mut self, t: &mut Transition, now: Millis, i: usize) {
-        if self.steps[i].unit.status == StepStatus::Failed && self.plan.nodes[i].on_failure == OnFailure::SkipDownstream {
-            let reason = format!("upstream step `{}` failed (on_failure: skip_downstream)", self.plan.step(i).id);
+        if self.steps[i].unit.status == StepStatus::Failed
+            && self.plan.nodes[i].on_failure == OnFailure::SkipDownstream
+        {
+            let reason = format!(
+                "upstream step `{}` failed (on_failure: skip_downstream)",
+                self.plan.step(i).id
+            );
             let mut stack = self.plan.nodes[i].children.clone();
             while let Some(c) = stack.pop() {
                 if self.steps[c].unit.status == StepStatus::Pending {
                     let step_id = self.plan.step(c).id.clone();
-                    self.emit(t, now, EventKind::StepSkipped { step_id, reason: reason.clone() });
+                    self.emit(
+                        t,
+                        now,
+                        EventKind::StepSkipped {
+                            step_id,
+                            reason: reason.clone(),
+                        },
+                    );
                     stack.extend(self.plan.nodes[c].children.iter().copied());
                 }
             }
@@ -759,7 +1175,14 @@ impl RunState {
         }
     }
 
-    fn timer_fired(&mut self, t: &mut Transition, now: Millis, u: Unit, attempt: u32, purpose: TimerPurpose) {
+    fn timer_fired(
+        &mut self,
+        t: &mut Transition,
+        now: Millis,
+        u: Unit,
+        attempt: u32,
+        purpose: TimerPurpose,
+    ) {
         if u.item.is_none() && self.steps[u.step].unit.status == StepStatus::AwaitingApproval {
             if purpose != TimerPurpose::Timeout {
                 return;
@@ -770,9 +1193,19 @@ impl RunState {
             };
             let step_id = self.plan.step(u.step).id.clone();
             match policy {
-                TimeoutPolicy::Reject => self.skip_step(t, now, u.step, "approval timed out (rejected)".into()),
+                TimeoutPolicy::Reject => {
+                    self.skip_step(t, now, u.step, "approval timed out (rejected)".into())
+                }
                 TimeoutPolicy::Approve => {
-                    self.emit(t, now, EventKind::StepApproved { step_id, by: "timeout".into(), comment: Some("approved when the timeout passed".into()) });
+                    self.emit(
+                        t,
+                        now,
+                        EventKind::StepApproved {
+                            step_id,
+                            by: "timeout".into(),
+                            comment: Some("approved when the timeout passed".into()),
+                        },
+                    );
                     self.after_approval(t, now, u.step, "timeout".into(), None);
                 }
             }
@@ -785,15 +1218,30 @@ impl RunState {
         match (purpose, unit.status) {
             (TimerPurpose::Retry, StepStatus::RetryWait) => self.launch_unit(t, now, u),
             (TimerPurpose::Elapsed, StepStatus::Waiting) => {
-                let output = if self.is_timer_wait(u.step) { json!({"waited_until": now}) } else { Json::Null };
+                let output = if self.is_timer_wait(u.step) {
+                    json!({"waited_until": now})
+                } else {
+                    Json::Null
+                };
                 self.succeed_unit(t, now, u, attempt, output)
             }
             (TimerPurpose::Timeout, StepStatus::Waiting) => {
                 let what = match &self.plan.step(u.step).kind {
-                    StepKind::Wait(w) => w.signal.clone().map_or("a signal".to_owned(), |s| format!("signal `{s}`")),
+                    StepKind::Wait(w) => w
+                        .signal
+                        .clone()
+                        .map_or("a signal".to_owned(), |s| format!("signal `{s}`")),
                     _ => "a signal".into(),
                 };
-                self.fail_unit(t, now, u, attempt, format!("timed out waiting for {what}"), Json::Null, true)
+                self.fail_unit(
+                    t,
+                    now,
+                    u,
+                    attempt,
+                    format!("timed out waiting for {what}"),
+                    Json::Null,
+                    true,
+                )
             }
             _ => {}
         }
@@ -808,13 +1256,23 @@ impl RunState {
     }
 
     fn is_signal_wait(&self, u: Unit) -> bool {
-        self.unit(u).status == StepStatus::Waiting && matches!(&self.plan.step(u.step).kind, StepKind::Wait(w) if w.timer.is_none())
+        self.unit(u).status == StepStatus::Waiting
+            && matches!(&self.plan.step(u.step).kind, StepKind::Wait(w) if w.timer.is_none())
     }
 
     fn units_of(&self, i: usize) -> impl Iterator<Item = Unit> + '_ {
-        let items = self.steps[i].items.as_ref().map_or(0, |it| it.values.len() as u32);
-        let whole = (items == 0).then_some(Unit { step: i, item: None });
-        whole.into_iter().chain((0..items).map(move |k| Unit { step: i, item: Some(k) }))
+        let items = self.steps[i]
+            .items
+            .as_ref()
+            .map_or(0, |it| it.values.len() as u32);
+        let whole = (items == 0).then_some(Unit {
+            step: i,
+            item: None,
+        });
+        whole.into_iter().chain((0..items).map(move |k| Unit {
+            step: i,
+            item: Some(k),
+        }))
     }
 
     fn cancel(&mut self, t: &mut Transition, now: Millis, reason: String) {
@@ -826,7 +1284,10 @@ impl RunState {
             for u in units {
                 let unit = self.unit(u);
                 match unit.status {
-                    StepStatus::Running => t.actions.push(Action::Kill { unit: u, attempt: unit.attempt }),
+                    StepStatus::Running => t.actions.push(Action::Kill {
+                        unit: u,
+                        attempt: unit.attempt,
+                    }),
                     StepStatus::Queued => t.actions.push(Action::Dequeue { unit: u }),
                     _ => {}
                 }
@@ -835,7 +1296,9 @@ impl RunState {
             self.emit(t, now, EventKind::StepCancelled { step_id });
         }
         self.emit(t, now, EventKind::RunCancelled { reason });
-        t.actions.push(Action::Finished { status: RunStatus::Cancelled });
+        t.actions.push(Action::Finished {
+            status: RunStatus::Cancelled,
+        });
     }
 
     fn maybe_finish(&mut self, t: &mut Transition, now: Millis) {
@@ -843,28 +1306,58 @@ impl RunState {
             return;
         }
         let failed: Vec<usize> = (0..self.steps.len())
-            .filter(|&i| self.steps[i].unit.status == StepStatus::Failed && self.plan.nodes[i].on_failure == OnFailure::FailRun)
+            .filter(|&i| {
+                self.steps[i].unit.status == StepStatus::Failed
+                    && self.plan.nodes[i].on_failure == OnFailure::FailRun
+            })
             .collect();
         let ctx = self.full_context();
-        let outputs = template::render_value(&serde_json::to_value(&self.plan.manifest.outputs).unwrap_or(Json::Null), &ctx);
+        let outputs = template::render_value(
+            &serde_json::to_value(&self.plan.manifest.outputs).unwrap_or(Json::Null),
+            &ctx,
+        );
         if let Some(&first) = failed.first() {
             let step = self.plan.step(first);
-            let mut error = format!("step `{}` failed: {}", step.id, self.steps[first].unit.error.clone().unwrap_or_default());
+            let mut error = format!(
+                "step `{}` failed: {}",
+                step.id,
+                self.steps[first].unit.error.clone().unwrap_or_default()
+            );
             if failed.len() > 1 {
                 error.push_str(&format!(" (and {} more failed steps)", failed.len() - 1));
             }
-            self.emit(t, now, EventKind::RunFailed { error, outputs: outputs.unwrap_or(Json::Null) });
-            t.actions.push(Action::Finished { status: RunStatus::Failed });
+            self.emit(
+                t,
+                now,
+                EventKind::RunFailed {
+                    error,
+                    outputs: outputs.unwrap_or(Json::Null),
+                },
+            );
+            t.actions.push(Action::Finished {
+                status: RunStatus::Failed,
+            });
             return;
         }
         match outputs {
             Ok(outputs) => {
                 self.emit(t, now, EventKind::RunSucceeded { outputs });
-                t.actions.push(Action::Finished { status: RunStatus::Succeeded });
+                t.actions.push(Action::Finished {
+                    status: RunStatus::Succeeded,
+                });
             }
             Err(e) => {
-                self.emit(t, now, EventKind::RunFailed { error: format!("run outputs could not be rendered: {e}"), outputs: Json::Null });
-                t.actions.push(Action::Finished { status: RunStatus::Failed });
+                self.emit(
+                    t,
+                    now,
+                    EventKind::RunFailed {
+                        error: format!("run outputs could not be rendered: {e}"),
+                        outputs: Json::Null,
+                    },
+                );
+                t.actions.push(Action::Finished {
+                    status: RunStatus::Failed,
+                });
             }
         }
     }
@@ -893,8 +1386,9 @@ impl RunState {
     }
 
     fn full_context(&self) -> Json {
-        let steps: serde_json::Map<String, Json> =
-            (0..self.steps.len()).map(|i| (self.plan.step(i).id.clone(), self.step_context(i))).collect();
+        let steps: serde_json::Map<String, Json> = (0..self.steps.len())
+            .map(|i| (self.plan.step(i).id.clone(), self.step_context(i)))
+            .collect();
         json!({"inputs": self.inputs, "steps": steps, "run": {"id": self.run_id, "workflow": self.plan.manifest.name}})
     }
 }
@@ -904,7 +1398,12 @@ enum RenderedWork {
     Child { path: String, inputs: Json },
 }
 
-type Rendered = (RenderedWork, Json, std::collections::BTreeMap<String, String>, Option<String>);
+type Rendered = (
+    RenderedWork,
+    Json,
+    std::collections::BTreeMap<String, String>,
+    Option<String>,
+);
 
 fn render_work(step: &crate::manifest::Step, ctx: &Json) -> Result<Rendered, String> {
     let env = step
@@ -912,7 +1411,11 @@ fn render_work(step: &crate::manifest::Step, ctx: &Json) -> Result<Rendered, Str
         .iter()
         .map(|(k, v)| Ok((k.clone(), template::render_str(v, ctx)?)))
         .collect::<Result<_, String>>()?;
-    let workdir = step.workdir.as_deref().map(|w| template::render_str(w, ctx)).transpose()?;
+    let workdir = step
+        .workdir
+        .as_deref()
+        .map(|w| template::render_str(w, ctx))
+        .transpose()?;
     let with = match &step.with {
         Some(w) => template::render_value(w, ctx)?,
         None => Json::Null,
@@ -920,7 +1423,12 @@ fn render_work(step: &crate::manifest::Step, ctx: &Json) -> Result<Rendered, Str
     let (work, detail) = match &step.kind {
         StepKind::Run(c) => {
             let command = template::render_str(c, ctx)?;
-            (RenderedWork::Task(Work::Shell { command: command.clone() }), json!({"command": command}))
+            (
+                RenderedWork::Task(Work::Shell {
+                    command: command.clone(),
+                }),
+                json!({"command": command}),
+            )
         }
         StepKind::Python(s) => {
             let script = template::render_str(s, ctx)?;
@@ -929,7 +1437,11 @@ fn render_work(step: &crate::manifest::Step, ctx: &Json) -> Result<Rendered, Str
         StepKind::Builtin(Builtin::Noop) => (RenderedWork::Task(Work::Noop), Json::Null),
         StepKind::Builtin(Builtin::Echo) => (RenderedWork::Task(Work::Echo(with)), Json::Null),
         StepKind::Builtin(Builtin::Fail) => {
-            let msg = with.get("message").and_then(Json::as_str).unwrap_or("failed by `builtin: fail`").to_owned();
+            let msg = with
+                .get("message")
+                .and_then(Json::as_str)
+                .unwrap_or("failed by `builtin: fail`")
+                .to_owned();
             (RenderedWork::Task(Work::Fail(msg)), Json::Null)
         }
         StepKind::Builtin(Builtin::Sleep) => unreachable_sleep(),
@@ -939,10 +1451,17 @@ fn render_work(step: &crate::manifest::Step, ctx: &Json) -> Result<Rendered, Str
             (RenderedWork::Child { path, inputs: with }, detail)
         }
         StepKind::Agent { agent, action } => (
-            RenderedWork::Task(Work::Unsupported(format!("agent steps (`{agent}`/`{action}`) are not executable in this version yet"))),
+            RenderedWork::Task(Work::Unsupported(format!(
+                "agent steps (`{agent}`/`{action}`) are not executable in this version yet"
+            ))),
             json!({"agent": agent, "action": action, "with": with}),
         ),
-        StepKind::Llm(_) => (RenderedWork::Task(Work::Unsupported("llm steps are not executable in this version yet".into())), Json::Null),
+        StepKind::Llm(_) => (
+            RenderedWork::Task(Work::Unsupported(
+                "llm steps are not executable in this version yet".into(),
+            )),
+            Json::Null,
+        ),
         StepKind::Wait(_) | StepKind::Approval(_) => (RenderedWork::Task(Work::Noop), Json::Null),
     };
     Ok((work, detail, env, workdir))

@@ -47,19 +47,41 @@ impl Driver {
                         Work::Shell { command } => {
                             self.executed.push(command.clone());
                             if command.contains("false") {
-                                Outcome::Failure { error: "exit 1".into(), output: json!({"exit_code": 1}) }
+                                Outcome::Failure {
+                                    error: "exit 1".into(),
+                                    output: json!({"exit_code": 1}),
+                                }
                             } else {
                                 Outcome::Success(json!({"stdout": command, "exit_code": 0}))
                             }
                         }
                         Work::Echo(v) => Outcome::Success(v.clone()),
-                        Work::Fail(m) => Outcome::Failure { error: m.clone(), output: Json::Null },
+                        Work::Fail(m) => Outcome::Failure {
+                            error: m.clone(),
+                            output: Json::Null,
+                        },
                         _ => Outcome::Success(Json::Null),
                     };
-                    self.pending.push(Input::AttemptFinished { unit: task.unit, attempt: task.attempt, outcome });
+                    self.pending.push(Input::AttemptFinished {
+                        unit: task.unit,
+                        attempt: task.attempt,
+                        outcome,
+                    });
                 }
-                Action::SetTimer { at, unit, attempt, purpose } => {
-                    self.timers.push((at, Input::TimerFired { unit, attempt, purpose }));
+                Action::SetTimer {
+                    at,
+                    unit,
+                    attempt,
+                    purpose,
+                } => {
+                    self.timers.push((
+                        at,
+                        Input::TimerFired {
+                            unit,
+                            attempt,
+                            purpose,
+                        },
+                    ));
                 }
                 _ => {}
             }
@@ -110,7 +132,14 @@ fn sequential_steps_run_in_order_and_pass_outputs() {
     assert_eq!(d.executed, vec!["echo hi"]);
     assert_eq!(
         d.types(),
-        vec!["run_started", "step_started:a", "step_succeeded:a", "step_started:b", "step_succeeded:b", "run_succeeded"]
+        vec![
+            "run_started",
+            "step_started:a",
+            "step_succeeded:a",
+            "step_started:b",
+            "step_succeeded:b",
+            "run_succeeded"
+        ]
     );
     let seqs: Vec<u64> = d.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
@@ -169,7 +198,11 @@ fn foreach_respects_concurrency_and_collects_outputs() {
     d.feed(t);
     let first = d.pending.remove(0);
     let t = d.run.handle(first, d.now).unwrap();
-    let enqueued = t.actions.iter().filter(|a| matches!(a, Action::Enqueue { .. })).count();
+    let enqueued = t
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Enqueue { .. }))
+        .count();
     assert_eq!(enqueued, 2);
     d.feed(t);
     d.settle();
@@ -187,14 +220,42 @@ fn approval_gate_and_signal_wait() {
     d.settle();
     assert_eq!(d.status("gate"), StepStatus::AwaitingApproval);
     assert!(d.executed.is_empty(), "nothing runs before approval");
-    let err = d.run.handle(Input::Signal { step_id: "sig".into(), data: json!(1) }, d.now).unwrap_err();
+    let err = d
+        .run
+        .handle(
+            Input::Signal {
+                step_id: "sig".into(),
+                data: json!(1),
+            },
+            d.now,
+        )
+        .unwrap_err();
     assert!(matches!(err, Rejected::WrongState { .. }));
-    let t = d.run.handle(Input::Approve { step_id: "gate".into(), by: "alice".into(), comment: None }, d.now).unwrap();
+    let t = d
+        .run
+        .handle(
+            Input::Approve {
+                step_id: "gate".into(),
+                by: "alice".into(),
+                comment: None,
+            },
+            d.now,
+        )
+        .unwrap();
     d.feed(t);
     d.settle();
     assert_eq!(d.executed, vec!["kubectl restart"]);
     assert_eq!(d.status("sig"), StepStatus::Waiting);
-    let t = d.run.handle(Input::Signal { step_id: "sig".into(), data: json!({"ok": true}) }, d.now).unwrap();
+    let t = d
+        .run
+        .handle(
+            Input::Signal {
+                step_id: "sig".into(),
+                data: json!({"ok": true}),
+            },
+            d.now,
+        )
+        .unwrap();
     d.feed(t);
     assert_eq!(d.run.status, RunStatus::Succeeded);
     assert_eq!(d.run.step_view(1).output, json!({"ok": true}));
@@ -206,7 +267,17 @@ fn rejection_skips_and_downstream_follows_triggers() {
         "version: plexus/v1\nname: t\nsteps:\n- id: ok\n  approval: {message: 'deploy?'}\n- id: deploy\n  needs: [ok]\n  run: deploy\n- id: report\n  needs: [deploy]\n  trigger: all_done\n  builtin: noop\n",
     );
     d.settle();
-    let t = d.run.handle(Input::Reject { step_id: "ok".into(), by: "bob".into(), comment: Some("not now".into()) }, d.now).unwrap();
+    let t = d
+        .run
+        .handle(
+            Input::Reject {
+                step_id: "ok".into(),
+                by: "bob".into(),
+                comment: Some("not now".into()),
+            },
+            d.now,
+        )
+        .unwrap();
     d.feed(t);
     d.settle();
     assert_eq!(d.status("ok"), StepStatus::Skipped);
@@ -217,16 +288,35 @@ fn rejection_skips_and_downstream_follows_triggers() {
 
 #[test]
 fn cancel_kills_running_work_and_ends_the_run() {
-    let mut d = Driver::new("version: plexus/v1\nname: t\nsteps:\n- id: a\n  run: sleep 100\n- id: b\n  needs: [a]\n  run: echo\n");
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- id: a\n  run: sleep 100\n- id: b\n  needs: [a]\n  run: echo\n",
+    );
     let t = d.run.handle(Input::Start, d.now).unwrap();
     d.feed(t);
     let grant = d.pending.remove(0);
     let t = d.run.handle(grant, d.now).unwrap();
     assert!(matches!(t.actions[0], Action::Execute(_)));
-    let t = d.run.handle(Input::Cancel { reason: "ctrl-c".into() }, d.now).unwrap();
+    let t = d
+        .run
+        .handle(
+            Input::Cancel {
+                reason: "ctrl-c".into(),
+            },
+            d.now,
+        )
+        .unwrap();
     assert!(t.actions.iter().any(|a| matches!(a, Action::Kill { .. })));
     assert_eq!(d.run.status, RunStatus::Cancelled);
-    assert!(d.run.handle(Input::Cancel { reason: "again".into() }, d.now).is_err());
+    assert!(
+        d.run
+            .handle(
+                Input::Cancel {
+                    reason: "again".into()
+                },
+                d.now
+            )
+            .is_err()
+    );
 }
 
 #[test]
@@ -244,7 +334,11 @@ fn restore_then_resume_retries_an_interrupted_attempt_as_a_new_attempt() {
     let t = restored.resume(d.now);
     assert_eq!(t.events[0].kind.type_name(), "step_interrupted");
     assert_eq!(t.events[0].seq, d.events.len() as u64 + 1);
-    let mut d2 = Driver { run: restored, events: d.events.clone(), ..Driver::new(yaml) };
+    let mut d2 = Driver {
+        run: restored,
+        events: d.events.clone(),
+        ..Driver::new(yaml)
+    };
     d2.pending.clear();
     d2.feed(t);
     d2.settle();
@@ -256,7 +350,11 @@ fn restore_then_resume_retries_an_interrupted_attempt_as_a_new_attempt() {
         .filter_map(|e| e.kind.attempt())
         .collect();
     assert_eq!(a_attempts, vec![1, 2]);
-    let succeeded_a = d2.types().iter().filter(|t| *t == "step_succeeded:a").count();
+    let succeeded_a = d2
+        .types()
+        .iter()
+        .filter(|t| *t == "step_succeeded:a")
+        .count();
     assert_eq!(succeeded_a, 1);
 }
 
@@ -272,7 +370,15 @@ fn resuming_a_folded_run_reaches_the_same_state() {
     assert!(t.events.is_empty());
     assert_eq!(
         t.actions,
-        vec![Action::SetTimer { at: 6_000, unit: Unit { step: 1, item: None }, attempt: 1, purpose: TimerPurpose::Elapsed }]
+        vec![Action::SetTimer {
+            at: 6_000,
+            unit: Unit {
+                step: 1,
+                item: None
+            },
+            attempt: 1,
+            purpose: TimerPurpose::Elapsed
+        }]
     );
 }
 

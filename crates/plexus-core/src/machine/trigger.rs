@@ -41,7 +41,9 @@ pub fn evaluate(rule: Trigger, c: ParentCounts) -> Verdict {
         Trigger::NoneFailedMinOneSuccess if all_done && c.succeeded >= 1 => Fire,
         Trigger::NoneFailedMinOneSuccess if all_done => Skip("no upstream step succeeded"),
         Trigger::Quorum(n) if c.succeeded >= n => Fire,
-        Trigger::Quorum(n) if c.succeeded + (c.total - c.done()) < n => Skip("the quorum can no longer be reached"),
+        Trigger::Quorum(n) if c.succeeded + (c.total - c.done()) < n => {
+            Skip("the quorum can no longer be reached")
+        }
         _ => Wait,
     }
 }
@@ -51,7 +53,12 @@ mod tests {
     use super::*;
 
     fn c(total: u32, succeeded: u32, failed: u32, skipped: u32) -> ParentCounts {
-        ParentCounts { total, succeeded, failed, skipped }
+        ParentCounts {
+            total,
+            succeeded,
+            failed,
+            skipped,
+        }
     }
 
     #[test]
@@ -59,20 +66,41 @@ mod tests {
         use Verdict::*;
         assert_eq!(evaluate(Trigger::AllSuccess, c(0, 0, 0, 0)), Fire);
         assert_eq!(evaluate(Trigger::AllSuccess, c(2, 1, 0, 0)), Wait);
-        assert!(matches!(evaluate(Trigger::AllSuccess, c(2, 1, 1, 0)), Skip(_)));
+        assert!(matches!(
+            evaluate(Trigger::AllSuccess, c(2, 1, 1, 0)),
+            Skip(_)
+        ));
         assert_eq!(evaluate(Trigger::AllDone, c(2, 0, 1, 1)), Fire);
         assert_eq!(evaluate(Trigger::AllDone, c(2, 0, 1, 0)), Wait);
         assert_eq!(evaluate(Trigger::OneSuccess, c(3, 1, 0, 0)), Fire);
-        assert!(matches!(evaluate(Trigger::OneSuccess, c(2, 0, 2, 0)), Skip(_)));
+        assert!(matches!(
+            evaluate(Trigger::OneSuccess, c(2, 0, 2, 0)),
+            Skip(_)
+        ));
         assert_eq!(evaluate(Trigger::OneDone, c(2, 0, 1, 0)), Fire);
         assert!(matches!(evaluate(Trigger::OneDone, c(2, 0, 0, 2)), Skip(_)));
         assert_eq!(evaluate(Trigger::OneFailed, c(3, 0, 1, 0)), Fire);
-        assert!(matches!(evaluate(Trigger::OneFailed, c(2, 2, 0, 0)), Skip(_)));
-        assert_eq!(evaluate(Trigger::NoneFailedMinOneSuccess, c(2, 1, 0, 1)), Fire);
-        assert!(matches!(evaluate(Trigger::NoneFailedMinOneSuccess, c(2, 1, 1, 0)), Skip(_)));
-        assert!(matches!(evaluate(Trigger::NoneFailedMinOneSuccess, c(2, 0, 0, 2)), Skip(_)));
+        assert!(matches!(
+            evaluate(Trigger::OneFailed, c(2, 2, 0, 0)),
+            Skip(_)
+        ));
+        assert_eq!(
+            evaluate(Trigger::NoneFailedMinOneSuccess, c(2, 1, 0, 1)),
+            Fire
+        );
+        assert!(matches!(
+            evaluate(Trigger::NoneFailedMinOneSuccess, c(2, 1, 1, 0)),
+            Skip(_)
+        ));
+        assert!(matches!(
+            evaluate(Trigger::NoneFailedMinOneSuccess, c(2, 0, 0, 2)),
+            Skip(_)
+        ));
         assert_eq!(evaluate(Trigger::Quorum(2), c(3, 2, 0, 0)), Fire);
         assert_eq!(evaluate(Trigger::Quorum(2), c(3, 1, 1, 0)), Wait);
-        assert!(matches!(evaluate(Trigger::Quorum(2), c(3, 1, 2, 0)), Skip(_)));
+        assert!(matches!(
+            evaluate(Trigger::Quorum(2), c(3, 1, 2, 0)),
+            Skip(_)
+        ));
     }
 }

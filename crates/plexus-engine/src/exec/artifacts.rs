@@ -64,7 +64,11 @@ pub fn collect(dir: &Path, store_root: &Path) -> std::io::Result<Vec<Collected>>
                 std::fs::remove_file(&path)?;
             }
         }
-        let name = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+        let name = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .replace('\\', "/");
         out.push(Collected { name, sha256, size });
     }
     Ok(out)

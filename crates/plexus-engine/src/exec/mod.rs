@@ -12,8 +12,14 @@ pub fn run_inline(work: &Work) -> Option<Outcome> {
     Some(match work {
         Work::Noop => Outcome::Success(Json::Null),
         Work::Echo(v) => Outcome::Success(v.clone()),
-        Work::Fail(message) => Outcome::Failure { error: message.clone(), output: Json::Null },
-        Work::Unsupported(message) => Outcome::Failure { error: message.clone(), output: Json::Null },
+        Work::Fail(message) => Outcome::Failure {
+            error: message.clone(),
+            output: Json::Null,
+        },
+        Work::Unsupported(message) => Outcome::Failure {
+            error: message.clone(),
+            output: Json::Null,
+        },
         Work::Shell { .. } | Work::Python { .. } => return None,
     })
 }

@@ -13,7 +13,9 @@ use tokio::sync::{broadcast, oneshot};
 
 /// Variables passed through from the engine's environment; everything else is dropped,
 /// so credentials in the engine's environment never reach a step that did not ask.
-pub const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM"];
+pub const PASSED_THROUGH: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
+];
 
 #[derive(Debug, Clone)]
 pub struct ProcessSettings {
@@ -63,10 +65,13 @@ async fn capture<R: tokio::io::AsyncRead + Unpin>(
             let take = n.min(cap - kept.len());
             kept.extend_from_slice(&buf[..take]);
         }
-        if let Some((tx, template)) = &logs {
-            if tx.receiver_count() > 0 {
-                let _ = tx.send(LogChunk { text: String::from_utf8_lossy(&buf[..n]).into_owned(), ..template.clone() });
-            }
+        if let Some((tx, template)) = &logs
+            && tx.receiver_count() > 0
+        {
+            let _ = tx.send(LogChunk {
+                text: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ..template.clone()
+            });
         }
     }
     Captured { kept, total }
@@ -84,14 +89,24 @@ fn kill_group(pgid: i32) {
 fn text(c: &Captured) -> String {
     let mut s = String::from_utf8_lossy(&c.kept).into_owned();
     if c.total > c.kept.len() {
-        s.push_str(&format!("\n[plexus: output truncated, {} of {} bytes kept]", c.kept.len(), c.total));
+        s.push_str(&format!(
+            "\n[plexus: output truncated, {} of {} bytes kept]",
+            c.kept.len(),
+            c.total
+        ));
     }
     s
 }
 
 fn attempt_dir(settings: &ProcessSettings, task: &Task, run_id: &str) -> PathBuf {
-    let item = task.unit.item.map_or_else(|| "-".to_owned(), |i| i.to_string());
-    settings.work_root.join(run_id).join(format!("{}.{item}.{}", task.step_id, task.attempt))
+    let item = task
+        .unit
+        .item
+        .map_or_else(|| "-".to_owned(), |i| i.to_string());
+    settings
+        .work_root
+        .join(run_id)
+        .join(format!("{}.{item}.{}", task.step_id, task.attempt))
 }
 
 /// Runs one attempt to the end. `kill` stops it (and its whole process group) early.
@@ -105,7 +120,13 @@ pub async fn run(
 ) -> Finished {
     match run_inner(task, run_id, base_dir, settings, logs, kill).await {
         Ok(f) => f,
-        Err(e) => Finished { outcome: Outcome::Failure { error: e, output: Json::Null }, artifacts: Vec::new() },
+        Err(e) => Finished {
+            outcome: Outcome::Failure {
+                error: e,
+                output: Json::Null,
+            },
+            artifacts: Vec::new(),
+        },
     }
 }
 
@@ -119,7 +140,8 @@ async fn run_inner(
 ) -> Result<Finished, String> {
     let dir = attempt_dir(settings, task, &run_id);
     let artifacts_dir = dir.join("artifacts");
-    std::fs::create_dir_all(&artifacts_dir).map_err(|e| format!("cannot create {}: {e}", artifacts_dir.display()))?;
+    std::fs::create_dir_all(&artifacts_dir)
+        .map_err(|e| format!("cannot create {}: {e}", artifacts_dir.display()))?;
     let output_file = dir.join("output.json");
 
     let mut cmd = match &task.work {
@@ -130,7 +152,8 @@ async fn run_inner(
         }
         Work::Python { script } => {
             let path = dir.join("script.py");
-            std::fs::write(&path, script).map_err(|e| format!("cannot write the python script: {e}"))?;
+            std::fs::write(&path, script)
+                .map_err(|e| format!("cannot write the python script: {e}"))?;
             let mut c = tokio::process::Command::new(&settings.python);
             c.arg(path);
             c
@@ -157,18 +180,45 @@ async fn run_inner(
         Some(w) => base_dir.join(w),
         None => base_dir.to_path_buf(),
     };
-    cmd.current_dir(&cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    cmd.current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
 
     let mut child = cmd.spawn().map_err(|e| match &task.work {
-        Work::Python { .. } => format!("cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)", settings.python),
+        Work::Python { .. } => format!(
+            "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",
+            settings.python
+        ),
         _ => format!("cannot start the command in {}: {e}", cwd.display()),
     })?;
     let pgid = child.id().map_or(0, |p| p as i32);
     let log = |stderr: bool| {
-        logs.clone().map(|tx| (tx, LogChunk { run_id: run_id.clone(), step_id: task.step_id.clone(), item: task.unit.item, stderr, text: String::new() }))
+        logs.clone().map(|tx| {
+            (
+                tx,
+                LogChunk {
+                    run_id: run_id.clone(),
+                    step_id: task.step_id.clone(),
+                    item: task.unit.item,
+                    stderr,
+                    text: String::new(),
+                },
+            )
+        })
     };
-    let out_task = tokio::spawn(capture(child.stdout.take().expect("piped"), settings.output_cap, log(false)));
-    let err_task = tokio::spawn(capture(child.stderr.take().expect("piped"), settings.output_cap, log(true)));
+    let out_task = tokio::spawn(capture(
+        child.stdout.take().expect("piped"),
+        settings.output_cap,
+        log(false),
+    ));
+    let err_task = tokio::spawn(capture(
+        child.stderr.take().expect("piped"),
+        settings.output_cap,
+        log(true),
+    ));
 
     let timeout = task.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
     let mut stopped: Option<String> = None;
@@ -189,26 +239,46 @@ async fn run_inner(
         Some(s) => Some(s),
         None => child.wait().await.ok(),
     };
-    let stdout = out_task.await.unwrap_or(Captured { kept: Vec::new(), total: 0 });
-    let stderr = err_task.await.unwrap_or(Captured { kept: Vec::new(), total: 0 });
+    let stdout = out_task.await.unwrap_or(Captured {
+        kept: Vec::new(),
+        total: 0,
+    });
+    let stderr = err_task.await.unwrap_or(Captured {
+        kept: Vec::new(),
+        total: 0,
+    });
 
-    let collected = artifacts::collect(&artifacts_dir, &settings.artifact_root).map_err(|e| format!("collecting artifacts failed: {e}"))?;
-    let custom_output = std::fs::read(&output_file).ok().filter(|b| !b.iter().all(u8::is_ascii_whitespace));
+    let collected = artifacts::collect(&artifacts_dir, &settings.artifact_root)
+        .map_err(|e| format!("collecting artifacts failed: {e}"))?;
+    let custom_output = std::fs::read(&output_file)
+        .ok()
+        .filter(|b| !b.iter().all(u8::is_ascii_whitespace));
     let _ = std::fs::remove_dir_all(&dir);
 
     let exit_code = status.and_then(|s| s.code());
-    let mut output = json!({"stdout": text(&stdout), "stderr": text(&stderr), "exit_code": exit_code});
+    let mut output =
+        json!({"stdout": text(&stdout), "stderr": text(&stderr), "exit_code": exit_code});
     if !collected.is_empty() {
         output["artifacts"] = serde_json::to_value(&collected).unwrap_or(Json::Null);
     }
     if let Some(reason) = stopped {
-        return Ok(Finished { outcome: Outcome::Failure { error: reason, output }, artifacts: collected });
+        return Ok(Finished {
+            outcome: Outcome::Failure {
+                error: reason,
+                output,
+            },
+            artifacts: collected,
+        });
     }
     let status = status.ok_or("the process could not be waited for")?;
     if !status.success() {
         let error = match status.code() {
             Some(code) => {
-                let last = String::from_utf8_lossy(&stderr.kept).lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned);
+                let last = String::from_utf8_lossy(&stderr.kept)
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_owned);
                 match last {
                     Some(l) => format!("exit code {code}: {l}"),
                     None => format!("exit code {code}"),
@@ -219,16 +289,28 @@ async fn run_inner(
                 format!("killed by signal {}", status.signal().unwrap_or(0))
             }
         };
-        return Ok(Finished { outcome: Outcome::Failure { error, output }, artifacts: collected });
+        return Ok(Finished {
+            outcome: Outcome::Failure { error, output },
+            artifacts: collected,
+        });
     }
     if let Some(bytes) = custom_output {
         return Ok(match serde_json::from_slice::<Json>(&bytes) {
-            Ok(v) => Finished { outcome: Outcome::Success(v), artifacts: collected },
+            Ok(v) => Finished {
+                outcome: Outcome::Success(v),
+                artifacts: collected,
+            },
             Err(e) => Finished {
-                outcome: Outcome::Failure { error: format!("$PLEXUS_OUTPUT does not hold valid JSON: {e}"), output },
+                outcome: Outcome::Failure {
+                    error: format!("$PLEXUS_OUTPUT does not hold valid JSON: {e}"),
+                    output,
+                },
                 artifacts: collected,
             },
         });
     }
-    Ok(Finished { outcome: Outcome::Success(output), artifacts: collected })
+    Ok(Finished {
+        outcome: Outcome::Success(output),
+        artifacts: collected,
+    })
 }

@@ -1,0 +1,117 @@
+//! The command line itself: help, validate/plan output for people and scripts, run
+//! inspection in JSON.
+
+mod common;
+use common::*;
+
+#[test]
+fn help_teaches_the_commands() {
+    let p = Plexus::new();
+    let out = p.run(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "run",
+        "resume",
+        "validate",
+        "plan",
+        "runs",
+        "signal",
+        "approve",
+        "reject",
+        "--data-dir",
+        "--pool",
+    ] {
+        assert!(text.contains(word), "help lacks {word}:\n{text}");
+    }
+    let out = p.run(&["run", "--help"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("Exit status: 0 succeeded, 1 failed, 2 invalid")
+    );
+}
+
+#[test]
+fn validate_reports_all_problems_as_json_and_exits_2() {
+    let p = Plexus::new();
+    let bad = p.dir.path().join("bad.yaml");
+    std::fs::write(&bad, "version: plexus/v1\nname: bad\nsteps:\n- id: a\n  rn: echo\n- id: b\n  needs: [z]\n  run: echo\n").unwrap();
+    let out = p.run(&["validate", bad.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    let problems = v["problems"].as_array().unwrap();
+    let codes: Vec<&str> = problems
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["no-kind", "unknown-key", "unknown-need"]);
+    assert_eq!(problems[1]["line"], 5);
+    assert_eq!(problems[1]["column"], 3);
+    assert_eq!(problems[1]["step"], "a");
+    assert_eq!(problems[1]["hint"], "did you mean `run`?");
+    let human = p.run(&["validate", bad.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&human.stderr);
+    assert!(
+        text.contains("bad.yaml:5:3: error[unknown-key] in step `a`: unknown key `rn` in a step"),
+        "{text}"
+    );
+    assert!(text.contains("3 problems found"));
+    let good = p.run(&["validate", examples().join("hello.yaml").to_str().unwrap()]);
+    assert_eq!(good.status.code(), Some(0));
+}
+
+#[test]
+fn plan_shows_layers_pools_and_gates() {
+    let p = Plexus::new();
+    let file = examples().join("approval-gate.yaml");
+    let v = p.json(&["plan", file.to_str().unwrap()]);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4);
+    assert_eq!(layers[1][0]["id"], "restart");
+    assert_eq!(layers[1][0]["approval"], "modify");
+    assert_eq!(layers[2][0]["approval"], "explicit");
+    let fan = p.json(&[
+        "plan",
+        examples().join("fan-out-fan-in.yaml").to_str().unwrap(),
+        "--pool",
+        "default=3",
+    ]);
+    assert_eq!(fan["layers"][0].as_array().unwrap().len(), 3);
+    assert_eq!(fan["pools"]["default"], 3);
+    let text = p.run(&[
+        "plan",
+        examples().join("fan-out-fan-in.yaml").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("3 in parallel"));
+}
+
+#[test]
+fn events_carry_seq_time_type_step_and_attempt() {
+    let p = Plexus::new();
+    let out = p.run(&[
+        "run",
+        examples().join("hello.yaml").to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success());
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = run["id"].as_str().unwrap();
+    let events = p.events(id);
+    assert_eq!(events[0]["type"], "run_started");
+    let started = events.iter().find(|e| e["type"] == "step_started").unwrap();
+    for key in ["seq", "time", "type", "step_id", "attempt", "key"] {
+        assert!(!started[key].is_null(), "{key} missing in {started}");
+    }
+    assert_eq!(started["key"], format!("{id}/greet/-/1"));
+    // A unique prefix of the id is enough.
+    let short = p.json(&["runs", "show", &id[..13]]);
+    assert_eq!(short["id"], id);
+    let after = p.json(&["runs", "events", id, "--after", "3"]);
+    assert_eq!(after[0]["seq"], 4);
+    let listed = p.json(&["runs", "list", "--workflow", "hello"]);
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["interrupted"], false);
+    let missing = p.run(&["runs", "show", "ffffffff"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("run `ffffffff` not found"));
+}

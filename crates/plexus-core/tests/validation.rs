@@ -1,0 +1,200 @@
+//! Validation reports every problem at once, each with a location, a code and a hint.
+
+use plexus_core::{CompileOptions, Diagnostic, load};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn opts() -> CompileOptions {
+    CompileOptions {
+        pools: BTreeMap::from([("default".into(), 2), ("gpu".into(), 1)]),
+    }
+}
+
+fn problems(yaml: &str) -> Vec<Diagnostic> {
+    load(yaml, "flow.yaml", &opts()).err().unwrap_or_default()
+}
+
+fn codes(yaml: &str) -> Vec<&'static str> {
+    problems(yaml).into_iter().map(|d| d.code).collect()
+}
+
+fn has(diags: &[Diagnostic], code: &str, line: u32, step: Option<&str>) -> bool {
+    diags.iter().any(|d| {
+        d.code == code && d.line == line && d.step.as_deref() == step && d.file == "flow.yaml"
+    })
+}
+
+#[test]
+fn a_broken_manifest_reports_every_problem_with_its_place() {
+    let yaml = "\
+version: plexus/v1
+name: demo
+inputs:
+  service: {type: string}
+steps:
+  - id: a
+    run: echo {{ inputs.servce }}
+    neds: [b]
+  - id: b
+    needs: [c]
+    run: echo b
+    builtin: noop
+  - id: c
+    needs: [b]
+    run: echo {{ steps.d.output }}
+    timeout: 5 minutes
+  - id: d
+    needs: [a, x]
+    trigger: {quorum: 3}
+    run: echo
+  - id: d
+    trigger: al_done
+    pool_slots: 9
+    wait: {}
+  - id: e
+    schedule: nope
+  - id: f
+    needs: [a]
+    pool: gpu
+    pool_slots: 2
+    run: train
+";
+    let d = problems(yaml);
+    assert!(has(&d, "unknown-input", 7, Some("a")), "{d:#?}");
+    assert!(has(&d, "unknown-key", 8, Some("a")));
+    assert_eq!(
+        d.iter()
+            .find(|x| x.code == "unknown-key" && x.line == 8)
+            .unwrap()
+            .hint
+            .as_deref(),
+        Some("did you mean `needs`?")
+    );
+    assert!(has(&d, "two-kinds", 9, Some("b")));
+    assert!(
+        d.iter()
+            .any(|x| x.code == "cycle" && x.message.contains("c -> b -> c"))
+    );
+    assert!(has(&d, "not-ancestor", 15, Some("c")));
+    assert!(has(&d, "bad-duration", 16, Some("c")));
+    assert!(has(&d, "unknown-need", 18, Some("d")));
+    assert!(has(&d, "bad-trigger", 19, Some("d")));
+    assert!(has(&d, "duplicate-id", 21, Some("d")));
+    assert!(has(&d, "bad-trigger", 22, Some("d")));
+    assert!(has(&d, "pool-slots", 23, Some("d")));
+    assert!(has(&d, "bad-wait", 24, Some("d")));
+    assert!(has(&d, "no-kind", 25, Some("e")));
+    assert!(has(&d, "unknown-key", 26, Some("e")));
+    assert!(has(&d, "pool-slots", 30, Some("f")));
+    // Sorted by place, columns filled in.
+    assert!(
+        d.windows(2)
+            .all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column))
+    );
+    assert!(d.iter().all(|x| x.column > 0));
+}
+
+#[test]
+fn steps_behind_a_cycle_are_unreachable() {
+    let c = codes(
+        "version: plexus/v1\nname: x\nsteps:\n- {id: a, needs: [b], run: a}\n- {id: b, needs: [a], run: b}\n- {id: c, needs: [b], run: c}\n",
+    );
+    assert_eq!(c, vec!["cycle", "unreachable"]);
+    let c = codes("version: plexus/v1\nname: x\nsteps:\n- {id: a, run: a, when: false}\n");
+    assert_eq!(c, vec!["unreachable"]);
+}
+
+#[test]
+fn top_level_problems() {
+    assert_eq!(codes(""), vec!["empty"]);
+    assert_eq!(
+        codes("version: plexus/v2\nname: x\nsteps: [{id: a, run: a}]\n"),
+        vec!["bad-version"]
+    );
+    assert_eq!(
+        codes("version: plexus/v1\nname: x\nschedule: '61 * * * *'\nsteps: [{id: a, run: a}]\n"),
+        vec!["bad-cron"]
+    );
+    assert_eq!(
+        codes("version: plexus/v1\nname: x\nstepz: []\n"),
+        vec!["missing-key", "unknown-key"]
+    );
+    assert_eq!(
+        codes("version: plexus/v1\nname: x\nsteps: [{id: a, run: a, trigger: one_failed}]\n"),
+        vec!["bad-trigger"]
+    );
+    assert_eq!(
+        codes("version: plexus/v1\nname: x\nsteps: [{id: a, run: '{{ oops'}]\n"),
+        vec!["bad-template"]
+    );
+    assert_eq!(
+        codes("version: plexus/v1\nname: x\nsteps: [{id: a, run: a, pool: gpus}]\n"),
+        vec!["unknown-pool"]
+    );
+    assert_eq!(codes("a: [1, 2\nb: 3"), vec!["syntax"]);
+}
+
+#[test]
+fn a_yaml_alias_bomb_is_refused_quickly() {
+    let mut doc =
+        String::from("version: plexus/v1\nname: bomb\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        doc.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    doc.push_str("steps: [{id: a, run: a}]\n");
+    let started = std::time::Instant::now();
+    assert_eq!(codes(&doc), vec!["syntax"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn json_manifests_are_accepted() {
+    let json = r#"{"version": "plexus/v1", "name": "j", "steps": [{"id": "a", "builtin": "noop"}, {"id": "b", "needs": ["a"], "run": "echo"}]}"#;
+    let plan = load(json, "flow.json", &opts()).unwrap();
+    assert_eq!(plan.layers, vec![vec![0], vec![1]]);
+    let bad = r#"{"version": "plexus/v1", "name": "j", "steps": [{"id": "a", "bultin": "noop"}]}"#;
+    let d = load(bad, "flow.json", &opts()).unwrap_err();
+    assert!(d.iter().any(|x| x.code == "unknown-key" && x.line == 1));
+}
+
+#[test]
+fn modify_and_admin_steps_are_gated_in_every_mode() {
+    for mode in ["manual", "guided", "autonomous"] {
+        let yaml = format!(
+            "version: plexus/v1\nname: x\nmode: {mode}\nsteps:\n- {{id: a, run: a, permission: modify}}\n- {{id: b, run: b, permission: admin}}\n- {{id: c, run: c}}\n"
+        );
+        let plan = load(&yaml, "f", &opts()).unwrap();
+        assert!(plan.nodes[0].gate.is_some(), "{mode}");
+        assert!(plan.nodes[1].gate.is_some(), "{mode}");
+        assert_eq!(plan.nodes[2].gate.is_some(), mode == "manual", "{mode}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+    /// Arbitrary text never panics the parser or the validator.
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        let _ = load(&text, "fuzz.yaml", &opts());
+    }
+
+    /// Manifest-shaped input with random keys, values and references never panics.
+    #[test]
+    fn manifest_shaped_input_never_panics(
+        steps in proptest::collection::vec((
+            "[a-e]{1,2}",
+            prop_oneof![Just("run"), Just("python"), Just("builtin"), Just("wait"), Just("approval"), Just("bogus")],
+            "[ -~]{0,20}",
+            proptest::collection::vec("[a-e]{1,2}", 0..3),
+            prop_oneof![Just("all_done"), Just("{quorum: 2}"), Just("nope"), Just("one_success")],
+        ), 0..8)
+    ) {
+        let mut y = String::from("version: plexus/v1\nname: fuzz\nsteps:\n");
+        for (id, kind, value, needs, trigger) in steps {
+            y.push_str(&format!("  - id: {id}\n    {kind}: {value:?}\n    needs: {needs:?}\n    trigger: {trigger}\n"));
+        }
+        let _ = load(&y, "fuzz.yaml", &opts());
+    }
+}
