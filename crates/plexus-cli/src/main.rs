@@ -1,5 +1,6 @@
 //! `plexus`: run durable workflows on your machine, inspect and control them.
 
+mod bench;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_validate;
@@ -111,6 +112,21 @@ enum Command {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Measure the durable core against its targets, each next to a baseline taken now
+    ///
+    /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
+    /// steps and a join), throughput-10k (10,000 independent steps), shell-100 (100
+    /// `true` commands vs bare fork+exec), park-100k (100,000 steps waiting for a signal:
+    /// peak memory, then one signal each). Each runs in its own process on a fresh store
+    /// with synchronous=FULL.
+    Bench {
+        /// Small sizes, for a smoke test
+        #[arg(long)]
+        quick: bool,
+        /// Run only this scenario
+        #[arg(long, value_name = "NAME")]
+        scenario: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,12 +182,18 @@ fn main() {
 
 async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
+    let g_data_dir = g.data_dir.clone();
     let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref())?;
     let compile = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
     };
     let format = g.output;
     match cli.command {
+        Command::Bench { quick, scenario } => match (&scenario, format) {
+            // The parent asks each child process for one scenario in JSON.
+            (Some(name), Format::Json) => bench::run_one(name, quick, g_data_dir.as_deref()).await,
+            _ => bench::run_all(quick, scenario.as_deref(), format, g_data_dir.as_deref()),
+        },
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
         Command::Run {

@@ -145,6 +145,7 @@ pub struct Engine {
     pub(crate) tx: mpsc::Sender<Msg>,
     pub(crate) notices: broadcast::Sender<Notice>,
     pub(crate) logs: broadcast::Sender<LogChunk>,
+    pub(crate) finished: broadcast::Sender<(RunId, RunStatus)>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: Arc<EngineConfig>,
     pub stats: Arc<EngineStats>,
@@ -171,10 +172,12 @@ impl Engine {
         let (tx, rx) = mpsc::channel(65_536);
         let (notices, _) = broadcast::channel(65_536);
         let (logs, _) = broadcast::channel(4_096);
+        let (finished, _) = broadcast::channel(4_096);
         let engine = Engine {
             tx,
             notices,
             logs,
+            finished,
             store,
             config: Arc::new(config),
             stats: Arc::default(),
@@ -193,6 +196,11 @@ impl Engine {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
+    }
+
+    /// Only the ends of runs (cheaper than [`Engine::subscribe`] when that is all you need).
+    pub fn finished(&self) -> broadcast::Receiver<(RunId, RunStatus)> {
+        self.finished.subscribe()
     }
 
     pub fn logs(&self) -> broadcast::Receiver<LogChunk> {

@@ -421,6 +421,7 @@ impl Loop {
             run_id: run.clone(),
             status,
         });
+        let _ = self.engine.finished.send((run.clone(), status));
         let Some(active) = self.runs.remove(&run) else {
             return;
         };

@@ -8,7 +8,7 @@ mod materialize;
 mod sqlite;
 
 pub use materialize::{RowChange, StepChange, materialize};
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, measure_commit_latency};
 
 use plexus_core::machine::{Event, Millis};
 use serde::Serialize;
