@@ -12,7 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 5] = ["sequential-40", "fanout-1000", "throughput-10k", "shell-100", "park-100k"];
+pub const SCENARIOS: [&str; 5] = [
+    "sequential-40",
+    "fanout-1000",
+    "throughput-10k",
+    "shell-100",
+    "park-100k",
+];
 
 struct Sizes {
     sequential: usize,
@@ -24,14 +30,31 @@ struct Sizes {
 
 fn sizes(quick: bool) -> Sizes {
     if quick {
-        Sizes { sequential: 40, fanout: 100, throughput: 1_000, shell: 10, park: 1_000 }
+        Sizes {
+            sequential: 40,
+            fanout: 100,
+            throughput: 1_000,
+            shell: 10,
+            park: 1_000,
+        }
     } else {
-        Sizes { sequential: 40, fanout: 1_000, throughput: 10_000, shell: 100, park: 100_000 }
+        Sizes {
+            sequential: 40,
+            fanout: 1_000,
+            throughput: 10_000,
+            shell: 100,
+            park: 100_000,
+        }
     }
 }
 
 /// Runs every scenario in a child process and prints the table (or JSON).
-pub fn run_all(quick: bool, only: Option<&str>, format: Format, data_dir: Option<&Path>) -> Result<i32> {
+pub fn run_all(
+    quick: bool,
+    only: Option<&str>,
+    format: Format,
+    data_dir: Option<&Path>,
+) -> Result<i32> {
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     for name in SCENARIOS.iter().filter(|n| only.is_none_or(|o| o == **n)) {
@@ -46,11 +69,19 @@ pub fn run_all(quick: bool, only: Option<&str>, format: Format, data_dir: Option
         if let Some(d) = data_dir {
             cmd.arg("--data-dir").arg(d);
         }
-        let out = cmd.output().with_context(|| format!("cannot start the {name} scenario"))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot start the {name} scenario"))?;
         if !out.status.success() {
-            bail!("scenario {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "scenario {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        results.push(serde_json::from_slice::<Json>(&out.stdout).with_context(|| format!("scenario {name} printed no JSON"))?);
+        results.push(
+            serde_json::from_slice::<Json>(&out.stdout)
+                .with_context(|| format!("scenario {name} printed no JSON"))?,
+        );
     }
     if format == Format::Json {
         output::json(&results);
@@ -63,15 +94,33 @@ pub fn run_all(quick: bool, only: Option<&str>, format: Format, data_dir: Option
                 r["scenario"].as_str().unwrap_or("").to_owned(),
                 r["result"].as_str().unwrap_or("").to_owned(),
                 r["target"].as_str().unwrap_or("").to_owned(),
-                if r["target_met"].as_bool() == Some(true) { "yes" } else { "NO" }.to_owned(),
+                if r["target_met"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "NO"
+                }
+                .to_owned(),
                 r["baseline"].as_str().unwrap_or("").to_owned(),
                 r["ratio"].as_str().unwrap_or("").to_owned(),
                 r["where_time_goes"].as_str().unwrap_or("").to_owned(),
             ]
         })
         .collect();
-    output::table(&["SCENARIO", "RESULT", "TARGET", "MET", "BASELINE (same run)", "VS BASELINE", "WHERE THE TIME GOES"], &rows);
-    println!("\npeers on a similar 2-core machine: Restate 1.7 — 40 sequential steps 97 ms, 1,000-step fan-out 1.06 s;");
+    output::table(
+        &[
+            "SCENARIO",
+            "RESULT",
+            "TARGET",
+            "MET",
+            "BASELINE (same run)",
+            "VS BASELINE",
+            "WHERE THE TIME GOES",
+        ],
+        &rows,
+    );
+    println!(
+        "\npeers on a similar 2-core machine: Restate 1.7 — 40 sequential steps 97 ms, 1,000-step fan-out 1.06 s;"
+    );
     println!("Temporal dev server — 2.05 s and 11.8 s.");
     Ok(0)
 }
@@ -87,8 +136,16 @@ fn manifest(name: &str, steps: impl IntoIterator<Item = String>) -> String {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -100,22 +157,37 @@ struct Bench {
 impl Bench {
     fn new(dir: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        let store = Arc::new(SqliteStore::open(dir.join("plexus.db"), SqliteOptions::default())?);
-        let pools = std::collections::BTreeMap::from([("default".to_owned(), crate::config::cores())]);
+        let store = Arc::new(SqliteStore::open(
+            dir.join("plexus.db"),
+            SqliteOptions::default(),
+        )?);
+        let pools =
+            std::collections::BTreeMap::from([("default".to_owned(), crate::config::cores())]);
         let engine = Engine::start(store, EngineConfig::new(dir.clone(), pools));
         Ok(Bench { engine, dir })
     }
 
     fn plan(&self, yaml: &str) -> Result<plexus_core::Plan> {
-        plexus_core::load(yaml, "bench", &self.engine_options()).map_err(|d| anyhow::anyhow!("bench manifest invalid: {}", d[0]))
+        plexus_core::load(yaml, "bench", &self.engine_options())
+            .map_err(|d| anyhow::anyhow!("bench manifest invalid: {}", d[0]))
     }
 
     fn engine_options(&self) -> plexus_core::CompileOptions {
-        plexus_core::CompileOptions { pools: std::collections::BTreeMap::from([("default".to_owned(), crate::config::cores())]) }
+        plexus_core::CompileOptions {
+            pools: std::collections::BTreeMap::from([(
+                "default".to_owned(),
+                crate::config::cores(),
+            )]),
+        }
     }
 
     async fn submit(&self, plan: plexus_core::Plan, yaml: String) -> Result<String> {
-        let sub = Submission { plan: Arc::new(plan), manifest_text: yaml, base_dir: self.dir.clone(), inputs: json!({}) };
+        let sub = Submission {
+            plan: Arc::new(plan),
+            manifest_text: yaml,
+            base_dir: self.dir.clone(),
+            inputs: json!({}),
+        };
         Ok(self.engine.submit(sub).await?)
     }
 
@@ -163,13 +235,24 @@ pub async fn run_one(name: &str, quick: bool, data_dir: Option<&Path>) -> Result
 }
 
 async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
-    let fsync = measure_commit_latency(&{ std::fs::create_dir_all(root)?; root.to_path_buf() }, 200, &SqliteOptions::default())?;
+    let fsync = measure_commit_latency(
+        &{
+            std::fs::create_dir_all(root)?;
+            root.to_path_buf()
+        },
+        200,
+        &SqliteOptions::default(),
+    )?;
     let b = Bench::new(root.join("data"))?;
     let r = match name {
         "sequential-40" => {
             let n = sz.sequential;
             let steps = (0..n).map(|i| {
-                let needs = if i > 0 { format!(", needs: [s{}]", i - 1) } else { String::new() };
+                let needs = if i > 0 {
+                    format!(", needs: [s{}]", i - 1)
+                } else {
+                    String::new()
+                };
                 format!("  - {{id: s{i}, builtin: noop{needs}}}\n")
             });
             // One warm-up run, then the median of five.
@@ -194,9 +277,14 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
         "fanout-1000" => {
             let n = sz.fanout;
             let mut steps = vec!["  - {id: root, builtin: noop}\n".to_owned()];
-            steps.extend((0..n).map(|i| format!("  - {{id: f{i}, needs: [root], builtin: noop}}\n")));
+            steps.extend(
+                (0..n).map(|i| format!("  - {{id: f{i}, needs: [root], builtin: noop}}\n")),
+            );
             let all: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
-            steps.push(format!("  - {{id: join, needs: [{}], builtin: noop}}\n", all.join(", ")));
+            steps.push(format!(
+                "  - {{id: join, needs: [{}], builtin: noop}}\n",
+                all.join(", ")
+            ));
             let wall = b.run(manifest("fanout", steps)).await?;
             json!({
                 "scenario": name, "steps": n + 2, "seconds": wall.as_secs_f64(),
@@ -228,7 +316,15 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
             let started = Instant::now();
             let per_thread = n.div_ceil(parallel);
             let handles: Vec<_> = (0..parallel)
-                .map(|_| std::thread::spawn(move || (0..per_thread).all(|_| std::process::Command::new("true").status().is_ok_and(|s| s.success()))))
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        (0..per_thread).all(|_| {
+                            std::process::Command::new("true")
+                                .status()
+                                .is_ok_and(|s| s.success())
+                        })
+                    })
+                })
                 .collect();
             for h in handles {
                 if !h.join().unwrap_or(false) {
@@ -267,7 +363,15 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
             let rss_parked = peak_rss_mb();
             let signal_started = Instant::now();
             for i in 0..n {
-                b.engine.input(&id, Input::Signal { step_id: format!("w{i}"), data: json!(i) }).await?;
+                b.engine
+                    .input(
+                        &id,
+                        Input::Signal {
+                            step_id: format!("w{i}"),
+                            data: json!(i),
+                        },
+                    )
+                    .await?;
             }
             loop {
                 let (run, status) = finished.recv().await?;
@@ -289,7 +393,10 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                 "where_time_goes": b.where_time_goes(parked + resumed),
             })
         }
-        other => bail!("unknown scenario `{other}`; scenarios: {}", SCENARIOS.join(", ")),
+        other => bail!(
+            "unknown scenario `{other}`; scenarios: {}",
+            SCENARIOS.join(", ")
+        ),
     };
     b.engine.shutdown().await;
     Ok(r)

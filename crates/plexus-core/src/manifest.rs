@@ -276,11 +276,19 @@ pub struct StepLocs {
     pub step: Loc,
     pub id: Loc,
     pub needs: Vec<Loc>,
-    pub fields: BTreeMap<&'static str, Loc>,
+    /// A short list (not a map): it is kept for every step of large generated workflows.
+    pub fields: Vec<(&'static str, Loc)>,
 }
 
 impl StepLocs {
     pub fn field(&self, name: &str) -> Loc {
-        self.fields.get(name).copied().unwrap_or(self.step)
+        self.fields
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or(self.step, |(_, l)| *l)
+    }
+
+    pub fn set(&mut self, name: &'static str, loc: Loc) {
+        self.fields.push((name, loc));
     }
 }

@@ -670,7 +670,7 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
     let mut kind = None;
     for key in &present {
         let n = f.get(key).expect("present");
-        locs.fields.insert(key_static(key), n.loc);
+        locs.set(key_static(key), n.loc);
         let k = match *key {
             "run" => cx.string(n, "run").map(StepKind::Run),
             "python" => cx.string(n, "python").map(StepKind::Python),
@@ -749,12 +749,12 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
         }
     }
     if let Some(n) = f.get("trigger") {
-        locs.fields.insert("trigger", n.loc);
+        locs.set("trigger", n.loc);
         step.trigger = parse_trigger(n, &mut cx).unwrap_or_default();
     }
     for key in ["when", "foreach", "workdir"] {
         if let Some(n) = f.get(key) {
-            locs.fields.insert(key_static(key), n.loc);
+            locs.set(key_static(key), n.loc);
             let v = match &n.value {
                 // `foreach: [a, b]` is a literal list: keep it as JSON text.
                 Value::Seq(_) if key == "foreach" => Some(n.to_json().to_string()),
@@ -769,7 +769,7 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
         }
     }
     if let Some(n) = f.get("concurrency") {
-        locs.fields.insert("concurrency", n.loc);
+        locs.set("concurrency", n.loc);
         match cx.uint(n, "concurrency") {
             Some(0) => {
                 cx.err("bad-value", n.loc, "concurrency must be at least 1");
@@ -785,11 +785,11 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
         step.timeout = cx.duration(n, "timeout");
     }
     if let Some(n) = f.get("pool") {
-        locs.fields.insert("pool", n.loc);
+        locs.set("pool", n.loc);
         step.pool = cx.string(n, "pool");
     }
     if let Some(n) = f.get("pool_slots") {
-        locs.fields.insert("pool_slots", n.loc);
+        locs.set("pool_slots", n.loc);
         match cx.uint(n, "pool_slots") {
             Some(0) => {
                 cx.err("bad-value", n.loc, "pool_slots must be at least 1");
@@ -822,11 +822,11 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
         step.on_failure = parse_on_failure(n, &mut cx);
     }
     if let Some(n) = f.get("env") {
-        locs.fields.insert("env", n.loc);
+        locs.set("env", n.loc);
         step.env = cx.string_map(n, "env");
     }
     if let Some(n) = f.get("with") {
-        locs.fields.insert("with", n.loc);
+        locs.set("with", n.loc);
         step.with = Some(n.to_json());
     }
     f.finish(STEP_KEYS, cx.out);

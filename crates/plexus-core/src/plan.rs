@@ -32,6 +32,8 @@ pub struct Plan {
     pub index: HashMap<String, usize>,
     /// Steps grouped by depth: every step's parents are in earlier layers.
     pub layers: Vec<Vec<usize>>,
+    /// Steps the run `outputs` read.
+    pub output_refs: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +175,7 @@ pub fn compile(
     let layers = check_cycles(steps, &nodes, diags);
     check_triggers(steps, &nodes, diags);
     check_pools(steps, &nodes, opts, diags);
-    check_templates(&manifest, &index, &mut nodes, diags);
+    let output_refs = check_templates(&manifest, &index, &mut nodes, diags);
     for s in steps {
         if s.when.as_deref().map(str::trim) == Some("false") {
             diags.push(
@@ -195,6 +197,7 @@ pub fn compile(
         nodes,
         index,
         layers,
+        output_refs,
     })
 }
 
@@ -410,12 +413,13 @@ fn json_strings<'a>(v: &'a serde_json::Value, f: &mut impl FnMut(&'a str)) {
     }
 }
 
+/// Checks every template; records what each step reads and returns what `outputs` read.
 fn check_templates(
     manifest: &Manifest,
     index: &HashMap<String, usize>,
     nodes: &mut [StepNode],
     diags: &mut Vec<Diagnostic>,
-) {
+) -> Vec<usize> {
     let input_names: HashSet<&str> = manifest.inputs.iter().map(|d| d.name.as_str()).collect();
     for (i, s) in manifest.steps.iter().enumerate() {
         let mut refs = Vec::new();
@@ -475,6 +479,7 @@ fn check_templates(
         }
         nodes[i].refs = refs;
     }
+    let mut output_refs = Vec::new();
     let mut outputs = Vec::new();
     for v in manifest.outputs.values() {
         json_strings(v, &mut |t| outputs.push(t));
@@ -489,15 +494,18 @@ fn check_templates(
         }
         check_input_refs(text, &input_names, Loc::default(), None, diags);
         for name in template::referenced_names(text, "steps") {
-            if !index.contains_key(&name) {
-                diags.push(Diagnostic::new(
+            match index.get(&name) {
+                Some(&i) if !output_refs.contains(&i) => output_refs.push(i),
+                Some(_) => {}
+                None => diags.push(Diagnostic::new(
                     "unknown-ref",
                     Loc::default(),
                     format!("`outputs` refers to unknown step `{name}`"),
-                ));
+                )),
             }
         }
     }
+    output_refs
 }
 
 fn check_input_refs(

@@ -159,15 +159,21 @@ impl SqliteStore {
 
 /// The cost of one durable commit on this disk: `n` sequential single-row transactions in
 /// a scratch database with the store's settings. Benchmarks use it as their floor.
-pub fn measure_commit_latency(dir: &Path, n: usize, opts: &SqliteOptions) -> Result<std::time::Duration> {
+pub fn measure_commit_latency(
+    dir: &Path,
+    n: usize,
+    opts: &SqliteOptions,
+) -> Result<std::time::Duration> {
     let path = dir.join("commit-probe.db");
     let _ = std::fs::remove_file(&path);
     let conn = connect(&path, opts)?;
-    conn.execute_batch("CREATE TABLE probe (id INTEGER PRIMARY KEY, data TEXT NOT NULL)").map_err(db_err)?;
+    conn.execute_batch("CREATE TABLE probe (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+        .map_err(db_err)?;
     let started = std::time::Instant::now();
     for i in 0..n {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
-        conn.execute("INSERT INTO probe (id, data) VALUES (?1, 'x')", [i as i64]).map_err(db_err)?;
+        conn.execute("INSERT INTO probe (id, data) VALUES (?1, 'x')", [i as i64])
+            .map_err(db_err)?;
         conn.execute_batch("COMMIT").map_err(db_err)?;
     }
     let took = started.elapsed();

@@ -1311,11 +1311,12 @@ impl RunState {
                     && self.plan.nodes[i].on_failure == OnFailure::FailRun
             })
             .collect();
-        let ctx = self.full_context();
-        let outputs = template::render_value(
-            &serde_json::to_value(&self.plan.manifest.outputs).unwrap_or(Json::Null),
-            &ctx,
-        );
+        let outputs = if self.plan.manifest.outputs.is_empty() {
+            Ok(json!({}))
+        } else {
+            let outputs = serde_json::to_value(&self.plan.manifest.outputs).unwrap_or(Json::Null);
+            template::render_value(&outputs, &self.outputs_context())
+        };
         if let Some(&first) = failed.first() {
             let step = self.plan.step(first);
             let mut error = format!(
@@ -1385,9 +1386,10 @@ impl RunState {
         ctx
     }
 
-    fn full_context(&self) -> Json {
-        let steps: serde_json::Map<String, Json> = (0..self.steps.len())
-            .map(|i| (self.plan.step(i).id.clone(), self.step_context(i)))
+    /// The context of the run `outputs`: only the steps they read.
+    fn outputs_context(&self) -> Json {
+        let steps: serde_json::Map<String, Json> = (self.plan.output_refs.iter())
+            .map(|&i| (self.plan.step(i).id.clone(), self.step_context(i)))
             .collect();
         json!({"inputs": self.inputs, "steps": steps, "run": {"id": self.run_id, "workflow": self.plan.manifest.name}})
     }
