@@ -166,6 +166,7 @@ impl Progress {
             }
             EventKind::StepSkipped { step_id, reason } => {
                 self.done += 1;
+                self.running.remove(step_id);
                 self.say(&format!("↷ {step_id} skipped: {}", one_line(reason, 100)));
             }
             EventKind::StepCancelled { step_id } => {

@@ -201,3 +201,28 @@ fn timer_then_signal() {
         .unwrap();
     assert_eq!(act["output"]["stdout"], "acting on OPS-7\n");
 }
+
+/// On a terminal, `plexus run` asks `approve? [y/N]` for each gated step (run under
+/// `script` to get a pseudo-terminal; the answers are typed ahead).
+#[test]
+fn approval_prompt_on_a_terminal() {
+    let p = Plexus::new();
+    let command = format!("{} run {}", env!("CARGO_BIN_EXE_plexus"), example("approval-gate.yaml"));
+    let mut child = std::process::Command::new("script")
+        .env("PLEXUS_DATA_DIR", p.data_dir())
+        .env("XDG_CONFIG_HOME", p.dir.path().join("config"))
+        .current_dir(p.dir.path())
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs the command on a pseudo-terminal");
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"y\nn\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("approve? [y/N]"), "{text}");
+    assert!(text.contains("restart approved by local"), "{text}");
+    assert!(text.contains("announce skipped: rejected by local"), "{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}
