@@ -7,6 +7,8 @@
 mod materialize;
 mod sqlite;
 
+pub mod conformance;
+
 pub use materialize::{RowChange, StepChange, materialize};
 pub use sqlite::{SqliteOptions, SqliteStore, measure_commit_latency};
 
