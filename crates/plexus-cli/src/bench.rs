@@ -323,7 +323,11 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                 let handles: Vec<_> = (0..parallel)
                     .map(|_| {
                         std::thread::spawn(move || {
-                            (0..per_thread).all(|_| std::process::Command::new("true").status().is_ok_and(|s| s.success()))
+                            (0..per_thread).all(|_| {
+                                std::process::Command::new("true")
+                                    .status()
+                                    .is_ok_and(|s| s.success())
+                            })
                         })
                     })
                     .collect();

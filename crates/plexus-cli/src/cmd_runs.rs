@@ -169,8 +169,26 @@ pub async fn events(store: &dyn Store, run: &str, after: u64, format: Format) ->
     Ok(0)
 }
 
+/// The answer of a control command, for people or for scripts.
+fn report(
+    format: Format,
+    run: &str,
+    kind: CommandKind,
+    step: Option<&str>,
+    outcome: &str,
+    text: &str,
+) {
+    match format {
+        Format::Json => output::json(
+            &json!({"run": run, "action": kind.as_str(), "step": step, "outcome": outcome}),
+        ),
+        Format::Table => println!("{text}"),
+    }
+}
+
 /// Sends a control command. A live engine applies it within a moment and the answer is
 /// shown; for an interrupted run it is kept and applied by `plexus resume`.
+#[allow(clippy::too_many_arguments)]
 pub async fn control(
     store: Arc<dyn Store>,
     run: &str,
@@ -179,6 +197,7 @@ pub async fn control(
     data: Json,
     actor: &str,
     opts: &crate::config::Settings,
+    format: Format,
 ) -> Result<i32> {
     let row = store.get_run(run).await?;
     if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
@@ -208,16 +227,26 @@ pub async fn control(
         }
     }
     if kind == CommandKind::Cancel && !is_driven(&row) {
-        return cancel_interrupted(store, &row, actor, opts).await;
+        cancel_interrupted(store, &row, actor, opts).await?;
+        report(
+            format,
+            &row.id,
+            kind,
+            step,
+            "applied",
+            &format!("run {} cancelled", row.id),
+        );
+        return Ok(0);
     }
     let id = store
         .add_command(&row.id, kind, step, data, actor, now_ms())
         .await?;
     if !is_driven(&row) {
-        println!(
+        let text = format!(
             "recorded; run {} is interrupted, so this applies when you run `plexus resume {}`",
             row.id, row.id
         );
+        report(format, &row.id, kind, step, "recorded", &text);
         return Ok(0);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -227,7 +256,8 @@ pub async fn control(
         {
             return match c.result {
                 None => {
-                    println!("{} applied to run {}", kind.as_str(), row.id);
+                    let text = format!("{} applied to run {}", kind.as_str(), row.id);
+                    report(format, &row.id, kind, step, "applied", &text);
                     Ok(0)
                 }
                 Some(err) => bail!("{} refused: {err}", kind.as_str()),
@@ -235,10 +265,11 @@ pub async fn control(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
+    let text = format!(
         "recorded; the engine driving run {} has not applied it yet",
         row.id
     );
+    report(format, &row.id, kind, step, "recorded", &text);
     Ok(0)
 }
 
@@ -248,7 +279,7 @@ async fn cancel_interrupted(
     row: &RunRow,
     actor: &str,
     settings: &crate::config::Settings,
-) -> Result<i32> {
+) -> Result<()> {
     let me = plexus_engine::new_owner_id();
     let now = now_ms();
     if !store
@@ -276,6 +307,5 @@ async fn cancel_interrupted(
     };
     store.commit(batch).await?;
     store.release_runs(&me).await?;
-    println!("run {} cancelled", row.id);
-    Ok(0)
+    Ok(())
 }

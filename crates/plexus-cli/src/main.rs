@@ -164,6 +164,7 @@ fn main() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -256,6 +257,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                         Json::Null,
                         &actor,
                         &settings,
+                        format,
                     )
                     .await
                 }
@@ -277,6 +279,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 json!({"data": data}),
                 &actor,
                 &settings,
+                format,
             )
             .await
         }
@@ -291,6 +294,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 json!({"comment": comment}),
                 &actor,
                 &settings,
+                format,
             )
             .await
         }
@@ -305,6 +309,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 json!({"comment": comment}),
                 &actor,
                 &settings,
+                format,
             )
             .await
         }

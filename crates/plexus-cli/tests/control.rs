@@ -25,40 +25,91 @@ fn a_pool_of_one_runs_its_steps_one_at_a_time() {
     }
     let flow = write(&p, "pooled.yaml", &y);
     let unknown = p.run(&["run", flow.to_str().unwrap()]);
-    assert_eq!(unknown.status.code(), Some(2), "pool `solo` is not configured yet");
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "pool `solo` is not configured yet"
+    );
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("--pool solo=N"));
     let out = p.run(&["run", flow.to_str().unwrap(), "--pool", "solo=1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(lines.len(), 8);
     for pair in lines.chunks(2) {
-        assert!(pair[0].starts_with("start") && pair[1].starts_with("end"), "steps overlapped: {lines:?}");
+        assert!(
+            pair[0].starts_with("start") && pair[1].starts_with("end"),
+            "steps overlapped: {lines:?}"
+        );
     }
-    let greedy = write(&p, "greedy.yaml", "version: plexus/v1\nname: g\nsteps:\n- {id: a, run: 'true', pool: solo, pool_slots: 2}\n");
+    let greedy = write(
+        &p,
+        "greedy.yaml",
+        "version: plexus/v1\nname: g\nsteps:\n- {id: a, run: 'true', pool: solo, pool_slots: 2}\n",
+    );
     let out = p.run(&["validate", greedy.to_str().unwrap(), "--pool", "solo=1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pool_slots 2 is more than pool `solo` has (1)"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("pool_slots 2 is more than pool `solo` has (1)")
+    );
 }
 
 #[test]
 fn plexus_toml_sets_pools_and_the_data_dir() {
     let p = Plexus::new();
     let data = p.dir.path().join("from-toml");
-    write(&p, "plexus.toml", &format!("data_dir = {:?}\n[pools]\ngpu = 2\n", data.to_str().unwrap()));
-    let flow = write(&p, "gpu.yaml", "version: plexus/v1\nname: gpu\nsteps:\n- {id: a, run: 'true', pool: gpu, pool_slots: 2}\n");
-    let out = p.cmd().env_remove("PLEXUS_DATA_DIR").args(["run", flow.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(data.join("plexus.db").exists(), "the store went to the data_dir of plexus.toml");
+    write(
+        &p,
+        "plexus.toml",
+        &format!(
+            "data_dir = {:?}\n[pools]\ngpu = 2\n",
+            data.to_str().unwrap()
+        ),
+    );
+    let flow = write(
+        &p,
+        "gpu.yaml",
+        "version: plexus/v1\nname: gpu\nsteps:\n- {id: a, run: 'true', pool: gpu, pool_slots: 2}\n",
+    );
+    let out = p
+        .cmd()
+        .env_remove("PLEXUS_DATA_DIR")
+        .args(["run", flow.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        data.join("plexus.db").exists(),
+        "the store went to the data_dir of plexus.toml"
+    );
     write(&p, "plexus.toml", "pools = 3\n");
     let bad = p.run(&["validate", flow.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("plexus.toml is not a valid plexus.toml"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("plexus.toml is not a valid plexus.toml")
+    );
 }
 
 #[test]
 fn follow_logs_streams_step_output() {
     let p = Plexus::new();
-    let flow = write(&p, "logs.yaml", "version: plexus/v1\nname: logs\nsteps:\n- id: talk\n  run: |\n    echo first line\n    echo problem >&2\n");
+    let flow = write(
+        &p,
+        "logs.yaml",
+        "version: plexus/v1\nname: logs\nsteps:\n- id: talk\n  run: |\n    echo first line\n    echo problem >&2\n",
+    );
     let out = p.run(&["run", flow.to_str().unwrap(), "--follow-logs"]);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -71,40 +122,86 @@ fn follow_logs_streams_step_output() {
 #[test]
 fn a_sub_workflow_survives_a_crash_of_its_parent() {
     let p = Plexus::new();
-    write(&p, "child.yaml", "version: plexus/v1\nname: child\nsteps:\n- {id: hold, wait: {signal: go}}\noutputs: {got: '{{ steps.hold.output }}'}\n");
-    let parent = write(&p, "parent.yaml", "version: plexus/v1\nname: parent\nsteps:\n- {id: call, workflow: child.yaml}\n- {id: after, needs: [call], builtin: echo, with: {got: '{{ steps.call.output.got }}'}}\n");
+    write(
+        &p,
+        "child.yaml",
+        "version: plexus/v1\nname: child\nsteps:\n- {id: hold, wait: {signal: go}}\noutputs: {got: '{{ steps.hold.output }}'}\n",
+    );
+    let parent = write(
+        &p,
+        "parent.yaml",
+        "version: plexus/v1\nname: parent\nsteps:\n- {id: call, workflow: child.yaml}\n- {id: after, needs: [call], builtin: echo, with: {got: '{{ steps.call.output.got }}'}}\n",
+    );
     let (mut child, run) = p.spawn(&["run", parent.to_str().unwrap()]);
     let child_run = || {
         let runs = p.json(&["runs", "list", "--workflow", "child"]);
-        runs.as_array().unwrap().first().map(|r| r["id"].as_str().unwrap().to_owned())
+        runs.as_array()
+            .unwrap()
+            .first()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
     };
-    p.wait_until("the child run to wait", Duration::from_secs(20), || child_run().is_some_and(|c| p.step_status(&c, "hold") == "waiting"));
+    p.wait_until("the child run to wait", Duration::from_secs(20), || {
+        child_run().is_some_and(|c| p.step_status(&c, "hold") == "waiting")
+    });
     let child_id = child_run().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     let (mut resumed, _) = p.spawn(&["resume", &run]);
     // The resumed engine drives the child too, so a signal to it is applied at once.
-    p.wait_until("the child to be driven again", Duration::from_secs(20), || {
-        p.json(&["runs", "list", "--interrupted"]).as_array().unwrap().is_empty()
-    });
+    p.wait_until(
+        "the child to be driven again",
+        Duration::from_secs(20),
+        || {
+            p.json(&["runs", "list", "--interrupted"])
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
     let out = p.run(&["signal", &child_id, "hold", "--data", "42"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(wait_exit(&mut resumed, Duration::from_secs(20)), 0);
     let v = p.run_json(&run);
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["steps"][1]["output"]["got"], 42);
     let children = p.json(&["runs", "list", "--workflow", "child"]);
-    assert_eq!(children.as_array().unwrap().len(), 1, "the child was re-attached, not started twice");
+    assert_eq!(
+        children.as_array().unwrap().len(),
+        1,
+        "the child was re-attached, not started twice"
+    );
 }
 
 #[test]
 fn bench_quick_reports_every_scenario() {
     let p = Plexus::new();
     let out = p.run(&["bench", "--quick", "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|s| s["scenario"].as_str().unwrap()).collect();
-    assert_eq!(names, ["sequential-40", "fanout-1000", "throughput-10k", "shell-100", "park-100k"]);
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "sequential-40",
+            "fanout-1000",
+            "throughput-10k",
+            "shell-100",
+            "park-100k"
+        ]
+    );
     for s in v.as_array().unwrap() {
         assert!(s["seconds"].as_f64().unwrap() > 0.0, "{s}");
         assert!(!s["baseline"].as_str().unwrap().is_empty());

@@ -207,7 +207,11 @@ fn timer_then_signal() {
 #[test]
 fn approval_prompt_on_a_terminal() {
     let p = Plexus::new();
-    let command = format!("{} run {}", env!("CARGO_BIN_EXE_plexus"), example("approval-gate.yaml"));
+    let command = format!(
+        "{} run {}",
+        env!("CARGO_BIN_EXE_plexus"),
+        example("approval-gate.yaml")
+    );
     let mut child = std::process::Command::new("script")
         .env("PLEXUS_DATA_DIR", p.data_dir())
         .env("XDG_CONFIG_HOME", p.dir.path().join("config"))
@@ -223,6 +227,9 @@ fn approval_prompt_on_a_terminal() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("approve? [y/N]"), "{text}");
     assert!(text.contains("restart approved by local"), "{text}");
-    assert!(text.contains("announce skipped: rejected by local"), "{text}");
+    assert!(
+        text.contains("announce skipped: rejected by local"),
+        "{text}"
+    );
     assert_eq!(out.status.code(), Some(0), "{text}");
 }

@@ -9,7 +9,9 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
     NewRun {
         id: id.into(),
         workflow: "wf".into(),
-        manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}, {id: b, run: 'true'}]\n".into(),
+        manifest:
+            "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}, {id: b, run: 'true'}]\n"
+                .into(),
         base_dir: Some("/tmp".into()),
         inputs: json!({"x": 1}),
         step_ids: vec!["a".into(), "b".into()],
@@ -21,7 +23,11 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
 }
 
 fn ev(seq: u64, kind: EventKind) -> Event {
-    Event { seq, time: 1_000 + seq, kind }
+    Event {
+        seq,
+        time: 1_000 + seq,
+        kind,
+    }
 }
 
 /// Runs every check; panics with a message naming the first broken behaviour.
@@ -35,10 +41,30 @@ pub async fn check_all(store: &dyn Store) {
 }
 
 async fn creates_runs_once(store: &dyn Store) {
-    assert!(store.create_run(run("00000000-0000-0000-0000-000000000001", None, 1)).await.unwrap());
-    assert!(!store.create_run(run("00000000-0000-0000-0000-000000000001", None, 2)).await.unwrap(), "second create is a no-op");
-    let steps = store.steps("00000000-0000-0000-0000-000000000001").await.unwrap();
-    assert_eq!(steps.iter().map(|s| (s.step_id.as_str(), s.status.as_str())).collect::<Vec<_>>(), [("a", "pending"), ("b", "pending")]);
+    assert!(
+        store
+            .create_run(run("00000000-0000-0000-0000-000000000001", None, 1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_run(run("00000000-0000-0000-0000-000000000001", None, 2))
+            .await
+            .unwrap(),
+        "second create is a no-op"
+    );
+    let steps = store
+        .steps("00000000-0000-0000-0000-000000000001")
+        .await
+        .unwrap();
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| (s.step_id.as_str(), s.status.as_str()))
+            .collect::<Vec<_>>(),
+        [("a", "pending"), ("b", "pending")]
+    );
 }
 
 async fn commits_events_and_rows_atomically(store: &dyn Store) {
@@ -46,12 +72,43 @@ async fn commits_events_and_rows_atomically(store: &dyn Store) {
     store.create_run(run(id, None, 10)).await.unwrap();
     let events = vec![
         ev(1, EventKind::RunStarted { inputs: json!({}) }),
-        ev(2, EventKind::StepStarted { step_id: "a".into(), item: None, attempt: 1, key: "k".into(), detail: json!(null) }),
-        ev(3, EventKind::StepSucceeded { step_id: "a".into(), item: None, attempt: 1, output: json!({"ok": true}) }),
-        ev(4, EventKind::StepSkipped { step_id: "b".into(), reason: "because".into() }),
-        ev(5, EventKind::RunSucceeded { outputs: json!({"n": 1}) }),
+        ev(
+            2,
+            EventKind::StepStarted {
+                step_id: "a".into(),
+                item: None,
+                attempt: 1,
+                key: "k".into(),
+                detail: json!(null),
+            },
+        ),
+        ev(
+            3,
+            EventKind::StepSucceeded {
+                step_id: "a".into(),
+                item: None,
+                attempt: 1,
+                output: json!({"ok": true}),
+            },
+        ),
+        ev(
+            4,
+            EventKind::StepSkipped {
+                step_id: "b".into(),
+                reason: "because".into(),
+            },
+        ),
+        ev(
+            5,
+            EventKind::RunSucceeded {
+                outputs: json!({"n": 1}),
+            },
+        ),
     ];
-    let batch = Batch { events: events.iter().cloned().map(|e| (id.to_owned(), e)).collect(), ..Default::default() };
+    let batch = Batch {
+        events: events.iter().cloned().map(|e| (id.to_owned(), e)).collect(),
+        ..Default::default()
+    };
     store.commit(batch).await.unwrap();
     let row = store.get_run(id).await.unwrap();
     assert_eq!(row.status, "succeeded");
@@ -65,34 +122,81 @@ async fn commits_events_and_rows_atomically(store: &dyn Store) {
     assert_eq!(steps[0].started_at, Some(1_002));
     assert_eq!(steps[1].status, "skipped");
     assert_eq!(steps[1].error.as_deref(), Some("because"));
-    assert_eq!(store.events(id, 0, 0).await.unwrap(), events, "events come back as written");
-    assert_eq!(store.events(id, 3, 1).await.unwrap(), events[3..4].to_vec(), "after and limit");
+    assert_eq!(
+        store.events(id, 0, 0).await.unwrap(),
+        events,
+        "events come back as written"
+    );
+    assert_eq!(
+        store.events(id, 3, 1).await.unwrap(),
+        events[3..4].to_vec(),
+        "after and limit"
+    );
 }
 
 async fn refuses_a_second_writer_of_the_same_event(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000003";
     store.create_run(run(id, None, 20)).await.unwrap();
-    let first = Batch { events: vec![(id.to_owned(), ev(1, EventKind::RunStarted { inputs: json!({}) }))], ..Default::default() };
+    let first = Batch {
+        events: vec![(
+            id.to_owned(),
+            ev(1, EventKind::RunStarted { inputs: json!({}) }),
+        )],
+        ..Default::default()
+    };
     store.commit(first).await.unwrap();
     // A batch that repeats seq 1 fails as a whole: its other event is not written either.
     let clash = Batch {
         events: vec![
-            (id.to_owned(), ev(2, EventKind::StepCancelled { step_id: "a".into() })),
-            (id.to_owned(), ev(1, EventKind::RunStarted { inputs: json!({}) })),
+            (
+                id.to_owned(),
+                ev(
+                    2,
+                    EventKind::StepCancelled {
+                        step_id: "a".into(),
+                    },
+                ),
+            ),
+            (
+                id.to_owned(),
+                ev(1, EventKind::RunStarted { inputs: json!({}) }),
+            ),
         ],
         ..Default::default()
     };
-    assert!(matches!(store.commit(clash).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.commit(clash).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.events(id, 0, 0).await.unwrap().len(), 1);
-    assert_eq!(store.steps(id).await.unwrap()[0].status, "pending", "rows roll back with the events");
+    assert_eq!(
+        store.steps(id).await.unwrap()[0].status,
+        "pending",
+        "rows roll back with the events"
+    );
 }
 
 async fn leases_decide_who_drives_a_run(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000004";
     store.create_run(run(id, Some("one"), 100)).await.unwrap();
-    assert!(!store.claim_run(id, "two", 20_000, 200, false).await.unwrap(), "a live lease is respected");
-    assert!(store.claim_run(id, "two", 20_000, 200, true).await.unwrap(), "force takes over");
-    assert!(store.claim_run(id, "three", 40_000, 30_000, false).await.unwrap(), "an expired lease is taken over");
+    assert!(
+        !store
+            .claim_run(id, "two", 20_000, 200, false)
+            .await
+            .unwrap(),
+        "a live lease is respected"
+    );
+    assert!(
+        store.claim_run(id, "two", 20_000, 200, true).await.unwrap(),
+        "force takes over"
+    );
+    assert!(
+        store
+            .claim_run(id, "three", 40_000, 30_000, false)
+            .await
+            .unwrap(),
+        "an expired lease is taken over"
+    );
     store.renew_leases("three", 90_000).await.unwrap();
     assert_eq!(store.get_run(id).await.unwrap().lease_until, Some(90_000));
     store.release_runs("three").await.unwrap();
@@ -102,25 +206,79 @@ async fn leases_decide_who_drives_a_run(store: &dyn Store) {
 
 async fn commands_wait_for_their_owner(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000005";
-    store.create_run(run(id, Some("driver"), 100)).await.unwrap();
-    let c = store.add_command(id, CommandKind::Signal, Some("a"), json!({"data": 7}), "alice", 150).await.unwrap();
-    assert!(store.pending_commands("someone-else").await.unwrap().is_empty());
+    store
+        .create_run(run(id, Some("driver"), 100))
+        .await
+        .unwrap();
+    let c = store
+        .add_command(
+            id,
+            CommandKind::Signal,
+            Some("a"),
+            json!({"data": 7}),
+            "alice",
+            150,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_commands("someone-else")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let pending = store.pending_commands("driver").await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!((pending[0].kind, pending[0].actor.as_str(), pending[0].data.clone()), (CommandKind::Signal, "alice", json!({"data": 7})));
-    store.commit(Batch { consumed: vec![(c, Some("refused".into()))], ..Default::default() }).await.unwrap();
+    assert_eq!(
+        (
+            pending[0].kind,
+            pending[0].actor.as_str(),
+            pending[0].data.clone()
+        ),
+        (CommandKind::Signal, "alice", json!({"data": 7}))
+    );
+    store
+        .commit(Batch {
+            consumed: vec![(c, Some("refused".into()))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(store.pending_commands("driver").await.unwrap().is_empty());
-    assert_eq!(store.command(c).await.unwrap().unwrap().result.as_deref(), Some("refused"));
+    assert_eq!(
+        store.command(c).await.unwrap().unwrap().result.as_deref(),
+        Some("refused")
+    );
 }
 
 async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
     let row = store.get_run("00000000-0000-0000-0000-00000000000").await;
     assert!(matches!(row, Err(StoreError::Ambiguous(_))));
-    assert!(matches!(store.get_run("not-a-run").await, Err(StoreError::RunNotFound(_))));
-    assert!(matches!(store.get_run("ffff").await, Err(StoreError::RunNotFound(_))));
-    let done = store.list_runs(RunFilter { status: Some("succeeded".into()), ..Default::default() }).await.unwrap();
+    assert!(matches!(
+        store.get_run("not-a-run").await,
+        Err(StoreError::RunNotFound(_))
+    ));
+    assert!(matches!(
+        store.get_run("ffff").await,
+        Err(StoreError::RunNotFound(_))
+    ));
+    let done = store
+        .list_runs(RunFilter {
+            status: Some("succeeded".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(done.len(), 1);
-    let active = store.list_runs(RunFilter { active: true, limit: 2, ..Default::default() }).await.unwrap();
+    let active = store
+        .list_runs(RunFilter {
+            active: true,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(active.len(), 2, "limit applies");
     assert!(active.iter().all(|r| r.status != "succeeded"));
 }

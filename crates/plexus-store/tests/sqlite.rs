@@ -28,8 +28,18 @@ async fn a_database_from_a_newer_plexus_is_refused() {
     let path = dir.path().join("plexus.db");
     drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)", []).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)",
+        [],
+    )
+    .unwrap();
     drop(conn);
-    let err = SqliteStore::open(&path, SqliteOptions::default()).err().expect("refused");
-    assert!(err.to_string().contains("newer than this plexus understands"), "{err}");
+    let err = SqliteStore::open(&path, SqliteOptions::default())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("newer than this plexus understands"),
+        "{err}"
+    );
 }

@@ -254,7 +254,10 @@ async fn run_inner(
         .ok()
         .filter(|b| !b.iter().all(u8::is_ascii_whitespace));
     // Usually the scratch space is two empty directories: two syscalls, not a tree walk.
-    if std::fs::remove_dir(&artifacts_dir).and_then(|()| std::fs::remove_dir(&dir)).is_err() {
+    if std::fs::remove_dir(&artifacts_dir)
+        .and_then(|()| std::fs::remove_dir(&dir))
+        .is_err()
+    {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
