@@ -11,9 +11,12 @@ fn write(p: &Plexus, name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Whether the process exists and is not a zombie waiting to be reaped.
 fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
 }
 
 fn read_pid(path: &std::path::Path) -> i32 {
@@ -215,4 +218,34 @@ fn bad_inputs_and_invalid_manifests_exit_2() {
         "version: plexus/v1\nname: bad\nsteps: [{id: a}]\n",
     );
     assert_eq!(p.run(&["run", &bad]).status.code(), Some(2));
+}
+
+/// `kill -9` leaves the attempt's process group running; `plexus resume` stops it before
+/// it starts the new attempt, so the two never race.
+#[test]
+fn resume_kills_what_the_dead_engine_left_running() {
+    let p = Plexus::new();
+    let pidfile = p.dir.path().join("first.pid");
+    let flow = write(
+        &p,
+        "leftover.yaml",
+        &format!(
+            "version: plexus/v1\nname: leftover\nsteps:\n- id: work\n  run: |\n    if [ \"$PLEXUS_ATTEMPT\" = 1 ]; then sleep 60 & echo $! > {}; wait; fi\n    echo attempt $PLEXUS_ATTEMPT\n",
+            pidfile.display()
+        ),
+    );
+    let (mut child, run) = p.spawn(&["run", &flow]);
+    p.wait_until("the first attempt's process", Duration::from_secs(20), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let sleeper = read_pid(&pidfile);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(sleeper), "kill -9 of the engine does not reach the step's group");
+    let out = p.run(&["resume", &run, "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["steps"][0]["output"]["stdout"], "attempt 2\n");
+    p.wait_until("the leftover to be gone", Duration::from_secs(5), || !alive(sleeper));
 }

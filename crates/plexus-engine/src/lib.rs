@@ -131,6 +131,13 @@ pub(crate) enum Msg {
         finished: exec::process::Finished,
     },
     Commands(Vec<plexus_store::Command>),
+    Spawned {
+        run_id: RunId,
+        unit: plexus_core::machine::Unit,
+        attempt: u32,
+        pgid: i32,
+        start_ticks: u64,
+    },
     ChildEnded {
         parent: ParentRef,
         outcome: plexus_core::machine::Outcome,
@@ -282,6 +289,16 @@ impl Engine {
                 run: row.id.clone(),
                 owner: row.owner.unwrap_or_default(),
             });
+        }
+        let leftovers = self.store.processes(&row.id).await?;
+        if !leftovers.is_empty() {
+            exec::leftovers::kill(&leftovers, &owner::hostname());
+            self.store
+                .commit(plexus_store::Batch {
+                    processes_done: leftovers,
+                    ..Default::default()
+                })
+                .await?;
         }
         let file = format!("(stored manifest of run {})", row.id);
         let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options())

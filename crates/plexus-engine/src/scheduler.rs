@@ -31,6 +31,7 @@ struct InFlight {
 
 struct Loop {
     engine: Engine,
+    host: String,
     settings: process::ProcessSettings,
     runs: HashMap<RunId, Active>,
     pools: Pools,
@@ -56,6 +57,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {
         engine,
+        host: crate::owner::hostname(),
         settings,
         runs: HashMap::new(),
         pools,
@@ -222,6 +224,25 @@ impl Loop {
                     }
                 }
             }
+            Msg::Spawned {
+                run_id,
+                unit,
+                attempt,
+                pgid,
+                start_ticks,
+            } => {
+                if let Some(active) = self.runs.get(&run_id) {
+                    self.batch.processes.push(plexus_store::ProcessRecord {
+                        run_id: run_id.to_string(),
+                        step_id: active.state.plan.step(unit.step).id.clone(),
+                        item: unit.item,
+                        attempt,
+                        host: self.host.clone(),
+                        pgid,
+                        start_ticks,
+                    });
+                }
+            }
             Msg::AttemptDone {
                 run_id,
                 unit,
@@ -229,6 +250,19 @@ impl Loop {
                 finished,
             } => {
                 self.running.remove(&(run_id.clone(), unit));
+                if finished.spawned
+                    && let Some(active) = self.runs.get(&run_id)
+                {
+                    self.batch.processes_done.push(plexus_store::ProcessRecord {
+                        run_id: run_id.to_string(),
+                        step_id: active.state.plan.step(unit.step).id.clone(),
+                        item: unit.item,
+                        attempt,
+                        host: String::new(),
+                        pgid: 0,
+                        start_ticks: 0,
+                    });
+                }
                 self.pools.release(&run_id, unit);
                 self.grant();
                 if let Some(active) = self.runs.get(&run_id) {
@@ -377,9 +411,28 @@ impl Loop {
                     let logs =
                         (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone());
                     tokio::spawn(async move {
-                        let finished =
-                            process::run(&task, run.clone(), &base_dir, &settings, logs, kill_rx)
-                                .await;
+                        let (spawned_tx, spawned_run, unit, attempt) =
+                            (tx.clone(), run.clone(), task.unit, task.attempt);
+                        // Sent before the attempt can finish, so the record precedes its removal.
+                        let on_spawn = move |pgid, start_ticks| {
+                            let _ = spawned_tx.try_send(Msg::Spawned {
+                                run_id: spawned_run,
+                                unit,
+                                attempt,
+                                pgid,
+                                start_ticks,
+                            });
+                        };
+                        let finished = process::run(
+                            &task,
+                            run.clone(),
+                            &base_dir,
+                            &settings,
+                            logs,
+                            kill_rx,
+                            on_spawn,
+                        )
+                        .await;
                         let _ = tx
                             .send(Msg::AttemptDone {
                                 run_id: run,

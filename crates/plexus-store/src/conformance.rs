@@ -38,6 +38,37 @@ pub async fn check_all(store: &dyn Store) {
     leases_decide_who_drives_a_run(store).await;
     commands_wait_for_their_owner(store).await;
     finds_runs_by_prefix_and_filters(store).await;
+    remembers_running_processes(store).await;
+}
+
+async fn remembers_running_processes(store: &dyn Store) {
+    let id = "00000000-0000-0000-0000-000000000006";
+    store.create_run(run(id, None, 300)).await.unwrap();
+    let rec = |step: &str, item: Option<u32>| ProcessRecord {
+        run_id: id.into(),
+        step_id: step.into(),
+        item,
+        attempt: 1,
+        host: "h".into(),
+        pgid: 4242,
+        start_ticks: 99,
+    };
+    let batch = Batch {
+        processes: vec![rec("a", None), rec("b", Some(3))],
+        ..Default::default()
+    };
+    store.commit(batch).await.unwrap();
+    let mut found = store.processes(id).await.unwrap();
+    found.sort_by(|x, y| x.step_id.cmp(&y.step_id));
+    assert_eq!(found, vec![rec("a", None), rec("b", Some(3))]);
+    store
+        .commit(Batch {
+            processes_done: vec![rec("b", Some(3))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.processes(id).await.unwrap(), vec![rec("a", None)]);
 }
 
 async fn creates_runs_once(store: &dyn Store) {

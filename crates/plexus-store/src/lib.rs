@@ -153,17 +153,37 @@ pub struct Artifact {
     pub size: u64,
 }
 
+/// The process group of a running attempt (see [`Store::processes`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessRecord {
+    pub run_id: String,
+    pub step_id: String,
+    pub item: Option<u32>,
+    pub attempt: u32,
+    pub host: String,
+    pub pgid: i32,
+    /// The leader's start time in clock ticks since boot, so a reused pid is not mistaken.
+    pub start_ticks: u64,
+}
+
 /// One group commit: everything the engine learnt during one tick, across runs.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub events: Vec<(String, Event)>,
     pub consumed: Vec<(i64, Option<String>)>,
     pub artifacts: Vec<Artifact>,
+    pub processes: Vec<ProcessRecord>,
+    /// Attempts whose process ended (only the key fields are used).
+    pub processes_done: Vec<ProcessRecord>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.consumed.is_empty() && self.artifacts.is_empty()
+        self.events.is_empty()
+            && self.consumed.is_empty()
+            && self.artifacts.is_empty()
+            && self.processes.is_empty()
+            && self.processes_done.is_empty()
     }
 }
 
@@ -207,4 +227,6 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;
     async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>>;
+    /// Attempt processes recorded as running for a run.
+    async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_processes.sql")),
+];
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -386,6 +389,38 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
             "INSERT OR REPLACE INTO artifacts (sha256, run_id, step_id, attempt, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(db_err)?;
+    let mut add_process = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO processes (run_id, step_id, item, attempt, host, pgid, start_ticks) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db_err)?;
+    for p in &batch.processes {
+        add_process
+            .execute(params![
+                p.run_id,
+                p.step_id,
+                p.item.map_or(-1, i64::from),
+                p.attempt,
+                p.host,
+                p.pgid,
+                p.start_ticks as i64
+            ])
+            .map_err(db_err)?;
+    }
+    let mut forget_process = conn
+        .prepare_cached("DELETE FROM processes WHERE run_id = ?1 AND step_id = ?2 AND item = ?3 AND attempt = ?4")
+        .map_err(db_err)?;
+    for p in &batch.processes_done {
+        forget_process
+            .execute(params![
+                p.run_id,
+                p.step_id,
+                p.item.map_or(-1, i64::from),
+                p.attempt
+            ])
+            .map_err(db_err)?;
+    }
     for a in &batch.artifacts {
         artifact
             .execute(params![
@@ -691,6 +726,33 @@ impl Store for SqliteStore {
             conn.query_row(&sql, [id], command_from_row)
                 .optional()
                 .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT run_id, step_id, item, attempt, host, pgid, start_ticks FROM processes WHERE run_id = ?1")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([&run_id], |r| {
+                    let item: i64 = r.get(2)?;
+                    Ok(ProcessRecord {
+                        run_id: r.get(0)?,
+                        step_id: r.get(1)?,
+                        item: u32::try_from(item).ok(),
+                        attempt: r.get::<_, i64>(3)? as u32,
+                        host: r.get(4)?,
+                        pgid: r.get(5)?,
+                        start_ticks: r.get::<_, i64>(6)? as u64,
+                    })
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
         })
         .await
     }

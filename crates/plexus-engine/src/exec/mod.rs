@@ -2,6 +2,7 @@
 //! shell and python steps run as subprocesses in their own process group.
 
 pub mod artifacts;
+pub mod leftovers;
 pub mod process;
 
 use plexus_core::machine::{Outcome, Work};

@@ -40,6 +40,8 @@ pub struct LogChunk {
 pub struct Finished {
     pub outcome: Outcome,
     pub artifacts: Vec<Collected>,
+    /// Whether a process was started (and so recorded in the store).
+    pub spawned: bool,
 }
 
 struct Captured {
@@ -109,7 +111,8 @@ fn attempt_dir(settings: &ProcessSettings, task: &Task, run_id: &str) -> PathBuf
         .join(format!("{}.{item}.{}", task.step_id, task.attempt))
 }
 
-/// Runs one attempt to the end. `kill` stops it (and its whole process group) early.
+/// Runs one attempt to the end. `kill` stops it (and its whole process group) early;
+/// `on_spawn` learns the process group as soon as it exists.
 pub async fn run(
     task: &Task,
     run_id: std::sync::Arc<str>,
@@ -117,10 +120,22 @@ pub async fn run(
     settings: &ProcessSettings,
     logs: Option<broadcast::Sender<LogChunk>>,
     kill: oneshot::Receiver<()>,
+    on_spawn: impl FnOnce(i32, u64) + Send,
 ) -> Finished {
-    match run_inner(task, run_id, base_dir, settings, logs, kill).await {
-        Ok(f) => f,
+    let spawned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = spawned.clone();
+    let on_spawn = move |pgid, ticks| {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        on_spawn(pgid, ticks)
+    };
+    let spawned = move || spawned.load(std::sync::atomic::Ordering::Relaxed);
+    match run_inner(task, run_id, base_dir, settings, logs, kill, on_spawn).await {
+        Ok(f) => Finished {
+            spawned: spawned(),
+            ..f
+        },
         Err(e) => Finished {
+            spawned: spawned(),
             outcome: Outcome::Failure {
                 error: e,
                 output: Json::Null,
@@ -137,6 +152,7 @@ async fn run_inner(
     settings: &ProcessSettings,
     logs: Option<broadcast::Sender<LogChunk>>,
     kill: oneshot::Receiver<()>,
+    on_spawn: impl FnOnce(i32, u64) + Send,
 ) -> Result<Finished, String> {
     let dir = attempt_dir(settings, task, &run_id);
     let artifacts_dir = dir.join("artifacts");
@@ -195,6 +211,9 @@ async fn run_inner(
         _ => format!("cannot start the command in {}: {e}", cwd.display()),
     })?;
     let pgid = child.id().map_or(0, |p| p as i32);
+    if let Some(ticks) = super::leftovers::start_ticks(pgid) {
+        on_spawn(pgid, ticks);
+    }
     let log = |stderr: bool| {
         logs.clone().map(|tx| {
             (
@@ -274,6 +293,7 @@ async fn run_inner(
                 output,
             },
             artifacts: collected,
+            spawned: true,
         });
     }
     let status = status.ok_or("the process could not be waited for")?;
@@ -298,6 +318,7 @@ async fn run_inner(
         return Ok(Finished {
             outcome: Outcome::Failure { error, output },
             artifacts: collected,
+            spawned: true,
         });
     }
     if let Some(bytes) = custom_output {
@@ -305,6 +326,7 @@ async fn run_inner(
             Ok(v) => Finished {
                 outcome: Outcome::Success(v),
                 artifacts: collected,
+                spawned: true,
             },
             Err(e) => Finished {
                 outcome: Outcome::Failure {
@@ -312,11 +334,13 @@ async fn run_inner(
                     output,
                 },
                 artifacts: collected,
+                spawned: true,
             },
         });
     }
     Ok(Finished {
         outcome: Outcome::Success(output),
         artifacts: collected,
+        spawned: true,
     })
 }
