@@ -269,49 +269,30 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                     .with_context(|| format!("--data is not valid JSON: {d}"))?,
                 None => Json::Null,
             };
-            let store: Arc<dyn Store> = settings.open_store()?;
-            let actor = cmd_run::local_user();
-            cmd_runs::control(
-                store,
-                &run,
-                CommandKind::Signal,
-                Some(&step),
-                json!({"data": data}),
-                &actor,
-                &settings,
-                format,
-            )
-            .await
+            let data = json!({ "data": data });
+            control(&settings, &run, CommandKind::Signal, &step, data, format).await
         }
         Command::Approve { run, step, comment } => {
-            let store: Arc<dyn Store> = settings.open_store()?;
-            let actor = cmd_run::local_user();
-            cmd_runs::control(
-                store,
-                &run,
-                CommandKind::Approve,
-                Some(&step),
-                json!({"comment": comment}),
-                &actor,
-                &settings,
-                format,
-            )
-            .await
+            let data = json!({ "comment": comment });
+            control(&settings, &run, CommandKind::Approve, &step, data, format).await
         }
         Command::Reject { run, step, comment } => {
-            let store: Arc<dyn Store> = settings.open_store()?;
-            let actor = cmd_run::local_user();
-            cmd_runs::control(
-                store,
-                &run,
-                CommandKind::Reject,
-                Some(&step),
-                json!({"comment": comment}),
-                &actor,
-                &settings,
-                format,
-            )
-            .await
+            let data = json!({ "comment": comment });
+            control(&settings, &run, CommandKind::Reject, &step, data, format).await
         }
     }
+}
+
+/// Signal, approve or reject a step as the local user.
+async fn control(
+    settings: &config::Settings,
+    run: &str,
+    kind: CommandKind,
+    step: &str,
+    data: Json,
+    format: Format,
+) -> Result<i32> {
+    let store: Arc<dyn Store> = settings.open_store()?;
+    let actor = cmd_run::local_user();
+    cmd_runs::control(store, run, kind, Some(step), data, &actor, settings, format).await
 }

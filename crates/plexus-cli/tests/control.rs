@@ -207,3 +207,30 @@ fn bench_quick_reports_every_scenario() {
         assert!(!s["baseline"].as_str().unwrap().is_empty());
     }
 }
+
+#[test]
+fn resume_refuses_a_run_another_live_process_drives() {
+    let p = Plexus::new();
+    let flow = write(
+        &p,
+        "hold.yaml",
+        "version: plexus/v1\nname: hold\nsteps:\n- {id: hold, wait: {signal: go}}\n",
+    );
+    let (mut child, run) = p.spawn(&["run", flow.to_str().unwrap()]);
+    p.wait_until("hold waiting", Duration::from_secs(20), || {
+        p.step_status(&run, "hold") == "waiting"
+    });
+    let out = p.run(&["resume", &run]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is being driven by another process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signal = p.run(&["signal", &run, "hold", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&signal.stdout).unwrap();
+    assert_eq!(v["outcome"], "applied");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    let finished = p.run(&["resume", &run]);
+    assert!(String::from_utf8_lossy(&finished.stderr).contains("is already succeeded"));
+}

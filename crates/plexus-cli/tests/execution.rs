@@ -14,7 +14,12 @@ fn write(p: &Plexus, name: &str, text: &str) -> String {
 /// Whether the process exists and is not a zombie waiting to be reaped.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -235,17 +240,28 @@ fn resume_kills_what_the_dead_engine_left_running() {
         ),
     );
     let (mut child, run) = p.spawn(&["run", &flow]);
-    p.wait_until("the first attempt's process", Duration::from_secs(20), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
-    });
+    p.wait_until(
+        "the first attempt's process",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')),
+    );
     let sleeper = read_pid(&pidfile);
     child.kill().unwrap();
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(alive(sleeper), "kill -9 of the engine does not reach the step's group");
+    assert!(
+        alive(sleeper),
+        "kill -9 of the engine does not reach the step's group"
+    );
     let out = p.run(&["resume", &run, "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["steps"][0]["output"]["stdout"], "attempt 2\n");
-    p.wait_until("the leftover to be gone", Duration::from_secs(5), || !alive(sleeper));
+    p.wait_until("the leftover to be gone", Duration::from_secs(5), || {
+        !alive(sleeper)
+    });
 }

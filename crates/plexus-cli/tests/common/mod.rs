@@ -66,14 +66,17 @@ impl Plexus {
             .expect("spawn plexus");
         let stderr = child.stderr.take().expect("stderr");
         let mut reader = BufReader::new(stderr);
+        // The first line that starts with `run ` names the run (log lines may come first).
         let mut line = String::new();
-        reader.read_line(&mut line).expect("first line");
-        let id = line
-            .split_whitespace()
-            .nth(1)
-            .filter(|_| line.starts_with("run "))
-            .unwrap_or_else(|| panic!("expected `run ID ...`, got {line:?}"))
-            .to_owned();
+        let id = loop {
+            line.clear();
+            if reader.read_line(&mut line).expect("stderr line") == 0 {
+                panic!("plexus ended without announcing a run");
+            }
+            if let Some(rest) = line.strip_prefix("run ") {
+                break rest.split_whitespace().next().expect("run id").to_owned();
+            }
+        };
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();

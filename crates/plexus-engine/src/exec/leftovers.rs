@@ -22,7 +22,7 @@ pub fn kill(records: &[ProcessRecord], host: &str) -> usize {
             unsafe {
                 libc::killpg(r.pgid, libc::SIGKILL);
             }
-            tracing::warn!(run = %r.run_id, step = %r.step_id, attempt = r.attempt, pgid = r.pgid, "killed a process group left by a stopped engine");
+            tracing::info!(run = %r.run_id, step = %r.step_id, attempt = r.attempt, pgid = r.pgid, "killed a process group left by a stopped engine");
             killed += 1;
         }
     }

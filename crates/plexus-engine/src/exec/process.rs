@@ -122,20 +122,24 @@ pub async fn run(
     kill: oneshot::Receiver<()>,
     on_spawn: impl FnOnce(i32, u64) + Send,
 ) -> Finished {
-    let spawned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = spawned.clone();
-    let on_spawn = move |pgid, ticks| {
-        flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        on_spawn(pgid, ticks)
-    };
-    let spawned = move || spawned.load(std::sync::atomic::Ordering::Relaxed);
-    match run_inner(task, run_id, base_dir, settings, logs, kill, on_spawn).await {
-        Ok(f) => Finished {
-            spawned: spawned(),
-            ..f
+    let mut spawned = false;
+    let result = run_inner(
+        task,
+        run_id,
+        base_dir,
+        settings,
+        logs,
+        kill,
+        |pgid, ticks| {
+            spawned = true;
+            on_spawn(pgid, ticks)
         },
+    )
+    .await;
+    match result {
+        Ok(f) => Finished { spawned, ..f },
         Err(e) => Finished {
-            spawned: spawned(),
+            spawned,
             outcome: Outcome::Failure {
                 error: e,
                 output: Json::Null,
@@ -152,7 +156,7 @@ async fn run_inner(
     settings: &ProcessSettings,
     logs: Option<broadcast::Sender<LogChunk>>,
     kill: oneshot::Receiver<()>,
-    on_spawn: impl FnOnce(i32, u64) + Send,
+    on_spawn: impl FnOnce(i32, u64),
 ) -> Result<Finished, String> {
     let dir = attempt_dir(settings, task, &run_id);
     let artifacts_dir = dir.join("artifacts");
