@@ -19,7 +19,7 @@ async fn reopening_keeps_everything_and_migrations_run_once() {
     }
     let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
     let runs = store.list_runs(Default::default()).await.unwrap();
-    assert_eq!(runs.len(), 5);
+    assert_eq!(runs.len(), 6, "every run the suite created is still there");
 }
 
 #[tokio::test]
