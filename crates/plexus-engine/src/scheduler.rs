@@ -29,9 +29,14 @@ struct InFlight {
     events: usize,
 }
 
+/// See [`Loop::records_due`].
+const LAZY_RECORDS: Duration = Duration::from_millis(50);
+
 struct Loop {
     engine: Engine,
     host: String,
+    /// When the first process record of the open batch arrived.
+    lazy_since: Option<Instant>,
     settings: process::ProcessSettings,
     runs: HashMap<RunId, Active>,
     pools: Pools,
@@ -58,6 +63,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
     let lp = Loop {
         engine,
         host: crate::owner::hostname(),
+        lazy_since: None,
         settings,
         runs: HashMap::new(),
         pools,
@@ -93,6 +99,7 @@ impl Loop {
                 .timers
                 .next_at()
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            let records_due = self.records_due().filter(|_| self.inflight.is_none());
             tokio::select! {
                 result = async { (&mut self.inflight.as_mut().expect("guarded").handle).await }, if self.inflight.is_some() => {
                     let done = self.inflight.take().expect("guarded");
@@ -127,6 +134,7 @@ impl Loop {
                         let _ = self.apply(&due.run, input);
                     }
                 }
+                _ = tokio::time::sleep_until(records_due.unwrap_or_else(Instant::now).into()), if records_due.is_some() => {}
                 _ = poll.tick() => self.poll_commands(),
                 _ = lease.tick() => self.renew_leases(),
             }
@@ -155,9 +163,21 @@ impl Loop {
     }
 
     /// Starts a commit of the open batch, or performs eventless actions right away.
+    /// When only process records are waiting, they are committed after this delay at the
+    /// latest; usually they ride along with the next events, costing no commit of their own.
+    fn records_due(&self) -> Option<Instant> {
+        let lazy = self.batch.events.is_empty()
+            && self.batch.consumed.is_empty()
+            && self.batch.artifacts.is_empty();
+        (lazy && !self.batch.is_empty())
+            .then(|| self.lazy_since.unwrap_or_else(Instant::now) + LAZY_RECORDS)
+    }
+
     fn flush(&mut self) {
         while self.inflight.is_none() {
-            if !self.batch.is_empty() {
+            let wait_for_more = self.records_due().is_some_and(|due| due > Instant::now());
+            if !self.batch.is_empty() && !wait_for_more {
+                self.lazy_since = None;
                 let batch = std::mem::take(&mut self.batch);
                 let events = batch.events.len();
                 let store = Arc::clone(&self.engine.store);
@@ -232,6 +252,7 @@ impl Loop {
                 start_ticks,
             } => {
                 if let Some(active) = self.runs.get(&run_id) {
+                    self.lazy_since.get_or_insert_with(Instant::now);
                     self.batch.processes.push(plexus_store::ProcessRecord {
                         run_id: run_id.to_string(),
                         step_id: active.state.plan.step(unit.step).id.clone(),
