@@ -246,9 +246,11 @@ fn resume_kills_what_the_dead_engine_left_running() {
         || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')),
     );
     let sleeper = read_pid(&pidfile);
+    // The group is recorded with the next commit, 50 ms after the start at the latest.
+    std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(100));
     assert!(
         alive(sleeper),
         "kill -9 of the engine does not reach the step's group"
