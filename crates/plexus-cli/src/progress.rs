@@ -22,7 +22,8 @@ const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "�
 impl Progress {
     pub fn new(total: usize, already_done: usize) -> Self {
         Progress {
-            tty: std::io::stderr().is_terminal(),
+            // Redraw in place only when a person watches both streams; plain lines otherwise.
+            tty: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
             total,
             done: already_done,
             running: BTreeSet::new(),
