@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 struct Active {
     state: RunState,
@@ -22,7 +21,8 @@ struct Active {
 }
 
 struct InFlight {
-    handle: JoinHandle<Result<(), StoreError>>,
+    /// Polled by the loop itself (not spawned): one wake-up less per commit.
+    commit: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>,
     actions: Vec<(RunId, Action)>,
     notices: Vec<Notice>,
     started: Instant,
@@ -101,9 +101,8 @@ impl Loop {
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
             let records_due = self.records_due().filter(|_| self.inflight.is_none());
             tokio::select! {
-                result = async { (&mut self.inflight.as_mut().expect("guarded").handle).await }, if self.inflight.is_some() => {
+                result = async { (&mut self.inflight.as_mut().expect("guarded").commit).await }, if self.inflight.is_some() => {
                     let done = self.inflight.take().expect("guarded");
-                    let result = result.unwrap_or_else(|e| Err(StoreError::Db(format!("commit task failed: {e}"))));
                     if let Err(e) = result {
                         self.fatal(e);
                         return;
@@ -182,7 +181,7 @@ impl Loop {
                 let events = batch.events.len();
                 let store = Arc::clone(&self.engine.store);
                 self.inflight = Some(InFlight {
-                    handle: tokio::spawn(async move { store.commit(batch).await }),
+                    commit: Box::pin(async move { store.commit(batch).await }),
                     actions: std::mem::take(&mut self.actions),
                     notices: std::mem::take(&mut self.notices),
                     started: Instant::now(),
