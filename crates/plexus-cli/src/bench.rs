@@ -187,6 +187,8 @@ impl Bench {
             manifest_text: yaml,
             base_dir: self.dir.clone(),
             inputs: json!({}),
+            idempotency_key: None,
+            workflow_version: None,
         };
         Ok(self.engine.submit(sub).await?)
     }

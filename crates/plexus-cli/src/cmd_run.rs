@@ -88,6 +88,8 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             manifest_text: text,
             base_dir,
             inputs: Json::Object(inputs),
+            idempotency_key: None,
+            workflow_version: None,
         })
         .await?;
     eprintln!("run {run_id} started: workflow {name}, {total} steps");

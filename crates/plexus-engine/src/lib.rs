@@ -165,6 +165,9 @@ pub struct Submission {
     pub base_dir: PathBuf,
     /// Inputs already checked with [`plexus_core::parse::resolve_inputs`].
     pub inputs: Json,
+    /// The same key returns the run it first created instead of starting another.
+    pub idempotency_key: Option<String>,
+    pub workflow_version: Option<u32>,
 }
 
 pub fn now_ms() -> Millis {
@@ -221,12 +224,19 @@ impl Engine {
             .map_err(|_| EngineError::Stopped("the scheduler is not running".into()))
     }
 
-    /// Creates and starts a run; returns its id once the run is recorded.
+    /// Creates and starts a run; returns its id once the run is recorded. With an
+    /// idempotency key already used, returns that run's id and starts nothing.
     pub async fn submit(&self, sub: Submission) -> Result<String, EngineError> {
+        if let Some(key) = &sub.idempotency_key
+            && let Some(existing) = self.store.find_run_by_key(key).await?
+        {
+            return Ok(existing.id);
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         let plan = sub.plan;
-        self.store
+        let created = self
+            .store
             .create_run(NewRun {
                 id: id.clone(),
                 workflow: plan.manifest.name.clone(),
@@ -238,8 +248,18 @@ impl Engine {
                 owner: Some(self.config.owner.clone()),
                 lease_until: Some(now + self.config.lease.as_millis() as u64),
                 created_at: now,
+                idempotency_key: sub.idempotency_key.clone(),
+                workflow_version: sub.workflow_version,
             })
             .await?;
+        if !created {
+            // Another submission with the same key won the race.
+            let key = sub.idempotency_key.unwrap_or_default();
+            let existing = self.store.find_run_by_key(&key).await?;
+            return existing
+                .map(|r| r.id)
+                .ok_or_else(|| EngineError::NotActive(id));
+        }
         let state = RunState::new(id.clone(), plan, sub.inputs);
         let (reply, done) = oneshot::channel();
         self.send(Msg::Adopt {

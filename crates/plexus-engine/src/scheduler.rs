@@ -676,6 +676,8 @@ async fn prepare_child(
             owner: Some(engine.config.owner.clone()),
             lease_until: Some(now + engine.config.lease.as_millis() as u64),
             created_at: now,
+            idempotency_key: None,
+            workflow_version: None,
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -19,6 +19,8 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
         owner: owner.map(str::to_owned),
         lease_until: owner.map(|_| now + 10_000),
         created_at: now,
+        idempotency_key: None,
+        workflow_version: None,
     }
 }
 
@@ -39,6 +41,74 @@ pub async fn check_all(store: &dyn Store) {
     commands_wait_for_their_owner(store).await;
     finds_runs_by_prefix_and_filters(store).await;
     remembers_running_processes(store).await;
+    versions_workflows(store).await;
+    finds_runs_by_idempotency_key(store).await;
+}
+
+async fn versions_workflows(store: &dyn Store) {
+    let (v1, new) = store.put_workflow("deploy", "v: 1", 10).await.unwrap();
+    assert_eq!((v1.version, new), (1, true));
+    let (same, new) = store.put_workflow("deploy", "v: 1", 11).await.unwrap();
+    assert_eq!(
+        (same.version, new),
+        (1, false),
+        "applying the same text again is not a new version"
+    );
+    let (v2, _) = store.put_workflow("deploy", "v: 2", 12).await.unwrap();
+    assert_eq!(v2.version, 2);
+    store.put_workflow("audit", "a", 13).await.unwrap();
+    assert_eq!(
+        store
+            .get_workflow("deploy", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .manifest,
+        "v: 2"
+    );
+    assert_eq!(
+        store
+            .get_workflow("deploy", Some(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .manifest,
+        "v: 1"
+    );
+    let names: Vec<(String, u32)> = store
+        .list_workflows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.name, w.version))
+        .collect();
+    assert_eq!(names, [("audit".to_owned(), 1), ("deploy".to_owned(), 2)]);
+    assert!(store.delete_workflow("deploy", 14).await.unwrap());
+    assert!(
+        !store.delete_workflow("deploy", 15).await.unwrap(),
+        "already deleted"
+    );
+    assert!(store.get_workflow("deploy", None).await.unwrap().is_none());
+    let (v3, _) = store.put_workflow("deploy", "v: 2", 16).await.unwrap();
+    assert_eq!(
+        v3.version, 3,
+        "a deleted name comes back with a new version"
+    );
+}
+
+async fn finds_runs_by_idempotency_key(store: &dyn Store) {
+    let mut first = run("00000000-0000-0000-0000-000000000007", None, 400);
+    first.idempotency_key = Some("order-1".into());
+    assert!(store.create_run(first).await.unwrap());
+    let mut again = run("00000000-0000-0000-0000-000000000008", None, 401);
+    again.idempotency_key = Some("order-1".into());
+    assert!(
+        !store.create_run(again).await.unwrap(),
+        "a second run with the same key is not created"
+    );
+    let found = store.find_run_by_key("order-1").await.unwrap().unwrap();
+    assert_eq!(found.id, "00000000-0000-0000-0000-000000000007");
+    assert!(store.find_run_by_key("order-2").await.unwrap().is_none());
 }
 
 async fn remembers_running_processes(store: &dyn Store) {

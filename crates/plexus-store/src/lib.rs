@@ -57,6 +57,18 @@ pub struct NewRun {
     pub owner: Option<String>,
     pub lease_until: Option<Millis>,
     pub created_at: Millis,
+    /// Starting again with the same key finds this run instead of creating another.
+    pub idempotency_key: Option<String>,
+    pub workflow_version: Option<u32>,
+}
+
+/// One version of a workflow definition applied through the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkflowRow {
+    pub name: String,
+    pub version: u32,
+    pub manifest: String,
+    pub created_at: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -227,6 +239,19 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;
     async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>>;
+    async fn find_run_by_key(&self, idempotency_key: &str) -> Result<Option<RunRow>>;
+    /// Stores a workflow definition; a new version unless it equals the newest one.
+    /// Returns the stored row and whether a new version was created.
+    async fn put_workflow(
+        &self,
+        name: &str,
+        manifest: &str,
+        now: Millis,
+    ) -> Result<(WorkflowRow, bool)>;
+    async fn get_workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowRow>>;
+    /// The newest version of every workflow that is not deleted.
+    async fn list_workflows(&self) -> Result<Vec<WorkflowRow>>;
+    async fn delete_workflow(&self, name: &str, now: Millis) -> Result<bool>;
     /// Attempt processes recorded as running for a run.
     async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 }

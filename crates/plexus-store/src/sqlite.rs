@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_processes.sql")),
+    (3, include_str!("../migrations/sqlite/0003_workflows.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -455,6 +456,28 @@ fn command_from_row(r: &Row) -> rusqlite::Result<Command> {
     })
 }
 
+fn workflow_from_row(r: &Row) -> rusqlite::Result<WorkflowRow> {
+    Ok(WorkflowRow {
+        name: r.get(0)?,
+        version: r.get::<_, i64>(1)? as u32,
+        manifest: r.get(2)?,
+        created_at: r.get::<_, i64>(3)? as u64,
+    })
+}
+
+/// A version of a workflow (the newest when `version` is `None`), unless deleted.
+fn workflow_row(
+    conn: &Connection,
+    name: &str,
+    version: Option<u32>,
+) -> Result<Option<WorkflowRow>> {
+    let sql = "SELECT name, version, manifest, created_at FROM workflows \
+               WHERE name = ?1 AND deleted_at IS NULL AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1";
+    conn.query_row(sql, params![name, version], workflow_from_row)
+        .optional()
+        .map_err(db_err)
+}
+
 const COMMAND_COLUMNS: &str =
     "c.id, c.run_id, c.kind, c.step_id, c.data, c.actor, c.created_at, c.consumed_at, c.result";
 
@@ -465,8 +488,8 @@ impl Store for SqliteStore {
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
-                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12)",
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14)",
                     params![
                         run.id,
                         run.workflow,
@@ -480,6 +503,8 @@ impl Store for SqliteStore {
                         run.created_at as i64,
                         run.owner,
                         run.lease_until.map(|t| t as i64),
+                        run.idempotency_key,
+                        run.workflow_version,
                     ],
                 )
                 .map_err(db_err)?;
@@ -726,6 +751,88 @@ impl Store for SqliteStore {
             conn.query_row(&sql, [id], command_from_row)
                 .optional()
                 .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn find_run_by_key(&self, key: &str) -> Result<Option<RunRow>> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = ?1");
+            conn.query_row(&sql, [&key], run_from_row)
+                .optional()
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn put_workflow(
+        &self,
+        name: &str,
+        manifest: &str,
+        now: Millis,
+    ) -> Result<(WorkflowRow, bool)> {
+        let (name, manifest) = (name.to_owned(), manifest.to_owned());
+        self.write(move |conn| {
+            let latest: Option<(i64, String, Option<i64>)> = conn
+                .query_row(
+                    "SELECT version, manifest, deleted_at FROM workflows WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                    [&name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if let Some((version, text, None)) = &latest
+                && *text == manifest
+            {
+                let row = workflow_row(conn, &name, Some(*version as u32))?.expect("exists");
+                return Ok((row, false));
+            }
+            let version = latest.map_or(1, |l| l.0 + 1);
+            conn.execute(
+                "INSERT INTO workflows (name, version, manifest, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, version, manifest, now as i64],
+            )
+            .map_err(db_err)?;
+            // Re-applying a deleted workflow brings the name back with a new version.
+            conn.execute("UPDATE workflows SET deleted_at = NULL WHERE name = ?1", [&name]).map_err(db_err)?;
+            let row = workflow_row(conn, &name, Some(version as u32))?.expect("just written");
+            Ok((row, true))
+        })
+        .await
+    }
+
+    async fn get_workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowRow>> {
+        let name = name.to_owned();
+        self.read(move |conn| workflow_row(conn, &name, version))
+            .await
+    }
+
+    async fn list_workflows(&self) -> Result<Vec<WorkflowRow>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT w.name, w.version, w.manifest, w.created_at FROM workflows w \
+                     WHERE w.deleted_at IS NULL AND w.version = (SELECT MAX(version) FROM workflows v WHERE v.name = w.name) \
+                     ORDER BY w.name",
+                )
+                .map_err(db_err)?;
+            let rows = stmt.query_map([], workflow_from_row).map_err(db_err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_workflow(&self, name: &str, now: Millis) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE workflows SET deleted_at = ?2 WHERE name = ?1 AND deleted_at IS NULL",
+                    params![name, now as i64],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
         })
         .await
     }
