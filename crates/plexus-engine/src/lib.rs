@@ -258,7 +258,7 @@ impl Engine {
             let existing = self.store.find_run_by_key(&key).await?;
             return existing
                 .map(|r| r.id)
-                .ok_or_else(|| EngineError::NotActive(id));
+                .ok_or(EngineError::NotActive(id));
         }
         let state = RunState::new(id.clone(), plan, sub.inputs);
         let (reply, done) = oneshot::channel();
