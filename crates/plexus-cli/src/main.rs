@@ -3,6 +3,7 @@
 mod bench;
 mod cmd_run;
 mod cmd_runs;
+mod cmd_serve;
 mod cmd_validate;
 mod config;
 mod output;
@@ -112,6 +113,19 @@ enum Command {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Run the engine with its HTTP API (runs started through it survive restarts)
+    ///
+    /// At start, every interrupted run in the data directory is resumed. SIGTERM or
+    /// Ctrl-C stops taking requests, commits what is pending and hands unfinished runs
+    /// back for the next start. Logs are JSON lines on stderr.
+    Serve {
+        /// Address of the HTTP API
+        #[arg(long, env = "PLEXUS_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+        listen_addr: String,
+        /// Largest request body accepted, in bytes
+        #[arg(long, env = "PLEXUS_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+        body_limit: usize,
+    },
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
@@ -158,14 +172,24 @@ enum RunsCommand {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| {
+        if serving {
+            "info".into()
+        } else {
+            "warn".into()
+        }
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // `serve` logs JSON lines for log collectors; commands log for people.
+    if serving {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -195,6 +219,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             (Some(name), Format::Json) => bench::run_one(name, quick, g_data_dir.as_deref()).await,
             _ => bench::run_all(quick, scenario.as_deref(), format, g_data_dir.as_deref()),
         },
+        Command::Serve {
+            listen_addr,
+            body_limit,
+        } => cmd_serve::serve(&settings, &listen_addr, body_limit).await,
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
         Command::Run {
@@ -235,6 +263,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                             workflow,
                             active,
                             limit,
+                            before: None,
                         },
                         interrupted,
                         format,

@@ -256,9 +256,7 @@ impl Engine {
             // Another submission with the same key won the race.
             let key = sub.idempotency_key.unwrap_or_default();
             let existing = self.store.find_run_by_key(&key).await?;
-            return existing
-                .map(|r| r.id)
-                .ok_or(EngineError::NotActive(id));
+            return existing.map(|r| r.id).ok_or(EngineError::NotActive(id));
         }
         let state = RunState::new(id.clone(), plan, sub.inputs);
         let (reply, done) = oneshot::channel();

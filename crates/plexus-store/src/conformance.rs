@@ -382,4 +382,18 @@ async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
         .unwrap();
     assert_eq!(active.len(), 2, "limit applies");
     assert!(active.iter().all(|r| r.status != "succeeded"));
+    let next = store
+        .list_runs(RunFilter {
+            active: true,
+            limit: 2,
+            before: Some(active[1].id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!next.is_empty());
+    assert!(
+        next.iter().all(|r| !active.iter().any(|a| a.id == r.id)),
+        "the next page starts after the cursor"
+    );
 }

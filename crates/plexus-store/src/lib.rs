@@ -109,6 +109,8 @@ pub struct RunFilter {
     /// Only non-terminal runs.
     pub active: bool,
     pub limit: usize,
+    /// Only runs listed after this run id (cursor pagination; newest first).
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -620,6 +620,13 @@ impl Store for SqliteStore {
                 args.push(w.clone());
                 sql.push_str(&format!(" AND workflow = ?{}", args.len()));
             }
+            if let Some(cursor) = &filter.before {
+                args.push(cursor.clone());
+                let n = args.len();
+                sql.push_str(&format!(
+                    " AND (created_at, id) < (SELECT created_at, id FROM runs WHERE id = ?{n})"
+                ));
+            }
             if filter.active {
                 sql.push_str(" AND status NOT IN ('succeeded', 'failed', 'cancelled')");
             }

@@ -1,0 +1,82 @@
+//! `plexus serve`: the engine behind the HTTP API, resuming interrupted runs at start.
+
+use crate::config::Settings;
+use anyhow::{Context, Result};
+use plexus_engine::{Engine, EngineConfig};
+use plexus_server::{AppState, ServerConfig};
+use plexus_store::{RunFilter, Store};
+use std::sync::Arc;
+
+pub async fn serve(settings: &Settings, listen_addr: &str, body_limit: usize) -> Result<i32> {
+    let store = settings.open_store()?;
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new(settings.data_dir.clone(), settings.pools.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind(listen_addr)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen_addr} (set --listen-addr or PLEXUS_LISTEN_ADDR)")
+        })?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "plexus serve: listening on http://{addr} (data dir {})",
+        settings.data_dir.display()
+    );
+    resume_interrupted(&engine, &*store).await?;
+    let state = AppState {
+        engine: engine.clone(),
+        store: store.clone(),
+        compile: plexus_core::CompileOptions {
+            pools: settings.pools.clone(),
+        },
+        config: Arc::new(ServerConfig {
+            body_limit,
+            base_dir: std::env::current_dir()?,
+        }),
+    };
+    axum::serve(listener, plexus_server::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopping: committing and handing back the runs in progress");
+    engine.shutdown().await;
+    Ok(0)
+}
+
+/// Every run nobody drives is taken over: a restart continues where the last one stopped.
+async fn resume_interrupted(engine: &Engine, store: &dyn Store) -> Result<()> {
+    let active = store
+        .list_runs(RunFilter {
+            active: true,
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await?;
+    for row in active
+        .iter()
+        .filter(|r| r.parent.is_none() && !crate::cmd_runs::is_driven(r))
+    {
+        match engine.resume(&row.id).await {
+            Ok(_) => {
+                tracing::info!(run = %row.id, workflow = %row.workflow, "resumed an interrupted run")
+            }
+            Err(e) => tracing::warn!(run = %row.id, error = %e, "could not resume run"),
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

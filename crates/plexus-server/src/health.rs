@@ -1,0 +1,37 @@
+//! `/healthz` and the OpenAPI document.
+
+use crate::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value as Json_, json};
+
+pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Json_>) {
+    let store = state
+        .store
+        .list_runs(plexus_store::RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await;
+    let pools = state.engine.pool_stats().await.ok();
+    match store {
+        Ok(_) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "store": "ok", "pools": pools})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "store": e.to_string(), "pools": pools})),
+        ),
+    }
+}
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}

@@ -1,0 +1,77 @@
+//! The Plexus HTTP API. [`app`] builds the router from [`ROUTES`], a single table, so the
+//! OpenAPI document and the role tests can be checked against every route that exists.
+
+mod body;
+mod error;
+mod health;
+mod runs;
+mod workflows;
+
+pub use error::{ApiError, ApiResult};
+
+use axum::Router;
+use plexus_core::CompileOptions;
+use plexus_engine::Engine;
+use plexus_store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted, in bytes (413 above).
+    pub body_limit: usize,
+    /// Where relative paths of manifests sent inline (sub-workflows) are resolved.
+    pub base_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            body_limit: 4 * 1024 * 1024,
+            base_dir: PathBuf::from("."),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub store: Arc<dyn Store>,
+    pub compile: CompileOptions,
+    pub config: Arc<ServerConfig>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    plexus_engine::now_ms()
+}
+
+/// Declares every route once: the router and the [`ROUTES`] list come from the same lines.
+macro_rules! api {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route as (method, path).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// The HTTP API.
+        pub fn app(state: AppState) -> Router {
+            Router::new()
+                $(.route($path, axum::routing::$method($handler)))*
+                .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+                .with_state(state)
+        }
+    };
+}
+
+api! {
+    get "/healthz" => health::healthz,
+    get "/api/v1/openapi.json" => health::openapi,
+    post "/api/v1/workflows" => workflows::apply,
+    get "/api/v1/workflows" => workflows::list,
+    get "/api/v1/workflows/{name}" => workflows::get,
+    delete "/api/v1/workflows/{name}" => workflows::delete,
+    post "/api/v1/runs" => runs::start,
+    get "/api/v1/runs" => runs::list,
+    get "/api/v1/runs/{id}" => runs::get,
+    get "/api/v1/runs/{id}/events" => runs::events,
+    post "/api/v1/runs/{id}/cancel" => runs::cancel,
+    post "/api/v1/runs/{id}/steps/{step}/{action}" => runs::step_action,
+}

@@ -1,0 +1,292 @@
+//! `/api/v1/runs`: start runs, read them and their events, control them.
+
+use crate::body;
+use crate::error::{ApiError, ApiResult};
+use crate::workflows::compile;
+use crate::{AppState, now_ms};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use plexus_core::machine::{Input, RunStatus};
+use plexus_engine::{EngineError, Submission};
+use plexus_store::{CommandKind, RunFilter, RunRow, StepRow};
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRun {
+    workflow: Option<String>,
+    version: Option<u32>,
+    /// An inline manifest: a JSON object, or YAML/JSON text.
+    manifest: Option<Json_>,
+    #[serde(default)]
+    inputs: serde_json::Map<String, Json_>,
+}
+
+fn run_json(row: &RunRow, steps: Option<&[StepRow]>) -> Json_ {
+    let mut v = json!({
+        "id": row.id,
+        "workflow": row.workflow,
+        "state": row.status,
+        "error": row.error,
+        "inputs": row.inputs,
+        "outputs": row.outputs,
+        "parent": row.parent,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "finished_at": row.finished_at,
+        "last_seq": row.last_seq,
+    });
+    if let Some(steps) = steps {
+        v["steps"] = steps
+            .iter()
+            .map(|s| {
+                json!({"id": s.step_id, "state": s.status, "attempt": s.attempt, "started_at": s.started_at,
+                       "finished_at": s.finished_at, "output": s.output, "error": s.error})
+            })
+            .collect();
+    }
+    v
+}
+
+async fn full_run(state: &AppState, id: &str) -> ApiResult<Json_> {
+    let row = state.store.get_run(id).await?;
+    let steps = state.store.steps(&row.id).await?;
+    Ok(run_json(&row, Some(&steps)))
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let bytes = body::read(body, state.config.body_limit).await?;
+    let req: StartRun = body::json(&bytes)?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be text"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    if let Some(key) = &key
+        && let Some(existing) = state.store.find_run_by_key(key).await?
+    {
+        return Ok((StatusCode::OK, Json(full_run(&state, &existing.id).await?)));
+    }
+    let (text, version) = match (req.workflow, req.manifest) {
+        (Some(name), None) => {
+            let row = state
+                .store
+                .get_workflow(&name, req.version)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "workflow `{name}` not found; apply it first with POST /api/v1/workflows"
+                    ))
+                })?;
+            (row.manifest, Some(row.version))
+        }
+        (None, Some(Json_::String(text))) => (text, None),
+        (None, Some(m @ Json_::Object(_))) => (m.to_string(), None),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "`manifest` must be an object or YAML/JSON text",
+            ));
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `workflow` (a name) and `manifest`",
+            ));
+        }
+    };
+    let plan = compile(&state, &text, "manifest")?;
+    let inputs =
+        plexus_core::parse::resolve_inputs(&plan.manifest, &req.inputs).map_err(|errors| {
+            ApiError::bad_request(errors.join("; "))
+                .with_code("invalid_inputs")
+                .with_details(json!(errors))
+        })?;
+    let id = state
+        .engine
+        .submit(Submission {
+            plan: Arc::new(plan),
+            manifest_text: text,
+            base_dir: state.config.base_dir.clone(),
+            inputs: Json_::Object(inputs),
+            idempotency_key: key,
+            workflow_version: version,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    workflow: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Json_>> {
+    if let Some(s) = &q.state
+        && RunStatus::parse(s).is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown state `{s}`; states are queued, running, paused, succeeded, failed, cancelled"
+        )));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let filter = RunFilter {
+        status: q.state,
+        workflow: q.workflow,
+        active: false,
+        limit,
+        before: q.cursor,
+    };
+    let rows = state.store.list_runs(filter).await?;
+    let next_cursor = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    let runs: Vec<Json_> = rows.iter().map(|r| run_json(r, None)).collect();
+    Ok(Json(json!({"runs": runs, "next_cursor": next_cursor})))
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Json_>> {
+    Ok(Json(full_run(&state, &id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Json_>> {
+    let row = state.store.get_run(&id).await?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let events = state.store.events(&row.id, q.after, limit).await?;
+    let next_after = events.last().map_or(q.after, |e| e.seq);
+    Ok(Json(json!({"events": events, "next_after": next_after})))
+}
+
+/// Applies an input to the run: at once if this server drives it, else as a stored command
+/// for whichever process does (or will, on resume).
+async fn control(
+    state: &AppState,
+    id: &str,
+    input: Input,
+    kind: CommandKind,
+    step: Option<&str>,
+    data: Json_,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let row = state.store.get_run(id).await?;
+    if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
+        return Err(ApiError::conflict(format!(
+            "run {} is already {}",
+            row.id, row.status
+        )));
+    }
+    match state.engine.input(&row.id, input).await {
+        Ok(()) => Ok((
+            StatusCode::OK,
+            Json(
+                json!({"run": row.id, "action": kind.as_str(), "step": step, "outcome": "applied"}),
+            ),
+        )),
+        Err(EngineError::NotActive(_)) => {
+            state
+                .store
+                .add_command(&row.id, kind, step, data, "api", now_ms())
+                .await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(
+                    json!({"run": row.id, "action": kind.as_str(), "step": step, "outcome": "recorded"}),
+                ),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let input = Input::Cancel {
+        reason: "cancelled through the API".into(),
+    };
+    control(&state, &id, input, CommandKind::Cancel, None, Json_::Null).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StepAction {
+    comment: Option<String>,
+    data: Option<Json_>,
+}
+
+pub async fn step_action(
+    State(state): State<AppState>,
+    Path((id, step, action)): Path<(String, String, String)>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let bytes = body::read(body, state.config.body_limit).await?;
+    let req: StepAction = if bytes.iter().all(u8::is_ascii_whitespace) {
+        StepAction::default()
+    } else {
+        body::json(&bytes)?
+    };
+    let by = "api".to_owned();
+    let (input, kind, data) = match action.as_str() {
+        "approve" => (
+            Input::Approve {
+                step_id: step.clone(),
+                by,
+                comment: req.comment.clone(),
+            },
+            CommandKind::Approve,
+            json!({"comment": req.comment}),
+        ),
+        "reject" => (
+            Input::Reject {
+                step_id: step.clone(),
+                by,
+                comment: req.comment.clone(),
+            },
+            CommandKind::Reject,
+            json!({"comment": req.comment}),
+        ),
+        "signal" => {
+            let data = req.data.unwrap_or(Json_::Null);
+            (
+                Input::Signal {
+                    step_id: step.clone(),
+                    data: data.clone(),
+                },
+                CommandKind::Signal,
+                json!({"data": data}),
+            )
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown step action `{other}`; use approve, reject or signal"
+            )));
+        }
+    };
+    control(&state, &id, input, kind, Some(&step), data).await
+}

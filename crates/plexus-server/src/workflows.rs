@@ -1,0 +1,93 @@
+//! `/api/v1/workflows`: versioned workflow definitions.
+
+use crate::body;
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, now_ms};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+
+/// Compiles manifest text; invalid manifests answer with the same problem list
+/// `plexus validate -o json` prints.
+pub fn compile(state: &AppState, text: &str, source: &str) -> ApiResult<plexus_core::Plan> {
+    plexus_core::load(text, source, &state.compile).map_err(|problems| {
+        let n = problems.len();
+        ApiError::bad_request(format!(
+            "the manifest has {n} problem{}",
+            if n == 1 { "" } else { "s" }
+        ))
+        .with_code("invalid_manifest")
+        .with_details(serde_json::to_value(problems).unwrap_or(Json_::Null))
+    })
+}
+
+pub async fn apply(
+    State(state): State<AppState>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let bytes = body::read(body, state.config.body_limit).await?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad_request("the manifest is not UTF-8 text"))?;
+    let plan = compile(&state, text, "request body")?;
+    let (row, created) = state
+        .store
+        .put_workflow(&plan.manifest.name, text, now_ms())
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(
+            json!({"name": row.name, "version": row.version, "created": created, "steps": plan.len()}),
+        ),
+    ))
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
+    let rows = state.store.list_workflows().await?;
+    let items: Vec<Json_> = rows
+        .iter()
+        .map(|w| json!({"name": w.name, "version": w.version, "created_at": w.created_at}))
+        .collect();
+    Ok(Json(json!({ "workflows": items })))
+}
+
+#[derive(Deserialize)]
+pub struct VersionQuery {
+    version: Option<u32>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Json_>> {
+    let row = state
+        .store
+        .get_workflow(&name, q.version)
+        .await?
+        .ok_or_else(|| match q.version {
+            Some(v) => ApiError::not_found(format!("workflow `{name}` has no version {v}")),
+            None => ApiError::not_found(format!("workflow `{name}` not found")),
+        })?;
+    Ok(Json(
+        json!({"name": row.name, "version": row.version, "created_at": row.created_at, "manifest": row.manifest}),
+    ))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    if state.store.delete_workflow(&name, now_ms()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("workflow `{name}` not found")))
+    }
+}

@@ -1,0 +1,369 @@
+//! The HTTP API against a real engine and a real SQLite store, through the router.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use plexus_engine::{Engine, EngineConfig};
+use plexus_server::{AppState, ROUTES, ServerConfig, app};
+use plexus_store::{SqliteOptions, SqliteStore};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Api {
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(dir.path().join("plexus.db"), SqliteOptions::default()).unwrap(),
+        );
+        let pools = BTreeMap::from([("default".to_owned(), 2)]);
+        let engine = Engine::start(
+            store.clone(),
+            EngineConfig::new(dir.path().to_path_buf(), pools.clone()),
+        );
+        let state = AppState {
+            engine,
+            store,
+            compile: plexus_core::CompileOptions { pools },
+            config: Arc::new(ServerConfig {
+                body_limit: 64 * 1024,
+                base_dir: dir.path().to_path_buf(),
+            }),
+        };
+        Api {
+            router: app(state),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: impl Into<Body>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = self
+            .router
+            .clone()
+            .oneshot(req.body(body.into()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call("GET", uri, Body::empty(), &[]).await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            uri,
+            body.to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await
+    }
+
+    /// Polls the run until it reaches `state`.
+    async fn wait_state(&self, id: &str, state: &str) -> Value {
+        for _ in 0..400 {
+            let (_, run) = self.get(&format!("/api/v1/runs/{id}")).await;
+            if run["state"] == state {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("run {id} never reached {state}");
+    }
+
+    async fn wait_step(&self, id: &str, step: &str, state: &str) {
+        for _ in 0..400 {
+            let (_, run) = self.get(&format!("/api/v1/runs/{id}")).await;
+            if run["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["id"] == step && s["state"] == state)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("step {step} of run {id} never reached {state}");
+    }
+}
+
+const HELLO: &str = "version: plexus/v1\nname: hello\ninputs: {who: {type: string, default: world}}\nsteps:\n- {id: greet, builtin: echo, with: {msg: 'hello {{ inputs.who }}'}}\noutputs: {msg: '{{ steps.greet.output.msg }}'}\n";
+
+#[tokio::test]
+async fn workflows_are_versioned_listed_and_deleted() {
+    let api = Api::new();
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/workflows",
+            HELLO,
+            &[("content-type", "application/yaml")],
+        )
+        .await;
+    assert_eq!((s, v["version"].clone()), (StatusCode::CREATED, json!(1)));
+    let (s, v) = api.call("POST", "/api/v1/workflows", HELLO, &[]).await;
+    assert_eq!((s, v["created"].clone()), (StatusCode::OK, json!(false)));
+    let changed = HELLO.replace("default: world", "default: you");
+    let (_, v) = api.call("POST", "/api/v1/workflows", changed, &[]).await;
+    assert_eq!(v["version"], 2);
+    let (_, v) = api.get("/api/v1/workflows/hello?version=1").await;
+    assert!(v["manifest"].as_str().unwrap().contains("default: world"));
+    let (_, v) = api.get("/api/v1/workflows").await;
+    assert_eq!(v["workflows"][0]["version"], 2);
+    let (s, _) = api
+        .call("DELETE", "/api/v1/workflows/hello", Body::empty(), &[])
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = api.get("/api/v1/workflows/hello").await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_manifest_answers_with_every_problem() {
+    let api = Api::new();
+    let bad = "version: plexus/v1\nname: bad\nsteps:\n- id: a\n  rn: echo\n- {id: b, needs: [zz], run: echo}\n";
+    let (s, v) = api.call("POST", "/api/v1/workflows", bad, &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["code"], "invalid_manifest");
+    let codes: Vec<&str> = v["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["no-kind", "unknown-key", "unknown-need"]);
+    assert_eq!(v["details"][1]["line"], 5);
+    assert_eq!(v["details"][1]["hint"], "did you mean `run`?");
+}
+
+#[tokio::test]
+async fn runs_start_by_name_or_inline_and_are_idempotent() {
+    let api = Api::new();
+    api.call("POST", "/api/v1/workflows", HELLO, &[]).await;
+    let (s, run) = api
+        .post(
+            "/api/v1/runs",
+            json!({"workflow": "hello", "inputs": {"who": "api"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = run["id"].as_str().unwrap().to_owned();
+    let done = api.wait_state(&id, "succeeded").await;
+    assert_eq!(done["outputs"]["msg"], "hello api");
+    assert_eq!(done["steps"][0]["state"], "succeeded");
+
+    let inline = json!({"manifest": {"version": "plexus/v1", "name": "inline", "steps": [{"id": "a", "builtin": "noop"}]}});
+    let key = [
+        ("content-type", "application/json"),
+        ("idempotency-key", "deploy-42"),
+    ];
+    let (s1, r1) = api
+        .call("POST", "/api/v1/runs", inline.to_string(), &key)
+        .await;
+    let (s2, r2) = api
+        .call("POST", "/api/v1/runs", inline.to_string(), &key)
+        .await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(
+        r1["id"], r2["id"],
+        "the same Idempotency-Key is the same run"
+    );
+    let yaml_text =
+        json!({"manifest": "version: plexus/v1\nname: text\nsteps: [{id: a, builtin: noop}]\n"});
+    let (s, _) = api.post("/api/v1/runs", yaml_text).await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    let (_, page) = api.get("/api/v1/runs?limit=2").await;
+    assert_eq!(page["runs"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next) = api
+        .get(&format!("/api/v1/runs?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(next["runs"].as_array().unwrap().len(), 1);
+    let (_, filtered) = api.get("/api/v1/runs?workflow=hello").await;
+    assert_eq!(filtered["runs"].as_array().unwrap().len(), 1);
+
+    let (_, events) = api.get(&format!("/api/v1/runs/{id}/events?after=1")).await;
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events[0]["seq"], 2);
+    assert_eq!(events.last().unwrap()["type"], "run_succeeded");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let api = Api::new();
+    let (s, v) = api
+        .call("POST", "/api/v1/runs", "{\"workflow\": ", &[])
+        .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("malformed_json"))
+    );
+    assert_eq!(v["details"]["line"], 1);
+    let (s, v) = api
+        .post("/api/v1/runs", json!({"workflow": "hello", "inputz": {}}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `inputz`"),
+        "{v}"
+    );
+    let (s, _) = api.post("/api/v1/runs", json!({"workflow": "nope"})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api.post("/api/v1/runs", json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    api.call("POST", "/api/v1/workflows", HELLO, &[]).await;
+    let (s, v) = api
+        .post(
+            "/api/v1/runs",
+            json!({"workflow": "hello", "inputs": {"whom": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_inputs"))
+    );
+    let huge = "x".repeat(100 * 1024);
+    let (s, v) = api.call("POST", "/api/v1/workflows", huge, &[]).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::PAYLOAD_TOO_LARGE, json!("payload_too_large"))
+    );
+    let (s, v) = api.get("/api/v1/runs/ffffffff").await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+    let (s, _) = api.get("/api/v1/runs?state=sleeping").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = api.get("/api/v1/nothing-here").await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn steps_are_approved_signalled_and_runs_cancelled() {
+    let api = Api::new();
+    let flow = "version: plexus/v1\nname: gated\nsteps:\n- {id: gate, approval: {message: ok?}}\n- {id: sig, needs: [gate], wait: {signal: go}}\n- {id: after, needs: [sig], builtin: echo, with: {got: '{{ steps.sig.output }}'}}\n";
+    api.call("POST", "/api/v1/workflows", flow, &[]).await;
+    let (_, run) = api.post("/api/v1/runs", json!({"workflow": "gated"})).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    api.wait_step(&id, "gate", "awaiting_approval").await;
+    let (s, v) = api
+        .post(
+            &format!("/api/v1/runs/{id}/steps/sig/signal"),
+            json!({"data": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "sig does not wait yet: {v}");
+    let (s, v) = api
+        .post(
+            &format!("/api/v1/runs/{id}/steps/gate/approve"),
+            json!({"comment": "yes"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["outcome"].clone()),
+        (StatusCode::OK, json!("applied"))
+    );
+    api.wait_step(&id, "sig", "waiting").await;
+    let (s, _) = api
+        .post(
+            &format!("/api/v1/runs/{id}/steps/sig/signal"),
+            json!({"data": {"n": 7}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let done = api.wait_state(&id, "succeeded").await;
+    assert_eq!(done["steps"][2]["output"]["got"], json!({"n": 7}));
+    let (s, _) = api
+        .post(&format!("/api/v1/runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a finished run cannot be cancelled"
+    );
+
+    let (_, run) = api.post("/api/v1/runs", json!({"workflow": "gated"})).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    api.wait_step(&id, "gate", "awaiting_approval").await;
+    let (s, _) = api
+        .post(&format!("/api/v1/runs/{id}/steps/gate/dance"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api
+        .post(&format!("/api/v1/runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    api.wait_state(&id, "cancelled").await;
+}
+
+#[tokio::test]
+async fn health_reports_store_and_pools() {
+    let api = Api::new();
+    let (s, v) = api.get("/healthz").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["store"], "ok");
+    assert_eq!(v["pools"][0]["name"], "default");
+}
+
+/// Every route of the router is in the OpenAPI document, with its method.
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let api = Api::new();
+    let (s, doc) = api.get("/api/v1/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    for (method, path) in ROUTES {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is missing from openapi.json"
+        );
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        ROUTES.len(),
+        "openapi.json documents a route that does not exist"
+    );
+}
