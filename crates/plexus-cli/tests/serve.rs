@@ -1,0 +1,162 @@
+//! `plexus serve` as a black box: HTTP over loopback, `kill -9` in the middle of several
+//! runs, restart, and every run finishes with no step lost or completed twice.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn start_server(p: &Plexus) -> (Child, String) {
+    let mut child = p
+        .cmd()
+        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("plexus serve starts");
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (child, addr)
+}
+
+fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    http_text(
+        addr,
+        method,
+        path,
+        &body.map(|b| b.to_string()).unwrap_or_default(),
+    )
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+fn http_text(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn kill_9_during_several_runs_then_restart() {
+    let p = Plexus::new();
+    let effects = p.dir.path().join("effects.log");
+    let (mut server, addr) = start_server(&p);
+    let mut flow = String::from("version: plexus/v1\nname: chain\nsteps:\n");
+    for i in 1..=5 {
+        let needs = if i > 1 {
+            format!("\n  needs: [s{}]", i - 1)
+        } else {
+            String::new()
+        };
+        flow.push_str(&format!(
+            "- id: s{i}{needs}\n  run: |\n    echo \"$PLEXUS_RUN_ID $PLEXUS_STEP_ID\" >> {}\n    sleep 0.1\n",
+            effects.display()
+        ));
+    }
+    let (status, applied) = http_text(&addr, "POST", "/api/v1/workflows", &flow);
+    assert_eq!(status, 201, "{applied}");
+
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            let (status, run) = http(
+                &addr,
+                "POST",
+                "/api/v1/runs",
+                Some(&json!({"workflow": "chain"})),
+            );
+            assert_eq!(status, 201, "{run}");
+            run["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(250));
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+
+    let (mut server, addr) = start_server(&p);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let (_, run) = http(&addr, "GET", &format!("/api/v1/runs/{id}"), None);
+            if run["state"] == "succeeded" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} did not finish after the restart: {run}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (_, events) = http(&addr, "GET", &format!("/api/v1/runs/{id}/events"), None);
+        let events = events["events"].as_array().unwrap();
+        for i in 1..=5 {
+            let done = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "step_succeeded" && e["step_id"] == format!("s{i}").as_str()
+                })
+                .count();
+            assert_eq!(done, 1, "run {id}: s{i} succeeded {done} times");
+        }
+    }
+    let log = std::fs::read_to_string(&effects).unwrap();
+    for id in &ids {
+        for i in 1..=5 {
+            assert!(
+                log.contains(&format!("{id} s{i}")),
+                "side effect of {id}/s{i} missing"
+            );
+        }
+    }
+    // SIGTERM stops the server cleanly.
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+}
