@@ -7,7 +7,12 @@ use plexus_server::{AppState, ServerConfig};
 use plexus_store::{RunFilter, Store};
 use std::sync::Arc;
 
-pub async fn serve(settings: &Settings, listen_addr: &str, body_limit: usize) -> Result<i32> {
+pub async fn serve(
+    settings: &Settings,
+    listen_addr: &str,
+    body_limit: usize,
+    grace: std::time::Duration,
+) -> Result<i32> {
     let store = settings.open_store()?;
     let engine = Engine::start(
         store.clone(),
@@ -38,8 +43,12 @@ pub async fn serve(settings: &Settings, listen_addr: &str, body_limit: usize) ->
     axum::serve(listener, plexus_server::app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    tracing::info!("stopping: committing and handing back the runs in progress");
-    engine.shutdown().await;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopping: running steps may finish within the grace period"
+    );
+    engine.drain(grace).await;
+    tracing::info!("stopped; unfinished runs continue at the next start");
     Ok(0)
 }
 

@@ -125,6 +125,10 @@ enum Command {
         /// Largest request body accepted, in bytes
         #[arg(long, env = "PLEXUS_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
         body_limit: usize,
+        /// On SIGTERM, how long running steps may take to finish before they are killed
+        /// (they then run again as new attempts at the next start)
+        #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration_flag)]
+        shutdown_grace: std::time::Duration,
     },
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
@@ -222,7 +226,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Serve {
             listen_addr,
             body_limit,
-        } => cmd_serve::serve(&settings, &listen_addr, body_limit).await,
+            shutdown_grace,
+        } => cmd_serve::serve(&settings, &listen_addr, body_limit, shutdown_grace).await,
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
         Command::Run {
@@ -324,4 +329,8 @@ async fn control(
     let store: Arc<dyn Store> = settings.open_store()?;
     let actor = cmd_run::local_user();
     cmd_runs::control(store, run, kind, Some(step), data, &actor, settings, format).await
+}
+
+fn parse_duration_flag(s: &str) -> Result<std::time::Duration, String> {
+    plexus_core::duration::parse_duration(s)
 }

@@ -10,9 +10,14 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 fn start_server(p: &Plexus) -> (Child, String) {
+    start_server_with(p, &[])
+}
+
+fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
     let mut child = p
         .cmd()
         .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .expect("plexus serve starts");
@@ -159,4 +164,77 @@ fn kill_9_during_several_runs_then_restart() {
     // SAFETY: signalling the child we started.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+}
+
+fn step_state(addr: &str, run: &str, step: &str) -> String {
+    let (_, v) = http(addr, "GET", &format!("/api/v1/runs/{run}"), None);
+    v["steps"].as_array().map_or(String::new(), |steps| {
+        steps
+            .iter()
+            .find(|s| s["id"] == step)
+            .map_or(String::new(), |s| {
+                s["state"].as_str().unwrap_or("").to_owned()
+            })
+    })
+}
+
+fn started_attempts(addr: &str, run: &str, step: &str) -> Vec<u64> {
+    let (_, events) = http(addr, "GET", &format!("/api/v1/runs/{run}/events"), None);
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "step_started" && e["step_id"] == step)
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM lets a running step finish within the grace period; what does not finish in
+/// time is killed and runs again as a new attempt after the restart.
+#[test]
+fn sigterm_drains_running_steps_within_the_grace_period() {
+    let p = Plexus::new();
+    let flow = "version: plexus/v1\nname: drain\nsteps:\n- id: slow\n  run: |\n    if [ \"$PLEXUS_ATTEMPT\" = 1 ]; then sleep $NAP; fi\n    echo done\n  env: {NAP: '{{ inputs.nap }}'}\n- {id: next, needs: [slow], run: echo next}\ninputs: {nap: {type: string}}\n";
+    for (grace, nap, attempts) in [("30s", "0.7", vec![1]), ("100ms", "20", vec![1, 2])] {
+        let (mut server, addr) = start_server_with(&p, &["--shutdown-grace", grace]);
+        let (status, applied) = http_text(&addr, "POST", "/api/v1/workflows", flow);
+        assert!(status == 201 || status == 200, "{applied}");
+        let (_, run) = http(
+            &addr,
+            "POST",
+            "/api/v1/runs",
+            Some(&json!({"workflow": "drain", "inputs": {"nap": nap}})),
+        );
+        let id = run["id"].as_str().unwrap().to_owned();
+        wait_for("slow to run", || {
+            step_state(&addr, &id, "slow") == "running"
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: signalling the child we started.
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        assert_eq!(
+            wait_exit(&mut server, Duration::from_secs(20)),
+            0,
+            "grace {grace}"
+        );
+        let (mut server, addr) = start_server(&p);
+        wait_for("the run to finish after the restart", || {
+            http(&addr, "GET", &format!("/api/v1/runs/{id}"), None).1["state"] == "succeeded"
+        });
+        assert_eq!(
+            started_attempts(&addr, &id, "slow"),
+            attempts,
+            "grace {grace}, step sleeping {nap}s"
+        );
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+    }
 }

@@ -143,7 +143,10 @@ pub(crate) enum Msg {
         outcome: plexus_core::machine::Outcome,
     },
     Pools(oneshot::Sender<Vec<PoolStats>>),
-    Shutdown(oneshot::Sender<()>),
+    Shutdown {
+        grace: Duration,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A handle to the engine; cheap to clone.
@@ -371,8 +374,15 @@ impl Engine {
 
     /// Commits what is pending, hands the leases of unfinished runs back and stops.
     pub async fn shutdown(&self) {
+        self.drain(Duration::ZERO).await
+    }
+
+    /// Stops starting work, lets running attempts finish for up to `grace`, commits, kills
+    /// what still runs (those attempts resume as new attempts at the next start), hands the
+    /// leases back and stops.
+    pub async fn drain(&self, grace: Duration) {
         let (reply, done) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(reply)).await.is_ok() {
+        if self.tx.send(Msg::Shutdown { grace, reply }).await.is_ok() {
             let _ = done.await;
         }
     }

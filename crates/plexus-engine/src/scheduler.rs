@@ -49,6 +49,10 @@ struct Loop {
     seen_commands: HashSet<i64>,
     polling: bool,
     stopping: Option<oneshot::Sender<()>>,
+    /// When draining ends and what still runs is killed.
+    deadline: Option<Instant>,
+    /// Process groups of running attempts, to kill what is left when draining ends.
+    pgids: HashMap<(RunId, Unit), i32>,
 }
 
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
@@ -76,6 +80,8 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         seen_commands: HashSet::new(),
         polling: false,
         stopping: None,
+        deadline: None,
+        pgids: HashMap::new(),
     };
     tokio::spawn(lp.run(rx));
 }
@@ -88,13 +94,17 @@ impl Loop {
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();
+            let drained =
+                self.running.is_empty() || self.deadline.is_some_and(|d| Instant::now() >= d);
             if self.stopping.is_some()
+                && drained
                 && self.inflight.is_none()
                 && self.batch.is_empty()
                 && self.actions.is_empty()
             {
                 break;
             }
+            let grace_ends = self.deadline.filter(|_| !self.running.is_empty());
             let timer_wait = self
                 .timers
                 .next_at()
@@ -134,6 +144,7 @@ impl Loop {
                     }
                 }
                 _ = tokio::time::sleep_until(records_due.unwrap_or_else(Instant::now).into()), if records_due.is_some() => {}
+                _ = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now).into()), if grace_ends.is_some() => {}
                 _ = poll.tick() => self.poll_commands(),
                 _ = lease.tick() => self.renew_leases(),
             }
@@ -250,6 +261,7 @@ impl Loop {
                 pgid,
                 start_ticks,
             } => {
+                self.pgids.insert((run_id.clone(), unit), pgid);
                 if let Some(active) = self.runs.get(&run_id) {
                     self.lazy_since.get_or_insert_with(Instant::now);
                     self.batch.processes.push(plexus_store::ProcessRecord {
@@ -270,6 +282,7 @@ impl Loop {
                 finished,
             } => {
                 self.running.remove(&(run_id.clone(), unit));
+                self.pgids.remove(&(run_id.clone(), unit));
                 if finished.spawned
                     && let Some(active) = self.runs.get(&run_id)
                 {
@@ -350,8 +363,9 @@ impl Loop {
             Msg::Pools(reply) => {
                 let _ = reply.send(self.pools.stats());
             }
-            Msg::Shutdown(reply) => {
+            Msg::Shutdown { grace, reply } => {
                 self.stopping = Some(reply);
+                self.deadline = Some(Instant::now() + grace);
             }
         }
     }
@@ -389,6 +403,9 @@ impl Loop {
     }
 
     fn grant(&mut self) {
+        if self.stopping.is_some() {
+            return; // draining: nothing new starts
+        }
         for (run, unit) in self.pools.grant() {
             if self.apply(&run, Input::SlotGranted(unit)).is_none() {
                 self.pools.release(&run, unit);

@@ -79,7 +79,7 @@ async fn capture<R: tokio::io::AsyncRead + Unpin>(
     Captured { kept, total }
 }
 
-fn kill_group(pgid: i32) {
+pub fn kill_group(pgid: i32) {
     if pgid > 0 {
         // SAFETY: killpg only sends a signal; a stale pgid at worst fails with ESRCH.
         unsafe {
