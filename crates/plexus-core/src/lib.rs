@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod node;
 pub mod parse;
 pub mod plan;
+pub mod schedule;
 pub mod template;
 
 pub use diagnostic::{Diagnostic, Loc};

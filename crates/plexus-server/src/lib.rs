@@ -5,6 +5,7 @@ mod body;
 mod error;
 mod health;
 mod runs;
+pub mod schedules;
 mod workflows;
 
 pub use error::{ApiError, ApiResult};
@@ -74,4 +75,10 @@ api! {
     get "/api/v1/runs/{id}/events" => runs::events,
     post "/api/v1/runs/{id}/cancel" => runs::cancel,
     post "/api/v1/runs/{id}/steps/{step}/{action}" => runs::step_action,
+    post "/api/v1/schedules" => schedules::create,
+    get "/api/v1/schedules" => schedules::list,
+    get "/api/v1/schedules/{name}" => schedules::get,
+    delete "/api/v1/schedules/{name}" => schedules::delete,
+    post "/api/v1/schedules/{name}/pause" => schedules::pause,
+    post "/api/v1/schedules/{name}/resume" => schedules::resume,
 }

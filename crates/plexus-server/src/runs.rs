@@ -80,15 +80,7 @@ pub async fn start(
     }
     let (text, version) = match (req.workflow, req.manifest) {
         (Some(name), None) => {
-            let row = state
-                .store
-                .get_workflow(&name, req.version)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "workflow `{name}` not found; apply it first with POST /api/v1/workflows"
-                    ))
-                })?;
+            let row = stored_workflow(&state, &name, req.version).await?;
             (row.manifest, Some(row.version))
         }
         (None, Some(Json_::String(text))) => (text, None),
@@ -104,13 +96,41 @@ pub async fn start(
             ));
         }
     };
-    let plan = compile(&state, &text, "manifest")?;
-    let inputs =
-        plexus_core::parse::resolve_inputs(&plan.manifest, &req.inputs).map_err(|errors| {
-            ApiError::bad_request(errors.join("; "))
-                .with_code("invalid_inputs")
-                .with_details(json!(errors))
-        })?;
+    let id = start_run(&state, text, version, &req.inputs, key).await?;
+    Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
+}
+
+pub async fn stored_workflow(
+    state: &AppState,
+    name: &str,
+    version: Option<u32>,
+) -> ApiResult<plexus_store::WorkflowRow> {
+    state
+        .store
+        .get_workflow(name, version)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "workflow `{name}` not found; apply it first with POST /api/v1/workflows"
+            ))
+        })
+}
+
+/// Compiles, checks the inputs and starts a run; with a used idempotency key, returns the
+/// run that key started.
+pub async fn start_run(
+    state: &AppState,
+    text: String,
+    version: Option<u32>,
+    inputs: &serde_json::Map<String, Json_>,
+    key: Option<String>,
+) -> ApiResult<String> {
+    let plan = compile(state, &text, "manifest")?;
+    let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, inputs).map_err(|errors| {
+        ApiError::bad_request(errors.join("; "))
+            .with_code("invalid_inputs")
+            .with_details(json!(errors))
+    })?;
     let id = state
         .engine
         .submit(Submission {
@@ -122,7 +142,7 @@ pub async fn start(
             workflow_version: version,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
+    Ok(id)
 }
 
 #[derive(Deserialize)]

@@ -36,6 +36,7 @@ pub async fn apply(
         .store
         .put_workflow(&plan.manifest.name, text, now_ms())
         .await?;
+    sync_schedule(&state, &plan.manifest).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -81,10 +82,40 @@ pub async fn get(
     ))
 }
 
+/// A manifest's `schedule:` becomes the schedule named after the workflow; removing the
+/// line removes that schedule (schedules created through the API are left alone).
+async fn sync_schedule(state: &AppState, manifest: &plexus_core::Manifest) -> ApiResult<()> {
+    let existing = state.store.get_schedule(&manifest.name).await?;
+    let ours = existing.as_ref().is_none_or(|e| e.from_manifest);
+    match &manifest.schedule {
+        Some(cron) if ours => {
+            let row = crate::schedules::new_row(
+                manifest.name.clone(),
+                manifest.name.clone(),
+                cron,
+                json!({}),
+                plexus_core::schedule::CatchUp::Skip,
+                true,
+            )?;
+            state.store.put_schedule(row).await?;
+        }
+        None if existing.is_some() && ours => {
+            state.store.delete_schedule(&manifest.name).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    if let Some(s) = state.store.get_schedule(&name).await?
+        && s.from_manifest
+    {
+        state.store.delete_schedule(&name).await?;
+    }
     if state.store.delete_workflow(&name, now_ms()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -43,6 +43,57 @@ pub async fn check_all(store: &dyn Store) {
     remembers_running_processes(store).await;
     versions_workflows(store).await;
     finds_runs_by_idempotency_key(store).await;
+    schedules_advance_once(store).await;
+}
+
+async fn schedules_advance_once(store: &dyn Store) {
+    let s = ScheduleRow {
+        name: "nightly".into(),
+        workflow: "wf".into(),
+        cron: "0 2 * * *".into(),
+        inputs: json!({"full": true}),
+        catch_up: plexus_core::schedule::CatchUp::RunMissed,
+        paused: false,
+        next_fire_at: 1_000,
+        last_fired_at: None,
+        from_manifest: false,
+        created_at: 1,
+    };
+    store.put_schedule(s.clone()).await.unwrap();
+    assert_eq!(store.due_schedules(999).await.unwrap().len(), 0);
+    assert_eq!(store.due_schedules(1_000).await.unwrap(), vec![s.clone()]);
+    assert!(
+        store
+            .advance_schedule("nightly", 1_000, 2_000, 1_001)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_schedule("nightly", 1_000, 2_000, 1_002)
+            .await
+            .unwrap(),
+        "a tick is claimed once"
+    );
+    let again = ScheduleRow {
+        next_fire_at: 5,
+        inputs: json!({"full": false}),
+        ..s.clone()
+    };
+    let kept = store.put_schedule(again).await.unwrap();
+    assert_eq!(
+        (kept.next_fire_at, kept.inputs.clone()),
+        (2_000, json!({"full": false})),
+        "same cron keeps its next tick"
+    );
+    assert!(store.set_schedule_paused("nightly", true).await.unwrap());
+    assert!(
+        store.due_schedules(10_000).await.unwrap().is_empty(),
+        "paused schedules do not fire"
+    );
+    assert_eq!(store.list_schedules().await.unwrap().len(), 1);
+    assert!(store.delete_schedule("nightly").await.unwrap());
+    assert!(store.get_schedule("nightly").await.unwrap().is_none());
 }
 
 async fn versions_workflows(store: &dyn Store) {

@@ -62,6 +62,22 @@ pub struct NewRun {
     pub workflow_version: Option<u32>,
 }
 
+/// A cron schedule that starts runs of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub workflow: String,
+    pub cron: String,
+    pub inputs: Json,
+    pub catch_up: plexus_core::schedule::CatchUp,
+    pub paused: bool,
+    pub next_fire_at: Millis,
+    pub last_fired_at: Option<Millis>,
+    /// Created by a manifest's `schedule:` (and removed with it).
+    pub from_manifest: bool,
+    pub created_at: Millis,
+}
+
 /// One version of a workflow definition applied through the API.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkflowRow {
@@ -254,6 +270,24 @@ pub trait Store: Send + Sync + 'static {
     /// The newest version of every workflow that is not deleted.
     async fn list_workflows(&self) -> Result<Vec<WorkflowRow>>;
     async fn delete_workflow(&self, name: &str, now: Millis) -> Result<bool>;
+    /// Creates or replaces a schedule. When one exists with the same cron, its
+    /// `next_fire_at`, `paused` and `last_fired_at` are kept.
+    async fn put_schedule(&self, schedule: ScheduleRow) -> Result<ScheduleRow>;
+    async fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>>;
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRow>>;
+    async fn delete_schedule(&self, name: &str) -> Result<bool>;
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool>;
+    /// Schedules not paused whose `next_fire_at` is at or before `now`.
+    async fn due_schedules(&self, now: Millis) -> Result<Vec<ScheduleRow>>;
+    /// Moves `next_fire_at` from `expected` to `next` if nobody else did: `false` means
+    /// another process advanced it first.
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        expected: Millis,
+        next: Millis,
+        fired_at: Millis,
+    ) -> Result<bool>;
     /// Attempt processes recorded as running for a run.
     async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 }

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_processes.sql")),
     (3, include_str!("../migrations/sqlite/0003_workflows.sql")),
+    (4, include_str!("../migrations/sqlite/0004_schedules.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -478,6 +479,32 @@ fn workflow_row(
         .map_err(db_err)
 }
 
+const SCHEDULE_COLUMNS: &str = "name, workflow, cron, inputs, catch_up, paused, next_fire_at, last_fired_at, from_manifest, created_at";
+
+fn schedule_from_row(r: &Row) -> rusqlite::Result<ScheduleRow> {
+    let inputs: String = r.get(3)?;
+    let catch_up: String = r.get(4)?;
+    Ok(ScheduleRow {
+        name: r.get(0)?,
+        workflow: r.get(1)?,
+        cron: r.get(2)?,
+        inputs: serde_json::from_str(&inputs).unwrap_or(Json::Null),
+        catch_up: plexus_core::schedule::CatchUp::parse(&catch_up).unwrap_or_default(),
+        paused: r.get(5)?,
+        next_fire_at: r.get::<_, i64>(6)? as u64,
+        last_fired_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        from_manifest: r.get(8)?,
+        created_at: r.get::<_, i64>(9)? as u64,
+    })
+}
+
+fn schedule_row(conn: &Connection, name: &str) -> Result<Option<ScheduleRow>> {
+    let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?1");
+    conn.query_row(&sql, [name], schedule_from_row)
+        .optional()
+        .map_err(db_err)
+}
+
 const COMMAND_COLUMNS: &str =
     "c.id, c.run_id, c.kind, c.step_id, c.data, c.actor, c.created_at, c.consumed_at, c.result";
 
@@ -840,6 +867,113 @@ impl Store for SqliteStore {
                 )
                 .map_err(db_err)?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_schedule(&self, schedule: ScheduleRow) -> Result<ScheduleRow> {
+        self.write(move |conn| {
+            let mut s = schedule;
+            if let Some(old) = schedule_row(conn, &s.name)?
+                && old.cron == s.cron
+            {
+                s.next_fire_at = old.next_fire_at;
+                s.paused = old.paused;
+                s.last_fired_at = old.last_fired_at;
+                s.created_at = old.created_at;
+            }
+            conn.execute(
+                "INSERT OR REPLACE INTO schedules (name, workflow, cron, inputs, catch_up, paused, next_fire_at, last_fired_at, \
+                 from_manifest, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    s.name,
+                    s.workflow,
+                    s.cron,
+                    s.inputs.to_string(),
+                    s.catch_up.as_str(),
+                    s.paused,
+                    s.next_fire_at as i64,
+                    s.last_fired_at.map(|t| t as i64),
+                    s.from_manifest,
+                    s.created_at as i64
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(s)
+        })
+        .await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
+        let name = name.to_owned();
+        self.read(move |conn| schedule_row(conn, &name)).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name");
+            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let rows = stmt
+                .query_map([], schedule_from_row)
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            Ok(conn
+                .execute("DELETE FROM schedules WHERE name = ?1", [&name])
+                .map_err(db_err)?
+                > 0)
+        })
+        .await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE schedules SET paused = ?2 WHERE name = ?1",
+                    params![name, paused],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn due_schedules(&self, now: Millis) -> Result<Vec<ScheduleRow>> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_fire_at <= ?1 ORDER BY next_fire_at");
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+            let rows = stmt.query_map([now as i64], schedule_from_row).map_err(db_err)?.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        expected: Millis,
+        next: Millis,
+        fired_at: Millis,
+    ) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE schedules SET next_fire_at = ?3, last_fired_at = ?4 WHERE name = ?1 AND next_fire_at = ?2",
+                    params![name, expected as i64, next as i64, fired_at as i64],
+                )
+                .map_err(db_err)?;
+            Ok(n == 1)
         })
         .await
     }
