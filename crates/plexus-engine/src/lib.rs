@@ -173,6 +173,11 @@ pub struct Submission {
     pub workflow_version: Option<u32>,
 }
 
+/// A new time-ordered id (UUIDv7), as runs get.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -235,7 +240,7 @@ impl Engine {
         {
             return Ok(existing.id);
         }
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = new_id();
         let now = now_ms();
         let plan = sub.plan;
         let created = self

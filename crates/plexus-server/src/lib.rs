@@ -3,6 +3,7 @@
 
 mod body;
 mod error;
+mod events;
 mod health;
 mod runs;
 pub mod schedules;
@@ -81,4 +82,6 @@ api! {
     delete "/api/v1/schedules/{name}" => schedules::delete,
     post "/api/v1/schedules/{name}/pause" => schedules::pause,
     post "/api/v1/schedules/{name}/resume" => schedules::resume,
+    post "/api/v1/events" => events::post,
+    get "/api/v1/dead-letters" => events::dead_letters,
 }

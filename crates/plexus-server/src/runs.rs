@@ -308,5 +308,17 @@ pub async fn step_action(
             )));
         }
     };
-    control(&state, &id, input, kind, Some(&step), data).await
+    let answer = control(&state, &id, input, kind, Some(&step), data.clone()).await;
+    match answer {
+        // A signal that reaches no waiting step is kept as a dead letter, not dropped.
+        Err(e) if kind == CommandKind::Signal && e.status == StatusCode::CONFLICT => {
+            let target = format!("{id}/{step}");
+            let letter = state
+                .store
+                .add_dead_letter("signal", &target, data, &e.message, now_ms())
+                .await?;
+            Err(e.with_details(json!({ "dead_letter": letter })))
+        }
+        other => other,
+    }
 }

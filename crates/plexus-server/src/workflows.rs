@@ -37,6 +37,10 @@ pub async fn apply(
         .put_workflow(&plan.manifest.name, text, now_ms())
         .await?;
     sync_schedule(&state, &plan.manifest).await?;
+    state
+        .store
+        .set_triggers(&plan.manifest.name, &plan.manifest.on)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -116,6 +120,7 @@ pub async fn delete(
     {
         state.store.delete_schedule(&name).await?;
     }
+    state.store.set_triggers(&name, &[]).await?;
     if state.store.delete_workflow(&name, now_ms()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -44,6 +44,70 @@ pub async fn check_all(store: &dyn Store) {
     versions_workflows(store).await;
     finds_runs_by_idempotency_key(store).await;
     schedules_advance_once(store).await;
+    events_trigger_and_dead_letters(store).await;
+}
+
+async fn events_trigger_and_dead_letters(store: &dyn Store) {
+    store
+        .set_triggers("deploy", &["git.push".into(), "release".into()])
+        .await
+        .unwrap();
+    store
+        .set_triggers("notify", &["release".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.triggered_by("release").await.unwrap(),
+        ["deploy", "notify"]
+    );
+    store
+        .set_triggers("deploy", &["git.push".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.triggered_by("release").await.unwrap(),
+        ["notify"],
+        "triggers are replaced, not added"
+    );
+    let ev = |id: &str| ReceivedEvent {
+        id: id.into(),
+        event_type: "release".into(),
+        payload: json!({"v": 1}),
+        dedupe_key: Some("r-1".into()),
+        received_at: 5,
+        runs: vec![],
+    };
+    let (first, new) = store.record_event(ev("e1")).await.unwrap();
+    assert!(new);
+    store
+        .set_event_runs(&first.id, &["run-a".into()])
+        .await
+        .unwrap();
+    let (again, new) = store.record_event(ev("e2")).await.unwrap();
+    assert!(!new, "the same dedupe key is the same event");
+    assert_eq!(
+        (again.id.as_str(), again.runs.clone()),
+        ("e1", vec!["run-a".to_owned()])
+    );
+    let id = store
+        .add_dead_letter(
+            "event",
+            "nobody.listens",
+            json!({"x": 1}),
+            "no workflow starts on it",
+            9,
+        )
+        .await
+        .unwrap();
+    let letters = store.dead_letters(10).await.unwrap();
+    assert_eq!(
+        (
+            letters[0].id,
+            letters[0].kind.as_str(),
+            letters[0].payload.clone()
+        ),
+        (id, "event", json!({"x": 1}))
+    );
 }
 
 async fn schedules_advance_once(store: &dyn Store) {

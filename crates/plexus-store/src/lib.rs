@@ -78,6 +78,30 @@ pub struct ScheduleRow {
     pub created_at: Millis,
 }
 
+/// An event received through the API, with the runs it started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReceivedEvent {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub payload: Json,
+    pub dedupe_key: Option<String>,
+    pub received_at: Millis,
+    pub runs: Vec<String>,
+}
+
+/// Something that reached nothing (an event no workflow subscribes to, a signal no step
+/// waits for), kept so that it is never dropped silently.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub kind: String,
+    pub target: String,
+    pub payload: Json,
+    pub reason: String,
+    pub created_at: Millis,
+}
+
 /// One version of a workflow definition applied through the API.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkflowRow {
@@ -288,6 +312,23 @@ pub trait Store: Send + Sync + 'static {
         next: Millis,
         fired_at: Millis,
     ) -> Result<bool>;
+    /// Replaces the event types `workflow` starts on.
+    async fn set_triggers(&self, workflow: &str, event_types: &[String]) -> Result<()>;
+    /// Workflows that start on `event_type`.
+    async fn triggered_by(&self, event_type: &str) -> Result<Vec<String>>;
+    /// Records an event; with a dedupe key seen before, returns the first event instead
+    /// (and `false`).
+    async fn record_event(&self, event: ReceivedEvent) -> Result<(ReceivedEvent, bool)>;
+    async fn set_event_runs(&self, id: &str, runs: &[String]) -> Result<()>;
+    async fn add_dead_letter(
+        &self,
+        kind: &str,
+        target: &str,
+        payload: Json,
+        reason: &str,
+        now: Millis,
+    ) -> Result<i64>;
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
     /// Attempt processes recorded as running for a run.
     async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 }

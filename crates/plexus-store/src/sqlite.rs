@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_processes.sql")),
     (3, include_str!("../migrations/sqlite/0003_workflows.sql")),
     (4, include_str!("../migrations/sqlite/0004_schedules.sql")),
+    (5, include_str!("../migrations/sqlite/0005_events.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -974,6 +975,143 @@ impl Store for SqliteStore {
                 )
                 .map_err(db_err)?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn set_triggers(&self, workflow: &str, event_types: &[String]) -> Result<()> {
+        let (workflow, types) = (workflow.to_owned(), event_types.to_vec());
+        self.write(move |conn| {
+            conn.execute("DELETE FROM triggers WHERE workflow = ?1", [&workflow])
+                .map_err(db_err)?;
+            for t in &types {
+                conn.execute(
+                    "INSERT OR IGNORE INTO triggers (event_type, workflow) VALUES (?1, ?2)",
+                    params![t, workflow],
+                )
+                .map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn triggered_by(&self, event_type: &str) -> Result<Vec<String>> {
+        let event_type = event_type.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT workflow FROM triggers WHERE event_type = ?1 ORDER BY workflow",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([&event_type], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn record_event(&self, event: ReceivedEvent) -> Result<(ReceivedEvent, bool)> {
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "INSERT OR IGNORE INTO received_events (id, type, payload, dedupe_key, received_at, runs) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        event.id,
+                        event.event_type,
+                        event.payload.to_string(),
+                        event.dedupe_key,
+                        event.received_at as i64,
+                        serde_json::to_string(&event.runs).unwrap_or_default()
+                    ],
+                )
+                .map_err(db_err)?;
+            if n == 1 {
+                return Ok((event, true));
+            }
+            let first = conn
+                .query_row(
+                    "SELECT id, type, payload, dedupe_key, received_at, runs FROM received_events WHERE dedupe_key = ?1",
+                    [&event.dedupe_key],
+                    |r| {
+                        let payload: String = r.get(2)?;
+                        let runs: String = r.get(5)?;
+                        Ok(ReceivedEvent {
+                            id: r.get(0)?,
+                            event_type: r.get(1)?,
+                            payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
+                            dedupe_key: r.get(3)?,
+                            received_at: r.get::<_, i64>(4)? as u64,
+                            runs: serde_json::from_str(&runs).unwrap_or_default(),
+                        })
+                    },
+                )
+                .map_err(db_err)?;
+            Ok((first, false))
+        })
+        .await
+    }
+
+    async fn set_event_runs(&self, id: &str, runs: &[String]) -> Result<()> {
+        let (id, runs) = (
+            id.to_owned(),
+            serde_json::to_string(runs).unwrap_or_default(),
+        );
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE received_events SET runs = ?2 WHERE id = ?1",
+                params![id, runs],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_dead_letter(
+        &self,
+        kind: &str,
+        target: &str,
+        payload: Json,
+        reason: &str,
+        now: Millis,
+    ) -> Result<i64> {
+        let (kind, target, reason) = (kind.to_owned(), target.to_owned(), reason.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO dead_letters (kind, target, payload, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![kind, target, payload.to_string(), reason, now as i64],
+            )
+            .map_err(db_err)?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT id, kind, target, payload, reason, created_at FROM dead_letters ORDER BY id DESC LIMIT ?1")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([limit.max(1) as i64], |r| {
+                    let payload: String = r.get(3)?;
+                    Ok(DeadLetter {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        target: r.get(2)?,
+                        payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
+                        reason: r.get(4)?,
+                        created_at: r.get::<_, i64>(5)? as u64,
+                    })
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
         })
         .await
     }
