@@ -218,7 +218,7 @@ pub async fn control(
             CommandKind::Approve | CommandKind::Reject => {
                 Some(("awaiting_approval", "awaiting approval"))
             }
-            CommandKind::Cancel => None,
+            CommandKind::Cancel | CommandKind::Pause | CommandKind::Resume => None,
         };
         if let Some((status, what)) = expected
             && s.status != status

@@ -189,6 +189,9 @@ pub fn parse_document(text: &str) -> Result<Node, SyntaxError> {
     options.budget = Some(budget);
     options.alias_limits = alias_limits;
     options.with_snippet = false;
+    // YAML 1.2 booleans only: `on`, `off`, `yes`, `no` stay text (a step id `off`, a
+    // country code `no`), as every modern YAML reader treats them.
+    options.strict_booleans = true;
     match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
         Ok(node) => Ok(Node {
             loc: loc_of(&node),
@@ -244,6 +247,18 @@ mod tests {
         let err = parse_document("a: [1, 2\nb: 3").unwrap_err();
         assert_eq!(err.loc.line, 2);
         assert!(!err.message.contains("line 2"), "{}", err.message);
+    }
+
+    #[test]
+    fn only_true_and_false_are_booleans() {
+        let node = parse_document("a: off\nb: yes\nc: true\non: [x]\n").unwrap();
+        let Value::Map(entries) = &node.value else {
+            panic!("not a map")
+        };
+        assert_eq!(entries[0].1.value, Value::Str("off".into()));
+        assert_eq!(entries[1].1.value, Value::Str("yes".into()));
+        assert_eq!(entries[2].1.value, Value::Bool(true));
+        assert_eq!(entries[3].0.name, "on");
     }
 
     #[test]

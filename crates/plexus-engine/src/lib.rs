@@ -113,11 +113,14 @@ impl EngineStats {
 }
 
 pub(crate) enum Msg {
+    /// Takes a run into the loop: started (no events yet), resumed (events), or with
+    /// `first` applied instead (retry of a finished run).
     Adopt {
         state: Box<RunState>,
         base_dir: PathBuf,
         parent: Option<ParentRef>,
         reply: Option<oneshot::Sender<()>>,
+        first: Option<Input>,
     },
     Input {
         run_id: String,
@@ -273,6 +276,7 @@ impl Engine {
             base_dir: sub.base_dir,
             parent: None,
             reply: Some(reply),
+            first: None,
         })
         .await?;
         let _ = done.await;
@@ -348,6 +352,55 @@ impl Engine {
             base_dir,
             parent: row.parent,
             reply: Some(reply),
+            first: None,
+        })
+        .await?;
+        let _ = done.await;
+        Ok(row.id)
+    }
+
+    /// Runs a failed or cancelled run again from the steps that did not succeed.
+    pub async fn retry(&self, run_id: &str, by: &str) -> Result<String, EngineError> {
+        let row = self.store.get_run(run_id).await?;
+        if !matches!(
+            RunStatus::parse(&row.status),
+            Some(RunStatus::Failed | RunStatus::Cancelled)
+        ) {
+            return Err(EngineError::Rejected(Rejected::RunNotIn {
+                status: RunStatus::parse(&row.status).map_or("unknown", RunStatus::as_str),
+                expected: "failed or cancelled",
+            }));
+        }
+        // Nobody drives a finished run, so taking it is always allowed.
+        let now = now_ms();
+        let lease_until = now + self.config.lease.as_millis() as u64;
+        self.store
+            .claim_run(&row.id, &self.config.owner, lease_until, now, true)
+            .await?;
+        let file = format!("(stored manifest of run {})", row.id);
+        let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options())
+            .map_err(|d| EngineError::Manifest {
+                run: row.id.clone(),
+                problems: d
+                    .iter()
+                    .map(Diagnostic::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })?;
+        let events = self.store.events(&row.id, 0, 0).await?;
+        let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
+        let base_dir = row
+            .base_dir
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let (reply, done) = oneshot::channel();
+        let first = Some(Input::Retry { by: by.to_owned() });
+        self.send(Msg::Adopt {
+            state: Box::new(state),
+            base_dir,
+            parent: row.parent,
+            reply: Some(reply),
+            first,
         })
         .await?;
         let _ = done.await;

@@ -218,13 +218,14 @@ impl Loop {
                 base_dir,
                 parent,
                 reply,
+                first,
             } => {
                 let run: RunId = state.run_id.as_str().into();
                 let now = now_ms();
-                let t = if state.seq == 0 {
-                    state.handle(Input::Start, now).unwrap_or_default()
-                } else {
-                    state.resume(now)
+                let t = match first {
+                    Some(input) => state.handle(input, now).unwrap_or_default(),
+                    None if state.seq == 0 => state.handle(Input::Start, now).unwrap_or_default(),
+                    None => state.resume(now),
                 };
                 self.runs.insert(
                     run.clone(),
@@ -349,6 +350,12 @@ impl Loop {
                         },
                         plexus_store::CommandKind::Cancel => Input::Cancel {
                             reason: format!("cancelled by {}", c.actor),
+                        },
+                        plexus_store::CommandKind::Pause => Input::Pause {
+                            by: c.actor.clone(),
+                        },
+                        plexus_store::CommandKind::Resume => Input::Resume {
+                            by: c.actor.clone(),
                         },
                     };
                     let result = match self.apply(&RunId::from(c.run_id.as_str()), input) {
@@ -705,6 +712,7 @@ async fn prepare_child(
             base_dir,
             parent: Some(parent),
             reply: None,
+            first: None,
         }));
     }
     // The child exists from before a restart: report its end, or take it over.

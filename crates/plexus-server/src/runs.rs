@@ -253,6 +253,31 @@ pub async fn cancel(
     control(&state, &id, input, CommandKind::Cancel, None, Json_::Null).await
 }
 
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let input = Input::Pause { by: "api".into() };
+    control(&state, &id, input, CommandKind::Pause, None, Json_::Null).await
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let input = Input::Resume { by: "api".into() };
+    control(&state, &id, input, CommandKind::Resume, None, Json_::Null).await
+}
+
+/// Runs a failed or cancelled run again from the steps that did not succeed.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let id = state.engine.retry(&id, "api").await?;
+    Ok(Json(full_run(&state, &id).await?))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StepAction {

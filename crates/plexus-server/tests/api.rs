@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use common::Api;
 use plexus_server::ROUTES;
 use serde_json::json;
+use std::time::Duration;
 
 const HELLO: &str = "version: plexus/v1\nname: hello\ninputs: {who: {type: string, default: world}}\nsteps:\n- {id: greet, builtin: echo, with: {msg: 'hello {{ inputs.who }}'}}\noutputs: {msg: '{{ steps.greet.output.msg }}'}\n";
 
@@ -259,4 +260,55 @@ async fn openapi_lists_every_route() {
         ROUTES.len(),
         "openapi.json documents a route that does not exist"
     );
+}
+
+#[tokio::test]
+async fn runs_pause_resume_and_retry() {
+    let api = Api::new();
+    let marker = api.dir.path().join("fixed");
+    let flow = format!(
+        "version: plexus/v1\nname: flaky\nsteps:\n- {{id: hold, wait: {{signal: go}}}}\n- {{id: check, needs: [hold], run: 'test -e {}'}}\n- {{id: after, needs: [check], builtin: noop}}\n",
+        marker.display()
+    );
+    api.call("POST", "/api/v1/workflows", flow, &[]).await;
+    let (_, run) = api.post("/api/v1/runs", json!({"workflow": "flaky"})).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    api.wait_step(&id, "hold", "waiting").await;
+    let (s, _) = api
+        .post(&format!("/api/v1/runs/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    api.wait_state(&id, "paused").await;
+    api.post(&format!("/api/v1/runs/{id}/steps/hold/signal"), json!({}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, paused) = api.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(
+        paused["steps"][1]["state"], "pending",
+        "a paused run starts nothing new"
+    );
+    let (s, _) = api
+        .post(&format!("/api/v1/runs/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "already paused");
+    api.post(&format!("/api/v1/runs/{id}/resume"), json!({}))
+        .await;
+    let failed = api.wait_state(&id, "failed").await;
+    assert_eq!(failed["steps"][2]["state"], "skipped");
+
+    std::fs::write(&marker, "").unwrap();
+    let (s, again) = api
+        .post(&format!("/api/v1/runs/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(
+        (s, again["id"].as_str()),
+        (StatusCode::OK, Some(id.as_str()))
+    );
+    let done = api.wait_state(&id, "succeeded").await;
+    assert_eq!(done["steps"][1]["attempt"], 2);
+    assert!(done["finished_at"].is_u64());
+    let (s, _) = api
+        .post(&format!("/api/v1/runs/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "a succeeded run is not retried");
 }

@@ -21,21 +21,41 @@ async fn an_event_starts_every_subscribed_workflow_once() {
     assert_eq!(runs.len(), 2);
     assert!(v["dead_letter"].is_null());
     let deploy_run = api.wait_state(runs[0].as_str().unwrap(), "succeeded").await;
-    assert_eq!(deploy_run["outputs"], json!({"v": "1.4.0", "t": "release.published"}));
+    assert_eq!(
+        deploy_run["outputs"],
+        json!({"v": "1.4.0", "t": "release.published"})
+    );
     let (s, again) = api.post("/api/v1/events", event).await;
-    assert_eq!((s, again["duplicate"].clone()), (StatusCode::OK, json!(true)));
-    assert_eq!(again["runs"].as_array().unwrap(), &runs, "a repeated dedupe key starts nothing new");
+    assert_eq!(
+        (s, again["duplicate"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    assert_eq!(
+        again["runs"].as_array().unwrap(),
+        &runs,
+        "a repeated dedupe key starts nothing new"
+    );
 }
 
 #[tokio::test]
 async fn what_reaches_nothing_becomes_a_dead_letter() {
     let api = Api::new();
-    let (s, v) = api.post("/api/v1/events", json!({"type": "nobody.listens", "payload": {"x": 1}})).await;
+    let (s, v) = api
+        .post(
+            "/api/v1/events",
+            json!({"type": "nobody.listens", "payload": {"x": 1}}),
+        )
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert!(v["dead_letter"].is_i64(), "{v}");
     // A subscribed workflow that cannot start (a required input is missing) also counts.
     api.call("POST", "/api/v1/workflows", DEPLOY, &[]).await;
-    let (_, v) = api.post("/api/v1/events", json!({"type": "release.published", "payload": {}})).await;
+    let (_, v) = api
+        .post(
+            "/api/v1/events",
+            json!({"type": "release.published", "payload": {}}),
+        )
+        .await;
     assert_eq!(v["failed"][0]["workflow"], "deploy");
     assert!(v["dead_letter"].is_i64());
 
@@ -44,15 +64,28 @@ async fn what_reaches_nothing_becomes_a_dead_letter() {
     let (_, run) = api.post("/api/v1/runs", json!({"workflow": "gate"})).await;
     let id = run["id"].as_str().unwrap().to_owned();
     api.wait_step(&id, "first", "awaiting_approval").await;
-    let (s, v) = api.post(&format!("/api/v1/runs/{id}/steps/sig/signal"), json!({"data": {"early": true}})).await;
+    let (s, v) = api
+        .post(
+            &format!("/api/v1/runs/{id}/steps/sig/signal"),
+            json!({"data": {"early": true}}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert!(v["details"]["dead_letter"].is_i64(), "{v}");
 
     let (_, letters) = api.get("/api/v1/dead-letters").await;
     let letters = letters["dead_letters"].as_array().unwrap();
-    let kinds: Vec<&str> = letters.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = letters
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["signal", "event", "event"]);
     assert_eq!(letters[0]["target"], format!("{id}/sig"));
     assert_eq!(letters[0]["payload"], json!({"data": {"early": true}}));
-    assert!(letters[2]["reason"].as_str().unwrap().contains("no workflow starts on `nobody.listens`"));
+    assert!(
+        letters[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no workflow starts on `nobody.listens`")
+    );
 }

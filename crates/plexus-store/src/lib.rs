@@ -160,6 +160,8 @@ pub enum CommandKind {
     Approve,
     Reject,
     Cancel,
+    Pause,
+    Resume,
 }
 
 impl CommandKind {
@@ -169,6 +171,8 @@ impl CommandKind {
             CommandKind::Approve => "approve",
             CommandKind::Reject => "reject",
             CommandKind::Cancel => "cancel",
+            CommandKind::Pause => "pause",
+            CommandKind::Resume => "resume",
         }
     }
 
@@ -178,6 +182,8 @@ impl CommandKind {
             "approve" => CommandKind::Approve,
             "reject" => CommandKind::Reject,
             "cancel" => CommandKind::Cancel,
+            "pause" => CommandKind::Pause,
+            "resume" => CommandKind::Resume,
             _ => return None,
         })
     }

@@ -25,6 +25,12 @@ pub enum RowChange {
         outputs: Option<Json>,
         error: Option<String>,
     },
+    /// A retried run is running again: no end, no error, no outputs.
+    RunReopened,
+    /// A reset step is pending again, with nothing of its last attempts shown.
+    StepReopened {
+        step_id: String,
+    },
     /// The event changes no row beyond `last_seq`.
     None,
 }
@@ -57,6 +63,22 @@ pub fn materialize(e: &Event) -> RowChange {
             finished: Some(e.time),
             outputs: Some(outputs.clone()),
             error: Some(error.clone()),
+        },
+        EventKind::RunPaused { .. } => RowChange::Run {
+            status: "paused",
+            finished: None,
+            outputs: None,
+            error: None,
+        },
+        EventKind::RunResumed { .. } => RowChange::Run {
+            status: "running",
+            finished: None,
+            outputs: None,
+            error: None,
+        },
+        EventKind::RunRetried { .. } => RowChange::RunReopened,
+        EventKind::StepReset { step_id } => RowChange::StepReopened {
+            step_id: step_id.clone(),
         },
         EventKind::RunCancelled { reason } => RowChange::Run {
             status: "cancelled",

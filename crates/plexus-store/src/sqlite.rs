@@ -366,6 +366,21 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
                     ])
                     .map_err(db_err)?;
             }
+            RowChange::RunReopened => {
+                conn.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, outputs = NULL WHERE id = ?1",
+                    [run_id],
+                )
+                .map_err(db_err)?;
+            }
+            RowChange::StepReopened { step_id } => {
+                conn.execute(
+                    "UPDATE steps SET status = 'pending', started_at = NULL, finished_at = NULL, output = NULL, error = NULL \
+                     WHERE run_id = ?1 AND step_id = ?2",
+                    params![run_id, step_id],
+                )
+                .map_err(db_err)?;
+            }
             RowChange::None => {}
         }
         let entry = last.entry(run_id.as_str()).or_default();
@@ -570,7 +585,6 @@ impl Store for SqliteStore {
             let n = conn
                 .execute(
                     "UPDATE runs SET owner = ?2, lease_until = ?3, fence = fence + 1 WHERE id = ?1 \
-                     AND status NOT IN ('succeeded', 'failed', 'cancelled') \
                      AND (?5 OR owner IS NULL OR owner = ?2 OR lease_until IS NULL OR lease_until < ?4)",
                     params![run_id, owner, lease_until as i64, now as i64, force],
                 )

@@ -109,6 +109,22 @@ pub enum EventKind {
     RunCancelled {
         reason: String,
     },
+    /// No new step starts until the run is resumed; running steps go on.
+    RunPaused {
+        by: String,
+    },
+    RunResumed {
+        by: String,
+    },
+    /// A failed or cancelled run is started again from the steps that did not succeed;
+    /// each of them is reset with a [`EventKind::StepReset`] that follows.
+    RunRetried {
+        by: String,
+    },
+    /// The step is pending again (its attempt numbers go on).
+    StepReset {
+        step_id: String,
+    },
 }
 
 impl EventKind {
@@ -129,6 +145,10 @@ impl EventKind {
             EventKind::RunSucceeded { .. } => "run_succeeded",
             EventKind::RunFailed { .. } => "run_failed",
             EventKind::RunCancelled { .. } => "run_cancelled",
+            EventKind::RunPaused { .. } => "run_paused",
+            EventKind::RunResumed { .. } => "run_resumed",
+            EventKind::RunRetried { .. } => "run_retried",
+            EventKind::StepReset { .. } => "step_reset",
         }
     }
 
@@ -143,7 +163,8 @@ impl EventKind {
             | EventKind::StepFailed { step_id, .. }
             | EventKind::StepInterrupted { step_id, .. }
             | EventKind::StepSkipped { step_id, .. }
-            | EventKind::StepCancelled { step_id } => Some(step_id),
+            | EventKind::StepCancelled { step_id }
+            | EventKind::StepReset { step_id } => Some(step_id),
             _ => None,
         }
     }

@@ -154,6 +154,17 @@ pub enum Input {
     Cancel {
         reason: String,
     },
+    /// Start no new step until [`Input::Resume`].
+    Pause {
+        by: String,
+    },
+    Resume {
+        by: String,
+    },
+    /// Run a failed or cancelled run again from the steps that did not succeed.
+    Retry {
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +254,11 @@ pub enum Rejected {
     },
     #[error("the run is already {0}")]
     RunFinished(&'static str),
+    #[error("the run is {status}, not {expected}")]
+    RunNotIn {
+        status: &'static str,
+        expected: &'static str,
+    },
 }
 
 /// Who may approve what, and what they are approving.

@@ -338,6 +338,28 @@ impl RunState {
                 self.status = RunStatus::Cancelled;
                 self.error = Some(reason.clone());
             }
+            EventKind::RunPaused { .. } => self.status = RunStatus::Paused,
+            EventKind::RunResumed { .. } => self.status = RunStatus::Running,
+            EventKind::RunRetried { .. } => {
+                self.status = RunStatus::Running;
+                self.error = None;
+                self.outputs = Json::Null;
+            }
+            EventKind::StepReset { step_id } => {
+                if let Some(i) = step_of(self, step_id) {
+                    let step = &mut self.steps[i];
+                    if step.unit.status.is_terminal() {
+                        self.open += 1;
+                    }
+                    let attempt = step.unit.attempt;
+                    step.unit = UnitRt {
+                        attempt,
+                        ..UnitRt::default()
+                    };
+                    step.items = None;
+                    step.approved = false;
+                }
+            }
         }
     }
 
@@ -362,7 +384,7 @@ impl RunState {
     /// Applies an input and returns the events to persist and the actions to perform.
     pub fn handle(&mut self, input: Input, now: Millis) -> Result<Transition, Rejected> {
         let mut t = Transition::default();
-        if self.status.is_terminal() {
+        if self.status.is_terminal() && !matches!(input, Input::Retry { .. }) {
             return match input {
                 // Late answers from attempts, timers or slots are harmless after the end.
                 Input::AttemptFinished { .. }
@@ -457,9 +479,67 @@ impl RunState {
                 self.skip_step(&mut t, now, i, reason);
             }
             Input::Cancel { reason } => self.cancel(&mut t, now, reason),
+            Input::Pause { by } => {
+                self.expect_status(RunStatus::Running, "running")?;
+                self.emit(&mut t, now, EventKind::RunPaused { by });
+            }
+            Input::Resume { by } => {
+                self.expect_status(RunStatus::Paused, "paused")?;
+                self.emit(&mut t, now, EventKind::RunResumed { by });
+                self.evaluate_pending(&mut t, now);
+            }
+            Input::Retry { by } => self.retry(&mut t, now, by)?,
         }
         self.maybe_finish(&mut t, now);
         Ok(t)
+    }
+
+    fn expect_status(&self, status: RunStatus, expected: &'static str) -> Result<(), Rejected> {
+        if self.status == status {
+            Ok(())
+        } else {
+            Err(Rejected::RunNotIn {
+                status: self.status.as_str(),
+                expected,
+            })
+        }
+    }
+
+    fn evaluate_pending(&mut self, t: &mut Transition, now: Millis) {
+        for i in 0..self.steps.len() {
+            if self.steps[i].unit.status == StepStatus::Pending {
+                self.evaluate_step(t, now, i);
+            }
+        }
+    }
+
+    /// Resets the failed and cancelled steps, and the steps skipped behind them, then
+    /// carries on as if they had never run.
+    fn retry(&mut self, t: &mut Transition, now: Millis, by: String) -> Result<(), Rejected> {
+        if !matches!(self.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(Rejected::RunNotIn {
+                status: self.status.as_str(),
+                expected: "failed or cancelled",
+            });
+        }
+        let mut reset = vec![false; self.steps.len()];
+        for &layer_step in self.plan.layers.iter().flatten() {
+            let i = layer_step;
+            reset[i] = match self.steps[i].unit.status {
+                StepStatus::Failed | StepStatus::Cancelled => true,
+                StepStatus::Skipped => self.plan.nodes[i].parents.iter().any(|&p| reset[p]),
+                _ => false,
+            };
+        }
+        self.emit(t, now, EventKind::RunRetried { by });
+        for (i, &r) in reset.iter().enumerate() {
+            if r {
+                let step_id = self.plan.step(i).id.clone();
+                self.emit(t, now, EventKind::StepReset { step_id });
+            }
+        }
+        self.evaluate_pending(t, now);
+        Ok(())
     }
 
     /// After a restart: re-arm timers, retry interrupted attempts as new attempts,
@@ -612,7 +692,8 @@ impl RunState {
 
     /// Decides whether a pending step fires now.
     fn evaluate_step(&mut self, t: &mut Transition, now: Millis, i: usize) {
-        if self.steps[i].unit.status != StepStatus::Pending {
+        // A paused run starts nothing new; `Resume` evaluates the pending steps again.
+        if self.steps[i].unit.status != StepStatus::Pending || self.status == RunStatus::Paused {
             return;
         }
         let step = self.plan.step(i);

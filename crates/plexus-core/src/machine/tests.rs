@@ -401,3 +401,81 @@ fn backoff_is_capped_and_jitter_is_deterministic() {
     assert_eq!(a, state::backoff(&j, 2, "k"));
     assert!((2_000..=4_000).contains(&a), "{a}");
 }
+
+#[test]
+fn a_paused_run_starts_nothing_new_until_resumed() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\nsteps:\n- {id: a, builtin: noop}\n- {id: b, needs: [a], builtin: noop}\n",
+    );
+    let t = d.run.handle(Input::Start, d.now).unwrap();
+    d.feed(t);
+    let t = d
+        .run
+        .handle(Input::Pause { by: "ops".into() }, d.now)
+        .unwrap();
+    assert_eq!(t.events[0].kind.type_name(), "run_paused");
+    assert_eq!(d.run.status, RunStatus::Paused);
+    d.settle(); // `a` finishes; `b` must not start
+    assert_eq!(d.status("a"), StepStatus::Succeeded);
+    assert_eq!(d.status("b"), StepStatus::Pending);
+    assert!(
+        d.run
+            .handle(Input::Pause { by: "ops".into() }, d.now)
+            .is_err(),
+        "already paused"
+    );
+    let t = d
+        .run
+        .handle(Input::Resume { by: "ops".into() }, d.now)
+        .unwrap();
+    d.feed(t);
+    d.settle();
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+    // The fold gives the same answer.
+    let restored = RunState::restore("r1", Arc::clone(&d.run.plan), json!({}), &d.events);
+    assert_eq!(restored.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn retry_reruns_failed_steps_and_what_was_skipped_behind_them() {
+    let yaml = "version: plexus/v1\nname: t\nsteps:\n- {id: ok, run: 'echo ok'}\n- {id: bad, needs: [ok], run: 'false'}\n- {id: after, needs: [bad], run: 'echo after'}\n- {id: off, when: 'false == true', builtin: noop}\n";
+    let mut d = Driver::new(yaml);
+    d.settle();
+    assert_eq!(d.run.status, RunStatus::Failed);
+    assert_eq!(d.status("after"), StepStatus::Skipped);
+    let t = d
+        .run
+        .handle(Input::Retry { by: "x".into() }, d.now)
+        .unwrap();
+    d.feed(t);
+    // The second try still fails at `bad` (the driver fails commands with "false").
+    d.settle();
+    let types = d.types();
+    let from = types.iter().position(|t| t == "run_retried").unwrap();
+    assert_eq!(
+        &types[from..from + 3],
+        ["run_retried", "step_reset:bad", "step_reset:after"]
+    );
+    let bad_attempts: Vec<u32> = d
+        .events
+        .iter()
+        .filter(|e| e.kind.type_name() == "step_started" && e.kind.step_id() == Some("bad"))
+        .filter_map(|e| e.kind.attempt())
+        .collect();
+    assert_eq!(bad_attempts, vec![1, 2], "attempt numbers go on");
+    assert_eq!(
+        d.executed.iter().filter(|c| *c == "echo ok").count(),
+        1,
+        "what succeeded is not run again"
+    );
+    assert_eq!(
+        d.status("off"),
+        StepStatus::Skipped,
+        "a step skipped by its own condition stays skipped"
+    );
+    let err = d
+        .run
+        .handle(Input::Pause { by: "x".into() }, d.now)
+        .unwrap_err();
+    assert!(matches!(err, Rejected::RunFinished(_)));
+}
