@@ -8,6 +8,7 @@ mod health;
 mod runs;
 pub mod schedules;
 mod workflows;
+mod ws;
 
 pub use error::{ApiError, ApiResult};
 
@@ -65,6 +66,7 @@ macro_rules! api {
 
 api! {
     get "/healthz" => health::healthz,
+    get "/ws" => ws::upgrade,
     get "/api/v1/openapi.json" => health::openapi,
     post "/api/v1/workflows" => workflows::apply,
     get "/api/v1/workflows" => workflows::list,

@@ -1,0 +1,142 @@
+//! `GET /ws`: live run events over a WebSocket.
+//!
+//! `?run=ID&after=SEQ` replays the run's stored events after `SEQ`, then follows it live,
+//! with no gap and no duplicate (the live feed is joined before the backlog is read, and
+//! anything at or below the last sequence sent is dropped). Without `run`, every run's
+//! events are followed live. A heartbeat message goes out every `heartbeat_ms` (default
+//! 15 s). A client too slow for the feed is closed with a reason that says where to pick
+//! up, so it never slows the engine down.
+
+use crate::AppState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use plexus_engine::Notice;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+#[derive(Deserialize)]
+pub struct Subscribe {
+    run: Option<String>,
+    #[serde(default)]
+    after: u64,
+    heartbeat_ms: Option<u64>,
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(sub): Query<Subscribe>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| follow(state, sub, socket))
+}
+
+/// Close code 1008 (policy violation) is what a lagging client gets, 1011 a server error.
+const TOO_SLOW: u16 = 1008;
+
+async fn follow(state: AppState, sub: Subscribe, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    // Join the live feed first, so nothing committed from now on can be missed.
+    let mut live = state.engine.subscribe();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let run = match &sub.run {
+        Some(id) => match state.store.get_run(id).await {
+            Ok(row) => Some(row.id),
+            Err(e) => {
+                let frame = CloseFrame {
+                    code: 1008,
+                    reason: e.to_string().into(),
+                };
+                let _ = tx.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        },
+        None => None,
+    };
+    if let Some(run) = &run {
+        let mut after = sub.after;
+        loop {
+            let backlog = match state.store.events(run, after, 1000).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let frame = CloseFrame {
+                        code: 1011,
+                        reason: e.to_string().into(),
+                    };
+                    let _ = tx.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            };
+            let Some(end) = backlog.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in backlog {
+                let msg = json!({"type": "event", "run_id": run, "event": e});
+                if tx
+                    .send(Message::Text(msg.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            after = end;
+        }
+        last.insert(run.clone(), after);
+    }
+    let beat = Duration::from_millis(sub.heartbeat_ms.unwrap_or(15_000).max(10));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    loop {
+        tokio::select! {
+            notice = live.recv() => {
+                let msg = match notice {
+                    Ok(Notice::Event { run_id, event }) => {
+                        if run.as_deref().is_some_and(|r| r != &*run_id) {
+                            continue;
+                        }
+                        let seen = last.entry(run_id.to_string()).or_insert(0);
+                        if event.seq <= *seen {
+                            continue; // already sent from the backlog
+                        }
+                        *seen = event.seq;
+                        json!({"type": "event", "run_id": &*run_id, "event": &*event})
+                    }
+                    Ok(Notice::Finished { run_id, status }) => {
+                        if run.as_deref().is_some_and(|r| r != &*run_id) {
+                            continue;
+                        }
+                        json!({"type": "finished", "run_id": &*run_id, "state": status.as_str()})
+                    }
+                    Ok(Notice::Fatal { error }) => json!({"type": "error", "message": error}),
+                    Err(RecvError::Lagged(missed)) => {
+                        let resume = match &run {
+                            Some(r) => format!("; reconnect with run={r}&after={}", last.get(r).copied().unwrap_or(0)),
+                            None => String::new(),
+                        };
+                        let reason = format!("too slow: {missed} events missed{resume}");
+                        let _ = tx.send(Message::Close(Some(CloseFrame { code: TOO_SLOW, reason: reason.into() }))).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(Message::Text(msg.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            _ = heartbeat.tick() => {
+                let msg = json!({"type": "heartbeat", "time": plexus_engine::now_ms()});
+                if tx.send(Message::Text(msg.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = rx.next() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {} // pings are answered by the protocol layer
+            },
+        }
+    }
+}
