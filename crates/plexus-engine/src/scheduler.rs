@@ -53,6 +53,8 @@ struct Loop {
     deadline: Option<Instant>,
     /// Process groups of running attempts, to kill what is left when draining ends.
     pgids: HashMap<(RunId, Unit), i32>,
+    /// When running steps started (for the step duration histogram).
+    step_starts: HashMap<(RunId, String), u64>,
 }
 
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
@@ -82,6 +84,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         stopping: None,
         deadline: None,
         pgids: HashMap::new(),
+        step_starts: HashMap::new(),
     };
     tokio::spawn(lp.run(rx));
 }
@@ -118,6 +121,8 @@ impl Loop {
                         return;
                     }
                     let stats = &self.engine.stats;
+                    metrics::histogram!("plexus_store_commit_seconds").record(done.started.elapsed().as_secs_f64());
+                    metrics::counter!("plexus_events_committed_total").increment(done.events as u64);
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                     stats.events.fetch_add(done.events as u64, Ordering::Relaxed);
                     stats.commit_micros.fetch_add(done.started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -396,6 +401,7 @@ impl Loop {
     fn absorb(&mut self, run: &RunId, t: plexus_core::machine::Transition) {
         let listening = self.engine.notices.receiver_count() > 0;
         for e in t.events {
+            self.observe(run, &e);
             if listening {
                 self.notices.push(Notice::Event {
                     run_id: run.clone(),
@@ -406,6 +412,49 @@ impl Loop {
         }
         for a in t.actions {
             self.actions.push((run.clone(), a));
+        }
+    }
+
+    /// Step durations for `/metrics`: from a step's start to its end.
+    fn observe(&mut self, run: &RunId, e: &plexus_core::machine::Event) {
+        use plexus_core::machine::EventKind::*;
+        match &e.kind {
+            StepStarted {
+                step_id,
+                item: None,
+                ..
+            }
+            | StepExpanded { step_id, .. } => {
+                self.step_starts
+                    .entry((run.clone(), step_id.clone()))
+                    .or_insert(e.time);
+            }
+            StepSucceeded {
+                step_id,
+                item: None,
+                ..
+            }
+            | StepFailed {
+                step_id,
+                item: None,
+                retry_at: None,
+                ..
+            } => {
+                if let Some(start) = self.step_starts.remove(&(run.clone(), step_id.clone())) {
+                    let outcome = if matches!(e.kind, StepSucceeded { .. }) {
+                        "succeeded"
+                    } else {
+                        "failed"
+                    };
+                    let secs = e.time.saturating_sub(start) as f64 / 1000.0;
+                    metrics::histogram!("plexus_step_duration_seconds", "outcome" => outcome)
+                        .record(secs);
+                }
+            }
+            StepCancelled { step_id } | StepSkipped { step_id, .. } => {
+                self.step_starts.remove(&(run.clone(), step_id.clone()));
+            }
+            _ => {}
         }
     }
 
@@ -519,6 +568,7 @@ impl Loop {
             status,
         });
         let _ = self.engine.finished.send((run.clone(), status));
+        metrics::counter!("plexus_runs_finished_total", "state" => status.as_str()).increment(1);
         let Some(active) = self.runs.remove(&run) else {
             return;
         };

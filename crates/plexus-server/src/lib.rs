@@ -5,6 +5,7 @@ mod body;
 mod error;
 mod events;
 mod health;
+pub mod metrics;
 mod runs;
 pub mod schedules;
 mod workflows;
@@ -56,9 +57,11 @@ macro_rules! api {
 
         /// The HTTP API.
         pub fn app(state: AppState) -> Router {
+            metrics::install();
             Router::new()
                 $(.route($path, axum::routing::$method($handler)))*
                 .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+                .layer(axum::middleware::from_fn(metrics::track))
                 .with_state(state)
         }
     };
@@ -67,6 +70,7 @@ macro_rules! api {
 api! {
     get "/healthz" => health::healthz,
     get "/ws" => ws::upgrade,
+    get "/metrics" => metrics::render,
     get "/api/v1/openapi.json" => health::openapi,
     post "/api/v1/workflows" => workflows::apply,
     get "/api/v1/workflows" => workflows::list,

@@ -3,7 +3,7 @@
 mod common;
 use axum::body::Body;
 use axum::http::StatusCode;
-use common::Api;
+use common::{Api, RouterText};
 use plexus_server::ROUTES;
 use serde_json::json;
 use std::time::Duration;
@@ -311,4 +311,35 @@ async fn runs_pause_resume_and_retry() {
         .post(&format!("/api/v1/runs/{id}/retry"), json!({}))
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "a succeeded run is not retried");
+}
+
+#[tokio::test]
+async fn metrics_in_prometheus_format() {
+    let api = Api::new();
+    let (_, run) = api.post("/api/v1/runs", json!({"manifest": {"version": "plexus/v1", "name": "m", "steps": [{"id": "a", "run": "true"}]}})).await;
+    api.wait_state(run["id"].as_str().unwrap(), "succeeded")
+        .await;
+    let res = api.router.clone().oneshot_get("/metrics").await;
+    let value = |name: &str| -> Option<f64> {
+        res.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert!(
+        value("plexus_runs{state=\"succeeded\"}").is_some_and(|v| v >= 1.0),
+        "{res}"
+    );
+    assert!(
+        value("plexus_pool_capacity{pool=\"default\"}").is_some_and(|v| v == 2.0),
+        "{res}"
+    );
+    assert!(res.contains("plexus_step_duration_seconds_bucket"), "{res}");
+    assert!(res.contains("plexus_store_commit_seconds_count"), "{res}");
+    assert!(
+        res.contains(
+            "plexus_http_requests_total{method=\"POST\",route=\"/api/v1/runs\",status=\"201\"}"
+        ),
+        "{res}"
+    );
 }

@@ -270,6 +270,8 @@ pub trait Store: Send + Sync + 'static {
     /// Finds a run by id or unique id prefix.
     async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow>;
     async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunRow>>;
+    /// How many runs are in each state.
+    async fn count_runs_by_status(&self) -> Result<Vec<(String, u64)>>;
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRow>>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<Event>>;

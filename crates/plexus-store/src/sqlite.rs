@@ -685,6 +685,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_runs_by_status(&self) -> Result<Vec<(String, u64)>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRow>> {
         let run_id = run_id.to_owned();
         self.read(move |conn| {

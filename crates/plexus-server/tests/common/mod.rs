@@ -125,3 +125,19 @@ impl Api {
         panic!("step {step} of run {id} never reached {state}");
     }
 }
+
+/// GET a text body through the router.
+pub trait RouterText {
+    fn oneshot_get(self, uri: &str) -> impl std::future::Future<Output = String>;
+}
+
+impl RouterText for axum::Router {
+    async fn oneshot_get(self, uri: &str) -> String {
+        let res = self
+            .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+}
