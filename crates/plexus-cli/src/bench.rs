@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 5] = [
+pub const SCENARIOS: [&str; 6] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
     "shell-100",
     "park-100k",
+    "http-1000",
 ];
 
 struct Sizes {
@@ -26,6 +27,7 @@ struct Sizes {
     throughput: usize,
     shell: usize,
     park: usize,
+    http: usize,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -36,6 +38,7 @@ fn sizes(quick: bool) -> Sizes {
             throughput: 1_000,
             shell: 10,
             park: 1_000,
+            http: 64,
         }
     } else {
         Sizes {
@@ -44,6 +47,7 @@ fn sizes(quick: bool) -> Sizes {
             throughput: 10_000,
             shell: 100,
             park: 100_000,
+            http: 1_000,
         }
     }
 }
@@ -403,6 +407,20 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                 "ratio": format!("{:.0} bytes/parked step", rss * 1024.0 * 1024.0 / n as f64),
                 "where_time_goes": b.where_time_goes(parked + resumed),
             })
+        }
+        "http-1000" => {
+            let pools =
+                std::collections::BTreeMap::from([("default".to_owned(), crate::config::cores())]);
+            let mut r = crate::bench_http::run(&b.engine, &b.dir, pools, sz.http).await?;
+            let wall = Duration::from_secs_f64(r["seconds"].as_f64().unwrap_or(0.0));
+            r["scenario"] = json!(name);
+            r["baseline"] = json!(format!("one fsync'd commit: {:.2} ms", ms(fsync)));
+            r["ratio"] = json!(format!(
+                "{:.1} runs per fsync'd commit time",
+                r["completed_per_second"].as_f64().unwrap_or(0.0) * fsync.as_secs_f64()
+            ));
+            r["where_time_goes"] = json!(b.where_time_goes(wall));
+            r
         }
         other => bail!(
             "unknown scenario `{other}`; scenarios: {}",

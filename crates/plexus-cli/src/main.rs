@@ -1,6 +1,7 @@
 //! `plexus`: run durable workflows on your machine, inspect and control them.
 
 mod bench;
+mod bench_http;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_serve;
@@ -135,8 +136,9 @@ enum Command {
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
     /// steps and a join), throughput-10k (10,000 independent steps), shell-100 (100
     /// `true` commands vs bare fork+exec), park-100k (100,000 steps waiting for a signal:
-    /// peak memory, then one signal each). Each runs in its own process on a fresh store
-    /// with synchronous=FULL.
+    /// peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
+    /// HTTP by 32 clients: submit rate, runs/s, p50/p99 submit-to-finish). Each runs in
+    /// its own process on a fresh store with synchronous=FULL.
     Bench {
         /// Small sizes, for a smoke test
         #[arg(long)]

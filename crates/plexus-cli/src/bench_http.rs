@@ -1,0 +1,151 @@
+//! The `http-1000` scenario: runs of 5 noop steps submitted over HTTP on loopback by
+//! concurrent clients to a server in this process; submit rate, completion rate and
+//! submit-to-finish latency.
+
+use anyhow::{Context, Result, bail};
+use plexus_engine::Engine;
+use serde_json::{Value as Json, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+const CLIENTS: usize = 32;
+
+/// One request on its own connection; returns the status and the JSON body.
+async fn post(addr: &str, path: &str, body: &str) -> Result<(u16, Json)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("incomplete HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, serde_json::from_str(body).unwrap_or(Json::Null)))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub async fn run(
+    engine: &Engine,
+    dir: &Path,
+    pools: std::collections::BTreeMap<String, u32>,
+    n: usize,
+) -> Result<Json> {
+    let state = plexus_server::AppState {
+        engine: engine.clone(),
+        store: engine.store().clone(),
+        compile: plexus_core::CompileOptions { pools },
+        config: Arc::new(plexus_server::ServerConfig {
+            base_dir: dir.to_path_buf(),
+            ..Default::default()
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move { axum::serve(listener, plexus_server::app(state)).await });
+
+    let mut manifest = String::from("version: plexus/v1\nname: five\nsteps:\n");
+    for i in 0..5 {
+        let needs = if i > 0 {
+            format!(", needs: [s{}]", i - 1)
+        } else {
+            String::new()
+        };
+        manifest.push_str(&format!("  - {{id: s{i}, builtin: noop{needs}}}\n"));
+    }
+    let (status, _) = post(&addr, "/api/v1/workflows", &manifest).await?;
+    if status != 201 {
+        bail!("applying the bench workflow answered {status}");
+    }
+
+    // Finish times, recorded as the engine reports them.
+    let finished_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut ends = engine.finished();
+    let recorder = {
+        let finished_at = finished_at.clone();
+        tokio::spawn(async move {
+            while let Ok((run, _)) = ends.recv().await {
+                finished_at
+                    .lock()
+                    .await
+                    .insert(run.to_string(), Instant::now());
+            }
+        })
+    };
+
+    let body = json!({"workflow": "five"}).to_string();
+    let started = Instant::now();
+    let per_client = n.div_ceil(CLIENTS);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (addr, body) = (addr.clone(), body.clone());
+        clients.push(tokio::spawn(async move {
+            let mut submitted = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let t = Instant::now();
+                let (status, run) = post(&addr, "/api/v1/runs", &body).await?;
+                if status != 201 {
+                    bail!("submit answered {status}: {run}");
+                }
+                submitted.push((run["id"].as_str().unwrap_or_default().to_owned(), t));
+            }
+            Ok::<_, anyhow::Error>(submitted)
+        }));
+    }
+    let mut submitted = Vec::new();
+    for c in clients {
+        submitted.extend(c.await??);
+    }
+    let submit_time = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = finished_at.lock().await;
+        if submitted.iter().all(|(id, _)| done.contains_key(id)) {
+            break;
+        }
+        drop(done);
+        if Instant::now() > deadline {
+            bail!("not every run finished within two minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all_done = started.elapsed();
+    recorder.abort();
+    let done = finished_at.lock().await;
+    let mut latencies: Vec<Duration> = submitted
+        .iter()
+        .map(|(id, t)| done[id].duration_since(*t))
+        .collect();
+    latencies.sort();
+    let total = submitted.len();
+    let submit_rate = total as f64 / submit_time.as_secs_f64();
+    let complete_rate = total as f64 / all_done.as_secs_f64();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    Ok(json!({
+        "runs": total, "clients": CLIENTS, "seconds": all_done.as_secs_f64(),
+        "submit_per_second": submit_rate, "completed_per_second": complete_rate,
+        "p50_ms": p50.as_secs_f64() * 1000.0, "p99_ms": p99.as_secs_f64() * 1000.0,
+        "result": format!(
+            "{submit_rate:.0} submits/s, {complete_rate:.0} runs/s done; submit-to-finish p50 {:.0} ms, p99 {:.0} ms",
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        ),
+        "target": ">= 1,000 submits/s, p99 < 250 ms",
+        "target_met": submit_rate >= 1000.0 && p99 < Duration::from_millis(250),
+    }))
+}
