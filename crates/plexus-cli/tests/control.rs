@@ -199,7 +199,8 @@ fn bench_quick_reports_every_scenario() {
             "fanout-1000",
             "throughput-10k",
             "shell-100",
-            "park-100k"
+            "park-100k",
+            "http-1000"
         ]
     );
     for s in v.as_array().unwrap() {
