@@ -38,6 +38,7 @@ pub async fn serve(
         config: Arc::new(ServerConfig {
             body_limit,
             base_dir: std::env::current_dir()?,
+            artifact_root: settings.data_dir.join("artifacts"),
         }),
     };
     axum::serve(listener, plexus_server::app(state))

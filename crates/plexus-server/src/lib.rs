@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Where relative paths of manifests sent inline (sub-workflows) are resolved.
     pub base_dir: PathBuf,
+    /// Where the engine stores artifacts (`<data dir>/artifacts`).
+    pub artifact_root: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +35,7 @@ impl Default for ServerConfig {
         ServerConfig {
             body_limit: 4 * 1024 * 1024,
             base_dir: PathBuf::from("."),
+            artifact_root: PathBuf::from("artifacts"),
         }
     }
 }
@@ -80,6 +83,9 @@ api! {
     get "/api/v1/runs" => runs::list,
     get "/api/v1/runs/{id}" => runs::get,
     get "/api/v1/runs/{id}/events" => runs::events,
+    get "/api/v1/runs/{id}/outputs" => runs::outputs,
+    get "/api/v1/runs/{id}/artifacts" => runs::artifacts,
+    get "/api/v1/artifacts/{sha256}" => runs::artifact,
     post "/api/v1/runs/{id}/cancel" => runs::cancel,
     post "/api/v1/runs/{id}/pause" => runs::pause,
     post "/api/v1/runs/{id}/resume" => runs::resume,

@@ -151,6 +151,10 @@ pub struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// Created at or after this time (ms since the epoch).
+    since: Option<u64>,
+    /// Created before this time (ms since the epoch).
+    until: Option<u64>,
 }
 
 pub async fn list(
@@ -171,6 +175,8 @@ pub async fn list(
         active: false,
         limit,
         before: q.cursor,
+        created_since: q.since,
+        created_until: q.until,
     };
     let rows = state.store.list_runs(filter).await?;
     let next_cursor = (rows.len() == limit)
@@ -251,6 +257,58 @@ pub async fn cancel(
         reason: "cancelled through the API".into(),
     };
     control(&state, &id, input, CommandKind::Cancel, None, Json_::Null).await
+}
+
+pub async fn outputs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let row = state.store.get_run(&id).await?;
+    Ok(Json(
+        json!({"run": row.id, "state": row.status, "outputs": row.outputs}),
+    ))
+}
+
+pub async fn artifacts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let row = state.store.get_run(&id).await?;
+    let list = state.store.artifacts(&row.id).await?;
+    let items: Vec<Json_> = list
+        .iter()
+        .map(|a| json!({"step": a.step_id, "attempt": a.attempt, "name": a.name, "size": a.size, "sha256": a.sha256,
+                        "url": format!("/api/v1/artifacts/{}", a.sha256)}))
+        .collect();
+    Ok(Json(json!({ "artifacts": items })))
+}
+
+/// The content of an artifact, by its SHA-256.
+pub async fn artifact(
+    State(state): State<AppState>,
+    Path(sha): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if sha.len() != 64
+        || !sha
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        return Err(ApiError::bad_request(
+            "an artifact is named by its SHA-256: 64 lower-case hex digits",
+        ));
+    }
+    let path = state.config.artifact_root.join(&sha[..2]).join(&sha);
+    // Artifacts can be large: read them off the async threads.
+    let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
+    let bytes = read
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|_| ApiError::not_found(format!("artifact {sha} not found")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
 }
 
 pub async fn pause(

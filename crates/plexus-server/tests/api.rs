@@ -343,3 +343,41 @@ async fn metrics_in_prometheus_format() {
         "{res}"
     );
 }
+
+#[tokio::test]
+async fn outputs_artifacts_and_time_filters() {
+    let api = Api::new();
+    let manifest = json!({"version": "plexus/v1", "name": "art", "steps": [
+        {"id": "make", "run": "printf 'report body' > \"$PLEXUS_ARTIFACTS/report.txt\""}],
+        "outputs": {"done": "yes"}});
+    let before = plexus_engine::now_ms();
+    let (_, run) = api
+        .post("/api/v1/runs", json!({"manifest": manifest}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    api.wait_state(&id, "succeeded").await;
+    let (_, out) = api.get(&format!("/api/v1/runs/{id}/outputs")).await;
+    assert_eq!(out["outputs"], json!({"done": "yes"}));
+    let (_, arts) = api.get(&format!("/api/v1/runs/{id}/artifacts")).await;
+    let art = &arts["artifacts"][0];
+    assert_eq!(
+        (art["name"].clone(), art["size"].clone()),
+        (json!("report.txt"), json!(11))
+    );
+    let body = api
+        .router
+        .clone()
+        .oneshot_get(art["url"].as_str().unwrap())
+        .await;
+    assert_eq!(body, "report body");
+    let (s, _) = api.get("/api/v1/artifacts/not-a-hash").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = api
+        .get(&format!("/api/v1/artifacts/{}", "0".repeat(64)))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, since) = api.get(&format!("/api/v1/runs?since={before}")).await;
+    assert_eq!(since["runs"].as_array().unwrap().len(), 1);
+    let (_, until) = api.get(&format!("/api/v1/runs?until={before}")).await;
+    assert!(until["runs"].as_array().unwrap().is_empty());
+}

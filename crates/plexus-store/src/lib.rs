@@ -151,6 +151,10 @@ pub struct RunFilter {
     pub limit: usize,
     /// Only runs listed after this run id (cursor pagination; newest first).
     pub before: Option<String>,
+    /// Only runs created at or after this time.
+    pub created_since: Option<Millis>,
+    /// Only runs created before this time.
+    pub created_until: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -669,6 +669,12 @@ impl Store for SqliteStore {
                     " AND (created_at, id) < (SELECT created_at, id FROM runs WHERE id = ?{n})"
                 ));
             }
+            if let Some(t) = filter.created_since {
+                sql.push_str(&format!(" AND created_at >= {t}"));
+            }
+            if let Some(t) = filter.created_until {
+                sql.push_str(&format!(" AND created_at < {t}"));
+            }
             if filter.active {
                 sql.push_str(" AND status NOT IN ('succeeded', 'failed', 'cancelled')");
             }

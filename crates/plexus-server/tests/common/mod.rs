@@ -46,6 +46,7 @@ impl Api {
             config: Arc::new(ServerConfig {
                 body_limit: 64 * 1024,
                 base_dir: dir.path().to_path_buf(),
+                artifact_root: dir.path().join("artifacts"),
             }),
         };
         Api {
