@@ -270,7 +270,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                             workflow,
                             active,
                             limit,
-                            before: None,
+                            ..Default::default()
                         },
                         interrupted,
                         format,
