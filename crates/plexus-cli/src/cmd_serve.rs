@@ -7,12 +7,12 @@ use plexus_server::{AppState, ServerConfig};
 use plexus_store::{RunFilter, Store};
 use std::sync::Arc;
 
-pub async fn serve(
-    settings: &Settings,
-    listen_addr: &str,
-    body_limit: usize,
-    grace: std::time::Duration,
-) -> Result<i32> {
+pub async fn serve(settings: &Settings) -> Result<i32> {
+    let (listen_addr, body_limit, grace) = (
+        settings.listen_addr.as_str(),
+        settings.body_limit,
+        settings.shutdown_grace,
+    );
     let store = settings.open_store()?;
     let engine = Engine::start(
         store.clone(),

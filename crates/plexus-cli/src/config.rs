@@ -14,6 +14,45 @@ pub struct FileConfig {
     pub pools: BTreeMap<String, u32>,
     /// `false` trades durability on power loss for speed (SQLite synchronous=NORMAL).
     pub fsync: Option<bool>,
+    /// `plexus serve`: address of the HTTP API.
+    pub listen_addr: Option<String>,
+    /// `plexus serve`: largest request body, in bytes.
+    pub body_limit: Option<usize>,
+    /// `plexus serve`: how long running steps may finish after SIGTERM, e.g. "30s".
+    pub shutdown_grace: Option<String>,
+}
+
+/// Settings of `plexus serve` given as flags or environment variables.
+#[derive(Debug, Default)]
+pub struct ServeFlags {
+    pub listen_addr: Option<String>,
+    pub body_limit: Option<usize>,
+    pub shutdown_grace: Option<std::time::Duration>,
+}
+
+impl ServeFlags {
+    /// The environment alone (for commands other than `serve`, such as `config show`).
+    pub fn from_env() -> Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Ok(ServeFlags {
+            listen_addr: var("PLEXUS_LISTEN_ADDR"),
+            body_limit: match var("PLEXUS_BODY_LIMIT") {
+                Some(v) => {
+                    Some(v.parse().with_context(|| {
+                        format!("PLEXUS_BODY_LIMIT={v} is not a number of bytes")
+                    })?)
+                }
+                None => None,
+            },
+            shutdown_grace: match var("PLEXUS_SHUTDOWN_GRACE") {
+                Some(v) => Some(
+                    plexus_core::duration::parse_duration(&v)
+                        .map_err(|e| anyhow::anyhow!("PLEXUS_SHUTDOWN_GRACE: {e}"))?,
+                ),
+                None => None,
+            },
+        })
+    }
 }
 
 pub fn config_dir() -> Option<PathBuf> {
@@ -61,6 +100,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub pools: BTreeMap<String, u32>,
     pub fsync: bool,
+    pub listen_addr: String,
+    pub body_limit: usize,
+    pub shutdown_grace: std::time::Duration,
+    pub config_file: Option<PathBuf>,
+    /// Where each setting came from: `flag or environment`, `file`, `default`.
+    pub sources: BTreeMap<&'static str, &'static str>,
 }
 
 pub fn cores() -> u32 {
@@ -86,25 +131,102 @@ pub fn resolve(
     data_dir_flag: Option<PathBuf>,
     pool_flags: &[String],
     config_file: Option<&Path>,
+    serve: ServeFlags,
 ) -> Result<Settings> {
-    let (file, _) = load_file_config(config_file)?;
-    let data_dir = data_dir_flag
-        .or(file.data_dir)
-        .unwrap_or_else(default_data_dir);
+    let (file, path) = load_file_config(config_file)?;
+    let mut sources = BTreeMap::new();
+    fn pick<T>(
+        sources: &mut BTreeMap<&'static str, &'static str>,
+        key: &'static str,
+        flag: Option<T>,
+        file: Option<T>,
+        default: T,
+    ) -> T {
+        let (value, source) = match (flag, file) {
+            (Some(v), _) => (v, "flag or environment"),
+            (None, Some(v)) => (v, "file"),
+            (None, None) => (default, "default"),
+        };
+        sources.insert(key, source);
+        value
+    }
+    let data_dir = pick(
+        &mut sources,
+        "data_dir",
+        data_dir_flag,
+        file.data_dir,
+        default_data_dir(),
+    );
     let mut pools = BTreeMap::from([("default".to_owned(), cores())]);
+    let pools_source = if !pool_flags.is_empty() {
+        "flag or environment"
+    } else if file.pools.is_empty() {
+        "default"
+    } else {
+        "file"
+    };
     pools.extend(file.pools);
     for flag in pool_flags {
         let (name, n) = parse_pool_flag(flag)?;
         pools.insert(name, n);
     }
+    sources.insert("pools", pools_source);
+    let fsync = pick(&mut sources, "fsync", None, file.fsync, true);
+    let listen_addr = pick(
+        &mut sources,
+        "listen_addr",
+        serve.listen_addr,
+        file.listen_addr,
+        "0.0.0.0:8080".to_owned(),
+    );
+    let body_limit = pick(
+        &mut sources,
+        "body_limit",
+        serve.body_limit,
+        file.body_limit,
+        4 * 1024 * 1024,
+    );
+    let file_grace = match file.shutdown_grace {
+        Some(g) => Some(
+            plexus_core::duration::parse_duration(&g)
+                .map_err(|e| anyhow::anyhow!("shutdown_grace in plexus.toml: {e}"))?,
+        ),
+        None => None,
+    };
+    let shutdown_grace = pick(
+        &mut sources,
+        "shutdown_grace",
+        serve.shutdown_grace,
+        file_grace,
+        std::time::Duration::from_secs(30),
+    );
     Ok(Settings {
         data_dir,
         pools,
-        fsync: file.fsync.unwrap_or(true),
+        fsync,
+        listen_addr,
+        body_limit,
+        shutdown_grace,
+        config_file: path,
+        sources,
     })
 }
 
 impl Settings {
+    /// The effective configuration, with where each value came from.
+    pub fn show(&self) -> serde_json::Value {
+        let src = |k: &str| self.sources.get(k).copied().unwrap_or("default");
+        serde_json::json!({
+            "config_file": self.config_file,
+            "data_dir": {"value": self.data_dir, "source": src("data_dir")},
+            "pools": {"value": self.pools, "source": src("pools")},
+            "fsync": {"value": self.fsync, "source": src("fsync")},
+            "listen_addr": {"value": self.listen_addr, "source": src("listen_addr")},
+            "body_limit": {"value": self.body_limit, "source": src("body_limit")},
+            "shutdown_grace": {"value": plexus_core::duration::format_duration(self.shutdown_grace), "source": src("shutdown_grace")},
+        })
+    }
+
     pub fn open_store(&self) -> Result<std::sync::Arc<plexus_store::SqliteStore>> {
         std::fs::create_dir_all(&self.data_dir).with_context(|| {
             format!(

@@ -120,17 +120,21 @@ enum Command {
     /// Ctrl-C stops taking requests, commits what is pending and hands unfinished runs
     /// back for the next start. Logs are JSON lines on stderr.
     Serve {
-        /// Address of the HTTP API
-        #[arg(long, env = "PLEXUS_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
-        listen_addr: String,
-        /// Largest request body accepted, in bytes
-        #[arg(long, env = "PLEXUS_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
-        body_limit: usize,
+        /// Address of the HTTP API [default: 0.0.0.0:8080; plexus.toml: listen_addr]
+        #[arg(long, env = "PLEXUS_LISTEN_ADDR")]
+        listen_addr: Option<String>,
+        /// Largest request body accepted, in bytes [default: 4194304; plexus.toml: body_limit]
+        #[arg(long, env = "PLEXUS_BODY_LIMIT")]
+        body_limit: Option<usize>,
         /// On SIGTERM, how long running steps may take to finish before they are killed
         /// (they then run again as new attempts at the next start)
-        #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration_flag)]
-        shutdown_grace: std::time::Duration,
+        /// [default: 30s; plexus.toml: shutdown_grace]
+        #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", value_parser = parse_duration_flag)]
+        shutdown_grace: Option<std::time::Duration>,
     },
+    /// Show the effective configuration and where each value comes from
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
@@ -147,6 +151,12 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         scenario: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every setting with its value and source (flag or environment, file, default)
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -214,7 +224,19 @@ fn main() {
 async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
     let g_data_dir = g.data_dir.clone();
-    let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref())?;
+    let serve_flags = match &cli.command {
+        Command::Serve {
+            listen_addr,
+            body_limit,
+            shutdown_grace,
+        } => config::ServeFlags {
+            listen_addr: listen_addr.clone(),
+            body_limit: *body_limit,
+            shutdown_grace: *shutdown_grace,
+        },
+        _ => config::ServeFlags::from_env()?,
+    };
+    let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref(), serve_flags)?;
     let compile = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
     };
@@ -225,11 +247,38 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             (Some(name), Format::Json) => bench::run_one(name, quick, g_data_dir.as_deref()).await,
             _ => bench::run_all(quick, scenario.as_deref(), format, g_data_dir.as_deref()),
         },
-        Command::Serve {
-            listen_addr,
-            body_limit,
-            shutdown_grace,
-        } => cmd_serve::serve(&settings, &listen_addr, body_limit, shutdown_grace).await,
+        Command::Serve { .. } => cmd_serve::serve(&settings).await,
+        Command::Config(ConfigCommand::Show) => {
+            let shown = settings.show();
+            match format {
+                Format::Json => output::json(&shown),
+                Format::Table => {
+                    let file = shown["config_file"].as_str().unwrap_or("(none found)");
+                    println!("configuration file: {file}\n");
+                    let rows: Vec<Vec<String>> = [
+                        "data_dir",
+                        "pools",
+                        "fsync",
+                        "listen_addr",
+                        "body_limit",
+                        "shutdown_grace",
+                    ]
+                    .iter()
+                    .map(|k| {
+                        let v = &shown[*k]["value"];
+                        let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                        vec![
+                            k.to_string(),
+                            value,
+                            shown[*k]["source"].as_str().unwrap_or("").to_owned(),
+                        ]
+                    })
+                    .collect();
+                    output::table(&["SETTING", "VALUE", "SOURCE"], &rows);
+                }
+            }
+            Ok(0)
+        }
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
         Command::Run {
