@@ -120,12 +120,31 @@ fn events_carry_seq_time_type_step_and_attempt() {
 fn config_show_names_every_value_and_its_source() {
     let p = Plexus::new();
     let file = p.dir.path().join("plexus.toml");
-    std::fs::write(&file, "listen_addr = \"127.0.0.1:9999\"\nshutdown_grace = \"5s\"\n[pools]\ngpu = 1\n").unwrap();
-    let out = p.cmd().args(["config", "show", "-o", "json"]).env("PLEXUS_BODY_LIMIT", "1024").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &file,
+        "listen_addr = \"127.0.0.1:9999\"\nshutdown_grace = \"5s\"\n[pools]\ngpu = 1\n",
+    )
+    .unwrap();
+    let out = p
+        .cmd()
+        .args(["config", "show", "-o", "json"])
+        .env("PLEXUS_BODY_LIMIT", "1024")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["listen_addr"], serde_json::json!({"value": "127.0.0.1:9999", "source": "file"}));
-    assert_eq!(v["body_limit"], serde_json::json!({"value": 1024, "source": "flag or environment"}));
+    assert_eq!(
+        v["listen_addr"],
+        serde_json::json!({"value": "127.0.0.1:9999", "source": "file"})
+    );
+    assert_eq!(
+        v["body_limit"],
+        serde_json::json!({"value": 1024, "source": "flag or environment"})
+    );
     assert_eq!(v["shutdown_grace"]["value"], "5s");
     assert_eq!(v["pools"]["value"]["gpu"], 1);
     assert_eq!(v["fsync"]["source"], "default");
@@ -133,6 +152,11 @@ fn config_show_names_every_value_and_its_source() {
     let bad = p.run(&["config", "show"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown field `listen_adr`"));
-    let bad_env = p.cmd().args(["config", "show"]).env("PLEXUS_SHUTDOWN_GRACE", "soon").output().unwrap();
+    let bad_env = p
+        .cmd()
+        .args(["config", "show"])
+        .env("PLEXUS_SHUTDOWN_GRACE", "soon")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&bad_env.stderr).contains("PLEXUS_SHUTDOWN_GRACE"));
 }

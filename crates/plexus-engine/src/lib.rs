@@ -330,15 +330,28 @@ impl Engine {
                 })
                 .await?;
         }
+        self.adopt_stored(row, None).await
+    }
+
+    /// Rebuilds a stored run from its events and hands it to the scheduler, which then
+    /// resumes it (or applies `first` instead).
+    async fn adopt_stored(
+        &self,
+        row: plexus_store::RunRow,
+        first: Option<Input>,
+    ) -> Result<String, EngineError> {
         let file = format!("(stored manifest of run {})", row.id);
         let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options())
-            .map_err(|d| EngineError::Manifest {
-                run: row.id.clone(),
-                problems: d
+            .map_err(|d| {
+                let problems = d
                     .iter()
                     .map(Diagnostic::to_string)
                     .collect::<Vec<_>>()
-                    .join("; "),
+                    .join("; ");
+                EngineError::Manifest {
+                    run: row.id.clone(),
+                    problems,
+                }
             })?;
         let events = self.store.events(&row.id, 0, 0).await?;
         let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
@@ -347,14 +360,14 @@ impl Engine {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
         let (reply, done) = oneshot::channel();
-        self.send(Msg::Adopt {
+        let adopt = Msg::Adopt {
             state: Box::new(state),
             base_dir,
             parent: row.parent,
             reply: Some(reply),
-            first: None,
-        })
-        .await?;
+            first,
+        };
+        self.send(adopt).await?;
         let _ = done.await;
         Ok(row.id)
     }
@@ -377,34 +390,8 @@ impl Engine {
         self.store
             .claim_run(&row.id, &self.config.owner, lease_until, now, true)
             .await?;
-        let file = format!("(stored manifest of run {})", row.id);
-        let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options())
-            .map_err(|d| EngineError::Manifest {
-                run: row.id.clone(),
-                problems: d
-                    .iter()
-                    .map(Diagnostic::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            })?;
-        let events = self.store.events(&row.id, 0, 0).await?;
-        let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
-        let base_dir = row
-            .base_dir
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let (reply, done) = oneshot::channel();
-        let first = Some(Input::Retry { by: by.to_owned() });
-        self.send(Msg::Adopt {
-            state: Box::new(state),
-            base_dir,
-            parent: row.parent,
-            reply: Some(reply),
-            first,
-        })
-        .await?;
-        let _ = done.await;
-        Ok(row.id)
+        self.adopt_stored(row, Some(Input::Retry { by: by.to_owned() }))
+            .await
     }
 
     /// Applies an input (signal, approve, reject, cancel) to a run this engine drives.
