@@ -2,38 +2,21 @@
 //! concurrent clients to a server in this process; submit rate, completion rate and
 //! submit-to-finish latency.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use plexus_engine::Engine;
 use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 const CLIENTS: usize = 32;
 
-/// One request on its own connection; returns the status and the JSON body.
 async fn post(addr: &str, path: &str, body: &str) -> Result<(u16, Json)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("incomplete HTTP response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    Ok((status, serde_json::from_str(body).unwrap_or(Json::Null)))
+    crate::http_client::Client::new(addr)?
+        .request("POST", path, Some(body))
+        .await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

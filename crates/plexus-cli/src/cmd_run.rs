@@ -23,7 +23,10 @@ pub struct RunArgs {
 }
 
 /// `key=value` flags and an optional JSON file, merged (flags win).
-fn given_inputs(flags: &[String], file: Option<&Path>) -> Result<serde_json::Map<String, Json>> {
+pub fn given_inputs(
+    flags: &[String],
+    file: Option<&Path>,
+) -> Result<serde_json::Map<String, Json>> {
     let mut map = serde_json::Map::new();
     if let Some(f) = file {
         let text =

@@ -7,8 +7,10 @@ mod cmd_runs;
 mod cmd_serve;
 mod cmd_validate;
 mod config;
+mod http_client;
 mod output;
 mod progress;
+mod remote;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +56,10 @@ struct Global {
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Talk to this `plexus serve` instead of the local store (e.g. http://127.0.0.1:8080)
+    /// [default: the context saved by `plexus init`]
+    #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL")]
+    server: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +141,18 @@ enum Command {
     /// Show the effective configuration and where each value comes from
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Save the server to talk to (in the user's config directory, mode 0600); commands
+    /// that work on runs then go to it unless --server says otherwise
+    Init {
+        #[arg(long, value_name = "URL")]
+        server: String,
+    },
+    /// Workflow definitions on a server
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Events for a server's `on:` triggers
+    #[command(subcommand)]
+    Event(EventCommand),
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
@@ -150,6 +168,37 @@ enum Command {
         /// Run only this scenario
         #[arg(long, value_name = "NAME")]
         scenario: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCommand {
+    /// Store a manifest as a new version (unchanged text keeps its version)
+    Apply { file: PathBuf },
+    /// The newest version of every workflow
+    List,
+    /// Print a stored manifest
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Delete a workflow and every version of it
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Post an event: every workflow with the type under `on:` starts
+    Emit {
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// JSON payload
+        #[arg(long, value_name = "JSON")]
+        payload: Option<String>,
+        /// The same key posted twice starts runs once
+        #[arg(long)]
+        dedupe_key: Option<String>,
     },
 }
 
@@ -184,6 +233,8 @@ enum RunsCommand {
     },
     /// Cancel a run: running steps are killed, the rest cancelled
     Cancel { run: String },
+    /// Follow a run on a server live, until it ends
+    Watch { run: String },
 }
 
 fn main() {
@@ -241,7 +292,17 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         pools: settings.pools.clone(),
     };
     let format = g.output;
+    let client = remote::server(g.server.as_deref())?;
+    if let Some(c) = &client
+        && let Some(code) = dispatch_remote(c, &cli.command, format).await?
+    {
+        return Ok(code);
+    }
     match cli.command {
+        Command::Init { server } => remote::init(&server).await,
+        Command::Workflow(_) => remote::need(client, "workflow").map(|_| 0),
+        Command::Event(_) => remote::need(client, "event").map(|_| 0),
+        Command::Runs(RunsCommand::Watch { .. }) => remote::need(client, "runs watch").map(|_| 0),
         Command::Bench { quick, scenario } => match (&scenario, format) {
             // The parent asks each child process for one scenario in JSON.
             (Some(name), Format::Json) => bench::run_one(name, quick, g_data_dir.as_deref()).await,
@@ -332,6 +393,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 RunsCommand::Events { run, after } => {
                     cmd_runs::events(&*store, &run, after, format).await
                 }
+                RunsCommand::Watch { .. } => unreachable!("answered before: watch needs a server"),
                 RunsCommand::Cancel { run } => {
                     let actor = cmd_run::local_user();
                     cmd_runs::control(
@@ -384,4 +446,97 @@ async fn control(
 
 fn parse_duration_flag(s: &str) -> Result<std::time::Duration, String> {
     plexus_core::duration::parse_duration(s)
+}
+
+/// Runs the command against the server when it is one that works remotely; `None`
+/// means "do it locally".
+async fn dispatch_remote(
+    c: &http_client::Client,
+    command: &Command,
+    format: Format,
+) -> Result<Option<i32>> {
+    let code = match command {
+        Command::Run {
+            file,
+            input,
+            inputs,
+            ..
+        } => {
+            let given = cmd_run::given_inputs(input, inputs.as_deref())?;
+            remote::run(c, file, given, format).await?
+        }
+        Command::Runs(RunsCommand::List {
+            status,
+            workflow,
+            limit,
+            ..
+        }) => remote::runs_list(c, workflow.as_deref(), status.as_deref(), *limit, format).await?,
+        Command::Runs(RunsCommand::Show { run }) => remote::runs_show(c, run, format).await?,
+        Command::Runs(RunsCommand::Events { run, after }) => {
+            remote::runs_events(c, run, *after, format).await?
+        }
+        Command::Runs(RunsCommand::Cancel { run }) => {
+            remote::control(c, run, "cancel", json!({}), format).await?
+        }
+        Command::Runs(RunsCommand::Watch { run }) => remote::watch(c, run, format).await?,
+        Command::Signal { run, step, data } => {
+            let data = match data {
+                Some(d) => serde_json::from_str::<Json>(d)
+                    .with_context(|| format!("--data is not valid JSON: {d}"))?,
+                None => Json::Null,
+            };
+            remote::control(
+                c,
+                run,
+                &format!("steps/{step}/signal"),
+                json!({ "data": data }),
+                format,
+            )
+            .await?
+        }
+        Command::Approve { run, step, comment } => {
+            remote::control(
+                c,
+                run,
+                &format!("steps/{step}/approve"),
+                json!({ "comment": comment }),
+                format,
+            )
+            .await?
+        }
+        Command::Reject { run, step, comment } => {
+            remote::control(
+                c,
+                run,
+                &format!("steps/{step}/reject"),
+                json!({ "comment": comment }),
+                format,
+            )
+            .await?
+        }
+        Command::Workflow(WorkflowCommand::Apply { file }) => {
+            remote::workflow_apply(c, file, format).await?
+        }
+        Command::Workflow(WorkflowCommand::List) => remote::workflow_list(c, format).await?,
+        Command::Workflow(WorkflowCommand::Get { name, version }) => {
+            remote::workflow_get(c, name, *version, format).await?
+        }
+        Command::Workflow(WorkflowCommand::Delete { name }) => {
+            remote::workflow_delete(c, name).await?
+        }
+        Command::Event(EventCommand::Emit {
+            event_type,
+            payload,
+            dedupe_key,
+        }) => {
+            let payload = match payload {
+                Some(p) => serde_json::from_str::<Json>(p)
+                    .with_context(|| format!("--payload is not valid JSON: {p}"))?,
+                None => Json::Null,
+            };
+            remote::event_emit(c, event_type, payload, dedupe_key.as_deref(), format).await?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(code))
 }

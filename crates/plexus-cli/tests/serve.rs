@@ -238,3 +238,93 @@ fn sigterm_drains_running_steps_within_the_grace_period() {
         assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
     }
 }
+
+/// The CLI as a client: `plexus init` saves the server; run, inspect, approve and
+/// manage workflows through it.
+#[test]
+fn the_cli_drives_a_server() {
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let url = format!("http://{addr}");
+    let out = p.run(&["init", "--server", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let context = p.dir.path().join("config/plexus/context.toml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&context).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let hello = examples().join("hello.yaml");
+    let out = p.run(&[
+        "run",
+        hello.to_str().unwrap(),
+        "-i",
+        "who=server",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(
+        run["outputs"]["message"]
+            .as_str()
+            .unwrap()
+            .split(" (")
+            .next(),
+        Some("hello, server")
+    );
+    let id = run["id"].as_str().unwrap().to_owned();
+    let listed = p.json(&["runs", "list"]);
+    assert_eq!(listed[0]["id"], id.as_str());
+    let events = p.json(&["runs", "events", &id]);
+    assert_eq!(events[0]["type"], "run_started");
+
+    let gate = examples().join("approval-gate.yaml");
+    let out = p.run(&["workflow", "apply", gate.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("approval-gate applied as version 1"));
+    assert_eq!(p.json(&["workflow", "list"])[0]["name"], "approval-gate");
+    let (_, started) = http(
+        &addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "approval-gate"})),
+    );
+    let gated = started["id"].as_str().unwrap().to_owned();
+    wait_for("restart awaiting approval", || {
+        step_state(&addr, &gated, "restart") == "awaiting_approval"
+    });
+    let out = p.run(&["approve", &gated, "restart", "-o", "json"]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["outcome"], "applied");
+    let out = p.run(&["runs", "cancel", &gated]);
+    assert!(out.status.success());
+
+    let out = p.run(&["event", "emit", "nobody.listens", "--payload", "{\"a\": 1}"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept as a dead letter"));
+    let bad = p.run(&[
+        "workflow",
+        "apply",
+        examples().join("../README.md").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an invalid manifest is refused with its problems"
+    );
+    let dead = p.run(&["runs", "list", "--server", "http://127.0.0.1:9"]);
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot reach the server"));
+
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+}

@@ -1,0 +1,471 @@
+//! The CLI as a client of `plexus serve`: the same commands, against a server's API.
+//! The server comes from `--server`, `PLEXUS_SERVER`, or the context `plexus init` wrote.
+
+use crate::http_client::{Client, segment};
+use crate::output::{self, Format, millis, one_line};
+use crate::progress::Progress;
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use serde_json::{Value as Json, json};
+use std::path::{Path, PathBuf};
+
+fn context_file() -> Option<PathBuf> {
+    crate::config::config_dir().map(|d| d.join("context.toml"))
+}
+
+/// The server to talk to, if any: the flag (or `PLEXUS_SERVER`), else the saved context.
+pub fn server(flag: Option<&str>) -> Result<Option<Client>> {
+    if let Some(url) = flag.filter(|u| !u.is_empty()) {
+        return Client::new(url).map(Some);
+    }
+    let Some(path) = context_file() else {
+        return Ok(None);
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let ctx: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    match ctx.get("server").and_then(|v| v.as_str()) {
+        Some(url) => Client::new(url).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn need(client: Option<Client>, what: &str) -> Result<Client> {
+    client.with_context(|| format!("`plexus {what}` talks to a server: pass --server URL, set PLEXUS_SERVER, or run `plexus init --server URL`"))
+}
+
+/// Saves the server in the user's config directory (mode 0600) after checking it answers.
+pub async fn init(url: &str) -> Result<i32> {
+    let client = Client::new(url)?;
+    let health = client.call("GET", "/healthz", None).await?;
+    let path = context_file().context("no config directory: set XDG_CONFIG_HOME or HOME")?;
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let text = format!(
+        "# written by `plexus init`\nserver = {:?}\n",
+        format!("http://{}", client.addr)
+    );
+    write_private(&path, &text)?;
+    println!(
+        "context saved to {}: server http://{} ({})",
+        path.display(),
+        client.addr,
+        health["status"].as_str().unwrap_or("?")
+    );
+    Ok(0)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn print_run(run: &Json, format: Format) {
+    if format == Format::Json {
+        return output::json(run);
+    }
+    let took = match (run["created_at"].as_u64(), run["finished_at"].as_u64()) {
+        (Some(a), Some(b)) => format!(" in {}", millis(b.saturating_sub(a))),
+        _ => String::new(),
+    };
+    println!(
+        "run {}  {}{took}  (workflow {})",
+        run["id"].as_str().unwrap_or(""),
+        run["state"].as_str().unwrap_or(""),
+        run["workflow"].as_str().unwrap_or("")
+    );
+    if let Some(e) = run["error"].as_str() {
+        println!("error: {e}");
+    }
+    let rows: Vec<Vec<String>> =
+        run["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| {
+                        let detail = s["error"].as_str().map(|e| one_line(e, 80)).unwrap_or_else(
+                            || match &s["output"] {
+                                Json::Null => String::new(),
+                                Json::Object(o) if o.contains_key("stdout") => {
+                                    one_line(o["stdout"].as_str().unwrap_or(""), 80)
+                                }
+                                other => one_line(&other.to_string(), 80),
+                            },
+                        );
+                        vec![
+                            s["id"].as_str().unwrap_or("").to_owned(),
+                            s["state"].as_str().unwrap_or("").to_owned(),
+                            s["attempt"].to_string(),
+                            detail,
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    println!();
+    output::table(&["STEP", "STATE", "ATTEMPT", "DETAIL"], &rows);
+    if !run["outputs"].is_null() && run["outputs"] != json!({}) {
+        println!(
+            "\noutputs: {}",
+            serde_json::to_string_pretty(&run["outputs"]).unwrap_or_default()
+        );
+    }
+}
+
+pub async fn runs_list(
+    c: &Client,
+    workflow: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+    format: Format,
+) -> Result<i32> {
+    let mut path = format!("/api/v1/runs?limit={limit}");
+    if let Some(w) = workflow {
+        path.push_str(&format!("&workflow={}", segment(w)));
+    }
+    if let Some(s) = state {
+        path.push_str(&format!("&state={}", segment(s)));
+    }
+    let page = c.call("GET", &path, None).await?;
+    if format == Format::Json {
+        output::json(&page["runs"]);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = page["runs"]
+        .as_array()
+        .map(|runs| {
+            runs.iter()
+                .map(|r| {
+                    let started = r["created_at"]
+                        .as_u64()
+                        .map(output::ago)
+                        .unwrap_or_default();
+                    vec![
+                        r["id"].as_str().unwrap_or("").to_owned(),
+                        r["workflow"].as_str().unwrap_or("").to_owned(),
+                        r["state"].as_str().unwrap_or("").to_owned(),
+                        started,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    output::table(&["RUN", "WORKFLOW", "STATE", "STARTED"], &rows);
+    Ok(0)
+}
+
+pub async fn runs_show(c: &Client, id: &str, format: Format) -> Result<i32> {
+    let run = c
+        .call("GET", &format!("/api/v1/runs/{}", segment(id)), None)
+        .await?;
+    print_run(&run, format);
+    Ok(0)
+}
+
+pub async fn runs_events(c: &Client, id: &str, after: u64, format: Format) -> Result<i32> {
+    let page = c
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/runs/{}/events?after={after}&limit=10000",
+                segment(id)
+            ),
+            None,
+        )
+        .await?;
+    if format == Format::Json {
+        output::json(&page["events"]);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = page["events"]
+        .as_array()
+        .map(|evs| {
+            evs.iter()
+                .map(|e| {
+                    let s = |k: &str| {
+                        e[k].as_str().map(str::to_owned).unwrap_or_else(|| {
+                            if e[k].is_null() {
+                                String::new()
+                            } else {
+                                e[k].to_string()
+                            }
+                        })
+                    };
+                    vec![s("seq"), s("type"), s("step_id"), s("attempt")]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    output::table(&["SEQ", "TYPE", "STEP", "ATTEMPT"], &rows);
+    Ok(0)
+}
+
+/// Cancel a run, or approve/reject/signal one of its steps.
+pub async fn control(
+    c: &Client,
+    id: &str,
+    path_tail: &str,
+    body: Json,
+    format: Format,
+) -> Result<i32> {
+    let answer = c
+        .call(
+            "POST",
+            &format!("/api/v1/runs/{}/{path_tail}", segment(id)),
+            Some(&body.to_string()),
+        )
+        .await?;
+    match format {
+        Format::Json => output::json(&answer),
+        Format::Table => println!(
+            "{} {}",
+            answer["action"].as_str().unwrap_or(path_tail),
+            answer["outcome"].as_str().unwrap_or("done")
+        ),
+    }
+    Ok(0)
+}
+
+/// Starts a run of a manifest file on the server and follows it to its end.
+pub async fn run(
+    c: &Client,
+    file: &Path,
+    inputs: serde_json::Map<String, Json>,
+    format: Format,
+) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (status, answer) = c
+        .request(
+            "POST",
+            "/api/v1/runs",
+            Some(&json!({"manifest": text, "inputs": inputs}).to_string()),
+        )
+        .await?;
+    if status == 400 {
+        if let Some(problems) = answer["details"].as_array() {
+            for p in problems {
+                let file = file.display();
+                eprintln!(
+                    "{file}:{}:{}: error[{}]: {}",
+                    p["line"],
+                    p["column"],
+                    p["code"].as_str().unwrap_or(""),
+                    p["message"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(2);
+        }
+        bail!(
+            "the server refused the run: {}",
+            answer["message"].as_str().unwrap_or("")
+        );
+    }
+    if !(200..300).contains(&status) {
+        bail!(
+            "the server answered {status}: {}",
+            answer["message"].as_str().unwrap_or("")
+        );
+    }
+    let id = answer["id"]
+        .as_str()
+        .context("the server sent no run id")?
+        .to_owned();
+    eprintln!(
+        "run {id} started on http://{}: workflow {}",
+        c.addr,
+        answer["workflow"].as_str().unwrap_or("")
+    );
+    watch(c, &id, format).await
+}
+
+/// Follows a run over the WebSocket until it ends; exit status as `plexus run`.
+pub async fn watch(c: &Client, id: &str, format: Format) -> Result<i32> {
+    let run = c
+        .call("GET", &format!("/api/v1/runs/{}", segment(id)), None)
+        .await?;
+    let id = run["id"].as_str().unwrap_or(id).to_owned();
+    let total = run["steps"].as_array().map_or(0, Vec::len);
+    let mut progress = Progress::new(total, 0);
+    let url = format!(
+        "ws://{}/ws?run={}&after=0&heartbeat_ms=5000",
+        c.addr,
+        segment(&id)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("cannot open the server's WebSocket")?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    use plexus_core::machine::{Event, EventKind};
+                    let m: Json = serde_json::from_str(&t).unwrap_or(Json::Null);
+                    let event = (m["type"] == "event").then(|| serde_json::from_value::<Event>(m["event"].clone()).ok()).flatten();
+                    if let Some(e) = event {
+                        progress.on_event(&e);
+                        if matches!(e.kind, EventKind::RunSucceeded { .. } | EventKind::RunFailed { .. } | EventKind::RunCancelled { .. }) {
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    progress.finish();
+                    bail!("the server closed the feed: {}", frame.map(|f| f.reason.to_string()).unwrap_or_default());
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => {
+                    progress.finish();
+                    bail!("lost the connection to the server; `plexus runs watch {id}` picks up again");
+                }
+            },
+            _ = tick.tick() => progress.redraw(),
+        }
+    }
+    progress.finish();
+    let run = c
+        .call("GET", &format!("/api/v1/runs/{}", segment(&id)), None)
+        .await?;
+    print_run(&run, format);
+    Ok(match run["state"].as_str() {
+        Some("succeeded") => 0,
+        Some("cancelled") => 130,
+        _ => 1,
+    })
+}
+
+pub async fn workflow_apply(c: &Client, file: &Path, format: Format) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (status, answer) = c.request("POST", "/api/v1/workflows", Some(&text)).await?;
+    if status == 400 && answer["code"] == "invalid_manifest" {
+        for p in answer["details"].as_array().into_iter().flatten() {
+            eprintln!(
+                "{}:{}:{}: error[{}]: {}",
+                file.display(),
+                p["line"],
+                p["column"],
+                p["code"].as_str().unwrap_or(""),
+                p["message"].as_str().unwrap_or("")
+            );
+        }
+        return Ok(2);
+    }
+    if !(200..300).contains(&status) {
+        bail!(
+            "the server answered {status}: {}",
+            answer["message"].as_str().unwrap_or("")
+        );
+    }
+    match format {
+        Format::Json => output::json(&answer),
+        Format::Table => {
+            let what = if answer["created"] == true {
+                "applied as"
+            } else {
+                "unchanged at"
+            };
+            println!(
+                "workflow {} {what} version {}",
+                answer["name"].as_str().unwrap_or(""),
+                answer["version"]
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub async fn workflow_list(c: &Client, format: Format) -> Result<i32> {
+    let list = c.call("GET", "/api/v1/workflows", None).await?;
+    if format == Format::Json {
+        output::json(&list["workflows"]);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = list["workflows"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| {
+                    vec![
+                        w["name"].as_str().unwrap_or("").to_owned(),
+                        w["version"].to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    output::table(&["WORKFLOW", "VERSION"], &rows);
+    Ok(0)
+}
+
+pub async fn workflow_get(
+    c: &Client,
+    name: &str,
+    version: Option<u32>,
+    format: Format,
+) -> Result<i32> {
+    let q = version.map(|v| format!("?version={v}")).unwrap_or_default();
+    let w = c
+        .call(
+            "GET",
+            &format!("/api/v1/workflows/{}{q}", segment(name)),
+            None,
+        )
+        .await?;
+    match format {
+        Format::Json => output::json(&w),
+        Format::Table => print!("{}", w["manifest"].as_str().unwrap_or("")),
+    }
+    Ok(0)
+}
+
+pub async fn workflow_delete(c: &Client, name: &str) -> Result<i32> {
+    c.call(
+        "DELETE",
+        &format!("/api/v1/workflows/{}", segment(name)),
+        None,
+    )
+    .await?;
+    println!("workflow {name} deleted");
+    Ok(0)
+}
+
+pub async fn event_emit(
+    c: &Client,
+    event_type: &str,
+    payload: Json,
+    dedupe_key: Option<&str>,
+    format: Format,
+) -> Result<i32> {
+    let body = json!({"type": event_type, "payload": payload, "dedupe_key": dedupe_key});
+    let answer = c
+        .call("POST", "/api/v1/events", Some(&body.to_string()))
+        .await?;
+    match format {
+        Format::Json => output::json(&answer),
+        Format::Table => {
+            let runs = answer["runs"].as_array().map_or(0, Vec::len);
+            println!(
+                "event {} started {runs} run(s){}",
+                answer["id"].as_str().unwrap_or(""),
+                if answer["dead_letter"].is_null() {
+                    ""
+                } else {
+                    "; kept as a dead letter"
+                }
+            );
+        }
+    }
+    Ok(0)
+}
