@@ -24,8 +24,17 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
             format!("cannot listen on {listen_addr} (set --listen-addr or PLEXUS_LISTEN_ADDR)")
         })?;
     let addr = listener.local_addr()?;
+    let grpc_listener = tokio::net::TcpListener::bind(&settings.grpc_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set --grpc-addr or PLEXUS_GRPC_ADDR)",
+                settings.grpc_addr
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr()?;
     eprintln!(
-        "plexus serve: listening on http://{addr} (data dir {})",
+        "plexus serve: listening on http://{addr} (gRPC on {grpc_addr}, data dir {})",
         settings.data_dir.display()
     );
     resume_interrupted(&engine, &*store).await?;
@@ -41,9 +50,32 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
             artifact_root: settings.data_dir.join("artifacts"),
         }),
     };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(plexus_server::schedules::run_scheduler(
+        state.clone(),
+        stopped.clone(),
+    ));
+    let (jobs, health) = plexus_server::grpc::services(state.clone());
+    let mut grpc_stop = stopped;
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(jobs)
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move {
+                    let _ = grpc_stop.changed().await;
+                },
+            ),
+    );
     axum::serve(listener, plexus_server::app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    let _ = stop.send(true);
+    let _ = scheduler.await;
+    if let Ok(Err(e)) = grpc.await {
+        tracing::warn!(error = %e, "the gRPC server stopped with an error");
+    }
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "stopping: running steps may finish within the grace period"

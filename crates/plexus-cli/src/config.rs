@@ -16,6 +16,8 @@ pub struct FileConfig {
     pub fsync: Option<bool>,
     /// `plexus serve`: address of the HTTP API.
     pub listen_addr: Option<String>,
+    /// `plexus serve`: address of the gRPC API.
+    pub grpc_addr: Option<String>,
     /// `plexus serve`: largest request body, in bytes.
     pub body_limit: Option<usize>,
     /// `plexus serve`: how long running steps may finish after SIGTERM, e.g. "30s".
@@ -26,6 +28,7 @@ pub struct FileConfig {
 #[derive(Debug, Default)]
 pub struct ServeFlags {
     pub listen_addr: Option<String>,
+    pub grpc_addr: Option<String>,
     pub body_limit: Option<usize>,
     pub shutdown_grace: Option<std::time::Duration>,
 }
@@ -36,6 +39,7 @@ impl ServeFlags {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Ok(ServeFlags {
             listen_addr: var("PLEXUS_LISTEN_ADDR"),
+            grpc_addr: var("PLEXUS_GRPC_ADDR"),
             body_limit: match var("PLEXUS_BODY_LIMIT") {
                 Some(v) => {
                     Some(v.parse().with_context(|| {
@@ -101,6 +105,7 @@ pub struct Settings {
     pub pools: BTreeMap<String, u32>,
     pub fsync: bool,
     pub listen_addr: String,
+    pub grpc_addr: String,
     pub body_limit: usize,
     pub shutdown_grace: std::time::Duration,
     pub config_file: Option<PathBuf>,
@@ -179,6 +184,13 @@ pub fn resolve(
         file.listen_addr,
         "0.0.0.0:8080".to_owned(),
     );
+    let grpc_addr = pick(
+        &mut sources,
+        "grpc_addr",
+        serve.grpc_addr,
+        file.grpc_addr,
+        "0.0.0.0:9090".to_owned(),
+    );
     let body_limit = pick(
         &mut sources,
         "body_limit",
@@ -205,6 +217,7 @@ pub fn resolve(
         pools,
         fsync,
         listen_addr,
+        grpc_addr,
         body_limit,
         shutdown_grace,
         config_file: path,
@@ -222,6 +235,7 @@ impl Settings {
             "pools": {"value": self.pools, "source": src("pools")},
             "fsync": {"value": self.fsync, "source": src("fsync")},
             "listen_addr": {"value": self.listen_addr, "source": src("listen_addr")},
+            "grpc_addr": {"value": self.grpc_addr, "source": src("grpc_addr")},
             "body_limit": {"value": self.body_limit, "source": src("body_limit")},
             "shutdown_grace": {"value": plexus_core::duration::format_duration(self.shutdown_grace), "source": src("shutdown_grace")},
         })

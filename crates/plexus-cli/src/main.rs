@@ -129,6 +129,9 @@ enum Command {
         /// Address of the HTTP API [default: 0.0.0.0:8080; plexus.toml: listen_addr]
         #[arg(long, env = "PLEXUS_LISTEN_ADDR")]
         listen_addr: Option<String>,
+        /// Address of the gRPC API (JobService, health) [default: 0.0.0.0:9090; plexus.toml: grpc_addr]
+        #[arg(long, env = "PLEXUS_GRPC_ADDR")]
+        grpc_addr: Option<String>,
         /// Largest request body accepted, in bytes [default: 4194304; plexus.toml: body_limit]
         #[arg(long, env = "PLEXUS_BODY_LIMIT")]
         body_limit: Option<usize>,
@@ -278,10 +281,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     let serve_flags = match &cli.command {
         Command::Serve {
             listen_addr,
+            grpc_addr,
             body_limit,
             shutdown_grace,
         } => config::ServeFlags {
             listen_addr: listen_addr.clone(),
+            grpc_addr: grpc_addr.clone(),
             body_limit: *body_limit,
             shutdown_grace: *shutdown_grace,
         },
@@ -321,6 +326,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                         "pools",
                         "fsync",
                         "listen_addr",
+                        "grpc_addr",
                         "body_limit",
                         "shutdown_grace",
                     ]

@@ -16,8 +16,15 @@ fn start_server(p: &Plexus) -> (Child, String) {
 fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
     let mut child = p
         .cmd()
-        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
         .args(extra)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("plexus serve starts");
@@ -324,6 +331,19 @@ fn the_cli_drives_a_server() {
     );
     let dead = p.run(&["runs", "list", "--server", "http://127.0.0.1:9"]);
     assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot reach the server"));
+
+    // The server fires schedules by itself.
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/api/v1/schedules",
+        Some(&json!({"workflow": "approval-gate", "cron": "* * * * * *"})),
+    );
+    assert_eq!(status, 201);
+    wait_for("a scheduled run", || {
+        let (_, runs) = http(&addr, "GET", "/api/v1/runs?workflow=approval-gate", None);
+        runs["runs"].as_array().map_or(0, Vec::len) >= 2
+    });
 
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);

@@ -4,6 +4,7 @@
 mod body;
 mod error;
 mod events;
+pub mod grpc;
 mod health;
 pub mod metrics;
 mod runs;

@@ -211,7 +211,7 @@ pub async fn events(
 
 /// Applies an input to the run: at once if this server drives it, else as a stored command
 /// for whichever process does (or will, on resume).
-async fn control(
+pub(crate) async fn control(
     state: &AppState,
     id: &str,
     input: Input,

@@ -1,0 +1,131 @@
+//! gRPC JobService and health over a real socket, with the generated client.
+
+mod common;
+use common::Api;
+use pb::job_service_client::JobServiceClient;
+use plexus_server::grpc::pb;
+use tokio_stream::StreamExt;
+
+async fn serve(api: &Api) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (jobs, health) = plexus_server::grpc::services(api.state.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(jobs)
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn submit_get_list_stream_and_control() {
+    let api = Api::new();
+    let url = serve(&api).await;
+    let mut client = JobServiceClient::connect(url.clone()).await.unwrap();
+    let manifest = "version: plexus/v1\nname: g\ninputs: {who: {type: string}}\nsteps:\n- {id: hold, wait: {signal: go}}\n- {id: hi, needs: [hold], builtin: echo, with: {m: 'hi {{ inputs.who }}'}}\noutputs: {m: '{{ steps.hi.output.m }}'}\n";
+    let req = pb::SubmitRequest {
+        manifest: manifest.into(),
+        inputs_json: r#"{"who": "grpc"}"#.into(),
+        idempotency_key: "k1".into(),
+        ..Default::default()
+    };
+    let run = client.submit(req.clone()).await.unwrap().into_inner();
+    let again = client.submit(req).await.unwrap().into_inner();
+    assert_eq!(run.id, again.id, "the idempotency key returns the same run");
+
+    let mut stream = client
+        .stream_events(pb::StreamEventsRequest {
+            run_id: run.id.clone(),
+            after: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    api.wait_step(&run.id, "hold", "waiting").await;
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!((first.seq, first.r#type.as_str()), (1, "run_started"));
+    api.post(
+        &format!("/api/v1/runs/{}/steps/hold/signal", run.id),
+        serde_json::json!({}),
+    )
+    .await;
+    let mut seqs = vec![first.seq];
+    while let Some(e) = stream.next().await {
+        let e = e.unwrap();
+        seqs.push(e.seq);
+        if e.r#type == "run_succeeded" {
+            break;
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+
+    let got = client
+        .get(pb::GetRequest { id: run.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.state, "succeeded");
+    assert_eq!(got.outputs_json, r#"{"m":"hi grpc"}"#);
+    assert_eq!(got.steps.len(), 2);
+    let list = client
+        .list(pb::ListRequest {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.runs.len(), 1);
+
+    let err = client
+        .cancel(pb::RunRef { id: run.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let err = client
+        .get(pb::GetRequest {
+            id: "ffffffff".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = client
+        .submit(pb::SubmitRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let bad = pb::SubmitRequest {
+        manifest: "version: plexus/v1\nname: b\nsteps: [{id: a}]\n".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.submit(bad).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "plexus.v1.JobService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
