@@ -56,8 +56,8 @@ struct Global {
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
-    /// Talk to this `plexus serve` instead of the local store (e.g. http://127.0.0.1:8080)
-    /// [default: the context saved by `plexus init`]
+    /// Talk to this `plexus serve` instead of the local store (e.g. http://127.0.0.1:8080;
+    /// `local` for the local store) [default: the context saved by `plexus init`]
     #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL")]
     server: Option<String>,
 }

@@ -15,6 +15,9 @@ fn context_file() -> Option<PathBuf> {
 
 /// The server to talk to, if any: the flag (or `PLEXUS_SERVER`), else the saved context.
 pub fn server(flag: Option<&str>) -> Result<Option<Client>> {
+    if flag == Some("local") {
+        return Ok(None); // `--server local`: the local store, whatever the context says
+    }
     if let Some(url) = flag.filter(|u| !u.is_empty()) {
         return Client::new(url).map(Some);
     }

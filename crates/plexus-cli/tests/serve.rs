@@ -329,6 +329,11 @@ fn the_cli_drives_a_server() {
         Some(2),
         "an invalid manifest is refused with its problems"
     );
+    // `--server local` reads the store directly (here the server's own data dir): the
+    // local listing has the `interrupted` field the API does not.
+    let local = p.json(&["runs", "list", "--server", "local"]);
+    assert!(local[0].get("interrupted").is_some(), "{local}");
+    assert!(listed[0].get("interrupted").is_none());
     let dead = p.run(&["runs", "list", "--server", "http://127.0.0.1:9"]);
     assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot reach the server"));
 
