@@ -156,6 +156,9 @@ enum Command {
     /// Events for a server's `on:` triggers
     #[command(subcommand)]
     Event(EventCommand),
+    /// Cron schedules on a server
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
@@ -188,6 +191,35 @@ enum WorkflowCommand {
     },
     /// Delete a workflow and every version of it
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Every schedule with its next tick
+    List,
+    /// Start WORKFLOW on every tick of CRON (5 fields, or 6 with seconds first; UTC)
+    Create {
+        workflow: String,
+        cron: String,
+        /// Name of the schedule [default: the workflow's name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Inputs as a JSON object
+        #[arg(long, value_name = "JSON")]
+        inputs: Option<String>,
+        /// Missed ticks: skip (fire the newest once) or run_missed (fire each)
+        #[arg(long, default_value = "skip")]
+        catch_up: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +339,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Init { server } => remote::init(&server).await,
         Command::Workflow(_) => remote::need(client, "workflow").map(|_| 0),
         Command::Event(_) => remote::need(client, "event").map(|_| 0),
+        Command::Schedule(_) => remote::need(client, "schedule").map(|_| 0),
         Command::Runs(RunsCommand::Watch { .. }) => remote::need(client, "runs watch").map(|_| 0),
         Command::Bench { quick, scenario } => match (&scenario, format) {
             // The parent asks each child process for one scenario in JSON.
@@ -529,6 +562,31 @@ async fn dispatch_remote(
         }
         Command::Workflow(WorkflowCommand::Delete { name }) => {
             remote::workflow_delete(c, name).await?
+        }
+        Command::Schedule(ScheduleCommand::List) => remote::schedule_list(c, format).await?,
+        Command::Schedule(ScheduleCommand::Create {
+            workflow,
+            cron,
+            name,
+            inputs,
+            catch_up,
+        }) => {
+            let inputs = match inputs {
+                Some(i) => serde_json::from_str::<Json>(i)
+                    .with_context(|| format!("--inputs is not valid JSON: {i}"))?,
+                None => json!({}),
+            };
+            let body = json!({"workflow": workflow, "cron": cron, "name": name, "inputs": inputs, "catch_up": catch_up});
+            remote::schedule_create(c, body, format).await?
+        }
+        Command::Schedule(ScheduleCommand::Pause { name }) => {
+            remote::schedule_action(c, name, "pause").await?
+        }
+        Command::Schedule(ScheduleCommand::Resume { name }) => {
+            remote::schedule_action(c, name, "resume").await?
+        }
+        Command::Schedule(ScheduleCommand::Delete { name }) => {
+            remote::schedule_action(c, name, "delete").await?
         }
         Command::Event(EventCommand::Emit {
             event_type,

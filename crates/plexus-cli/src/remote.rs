@@ -472,3 +472,82 @@ pub async fn event_emit(
     }
     Ok(0)
 }
+
+pub async fn schedule_list(c: &Client, format: Format) -> Result<i32> {
+    let list = c.call("GET", "/api/v1/schedules", None).await?;
+    if format == Format::Json {
+        output::json(&list["schedules"]);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = list["schedules"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|s| {
+                    let next = s["next_fire_at"].as_u64().map_or(String::new(), |t| {
+                        let now = plexus_engine::now_ms();
+                        if t > now {
+                            format!("in {}", millis(t - now))
+                        } else {
+                            "due".into()
+                        }
+                    });
+                    let state = if s["paused"] == true {
+                        "paused"
+                    } else {
+                        "active"
+                    };
+                    vec![
+                        s["name"].as_str().unwrap_or("").to_owned(),
+                        s["workflow"].as_str().unwrap_or("").to_owned(),
+                        s["cron"].as_str().unwrap_or("").to_owned(),
+                        state.to_owned(),
+                        next,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    output::table(&["SCHEDULE", "WORKFLOW", "CRON", "STATE", "NEXT"], &rows);
+    Ok(0)
+}
+
+pub async fn schedule_create(c: &Client, body: Json, format: Format) -> Result<i32> {
+    let s = c
+        .call("POST", "/api/v1/schedules", Some(&body.to_string()))
+        .await?;
+    match format {
+        Format::Json => output::json(&s),
+        Format::Table => println!(
+            "schedule {} fires `{}` on `{}`",
+            s["name"].as_str().unwrap_or(""),
+            s["workflow"].as_str().unwrap_or(""),
+            s["cron"].as_str().unwrap_or("")
+        ),
+    }
+    Ok(0)
+}
+
+/// pause, resume or delete a schedule.
+pub async fn schedule_action(c: &Client, name: &str, action: &str) -> Result<i32> {
+    match action {
+        "delete" => {
+            c.call(
+                "DELETE",
+                &format!("/api/v1/schedules/{}", segment(name)),
+                None,
+            )
+            .await?
+        }
+        _ => {
+            c.call(
+                "POST",
+                &format!("/api/v1/schedules/{}/{action}", segment(name)),
+                Some("{}"),
+            )
+            .await?
+        }
+    };
+    println!("schedule {name}: {action}d");
+    Ok(0)
+}

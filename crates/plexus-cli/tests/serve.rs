@@ -337,18 +337,36 @@ fn the_cli_drives_a_server() {
     let dead = p.run(&["runs", "list", "--server", "http://127.0.0.1:9"]);
     assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot reach the server"));
 
-    // The server fires schedules by itself.
-    let (status, _) = http(
-        &addr,
-        "POST",
-        "/api/v1/schedules",
-        Some(&json!({"workflow": "approval-gate", "cron": "* * * * * *"})),
+    // Schedules from the CLI; the server fires them by itself.
+    let out = p.run(&[
+        "schedule",
+        "create",
+        "approval-gate",
+        "* * * * * *",
+        "--name",
+        "every-second",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(status, 201);
     wait_for("a scheduled run", || {
         let (_, runs) = http(&addr, "GET", "/api/v1/runs?workflow=approval-gate", None);
         runs["runs"].as_array().map_or(0, Vec::len) >= 2
     });
+    assert!(
+        p.run(&["schedule", "pause", "every-second"])
+            .status
+            .success()
+    );
+    assert_eq!(p.json(&["schedule", "list"])[0]["paused"], true);
+    assert!(
+        p.run(&["schedule", "delete", "every-second"])
+            .status
+            .success()
+    );
+    assert!(p.json(&["schedule", "list"]).as_array().unwrap().is_empty());
 
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
