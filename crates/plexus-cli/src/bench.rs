@@ -87,8 +87,8 @@ pub fn run_all(
                 .with_context(|| format!("scenario {name} printed no JSON"))?,
         );
     }
-    if format == Format::Json {
-        output::json(&results);
+    if format.is_data() {
+        output::data(format, &results);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = results

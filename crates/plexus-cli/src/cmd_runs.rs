@@ -46,8 +46,8 @@ pub async fn list(
     if only_interrupted {
         rows.retain(interrupted);
     }
-    if format == Format::Json {
-        output::json(&rows.iter().map(run_json).collect::<Vec<_>>());
+    if format.is_data() {
+        output::data(format, &rows.iter().map(run_json).collect::<Vec<_>>());
         return Ok(0);
     }
     if rows.is_empty() {
@@ -80,11 +80,11 @@ pub async fn list(
 pub async fn show_run(store: &dyn Store, run: &str, format: Format) -> Result<()> {
     let row = store.get_run(run).await?;
     let steps = store.steps(&row.id).await?;
-    if format == Format::Json {
+    if format.is_data() {
         let mut v = run_json(&row);
         v["steps"] = serde_json::to_value(&steps)?;
         v["artifacts"] = serde_json::to_value(store.artifacts(&row.id).await?)?;
-        output::json(&v);
+        output::data(format, &v);
         return Ok(());
     }
     let took = row
@@ -138,8 +138,8 @@ pub async fn show_run(store: &dyn Store, run: &str, format: Format) -> Result<()
 pub async fn events(store: &dyn Store, run: &str, after: u64, format: Format) -> Result<i32> {
     let row = store.get_run(run).await?;
     let events = store.events(&row.id, after, 0).await?;
-    if format == Format::Json {
-        output::json(&events);
+    if format.is_data() {
+        output::data(format, &events);
         return Ok(0);
     }
     let table: Vec<Vec<String>> = events
@@ -179,7 +179,8 @@ fn report(
     text: &str,
 ) {
     match format {
-        Format::Json => output::json(
+        Format::Json | Format::Yaml => output::data(
+            format,
             &json!({"run": run, "action": kind.as_str(), "step": step, "outcome": outcome}),
         ),
         Format::Table => println!("{text}"),

@@ -50,9 +50,10 @@ pub fn validate(
         }
     }
     match format {
-        Format::Json => {
-            output::json(&json!({"valid": all.is_empty(), "files": results, "problems": all}))
-        }
+        Format::Json | Format::Yaml => output::data(
+            format,
+            &json!({"valid": all.is_empty(), "files": results, "problems": all}),
+        ),
         Format::Table => {
             if all.is_empty() {
                 for r in &results {
@@ -99,8 +100,9 @@ pub fn plan(file: &Path, opts: &CompileOptions, format: Format) -> Result<i32> {
         .iter()
         .map(|l| l.iter().map(|&i| step_json(i)).collect())
         .collect();
-    if format == Format::Json {
-        output::json(
+    if format.is_data() {
+        output::data(
+            format,
             &json!({"workflow": plan.manifest.name, "mode": plan.manifest.mode, "layers": layers, "pools": opts.pools}),
         );
         return Ok(0);

@@ -350,7 +350,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Config(ConfigCommand::Show) => {
             let shown = settings.show();
             match format {
-                Format::Json => output::json(&shown),
+                Format::Json | Format::Yaml => output::data(format, &shown),
                 Format::Table => {
                     let file = shown["config_file"].as_str().unwrap_or("(none found)");
                     println!("configuration file: {file}\n");

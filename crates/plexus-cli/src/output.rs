@@ -8,6 +8,26 @@ pub enum Format {
     #[default]
     Table,
     Json,
+    Yaml,
+}
+
+impl Format {
+    /// JSON or YAML: output for scripts rather than people.
+    pub fn is_data(self) -> bool {
+        matches!(self, Format::Json | Format::Yaml)
+    }
+}
+
+/// Prints a value as JSON or YAML (as `format` says; tables fall back to JSON).
+pub fn data<T: Serialize>(format: Format, value: &T) {
+    if format == Format::Yaml {
+        match serde_saphyr::to_string(value) {
+            Ok(text) => print!("{text}"),
+            Err(e) => eprintln!("error: cannot write YAML: {e}"),
+        }
+    } else {
+        json(value);
+    }
 }
 
 pub fn json<T: Serialize>(value: &T) {

@@ -73,8 +73,8 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 }
 
 fn print_run(run: &Json, format: Format) {
-    if format == Format::Json {
-        return output::json(run);
+    if format.is_data() {
+        return output::data(format, run);
     }
     let took = match (run["created_at"].as_u64(), run["finished_at"].as_u64()) {
         (Some(a), Some(b)) => format!(" in {}", millis(b.saturating_sub(a))),
@@ -140,8 +140,8 @@ pub async fn runs_list(
         path.push_str(&format!("&state={}", segment(s)));
     }
     let page = c.call("GET", &path, None).await?;
-    if format == Format::Json {
-        output::json(&page["runs"]);
+    if format.is_data() {
+        output::data(format, &page["runs"]);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = page["runs"]
@@ -186,8 +186,8 @@ pub async fn runs_events(c: &Client, id: &str, after: u64, format: Format) -> Re
             None,
         )
         .await?;
-    if format == Format::Json {
-        output::json(&page["events"]);
+    if format.is_data() {
+        output::data(format, &page["events"]);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = page["events"]
@@ -229,7 +229,7 @@ pub async fn control(
         )
         .await?;
     match format {
-        Format::Json => output::json(&answer),
+        Format::Json | Format::Yaml => output::data(format, &answer),
         Format::Table => println!(
             "{} {}",
             answer["action"].as_str().unwrap_or(path_tail),
@@ -372,7 +372,7 @@ pub async fn workflow_apply(c: &Client, file: &Path, format: Format) -> Result<i
         );
     }
     match format {
-        Format::Json => output::json(&answer),
+        Format::Json | Format::Yaml => output::data(format, &answer),
         Format::Table => {
             let what = if answer["created"] == true {
                 "applied as"
@@ -391,8 +391,8 @@ pub async fn workflow_apply(c: &Client, file: &Path, format: Format) -> Result<i
 
 pub async fn workflow_list(c: &Client, format: Format) -> Result<i32> {
     let list = c.call("GET", "/api/v1/workflows", None).await?;
-    if format == Format::Json {
-        output::json(&list["workflows"]);
+    if format.is_data() {
+        output::data(format, &list["workflows"]);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = list["workflows"]
@@ -427,7 +427,7 @@ pub async fn workflow_get(
         )
         .await?;
     match format {
-        Format::Json => output::json(&w),
+        Format::Json | Format::Yaml => output::data(format, &w),
         Format::Table => print!("{}", w["manifest"].as_str().unwrap_or("")),
     }
     Ok(0)
@@ -456,7 +456,7 @@ pub async fn event_emit(
         .call("POST", "/api/v1/events", Some(&body.to_string()))
         .await?;
     match format {
-        Format::Json => output::json(&answer),
+        Format::Json | Format::Yaml => output::data(format, &answer),
         Format::Table => {
             let runs = answer["runs"].as_array().map_or(0, Vec::len);
             println!(
@@ -475,8 +475,8 @@ pub async fn event_emit(
 
 pub async fn schedule_list(c: &Client, format: Format) -> Result<i32> {
     let list = c.call("GET", "/api/v1/schedules", None).await?;
-    if format == Format::Json {
-        output::json(&list["schedules"]);
+    if format.is_data() {
+        output::data(format, &list["schedules"]);
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = list["schedules"]
@@ -517,7 +517,7 @@ pub async fn schedule_create(c: &Client, body: Json, format: Format) -> Result<i
         .call("POST", "/api/v1/schedules", Some(&body.to_string()))
         .await?;
     match format {
-        Format::Json => output::json(&s),
+        Format::Json | Format::Yaml => output::data(format, &s),
         Format::Table => println!(
             "schedule {} fires `{}` on `{}`",
             s["name"].as_str().unwrap_or(""),

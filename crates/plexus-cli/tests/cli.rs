@@ -160,3 +160,27 @@ fn config_show_names_every_value_and_its_source() {
         .unwrap();
     assert!(String::from_utf8_lossy(&bad_env.stderr).contains("PLEXUS_SHUTDOWN_GRACE"));
 }
+
+#[test]
+fn yaml_output_for_scripts() {
+    let p = Plexus::new();
+    let out = p.run(&[
+        "run",
+        examples().join("fan-out-fan-in.yaml").to_str().unwrap(),
+        "-o",
+        "yaml",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value =
+        serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["outputs"]["total"], 15);
+    let listed = p.run(&["runs", "list", "-o", "yaml"]);
+    let runs: serde_json::Value =
+        serde_saphyr::from_str(&String::from_utf8_lossy(&listed.stdout)).unwrap();
+    assert_eq!(runs[0]["id"], run["id"]);
+}
