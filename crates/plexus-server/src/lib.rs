@@ -85,6 +85,7 @@ api! {
     get "/api/v1/runs/{id}" => runs::get,
     get "/api/v1/runs/{id}/events" => runs::events,
     get "/api/v1/runs/{id}/outputs" => runs::outputs,
+    get "/api/v1/runs/{id}/steps/{step}/logs" => runs::logs,
     get "/api/v1/runs/{id}/artifacts" => runs::artifacts,
     get "/api/v1/artifacts/{sha256}" => runs::artifact,
     post "/api/v1/runs/{id}/cancel" => runs::cancel,

@@ -259,6 +259,27 @@ pub async fn cancel(
     control(&state, &id, input, CommandKind::Cancel, None, Json_::Null).await
 }
 
+/// stdout and stderr of a step's last attempt (kept, capped, with the step's output).
+pub async fn logs(
+    State(state): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> ApiResult<Json<Json_>> {
+    let row = state.store.get_run(&id).await?;
+    let steps = state.store.steps(&row.id).await?;
+    let s = steps
+        .iter()
+        .find(|s| s.step_id == step)
+        .ok_or_else(|| ApiError::not_found(format!("run {} has no step `{step}`", row.id)))?;
+    match (&s.output["stdout"], &s.output["stderr"]) {
+        (Json_::String(out), Json_::String(err)) => Ok(Json(
+            json!({"run": row.id, "step": step, "attempt": s.attempt, "stdout": out, "stderr": err, "exit_code": s.output["exit_code"]}),
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "step `{step}` has no logs: it ran no process yet, or it wrote its output to $PLEXUS_OUTPUT instead"
+        ))),
+    }
+}
+
 pub async fn outputs(
     State(state): State<AppState>,
     Path(id): Path<String>,

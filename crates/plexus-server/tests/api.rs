@@ -356,6 +356,13 @@ async fn outputs_artifacts_and_time_filters() {
         .await;
     let id = run["id"].as_str().unwrap().to_owned();
     api.wait_state(&id, "succeeded").await;
+    let (_, logs) = api.get(&format!("/api/v1/runs/{id}/steps/make/logs")).await;
+    assert_eq!(
+        (logs["stdout"].clone(), logs["exit_code"].clone()),
+        (json!(""), json!(0))
+    );
+    let (s, _) = api.get(&format!("/api/v1/runs/{id}/steps/nope/logs")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, out) = api.get(&format!("/api/v1/runs/{id}/outputs")).await;
     assert_eq!(out["outputs"], json!({"done": "yes"}));
     let (_, arts) = api.get(&format!("/api/v1/runs/{id}/artifacts")).await;
