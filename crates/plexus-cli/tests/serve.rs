@@ -40,10 +40,17 @@ fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
+    // The server's JSON log lines go to serve.log in the test's directory.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p.dir.path().join("serve.log"))
+        .unwrap();
     std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
+        let mut line = String::new();
+        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            let _ = log.write_all(line.as_bytes());
+            line.clear();
         }
     });
     (child, addr)
@@ -294,6 +301,13 @@ fn the_cli_drives_a_server() {
     let id = run["id"].as_str().unwrap().to_owned();
     let listed = p.json(&["runs", "list"]);
     assert_eq!(listed[0]["id"], id.as_str());
+    // The server logs JSON lines that carry the run's id.
+    wait_for("the run's log lines", || {
+        let log = std::fs::read_to_string(p.dir.path().join("serve.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["fields"]["run"] == id.as_str() && l["fields"]["event"] == "run_succeeded")
+    });
     let events = p.json(&["runs", "events", &id]);
     assert_eq!(events[0]["type"], "run_started");
 

@@ -418,6 +418,21 @@ impl Loop {
     /// Step durations for `/metrics`: from a step's start to its end.
     fn observe(&mut self, run: &RunId, e: &plexus_core::machine::Event) {
         use plexus_core::machine::EventKind::*;
+        // Run events at info, step events at debug (`PLEXUS_LOG=debug`), with their ids.
+        match e.kind.step_id() {
+            None => {
+                tracing::info!(run = %run, seq = e.seq, event = e.kind.type_name(), "run event")
+            }
+            Some(step) => tracing::debug!(
+                run = %run,
+                step,
+                item = e.kind.item(),
+                attempt = e.kind.attempt(),
+                seq = e.seq,
+                event = e.kind.type_name(),
+                "step event"
+            ),
+        }
         match &e.kind {
             StepStarted {
                 step_id,
