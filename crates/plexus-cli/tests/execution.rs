@@ -24,7 +24,13 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-fn read_pid(path: &std::path::Path) -> i32 {
+/// Waits until the step has written the pid of its background process, then reads it.
+fn wait_for_pid(p: &Plexus, path: &std::path::Path) -> i32 {
+    p.wait_until(
+        "the step's background process",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n')),
+    );
     std::fs::read_to_string(path)
         .unwrap()
         .trim()
@@ -45,12 +51,7 @@ fn ctrl_c_cancels_the_run_and_kills_the_process_group() {
         ),
     );
     let (mut child, run) = p.spawn(&["run", &flow]);
-    p.wait_until(
-        "the step's background process",
-        Duration::from_secs(20),
-        || pidfile.exists() && std::fs::read_to_string(&pidfile).unwrap().ends_with('\n'),
-    );
-    let sleeper = read_pid(&pidfile);
+    let sleeper = wait_for_pid(&p, &pidfile);
     assert!(alive(sleeper));
     // SAFETY: sending SIGINT to the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -88,7 +89,7 @@ fn timeout_kills_the_whole_group_and_fails_the_step() {
             .contains("timed out after 500ms"),
         "{v}"
     );
-    let sleeper = read_pid(&pidfile);
+    let sleeper = wait_for_pid(&p, &pidfile);
     p.wait_until(
         "the timed-out group to be gone",
         Duration::from_secs(5),
@@ -240,12 +241,7 @@ fn resume_kills_what_the_dead_engine_left_running() {
         ),
     );
     let (mut child, run) = p.spawn(&["run", &flow]);
-    p.wait_until(
-        "the first attempt's process",
-        Duration::from_secs(20),
-        || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')),
-    );
-    let sleeper = read_pid(&pidfile);
+    let sleeper = wait_for_pid(&p, &pidfile);
     // The group is recorded with the next commit, 50 ms after the start at the latest.
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
