@@ -306,6 +306,17 @@ impl Loop {
                 self.grant();
                 if let Some(active) = self.runs.get(&run_id) {
                     let step_id = active.state.plan.step(unit.step).id.clone();
+                    if let Some(logs) = finished.replaced_logs {
+                        self.batch.logs.push(plexus_store::StepLogs {
+                            run_id: run_id.to_string(),
+                            step_id: step_id.clone(),
+                            item: unit.item,
+                            attempt,
+                            stdout: logs.stdout,
+                            stderr: logs.stderr,
+                            exit_code: logs.exit_code,
+                        });
+                    }
                     for a in &finished.artifacts {
                         self.batch.artifacts.push(Artifact {
                             sha256: a.sha256.clone(),

@@ -270,12 +270,22 @@ pub async fn logs(
         .iter()
         .find(|s| s.step_id == step)
         .ok_or_else(|| ApiError::not_found(format!("run {} has no step `{step}`", row.id)))?;
-    match (&s.output["stdout"], &s.output["stderr"]) {
-        (Json_::String(out), Json_::String(err)) => Ok(Json(
+    if let (Json_::String(out), Json_::String(err)) = (&s.output["stdout"], &s.output["stderr"]) {
+        return Ok(Json(
             json!({"run": row.id, "step": step, "attempt": s.attempt, "stdout": out, "stderr": err, "exit_code": s.output["exit_code"]}),
+        ));
+    }
+    // A step that wrote `$PLEXUS_OUTPUT` has its logs kept apart from its output.
+    match state
+        .store
+        .step_logs(&row.id, &step, None, s.attempt)
+        .await?
+    {
+        Some(l) => Ok(Json(
+            json!({"run": row.id, "step": step, "attempt": s.attempt, "stdout": l.stdout, "stderr": l.stderr, "exit_code": l.exit_code}),
         )),
-        _ => Err(ApiError::not_found(format!(
-            "step `{step}` has no logs: it ran no process yet, or it wrote its output to $PLEXUS_OUTPUT instead"
+        None => Err(ApiError::not_found(format!(
+            "step `{step}` has no logs: it ran no process (yet)"
         ))),
     }
 }

@@ -348,7 +348,8 @@ async fn metrics_in_prometheus_format() {
 async fn outputs_artifacts_and_time_filters() {
     let api = Api::new();
     let manifest = json!({"version": "plexus/v1", "name": "art", "steps": [
-        {"id": "make", "run": "printf 'report body' > \"$PLEXUS_ARTIFACTS/report.txt\""}],
+        {"id": "make", "run": "printf 'report body' > \"$PLEXUS_ARTIFACTS/report.txt\""},
+        {"id": "shaped", "run": "echo working; echo careful >&2; echo '{\"n\": 3}' > \"$PLEXUS_OUTPUT\""}],
         "outputs": {"done": "yes"}});
     let before = plexus_engine::now_ms();
     let (_, run) = api
@@ -361,6 +362,22 @@ async fn outputs_artifacts_and_time_filters() {
         (logs["stdout"].clone(), logs["exit_code"].clone()),
         (json!(""), json!(0))
     );
+    // Its output is the JSON it wrote; what it printed is still kept as its logs.
+    let (_, logs) = api
+        .get(&format!("/api/v1/runs/{id}/steps/shaped/logs"))
+        .await;
+    assert_eq!(
+        (&logs["stdout"], &logs["stderr"], &logs["exit_code"]),
+        (&json!("working\n"), &json!("careful\n"), &json!(0))
+    );
+    let (_, got) = api.get(&format!("/api/v1/runs/{id}")).await;
+    let shaped = got["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "shaped")
+        .unwrap();
+    assert_eq!(shaped["output"], json!({"n": 3}));
     let (s, _) = api.get(&format!("/api/v1/runs/{id}/steps/nope/logs")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, out) = api.get(&format!("/api/v1/runs/{id}/outputs")).await;

@@ -45,6 +45,38 @@ pub async fn check_all(store: &dyn Store) {
     finds_runs_by_idempotency_key(store).await;
     schedules_advance_once(store).await;
     events_trigger_and_dead_letters(store).await;
+    keeps_logs_per_attempt(store).await;
+}
+
+async fn keeps_logs_per_attempt(store: &dyn Store) {
+    let id = "00000000-0000-0000-0000-000000000007";
+    store.create_run(run(id, None, 300)).await.unwrap();
+    let logs = |item: Option<u32>, attempt: u32, out: &str| StepLogs {
+        run_id: id.into(),
+        step_id: "a".into(),
+        item,
+        attempt,
+        stdout: out.into(),
+        stderr: "é\n".into(),
+        exit_code: Some(0),
+    };
+    let batch = Batch {
+        logs: vec![
+            logs(None, 1, "one"),
+            logs(None, 2, "two"),
+            logs(Some(4), 1, "item"),
+        ],
+        ..Default::default()
+    };
+    store.commit(batch).await.unwrap();
+    let got = |item, attempt| store.step_logs(id, "a", item, attempt);
+    assert_eq!(got(None, 2).await.unwrap(), Some(logs(None, 2, "two")));
+    assert_eq!(
+        got(Some(4), 1).await.unwrap(),
+        Some(logs(Some(4), 1, "item"))
+    );
+    assert_eq!(got(None, 3).await.unwrap(), None);
+    assert_eq!(store.step_logs(id, "b", None, 1).await.unwrap(), None);
 }
 
 async fn events_trigger_and_dead_letters(store: &dyn Store) {

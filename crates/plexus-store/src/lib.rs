@@ -217,6 +217,18 @@ pub struct Artifact {
     pub size: u64,
 }
 
+/// stdout and stderr of an attempt whose output replaced them (see [`Store::step_logs`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepLogs {
+    pub run_id: String,
+    pub step_id: String,
+    pub item: Option<u32>,
+    pub attempt: u32,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+}
+
 /// The process group of a running attempt (see [`Store::processes`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcessRecord {
@@ -239,6 +251,8 @@ pub struct Batch {
     pub processes: Vec<ProcessRecord>,
     /// Attempts whose process ended (only the key fields are used).
     pub processes_done: Vec<ProcessRecord>,
+    /// Logs of attempts whose `$PLEXUS_OUTPUT` replaced stdout/stderr in their output.
+    pub logs: Vec<StepLogs>,
 }
 
 impl Batch {
@@ -248,6 +262,7 @@ impl Batch {
             && self.artifacts.is_empty()
             && self.processes.is_empty()
             && self.processes_done.is_empty()
+            && self.logs.is_empty()
     }
 }
 
@@ -293,6 +308,14 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;
     async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>>;
+    /// The logs kept for one attempt whose output replaced them, if any.
+    async fn step_logs(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        item: Option<u32>,
+        attempt: u32,
+    ) -> Result<Option<StepLogs>>;
     async fn find_run_by_key(&self, idempotency_key: &str) -> Result<Option<RunRow>>;
     /// Stores a workflow definition; a new version unless it equals the newest one.
     /// Returns the stored row and whether a new version was created.

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_workflows.sql")),
     (4, include_str!("../migrations/sqlite/0004_schedules.sql")),
     (5, include_str!("../migrations/sqlite/0005_events.sql")),
+    (6, include_str!("../migrations/sqlite/0006_step_logs.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -436,6 +437,25 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
                 p.step_id,
                 p.item.map_or(-1, i64::from),
                 p.attempt
+            ])
+            .map_err(db_err)?;
+    }
+    let mut add_logs = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO step_logs (run_id, step_id, item, attempt, stdout, stderr, exit_code) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db_err)?;
+    for l in &batch.logs {
+        add_logs
+            .execute(params![
+                l.run_id,
+                l.step_id,
+                l.item.map_or(-1, i64::from),
+                l.attempt,
+                l.stdout,
+                l.stderr,
+                l.exit_code
             ])
             .map_err(db_err)?;
     }
@@ -1176,6 +1196,37 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db_err)?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn step_logs(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        item: Option<u32>,
+        attempt: u32,
+    ) -> Result<Option<StepLogs>> {
+        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT stdout, stderr, exit_code FROM step_logs \
+                 WHERE run_id = ?1 AND step_id = ?2 AND item = ?3 AND attempt = ?4",
+                params![run_id, step_id, item.map_or(-1, i64::from), attempt],
+                |r| {
+                    Ok(StepLogs {
+                        run_id: run_id.clone(),
+                        step_id: step_id.clone(),
+                        item,
+                        attempt,
+                        stdout: r.get(0)?,
+                        stderr: r.get(1)?,
+                        exit_code: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
         })
         .await
     }

@@ -42,6 +42,16 @@ pub struct Finished {
     pub artifacts: Vec<Collected>,
     /// Whether a process was started (and so recorded in the store).
     pub spawned: bool,
+    /// stdout/stderr of a process whose `$PLEXUS_OUTPUT` became its output, kept apart.
+    pub replaced_logs: Option<Logs>,
+}
+
+/// What a process printed, as stored when its output does not carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logs {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
 }
 
 struct Captured {
@@ -145,6 +155,7 @@ pub async fn run(
                 output: Json::Null,
             },
             artifacts: Vec::new(),
+            replaced_logs: None,
         },
     }
 }
@@ -298,6 +309,7 @@ async fn run_inner(
             },
             artifacts: collected,
             spawned: true,
+            replaced_logs: None,
         });
     }
     let status = status.ok_or("the process could not be waited for")?;
@@ -323,6 +335,7 @@ async fn run_inner(
             outcome: Outcome::Failure { error, output },
             artifacts: collected,
             spawned: true,
+            replaced_logs: None,
         });
     }
     if let Some(bytes) = custom_output {
@@ -331,6 +344,11 @@ async fn run_inner(
                 outcome: Outcome::Success(v),
                 artifacts: collected,
                 spawned: true,
+                replaced_logs: Some(Logs {
+                    stdout: text(&stdout),
+                    stderr: text(&stderr),
+                    exit_code,
+                }),
             },
             Err(e) => Finished {
                 outcome: Outcome::Failure {
@@ -339,6 +357,7 @@ async fn run_inner(
                 },
                 artifacts: collected,
                 spawned: true,
+                replaced_logs: None,
             },
         });
     }
@@ -346,5 +365,6 @@ async fn run_inner(
         outcome: Outcome::Success(output),
         artifacts: collected,
         spawned: true,
+        replaced_logs: None,
     })
 }
