@@ -7,13 +7,7 @@ use axum::http::StatusCode;
 use serde_json::{Value as Json_, json};
 
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Json_>) {
-    let store = state
-        .store
-        .list_runs(plexus_store::RunFilter {
-            limit: 1,
-            ..Default::default()
-        })
-        .await;
+    let store = state.store.health().await;
     let pools = state.engine.pool_stats().await.ok();
     match store {
         Ok(_) => (

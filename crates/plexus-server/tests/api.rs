@@ -235,6 +235,24 @@ async fn health_reports_store_and_pools() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["store"], "ok");
     assert_eq!(v["pools"][0]["name"], "default");
+
+    // The database file removed under the running server: whatever it writes from now on
+    // is lost at the next restart, so the server is not healthy any more.
+    let db = api.dir.path().join("plexus.db");
+    std::fs::rename(&db, api.dir.path().join("moved.db")).unwrap();
+    let (s, v) = api.get("/healthz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["status"], "unavailable");
+    assert!(v["store"].as_str().unwrap().contains("is gone"), "{v}");
+    // Another file in its place is no better.
+    std::fs::write(&db, b"").unwrap();
+    let (s, v) = api.get("/healthz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["store"].as_str().unwrap().contains("replaced"), "{v}");
+    // Put back, it is healthy again.
+    std::fs::rename(api.dir.path().join("moved.db"), &db).unwrap();
+    let (s, _) = api.get("/healthz").await;
+    assert_eq!(s, StatusCode::OK);
 }
 
 /// Every route of the router is in the OpenAPI document, with its method.

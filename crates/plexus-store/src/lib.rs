@@ -308,6 +308,8 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;
     async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>>;
+    /// Whether the store can serve reads and writes now (for `/healthz`).
+    async fn health(&self) -> Result<()>;
     /// The logs kept for one attempt whose output replaced them, if any.
     async fn step_logs(
         &self,

@@ -38,8 +38,18 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// (device, inode) of the database file when opened: a file deleted or replaced
+    /// under a running server is not the store it writes to any more.
+    identity: (u64, u64),
+    last_commit_error: LastCommitError,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     reader: Arc<Mutex<Connection>>,
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -107,13 +117,19 @@ impl SqliteStore {
         let mut write_conn = connect(&path, &opts)?;
         migrate(&mut write_conn)?;
         let reader = connect(&path, &opts)?;
+        let identity = file_identity(&path)
+            .map_err(|e| StoreError::Db(format!("cannot read {}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let last_commit_error = LastCommitError::default();
+        let last = last_commit_error.clone();
         std::thread::Builder::new()
             .name("plexus-sqlite-writer".into())
-            .spawn(move || writer_loop(write_conn, rx))
+            .spawn(move || writer_loop(write_conn, rx, last))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path,
+            identity,
+            last_commit_error,
             writer: Mutex::new(Some(tx)),
             reader: Arc::new(Mutex::new(reader)),
         })
@@ -191,7 +207,15 @@ pub fn measure_commit_latency(
     Ok(took / n.max(1) as u32)
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+/// The error of the last commit if it failed (a full disk, a read-only file), for health.
+type LastCommitError = Arc<Mutex<Option<StoreError>>>;
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, last_error: LastCommitError) {
+    let remember = |e: Option<StoreError>| {
+        if let Ok(mut last) = last_error.lock() {
+            *last = e;
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < 1024 {
@@ -202,6 +226,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let err = db_err(e);
+            remember(Some(err.clone()));
             for job in jobs {
                 // Run nothing: report the failure to each caller.
                 let (_, reply) = job_failed(job, &err);
@@ -228,6 +253,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Some(db_err(e))
             }
         };
+        remember(commit_error.clone());
         for reply in replies {
             reply(commit_error.clone());
         }
@@ -1229,6 +1255,32 @@ impl Store for SqliteStore {
             .map_err(db_err)
         })
         .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        match file_identity(&self.path) {
+            Ok(id) if id == self.identity => {}
+            Ok(_) => {
+                return Err(StoreError::Db(format!(
+                    "{} was replaced by another file while the store was open",
+                    self.path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Db(format!(
+                    "the database file {} is gone: {e}",
+                    self.path.display()
+                )));
+            }
+        }
+        if self.writer.lock().map_or(true, |w| w.is_none()) {
+            return Err(StoreError::Closed);
+        }
+        if let Some(e) = self.last_commit_error.lock().ok().and_then(|e| e.clone()) {
+            return Err(StoreError::Db(format!("the last commit failed: {e}")));
+        }
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
     }
 
     async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>> {
