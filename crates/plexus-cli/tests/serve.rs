@@ -1,5 +1,6 @@
 //! `plexus serve` as a black box: HTTP over loopback, `kill -9` in the middle of several
-//! runs, restart, and every run finishes with no step lost or completed twice.
+//! runs, restart, and every run finishes with no step lost or completed twice; WebSocket
+//! subscribers that reconnect from their last sequence see every event once.
 
 mod common;
 use common::*;
@@ -7,6 +8,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn start_server(p: &Plexus) -> (Child, String) {
@@ -103,6 +105,54 @@ fn http_text(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
+/// Follows one run over `/ws` from the start, reconnecting after a lost connection to the
+/// next server address it is given, from the last sequence it saw. Returns the sequence
+/// numbers of the events it received, in order, once the run has finished, and how many
+/// connections that took.
+fn ws_subscriber(
+    run: String,
+    addrs: mpsc::Receiver<String>,
+) -> std::thread::JoinHandle<(Vec<u64>, usize)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut seen: Vec<u64> = Vec::new();
+            let mut connections = 0;
+            let mut addr = addrs.recv().expect("a first address");
+            loop {
+                let after = seen.last().copied().unwrap_or(0);
+                let url = format!("ws://{addr}/ws?run={run}&after={after}");
+                if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await {
+                    connections += 1;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let Message::Text(text) = msg else { continue };
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        match v["type"].as_str() {
+                            Some("event") => seen.push(v["event"]["seq"].as_u64().unwrap()),
+                            Some("finished") => return (seen, connections),
+                            _ => {}
+                        }
+                    }
+                }
+                // The server went away: wait for the next one (the test sends its address).
+                addr = match addrs.try_recv() {
+                    Ok(next) => next,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        addr
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => return (seen, connections),
+                };
+            }
+        })
+    })
+}
+
 #[test]
 fn kill_9_during_several_runs_then_restart() {
     let p = Plexus::new();
@@ -135,11 +185,22 @@ fn kill_9_during_several_runs_then_restart() {
             run["id"].as_str().unwrap().to_owned()
         })
         .collect();
+    let subscribers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (tx, rx) = mpsc::channel();
+            tx.send(addr.clone()).unwrap();
+            (tx, ws_subscriber(id.clone(), rx))
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(250));
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
 
     let (mut server, addr) = start_server(&p);
+    for (tx, _) in &subscribers {
+        tx.send(addr.clone()).unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
         loop {
@@ -164,6 +225,23 @@ fn kill_9_during_several_runs_then_restart() {
                 .count();
             assert_eq!(done, 1, "run {id}: s{i} succeeded {done} times");
         }
+    }
+    // Each subscriber saw every event of its run exactly once, in order, across the crash.
+    for (id, (tx, sub)) in ids.iter().zip(subscribers) {
+        drop(tx);
+        let (seen, connections) = sub.join().unwrap();
+        assert!(
+            connections >= 2,
+            "run {id}: the crash did not cut the subscriber off"
+        );
+        let (_, events) = http(&addr, "GET", &format!("/api/v1/runs/{id}/events"), None);
+        let all: Vec<u64> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seen, all, "run {id}: the WebSocket subscriber's events");
     }
     let log = std::fs::read_to_string(&effects).unwrap();
     for id in &ids {
