@@ -11,6 +11,7 @@ mod http_client;
 mod output;
 mod progress;
 mod remote;
+mod telemetry;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -275,29 +276,27 @@ enum RunsCommand {
 fn main() {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| {
-        if serving {
-            "info".into()
-        } else {
-            "warn".into()
-        }
-    });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // `serve` logs JSON lines for log collectors; commands log for people.
-    if serving {
-        logs.json().init();
-    } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = match runtime.block_on(dispatch(cli)) {
-        Ok(code) => code,
+    // `serve` logs JSON lines for log collectors; commands log for people.
+    let telemetry = {
+        let _inside = runtime.enter();
+        telemetry::init(serving, if serving { "info" } else { "warn" })
+    };
+    let code = match telemetry {
+        Ok(telemetry) => {
+            let code = match runtime.block_on(dispatch(cli)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            };
+            telemetry.shutdown();
+            code
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             1

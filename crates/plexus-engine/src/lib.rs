@@ -6,6 +6,7 @@ pub mod exec;
 mod owner;
 pub mod pools;
 mod scheduler;
+pub mod spans;
 mod timers;
 
 pub use exec::process::LogChunk;

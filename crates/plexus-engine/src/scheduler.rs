@@ -55,6 +55,7 @@ struct Loop {
     pgids: HashMap<(RunId, Unit), i32>,
     /// When running steps started (for the step duration histogram).
     step_starts: HashMap<(RunId, String), u64>,
+    spans: crate::spans::Spans,
 }
 
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
@@ -85,6 +86,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         deadline: None,
         pgids: HashMap::new(),
         step_starts: HashMap::new(),
+        spans: Default::default(),
     };
     tokio::spawn(lp.run(rx));
 }
@@ -232,6 +234,12 @@ impl Loop {
                     None if state.seq == 0 => state.handle(Input::Start, now).unwrap_or_default(),
                     None => state.resume(now),
                 };
+                self.spans.open_run(
+                    &run,
+                    &state.plan.manifest.name,
+                    state.seq > t.events.len() as u64,
+                    parent.as_ref(),
+                );
                 self.runs.insert(
                     run.clone(),
                     Active {
@@ -429,6 +437,7 @@ impl Loop {
     /// Step durations for `/metrics`: from a step's start to its end.
     fn observe(&mut self, run: &RunId, e: &plexus_core::machine::Event) {
         use plexus_core::machine::EventKind::*;
+        self.spans.observe(run, e);
         // Run events at info, step events at debug (`PLEXUS_LOG=debug`), with their ids.
         match e.kind.step_id() {
             None => {
@@ -598,6 +607,8 @@ impl Loop {
         let Some(active) = self.runs.remove(&run) else {
             return;
         };
+        self.spans
+            .close_run(&run, status.as_str(), active.state.error.as_deref());
         if let Some(parent) = active.parent {
             let outcome = child_outcome(&active.state, status);
             self.child_ended(parent, outcome);
