@@ -147,7 +147,15 @@ pub async fn events(store: &dyn Store, run: &str, after: u64, format: Format) ->
         .map(|e| {
             let detail = match &e.kind {
                 plexus_core::machine::EventKind::StepFailed { error, .. } => one_line(error, 70),
-                plexus_core::machine::EventKind::StepSkipped { reason, .. } => one_line(reason, 70),
+                plexus_core::machine::EventKind::StepSkipped {
+                    reason,
+                    by,
+                    comment,
+                    ..
+                } => one_line(
+                    &plexus_core::machine::skip_text(reason, by.as_deref(), comment.as_deref()),
+                    70,
+                ),
                 plexus_core::machine::EventKind::RunFailed { error, .. } => one_line(error, 70),
                 _ => String::new(),
             };

@@ -165,10 +165,17 @@ impl Progress {
                     "⚡ {step_id}: attempt {attempt} was interrupted; starting a new attempt"
                 ));
             }
-            EventKind::StepSkipped { step_id, reason } => {
+            EventKind::StepSkipped {
+                step_id,
+                reason,
+                by,
+                comment,
+            } => {
                 self.done += 1;
                 self.running.remove(step_id);
-                self.say(&format!("↷ {step_id} skipped: {}", one_line(reason, 100)));
+                let why =
+                    plexus_core::machine::skip_text(reason, by.as_deref(), comment.as_deref());
+                self.say(&format!("↷ {step_id} skipped: {}", one_line(&why, 100)));
             }
             EventKind::StepCancelled { step_id } => {
                 self.done += 1;

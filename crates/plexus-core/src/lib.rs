@@ -2,6 +2,7 @@
 //! templates, and the run state machine. Nothing here performs I/O; time and randomness
 //! come in as arguments so every decision is reproducible in tests.
 
+pub mod audit;
 pub mod diagnostic;
 pub mod duration;
 pub mod machine;

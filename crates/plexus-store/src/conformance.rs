@@ -344,6 +344,8 @@ async fn commits_events_and_rows_atomically(store: &dyn Store) {
             EventKind::StepSkipped {
                 step_id: "b".into(),
                 reason: "because".into(),
+                by: None,
+                comment: None,
             },
         ),
         ev(

@@ -173,9 +173,18 @@ pub fn materialize(e: &Event) -> RowChange {
             ..
         } => RowChange::Step(step(step_id, "pending")),
         EventKind::StepInterrupted { .. } => RowChange::None,
-        EventKind::StepSkipped { step_id, reason } => RowChange::Step(StepChange {
+        EventKind::StepSkipped {
+            step_id,
+            reason,
+            by,
+            comment,
+        } => RowChange::Step(StepChange {
             finished: Some(e.time),
-            error: Some(Some(reason.clone())),
+            error: Some(Some(plexus_core::machine::skip_text(
+                reason,
+                by.as_deref(),
+                comment.as_deref(),
+            ))),
             ..step(step_id, "skipped")
         }),
         EventKind::StepCancelled { step_id } => RowChange::Step(StepChange {

@@ -93,7 +93,13 @@ pub enum EventKind {
     },
     StepSkipped {
         step_id: String,
+        /// `rejected` for a rejected approval; otherwise why the step did not run.
         reason: String,
+        /// Who rejected it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
     },
     StepCancelled {
         step_id: String,
@@ -125,6 +131,15 @@ pub enum EventKind {
     StepReset {
         step_id: String,
     },
+}
+
+/// How a skip reads for people: `rejected by user:ada: not now`, or the reason itself.
+pub fn skip_text(reason: &str, by: Option<&str>, comment: Option<&str>) -> String {
+    match (by, comment) {
+        (Some(by), Some(c)) => format!("{reason} by {by}: {c}"),
+        (Some(by), None) => format!("{reason} by {by}"),
+        (None, _) => reason.to_owned(),
+    }
 }
 
 impl EventKind {

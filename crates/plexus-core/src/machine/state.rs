@@ -314,7 +314,9 @@ impl RunState {
                 unit.attempt = *attempt;
                 unit.status = StepStatus::Pending;
             }
-            EventKind::StepSkipped { step_id, reason } => {
+            EventKind::StepSkipped {
+                step_id, reason, ..
+            } => {
                 if let Some(i) = step_of(self, step_id) {
                     self.steps[i].unit.error = Some(reason.clone());
                     self.set_terminal(i, StepStatus::Skipped);
@@ -472,11 +474,17 @@ impl RunState {
                 comment,
             } => {
                 let i = self.awaiting_approval(&step_id)?;
-                let reason = match comment {
-                    Some(c) => format!("rejected by {by}: {c}"),
-                    None => format!("rejected by {by}"),
-                };
-                self.skip_step(&mut t, now, i, reason);
+                self.emit(
+                    &mut t,
+                    now,
+                    EventKind::StepSkipped {
+                        step_id,
+                        reason: "rejected".into(),
+                        by: Some(by),
+                        comment,
+                    },
+                );
+                self.on_step_terminal(&mut t, now, i);
             }
             Input::Cancel { reason } => self.cancel(&mut t, now, reason),
             Input::Pause { by } => {
@@ -1222,7 +1230,16 @@ impl RunState {
 
     fn skip_step(&mut self, t: &mut Transition, now: Millis, i: usize, reason: String) {
         let step_id = self.plan.step(i).id.clone();
-        self.emit(t, now, EventKind::StepSkipped { step_id, reason });
+        self.emit(
+            t,
+            now,
+            EventKind::StepSkipped {
+                step_id,
+                reason,
+                by: None,
+                comment: None,
+            },
+        );
         self.on_step_terminal(t, now, i);
     }
 
@@ -1244,6 +1261,8 @@ impl RunState {
                         EventKind::StepSkipped {
                             step_id,
                             reason: reason.clone(),
+                            by: None,
+                            comment: None,
                         },
                     );
                     stack.extend(self.plan.nodes[c].children.iter().copied());
