@@ -193,6 +193,7 @@ impl Bench {
             inputs: json!({}),
             idempotency_key: None,
             workflow_version: None,
+            started_by: None,
         };
         Ok(self.engine.submit(sub).await?)
     }

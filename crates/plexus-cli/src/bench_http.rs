@@ -13,10 +13,10 @@ use tokio::sync::Mutex;
 
 const CLIENTS: usize = 32;
 
-async fn post(addr: &str, path: &str, body: &str) -> Result<(u16, Json)> {
-    crate::http_client::Client::new(addr)?
-        .request("POST", path, Some(body))
-        .await
+async fn post(addr: &str, key: &str, path: &str, body: &str) -> Result<(u16, Json)> {
+    let mut client = crate::http_client::Client::new(addr)?;
+    client.credential = Some(crate::login::Credential::ApiKey(key.to_owned()));
+    client.request("POST", path, Some(body)).await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -37,7 +37,13 @@ pub async fn run(
             base_dir: dir.to_path_buf(),
             ..Default::default()
         }),
+        auth: Arc::new(plexus_server::auth::Auth::open(&dir.join("keys"))?),
     };
+    // Every request authenticates with an API key, as scripts do.
+    let key = plexus_server::auth::bootstrap::bootstrap(&**engine.store())
+        .await?
+        .map(|k| k.secret)
+        .unwrap_or_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     tokio::spawn(async move { axum::serve(listener, plexus_server::app(state)).await });
@@ -51,7 +57,7 @@ pub async fn run(
         };
         manifest.push_str(&format!("  - {{id: s{i}, builtin: noop{needs}}}\n"));
     }
-    let (status, _) = post(&addr, "/api/v1/workflows", &manifest).await?;
+    let (status, _) = post(&addr, &key, "/api/v1/workflows", &manifest).await?;
     if status != 201 {
         bail!("applying the bench workflow answered {status}");
     }
@@ -76,12 +82,12 @@ pub async fn run(
     let per_client = n.div_ceil(CLIENTS);
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let (addr, body) = (addr.clone(), body.clone());
+        let (addr, body, key) = (addr.clone(), body.clone(), key.clone());
         clients.push(tokio::spawn(async move {
             let mut submitted = Vec::with_capacity(per_client);
             for _ in 0..per_client {
                 let t = Instant::now();
-                let (status, run) = post(&addr, "/api/v1/runs", &body).await?;
+                let (status, run) = post(&addr, &key, "/api/v1/runs", &body).await?;
                 if status != 201 {
                     bail!("submit answered {status}: {run}");
                 }

@@ -93,6 +93,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             inputs: Json::Object(inputs),
             idempotency_key: None,
             workflow_version: None,
+            started_by: Some(local_user()),
         })
         .await?;
     eprintln!("run {run_id} started: workflow {name}, {total} steps");

@@ -37,6 +37,17 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
         "plexus serve: listening on http://{addr} (gRPC on {grpc_addr}, data dir {})",
         settings.data_dir.display()
     );
+    let key_dir = settings.data_dir.join("keys");
+    let auth = plexus_server::auth::Auth::open(&key_dir)
+        .with_context(|| format!("the server's keys in {}", key_dir.display()))?;
+    if let Some(key) = plexus_server::auth::bootstrap::bootstrap(&*store).await? {
+        // The only time this secret is ever shown.
+        tracing::warn!(
+            "bootstrap admin API key (shown once; create real admins, then revoke it): api_key_id={}  api_secret={}",
+            key.key_id,
+            key.secret
+        );
+    }
     resume_interrupted(&engine, &*store).await?;
     let state = AppState {
         engine: engine.clone(),
@@ -49,6 +60,7 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
             base_dir: std::env::current_dir()?,
             artifact_root: settings.data_dir.join("artifacts"),
         }),
+        auth: Arc::new(auth),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(plexus_server::schedules::run_scheduler(
@@ -68,7 +80,9 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
                 },
             ),
     );
-    axum::serve(listener, plexus_server::app(state))
+    let app = plexus_server::app(state)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     let _ = stop.send(true);

@@ -9,6 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Client {
     /// `host:port`
     pub addr: String,
+    /// Sent as `Authorization: Bearer ...` (an API key or a session's access token).
+    pub credential: Option<crate::login::Credential>,
 }
 
 impl Client {
@@ -26,6 +28,7 @@ impl Client {
         }
         Ok(Client {
             addr: addr.to_owned(),
+            credential: None,
         })
     }
 
@@ -45,8 +48,12 @@ impl Client {
                 )
             })?;
         let body = body.unwrap_or("");
+        let authorization = match &self.credential {
+            Some(c) => format!("Authorization: Bearer {}\r\n", c.bearer(self).await?),
+            None => String::new(),
+        };
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
         );

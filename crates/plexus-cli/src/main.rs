@@ -2,12 +2,14 @@
 
 mod bench;
 mod bench_http;
+mod cmd_admin;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_serve;
 mod cmd_validate;
 mod config;
 mod http_client;
+mod login;
 mod output;
 mod progress;
 mod remote;
@@ -151,6 +153,41 @@ enum Command {
         #[arg(long, value_name = "URL")]
         server: String,
     },
+    /// Sign in to a server; the session is kept in the context file (0600) and refreshed
+    ///
+    /// Scripts can skip this and set PLEXUS_API_KEY instead.
+    Login {
+        /// The server [default: --server, PLEXUS_SERVER, or the saved context]
+        #[arg(long = "url", value_name = "URL")]
+        url: Option<String>,
+        #[arg(long, short = 'u')]
+        username: Option<String>,
+        /// Read the password from stdin instead of the terminal
+        #[arg(long)]
+        password_stdin: bool,
+        /// Sign in with an API key (plx_...) instead of a password
+        #[arg(long, value_name = "KEY", conflicts_with = "username")]
+        api_key: Option<String>,
+    },
+    /// End the saved session on the server and forget it
+    Logout,
+    /// Users of a server and their roles (admin)
+    #[command(subcommand)]
+    User(cmd_admin::UserCommand),
+    /// API keys for scripts
+    #[command(subcommand, name = "api-key")]
+    ApiKey(cmd_admin::ApiKeyCommand),
+    /// Steps waiting for a human decision
+    #[command(subcommand)]
+    Approval(cmd_admin::ApprovalCommand),
+    /// The tamper-evident audit log: verify, list, export
+    ///
+    /// Without a server, works on --data-dir (stop the server first, or use its API).
+    #[command(subcommand)]
+    Audit(cmd_admin::AuditCommand),
+    /// Runtime settings of a server (admin): execution mode, budgets, providers
+    #[command(subcommand)]
+    Settings(cmd_admin::SettingsCommand),
     /// Workflow definitions on a server
     #[command(subcommand)]
     Workflow(WorkflowCommand),
@@ -336,6 +373,49 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Init { server } => remote::init(&server).await,
+        Command::Login {
+            url,
+            username,
+            password_stdin,
+            api_key,
+        } => {
+            let server = url
+                .or_else(|| client.as_ref().map(|c| format!("http://{}", c.addr)))
+                .context("give the server: --url URL, --server URL or `plexus init --server URL`")?;
+            let context = remote::context_file()
+                .context("no config directory: set XDG_CONFIG_HOME or HOME")?;
+            let args = login::LoginArgs {
+                server,
+                username,
+                password_stdin,
+                api_key,
+            };
+            login::login(args, &context).await
+        }
+        Command::Logout => {
+            let c = remote::need(client, "logout")?;
+            let context = remote::context_file().context("no config directory")?;
+            login::logout(&c, &context).await
+        }
+        Command::User(_) => cmd_admin::needs_server("user"),
+        Command::ApiKey(_) => cmd_admin::needs_server("api-key"),
+        Command::Settings(_) => cmd_admin::needs_server("settings"),
+        Command::Audit(cmd) => {
+            let store = settings.open_store()?;
+            cmd_admin::audit_local(&*store, &cmd, format).await
+        }
+        Command::Approval(cmd_admin::ApprovalCommand::List) => {
+            let store = settings.open_store()?;
+            cmd_admin::approvals_local(&*store, format).await
+        }
+        Command::Approval(cmd_admin::ApprovalCommand::Approve { run, step, comment }) => {
+            let data = json!({ "comment": comment });
+            control(&settings, &run, CommandKind::Approve, &step, data, format).await
+        }
+        Command::Approval(cmd_admin::ApprovalCommand::Reject { run, step, comment }) => {
+            let data = json!({ "comment": comment });
+            control(&settings, &run, CommandKind::Reject, &step, data, format).await
+        }
         Command::Workflow(_) => remote::need(client, "workflow").map(|_| 0),
         Command::Event(_) => remote::need(client, "event").map(|_| 0),
         Command::Schedule(_) => remote::need(client, "schedule").map(|_| 0),
@@ -554,6 +634,21 @@ async fn dispatch_remote(
         }
         Command::Workflow(WorkflowCommand::Apply { file }) => {
             remote::workflow_apply(c, file, format).await?
+        }
+        Command::User(cmd) => cmd_admin::user(c, cmd, format).await?,
+        Command::ApiKey(cmd) => cmd_admin::api_key(c, cmd, format).await?,
+        Command::Settings(cmd) => cmd_admin::settings(c, cmd, format).await?,
+        Command::Audit(cmd) => cmd_admin::audit_remote(c, cmd, format).await?,
+        Command::Approval(cmd_admin::ApprovalCommand::List) => {
+            cmd_admin::approvals_remote(c, format).await?
+        }
+        Command::Approval(cmd_admin::ApprovalCommand::Approve { run, step, comment }) => {
+            let body = json!({ "comment": comment });
+            remote::control(c, run, &format!("steps/{step}/approve"), body, format).await?
+        }
+        Command::Approval(cmd_admin::ApprovalCommand::Reject { run, step, comment }) => {
+            let body = json!({ "comment": comment });
+            remote::control(c, run, &format!("steps/{step}/reject"), body, format).await?
         }
         Command::Workflow(WorkflowCommand::List) => remote::workflow_list(c, format).await?,
         Command::Workflow(WorkflowCommand::Get { name, version }) => {

@@ -9,30 +9,38 @@ use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
 
-fn context_file() -> Option<PathBuf> {
+pub fn context_file() -> Option<PathBuf> {
     crate::config::config_dir().map(|d| d.join("context.toml"))
 }
 
-/// The server to talk to, if any: the flag (or `PLEXUS_SERVER`), else the saved context.
+/// The server to talk to, if any: the flag (or `PLEXUS_SERVER`), else the saved context;
+/// with the credential for it (`PLEXUS_API_KEY`, or the context's session).
 pub fn server(flag: Option<&str>) -> Result<Option<Client>> {
     if flag == Some("local") {
         return Ok(None); // `--server local`: the local store, whatever the context says
     }
-    if let Some(url) = flag.filter(|u| !u.is_empty()) {
-        return Client::new(url).map(Some);
-    }
-    let Some(path) = context_file() else {
-        return Ok(None);
+    let path = context_file();
+    let ctx = match &path {
+        Some(p) => crate::login::read_context(p)?,
+        None => None,
     };
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(None);
+    let url = match flag.filter(|u| !u.is_empty()) {
+        Some(url) => url.to_owned(),
+        None => match ctx
+            .as_ref()
+            .and_then(|c| c.get("server"))
+            .and_then(|v| v.as_str())
+        {
+            Some(url) => url.to_owned(),
+            None => return Ok(None),
+        },
     };
-    let ctx: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    match ctx.get("server").and_then(|v| v.as_str()) {
-        Some(url) => Client::new(url).map(Some),
-        None => Ok(None),
-    }
+    let mut client = Client::new(&url)?;
+    client.credential = crate::login::credential_for(
+        &client.addr,
+        path.as_deref().zip(ctx.as_ref()),
+    );
+    Ok(Some(client))
 }
 
 pub fn need(client: Option<Client>, what: &str) -> Result<Client> {
@@ -40,36 +48,26 @@ pub fn need(client: Option<Client>, what: &str) -> Result<Client> {
 }
 
 /// Saves the server in the user's config directory (mode 0600) after checking it answers.
+/// Credentials saved for another server are dropped.
 pub async fn init(url: &str) -> Result<i32> {
     let client = Client::new(url)?;
     let health = client.call("GET", "/healthz", None).await?;
     let path = context_file().context("no config directory: set XDG_CONFIG_HOME or HOME")?;
-    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    let text = format!(
-        "# written by `plexus init`\nserver = {:?}\n",
-        format!("http://{}", client.addr)
-    );
-    write_private(&path, &text)?;
+    let mut ctx = toml::Table::new();
+    ctx.insert("server".into(), format!("http://{}", client.addr).into());
+    if let Some(old) = crate::login::read_context(&path)?
+        && old.get("server") == ctx.get("server")
+    {
+        ctx = old;
+    }
+    crate::login::write_context(&path, &ctx)?;
     println!(
-        "context saved to {}: server http://{} ({})",
+        "context saved to {}: server http://{} ({}); sign in with `plexus login --username NAME`",
         path.display(),
         client.addr,
         health["status"].as_str().unwrap_or("?")
     );
     Ok(0)
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 fn print_run(run: &Json, format: Format) {
@@ -305,7 +303,12 @@ pub async fn watch(c: &Client, id: &str, format: Format) -> Result<i32> {
         c.addr,
         segment(&id)
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
+    if let Some(cred) = &c.credential {
+        let value = format!("Bearer {}", cred.bearer(c).await?);
+        request.headers_mut().insert("authorization", value.parse()?);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .context("cannot open the server's WebSocket")?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));

@@ -45,6 +45,17 @@ fn to_time(ms: Millis) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("{ms} is not a time"))
 }
 
+/// A time given by a person: RFC 3339 (`2026-11-22T10:00:00Z`) or a date
+/// (`2026-11-22`, midnight UTC). `None` when it is neither.
+pub fn parse_time(text: &str) -> Option<Millis> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return u64::try_from(t.timestamp_millis()).ok();
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    u64::try_from(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis()).ok()
+}
+
 /// The first tick strictly after `after` (UTC). Five fields, or six with seconds first.
 pub fn next_fire(cron: &str, after: Millis) -> Result<Millis, String> {
     let next = parse(cron)?
@@ -78,6 +89,14 @@ pub fn due_ticks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn people_times_parse() {
+        assert_eq!(parse_time("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000));
+        assert_eq!(parse_time("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_time("yesterday"), None);
+    }
 
     const MIN: Millis = 60_000;
 

@@ -175,6 +175,8 @@ pub struct Submission {
     /// The same key returns the run it first created instead of starting another.
     pub idempotency_key: Option<String>,
     pub workflow_version: Option<u32>,
+    /// Who starts it (the actor of the run's audit records).
+    pub started_by: Option<String>,
 }
 
 /// A new time-ordered id (UUIDv7), as runs get.
@@ -262,6 +264,7 @@ impl Engine {
                 created_at: now,
                 idempotency_key: sub.idempotency_key.clone(),
                 workflow_version: sub.workflow_version,
+                started_by: sub.started_by.clone(),
             })
             .await?;
         if !created {

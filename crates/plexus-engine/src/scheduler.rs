@@ -789,6 +789,7 @@ async fn prepare_child(
             created_at: now,
             idempotency_key: None,
             workflow_version: None,
+            started_by: None,
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::runs::{start_run, stored_workflow};
 use crate::{AppState, now_ms};
-use axum::Json;
+use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -44,6 +44,7 @@ fn trigger_inputs(
 
 pub async fn post(
     State(state): State<AppState>,
+    Extension(caller): Extension<crate::auth::Caller>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let bytes = crate::body::read(body, state.config.body_limit).await?;
@@ -80,6 +81,7 @@ pub async fn post(
                 Some(w.version),
                 &inputs,
                 Some(format!("event:{}:{name}", event.id)),
+                format!("{} (event {})", caller.actor(), event.event_type),
             )
             .await
         }

@@ -2,6 +2,7 @@
 //! the REST API, plus the standard gRPC health service.
 
 use crate::AppState;
+use crate::auth::{Access, Caller, Refused, Role, audit, authenticate};
 use crate::error::ApiError;
 use crate::runs::{control, start_run, stored_workflow};
 use axum::http::StatusCode;
@@ -40,6 +41,56 @@ fn to_status(e: impl Into<ApiError>) -> Status {
 
 pub struct Jobs {
     state: AppState,
+}
+
+/// Who may call each JobService method (the same rules as the matching REST routes).
+/// A test calls every method of the proto with every role.
+pub const METHODS: &[(&str, Access)] = &[
+    ("Submit", Access::Role(Role::Engineer)),
+    ("Get", Access::Role(Role::Operator)),
+    ("List", Access::Role(Role::Operator)),
+    ("Cancel", Access::Role(Role::Engineer)),
+    ("Pause", Access::Role(Role::Engineer)),
+    ("Resume", Access::Role(Role::Engineer)),
+    ("StreamEvents", Access::Role(Role::Operator)),
+];
+
+impl Jobs {
+    /// The caller of a method, from `authorization: Bearer ...` metadata, if the method's
+    /// rule lets them in.
+    async fn authorize<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
+        let access = METHODS
+            .iter()
+            .find(|(m, _)| *m == method)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| Status::internal(format!("no access rule for {method}")))?;
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("send `authorization: Bearer <token or API key>`"))?;
+        let caller = authenticate(&self.state, token.trim())
+            .await
+            .map_err(|Refused(m)| Status::unauthenticated(m))?;
+        if !access.allows(Some(caller.role)) {
+            let target = format!("grpc JobService/{method}");
+            audit(
+                self.state.store.as_ref(),
+                &caller.actor(),
+                "permission.denied",
+                &target,
+                serde_json::json!({"role": caller.role.as_str(), "needs": access.describe()}),
+            )
+            .await;
+            return Err(Status::permission_denied(format!(
+                "{target} needs {}; you have the {} role",
+                access.describe(),
+                caller.role.as_str()
+            )));
+        }
+        Ok(caller)
+    }
 }
 
 /// The JobService and the health service, ready to be served.
@@ -93,6 +144,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Sen
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Run>, Status> {
+        let caller = self.authorize(&req, "Submit").await?;
         let r = req.into_inner();
         let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
         if let Some(k) = &key
@@ -129,12 +181,13 @@ impl JobService for Jobs {
                 ));
             }
         };
-        let id = start_run(&self.state, text, version, &inputs, key).await?;
+        let id = start_run(&self.state, text, version, &inputs, key, caller.actor()).await?;
         let row = self.state.store.get_run(&id).await.map_err(to_status)?;
         Ok(Response::new(run_message(&self.state, row).await?))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Run>, Status> {
+        self.authorize(&req, "Get").await?;
         let row = self
             .state
             .store
@@ -148,6 +201,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        self.authorize(&req, "List").await?;
         let r = req.into_inner();
         let limit = if r.limit == 0 {
             50
@@ -183,10 +237,11 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::RunRef>,
     ) -> Result<Response<pb::ControlResponse>, Status> {
+        let caller = self.authorize(&req, "Cancel").await?;
         let input = Input::Cancel {
-            reason: "cancelled through gRPC".into(),
+            reason: format!("cancelled by {} through gRPC", caller.actor()),
         };
-        self.control(req.into_inner().id, input, CommandKind::Cancel)
+        self.control(req.into_inner().id, input, CommandKind::Cancel, &caller)
             .await
     }
 
@@ -194,10 +249,12 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::RunRef>,
     ) -> Result<Response<pb::ControlResponse>, Status> {
+        let caller = self.authorize(&req, "Pause").await?;
         self.control(
             req.into_inner().id,
-            Input::Pause { by: "grpc".into() },
+            Input::Pause { by: caller.actor() },
             CommandKind::Pause,
+            &caller,
         )
         .await
     }
@@ -206,10 +263,12 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::RunRef>,
     ) -> Result<Response<pb::ControlResponse>, Status> {
+        let caller = self.authorize(&req, "Resume").await?;
         self.control(
             req.into_inner().id,
-            Input::Resume { by: "grpc".into() },
+            Input::Resume { by: caller.actor() },
             CommandKind::Resume,
+            &caller,
         )
         .await
     }
@@ -220,6 +279,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        self.authorize(&req, "StreamEvents").await?;
         let r = req.into_inner();
         // Join the live feed before reading the backlog: nothing falls between the two.
         let mut live = self.state.engine.subscribe();
@@ -288,9 +348,11 @@ impl Jobs {
         id: String,
         input: Input,
         kind: CommandKind,
+        caller: &Caller,
     ) -> Result<Response<pb::ControlResponse>, Status> {
+        let actor = caller.actor();
         let (_, answer) =
-            control(&self.state, &id, input, kind, None, serde_json::Value::Null).await?;
+            control(&self.state, &id, input, kind, None, serde_json::Value::Null, &actor).await?;
         Ok(Response::new(pb::ControlResponse {
             outcome: answer["outcome"].as_str().unwrap_or("").to_owned(),
         }))

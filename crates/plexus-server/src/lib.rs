@@ -1,6 +1,10 @@
 //! The Plexus HTTP API. [`app`] builds the router from [`ROUTES`], a single table, so the
 //! OpenAPI document and the role tests can be checked against every route that exists.
 
+mod accounts;
+mod approvals;
+mod audit_api;
+pub mod auth;
 mod body;
 mod error;
 mod events;
@@ -9,11 +13,14 @@ mod health;
 pub mod metrics;
 mod runs;
 pub mod schedules;
+mod settings;
 mod workflows;
 mod ws;
 
+pub use audit_api::verify_chain as audit_chain;
 pub use error::{ApiError, ApiResult};
 
+use auth::{Access, Auth, Role};
 use axum::Router;
 use plexus_core::CompileOptions;
 use plexus_engine::Engine;
@@ -47,58 +54,111 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub compile: CompileOptions,
     pub config: Arc<ServerConfig>,
+    pub auth: Arc<Auth>,
 }
 
 pub(crate) fn now_ms() -> u64 {
     plexus_engine::now_ms()
 }
 
-/// Declares every route once: the router and the [`ROUTES`] list come from the same lines.
+/// A route and who may call it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Declares every route once, with its access rule: the router, the [`ROUTES`] table the
+/// guard checks, and the role tests all come from the same lines, so a route cannot exist
+/// without a rule.
 macro_rules! api {
-    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
-        /// Every route as (method, path).
-        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+    ($($access:ident $method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route with its access rule.
+        pub const ROUTES: &[Route] = &[$(Route {
+            method: stringify!($method),
+            path: $path,
+            access: access!($access),
+        }),*];
 
         /// The HTTP API.
         pub fn app(state: AppState) -> Router {
             metrics::install();
             Router::new()
                 $(.route($path, axum::routing::$method($handler)))*
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
                 .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+                .layer(axum::middleware::from_fn(auth::security_headers))
                 .layer(axum::middleware::from_fn(metrics::track))
                 .with_state(state)
         }
     };
 }
 
+macro_rules! access {
+    (public) => {
+        Access::Public
+    };
+    (signed) => {
+        Access::Signed
+    };
+    (operator) => {
+        Access::Role(Role::Operator)
+    };
+    (engineer) => {
+        Access::Role(Role::Engineer)
+    };
+    (admin) => {
+        Access::Role(Role::Admin)
+    };
+}
+
 api! {
-    get "/healthz" => health::healthz,
-    get "/ws" => ws::upgrade,
-    get "/metrics" => metrics::render,
-    get "/api/v1/openapi.json" => health::openapi,
-    post "/api/v1/workflows" => workflows::apply,
-    get "/api/v1/workflows" => workflows::list,
-    get "/api/v1/workflows/{name}" => workflows::get,
-    delete "/api/v1/workflows/{name}" => workflows::delete,
-    post "/api/v1/runs" => runs::start,
-    get "/api/v1/runs" => runs::list,
-    get "/api/v1/runs/{id}" => runs::get,
-    get "/api/v1/runs/{id}/events" => runs::events,
-    get "/api/v1/runs/{id}/outputs" => runs::outputs,
-    get "/api/v1/runs/{id}/steps/{step}/logs" => runs::logs,
-    get "/api/v1/runs/{id}/artifacts" => runs::artifacts,
-    get "/api/v1/artifacts/{sha256}" => runs::artifact,
-    post "/api/v1/runs/{id}/cancel" => runs::cancel,
-    post "/api/v1/runs/{id}/pause" => runs::pause,
-    post "/api/v1/runs/{id}/resume" => runs::resume,
-    post "/api/v1/runs/{id}/retry" => runs::retry,
-    post "/api/v1/runs/{id}/steps/{step}/{action}" => runs::step_action,
-    post "/api/v1/schedules" => schedules::create,
-    get "/api/v1/schedules" => schedules::list,
-    get "/api/v1/schedules/{name}" => schedules::get,
-    delete "/api/v1/schedules/{name}" => schedules::delete,
-    post "/api/v1/schedules/{name}/pause" => schedules::pause,
-    post "/api/v1/schedules/{name}/resume" => schedules::resume,
-    post "/api/v1/events" => events::post,
-    get "/api/v1/dead-letters" => events::dead_letters,
+    public get "/healthz" => health::healthz,
+    public get "/api/v1/openapi.json" => health::openapi,
+    public post "/api/v1/auth/login" => accounts::login,
+    public post "/api/v1/auth/refresh" => accounts::refresh,
+    signed post "/api/v1/auth/logout" => accounts::logout,
+    signed get "/api/v1/auth/me" => accounts::me,
+    signed post "/api/v1/api-keys" => accounts::create_key,
+    signed get "/api/v1/api-keys" => accounts::list_keys,
+    signed delete "/api/v1/api-keys/{id}" => accounts::revoke_key,
+    admin post "/api/v1/users" => accounts::create_user,
+    admin get "/api/v1/users" => accounts::list_users,
+    admin patch "/api/v1/users/{username}" => accounts::update_user,
+    operator get "/ws" => ws::upgrade,
+    operator get "/metrics" => metrics::render,
+    engineer post "/api/v1/workflows" => workflows::apply,
+    operator get "/api/v1/workflows" => workflows::list,
+    operator get "/api/v1/workflows/{name}" => workflows::get,
+    engineer delete "/api/v1/workflows/{name}" => workflows::delete,
+    engineer post "/api/v1/runs" => runs::start,
+    operator get "/api/v1/runs" => runs::list,
+    operator get "/api/v1/runs/{id}" => runs::get,
+    operator get "/api/v1/runs/{id}/events" => runs::events,
+    operator get "/api/v1/runs/{id}/outputs" => runs::outputs,
+    operator get "/api/v1/runs/{id}/steps/{step}/logs" => runs::logs,
+    operator get "/api/v1/runs/{id}/artifacts" => runs::artifacts,
+    operator get "/api/v1/artifacts/{sha256}" => runs::artifact,
+    engineer post "/api/v1/runs/{id}/cancel" => runs::cancel,
+    engineer post "/api/v1/runs/{id}/pause" => runs::pause,
+    engineer post "/api/v1/runs/{id}/resume" => runs::resume,
+    engineer post "/api/v1/runs/{id}/retry" => runs::retry,
+    engineer post "/api/v1/runs/{id}/steps/{step}/{action}" => runs::step_action,
+    operator get "/api/v1/approvals" => approvals::list,
+    engineer post "/api/v1/schedules" => schedules::create,
+    operator get "/api/v1/schedules" => schedules::list,
+    operator get "/api/v1/schedules/{name}" => schedules::get,
+    engineer delete "/api/v1/schedules/{name}" => schedules::delete,
+    engineer post "/api/v1/schedules/{name}/pause" => schedules::pause,
+    engineer post "/api/v1/schedules/{name}/resume" => schedules::resume,
+    engineer post "/api/v1/events" => events::post,
+    operator get "/api/v1/dead-letters" => events::dead_letters,
+    operator get "/api/v1/audit" => audit_api::list,
+    operator get "/api/v1/audit/verify" => audit_api::verify,
+    admin get "/api/v1/audit/export" => audit_api::export,
+    admin get "/api/v1/settings" => settings::list,
+    admin get "/api/v1/settings/{key}" => settings::get,
+    admin put "/api/v1/settings/{key}" => settings::put,
+    admin delete "/api/v1/settings/{key}" => settings::delete,
 }

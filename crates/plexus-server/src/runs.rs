@@ -4,7 +4,8 @@ use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::workflows::compile;
 use crate::{AppState, now_ms};
-use axum::Json;
+use crate::auth::Caller;
+use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -60,6 +61,7 @@ async fn full_run(state: &AppState, id: &str) -> ApiResult<Json_> {
 
 pub async fn start(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
@@ -96,7 +98,7 @@ pub async fn start(
             ));
         }
     };
-    let id = start_run(&state, text, version, &req.inputs, key).await?;
+    let id = start_run(&state, text, version, &req.inputs, key, caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
 }
 
@@ -124,6 +126,7 @@ pub async fn start_run(
     version: Option<u32>,
     inputs: &serde_json::Map<String, Json_>,
     key: Option<String>,
+    started_by: String,
 ) -> ApiResult<String> {
     let plan = compile(state, &text, "manifest")?;
     let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, inputs).map_err(|errors| {
@@ -140,6 +143,7 @@ pub async fn start_run(
             inputs: Json_::Object(inputs),
             idempotency_key: key,
             workflow_version: version,
+            started_by: Some(started_by),
         })
         .await?;
     Ok(id)
@@ -218,6 +222,7 @@ pub(crate) async fn control(
     kind: CommandKind,
     step: Option<&str>,
     data: Json_,
+    actor: &str,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let row = state.store.get_run(id).await?;
     if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
@@ -236,7 +241,7 @@ pub(crate) async fn control(
         Err(EngineError::NotActive(_)) => {
             state
                 .store
-                .add_command(&row.id, kind, step, data, "api", now_ms())
+                .add_command(&row.id, kind, step, data, actor, now_ms())
                 .await?;
             Ok((
                 StatusCode::ACCEPTED,
@@ -251,12 +256,14 @@ pub(crate) async fn control(
 
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let input = Input::Cancel {
-        reason: "cancelled through the API".into(),
+        reason: format!("cancelled by {}", caller.actor()),
     };
-    control(&state, &id, input, CommandKind::Cancel, None, Json_::Null).await
+    let actor = caller.actor();
+    control(&state, &id, input, CommandKind::Cancel, None, Json_::Null, &actor).await
 }
 
 /// stdout and stderr of a step's last attempt (kept, capped, with the step's output).
@@ -344,26 +351,31 @@ pub async fn artifact(
 
 pub async fn pause(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    let input = Input::Pause { by: "api".into() };
-    control(&state, &id, input, CommandKind::Pause, None, Json_::Null).await
+    let actor = caller.actor();
+    let input = Input::Pause { by: actor.clone() };
+    control(&state, &id, input, CommandKind::Pause, None, Json_::Null, &actor).await
 }
 
 pub async fn resume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    let input = Input::Resume { by: "api".into() };
-    control(&state, &id, input, CommandKind::Resume, None, Json_::Null).await
+    let actor = caller.actor();
+    let input = Input::Resume { by: actor.clone() };
+    control(&state, &id, input, CommandKind::Resume, None, Json_::Null, &actor).await
 }
 
 /// Runs a failed or cancelled run again from the steps that did not succeed.
 pub async fn retry(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Json_>> {
-    let id = state.engine.retry(&id, "api").await?;
+    let id = state.engine.retry(&id, &caller.actor()).await?;
     Ok(Json(full_run(&state, &id).await?))
 }
 
@@ -376,6 +388,7 @@ struct StepAction {
 
 pub async fn step_action(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, step, action)): Path<(String, String, String)>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
@@ -385,7 +398,11 @@ pub async fn step_action(
     } else {
         body::json(&bytes)?
     };
-    let by = "api".to_owned();
+    let by = caller.actor();
+    if matches!(action.as_str(), "approve" | "reject") {
+        let row = state.store.get_run(&id).await?;
+        crate::approvals::check_decider(&state, &caller, &row.id, &step).await?;
+    }
     let (input, kind, data) = match action.as_str() {
         "approve" => (
             Input::Approve {
@@ -422,7 +439,7 @@ pub async fn step_action(
             )));
         }
     };
-    let answer = control(&state, &id, input, kind, Some(&step), data.clone()).await;
+    let answer = control(&state, &id, input, kind, Some(&step), data.clone(), &caller.actor()).await;
     match answer {
         // A signal that reaches no waiting step is kept as a dead letter, not dropped.
         Err(e) if kind == CommandKind::Signal && e.status == StatusCode::CONFLICT => {

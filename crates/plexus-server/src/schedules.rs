@@ -173,7 +173,10 @@ pub async fn fire_due(state: &AppState) -> ApiResult<usize> {
             let inputs = s.inputs.as_object().cloned().unwrap_or_default();
             let key = format!("schedule:{}:{tick}", s.name);
             let started = match stored_workflow(state, &s.workflow, None).await {
-                Ok(w) => start_run(state, w.manifest, Some(w.version), &inputs, Some(key)).await,
+                Ok(w) => {
+                    let by = format!("schedule:{}", s.name);
+                    start_run(state, w.manifest, Some(w.version), &inputs, Some(key), by).await
+                }
                 Err(e) => Err(e),
             };
             match started {

@@ -3,7 +3,7 @@
 mod common;
 use axum::body::Body;
 use axum::http::StatusCode;
-use common::{Api, RouterText};
+use common::Api;
 use plexus_server::ROUTES;
 use serde_json::json;
 use std::time::Duration;
@@ -12,7 +12,7 @@ const HELLO: &str = "version: plexus/v1\nname: hello\ninputs: {who: {type: strin
 
 #[tokio::test]
 async fn workflows_are_versioned_listed_and_deleted() {
-    let api = Api::new();
+    let api = Api::new().await;
     let (s, v) = api
         .call(
             "POST",
@@ -44,7 +44,7 @@ async fn workflows_are_versioned_listed_and_deleted() {
 
 #[tokio::test]
 async fn an_invalid_manifest_answers_with_every_problem() {
-    let api = Api::new();
+    let api = Api::new().await;
     let bad = "version: plexus/v1\nname: bad\nsteps:\n- id: a\n  rn: echo\n- {id: b, needs: [zz], run: echo}\n";
     let (s, v) = api.call("POST", "/api/v1/workflows", bad, &[]).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -62,7 +62,7 @@ async fn an_invalid_manifest_answers_with_every_problem() {
 
 #[tokio::test]
 async fn runs_start_by_name_or_inline_and_are_idempotent() {
-    let api = Api::new();
+    let api = Api::new().await;
     api.call("POST", "/api/v1/workflows", HELLO, &[]).await;
     let (s, run) = api
         .post(
@@ -115,7 +115,7 @@ async fn runs_start_by_name_or_inline_and_are_idempotent() {
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
-    let api = Api::new();
+    let api = Api::new().await;
     let (s, v) = api
         .call("POST", "/api/v1/runs", "{\"workflow\": ", &[])
         .await;
@@ -172,7 +172,7 @@ async fn bad_requests_get_clear_errors() {
 
 #[tokio::test]
 async fn steps_are_approved_signalled_and_runs_cancelled() {
-    let api = Api::new();
+    let api = Api::new().await;
     let flow = "version: plexus/v1\nname: gated\nsteps:\n- {id: gate, approval: {message: ok?}}\n- {id: sig, needs: [gate], wait: {signal: go}}\n- {id: after, needs: [sig], builtin: echo, with: {got: '{{ steps.sig.output }}'}}\n";
     api.call("POST", "/api/v1/workflows", flow, &[]).await;
     let (_, run) = api.post("/api/v1/runs", json!({"workflow": "gated"})).await;
@@ -230,7 +230,7 @@ async fn steps_are_approved_signalled_and_runs_cancelled() {
 
 #[tokio::test]
 async fn health_reports_store_and_pools() {
-    let api = Api::new();
+    let api = Api::new().await;
     let (s, v) = api.get("/healthz").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["store"], "ok");
@@ -258,13 +258,19 @@ async fn health_reports_store_and_pools() {
 /// Every route of the router is in the OpenAPI document, with its method.
 #[tokio::test]
 async fn openapi_lists_every_route() {
-    let api = Api::new();
+    let api = Api::new().await;
     let (s, doc) = api.get("/api/v1/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
-    for (method, path) in ROUTES {
+    for r in ROUTES {
+        let (method, path) = (r.method, r.path);
         assert!(
             doc["paths"][path][method].is_object(),
             "{method} {path} is missing from openapi.json"
+        );
+        assert_eq!(
+            doc["paths"][path][method]["x-plexus-access"],
+            r.access.describe(),
+            "{method} {path}: the document's access rule is not the router's"
         );
     }
     let documented: usize = doc["paths"]
@@ -282,7 +288,7 @@ async fn openapi_lists_every_route() {
 
 #[tokio::test]
 async fn runs_pause_resume_and_retry() {
-    let api = Api::new();
+    let api = Api::new().await;
     let marker = api.dir.path().join("fixed");
     let flow = format!(
         "version: plexus/v1\nname: flaky\nsteps:\n- {{id: hold, wait: {{signal: go}}}}\n- {{id: check, needs: [hold], run: 'test -e {}'}}\n- {{id: after, needs: [check], builtin: noop}}\n",
@@ -333,11 +339,11 @@ async fn runs_pause_resume_and_retry() {
 
 #[tokio::test]
 async fn metrics_in_prometheus_format() {
-    let api = Api::new();
+    let api = Api::new().await;
     let (_, run) = api.post("/api/v1/runs", json!({"manifest": {"version": "plexus/v1", "name": "m", "steps": [{"id": "a", "run": "true"}]}})).await;
     api.wait_state(run["id"].as_str().unwrap(), "succeeded")
         .await;
-    let res = api.router.clone().oneshot_get("/metrics").await;
+    let res = api.text("/metrics").await;
     let value = |name: &str| -> Option<f64> {
         res.lines()
             .find(|l| l.starts_with(name))
@@ -364,7 +370,7 @@ async fn metrics_in_prometheus_format() {
 
 #[tokio::test]
 async fn outputs_artifacts_and_time_filters() {
-    let api = Api::new();
+    let api = Api::new().await;
     let manifest = json!({"version": "plexus/v1", "name": "art", "steps": [
         {"id": "make", "run": "printf 'report body' > \"$PLEXUS_ARTIFACTS/report.txt\""},
         {"id": "shaped", "run": "echo working; echo careful >&2; echo '{\"n\": 3}' > \"$PLEXUS_OUTPUT\""}],
@@ -406,11 +412,7 @@ async fn outputs_artifacts_and_time_filters() {
         (art["name"].clone(), art["size"].clone()),
         (json!("report.txt"), json!(11))
     );
-    let body = api
-        .router
-        .clone()
-        .oneshot_get(art["url"].as_str().unwrap())
-        .await;
+    let body = api.text(art["url"].as_str().unwrap()).await;
     assert_eq!(body, "report body");
     let (s, _) = api.get("/api/v1/artifacts/not-a-hash").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);

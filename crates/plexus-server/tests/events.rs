@@ -9,7 +9,7 @@ const DEPLOY: &str = "version: plexus/v1\nname: deploy\non: [release.published]\
 
 #[tokio::test]
 async fn an_event_starts_every_subscribed_workflow_once() {
-    let api = Api::new();
+    let api = Api::new().await;
     let (s, _) = api.call("POST", "/api/v1/workflows", DEPLOY, &[]).await;
     assert_eq!(s, StatusCode::CREATED);
     let notify = "version: plexus/v1\nname: notify\non: release.published\nsteps: [{id: a, builtin: noop}]\n";
@@ -39,7 +39,7 @@ async fn an_event_starts_every_subscribed_workflow_once() {
 
 #[tokio::test]
 async fn what_reaches_nothing_becomes_a_dead_letter() {
-    let api = Api::new();
+    let api = Api::new().await;
     let (s, v) = api
         .post(
             "/api/v1/events",

@@ -27,7 +27,7 @@ async fn run_keys(api: &Api) -> Vec<String> {
 
 #[tokio::test]
 async fn a_tick_fires_once_even_with_two_replicas() {
-    let a = Api::new();
+    let a = Api::new().await;
     let b = a.replica();
     a.call("POST", "/api/v1/workflows", NOOP, &[]).await;
     let (s, sched) = a
@@ -61,7 +61,7 @@ async fn a_tick_fires_once_even_with_two_replicas() {
 
 #[tokio::test]
 async fn paused_ticks_are_caught_up_by_policy() {
-    let api = Api::new();
+    let api = Api::new().await;
     api.call("POST", "/api/v1/workflows", NOOP, &[]).await;
     let (_, sched) = api.post("/api/v1/schedules", json!({"name": "every-second", "workflow": "tick", "cron": "* * * * * *", "catch_up": "run_missed"})).await;
     let first_tick = sched["next_fire_at"].as_u64().unwrap();
@@ -88,7 +88,7 @@ async fn paused_ticks_are_caught_up_by_policy() {
 
 #[tokio::test]
 async fn the_scheduler_task_fires_and_stops() {
-    let api = Api::new();
+    let api = Api::new().await;
     api.call("POST", "/api/v1/workflows", NOOP, &[]).await;
     api.post(
         "/api/v1/schedules",
@@ -117,7 +117,7 @@ async fn the_scheduler_task_fires_and_stops() {
 
 #[tokio::test]
 async fn a_manifest_schedule_follows_the_manifest() {
-    let api = Api::new();
+    let api = Api::new().await;
     let scheduled = "version: plexus/v1\nname: nightly\nschedule: '0 3 * * *'\nsteps: [{id: a, builtin: noop}]\n";
     api.call("POST", "/api/v1/workflows", scheduled, &[]).await;
     let (s, sched) = api.get("/api/v1/schedules/nightly").await;

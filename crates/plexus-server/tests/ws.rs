@@ -19,10 +19,14 @@ async fn serve(api: &Api) -> String {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(addr: &str, query: &str) -> Socket {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?{query}"))
-        .await
-        .unwrap();
+/// Opens the feed with the API's credential in the `Authorization` header.
+async fn connect(api: &Api, addr: &str, query: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/ws?{query}").into_client_request().unwrap();
+    let bearer = format!("Bearer {}", api.bearer.as_deref().unwrap());
+    req.headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws
 }
 
@@ -44,7 +48,7 @@ async fn next_json(ws: &mut Socket) -> Value {
 
 #[tokio::test]
 async fn replay_then_live_with_no_gap_across_a_reconnect() {
-    let api = Api::new();
+    let api = Api::new().await;
     let addr = serve(&api).await;
     let flow = "version: plexus/v1\nname: w\nsteps:\n- {id: hold, wait: {signal: go}}\n- {id: a, needs: [hold], builtin: noop}\n- {id: b, needs: [a], builtin: noop}\n";
     api.call("POST", "/api/v1/workflows", flow, &[]).await;
@@ -53,7 +57,7 @@ async fn replay_then_live_with_no_gap_across_a_reconnect() {
     api.wait_step(&id, "hold", "waiting").await;
 
     let mut seqs = Vec::new();
-    let mut ws = connect(&addr, &format!("run={id}&after=0")).await;
+    let mut ws = connect(&api, &addr, &format!("run={id}&after=0")).await;
     for _ in 0..2 {
         let m = next_json(&mut ws).await;
         assert_eq!(m["type"], "event", "{m}");
@@ -65,7 +69,7 @@ async fn replay_then_live_with_no_gap_across_a_reconnect() {
         .await;
     api.wait_state(&id, "succeeded").await;
     // ...and the next connection picks up right after the last one it saw.
-    let mut ws = connect(&addr, &format!("run={id}&after={}", seqs.last().unwrap())).await;
+    let mut ws = connect(&api, &addr, &format!("run={id}&after={}", seqs.last().unwrap())).await;
     loop {
         let m = next_json(&mut ws).await;
         if m["type"] == "event" {
@@ -81,9 +85,9 @@ async fn replay_then_live_with_no_gap_across_a_reconnect() {
 
 #[tokio::test]
 async fn live_events_and_heartbeats() {
-    let api = Api::new();
+    let api = Api::new().await;
     let addr = serve(&api).await;
-    let mut ws = connect(&addr, "heartbeat_ms=50").await;
+    let mut ws = connect(&api, &addr, "heartbeat_ms=50").await;
     let beat = next_json(&mut ws).await;
     assert_eq!(beat["type"], "heartbeat");
     let (_, run) = api.post("/api/v1/runs", json!({"manifest": {"version": "plexus/v1", "name": "l", "steps": [{"id": "a", "builtin": "noop"}]}})).await;
@@ -100,16 +104,16 @@ async fn live_events_and_heartbeats() {
         }
     }
     assert!(saw_finished);
-    let mut missing = connect(&addr, "run=ffffffff").await;
+    let mut missing = connect(&api, &addr, "run=ffffffff").await;
     let closed = next_json(&mut missing).await;
     assert_eq!(closed["type"], "closed");
 }
 
 #[tokio::test]
 async fn a_client_too_slow_is_cut_off_with_a_reason() {
-    let api = Api::new();
+    let api = Api::new().await;
     let addr = serve(&api).await;
-    let mut ws = connect(&addr, "").await;
+    let mut ws = connect(&api, &addr, "").await;
     // 40,000 steps make 80,000 events, more than the feed holds for a reader that stalls.
     // (Submitted to the engine directly: the manifest is larger than the test's body limit.)
     let steps: Vec<Value> = (0..40_000)
@@ -127,6 +131,7 @@ async fn a_client_too_slow_is_cut_off_with_a_reason() {
             inputs: json!({}),
             idempotency_key: None,
             workflow_version: None,
+            started_by: None,
         })
         .await
         .unwrap();
@@ -145,4 +150,25 @@ async fn a_client_too_slow_is_cut_off_with_a_reason() {
         closed["frame"][1].as_str().unwrap().starts_with("too slow"),
         "{closed}"
     );
+}
+
+/// The feed needs a signed-in operator: refused without a credential, accepted with the
+/// `access_token` query parameter (what a browser can send) as well as the header.
+#[tokio::test]
+async fn the_feed_needs_a_credential() {
+    let api = Api::new().await;
+    let addr = serve(&api).await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let token = api.bearer.clone().unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?heartbeat_ms=50&access_token={token}"))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "heartbeat");
 }

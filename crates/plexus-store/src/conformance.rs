@@ -21,6 +21,7 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
         created_at: now,
         idempotency_key: None,
         workflow_version: None,
+        started_by: Some("user:ada".into()),
     }
 }
 

@@ -4,12 +4,15 @@
 //! Every write of run progress goes through [`Store::commit`]: events are appended and the
 //! `runs`/`steps` rows they imply are updated in the same transaction.
 
+pub mod auth;
 mod materialize;
 mod sqlite;
+mod sqlite_auth;
 
 pub mod conformance;
 
-pub use materialize::{RowChange, StepChange, materialize};
+pub use auth::AuthStore;
+pub use materialize::{RowChange, RunAudit, StepChange, materialize, run_audit};
 pub use sqlite::{SqliteOptions, SqliteStore, measure_commit_latency};
 
 use plexus_core::machine::{Event, Millis};
@@ -60,6 +63,9 @@ pub struct NewRun {
     /// Starting again with the same key finds this run instead of creating another.
     pub idempotency_key: Option<String>,
     pub workflow_version: Option<u32>,
+    /// Who started it (`user:NAME`, `local:USER`, `schedule:NAME`...): the actor of its
+    /// audit records. `None` for sub-workflow runs, which inherit nothing to audit as.
+    pub started_by: Option<String>,
 }
 
 /// A cron schedule that starts runs of a workflow.
@@ -129,6 +135,19 @@ pub struct RunRow {
     pub owner: Option<String>,
     pub lease_until: Option<Millis>,
     pub last_seq: u64,
+    pub started_by: Option<String>,
+}
+
+/// A step waiting for a human decision (see [`Store::awaiting_approvals`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PendingApproval {
+    pub run_id: String,
+    pub workflow: String,
+    pub step_id: String,
+    /// Who started the run: who asks.
+    pub requested_by: Option<String>,
+    /// The `step_awaiting_approval` event (permission, rendered detail, expiry).
+    pub request: Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -267,7 +286,7 @@ impl Batch {
 }
 
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AuthStore + Send + Sync + 'static {
     /// Creates a run and its pending step rows. Creating an existing id is a no-op that
     /// returns `false` (sub-workflow starts are retried with the same id).
     async fn create_run(&self, run: NewRun) -> Result<bool>;
@@ -308,6 +327,8 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;
     async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>>;
+    /// Every step waiting for approval, oldest run first.
+    async fn awaiting_approvals(&self) -> Result<Vec<PendingApproval>>;
     /// Whether the store can serve reads and writes now (for `/healthz`).
     async fn health(&self) -> Result<()>;
     /// The logs kept for one attempt whose output replaced them, if any.

@@ -193,3 +193,86 @@ pub fn materialize(e: &Event) -> RowChange {
         }),
     }
 }
+
+/// What a run event contributes to the audit log (workflow domain), if anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunAudit {
+    /// `run.started`, `run.succeeded`, `run.failed`, `run.cancelled`,
+    /// `approval.requested`, `approval.granted`, `approval.rejected`, `approval.timed_out`.
+    pub action: &'static str,
+    /// Who did it; `None` means the run's starter (who asked, for approval requests) or
+    /// the system for outcomes.
+    pub actor: Option<String>,
+    pub step_id: Option<String>,
+    pub details: Json,
+}
+
+pub fn run_audit(e: &Event) -> Option<RunAudit> {
+    let audit = |action, actor, step_id: Option<&String>, details| {
+        Some(RunAudit {
+            action,
+            actor,
+            step_id: step_id.cloned(),
+            details,
+        })
+    };
+    match &e.kind {
+        EventKind::RunStarted { .. } => audit("run.started", None, None, Json::Null),
+        EventKind::RunSucceeded { .. } => {
+            audit("run.succeeded", Some("system".into()), None, Json::Null)
+        }
+        EventKind::RunFailed { error, .. } => audit(
+            "run.failed",
+            Some("system".into()),
+            None,
+            serde_json::json!({ "error": error }),
+        ),
+        EventKind::RunCancelled { reason } => audit(
+            "run.cancelled",
+            Some("system".into()),
+            None,
+            serde_json::json!({ "reason": reason }),
+        ),
+        EventKind::StepAwaitingApproval {
+            step_id,
+            permission,
+            detail,
+            expires_at,
+        } => audit(
+            "approval.requested",
+            None,
+            Some(step_id),
+            serde_json::json!({ "permission": permission, "detail": detail, "expires_at": expires_at }),
+        ),
+        EventKind::StepApproved {
+            step_id,
+            by,
+            comment,
+        } => audit(
+            "approval.granted",
+            Some(by.clone()),
+            Some(step_id),
+            serde_json::json!({ "comment": comment }),
+        ),
+        EventKind::StepSkipped {
+            step_id,
+            reason,
+            by: Some(by),
+            comment,
+        } if reason == plexus_core::machine::REJECTED => audit(
+            "approval.rejected",
+            Some(by.clone()),
+            Some(step_id),
+            serde_json::json!({ "comment": comment }),
+        ),
+        EventKind::StepSkipped { step_id, reason, .. } if reason == plexus_core::machine::APPROVAL_TIMED_OUT => {
+            audit(
+                "approval.timed_out",
+                Some("system".into()),
+                Some(step_id),
+                serde_json::json!({ "reason": reason }),
+            )
+        }
+        _ => None,
+    }
+}

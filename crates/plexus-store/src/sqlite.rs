@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_schedules.sql")),
     (5, include_str!("../migrations/sqlite/0005_events.sql")),
     (6, include_str!("../migrations/sqlite/0006_step_logs.sql")),
+    (7, include_str!("../migrations/sqlite/0007_governance.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -52,7 +53,7 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-fn db_err(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
             StoreError::Full(e.to_string())
@@ -140,7 +141,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` inside the next group commit; resolves once that commit is durable.
-    async fn write<T: Send + 'static>(
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -166,7 +167,7 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -268,14 +269,14 @@ fn job_failed(job: Job, _err: &StoreError) -> (bool, Reply) {
     (false, Box::new(|_| {}))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
 const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
-     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq";
+     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by";
 
 fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
     let parse = |s: Option<String>| {
@@ -308,7 +309,43 @@ fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
         owner: r.get(15)?,
         lease_until: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
         last_seq: r.get::<_, i64>(17)? as u64,
+        started_by: r.get(18)?,
     })
+}
+
+/// Appends a workflow audit record for a run event, in the commit that stores the event.
+fn audit_run_event(conn: &Connection, run_id: &str, time: Millis, audit: RunAudit) -> Result<()> {
+    let (workflow, started_by): (String, Option<String>) = conn
+        .prepare_cached("SELECT workflow, started_by FROM runs WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db_err)?;
+    let actor = audit
+        .actor
+        .or(started_by)
+        .unwrap_or_else(|| "system".into());
+    let target = match &audit.step_id {
+        Some(step) => format!("run:{run_id}/{step}"),
+        None => format!("run:{run_id}"),
+    };
+    let mut details = serde_json::json!({ "workflow": workflow });
+    if let Json::Object(extra) = audit.details {
+        details.as_object_mut().expect("an object").extend(extra);
+    }
+    // Workflow events also go to the JSON log.
+    tracing::info!(target: "plexus::audit", actor, action = audit.action, target, "audit");
+    crate::sqlite_auth::append_audit_tx(
+        conn,
+        &plexus_core::audit::AuditEntry {
+            time,
+            actor,
+            domain: plexus_core::audit::Domain::Workflow,
+            action: audit.action.to_owned(),
+            target,
+            details: details.to_string(),
+        },
+    )?;
+    Ok(())
 }
 
 fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
@@ -348,6 +385,9 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
                 )),
                 other => other,
             })?;
+        if let Some(audit) = run_audit(e) {
+            audit_run_event(conn, run_id, e.time, audit)?;
+        }
         match materialize(e) {
             RowChange::Step(StepChange {
                 step_id,
@@ -577,8 +617,8 @@ impl Store for SqliteStore {
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
-                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14)",
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)",
                     params![
                         run.id,
                         run.workflow,
@@ -594,6 +634,7 @@ impl Store for SqliteStore {
                         run.lease_until.map(|t| t as i64),
                         run.idempotency_key,
                         run.workflow_version,
+                        run.started_by,
                     ],
                 )
                 .map_err(db_err)?;
@@ -1253,6 +1294,38 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn awaiting_approvals(&self) -> Result<Vec<PendingApproval>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT s.run_id, r.workflow, s.step_id, r.started_by, \
+                       (SELECT data FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.step_id \
+                          AND e.type = 'step_awaiting_approval' ORDER BY e.seq DESC LIMIT 1) \
+                     FROM steps s JOIN runs r ON r.id = s.run_id \
+                     WHERE s.status = 'awaiting_approval' ORDER BY r.created_at, s.position",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let data: Option<String> = r.get(4)?;
+                    Ok(PendingApproval {
+                        run_id: r.get(0)?,
+                        workflow: r.get(1)?,
+                        step_id: r.get(2)?,
+                        requested_by: r.get(3)?,
+                        request: data
+                            .and_then(|d| serde_json::from_str(&d).ok())
+                            .unwrap_or(Json::Null),
+                    })
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            Ok(rows)
         })
         .await
     }

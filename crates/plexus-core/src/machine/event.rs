@@ -133,6 +133,11 @@ pub enum EventKind {
     },
 }
 
+/// The skip reason of a rejected approval.
+pub const REJECTED: &str = "rejected";
+/// The skip reason of an approval that timed out under the `reject` policy.
+pub const APPROVAL_TIMED_OUT: &str = "approval timed out (rejected)";
+
 /// How a skip reads for people: `rejected by user:ada: not now`, or the reason itself.
 pub fn skip_text(reason: &str, by: Option<&str>, comment: Option<&str>) -> String {
     match (by, comment) {

@@ -479,7 +479,7 @@ impl RunState {
                     now,
                     EventKind::StepSkipped {
                         step_id,
-                        reason: "rejected".into(),
+                        reason: REJECTED.into(),
                         by: Some(by),
                         comment,
                     },
@@ -1294,7 +1294,7 @@ impl RunState {
             let step_id = self.plan.step(u.step).id.clone();
             match policy {
                 TimeoutPolicy::Reject => {
-                    self.skip_step(t, now, u.step, "approval timed out (rejected)".into())
+                    self.skip_step(t, now, u.step, APPROVAL_TIMED_OUT.into())
                 }
                 TimeoutPolicy::Approve => {
                     self.emit(

@@ -17,20 +17,64 @@ pub struct Api {
     pub router: axum::Router,
     pub state: AppState,
     pub dir: Arc<tempfile::TempDir>,
+    /// Sent as `Authorization: Bearer ...` unless a call passes its own (the bootstrap
+    /// admin key by default; see [`Api::as_user`]).
+    pub bearer: Option<String>,
 }
 
 impl Api {
-    pub fn new() -> Self {
+    /// A server on a fresh store, called as the bootstrap admin.
+    pub async fn new() -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let store = Arc::new(
             SqliteStore::open(dir.path().join("plexus.db"), SqliteOptions::default()).unwrap(),
         );
-        Self::with_store(dir, store)
+        let mut api = Self::with_store(dir, store);
+        let key = plexus_server::auth::bootstrap::bootstrap(api.state.store.as_ref())
+            .await
+            .unwrap()
+            .expect("a fresh store bootstraps an admin");
+        api.bearer = Some(key.secret);
+        api
     }
 
     /// Another server (a replica with its own engine) on the same store.
     pub fn replica(&self) -> Self {
-        Self::with_store(self.dir.clone(), self.state.store.clone())
+        let mut r = Self::with_store(self.dir.clone(), self.state.store.clone());
+        r.bearer = self.bearer.clone();
+        r
+    }
+
+    /// The same server, called with another credential (`None`: anonymous).
+    pub fn as_user(&self, bearer: Option<&str>) -> Self {
+        Api {
+            router: self.router.clone(),
+            state: self.state.clone(),
+            dir: self.dir.clone(),
+            bearer: bearer.map(str::to_owned),
+        }
+    }
+
+    /// Creates a user with `role` and returns an API key secret for them.
+    pub async fn user_key(&self, username: &str, role: &str) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/users",
+                serde_json::json!({"username": username, "role": role}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let user = self.as_user(None);
+        let admin_key = self.bearer.clone().unwrap();
+        let (s, v) = user
+            .as_user(Some(&admin_key))
+            .post(
+                "/api/v1/api-keys",
+                serde_json::json!({"name": "test", "username": username}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["secret"].as_str().unwrap().to_owned()
     }
 
     fn with_store(dir: Arc<tempfile::TempDir>, store: Arc<dyn Store>) -> Self {
@@ -48,11 +92,13 @@ impl Api {
                 base_dir: dir.path().to_path_buf(),
                 artifact_root: dir.path().join("artifacts"),
             }),
+            auth: Arc::new(plexus_server::auth::Auth::open(&dir.path().join("keys")).unwrap()),
         };
         Api {
             router: app(state.clone()),
             state,
             dir,
+            bearer: None,
         }
     }
 
@@ -64,6 +110,10 @@ impl Api {
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(uri);
+        let own = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(b), false) = (&self.bearer, own) {
+            req = req.header("authorization", format!("Bearer {b}"));
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -127,15 +177,17 @@ impl Api {
     }
 }
 
-/// GET a text body through the router.
-pub trait RouterText {
-    fn oneshot_get(self, uri: &str) -> impl std::future::Future<Output = String>;
-}
-
-impl RouterText for axum::Router {
-    async fn oneshot_get(self, uri: &str) -> String {
+impl Api {
+    /// GET a text body (200 expected), with the caller's credential.
+    pub async fn text(&self, uri: &str) -> String {
+        let mut req = Request::builder().uri(uri);
+        if let Some(b) = &self.bearer {
+            req = req.header("authorization", format!("Bearer {b}"));
+        }
         let res = self
-            .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+            .router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);

@@ -1,0 +1,85 @@
+//! `/api/v1/approvals`: the inbox of steps waiting for a human decision, and the rules on
+//! who may decide: engineers approve MODIFY steps, admins approve ADMIN steps, operators
+//! approve nothing; with `approvals.forbid_self_approval`, nobody decides on a run they
+//! started.
+
+use crate::auth::{Caller, Role, approver_role, audit};
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, settings};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use plexus_core::manifest::Permission;
+use serde_json::{Value as Json_, json};
+
+fn permission_of(request: &Json_) -> Permission {
+    serde_json::from_value(request["permission"].clone()).unwrap_or(Permission::Admin)
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
+    let pending = state.store.awaiting_approvals().await?;
+    let items: Vec<Json_> = pending
+        .iter()
+        .map(|p| {
+            let permission = permission_of(&p.request);
+            json!({
+                "run_id": p.run_id,
+                "workflow": p.workflow,
+                "step_id": p.step_id,
+                "requested_by": p.requested_by,
+                "requested_at": p.request["time"],
+                "permission": permission,
+                "approver_role": approver_role(permission).as_str(),
+                "detail": p.request["detail"],
+                "expires_at": p.request["expires_at"],
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "approvals": items })))
+}
+
+/// Refuses (403, audited) a decision the caller may not take on this step.
+pub async fn check_decider(
+    state: &AppState,
+    caller: &Caller,
+    run_id: &str,
+    step_id: &str,
+) -> ApiResult<()> {
+    let pending = state.store.awaiting_approvals().await?;
+    let Some(p) = pending
+        .iter()
+        .find(|p| p.run_id == run_id && p.step_id == step_id)
+    else {
+        return Ok(()); // not waiting: the engine answers 409 with the step's state
+    };
+    let permission = permission_of(&p.request);
+    let needed = approver_role(permission);
+    let mut refusal = None;
+    if caller.role < needed {
+        refusal = Some(format!(
+            "step `{step_id}` needs the {} role to approve or reject (its permission is {}); you are {}",
+            needed.as_str(),
+            plexus_core::machine::permission_name(permission),
+            caller.role.as_str()
+        ));
+    } else if p.requested_by.as_deref() == Some(caller.actor().as_str())
+        && settings::value(state, "approvals.forbid_self_approval").await? == Some(json!(true))
+    {
+        refusal = Some(format!(
+            "you started run {run_id}; approvals.forbid_self_approval asks someone else to decide"
+        ));
+    }
+    if let Some(message) = refusal {
+        audit(
+            state.store.as_ref(),
+            &caller.actor(),
+            "permission.denied",
+            &format!("run:{run_id}/{step_id}"),
+            json!({"reason": message}),
+        )
+        .await;
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
+    }
+    debug_assert!(needed >= Role::Engineer);
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Who is calling, and may they. Every request passes [`guard`]: it finds the route's
+//! [`Access`] in [`crate::ROUTES`], resolves the caller from `Authorization: Bearer ...`
+//! (an access token or an API key), and answers 401/403 before the handler runs.
+//! Credentials are checked against the store on every request, so a revoked key, a
+//! logged-out session or a deactivated user stops working at once.
+
+pub mod bootstrap;
+pub mod credentials;
+pub mod keyfile;
+pub mod limits;
+pub mod role;
+pub mod sealing;
+pub mod tokens;
+
+pub use role::{Access, Role, approver_role};
+
+use crate::{ApiError, AppState, now_ms};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use credentials::{API_KEY_PREFIX, same, sha256_hex, split_secret};
+use plexus_core::audit::{AuditEntry, Domain};
+use plexus_store::Store;
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+/// Access tokens live this long; refresh tokens (the session) much longer.
+pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Keys and limits of the API's authentication.
+pub struct Auth {
+    pub keyring: tokens::Keyring,
+    pub sealer: sealing::Sealer,
+    pub limiter: limits::LoginLimiter,
+}
+
+impl Auth {
+    /// Loads (or creates, on first start) the token keys and the secrets key in `key_dir`.
+    pub fn open(key_dir: &Path) -> Result<Auth, keyfile::KeyFileError> {
+        let env_key = std::env::var("PLEXUS_SECRETS_KEY").ok();
+        Ok(Auth {
+            keyring: tokens::Keyring::load_or_create(&key_dir.join("token-keys.json"), now_ms())?,
+            sealer: sealing::Sealer::load_or_create(
+                &key_dir.join("secrets.key"),
+                env_key.as_deref(),
+            )?,
+            limiter: limits::LoginLimiter::default(),
+        })
+    }
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Via {
+    Session(String),
+    ApiKey(String),
+}
+
+/// The signed-in user a request acts for.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub username: String,
+    pub role: Role,
+    pub via: Via,
+}
+
+impl Caller {
+    /// How audit records and run events name this caller.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.username)
+    }
+}
+
+/// A credential that does not let anyone in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused(pub String);
+
+/// Finds the user behind a bearer credential.
+pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refused> {
+    let refused = |m: &str| Refused(m.to_owned());
+    let store = &state.store;
+    let (user_id, via) = if bearer.starts_with(API_KEY_PREFIX) {
+        let (id, secret) = split_secret(bearer, API_KEY_PREFIX)
+            .ok_or_else(|| refused("malformed API key"))?;
+        let key = store
+            .api_key(id)
+            .await
+            .map_err(|e| Refused(e.to_string()))?;
+        // Compare even for an unknown id, so timing says nothing about which ids exist.
+        let expected = key.as_ref().map_or("", |k| k.secret_hash.as_str());
+        let matches = same(&sha256_hex(secret), expected);
+        match key {
+            Some(k) if matches && k.revoked_at.is_none() => (k.user_id, Via::ApiKey(k.id)),
+            Some(k) if matches => return Err(refused(&format!("API key {} was revoked", k.id))),
+            _ => return Err(refused("unknown API key")),
+        }
+    } else {
+        let claims = state
+            .auth
+            .keyring
+            .verify(bearer, now_ms())
+            .map_err(|e| Refused(e.to_string()))?;
+        let session = store
+            .session(&claims.sid)
+            .await
+            .map_err(|e| Refused(e.to_string()))?
+            .ok_or_else(|| refused("the session of this token does not exist"))?;
+        if session.revoked_at.is_some() {
+            return Err(refused("the session of this token was ended (logged out)"));
+        }
+        if session.user_id != claims.sub {
+            return Err(refused("the token does not match its session"));
+        }
+        (claims.sub, Via::Session(claims.sid))
+    };
+    let user = store
+        .user(&user_id)
+        .await
+        .map_err(|e| Refused(e.to_string()))?
+        .ok_or_else(|| refused("the user of this credential no longer exists"))?;
+    if !user.active {
+        return Err(refused(&format!(
+            "user `{}` is deactivated",
+            user.username
+        )));
+    }
+    let role = Role::parse(&user.role).ok_or_else(|| refused("the user has an unknown role"))?;
+    Ok(Caller {
+        user_id: user.id,
+        username: user.username,
+        role,
+        via,
+    })
+}
+
+/// Appends a security record; a failure to write it is logged, never silently dropped.
+pub async fn audit(
+    store: &dyn Store,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: serde_json::Value,
+) {
+    let entry = AuditEntry {
+        time: now_ms(),
+        actor: actor.to_owned(),
+        domain: Domain::Security,
+        action: action.to_owned(),
+        target: target.to_owned(),
+        details: details.to_string(),
+    };
+    if let Err(e) = store.append_audit(entry).await {
+        tracing::error!(action, target, error = %e, "could not write an audit record");
+    }
+}
+
+/// The access rule of the route a request matched (`None`: no route matched).
+fn route_access(method: &str, path: &str) -> Option<Access> {
+    crate::ROUTES
+        .iter()
+        .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
+        .map(|r| r.access)
+}
+
+/// The bearer credential of a request: the `Authorization` header, or for the WebSocket
+/// only (browsers cannot set headers on it) an `access_token` query parameter.
+fn bearer(req: &Request) -> Result<Option<String>, Refused> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| Refused("the Authorization header is not text".into()))?;
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .ok_or_else(|| Refused("use `Authorization: Bearer <token or API key>`".into()))?;
+        return Ok(Some(token.trim().to_owned()));
+    }
+    if req.uri().path() == "/ws" {
+        let token = req
+            .uri()
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("access_token="));
+        return Ok(token.map(str::to_owned));
+    }
+    Ok(None)
+}
+
+fn unauthenticated(message: String) -> Response {
+    let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response();
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+/// The middleware in front of every route.
+pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let Some(access) = matched
+        .as_deref()
+        .and_then(|p| route_access(req.method().as_str(), p))
+    else {
+        return next.run(req).await; // no route: the fallback answers 404
+    };
+    let caller = match bearer(&req) {
+        Err(Refused(m)) => return unauthenticated(m),
+        Ok(None) => None,
+        Ok(Some(token)) => match authenticate(&state, &token).await {
+            Ok(c) => Some(c),
+            Err(Refused(m)) => {
+                audit(
+                    state.store.as_ref(),
+                    "anonymous",
+                    "credential.refused",
+                    req.uri().path(),
+                    json!({"reason": m}),
+                )
+                .await;
+                return unauthenticated(m);
+            }
+        },
+    };
+    if !access.allows(caller.as_ref().map(|c| c.role)) {
+        let Some(c) = caller else {
+            return unauthenticated(format!(
+                "sign in first: this route needs {}",
+                access.describe()
+            ));
+        };
+        let route = format!("{} {}", req.method(), matched.unwrap_or_default());
+        audit(
+            state.store.as_ref(),
+            &c.actor(),
+            "permission.denied",
+            &route,
+            json!({"role": c.role.as_str(), "needs": access.describe()}),
+        )
+        .await;
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{route} needs {}; user `{}` has the {} role",
+                access.describe(),
+                c.username,
+                c.role.as_str()
+            ),
+        )
+        .into_response();
+    }
+    if let Some(c) = caller {
+        req.extensions_mut().insert(c);
+    }
+    next.run(req).await
+}
+
+/// Headers every response carries: no sniffing, no framing, no caching of API answers,
+/// no referrer. CORS stays closed: no `Access-Control-Allow-Origin` is ever sent.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    res
+}

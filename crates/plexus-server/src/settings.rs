@@ -1,0 +1,167 @@
+//! `/api/v1/settings`: runtime settings kept in the store. A secret value (a provider's
+//! API key...) is sealed before it is stored and never comes back out of the API, the
+//! logs or the audit log: responses say only that it is set.
+
+use crate::auth::{Caller, audit};
+use crate::body;
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, now_ms};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use plexus_store::auth::Setting;
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+
+/// Settings with a fixed meaning, and what their value must be.
+const KNOWN: &[(&str, &str)] = &[
+    (
+        "execution_mode",
+        "manual | guided | autonomous: the mode of workflows that do not set one",
+    ),
+    (
+        "approvals.forbid_self_approval",
+        "true | false: nobody approves a step of a run they started",
+    ),
+];
+/// Namespaces open to any key below them.
+const OPEN: &[&str] = &["budgets.", "providers."];
+
+/// Key names that are secret whether or not the request says so.
+fn looks_secret(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
+    ["api_key", "token", "secret", "password"]
+        .iter()
+        .any(|w| last.contains(w))
+}
+
+fn check(key: &str, value: &Json_) -> ApiResult<()> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
+    match key {
+        "execution_mode" => match value.as_str() {
+            Some("manual" | "guided" | "autonomous") => Ok(()),
+            _ => bad("execution_mode is one of manual, guided, autonomous".into()),
+        },
+        "approvals.forbid_self_approval" => match value {
+            Json_::Bool(_) => Ok(()),
+            _ => bad("approvals.forbid_self_approval is true or false".into()),
+        },
+        k if OPEN.iter().any(|p| k.starts_with(p) && k.len() > p.len()) => Ok(()),
+        k => {
+            let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
+            bad(format!(
+                "unknown setting `{k}`; settings are {} and keys under {}",
+                known.join(", "),
+                OPEN.join(", ")
+            ))
+        }
+    }
+}
+
+fn shown(s: &Setting) -> Json_ {
+    let value = if s.secret {
+        json!({"set": true})
+    } else {
+        serde_json::from_str(&s.value).unwrap_or(Json_::Null)
+    };
+    json!({"key": s.key, "value": value, "secret": s.secret, "updated_at": s.updated_at, "updated_by": s.updated_by})
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
+    let all = state.store.settings().await?;
+    let known: Vec<Json_> = KNOWN
+        .iter()
+        .map(|(k, about)| json!({"key": k, "about": about}))
+        .collect();
+    Ok(Json(json!({
+        "settings": all.iter().map(shown).collect::<Vec<_>>(),
+        "known": known,
+        "open_namespaces": OPEN,
+    })))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let all = state.store.settings().await?;
+    let s = all
+        .iter()
+        .find(|s| s.key == key)
+        .ok_or_else(|| ApiError::not_found(format!("setting `{key}` is not set")))?;
+    Ok(Json(shown(s)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Put {
+    value: Json_,
+    #[serde(default)]
+    secret: bool,
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+    body: Body,
+) -> ApiResult<Json<Json_>> {
+    let bytes = body::read(body, 64 * 1024).await?;
+    let req: Put = body::json(&bytes)?;
+    check(&key, &req.value)?;
+    let secret = req.secret || looks_secret(&key);
+    let text = req.value.to_string();
+    let stored = if secret {
+        state.auth.sealer.seal(&key, &text)
+    } else {
+        text
+    };
+    let setting = Setting {
+        key: key.clone(),
+        value: stored,
+        secret,
+        updated_at: now_ms(),
+        updated_by: caller.actor(),
+    };
+    state.store.put_setting(setting.clone()).await?;
+    // The audit record names the setting; a secret's value never goes in.
+    let details = if secret {
+        json!({"secret": true})
+    } else {
+        json!({"value": req.value})
+    };
+    audit(state.store.as_ref(), &caller.actor(), "setting.changed", &format!("setting:{key}"), details).await;
+    Ok(Json(shown(&setting)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    if !state.store.delete_setting(&key).await? {
+        return Err(ApiError::not_found(format!("setting `{key}` is not set")));
+    }
+    audit(state.store.as_ref(), &caller.actor(), "setting.deleted", &format!("setting:{key}"), json!({})).await;
+    Ok(Json(json!({"key": key, "deleted": true})))
+}
+
+/// A setting's value for the server's own use (secrets opened); `None` when unset.
+pub async fn value(state: &AppState, key: &str) -> ApiResult<Option<Json_>> {
+    let all = state.store.settings().await?;
+    let Some(s) = all.into_iter().find(|s| s.key == key) else {
+        return Ok(None);
+    };
+    let text = if s.secret {
+        state.auth.sealer.open(key, &s.value).ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("setting `{key}` cannot be opened with this server's secrets key"),
+            )
+        })?
+    } else {
+        s.value
+    };
+    Ok(serde_json::from_str(&text).ok())
+}
