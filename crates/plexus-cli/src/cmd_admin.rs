@@ -161,7 +161,12 @@ pub async fn user(c: &Client, cmd: &UserCommand, format: Format) -> Result<i32> 
                     vec![
                         s(&u["username"]),
                         s(&u["role"]),
-                        if u["active"] == true { "active" } else { "deactivated" }.into(),
+                        if u["active"] == true {
+                            "active"
+                        } else {
+                            "deactivated"
+                        }
+                        .into(),
                         u["created_at"].as_u64().map(ago).unwrap_or_default(),
                     ]
                 })
@@ -191,8 +196,16 @@ pub async fn user(c: &Client, cmd: &UserCommand, format: Format) -> Result<i32> 
     if format.is_data() {
         output::data(format, &answer);
     } else {
-        let state = if answer["active"] == true { "active" } else { "deactivated" };
-        println!("{}: {}, {state}", s(&answer["username"]), s(&answer["role"]));
+        let state = if answer["active"] == true {
+            "active"
+        } else {
+            "deactivated"
+        };
+        println!(
+            "{}: {}, {state}",
+            s(&answer["username"]),
+            s(&answer["role"])
+        );
     }
     Ok(0)
 }
@@ -319,8 +332,9 @@ fn print_verify(v: &Json, format: Format) -> i32 {
 
 /// RFC 3339 date or date-time to ms since the epoch.
 fn parse_since(text: &str) -> Result<u64> {
-    plexus_core::schedule::parse_time(text)
-        .with_context(|| format!("--since {text}: give a date like 2026-11-22 or 2026-11-22T10:00:00Z"))
+    plexus_core::schedule::parse_time(text).with_context(|| {
+        format!("--since {text}: give a date like 2026-11-22 or 2026-11-22T10:00:00Z")
+    })
 }
 
 pub async fn audit_remote(c: &Client, cmd: &AuditCommand, format: Format) -> Result<i32> {
@@ -472,8 +486,12 @@ pub async fn settings(c: &Client, cmd: &SettingsCommand, format: Format) -> Resu
             .await?
         }
         SettingsCommand::Unset { key } => {
-            c.call("DELETE", &format!("/api/v1/settings/{}", segment(key)), None)
-                .await?
+            c.call(
+                "DELETE",
+                &format!("/api/v1/settings/{}", segment(key)),
+                None,
+            )
+            .await?
         }
     };
     if format.is_data() {

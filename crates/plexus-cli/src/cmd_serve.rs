@@ -33,10 +33,6 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
             )
         })?;
     let grpc_addr = grpc_listener.local_addr()?;
-    eprintln!(
-        "plexus serve: listening on http://{addr} (gRPC on {grpc_addr}, data dir {})",
-        settings.data_dir.display()
-    );
     let key_dir = settings.data_dir.join("keys");
     let auth = plexus_server::auth::Auth::open(&key_dir)
         .with_context(|| format!("the server's keys in {}", key_dir.display()))?;
@@ -48,6 +44,10 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
             key.secret
         );
     }
+    eprintln!(
+        "plexus serve: listening on http://{addr} (gRPC on {grpc_addr}, data dir {})",
+        settings.data_dir.display()
+    );
     resume_interrupted(&engine, &*store).await?;
     let state = AppState {
         engine: engine.clone(),
@@ -80,8 +80,8 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
                 },
             ),
     );
-    let app = plexus_server::app(state)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app =
+        plexus_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -381,7 +381,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let server = url
                 .or_else(|| client.as_ref().map(|c| format!("http://{}", c.addr)))
-                .context("give the server: --url URL, --server URL or `plexus init --server URL`")?;
+                .context(
+                    "give the server: --url URL, --server URL or `plexus init --server URL`",
+                )?;
             let context = remote::context_file()
                 .context("no config directory: set XDG_CONFIG_HOME or HOME")?;
             let args = login::LoginArgs {

@@ -36,10 +36,8 @@ pub fn server(flag: Option<&str>) -> Result<Option<Client>> {
         },
     };
     let mut client = Client::new(&url)?;
-    client.credential = crate::login::credential_for(
-        &client.addr,
-        path.as_deref().zip(ctx.as_ref()),
-    );
+    client.credential =
+        crate::login::credential_for(&client.addr, path.as_deref().zip(ctx.as_ref()));
     Ok(Some(client))
 }
 
@@ -303,10 +301,13 @@ pub async fn watch(c: &Client, id: &str, format: Format) -> Result<i32> {
         c.addr,
         segment(&id)
     );
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
     if let Some(cred) = &c.credential {
         let value = format!("Bearer {}", cred.bearer(c).await?);
-        request.headers_mut().insert("authorization", value.parse()?);
+        request
+            .headers_mut()
+            .insert("authorization", value.parse()?);
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await

@@ -11,6 +11,14 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The admin key of each server address (from its data dir's bootstrap).
+static KEYS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn admin_key(addr: &str) -> String {
+    KEYS.lock().unwrap().get(addr).cloned().unwrap_or_default()
+}
+
 fn start_server(p: &Plexus) -> (Child, String) {
     start_server_with(p, &[])
 }
@@ -32,16 +40,27 @@ fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
         .expect("plexus serve starts");
     let mut reader = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
+    let key_file = p.dir.path().join("admin.key");
     let addr = loop {
         line.clear();
         assert!(
             reader.read_line(&mut line).unwrap() > 0,
             "serve exited before listening"
         );
+        // The first start of a data dir prints the bootstrap admin key, once.
+        if let Some(rest) = line.split("api_secret=").nth(1) {
+            let key: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            std::fs::write(&key_file, key).unwrap();
+        }
         if let Some(rest) = line.split("listening on http://").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
+    let key = std::fs::read_to_string(&key_file).expect("the bootstrap key of this data dir");
+    KEYS.lock().unwrap().insert(addr.clone(), key);
     // The server's JSON log lines go to serve.log in the test's directory.
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -75,7 +94,8 @@ fn http_text(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
         .unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        admin_key(addr),
         body.len()
     )
     .unwrap();
@@ -126,7 +146,8 @@ fn ws_subscriber(
             let mut addr = addrs.recv().expect("a first address");
             loop {
                 let after = seen.last().copied().unwrap_or(0);
-                let url = format!("ws://{addr}/ws?run={run}&after={after}");
+                let key = admin_key(&addr);
+                let url = format!("ws://{addr}/ws?run={run}&after={after}&access_token={key}");
                 if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await {
                     connections += 1;
                     while let Some(Ok(msg)) = ws.next().await {
@@ -344,7 +365,20 @@ fn the_cli_drives_a_server() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Sign in with the bootstrap key: the session goes to the context file.
+    let out = p.run(&["login", "--api-key", &admin_key(&addr)]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("as admin (admin)"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let context = p.dir.path().join("config/plexus/context.toml");
+    assert!(
+        std::fs::read_to_string(&context)
+            .unwrap()
+            .contains("refresh_token")
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&context).unwrap().permissions().mode() & 0o777,

@@ -65,17 +65,9 @@ pub struct AuditRecord {
 }
 
 /// The hash of a record given the hash before it: SHA-256 over every field,
-/// length-prefixed so that no two different records encode alike.
-pub fn record_hash(
-    prev_hash: &str,
-    seq: u64,
-    time: u64,
-    actor: &str,
-    domain: &str,
-    action: &str,
-    target: &str,
-    details: &str,
-) -> String {
+/// length-prefixed so that no two different records encode alike. `text` is actor,
+/// domain, action, target and details, in that order.
+pub fn record_hash(prev_hash: &str, seq: u64, time: u64, text: [&str; 5]) -> String {
     let mut h = Sha256::new();
     h.update(b"plexus-audit-v1");
     for field in [
@@ -86,7 +78,7 @@ pub fn record_hash(
         h.update((field.len() as u64).to_be_bytes());
         h.update(field);
     }
-    for field in [actor, domain, action, target, details] {
+    for field in text {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
@@ -114,11 +106,13 @@ impl AuditRecord {
             &prev_hash,
             seq,
             entry.time,
-            &entry.actor,
-            entry.domain.as_str(),
-            &entry.action,
-            &entry.target,
-            &entry.details,
+            [
+                &entry.actor,
+                entry.domain.as_str(),
+                &entry.action,
+                &entry.target,
+                &entry.details,
+            ],
         );
         AuditRecord {
             seq,
@@ -138,11 +132,13 @@ impl AuditRecord {
             &self.prev_hash,
             self.seq,
             self.time,
-            &self.actor,
-            &self.domain,
-            &self.action,
-            &self.target,
-            &self.details,
+            [
+                &self.actor,
+                &self.domain,
+                &self.action,
+                &self.target,
+                &self.details,
+            ],
         )
     }
 }
@@ -278,8 +274,8 @@ mod tests {
 
     #[test]
     fn field_boundaries_are_part_of_the_hash() {
-        let a = record_hash(GENESIS, 1, 2, "ab", "c", "d", "e", "{}");
-        let b = record_hash(GENESIS, 1, 2, "a", "bc", "d", "e", "{}");
+        let a = record_hash(GENESIS, 1, 2, ["ab", "c", "d", "e", "{}"]);
+        let b = record_hash(GENESIS, 1, 2, ["a", "bc", "d", "e", "{}"]);
         assert_ne!(a, b);
     }
 }

@@ -29,8 +29,10 @@ struct Login {
 }
 
 fn client_address(info: &Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
-    info.as_ref()
-        .map_or_else(|| "unknown".into(), |Extension(ConnectInfo(a))| a.ip().to_string())
+    info.as_ref().map_or_else(
+        || "unknown".into(),
+        |Extension(ConnectInfo(a))| a.ip().to_string(),
+    )
 }
 
 fn too_many(wait_secs: u64) -> Response {
@@ -141,7 +143,9 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
             }
         }
         (None, None, Some(key)) => {
-            let label = split_secret(&key, API_KEY_PREFIX).map_or("?", |(id, _)| id).to_owned();
+            let label = split_secret(&key, API_KEY_PREFIX)
+                .map_or("?", |(id, _)| id)
+                .to_owned();
             if let Err(wait) = state.auth.limiter.check(&format!("key:{label}"), &address) {
                 return Err(too_many(wait));
             }
@@ -227,7 +231,9 @@ pub async fn refresh(State(state): State<AppState>, body: Body) -> ApiResult<Jso
         .rotate_refresh(sid, &presented, &sha256_hex(&next))
         .await?
     {
-        return Err(refused("the refresh token was used concurrently; log in again"));
+        return Err(refused(
+            "the refresh token was used concurrently; log in again",
+        ));
     }
     audit(
         state.store.as_ref(),
@@ -370,7 +376,9 @@ pub async fn update_user(
     let req: UserChange = body::json(&bytes)?;
     let user = find_user(&state, &username).await?;
     let role = req.role.as_deref().map(parse_role).transpose()?;
-    if user.id == caller.user_id && (req.active == Some(false) || role.is_some_and(|r| r < Role::Admin)) {
+    if user.id == caller.user_id
+        && (req.active == Some(false) || role.is_some_and(|r| r < Role::Admin))
+    {
         return Err(ApiError::conflict(
             "you cannot deactivate or demote yourself; ask another admin",
         ));
@@ -394,18 +402,36 @@ pub async fn update_user(
     let target = format!("user:{}", user.username);
     let store = state.store.as_ref();
     if let Some(r) = role {
-        audit(store, &caller.actor(), "user.role_changed", &target, json!({"from": user.role, "to": r.as_str()})).await;
+        audit(
+            store,
+            &caller.actor(),
+            "user.role_changed",
+            &target,
+            json!({"from": user.role, "to": r.as_str()}),
+        )
+        .await;
     }
     if let Some(active) = req.active {
         if !active {
             state.store.revoke_user_sessions(&user.id, now_ms()).await?;
         }
-        let action = if active { "user.activated" } else { "user.deactivated" };
+        let action = if active {
+            "user.activated"
+        } else {
+            "user.deactivated"
+        };
         audit(store, &caller.actor(), action, &target, json!({})).await;
     }
     if req.password.is_some() {
         state.store.revoke_user_sessions(&user.id, now_ms()).await?;
-        audit(store, &caller.actor(), "user.password_changed", &target, json!({})).await;
+        audit(
+            store,
+            &caller.actor(),
+            "user.password_changed",
+            &target,
+            json!({}),
+        )
+        .await;
     }
     Ok(Json(json!(find_user(&state, &username).await?)))
 }
@@ -426,7 +452,9 @@ pub async fn create_key(
     let bytes = body::read(body, 64 * 1024).await?;
     let req: NewKey = body::json(&bytes)?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(ApiError::bad_request("a key needs a name of 1 to 200 characters"));
+        return Err(ApiError::bad_request(
+            "a key needs a name of 1 to 200 characters",
+        ));
     }
     let owner = match &req.username {
         Some(name) if *name != caller.username => {
@@ -493,7 +521,9 @@ pub async fn revoke_key(
         return Err(ApiError::not_found(format!("no API key {id}")));
     }
     if !state.store.revoke_api_key(&id, now_ms()).await? {
-        return Err(ApiError::conflict(format!("API key {id} is already revoked")));
+        return Err(ApiError::conflict(format!(
+            "API key {id} is already revoked"
+        )));
     }
     audit(
         state.store.as_ref(),

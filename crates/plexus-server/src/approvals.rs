@@ -6,9 +6,9 @@
 use crate::auth::{Caller, Role, approver_role, audit};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, settings};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use plexus_core::manifest::Permission;
 use serde_json::{Value as Json_, json};
 

@@ -1,8 +1,8 @@
 //! `/api/v1/audit`: list, verify the hash chain, export as JSON lines.
 
+use crate::AppState;
 use crate::auth::{Caller, audit};
 use crate::error::{ApiError, ApiResult};
-use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;

@@ -4,10 +4,10 @@
 use crate::error::{ApiError, ApiResult};
 use crate::runs::{start_run, stored_workflow};
 use crate::{AppState, now_ms};
-use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use plexus_store::ReceivedEvent;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};

@@ -69,7 +69,9 @@ impl Jobs {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("send `authorization: Bearer <token or API key>`"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("send `authorization: Bearer <token or API key>`")
+            })?;
         let caller = authenticate(&self.state, token.trim())
             .await
             .map_err(|Refused(m)| Status::unauthenticated(m))?;
@@ -351,8 +353,16 @@ impl Jobs {
         caller: &Caller,
     ) -> Result<Response<pb::ControlResponse>, Status> {
         let actor = caller.actor();
-        let (_, answer) =
-            control(&self.state, &id, input, kind, None, serde_json::Value::Null, &actor).await?;
+        let (_, answer) = control(
+            &self.state,
+            &id,
+            input,
+            kind,
+            None,
+            serde_json::Value::Null,
+            &actor,
+        )
+        .await?;
         Ok(Response::new(pb::ControlResponse {
             outcome: answer["outcome"].as_str().unwrap_or("").to_owned(),
         }))

@@ -1,14 +1,14 @@
 //! `/api/v1/runs`: start runs, read them and their events, control them.
 
+use crate::auth::Caller;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::workflows::compile;
 use crate::{AppState, now_ms};
-use crate::auth::Caller;
-use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use plexus_core::machine::{Input, RunStatus};
 use plexus_engine::{EngineError, Submission};
 use plexus_store::{CommandKind, RunFilter, RunRow, StepRow};
@@ -263,7 +263,16 @@ pub async fn cancel(
         reason: format!("cancelled by {}", caller.actor()),
     };
     let actor = caller.actor();
-    control(&state, &id, input, CommandKind::Cancel, None, Json_::Null, &actor).await
+    control(
+        &state,
+        &id,
+        input,
+        CommandKind::Cancel,
+        None,
+        Json_::Null,
+        &actor,
+    )
+    .await
 }
 
 /// stdout and stderr of a step's last attempt (kept, capped, with the step's output).
@@ -356,7 +365,16 @@ pub async fn pause(
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let actor = caller.actor();
     let input = Input::Pause { by: actor.clone() };
-    control(&state, &id, input, CommandKind::Pause, None, Json_::Null, &actor).await
+    control(
+        &state,
+        &id,
+        input,
+        CommandKind::Pause,
+        None,
+        Json_::Null,
+        &actor,
+    )
+    .await
 }
 
 pub async fn resume(
@@ -366,7 +384,16 @@ pub async fn resume(
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let actor = caller.actor();
     let input = Input::Resume { by: actor.clone() };
-    control(&state, &id, input, CommandKind::Resume, None, Json_::Null, &actor).await
+    control(
+        &state,
+        &id,
+        input,
+        CommandKind::Resume,
+        None,
+        Json_::Null,
+        &actor,
+    )
+    .await
 }
 
 /// Runs a failed or cancelled run again from the steps that did not succeed.
@@ -439,7 +466,16 @@ pub async fn step_action(
             )));
         }
     };
-    let answer = control(&state, &id, input, kind, Some(&step), data.clone(), &caller.actor()).await;
+    let answer = control(
+        &state,
+        &id,
+        input,
+        kind,
+        Some(&step),
+        data.clone(),
+        &caller.actor(),
+    )
+    .await;
     match answer {
         // A signal that reaches no waiting step is kept as a dead letter, not dropped.
         Err(e) if kind == CommandKind::Signal && e.status == StatusCode::CONFLICT => {

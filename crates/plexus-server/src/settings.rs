@@ -80,10 +80,7 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
     })))
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    Path(key): Path<String>,
-) -> ApiResult<Json<Json_>> {
+pub async fn get(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<Json_>> {
     let all = state.store.settings().await?;
     let s = all
         .iter()
@@ -130,7 +127,14 @@ pub async fn put(
     } else {
         json!({"value": req.value})
     };
-    audit(state.store.as_ref(), &caller.actor(), "setting.changed", &format!("setting:{key}"), details).await;
+    audit(
+        state.store.as_ref(),
+        &caller.actor(),
+        "setting.changed",
+        &format!("setting:{key}"),
+        details,
+    )
+    .await;
     Ok(Json(shown(&setting)))
 }
 
@@ -142,7 +146,14 @@ pub async fn delete(
     if !state.store.delete_setting(&key).await? {
         return Err(ApiError::not_found(format!("setting `{key}` is not set")));
     }
-    audit(state.store.as_ref(), &caller.actor(), "setting.deleted", &format!("setting:{key}"), json!({})).await;
+    audit(
+        state.store.as_ref(),
+        &caller.actor(),
+        "setting.deleted",
+        &format!("setting:{key}"),
+        json!({}),
+    )
+    .await;
     Ok(Json(json!({"key": key, "deleted": true})))
 }
 

@@ -21,11 +21,10 @@ async fn serve(api: &Api) -> String {
     format!("http://{addr}")
 }
 
+type AddAuth =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
 type Client = JobServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AddAuth>,
 >;
 
 /// A JobService client sending `authorization: Bearer <bearer>` (none: anonymous).
@@ -35,14 +34,13 @@ async fn client(url: &str, bearer: Option<String>) -> Client {
         .connect()
         .await
         .unwrap();
-    let add: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut req: tonic::Request<()>| {
-            if let Some(b) = &bearer {
-                req.metadata_mut()
-                    .insert("authorization", format!("Bearer {b}").parse().unwrap());
-            }
-            Ok(req)
-        });
+    let add: AddAuth = Box::new(move |mut req: tonic::Request<()>| {
+        if let Some(b) = &bearer {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {b}").parse().unwrap());
+        }
+        Ok(req)
+    });
     JobServiceClient::with_interceptor(channel, add)
 }
 
@@ -171,14 +169,22 @@ async fn every_method_checks_the_callers_role() {
         .filter_map(|l| l.trim().strip_prefix("rpc "))
         .map(|l| l.split('(').next().unwrap().trim())
         .collect();
-    let ruled: Vec<&str> = plexus_server::grpc::METHODS.iter().map(|(m, _)| *m).collect();
-    assert_eq!(declared, ruled, "every rpc of jobs.proto needs a rule in grpc::METHODS");
+    let ruled: Vec<&str> = plexus_server::grpc::METHODS
+        .iter()
+        .map(|(m, _)| *m)
+        .collect();
+    assert_eq!(
+        declared, ruled,
+        "every rpc of jobs.proto needs a rule in grpc::METHODS"
+    );
 
     let api = Api::new().await;
     let url = serve(&api).await;
     let mut callers = vec![(None, None)];
     for role in Role::ALL {
-        let key = api.user_key(&format!("g-{}", role.as_str()), role.as_str()).await;
+        let key = api
+            .user_key(&format!("g-{}", role.as_str()), role.as_str())
+            .await;
         callers.push((Some(role), Some(key)));
     }
     for (role, key) in callers {
@@ -193,7 +199,10 @@ async fn every_method_checks_the_callers_role() {
                 "Pause" => c.pause(pb::RunRef { id }).await.err(),
                 "Resume" => c.resume(pb::RunRef { id }).await.err(),
                 "StreamEvents" => c
-                    .stream_events(pb::StreamEventsRequest { run_id: id, after: 0 })
+                    .stream_events(pb::StreamEventsRequest {
+                        run_id: id,
+                        after: 0,
+                    })
                     .await
                     .err(),
                 other => panic!("no call written for {other}"),

@@ -22,7 +22,9 @@ type Socket =
 /// Opens the feed with the API's credential in the `Authorization` header.
 async fn connect(api: &Api, addr: &str, query: &str) -> Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{addr}/ws?{query}").into_client_request().unwrap();
+    let mut req = format!("ws://{addr}/ws?{query}")
+        .into_client_request()
+        .unwrap();
     let bearer = format!("Bearer {}", api.bearer.as_deref().unwrap());
     req.headers_mut()
         .insert("authorization", bearer.parse().unwrap());
@@ -69,7 +71,12 @@ async fn replay_then_live_with_no_gap_across_a_reconnect() {
         .await;
     api.wait_state(&id, "succeeded").await;
     // ...and the next connection picks up right after the last one it saw.
-    let mut ws = connect(&api, &addr, &format!("run={id}&after={}", seqs.last().unwrap())).await;
+    let mut ws = connect(
+        &api,
+        &addr,
+        &format!("run={id}&after={}", seqs.last().unwrap()),
+    )
+    .await;
     loop {
         let m = next_json(&mut ws).await;
         if m["type"] == "event" {
@@ -166,9 +173,10 @@ async fn the_feed_needs_a_credential() {
         other => panic!("expected 401, got {other:?}"),
     }
     let token = api.bearer.clone().unwrap();
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?heartbeat_ms=50&access_token={token}"))
-            .await
-            .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/ws?heartbeat_ms=50&access_token={token}"
+    ))
+    .await
+    .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "heartbeat");
 }

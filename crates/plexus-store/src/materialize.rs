@@ -265,14 +265,14 @@ pub fn run_audit(e: &Event) -> Option<RunAudit> {
             Some(step_id),
             serde_json::json!({ "comment": comment }),
         ),
-        EventKind::StepSkipped { step_id, reason, .. } if reason == plexus_core::machine::APPROVAL_TIMED_OUT => {
-            audit(
-                "approval.timed_out",
-                Some("system".into()),
-                Some(step_id),
-                serde_json::json!({ "reason": reason }),
-            )
-        }
+        EventKind::StepSkipped {
+            step_id, reason, ..
+        } if reason == plexus_core::machine::APPROVAL_TIMED_OUT => audit(
+            "approval.timed_out",
+            Some("system".into()),
+            Some(step_id),
+            serde_json::json!({ "reason": reason }),
+        ),
         _ => None,
     }
 }

@@ -354,7 +354,9 @@ impl AuthStore for SqliteStore {
     async fn settings(&self) -> Result<Vec<Setting>> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare("SELECT key, value, secret, updated_at, updated_by FROM settings ORDER BY key")
+                .prepare(
+                    "SELECT key, value, secret, updated_at, updated_by FROM settings ORDER BY key",
+                )
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([], |r| {

@@ -1293,9 +1293,7 @@ impl RunState {
             };
             let step_id = self.plan.step(u.step).id.clone();
             match policy {
-                TimeoutPolicy::Reject => {
-                    self.skip_step(t, now, u.step, APPROVAL_TIMED_OUT.into())
-                }
+                TimeoutPolicy::Reject => self.skip_step(t, now, u.step, APPROVAL_TIMED_OUT.into()),
                 TimeoutPolicy::Approve => {
                     self.emit(
                         t,

@@ -2,8 +2,8 @@
 //! secret is shown once (the caller prints it). Later starts find a user and do nothing;
 //! two replicas starting together create one admin between them (usernames are unique).
 
-use super::credentials::{API_KEY_PREFIX, random_id, random_token, sha256_hex};
 use super::audit;
+use super::credentials::{API_KEY_PREFIX, random_id, random_token, sha256_hex};
 use crate::now_ms;
 use plexus_store::auth::{ApiKey, User};
 use plexus_store::{Store, StoreError};
@@ -32,7 +32,14 @@ pub async fn bootstrap(store: &dyn Store) -> Result<Option<BootstrapKey>, StoreE
         Err(StoreError::Conflict(_)) => return Ok(None), // another replica won
         Err(e) => return Err(e),
     }
-    audit(store, "system", "user.created", "user:admin", json!({"role": "admin", "bootstrap": true})).await;
+    audit(
+        store,
+        "system",
+        "user.created",
+        "user:admin",
+        json!({"role": "admin", "bootstrap": true}),
+    )
+    .await;
     let key = create_api_key(store, &user.id, "bootstrap").await?;
     audit(
         store,

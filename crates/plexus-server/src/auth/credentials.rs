@@ -91,7 +91,10 @@ mod tests {
 
     #[test]
     fn secrets_split_into_id_and_secret() {
-        assert_eq!(split_secret("plx_ab12_s3cr_et", API_KEY_PREFIX), Some(("ab12", "s3cr_et")));
+        assert_eq!(
+            split_secret("plx_ab12_s3cr_et", API_KEY_PREFIX),
+            Some(("ab12", "s3cr_et"))
+        );
         assert_eq!(split_secret("plx__x", API_KEY_PREFIX), None);
         assert_eq!(split_secret("plxr_ab_", REFRESH_PREFIX), None);
         assert_eq!(split_secret("v4.local.x", API_KEY_PREFIX), None);

@@ -36,7 +36,9 @@ pub fn read(path: &Path) -> Result<Option<String>, KeyFileError> {
             mode,
         });
     }
-    std::fs::read_to_string(path).map(Some).map_err(|e| io(path, e))
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|e| io(path, e))
 }
 
 /// Writes the file with mode 0600 (replacing it atomically through a temporary file).

@@ -68,10 +68,16 @@ mod tests {
         }
         let wait = l.check("ada", "10.0.0.9").unwrap_err();
         assert!(wait > 0 && wait <= WINDOW.as_secs());
-        assert!(l.check("grace", "10.0.0.9").is_ok(), "other users are not locked");
+        assert!(
+            l.check("grace", "10.0.0.9").is_ok(),
+            "other users are not locked"
+        );
         for i in 0..MAX_FAILURES_PER_ADDRESS {
             l.failed(&format!("u{i}"), "10.0.0.2");
         }
-        assert!(l.check("someone-new", "10.0.0.2").is_err(), "the address is locked");
+        assert!(
+            l.check("someone-new", "10.0.0.2").is_err(),
+            "the address is locked"
+        );
     }
 }

@@ -84,8 +84,8 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
     let refused = |m: &str| Refused(m.to_owned());
     let store = &state.store;
     let (user_id, via) = if bearer.starts_with(API_KEY_PREFIX) {
-        let (id, secret) = split_secret(bearer, API_KEY_PREFIX)
-            .ok_or_else(|| refused("malformed API key"))?;
+        let (id, secret) =
+            split_secret(bearer, API_KEY_PREFIX).ok_or_else(|| refused("malformed API key"))?;
         let key = store
             .api_key(id)
             .await
@@ -123,10 +123,7 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
         .map_err(|e| Refused(e.to_string()))?
         .ok_or_else(|| refused("the user of this credential no longer exists"))?;
     if !user.active {
-        return Err(refused(&format!(
-            "user `{}` is deactivated",
-            user.username
-        )));
+        return Err(refused(&format!("user `{}` is deactivated", user.username)));
     }
     let role = Role::parse(&user.role).ok_or_else(|| refused("the user has an unknown role"))?;
     Ok(Caller {
@@ -192,7 +189,8 @@ fn bearer(req: &Request) -> Result<Option<String>, Refused> {
 }
 
 fn unauthenticated(message: String) -> Response {
-    let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response();
+    let mut res =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response();
     res.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     res
@@ -272,7 +270,10 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
         ("cache-control", "no-store"),
-        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }

@@ -160,7 +160,7 @@ impl Keyring {
 fn new_key(now: u64) -> StoredKey {
     let bytes = random_bytes::<32>();
     StoredKey {
-        kid: hex::encode(&random_bytes::<8>()),
+        kid: hex::encode(random_bytes::<8>()),
         key: STANDARD.encode(bytes),
         created_at: now,
     }
@@ -191,7 +191,11 @@ mod tests {
         let new_kid = Keyring::rotate(&path, 5).unwrap();
         let ring = Keyring::load_or_create(&path, 0).unwrap();
         assert_eq!(ring.current_kid(), new_kid);
-        assert_eq!(ring.verify(&old, 10), Ok(claims(1_000)), "old key still verifies");
+        assert_eq!(
+            ring.verify(&old, 10),
+            Ok(claims(1_000)),
+            "old key still verifies"
+        );
         let new = ring.issue(&claims(1_000));
         assert!(new.starts_with("v4.local."));
         assert_eq!(ring.verify(&new, 10), Ok(claims(1_000)));
@@ -213,7 +217,10 @@ mod tests {
         bytes[body_at] = if bytes[body_at] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
         assert_eq!(ring.verify(&tampered, 1), Err(TokenError::Invalid));
-        assert_eq!(ring.verify("v4.local.garbage", 1), Err(TokenError::Malformed));
+        assert_eq!(
+            ring.verify("v4.local.garbage", 1),
+            Err(TokenError::Malformed)
+        );
         assert_eq!(ring.verify("plx_x_y", 1), Err(TokenError::Malformed));
     }
 

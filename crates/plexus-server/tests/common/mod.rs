@@ -110,7 +110,9 @@ impl Api {
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(uri);
-        let own = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        let own = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
         if let (Some(b), false) = (&self.bearer, own) {
             req = req.header("authorization", format!("Bearer {b}"));
         }
