@@ -1,0 +1,590 @@
+//! Governance through the real router and a real SQLite store: every route against every
+//! role, credentials (forged, expired, tampered, revoked, deactivated), approvals by role,
+//! the audit chain (and what tampering with its rows does), settings with secrets.
+
+mod common;
+use axum::http::StatusCode;
+use common::Api;
+use plexus_server::ROUTES;
+use plexus_server::auth::{Access, Role};
+use serde_json::{Value, json};
+
+/// Fills a route's `{params}` with values that name nothing (or an approve action).
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "00000000-0000-0000-0000-000000000000")
+        .replace("{step}", "nostep")
+        .replace("{action}", "approve")
+        .replace("{name}", "no-such-thing")
+        .replace("{sha256}", &"0".repeat(64))
+        .replace("{username}", "nobody-here")
+        .replace("{key}", "budgets.nothing")
+}
+
+/// Every route the router has (from `ROUTES`, the table the router is built from), called
+/// by anonymous and by each role: refused with 401/403 exactly when its rule says so.
+#[tokio::test]
+async fn every_route_checks_the_callers_role() {
+    let api = Api::new().await;
+    let mut callers: Vec<(Option<Role>, Api)> = vec![(None, api.as_user(None))];
+    for role in Role::ALL {
+        let key = api
+            .user_key(&format!("rbac-{}", role.as_str()), role.as_str())
+            .await;
+        callers.push((Some(role), api.as_user(Some(&key))));
+    }
+    assert!(ROUTES.len() >= 40, "the table holds every route");
+    for route in ROUTES {
+        let uri = concrete(route.path);
+        for (role, caller) in &callers {
+            let (status, body) = caller
+                .call(
+                    &route.method.to_ascii_uppercase(),
+                    &uri,
+                    "{}".to_string(),
+                    &[("content-type", "application/json")],
+                )
+                .await;
+            let label = format!(
+                "{} {} as {role:?}: {status} {body}",
+                route.method, route.path
+            );
+            match (role, route.access.allows(*role)) {
+                (_, true) => assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{label}"
+                ),
+                (None, false) => assert_eq!(status, StatusCode::UNAUTHORIZED, "{label}"),
+                (Some(_), false) => assert_eq!(status, StatusCode::FORBIDDEN, "{label}"),
+            }
+        }
+    }
+}
+
+/// The rules themselves follow the role model, whatever order routes are declared in.
+#[test]
+fn route_rules_follow_the_role_model() {
+    let public: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| r.access == Access::Public)
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        public,
+        [
+            "/healthz",
+            "/api/v1/openapi.json",
+            "/api/v1/auth/login",
+            "/api/v1/auth/refresh"
+        ]
+    );
+    for r in ROUTES {
+        let own = r.path.starts_with("/api/v1/auth/") || r.path.starts_with("/api/v1/api-keys");
+        if r.path.starts_with("/api/v1/users") || r.path.starts_with("/api/v1/settings") {
+            assert_eq!(
+                r.access,
+                Access::Role(Role::Admin),
+                "{} {}",
+                r.method,
+                r.path
+            );
+        } else if r.method != "get" && !own {
+            assert!(
+                matches!(r.access, Access::Role(Role::Engineer | Role::Admin)),
+                "{} {} changes things: engineer at least",
+                r.method,
+                r.path
+            );
+        } else if r.method == "get" && !own && r.access != Access::Public {
+            assert!(
+                r.access == Access::Role(Role::Operator) || r.path == "/api/v1/audit/export",
+                "{} {}: operators read everything but the audit export",
+                r.method,
+                r.path
+            );
+        }
+    }
+}
+
+async fn login(api: &Api, username: &str, password: &str) -> (StatusCode, Value) {
+    api.as_user(None)
+        .post(
+            "/api/v1/auth/login",
+            json!({"username": username, "password": password}),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn sessions_tokens_and_what_refuses_them() {
+    let api = Api::new().await;
+    let (s, _) = api
+        .post(
+            "/api/v1/users",
+            json!({"username": "ada", "password": "a long passphrase", "role": "engineer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, weak) = api
+        .post(
+            "/api/v1/users",
+            json!({"username": "bob", "password": "short", "role": "engineer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{weak}");
+
+    let (s, tokens) = login(&api, "ada", "a long passphrase").await;
+    assert_eq!(s, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["expires_in"], 900);
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert!(access.starts_with("v4.local."));
+    let ada = api.as_user(Some(&access));
+    let (s, me) = ada.get("/api/v1/auth/me").await;
+    assert_eq!((s, me["role"].clone()), (StatusCode::OK, json!("engineer")));
+
+    // Refresh: new tokens; the old refresh token works once only, and reusing it ends
+    // the session (so the new tokens die with it).
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let anon = api.as_user(None);
+    let (s, fresh) = anon
+        .post("/api/v1/auth/refresh", json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{fresh}");
+    let fresh_access = fresh["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.as_user(Some(&fresh_access))
+            .get("/api/v1/auth/me")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (s, _) = anon
+        .post("/api/v1/auth/refresh", json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a used refresh token is refused"
+    );
+    assert_eq!(
+        api.as_user(Some(&fresh_access))
+            .get("/api/v1/auth/me")
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED,
+        "reuse of a refresh token ended the session"
+    );
+
+    // Forged, expired, tampered tokens.
+    let (_, t2) = login(&api, "ada", "a long passphrase").await;
+    let good = t2["access_token"].as_str().unwrap().to_owned();
+    let claims = api.state.auth.keyring.verify(&good, 0).unwrap();
+    let expired = api
+        .state
+        .auth
+        .keyring
+        .issue(&plexus_server::auth::tokens::Claims {
+            exp: 1,
+            ..claims.clone()
+        });
+    let mut tampered = good.clone().into_bytes();
+    let i = tampered.len() - 30;
+    tampered[i] = if tampered[i] == b'a' { b'b' } else { b'a' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let forged =
+        plexus_server::auth::tokens::Keyring::load_or_create(&other_dir.path().join("k.json"), 0)
+            .unwrap()
+            .issue(&claims);
+    for (what, token) in [
+        ("expired", expired.as_str()),
+        ("tampered", tampered.as_str()),
+        ("forged", forged.as_str()),
+        ("garbage", "v4.local.AAAA"),
+        ("unknown key", "plx_0000_secret"),
+    ] {
+        let (s, body) = api.as_user(Some(token)).get("/api/v1/runs").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{what}: {body}");
+    }
+
+    // Logout ends the token at once.
+    let ada = api.as_user(Some(&good));
+    assert_eq!(
+        ada.post("/api/v1/auth/logout", json!({})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(ada.get("/api/v1/runs").await.0, StatusCode::UNAUTHORIZED);
+
+    // Deactivation stops sessions and API keys at once; activation lets keys work again.
+    let (_, t3) = login(&api, "ada", "a long passphrase").await;
+    let live = api.as_user(Some(t3["access_token"].as_str().unwrap()));
+    let (_, key) = live.post("/api/v1/api-keys", json!({"name": "ci"})).await;
+    let key = key["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.as_user(Some(&key)).get("/api/v1/runs").await.0,
+        StatusCode::OK
+    );
+    let (s, _) = api
+        .call(
+            "PATCH",
+            "/api/v1/users/ada",
+            json!({"active": false}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(live.get("/api/v1/runs").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.as_user(Some(&key)).get("/api/v1/runs").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = login(&api, "ada", "a long passphrase").await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a deactivated user cannot log in"
+    );
+    api.call(
+        "PATCH",
+        "/api/v1/users/ada",
+        json!({"active": true}).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        api.as_user(Some(&key)).get("/api/v1/runs").await.0,
+        StatusCode::OK
+    );
+
+    // A revoked key is refused.
+    let keys = api.as_user(Some(&key));
+    let (_, mine) = keys.get("/api/v1/api-keys").await;
+    let id = mine["api_keys"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = keys
+        .call("DELETE", &format!("/api/v1/api-keys/{id}"), "", &[])
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(keys.get("/api/v1/runs").await.0, StatusCode::UNAUTHORIZED);
+
+    // A second bootstrap on a store with users does nothing.
+    assert!(
+        plexus_server::auth::bootstrap::bootstrap(api.state.store.as_ref())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_user() {
+    let api = Api::new().await;
+    api.post(
+        "/api/v1/users",
+        json!({"username": "eve", "password": "the right password", "role": "operator"}),
+    )
+    .await;
+    for _ in 0..5 {
+        let (s, _) = login(&api, "eve", "a wrong password").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, body) = login(&api, "eve", "the right password").await;
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked even with the right password: {body}"
+    );
+    let (s, _) = login(&api, "nobody", "whatever it is").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "other users are not locked");
+}
+
+#[tokio::test]
+async fn responses_carry_security_headers_and_no_cors() {
+    let api = Api::new().await;
+    let res = tower::ServiceExt::oneshot(
+        api.router.clone(),
+        axum::http::Request::builder()
+            .method("OPTIONS")
+            .uri("/api/v1/runs")
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    let res = tower::ServiceExt::oneshot(
+        api.router.clone(),
+        axum::http::Request::builder()
+            .uri("/healthz")
+            .header("origin", "https://evil.example")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let h = res.headers();
+    assert!(h.get("access-control-allow-origin").is_none());
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+}
+
+const GATED: &str = r#"{"version": "plexus/v1", "name": "gated", "steps": [
+  {"id": "change", "permission": "modify", "run": "echo changing"},
+  {"id": "admin-only", "needs": ["change"], "permission": "admin", "run": "echo root things"},
+  {"id": "after", "needs": ["admin-only"], "trigger": "all_done", "builtin": "noop"}]}"#;
+
+async fn step_state(api: &Api, run: &str, step: &str) -> String {
+    let (_, r) = api.get(&format!("/api/v1/runs/{run}")).await;
+    r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == step)
+        .map(|s| s["state"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn approvals_follow_the_approvers_role() {
+    let api = Api::new().await;
+    let operator = api.as_user(Some(&api.user_key("oli", "operator").await));
+    let engineer = api.as_user(Some(&api.user_key("eng", "engineer").await));
+    let other = api.as_user(Some(&api.user_key("eng2", "engineer").await));
+    let manifest: Value = serde_json::from_str(GATED).unwrap();
+    let (s, run) = engineer
+        .post("/api/v1/runs", json!({"manifest": manifest}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    api.wait_step(&id, "change", "awaiting_approval").await;
+
+    // The inbox says what will run, who asked and who may decide.
+    let (_, inbox) = operator.get("/api/v1/approvals").await;
+    let item = &inbox["approvals"][0];
+    assert_eq!(item["step_id"], "change");
+    assert_eq!(item["requested_by"], "user:eng");
+    assert_eq!(item["approver_role"], "engineer");
+    assert_eq!(item["detail"]["command"], "echo changing");
+
+    let approve = |who: &Api, step: &str| {
+        let (who, path) = (
+            who.as_user(who.bearer.as_deref()),
+            format!("/api/v1/runs/{id}/steps/{step}/approve"),
+        );
+        async move { who.post(&path, json!({"comment": "ok"})).await }
+    };
+    let (s, _) = approve(&operator, "change").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "operators approve nothing");
+
+    // No one approves their own run when the setting says so.
+    api.call(
+        "PUT",
+        "/api/v1/settings/approvals.forbid_self_approval",
+        json!({"value": true}).to_string(),
+        &[],
+    )
+    .await;
+    let (s, body) = approve(&engineer, "change").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("forbid_self_approval")
+    );
+    let (s, body) = approve(&other, "change").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    // ADMIN steps need an admin.
+    api.wait_step(&id, "admin-only", "awaiting_approval").await;
+    let (s, _) = approve(&other, "admin-only").await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "engineers do not approve ADMIN steps"
+    );
+    // A rejection skips the step with reason `rejected`; downstream follows its trigger.
+    let (s, _) = api
+        .post(
+            &format!("/api/v1/runs/{id}/steps/admin-only/reject"),
+            json!({"comment": "not today"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let done = api.wait_state(&id, "succeeded").await;
+    let skipped = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "admin-only")
+        .unwrap();
+    assert_eq!(skipped["state"], "skipped");
+    assert_eq!(step_state(&api, &id, "after").await, "succeeded");
+    let (_, events) = api.get(&format!("/api/v1/runs/{id}/events")).await;
+    let rejection = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "step_skipped")
+        .unwrap();
+    assert_eq!(
+        (
+            &rejection["reason"],
+            &rejection["by"],
+            &rejection["comment"]
+        ),
+        (
+            &json!("rejected"),
+            &json!("user:admin"),
+            &json!("not today")
+        )
+    );
+
+    // Every decision is in the audit log with its actor.
+    let (_, audit) = api.get("/api/v1/audit?domain=workflow").await;
+    let actions: Vec<(String, String)> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("run.started", "user:eng"),
+        ("approval.requested", "user:eng"),
+        ("approval.granted", "user:eng2"),
+        ("approval.rejected", "user:admin"),
+        ("run.succeeded", "system"),
+    ] {
+        assert!(
+            actions.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} missing from {actions:?}"
+        );
+    }
+    let (_, security) = api.get("/api/v1/audit?domain=security").await;
+    let denied = security["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "permission.denied")
+        .count();
+    assert!(denied >= 3, "each refused approval is audited: {security}");
+}
+
+#[tokio::test]
+async fn secret_settings_never_come_back_out() {
+    let api = Api::new().await;
+    let plain = "sk-live-do-not-leak-4242";
+    let (s, set) = api
+        .call(
+            "PUT",
+            "/api/v1/settings/providers.openai.api_key",
+            json!({"value": plain}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{set}");
+    assert!(!set.to_string().contains(plain));
+    let (_, all) = api.get("/api/v1/settings").await;
+    assert!(!all.to_string().contains(plain), "{all}");
+    assert_eq!(all["settings"][0]["value"], json!({"set": true}));
+    let (_, audit) = api.get("/api/v1/audit").await;
+    assert!(!audit.to_string().contains(plain));
+    // At rest it is sealed; the server can still open it for its own use.
+    let stored = api.state.store.settings().await.unwrap();
+    assert!(stored[0].value.starts_with("sealed:v1:"));
+    assert!(!stored[0].value.contains(plain));
+    assert_eq!(
+        api.state
+            .auth
+            .sealer
+            .open("providers.openai.api_key", &stored[0].value),
+        Some(format!("\"{plain}\""))
+    );
+
+    let (s, mode) = api
+        .call(
+            "PUT",
+            "/api/v1/settings/execution_mode",
+            json!({"value": "yolo"}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{mode}");
+    let (s, _) = api
+        .call(
+            "PUT",
+            "/api/v1/settings/colour",
+            json!({"value": 1}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// Rows edited, deleted or reordered in the database break the chain where it happened.
+#[tokio::test]
+async fn tampering_with_audit_rows_is_found() {
+    let api = Api::new().await;
+    for i in 0..4 {
+        api.post(
+            "/api/v1/users",
+            json!({"username": format!("u{i}"), "role": "operator"}),
+        )
+        .await;
+    }
+    let (_, ok) = api.get("/api/v1/audit/verify").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    let n = ok["records"].as_u64().unwrap();
+    assert!(n >= 6);
+
+    let db = rusqlite::Connection::open(api.dir.path().join("plexus.db")).unwrap();
+    let verify = || async { api.get("/api/v1/audit/verify").await.1 };
+
+    let actor: String = db
+        .query_row("SELECT actor FROM audit WHERE seq = 3", [], |r| r.get(0))
+        .unwrap();
+    db.execute("UPDATE audit SET actor = 'user:mallory' WHERE seq = 3", [])
+        .unwrap();
+    let v = verify().await;
+    assert_eq!(
+        (v["ok"].clone(), v["seq"].clone()),
+        (json!(false), json!(3)),
+        "{v}"
+    );
+    db.execute("UPDATE audit SET actor = ?1 WHERE seq = 3", [&actor])
+        .unwrap();
+    assert_eq!(verify().await["ok"], true, "restored");
+
+    db.execute_batch(
+        "CREATE TEMP TABLE kept AS SELECT * FROM audit WHERE seq = 4; DELETE FROM audit WHERE seq = 4;",
+    )
+    .unwrap();
+    let v = verify().await;
+    assert_eq!(
+        (v["ok"].clone(), v["seq"].clone()),
+        (json!(false), json!(4)),
+        "{v}"
+    );
+    assert!(v["problem"].as_str().unwrap().contains("missing"));
+    db.execute_batch("INSERT INTO audit SELECT * FROM kept;")
+        .unwrap();
+    assert_eq!(verify().await["ok"], true, "restored");
+
+    // Reorder: swap the contents of records 2 and 5.
+    db.execute_batch(
+        "UPDATE audit SET seq = -2 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = -2;",
+    )
+    .unwrap();
+    let v = verify().await;
+    assert_eq!(
+        (v["ok"].clone(), v["seq"].clone()),
+        (json!(false), json!(2)),
+        "{v}"
+    );
+}
