@@ -263,3 +263,46 @@ fn resume_kills_what_the_dead_engine_left_running() {
         !alive(sleeper)
     });
 }
+
+/// A local run needs no login (the local user acts as admin of the local store), is
+/// audited as that user, and the chain is checked offline: an edited row is named.
+#[test]
+fn local_runs_are_audited_and_the_chain_is_verified_offline() {
+    let p = Plexus::new();
+    let hello = examples().join("hello.yaml");
+    let out = p.run(&["run", hello.to_str().unwrap(), "-i", "who=audit"]);
+    assert!(out.status.success());
+    let listed = p.json(&["audit", "list"]);
+    let records = listed["records"].as_array().unwrap();
+    let actor = match std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        Ok(u) => format!("local:{u}"),
+        Err(_) => "local".into(),
+    };
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "run.started" && r["actor"] == actor.as_str()),
+        "{listed}"
+    );
+    assert!(records.iter().any(|r| r["action"] == "run.succeeded"));
+    let out = p.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
+
+    let db = rusqlite::Connection::open(p.data_dir().join("plexus.db")).unwrap();
+    db.execute(
+        "UPDATE audit SET target = 'run:someone-else' WHERE seq = 1",
+        [],
+    )
+    .unwrap();
+    let out = p.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN at record 1"), "{text}");
+    let out = p.run(&["audit", "verify", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["seq"].clone()),
+        (serde_json::json!(false), serde_json::json!(1))
+    );
+}

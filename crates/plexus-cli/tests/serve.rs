@@ -497,3 +497,147 @@ fn the_cli_drives_a_server() {
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
 }
+
+/// Users, keys, settings and the audit log from the CLI, against a real server.
+#[test]
+fn governance_from_the_cli() {
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let url = format!("http://{addr}");
+    let admin = admin_key(&addr);
+    let as_key = |key: &str, args: &[&str]| {
+        p.cmd()
+            .args(["--server", &url])
+            .args(args)
+            .env("PLEXUS_API_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // A user with a password read from stdin, then a key for them.
+    let mut create = p
+        .cmd()
+        .args([
+            "--server", &url, "user", "create", "olga", "--role", "operator",
+        ])
+        .args(["--password-stdin"])
+        .env("PLEXUS_API_KEY", &admin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    create
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"olga's long password\n")
+        .unwrap();
+    let out = create.wait_with_output().unwrap();
+    assert!(ok(&out).contains("olga: operator, active"));
+    let users: Value =
+        serde_json::from_str(&ok(&as_key(&admin, &["user", "list", "-o", "json"]))).unwrap();
+    assert_eq!(users["users"].as_array().unwrap().len(), 2);
+    let key: Value = serde_json::from_str(&ok(&as_key(
+        &admin,
+        &[
+            "api-key", "create", "olga-ci", "--user", "olga", "-o", "json",
+        ],
+    )))
+    .unwrap();
+    let olga = key["secret"].as_str().unwrap().to_owned();
+
+    // The operator reads but cannot change; the refusal says why.
+    ok(&as_key(&olga, &["runs", "list"]));
+    let hello = examples().join("hello.yaml");
+    let denied = as_key(&olga, &["workflow", "apply", hello.to_str().unwrap()]);
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("403") && err.contains("engineer role"),
+        "{err}"
+    );
+    let denied = as_key(&olga, &["user", "list"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("admin role"));
+
+    // Settings: a secret is sealed and never printed again.
+    let out = ok(&as_key(
+        &admin,
+        &["settings", "set", "providers.openai.api_key", "sk-cli-777"],
+    ));
+    assert!(
+        out.contains("(secret, set)") && !out.contains("sk-cli-777"),
+        "{out}"
+    );
+    ok(&as_key(
+        &admin,
+        &["settings", "set", "execution_mode", "guided"],
+    ));
+    let listed = ok(&as_key(&admin, &["settings", "list", "-o", "json"]));
+    assert!(
+        !listed.contains("sk-cli-777") && listed.contains("guided"),
+        "{listed}"
+    );
+    let bad = as_key(&admin, &["settings", "set", "execution_mode", "reckless"]);
+    assert!(!bad.status.success());
+
+    // The audit log: intact, and it has what just happened.
+    assert!(ok(&as_key(&olga, &["audit", "verify"])).contains("audit chain intact"));
+    let recent: Value = serde_json::from_str(&ok(&as_key(
+        &olga,
+        &["audit", "list", "--domain", "security", "-o", "json"],
+    )))
+    .unwrap();
+    let actions: Vec<&str> = recent["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "user.created",
+        "api_key.created",
+        "permission.denied",
+        "setting.changed",
+    ] {
+        assert!(actions.contains(&a), "{a} missing: {actions:?}");
+    }
+    let export = as_key(&olga, &["audit", "export"]);
+    assert!(!export.status.success(), "only admins export");
+    let lines = ok(&as_key(&admin, &["audit", "export"]));
+    assert!(lines.lines().count() >= actions.len());
+    assert!(!lines.contains("sk-cli-777"));
+
+    // Revoking the key stops it at once.
+    let keys: Value = serde_json::from_str(&ok(&as_key(
+        &admin,
+        &["api-key", "list", "--all", "-o", "json"],
+    )))
+    .unwrap();
+    let olga_key = keys["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "olga-ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&as_key(&admin, &["api-key", "revoke", &olga_key]));
+    assert!(!as_key(&olga, &["runs", "list"]).status.success());
+
+    // Stopped, the data directory is verified offline.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+    let offline = p.run(&["--server", "local", "audit", "verify"]);
+    assert!(ok(&offline).contains("audit chain intact"));
+}
