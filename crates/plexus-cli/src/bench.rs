@@ -182,6 +182,7 @@ impl Bench {
                 "default".to_owned(),
                 crate::config::cores(),
             )]),
+            default_mode: None,
         }
     }
 

@@ -32,7 +32,10 @@ pub async fn run(
     let state = plexus_server::AppState {
         engine: engine.clone(),
         store: engine.store().clone(),
-        compile: plexus_core::CompileOptions { pools },
+        compile: plexus_core::CompileOptions {
+            pools,
+            default_mode: None,
+        },
         config: Arc::new(plexus_server::ServerConfig {
             base_dir: dir.to_path_buf(),
             ..Default::default()

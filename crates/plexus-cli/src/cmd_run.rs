@@ -54,6 +54,7 @@ fn engine_config(settings: &Settings) -> EngineConfig {
 pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
     let opts = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
+        default_mode: None,
     };
     let (result, text) = load_file(&args.file, &opts)?;
     let plan = match result {

@@ -299,6 +299,7 @@ async fn cancel_interrupted(
     }
     let opts = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
+        default_mode: None,
     };
     let plan = plexus_core::load(&row.manifest, "(stored manifest)", &opts)
         .map_err(|d| anyhow::anyhow!("the stored manifest no longer compiles: {}", d[0]))?;

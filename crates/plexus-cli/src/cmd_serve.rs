@@ -54,6 +54,7 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
         store: store.clone(),
         compile: plexus_core::CompileOptions {
             pools: settings.pools.clone(),
+            default_mode: None,
         },
         config: Arc::new(ServerConfig {
             body_limit,

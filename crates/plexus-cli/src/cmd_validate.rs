@@ -103,7 +103,7 @@ pub fn plan(file: &Path, opts: &CompileOptions, format: Format) -> Result<i32> {
     if format.is_data() {
         output::data(
             format,
-            &json!({"workflow": plan.manifest.name, "mode": plan.manifest.mode, "layers": layers, "pools": opts.pools}),
+            &json!({"workflow": plan.manifest.name, "mode": plan.mode, "layers": layers, "pools": opts.pools}),
         );
         return Ok(0);
     }
@@ -112,7 +112,7 @@ pub fn plan(file: &Path, opts: &CompileOptions, format: Format) -> Result<i32> {
         plan.manifest.name,
         plan.len(),
         plan.layers.len(),
-        plan.manifest.mode
+        plan.mode
     );
     for (k, layer) in layers.iter().enumerate() {
         let parallel = if layer.len() > 1 {

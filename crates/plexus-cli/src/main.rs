@@ -363,6 +363,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref(), serve_flags)?;
     let compile = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
+        default_mode: None,
     };
     let format = g.output;
     let client = remote::server(g.server.as_deref())?;

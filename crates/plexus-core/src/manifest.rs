@@ -14,7 +14,8 @@ pub struct Manifest {
     pub name: String,
     pub description: Option<String>,
     pub intents: Vec<String>,
-    pub mode: Mode,
+    /// As written; `None` means the server's `execution_mode` setting, else guided.
+    pub mode: Option<Mode>,
     pub inputs: Vec<InputDef>,
     pub defaults: Defaults,
     pub schedule: Option<String>,
@@ -34,6 +35,25 @@ pub enum Mode {
     Guided,
     /// Same gating as guided for MODIFY/ADMIN; only agentic loops behave differently.
     Autonomous,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Manual => "manual",
+            Mode::Guided => "guided",
+            Mode::Autonomous => "autonomous",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "manual" => Some(Mode::Manual),
+            "guided" => Some(Mode::Guided),
+            "autonomous" => Some(Mode::Autonomous),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -344,20 +344,17 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
                 .collect()
         })
         .unwrap_or_default();
-    let mode = f
-        .get("mode")
-        .and_then(|n| {
-            cx.choice(
-                n,
-                "mode",
-                &[
-                    ("manual", Mode::Manual),
-                    ("guided", Mode::Guided),
-                    ("autonomous", Mode::Autonomous),
-                ],
-            )
-        })
-        .unwrap_or_default();
+    let mode = f.get("mode").and_then(|n| {
+        cx.choice(
+            n,
+            "mode",
+            &[
+                ("manual", Mode::Manual),
+                ("guided", Mode::Guided),
+                ("autonomous", Mode::Autonomous),
+            ],
+        )
+    });
     let inputs = f
         .get("inputs")
         .map(|n| parse_inputs(n, &mut cx))

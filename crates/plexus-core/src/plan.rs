@@ -10,15 +10,18 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// What compilation needs to know about the machine: the executor pools and their sizes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CompileOptions {
     pub pools: BTreeMap<String, u32>,
+    /// The mode of a manifest that does not set one (the `execution_mode` setting).
+    pub default_mode: Option<Mode>,
 }
 
 impl CompileOptions {
     pub fn with_default_pool(cores: u32) -> Self {
         CompileOptions {
             pools: BTreeMap::from([("default".to_owned(), cores.max(1))]),
+            default_mode: None,
         }
     }
 }
@@ -27,6 +30,8 @@ impl CompileOptions {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub manifest: Manifest,
+    /// The mode the run uses: the manifest's, else the default it was compiled with.
+    pub mode: Mode,
     /// One per step, same order as `manifest.steps`.
     pub nodes: Vec<StepNode>,
     pub index: HashMap<String, usize>,
@@ -96,6 +101,7 @@ pub fn compile(
     opts: &CompileOptions,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Plan> {
+    let mode = manifest.mode.or(opts.default_mode).unwrap_or_default();
     let steps = &manifest.steps;
     let mut index: HashMap<String, usize> = HashMap::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
@@ -138,7 +144,7 @@ pub fn compile(
                 .on_failure
                 .or(manifest.defaults.on_failure)
                 .unwrap_or_default(),
-            gate: gate_for(manifest.mode, s),
+            gate: gate_for(mode, s),
         })
         .collect();
 
@@ -194,6 +200,7 @@ pub fn compile(
     }
     Some(Plan {
         manifest,
+        mode,
         nodes,
         index,
         layers,

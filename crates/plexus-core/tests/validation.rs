@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 fn opts() -> CompileOptions {
     CompileOptions {
         pools: BTreeMap::from([("default".into(), 2), ("gpu".into(), 1)]),
+        default_mode: None,
     }
 }
 

@@ -54,6 +54,7 @@ impl EngineConfig {
     pub fn compile_options(&self) -> CompileOptions {
         CompileOptions {
             pools: self.pools.clone(),
+            default_mode: None,
         }
     }
 }
@@ -265,6 +266,7 @@ impl Engine {
                 idempotency_key: sub.idempotency_key.clone(),
                 workflow_version: sub.workflow_version,
                 started_by: sub.started_by.clone(),
+                mode: Some(plan.mode.as_str().to_owned()),
             })
             .await?;
         if !created {
@@ -345,18 +347,25 @@ impl Engine {
         first: Option<Input>,
     ) -> Result<String, EngineError> {
         let file = format!("(stored manifest of run {})", row.id);
-        let plan = plexus_core::load(&row.manifest, &file, &self.config.compile_options())
-            .map_err(|d| {
-                let problems = d
-                    .iter()
-                    .map(Diagnostic::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                EngineError::Manifest {
-                    run: row.id.clone(),
-                    problems,
-                }
-            })?;
+        // Compiled in the mode it started in, whatever the setting says now.
+        let opts = plexus_core::CompileOptions {
+            default_mode: row
+                .mode
+                .as_deref()
+                .and_then(plexus_core::manifest::Mode::parse),
+            ..self.config.compile_options()
+        };
+        let plan = plexus_core::load(&row.manifest, &file, &opts).map_err(|d| {
+            let problems = d
+                .iter()
+                .map(Diagnostic::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            EngineError::Manifest {
+                run: row.id.clone(),
+                problems,
+            }
+        })?;
         let events = self.store.events(&row.id, 0, 0).await?;
         let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
         let base_dir = row

@@ -653,6 +653,7 @@ impl Loop {
             return;
         };
         let step_id = active.state.plan.step(unit.step).id.clone();
+        let mode = active.state.plan.mode;
         let file = active.base_dir.join(&path);
         let engine = self.engine.clone();
         let parent = ParentRef {
@@ -674,7 +675,7 @@ impl Loop {
                 },
                 reply: None,
             };
-            let msg = match prepare_child(&engine, &file, inputs, child_id, parent).await {
+            let msg = match prepare_child(&engine, &file, inputs, child_id, parent, mode).await {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return,
                 Err(error) => fail(error),
@@ -739,15 +740,16 @@ async fn prepare_child(
     inputs: Json,
     child_id: String,
     parent: ParentRef,
+    mode: plexus_core::manifest::Mode,
 ) -> Result<Option<Msg>, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read sub-workflow {}: {e}", file.display()))?;
-    let plan = plexus_core::load(
-        &text,
-        &file.to_string_lossy(),
-        &engine.config.compile_options(),
-    )
-    .map_err(|d| {
+    // A sub-workflow that sets no mode runs in its parent's.
+    let opts = plexus_core::CompileOptions {
+        default_mode: Some(mode),
+        ..engine.config.compile_options()
+    };
+    let plan = plexus_core::load(&text, &file.to_string_lossy(), &opts).map_err(|d| {
         format!(
             "sub-workflow {} is invalid: {}",
             file.display(),
@@ -790,6 +792,7 @@ async fn prepare_child(
             idempotency_key: None,
             workflow_version: None,
             started_by: None,
+            mode: Some(plan.mode.as_str().to_owned()),
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -3,7 +3,6 @@
 use crate::auth::Caller;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
-use crate::workflows::compile;
 use crate::{AppState, now_ms};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -128,7 +127,7 @@ pub async fn start_run(
     key: Option<String>,
     started_by: String,
 ) -> ApiResult<String> {
-    let plan = compile(state, &text, "manifest")?;
+    let plan = crate::workflows::compile_for_run(state, &text, "manifest").await?;
     let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, inputs).map_err(|errors| {
         ApiError::bad_request(errors.join("; "))
             .with_code("invalid_inputs")

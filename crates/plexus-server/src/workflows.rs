@@ -13,7 +13,32 @@ use serde_json::{Value as Json_, json};
 /// Compiles manifest text; invalid manifests answer with the same problem list
 /// `plexus validate -o json` prints.
 pub fn compile(state: &AppState, text: &str, source: &str) -> ApiResult<plexus_core::Plan> {
-    plexus_core::load(text, source, &state.compile).map_err(|problems| {
+    compile_with(&state.compile, text, source)
+}
+
+/// Compiles a manifest to run now: a manifest without `mode` takes the
+/// `execution_mode` setting.
+pub async fn compile_for_run(
+    state: &AppState,
+    text: &str,
+    source: &str,
+) -> ApiResult<plexus_core::Plan> {
+    let mode = crate::settings::value(state, "execution_mode")
+        .await?
+        .and_then(|v| v.as_str().and_then(plexus_core::manifest::Mode::parse));
+    let opts = plexus_core::CompileOptions {
+        default_mode: mode,
+        ..state.compile.clone()
+    };
+    compile_with(&opts, text, source)
+}
+
+fn compile_with(
+    opts: &plexus_core::CompileOptions,
+    text: &str,
+    source: &str,
+) -> ApiResult<plexus_core::Plan> {
+    plexus_core::load(text, source, opts).map_err(|problems| {
         let n = problems.len();
         ApiError::bad_request(format!(
             "the manifest has {n} problem{}",

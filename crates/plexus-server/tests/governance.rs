@@ -588,3 +588,29 @@ async fn tampering_with_audit_rows_is_found() {
         "{v}"
     );
 }
+
+/// `execution_mode: manual` makes every step of a workflow without its own mode wait;
+/// a workflow that sets its mode keeps it. No mode lets a MODIFY step run unapproved.
+#[tokio::test]
+async fn the_execution_mode_setting_applies_to_workflows_without_one() {
+    let api = Api::new().await;
+    api.call(
+        "PUT",
+        "/api/v1/settings/execution_mode",
+        json!({"value": "manual"}).to_string(),
+        &[],
+    )
+    .await;
+    let plain =
+        json!({"version": "plexus/v1", "name": "plain", "steps": [{"id": "look", "run": "true"}]});
+    let (_, run) = api.post("/api/v1/runs", json!({"manifest": plain})).await;
+    let id = run["id"].as_str().unwrap();
+    api.wait_step(id, "look", "awaiting_approval").await;
+
+    let own = json!({"version": "plexus/v1", "name": "own", "mode": "autonomous", "steps": [
+        {"id": "look", "run": "true"}, {"id": "change", "needs": ["look"], "permission": "modify", "run": "true"}]});
+    let (_, run) = api.post("/api/v1/runs", json!({"manifest": own})).await;
+    let id = run["id"].as_str().unwrap();
+    api.wait_step(id, "look", "succeeded").await;
+    api.wait_step(id, "change", "awaiting_approval").await;
+}

@@ -22,6 +22,7 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
         idempotency_key: None,
         workflow_version: None,
         started_by: Some("user:ada".into()),
+        mode: Some("guided".into()),
     }
 }
 

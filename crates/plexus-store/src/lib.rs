@@ -66,6 +66,8 @@ pub struct NewRun {
     /// Who started it (`user:NAME`, `local:USER`, `schedule:NAME`...): the actor of its
     /// audit records. `None` for sub-workflow runs, which inherit nothing to audit as.
     pub started_by: Option<String>,
+    /// The execution mode it runs in (`manual`, `guided`, `autonomous`).
+    pub mode: Option<String>,
 }
 
 /// A cron schedule that starts runs of a workflow.
@@ -136,6 +138,7 @@ pub struct RunRow {
     pub lease_until: Option<Millis>,
     pub last_seq: u64,
     pub started_by: Option<String>,
+    pub mode: Option<String>,
 }
 
 /// A step waiting for a human decision (see [`Store::awaiting_approvals`]).

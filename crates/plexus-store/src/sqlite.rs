@@ -276,7 +276,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
-     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by";
+     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode";
 
 fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
     let parse = |s: Option<String>| {
@@ -310,6 +310,7 @@ fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
         lease_until: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
         last_seq: r.get::<_, i64>(17)? as u64,
         started_by: r.get(18)?,
+        mode: r.get(19)?,
     })
 }
 
@@ -617,8 +618,8 @@ impl Store for SqliteStore {
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
-                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                     params![
                         run.id,
                         run.workflow,
@@ -635,6 +636,7 @@ impl Store for SqliteStore {
                         run.idempotency_key,
                         run.workflow_version,
                         run.started_by,
+                        run.mode,
                     ],
                 )
                 .map_err(db_err)?;

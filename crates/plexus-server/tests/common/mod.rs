@@ -86,7 +86,10 @@ impl Api {
         let state = AppState {
             engine,
             store,
-            compile: plexus_core::CompileOptions { pools },
+            compile: plexus_core::CompileOptions {
+                pools,
+                default_mode: None,
+            },
             config: Arc::new(ServerConfig {
                 body_limit: 64 * 1024,
                 base_dir: dir.path().to_path_buf(),

@@ -56,3 +56,7 @@ ALTER TABLE runs ADD COLUMN started_by TEXT;
 
 -- The approvals inbox reads waiting steps only.
 CREATE INDEX steps_awaiting_approval ON steps (run_id) WHERE status = 'awaiting_approval';
+
+-- The execution mode a run was started in (its manifest's, or the setting's then), so
+-- that a resumed run gates its steps as it did before.
+ALTER TABLE runs ADD COLUMN mode TEXT;
