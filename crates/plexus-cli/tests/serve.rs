@@ -41,6 +41,7 @@ fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
     let mut reader = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let key_file = p.dir.path().join("admin.key");
+    let restart = key_file.exists();
     let addr = loop {
         line.clear();
         assert!(
@@ -49,6 +50,7 @@ fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
         );
         // The first start of a data dir prints the bootstrap admin key, once.
         if let Some(rest) = line.split("api_secret=").nth(1) {
+            assert!(!restart, "a restart printed a bootstrap key again: {line}");
             let key: String = rest
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
@@ -374,11 +376,26 @@ fn the_cli_drives_a_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     let context = p.dir.path().join("config/plexus/context.toml");
-    assert!(
-        std::fs::read_to_string(&context)
-            .unwrap()
-            .contains("refresh_token")
-    );
+    let saved = std::fs::read_to_string(&context).unwrap();
+    assert!(saved.contains("refresh_token"));
+    // An access token about to expire is refreshed before the next command, and the new
+    // tokens are saved.
+    let expired = saved
+        .lines()
+        .map(|l| {
+            if l.starts_with("expires_at") {
+                "expires_at = 0"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&context, expired).unwrap();
+    assert!(p.run(&["runs", "list"]).status.success());
+    let refreshed = std::fs::read_to_string(&context).unwrap();
+    assert!(!refreshed.contains("expires_at = 0"), "{refreshed}");
+    assert_ne!(refreshed, saved);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&context).unwrap().permissions().mode() & 0o777,
