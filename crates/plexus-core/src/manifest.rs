@@ -97,6 +97,7 @@ pub struct InputDef {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Defaults {
     pub timeout: Option<Duration>,
+    pub approval_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub pool: Option<String>,
     pub on_failure: Option<OnFailure>,
@@ -276,6 +277,8 @@ pub struct Step {
     pub concurrency: Option<u32>,
     pub retry: Option<RetryPolicy>,
     pub timeout: Option<Duration>,
+    /// How long a gated step waits for a decision before it is rejected.
+    pub approval_timeout: Option<Duration>,
     pub pool: Option<String>,
     pub pool_slots: u32,
     pub resources: Option<Resources>,

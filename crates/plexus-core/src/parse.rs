@@ -271,6 +271,7 @@ const STEP_KEYS: &[&str] = &[
     "concurrency",
     "retry",
     "timeout",
+    "approval_timeout",
     "pool",
     "pool_slots",
     "resources",
@@ -528,10 +529,16 @@ fn parse_defaults(node: &Node, cx: &mut Ctx) -> Defaults {
         return d;
     };
     d.timeout = f.get("timeout").and_then(|n| cx.duration(n, "timeout"));
+    d.approval_timeout = f
+        .get("approval_timeout")
+        .and_then(|n| cx.duration(n, "approval_timeout"));
     d.retry = f.get("retry").and_then(|n| parse_retry(n, cx));
     d.pool = f.get("pool").and_then(|n| cx.string(n, "pool"));
     d.on_failure = f.get("on_failure").and_then(|n| parse_on_failure(n, cx));
-    f.finish(&["timeout", "retry", "pool", "on_failure"], cx.out);
+    f.finish(
+        &["timeout", "approval_timeout", "retry", "pool", "on_failure"],
+        cx.out,
+    );
     d
 }
 
@@ -728,6 +735,7 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
         concurrency: None,
         retry: None,
         timeout: None,
+        approval_timeout: None,
         pool: None,
         pool_slots: 1,
         resources: None,
@@ -780,6 +788,9 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
     }
     if let Some(n) = f.get("timeout") {
         step.timeout = cx.duration(n, "timeout");
+    }
+    if let Some(n) = f.get("approval_timeout") {
+        step.approval_timeout = cx.duration(n, "approval_timeout");
     }
     if let Some(n) = f.get("pool") {
         locs.set("pool", n.loc);

@@ -53,6 +53,8 @@ pub struct StepNode {
     pub on_failure: OnFailure,
     /// Set when a human must approve before the step's first attempt.
     pub gate: Option<Permission>,
+    /// How long the gate waits for a decision; then the step is rejected.
+    pub approval_timeout: Option<Duration>,
 }
 
 impl Plan {
@@ -145,6 +147,7 @@ pub fn compile(
                 .or(manifest.defaults.on_failure)
                 .unwrap_or_default(),
             gate: gate_for(mode, s),
+            approval_timeout: s.approval_timeout.or(manifest.defaults.approval_timeout),
         })
         .collect();
 

@@ -751,7 +751,9 @@ impl RunState {
             ),
             _ => (
                 self.plan.nodes[i].gate.unwrap_or(step.permission),
-                None,
+                self.plan.nodes[i]
+                    .approval_timeout
+                    .map(|d| now + d.as_millis() as u64),
                 None,
             ),
         };

@@ -286,6 +286,30 @@ fn rejection_skips_and_downstream_follows_triggers() {
     assert_eq!(d.run.status, RunStatus::Succeeded);
 }
 
+/// A gated step that nobody decides on is rejected when its `approval_timeout` passes
+/// (never run): the timeout policy of gates is reject, and only that.
+#[test]
+fn an_undecided_gate_is_rejected_when_its_approval_timeout_passes() {
+    let mut d = Driver::new(
+        "version: plexus/v1\nname: t\ndefaults: {approval_timeout: 10m}\nsteps:\n- id: change\n  run: rm -rf cache\n  permission: modify\n- id: report\n  needs: [change]\n  trigger: all_done\n  builtin: noop\n",
+    );
+    d.settle();
+    assert!(d.executed.is_empty(), "nothing ran unapproved");
+    assert_eq!(d.status("change"), StepStatus::Skipped);
+    assert_eq!(d.status("report"), StepStatus::Succeeded);
+    let expires = d
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::StepAwaitingApproval { expires_at, .. } => *expires_at,
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(expires, 1_000 + 600_000);
+    assert!(d.events.iter().any(|e| matches!(&e.kind,
+        EventKind::StepSkipped { reason, .. } if reason == APPROVAL_TIMED_OUT)));
+}
+
 #[test]
 fn cancel_kills_running_work_and_ends_the_run() {
     let mut d = Driver::new(
