@@ -506,6 +506,28 @@ pub async fn settings(c: &Client, cmd: &SettingsCommand, format: Format) -> Resu
     Ok(0)
 }
 
+#[derive(Subcommand)]
+pub enum TokenKeysCommand {
+    /// Add a new signing key: servers started afterwards issue tokens with it, and tokens
+    /// made with older keys still verify until they expire
+    Rotate,
+}
+
+pub fn rotate_token_key(data_dir: &std::path::Path, format: Format) -> Result<i32> {
+    let path = data_dir.join("keys").join("token-keys.json");
+    let kid = plexus_server::auth::tokens::Keyring::rotate(&path, plexus_engine::now_ms())
+        .with_context(|| format!("rotating the token key in {}", path.display()))?;
+    if format.is_data() {
+        output::data(format, &json!({"kid": kid, "file": path}));
+    } else {
+        println!(
+            "new token key {kid} in {}; restart the server(s) to issue with it (tokens of older keys still work)",
+            path.display()
+        );
+    }
+    Ok(0)
+}
+
 pub fn needs_server(what: &str) -> Result<i32> {
     bail!(
         "`plexus {what}` manages a server's users and settings: pass --server URL or run `plexus init --server URL` (a local store has one user: you, as admin)"

@@ -188,6 +188,9 @@ enum Command {
     /// Runtime settings of a server (admin): execution mode, budgets, providers
     #[command(subcommand)]
     Settings(cmd_admin::SettingsCommand),
+    /// The keys in --data-dir that sign session tokens
+    #[command(subcommand, name = "token-keys")]
+    TokenKeys(cmd_admin::TokenKeysCommand),
     /// Workflow definitions on a server
     #[command(subcommand)]
     Workflow(WorkflowCommand),
@@ -403,6 +406,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::User(_) => cmd_admin::needs_server("user"),
         Command::ApiKey(_) => cmd_admin::needs_server("api-key"),
         Command::Settings(_) => cmd_admin::needs_server("settings"),
+        Command::TokenKeys(cmd_admin::TokenKeysCommand::Rotate) => {
+            cmd_admin::rotate_token_key(&settings.data_dir, format)
+        }
         Command::Audit(cmd) => {
             let store = settings.open_store()?;
             cmd_admin::audit_local(&*store, &cmd, format).await

@@ -653,8 +653,43 @@ fn governance_from_the_cli() {
     assert!(!as_key(&olga, &["runs", "list"]).status.success());
 
     // Stopped, the data directory is verified offline.
+    let (_, session) = http(
+        &addr,
+        "POST",
+        "/api/v1/auth/login",
+        Some(&json!({"api_key": admin})),
+    );
+    let old_token = session["access_token"].as_str().unwrap().to_owned();
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
     let offline = p.run(&["--server", "local", "audit", "verify"]);
     assert!(ok(&offline).contains("audit chain intact"));
+
+    // Key rotation: the restarted server issues with the new key, and a token of the
+    // old one still works.
+    let rotated = ok(&p.run(&["token-keys", "rotate"]));
+    assert!(rotated.contains("new token key"), "{rotated}");
+    let (mut server, addr) = start_server(&p);
+    let listed = p
+        .cmd()
+        .args(["--server", &format!("http://{addr}"), "runs", "list"])
+        .env("PLEXUS_API_KEY", &old_token)
+        .output()
+        .unwrap();
+    ok(&listed);
+    let (_, fresh) = http(
+        &addr,
+        "POST",
+        "/api/v1/auth/login",
+        Some(&json!({"api_key": admin})),
+    );
+    let fresh = fresh["access_token"].as_str().unwrap();
+    let footer = |t: &str| t.rsplit('.').next().unwrap().to_owned();
+    assert_ne!(
+        footer(fresh),
+        footer(&old_token),
+        "a new key id in the footer"
+    );
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
 }
