@@ -279,6 +279,8 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// How long a gated step waits for a decision before it is rejected.
     pub approval_timeout: Option<Duration>,
+    /// What the step can affect, shown to approvers (a template).
+    pub blast_radius: Option<String>,
     pub pool: Option<String>,
     pub pool_slots: u32,
     pub resources: Option<Resources>,

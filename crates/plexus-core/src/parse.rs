@@ -272,6 +272,7 @@ const STEP_KEYS: &[&str] = &[
     "retry",
     "timeout",
     "approval_timeout",
+    "blast_radius",
     "pool",
     "pool_slots",
     "resources",
@@ -736,6 +737,7 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
         retry: None,
         timeout: None,
         approval_timeout: None,
+        blast_radius: None,
         pool: None,
         pool_slots: 1,
         resources: None,
@@ -791,6 +793,9 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
     }
     if let Some(n) = f.get("approval_timeout") {
         step.approval_timeout = cx.duration(n, "approval_timeout");
+    }
+    if let Some(n) = f.get("blast_radius") {
+        step.blast_radius = cx.string(n, "blast_radius");
     }
     if let Some(n) = f.get("pool") {
         locs.set("pool", n.loc);

@@ -790,14 +790,18 @@ impl RunState {
         let step = self.plan.step(i);
         let ctx = self.context(i, None);
         let render = |s: &str| template::render_str(s, &ctx).unwrap_or_else(|_| s.to_owned());
-        match &step.kind {
+        let mut detail = match &step.kind {
             StepKind::Run(c) => json!({"kind": "run", "command": render(c)}),
             StepKind::Python(s) => json!({"kind": "python", "script": render(s)}),
             StepKind::Agent { agent, action } => {
                 json!({"kind": "agent", "agent": agent, "action": action, "with": step.with.as_ref().map(|w| template::render_value(w, &ctx).unwrap_or_else(|_| w.clone()))})
             }
             other => json!({"kind": other.name()}),
+        };
+        if let Some(b) = &step.blast_radius {
+            detail["blast_radius"] = Json::String(render(b));
         }
+        detail
     }
 
     fn after_approval(

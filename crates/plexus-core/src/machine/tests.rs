@@ -291,21 +291,25 @@ fn rejection_skips_and_downstream_follows_triggers() {
 #[test]
 fn an_undecided_gate_is_rejected_when_its_approval_timeout_passes() {
     let mut d = Driver::new(
-        "version: plexus/v1\nname: t\ndefaults: {approval_timeout: 10m}\nsteps:\n- id: change\n  run: rm -rf cache\n  permission: modify\n- id: report\n  needs: [change]\n  trigger: all_done\n  builtin: noop\n",
+        "version: plexus/v1\nname: t\ndefaults: {approval_timeout: 10m}\nsteps:\n- id: change\n  run: rm -rf cache\n  permission: modify\n  blast_radius: \"the cache of {{ run.id }}\"\n- id: report\n  needs: [change]\n  trigger: all_done\n  builtin: noop\n",
     );
     d.settle();
     assert!(d.executed.is_empty(), "nothing ran unapproved");
     assert_eq!(d.status("change"), StepStatus::Skipped);
     assert_eq!(d.status("report"), StepStatus::Succeeded);
-    let expires = d
+    let (expires, detail) = d
         .events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::StepAwaitingApproval { expires_at, .. } => *expires_at,
+            EventKind::StepAwaitingApproval {
+                expires_at, detail, ..
+            } => Some((expires_at.unwrap(), detail.clone())),
             _ => None,
         })
         .unwrap();
     assert_eq!(expires, 1_000 + 600_000);
+    assert_eq!(detail["blast_radius"], "the cache of r1");
+    assert_eq!(detail["command"], "rm -rf cache");
     assert!(d.events.iter().any(|e| matches!(&e.kind,
         EventKind::StepSkipped { reason, .. } if reason == APPROVAL_TIMED_OUT)));
 }
