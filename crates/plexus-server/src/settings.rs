@@ -121,6 +121,7 @@ pub async fn put(
         updated_by: caller.actor(),
     };
     state.store.put_setting(setting.clone()).await?;
+    forget_cached(&state);
     // The audit record names the setting; a secret's value never goes in.
     let details = if secret {
         json!({"secret": true})
@@ -146,6 +147,7 @@ pub async fn delete(
     if !state.store.delete_setting(&key).await? {
         return Err(ApiError::not_found(format!("setting `{key}` is not set")));
     }
+    forget_cached(&state);
     audit(
         state.store.as_ref(),
         &caller.actor(),
@@ -157,9 +159,30 @@ pub async fn delete(
     Ok(Json(json!({"key": key, "deleted": true})))
 }
 
+/// Settings as stored, through the short-lived cache.
+async fn cached(state: &AppState) -> ApiResult<Vec<Setting>> {
+    if let Ok(cache) = state.auth.settings_cache.lock()
+        && let Some((at, all)) = cache.as_ref()
+        && at.elapsed() < crate::auth::SETTINGS_TTL
+    {
+        return Ok(all.clone());
+    }
+    let all = state.store.settings().await?;
+    if let Ok(mut cache) = state.auth.settings_cache.lock() {
+        *cache = Some((std::time::Instant::now(), all.clone()));
+    }
+    Ok(all)
+}
+
+fn forget_cached(state: &AppState) {
+    if let Ok(mut cache) = state.auth.settings_cache.lock() {
+        *cache = None;
+    }
+}
+
 /// A setting's value for the server's own use (secrets opened); `None` when unset.
 pub async fn value(state: &AppState, key: &str) -> ApiResult<Option<Json_>> {
-    let all = state.store.settings().await?;
+    let all = cached(state).await?;
     let Some(s) = all.into_iter().find(|s| s.key == key) else {
         return Ok(None);
     };

@@ -88,6 +88,11 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Returns false when there was no such live key.
     async fn revoke_api_key(&self, id: &str, at: Millis) -> Result<bool>;
 
+    /// A key and its user in one read (every API-key request asks this).
+    async fn key_with_user(&self, id: &str) -> Result<Option<(ApiKey, User)>>;
+    /// A session and its user in one read (every token request asks this).
+    async fn session_with_user(&self, id: &str) -> Result<Option<(Session, User)>>;
+
     async fn create_session(&self, session: Session) -> Result<()>;
     async fn session(&self, id: &str) -> Result<Option<Session>>;
     /// Swaps the refresh hash if it is still `old_hash` (a refresh token works once).

@@ -48,6 +48,194 @@ pub async fn check_all(store: &dyn Store) {
     schedules_advance_once(store).await;
     events_trigger_and_dead_letters(store).await;
     keeps_logs_per_attempt(store).await;
+    keeps_users_keys_and_sessions(store).await;
+    chains_audit_records(store).await;
+    keeps_settings(store).await;
+}
+
+async fn keeps_users_keys_and_sessions(store: &dyn Store) {
+    use crate::auth::*;
+    let user = |id: &str, name: &str| User {
+        id: id.into(),
+        username: name.into(),
+        password_hash: Some("$argon2id$x".into()),
+        role: "engineer".into(),
+        active: true,
+        created_at: 5,
+    };
+    let before = store.count_users().await.unwrap();
+    store.create_user(user("u1", "ada")).await.unwrap();
+    assert!(matches!(
+        store.create_user(user("u2", "ada")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.count_users().await.unwrap(), before + 1);
+    assert_eq!(
+        store.user_by_name("ada").await.unwrap(),
+        Some(user("u1", "ada"))
+    );
+    store
+        .update_user("u1", Some("admin"), Some(false), None)
+        .await
+        .unwrap();
+    let changed = store.user("u1").await.unwrap().unwrap();
+    assert_eq!((changed.role.as_str(), changed.active), ("admin", false));
+    assert_eq!(changed.password_hash.as_deref(), Some("$argon2id$x"));
+    assert!(
+        store
+            .update_user("nobody", Some("admin"), None, None)
+            .await
+            .is_err()
+    );
+
+    let key = ApiKey {
+        id: "k1".into(),
+        user_id: "u1".into(),
+        name: "ci".into(),
+        secret_hash: "h".into(),
+        created_at: 6,
+        revoked_at: None,
+    };
+    store.create_api_key(key.clone()).await.unwrap();
+    assert_eq!(store.api_key("k1").await.unwrap(), Some(key.clone()));
+    assert_eq!(store.api_keys(Some("u1")).await.unwrap(), vec![key.clone()]);
+    assert!(store.api_keys(Some("u9")).await.unwrap().is_empty());
+    let (k, u) = store.key_with_user("k1").await.unwrap().unwrap();
+    assert_eq!((k.id.as_str(), u.username.as_str()), ("k1", "ada"));
+    assert!(store.revoke_api_key("k1", 7).await.unwrap());
+    assert!(
+        !store.revoke_api_key("k1", 8).await.unwrap(),
+        "revoked once"
+    );
+    assert_eq!(
+        store.api_key("k1").await.unwrap().unwrap().revoked_at,
+        Some(7)
+    );
+    assert_eq!(store.key_with_user("nope").await.unwrap(), None);
+
+    let session = Session {
+        id: "s1".into(),
+        user_id: "u1".into(),
+        refresh_hash: "r1".into(),
+        created_at: 1,
+        expires_at: 100,
+        revoked_at: None,
+    };
+    store.create_session(session.clone()).await.unwrap();
+    assert!(store.rotate_refresh("s1", "r1", "r2").await.unwrap());
+    assert!(
+        !store.rotate_refresh("s1", "r1", "r3").await.unwrap(),
+        "a refresh hash works once"
+    );
+    let (s, u) = store.session_with_user("s1").await.unwrap().unwrap();
+    assert_eq!((s.refresh_hash.as_str(), u.id.as_str()), ("r2", "u1"));
+    store.revoke_user_sessions("u1", 9).await.unwrap();
+    assert_eq!(
+        store.session("s1").await.unwrap().unwrap().revoked_at,
+        Some(9)
+    );
+    assert!(
+        !store.rotate_refresh("s1", "r2", "r4").await.unwrap(),
+        "revoked"
+    );
+}
+
+async fn chains_audit_records(store: &dyn Store) {
+    use crate::auth::AuditFilter;
+    use plexus_core::audit::{AuditEntry, ChainVerifier, Domain};
+    let before = store.audit(AuditFilter::default()).await.unwrap().len() as u64;
+    for (i, domain) in [Domain::Security, Domain::Workflow, Domain::Security]
+        .iter()
+        .enumerate()
+    {
+        let r = store
+            .append_audit(AuditEntry {
+                time: 1_000 + i as u64,
+                actor: "user:ada".into(),
+                domain: *domain,
+                action: format!("a{i}"),
+                target: "t".into(),
+                details: r#"{"k": 1}"#.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.seq, before + i as u64 + 1);
+    }
+    let all = store.audit(AuditFilter::default()).await.unwrap();
+    let mut v = ChainVerifier::default();
+    for r in &all {
+        v.push(r).unwrap();
+    }
+    assert_eq!(v.finish().0, before + 3);
+    let security = store
+        .audit(AuditFilter {
+            domain: Some("security".into()),
+            after_seq: Some(before),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        security
+            .iter()
+            .map(|r| r.action.as_str())
+            .collect::<Vec<_>>(),
+        ["a0", "a2"]
+    );
+    let last = store
+        .audit(AuditFilter {
+            last: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        last.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+        ["a1", "a2"]
+    );
+    let since = store
+        .audit(AuditFilter {
+            since: Some(1_001),
+            after_seq: Some(before),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 2);
+}
+
+async fn keeps_settings(store: &dyn Store) {
+    use crate::auth::Setting;
+    let s = |key: &str, value: &str| Setting {
+        key: key.into(),
+        value: value.into(),
+        secret: key.ends_with("api_key"),
+        updated_at: 3,
+        updated_by: "user:ada".into(),
+    };
+    store
+        .put_setting(s("execution_mode", "\"guided\""))
+        .await
+        .unwrap();
+    store
+        .put_setting(s("execution_mode", "\"manual\""))
+        .await
+        .unwrap();
+    store
+        .put_setting(s("providers.x.api_key", "sealed:v1:abc"))
+        .await
+        .unwrap();
+    let all = store.settings().await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            s("execution_mode", "\"manual\""),
+            s("providers.x.api_key", "sealed:v1:abc")
+        ]
+    );
+    assert!(store.delete_setting("execution_mode").await.unwrap());
+    assert!(!store.delete_setting("execution_mode").await.unwrap());
+    assert_eq!(store.settings().await.unwrap().len(), 1);
 }
 
 async fn keeps_logs_per_attempt(store: &dyn Store) {

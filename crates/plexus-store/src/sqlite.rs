@@ -37,6 +37,9 @@ impl Default for SqliteOptions {
 type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
+/// Read connections per store.
+const READERS: usize = 4;
+
 pub struct SqliteStore {
     path: PathBuf,
     /// (device, inode) of the database file when opened: a file deleted or replaced
@@ -44,7 +47,10 @@ pub struct SqliteStore {
     identity: (u64, u64),
     last_commit_error: LastCommitError,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
-    reader: Arc<Mutex<Connection>>,
+    /// A few read connections (WAL lets them read while the writer commits), so that
+    /// concurrent API requests do not queue behind one another.
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: std::sync::atomic::AtomicUsize,
 }
 
 fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
@@ -117,7 +123,9 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let mut write_conn = connect(&path, &opts)?;
         migrate(&mut write_conn)?;
-        let reader = connect(&path, &opts)?;
+        let readers = (0..READERS)
+            .map(|_| connect(&path, &opts).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
         let identity = file_identity(&path)
             .map_err(|e| StoreError::Db(format!("cannot read {}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -132,7 +140,8 @@ impl SqliteStore {
             identity,
             last_commit_error,
             writer: Mutex::new(Some(tx)),
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(readers),
+            next_reader: Default::default(),
         })
     }
 
@@ -171,9 +180,18 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = Arc::clone(&self.reader);
+        let readers = Arc::clone(&self.readers);
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().map_err(|_| StoreError::Closed)?;
+            // A free connection if there is one, else wait for this call's turn.
+            let n = readers.len();
+            let free = (0..n).find_map(|i| readers[(start + i) % n].try_lock().ok());
+            let conn = match free {
+                Some(c) => c,
+                None => readers[start % n].lock().map_err(|_| StoreError::Closed)?,
+            };
             f(&conn)
         })
         .await

@@ -11,13 +11,29 @@ const USER_COLUMNS: &str = "id, username, password_hash, role, active, created_a
 const KEY_COLUMNS: &str = "id, user_id, name, secret_hash, created_at, revoked_at";
 
 fn user_from_row(r: &Row) -> rusqlite::Result<User> {
+    user_at(r, 0)
+}
+
+/// A user from the six columns of [`USER_COLUMNS`] starting at `at`.
+fn user_at(r: &Row, at: usize) -> rusqlite::Result<User> {
     Ok(User {
+        id: r.get(at)?,
+        username: r.get(at + 1)?,
+        password_hash: r.get(at + 2)?,
+        role: r.get(at + 3)?,
+        active: r.get::<_, i64>(at + 4)? != 0,
+        created_at: r.get::<_, i64>(at + 5)? as u64,
+    })
+}
+
+fn session_from_row(r: &Row) -> rusqlite::Result<Session> {
+    Ok(Session {
         id: r.get(0)?,
-        username: r.get(1)?,
-        password_hash: r.get(2)?,
-        role: r.get(3)?,
-        active: r.get::<_, i64>(4)? != 0,
-        created_at: r.get::<_, i64>(5)? as u64,
+        user_id: r.get(1)?,
+        refresh_hash: r.get(2)?,
+        created_at: r.get::<_, i64>(3)? as u64,
+        expires_at: r.get::<_, i64>(4)? as u64,
+        revoked_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
     })
 }
 
@@ -242,6 +258,38 @@ impl AuthStore for SqliteStore {
         .await
     }
 
+    async fn key_with_user(&self, id: &str) -> Result<Option<(ApiKey, User)>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT k.id, k.user_id, k.name, k.secret_hash, k.created_at, k.revoked_at, \
+                        u.id, u.username, u.password_hash, u.role, u.active, u.created_at \
+                 FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?1",
+            )
+            .map_err(db_err)?
+            .query_row([id], |r| Ok((key_from_row(r)?, user_at(r, 6)?)))
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn session_with_user(&self, id: &str) -> Result<Option<(Session, User)>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT s.id, s.user_id, s.refresh_hash, s.created_at, s.expires_at, s.revoked_at, \
+                        u.id, u.username, u.password_hash, u.role, u.active, u.created_at \
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
+            )
+            .map_err(db_err)?
+            .query_row([id], |r| Ok((session_from_row(r)?, user_at(r, 6)?)))
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
     async fn create_session(&self, s: Session) -> Result<()> {
         self.write(move |conn| {
             conn.execute(
@@ -260,16 +308,7 @@ impl AuthStore for SqliteStore {
             conn.query_row(
                 "SELECT id, user_id, refresh_hash, created_at, expires_at, revoked_at FROM sessions WHERE id = ?1",
                 [id],
-                |r| {
-                    Ok(Session {
-                        id: r.get(0)?,
-                        user_id: r.get(1)?,
-                        refresh_hash: r.get(2)?,
-                        created_at: r.get::<_, i64>(3)? as u64,
-                        expires_at: r.get::<_, i64>(4)? as u64,
-                        revoked_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                    })
-                },
+                session_from_row,
             )
             .optional()
             .map_err(db_err)

@@ -35,7 +35,14 @@ pub struct Auth {
     pub keyring: tokens::Keyring,
     pub sealer: sealing::Sealer,
     pub limiter: limits::LoginLimiter,
+    /// Settings as last read, for at most [`SETTINGS_TTL`]: every run start reads
+    /// `execution_mode`, and a change made here clears it at once.
+    pub settings_cache:
+        std::sync::Mutex<Option<(std::time::Instant, Vec<plexus_store::auth::Setting>)>>,
 }
+
+/// How stale a replica's view of settings changed on another replica may be.
+pub const SETTINGS_TTL: Duration = Duration::from_secs(1);
 
 impl Auth {
     /// Loads (or creates, on first start) the token keys and the secrets key in `key_dir`.
@@ -48,6 +55,7 @@ impl Auth {
                 env_key.as_deref(),
             )?,
             limiter: limits::LoginLimiter::default(),
+            settings_cache: Default::default(),
         })
     }
 }
@@ -79,23 +87,25 @@ impl Caller {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refused(pub String);
 
-/// Finds the user behind a bearer credential.
+/// Finds the user behind a bearer credential (one store read).
 pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refused> {
     let refused = |m: &str| Refused(m.to_owned());
     let store = &state.store;
-    let (user_id, via) = if bearer.starts_with(API_KEY_PREFIX) {
+    let (user, via) = if bearer.starts_with(API_KEY_PREFIX) {
         let (id, secret) =
             split_secret(bearer, API_KEY_PREFIX).ok_or_else(|| refused("malformed API key"))?;
-        let key = store
-            .api_key(id)
+        let found = store
+            .key_with_user(id)
             .await
             .map_err(|e| Refused(e.to_string()))?;
         // Compare even for an unknown id, so timing says nothing about which ids exist.
-        let expected = key.as_ref().map_or("", |k| k.secret_hash.as_str());
+        let expected = found.as_ref().map_or("", |(k, _)| k.secret_hash.as_str());
         let matches = same(&sha256_hex(secret), expected);
-        match key {
-            Some(k) if matches && k.revoked_at.is_none() => (k.user_id, Via::ApiKey(k.id)),
-            Some(k) if matches => return Err(refused(&format!("API key {} was revoked", k.id))),
+        match found {
+            Some((k, user)) if matches && k.revoked_at.is_none() => (user, Via::ApiKey(k.id)),
+            Some((k, _)) if matches => {
+                return Err(refused(&format!("API key {} was revoked", k.id)));
+            }
             _ => return Err(refused("unknown API key")),
         }
     } else {
@@ -104,8 +114,8 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
             .keyring
             .verify(bearer, now_ms())
             .map_err(|e| Refused(e.to_string()))?;
-        let session = store
-            .session(&claims.sid)
+        let (session, user) = store
+            .session_with_user(&claims.sid)
             .await
             .map_err(|e| Refused(e.to_string()))?
             .ok_or_else(|| refused("the session of this token does not exist"))?;
@@ -115,13 +125,8 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
         if session.user_id != claims.sub {
             return Err(refused("the token does not match its session"));
         }
-        (claims.sub, Via::Session(claims.sid))
+        (user, Via::Session(claims.sid))
     };
-    let user = store
-        .user(&user_id)
-        .await
-        .map_err(|e| Refused(e.to_string()))?
-        .ok_or_else(|| refused("the user of this credential no longer exists"))?;
     if !user.active {
         return Err(refused(&format!("user `{}` is deactivated", user.username)));
     }
