@@ -20,9 +20,15 @@ struct Active {
     parent: Option<ParentRef>,
 }
 
+type CommitFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
 struct InFlight {
-    /// Polled by the loop itself (not spawned): one wake-up less per commit.
-    commit: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>,
+    /// Polled by the loop itself (not spawned): one wake-up less per commit. Polled once
+    /// when made, so that its job reaches the store's writer at once.
+    commit: CommitFuture,
+    /// The outcome, if that first poll already had it.
+    early: Option<Result<(), StoreError>>,
     actions: Vec<(RunId, Action)>,
     notices: Vec<Notice>,
     started: Instant,
@@ -31,6 +37,10 @@ struct InFlight {
 
 /// See [`Loop::records_due`].
 const LAZY_RECORDS: Duration = Duration::from_millis(50);
+
+/// Commits in flight at once: while one is being made durable, the next tick's events
+/// are already on their way (the store groups whatever is queued into one transaction).
+const MAX_IN_FLIGHT: usize = 4;
 
 struct Loop {
     engine: Engine,
@@ -45,7 +55,11 @@ struct Loop {
     batch: Batch,
     actions: Vec<(RunId, Action)>,
     notices: Vec<Notice>,
-    inflight: Option<InFlight>,
+    /// Commits sent to the store, oldest first. They land in order on one
+    /// [`CommitChain`]; each one's actions run once it (and so every one before it) is
+    /// durable.
+    inflight: std::collections::VecDeque<InFlight>,
+    chain: plexus_store::CommitChain,
     seen_commands: HashSet<i64>,
     polling: bool,
     stopping: Option<oneshot::Sender<()>>,
@@ -79,7 +93,8 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         batch: Batch::default(),
         actions: Vec::new(),
         notices: Vec::new(),
-        inflight: None,
+        inflight: Default::default(),
+        chain: Default::default(),
         seen_commands: HashSet::new(),
         polling: false,
         stopping: None,
@@ -103,7 +118,7 @@ impl Loop {
                 self.running.is_empty() || self.deadline.is_some_and(|d| Instant::now() >= d);
             if self.stopping.is_some()
                 && drained
-                && self.inflight.is_none()
+                && self.inflight.is_empty()
                 && self.batch.is_empty()
                 && self.actions.is_empty()
             {
@@ -114,10 +129,16 @@ impl Loop {
                 .timers
                 .next_at()
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-            let records_due = self.records_due().filter(|_| self.inflight.is_none());
+            let records_due = self.records_due().filter(|_| self.inflight.is_empty());
             tokio::select! {
-                result = async { (&mut self.inflight.as_mut().expect("guarded").commit).await }, if self.inflight.is_some() => {
-                    let done = self.inflight.take().expect("guarded");
+                result = async {
+                    let front = self.inflight.front_mut().expect("guarded");
+                    match front.early.take() {
+                        Some(r) => r,
+                        None => (&mut front.commit).await,
+                    }
+                }, if !self.inflight.is_empty() => {
+                    let done = self.inflight.pop_front().expect("guarded");
                     if let Err(e) = result {
                         self.fatal(e);
                         return;
@@ -191,20 +212,32 @@ impl Loop {
     }
 
     fn flush(&mut self) {
-        while self.inflight.is_none() {
+        while self.inflight.len() < MAX_IN_FLIGHT {
             let wait_for_more = self.records_due().is_some_and(|due| due > Instant::now());
             if !self.batch.is_empty() && !wait_for_more {
                 self.lazy_since = None;
-                let batch = std::mem::take(&mut self.batch);
+                let mut batch = std::mem::take(&mut self.batch);
+                batch.chain = Some(self.chain.clone());
                 let events = batch.events.len();
                 let store = Arc::clone(&self.engine.store);
-                self.inflight = Some(InFlight {
-                    commit: Box::pin(async move { store.commit(batch).await }),
+                let mut commit: CommitFuture = Box::pin(async move { store.commit(batch).await });
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let early = match commit.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(r) => Some(r),
+                    std::task::Poll::Pending => None,
+                };
+                self.inflight.push_back(InFlight {
+                    commit,
+                    early,
                     actions: std::mem::take(&mut self.actions),
                     notices: std::mem::take(&mut self.notices),
                     started: Instant::now(),
                     events,
                 });
+                return;
+            }
+            if !self.inflight.is_empty() {
+                // Actions without events of their own still wait for what is in flight.
                 return;
             }
             if self.actions.is_empty() {

@@ -51,6 +51,45 @@ pub async fn check_all(store: &dyn Store) {
     keeps_users_keys_and_sessions(store).await;
     chains_audit_records(store).await;
     keeps_settings(store).await;
+    a_broken_chain_writes_nothing_after_the_break(store).await;
+}
+
+/// Commits on one chain land in order or not at all: after one fails, later ones (even
+/// sent before the failure was known, and grouped into the same transaction) are refused,
+/// so a run never gets a gap in its events.
+async fn a_broken_chain_writes_nothing_after_the_break(store: &dyn Store) {
+    let id = "00000000-0000-0000-0000-000000000008";
+    store.create_run(run(id, None, 20)).await.unwrap();
+    let chain = CommitChain::default();
+    let batch = |seq: u64| Batch {
+        events: vec![(
+            id.to_owned(),
+            ev(seq, EventKind::RunStarted { inputs: json!({}) }),
+        )],
+        chain: Some(chain.clone()),
+        ..Default::default()
+    };
+    store.commit(batch(1)).await.unwrap();
+    // seq 1 again fails; seq 2 and 3, sent together with it, must not be written.
+    let (clash, next, after) = tokio::join!(
+        store.commit(batch(1)),
+        store.commit(batch(2)),
+        store.commit(batch(3))
+    );
+    assert!(matches!(clash, Err(StoreError::Conflict(_))));
+    assert!(next.is_err() && after.is_err(), "{next:?} {after:?}");
+    assert!(chain.is_broken());
+    assert_eq!(store.events(id, 0, 0).await.unwrap().len(), 1);
+    // Another chain (a restarted engine) writes on.
+    let fresh = Batch {
+        events: vec![(
+            id.to_owned(),
+            ev(2, EventKind::RunStarted { inputs: json!({}) }),
+        )],
+        chain: Some(CommitChain::default()),
+        ..Default::default()
+    };
+    store.commit(fresh).await.unwrap();
 }
 
 async fn keeps_users_keys_and_sessions(store: &dyn Store) {

@@ -264,6 +264,22 @@ pub struct ProcessRecord {
     pub start_ticks: u64,
 }
 
+/// Commits that must land in the order they were sent, all or a prefix: once one
+/// fails, every later one on the chain fails without being applied, so an engine that
+/// keeps several commits in flight never leaves a gap in a run's events.
+#[derive(Debug, Clone, Default)]
+pub struct CommitChain(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CommitChain {
+    pub fn is_broken(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn break_chain(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// One group commit: everything the engine learnt during one tick, across runs.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -275,6 +291,8 @@ pub struct Batch {
     pub processes_done: Vec<ProcessRecord>,
     /// Logs of attempts whose `$PLEXUS_OUTPUT` replaced stdout/stderr in their output.
     pub logs: Vec<StepLogs>,
+    /// The chain this commit belongs to (see [`CommitChain`]).
+    pub chain: Option<CommitChain>,
 }
 
 impl Batch {

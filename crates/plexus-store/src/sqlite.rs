@@ -154,15 +154,38 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.write_chained(None, f).await
+    }
+
+    /// [`Self::write`] on a [`CommitChain`]: nothing is applied once an earlier write of
+    /// the chain failed, and a failure breaks the chain before the writer takes the next
+    /// job.
+    async fn write_chained<T: Send + 'static>(
+        &self,
+        chain: Option<CommitChain>,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = f(conn);
+            let result = match &chain {
+                Some(c) if c.is_broken() => Err(StoreError::Conflict(
+                    "an earlier commit of this engine failed; nothing after it is written".into(),
+                )),
+                _ => f(conn),
+            };
             let ok = result.is_ok();
+            if let (false, Some(c)) = (ok, &chain) {
+                c.break_chain(); // before a later job of the chain in this same transaction
+            }
             let reply: Reply = Box::new(move |commit_error| {
-                let _ = tx.send(match (result, commit_error) {
+                let outcome = match (result, commit_error) {
                     (Ok(v), None) => Ok(v),
                     (Ok(_), Some(e)) | (Err(e), _) => Err(e),
-                });
+                };
+                if let (Err(_), Some(c)) = (&outcome, &chain) {
+                    c.break_chain();
+                }
+                let _ = tx.send(outcome);
             });
             (ok, reply)
         });
@@ -676,7 +699,9 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        self.write(move |conn| apply_batch(conn, &batch)).await
+        let chain = batch.chain.clone();
+        self.write_chained(chain, move |conn| apply_batch(conn, &batch))
+            .await
     }
 
     async fn claim_run(
