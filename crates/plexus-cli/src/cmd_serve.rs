@@ -24,6 +24,15 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
             format!("cannot listen on {listen_addr} (set --listen-addr or PLEXUS_LISTEN_ADDR)")
         })?;
     let addr = listener.local_addr()?;
+    // Checked before anything else starts: a bad certificate stops start-up, named.
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(
+            plexus_server::tls::server_config(cert, key)
+                .map_err(|e| anyhow::anyhow!("tls_cert/tls_key: {e}"))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let grpc_listener = tokio::net::TcpListener::bind(&settings.grpc_addr)
         .await
         .with_context(|| {
@@ -45,7 +54,7 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
         );
     }
     eprintln!(
-        "plexus serve: listening on http://{addr} (gRPC on {grpc_addr}, data dir {})",
+        "plexus serve: listening on {scheme}://{addr} (gRPC on {grpc_addr}, data dir {})",
         settings.data_dir.display()
     );
     resume_interrupted(&engine, &*store).await?;
@@ -83,9 +92,21 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
     );
     let app =
         plexus_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    match tls {
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` gives the TLS listener axum's connect-info (the client address).
+            let listener = plexus_server::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+    }
     let _ = stop.send(true);
     let _ = scheduler.await;
     if let Ok(Err(e)) = grpc.await {

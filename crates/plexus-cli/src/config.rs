@@ -22,6 +22,10 @@ pub struct FileConfig {
     pub body_limit: Option<usize>,
     /// `plexus serve`: how long running steps may finish after SIGTERM, e.g. "30s".
     pub shutdown_grace: Option<String>,
+    /// `plexus serve`: PEM certificate chain; with `tls_key`, the HTTP API is HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// `plexus serve`: PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Settings of `plexus serve` given as flags or environment variables.
@@ -31,6 +35,8 @@ pub struct ServeFlags {
     pub grpc_addr: Option<String>,
     pub body_limit: Option<usize>,
     pub shutdown_grace: Option<std::time::Duration>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeFlags {
@@ -55,6 +61,8 @@ impl ServeFlags {
                 ),
                 None => None,
             },
+            tls_cert: var("PLEXUS_TLS_CERT").map(PathBuf::from),
+            tls_key: var("PLEXUS_TLS_KEY").map(PathBuf::from),
         })
     }
 }
@@ -108,6 +116,8 @@ pub struct Settings {
     pub grpc_addr: String,
     pub body_limit: usize,
     pub shutdown_grace: std::time::Duration,
+    /// Certificate and key when the HTTP API is served over TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub config_file: Option<PathBuf>,
     /// Where each setting came from: `flag or environment`, `file`, `default`.
     pub sources: BTreeMap<&'static str, &'static str>,
@@ -212,6 +222,17 @@ pub fn resolve(
         file_grace,
         std::time::Duration::from_secs(30),
     );
+    let tls_cert = serve.tls_cert.or(file.tls_cert);
+    let tls_key = serve.tls_key.or(file.tls_key);
+    let tls = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => {
+            sources.insert("tls", "flag, environment or file");
+            Some((c, k))
+        }
+        (None, None) => None,
+        (Some(_), None) => bail!("tls_cert is set but tls_key is not: give both (--tls-key)"),
+        (None, Some(_)) => bail!("tls_key is set but tls_cert is not: give both (--tls-cert)"),
+    };
     Ok(Settings {
         data_dir,
         pools,
@@ -220,6 +241,7 @@ pub fn resolve(
         grpc_addr,
         body_limit,
         shutdown_grace,
+        tls,
         config_file: path,
         sources,
     })
@@ -238,6 +260,7 @@ impl Settings {
             "grpc_addr": {"value": self.grpc_addr, "source": src("grpc_addr")},
             "body_limit": {"value": self.body_limit, "source": src("body_limit")},
             "shutdown_grace": {"value": plexus_core::duration::format_duration(self.shutdown_grace), "source": src("shutdown_grace")},
+            "tls": {"value": self.tls.as_ref().map(|(c, k)| serde_json::json!({"cert": c, "key": k})), "source": src("tls")},
         })
     }
 

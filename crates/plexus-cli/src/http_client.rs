@@ -1,9 +1,14 @@
-//! A small HTTP/1.1 client for talking to `plexus serve` (plain HTTP, one connection per
-//! request): enough for the CLI and the HTTP benchmark without a heavy client stack.
+//! A small HTTP/1.1 client for talking to `plexus serve` (HTTP or HTTPS, one connection
+//! per request): enough for the CLI and the HTTP benchmark without a heavy client stack.
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A connection to the server, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -11,25 +16,129 @@ pub struct Client {
     pub addr: String,
     /// Sent as `Authorization: Bearer ...` (an API key or a session's access token).
     pub credential: Option<crate::login::Credential>,
+    /// Set for `https://` servers.
+    tls: Option<Tls>,
+}
+
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls({:?})", self.server_name)
+    }
+}
+
+/// Trusts the system's certificate authorities, plus the PEM certificates in
+/// `PLEXUS_CA_CERT` (for a server with a private or self-signed certificate).
+fn tls_config() -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = std::env::var_os("PLEXUS_CA_CERT") {
+        let path = std::path::PathBuf::from(path);
+        let certs = CertificateDer::pem_file_iter(&path)
+            .with_context(|| format!("PLEXUS_CA_CERT={}", path.display()))?;
+        for cert in certs {
+            let cert = cert.with_context(|| format!("PLEXUS_CA_CERT={}", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("PLEXUS_CA_CERT={}", path.display()))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 impl Client {
-    /// Accepts `http://host:port` (a trailing `/` is fine) or `host:port`.
+    /// Accepts `http://host[:port]`, `https://host[:port]` (a trailing `/` is fine) or
+    /// `host:port` (plain HTTP).
     pub fn new(url: &str) -> Result<Self> {
         let rest = url.trim().trim_end_matches('/');
-        if rest.starts_with("https://") {
-            bail!(
-                "{url}: https is not supported by this client yet; use http:// behind your TLS proxy"
-            );
-        }
-        let addr = rest.strip_prefix("http://").unwrap_or(rest);
+        let (secure, addr) = match rest.split_once("://") {
+            Some(("https", a)) => (true, a),
+            Some(("http", a)) => (false, a),
+            Some((scheme, _)) => bail!("{url}: use http:// or https://, not {scheme}://"),
+            None => (false, rest),
+        };
         if addr.is_empty() || addr.contains('/') {
             bail!("{url} is not a server address; write e.g. http://127.0.0.1:8080");
         }
+        let has_port = addr
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+        let addr = match (has_port, secure) {
+            (true, _) => addr.to_owned(),
+            (false, true) => format!("{addr}:443"),
+            (false, false) => format!("{addr}:80"),
+        };
+        let tls = if secure {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .with_context(|| format!("{url}: `{host}` is not a host name"))?;
+            Some(Tls {
+                connector: tokio_rustls::TlsConnector::from(Arc::new(tls_config()?)),
+                server_name,
+            })
+        } else {
+            None
+        };
         Ok(Client {
-            addr: addr.to_owned(),
+            addr,
             credential: None,
+            tls,
         })
+    }
+
+    /// The server as a URL: `http://host:port` or `https://host:port`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The WebSocket URL of `path_and_query`.
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{path_and_query}", self.addr)
+    }
+
+    /// A connection to the server (TLS established for https).
+    pub async fn connect(&self) -> Result<Box<dyn Io>> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the server at {} (is `plexus serve` running?)",
+                    self.addr
+                )
+            })?;
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some(t) => {
+                let stream = t
+                    .connector
+                    .connect(t.server_name.clone(), tcp)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "TLS with {} failed (a private certificate? set PLEXUS_CA_CERT to its PEM file)",
+                            self.addr
+                        )
+                    })?;
+                Ok(Box::new(stream))
+            }
+        }
     }
 
     /// Sends a request; returns the status and the body as JSON (`null` when empty).
@@ -39,14 +148,7 @@ impl Client {
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, Json)> {
-        let mut stream = tokio::net::TcpStream::connect(&self.addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the server at {} (is `plexus serve` running?)",
-                    self.addr
-                )
-            })?;
+        let mut stream = self.connect().await?;
         let body = body.unwrap_or("");
         let authorization = match &self.credential {
             Some(c) => format!("Authorization: Bearer {}\r\n", c.bearer(self).await?),
@@ -59,7 +161,12 @@ impl Client {
         );
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
+        match stream.read_to_end(&mut raw).await {
+            Ok(_) => {}
+            // A TLS peer that closes without close_notify, after a whole response.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => return Err(e.into()),
+        }
         let text = String::from_utf8_lossy(&raw);
         let (head, rest) = text
             .split_once("\r\n\r\n")

@@ -42,10 +42,8 @@ impl Credential {
         if now_ms() + REFRESH_MARGIN_MS < s.expires_at {
             return Ok(s.access_token.clone());
         }
-        let plain = Client {
-            addr: client.addr.clone(),
-            credential: None,
-        };
+        let mut plain = client.clone();
+        plain.credential = None;
         let body = json!({"refresh_token": s.refresh_token}).to_string();
         let answer = Box::pin(plain.call("POST", "/api/v1/auth/refresh", Some(&body)))
             .await
@@ -198,18 +196,15 @@ pub async fn login(args: LoginArgs, context: &Path) -> Result<i32> {
     let refresh = text(&answer, "refresh_token")?;
     let expires_at = now_ms() + answer["expires_in"].as_u64().unwrap_or(0) * 1000;
     let mut ctx = read_context(context)?.unwrap_or_default();
-    ctx.insert("server".into(), format!("http://{}", client.addr).into());
+    ctx.insert("server".into(), client.base_url().into());
     write_context(context, &ctx)?;
     save_tokens(context, &access, &refresh, expires_at)?;
-    let me = Client {
-        addr: client.addr.clone(),
-        credential: Some(Credential::ApiKey(access)),
-    }
-    .call("GET", "/api/v1/auth/me", None)
-    .await?;
+    let mut me = client.clone();
+    me.credential = Some(Credential::ApiKey(access));
+    let me = me.call("GET", "/api/v1/auth/me", None).await?;
     println!(
-        "logged in to http://{} as {} ({}); session saved in {}",
-        client.addr,
+        "logged in to {} as {} ({}); session saved in {}",
+        client.base_url(),
         me["username"].as_str().unwrap_or("?"),
         me["role"].as_str().unwrap_or("?"),
         context.display()

@@ -143,6 +143,13 @@ enum Command {
         /// [default: 30s; plexus.toml: shutdown_grace]
         #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", value_parser = parse_duration_flag)]
         shutdown_grace: Option<std::time::Duration>,
+        /// Serve the HTTP API over TLS with this PEM certificate chain (and --tls-key)
+        /// [plexus.toml: tls_cert]
+        #[arg(long, env = "PLEXUS_TLS_CERT", value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert [plexus.toml: tls_key]
+        #[arg(long, env = "PLEXUS_TLS_KEY", value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
     /// Show the effective configuration and where each value comes from
     #[command(subcommand)]
@@ -355,11 +362,15 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             grpc_addr,
             body_limit,
             shutdown_grace,
+            tls_cert,
+            tls_key,
         } => config::ServeFlags {
             listen_addr: listen_addr.clone(),
             grpc_addr: grpc_addr.clone(),
             body_limit: *body_limit,
             shutdown_grace: *shutdown_grace,
+            tls_cert: tls_cert.clone(),
+            tls_key: tls_key.clone(),
         },
         _ => config::ServeFlags::from_env()?,
     };
@@ -384,7 +395,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             api_key,
         } => {
             let server = url
-                .or_else(|| client.as_ref().map(|c| format!("http://{}", c.addr)))
+                .or_else(|| client.as_ref().map(|c| c.base_url()))
                 .context(
                     "give the server: --url URL, --server URL or `plexus init --server URL`",
                 )?;
@@ -450,6 +461,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                         "grpc_addr",
                         "body_limit",
                         "shutdown_grace",
+                        "tls",
                     ]
                     .iter()
                     .map(|k| {

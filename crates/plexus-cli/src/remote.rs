@@ -52,7 +52,7 @@ pub async fn init(url: &str) -> Result<i32> {
     let health = client.call("GET", "/healthz", None).await?;
     let path = context_file().context("no config directory: set XDG_CONFIG_HOME or HOME")?;
     let mut ctx = toml::Table::new();
-    ctx.insert("server".into(), format!("http://{}", client.addr).into());
+    ctx.insert("server".into(), client.base_url().into());
     if let Some(old) = crate::login::read_context(&path)?
         && old.get("server") == ctx.get("server")
     {
@@ -60,9 +60,9 @@ pub async fn init(url: &str) -> Result<i32> {
     }
     crate::login::write_context(&path, &ctx)?;
     println!(
-        "context saved to {}: server http://{} ({}); sign in with `plexus login --username NAME`",
+        "context saved to {}: server {} ({}); sign in with `plexus login --username NAME`",
         path.display(),
-        client.addr,
+        client.base_url(),
         health["status"].as_str().unwrap_or("?")
     );
     Ok(0)
@@ -281,8 +281,8 @@ pub async fn run(
         .context("the server sent no run id")?
         .to_owned();
     eprintln!(
-        "run {id} started on http://{}: workflow {}",
-        c.addr,
+        "run {id} started on {}: workflow {}",
+        c.base_url(),
         answer["workflow"].as_str().unwrap_or("")
     );
     watch(c, &id, format).await
@@ -296,11 +296,10 @@ pub async fn watch(c: &Client, id: &str, format: Format) -> Result<i32> {
     let id = run["id"].as_str().unwrap_or(id).to_owned();
     let total = run["steps"].as_array().map_or(0, Vec::len);
     let mut progress = Progress::new(total, 0);
-    let url = format!(
-        "ws://{}/ws?run={}&after=0&heartbeat_ms=5000",
-        c.addr,
+    let url = c.ws_url(&format!(
+        "/ws?run={}&after=0&heartbeat_ms=5000",
         segment(&id)
-    );
+    ));
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
     if let Some(cred) = &c.credential {
@@ -309,7 +308,9 @@ pub async fn watch(c: &Client, id: &str, format: Format) -> Result<i32> {
             .headers_mut()
             .insert("authorization", value.parse()?);
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+    // Over the client's own connection, so wss:// uses the same TLS settings as HTTPS.
+    let stream = c.connect().await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
         .await
         .context("cannot open the server's WebSocket")?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));

@@ -57,7 +57,11 @@ fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
                 .collect();
             std::fs::write(&key_file, key).unwrap();
         }
-        if let Some(rest) = line.split("listening on http://").nth(1) {
+        if let Some(rest) = line
+            .split("listening on http://")
+            .nth(1)
+            .or_else(|| line.split("listening on https://").nth(1))
+        {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
@@ -690,6 +694,167 @@ fn governance_from_the_cli() {
         footer(&old_token),
         "a new key id in the footer"
     );
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+}
+
+/// `plexus serve --tls-cert --tls-key` serves HTTPS (and the WebSocket over it); the CLI
+/// talks to it with `https://` URLs, trusting a private certificate through
+/// PLEXUS_CA_CERT, and refuses a certificate it cannot verify.
+#[test]
+fn https_end_to_end() {
+    let p = Plexus::new();
+    // A private CA and a server certificate it signed, as a company would have.
+    let d = p.dir.path();
+    let (cert, key, ca) = (d.join("cert.pem"), d.join("key.pem"), d.join("ca.pem"));
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for args in [
+        vec!["req", "-x509"]
+            .into_iter()
+            .chain(ec)
+            .chain([
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ])
+            .collect::<Vec<_>>(),
+        vec!["req"]
+            .into_iter()
+            .chain(ec)
+            .chain([
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ])
+            .collect(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ],
+    ] {
+        let made = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(d)
+            .output()
+            .expect("openssl makes the test certificates");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+
+    // A certificate without its key stops start-up with a message that names it.
+    let half = p
+        .cmd()
+        .args([
+            "serve",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(!half.status.success());
+    assert!(String::from_utf8_lossy(&half.stderr).contains("tls_key"));
+
+    let (mut server, addr) = start_server_with(
+        &p,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://{addr}");
+    let cli = |args: &[&str], trust: bool| {
+        let mut c = p.cmd();
+        c.args(["--server", &url]).args(args);
+        if trust {
+            c.env("PLEXUS_CA_CERT", &ca);
+        }
+        c.output().unwrap()
+    };
+    let untrusted = cli(&["login", "--api-key", &admin_key(&addr)], false);
+    assert!(!untrusted.status.success());
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("PLEXUS_CA_CERT"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+    let login = cli(&["login", "--api-key", &admin_key(&addr)], true);
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert!(String::from_utf8_lossy(&login.stdout).contains(&format!("logged in to {url}")));
+    // A run followed live over wss://.
+    let hello = examples().join("hello.yaml");
+    let out = cli(
+        &[
+            "run",
+            hello.to_str().unwrap(),
+            "-i",
+            "who=tls",
+            "-o",
+            "json",
+        ],
+        true,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "succeeded");
+    // Plain HTTP to the TLS port gets no answer.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(plain, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = String::new();
+    let _ = plain.read_to_string(&mut answer);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
 }

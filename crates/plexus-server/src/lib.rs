@@ -14,6 +14,7 @@ pub mod metrics;
 mod runs;
 pub mod schedules;
 mod settings;
+pub mod tls;
 mod workflows;
 mod ws;
 
