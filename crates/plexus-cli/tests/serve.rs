@@ -637,6 +637,9 @@ fn governance_from_the_cli() {
     let lines = ok(&as_key(&admin, &["audit", "export"]));
     assert!(lines.lines().count() >= actions.len());
     assert!(!lines.contains("sk-cli-777"));
+    let log = std::fs::read_to_string(p.dir.path().join("serve.log")).unwrap_or_default();
+    assert!(!log.contains("sk-cli-777"), "a secret reached the log");
+    assert!(!log.contains(&olga), "an API key reached the log");
 
     // Revoking the key stops it at once.
     let keys: Value = serde_json::from_str(&ok(&as_key(
