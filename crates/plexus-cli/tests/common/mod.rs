@@ -37,6 +37,16 @@ impl Plexus {
             .env_remove("PLEXUS_LOG")
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
+        // A test that panics must not leave servers behind: the child dies with the
+        // test's thread.
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         c
     }
 
