@@ -70,6 +70,8 @@ struct Loop {
     /// When running steps started (for the step duration histogram).
     step_starts: HashMap<(RunId, String), u64>,
     spans: crate::spans::Spans,
+    /// Shell attempts started ahead of their durable start, waiting to be released.
+    gates: HashMap<(RunId, Unit, u32), oneshot::Sender<()>>,
 }
 
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
@@ -102,6 +104,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         pgids: HashMap::new(),
         step_starts: HashMap::new(),
         spans: Default::default(),
+        gates: HashMap::new(),
     };
     tokio::spawn(lp.run(rx));
 }
@@ -462,6 +465,7 @@ impl Loop {
             }
             self.batch.events.push((run.to_string(), e));
         }
+        self.hold_ahead(run, &t.actions);
         for a in t.actions {
             self.actions.push((run.clone(), a));
         }
@@ -561,48 +565,13 @@ impl Loop {
                         );
                         continue;
                     }
-                    let Some(active) = self.runs.get(&run) else {
-                        continue;
-                    };
-                    let base_dir = active.base_dir.clone();
-                    let (kill_tx, kill_rx) = oneshot::channel();
-                    self.running.insert((run.clone(), task.unit), kill_tx);
-                    let settings = self.settings.clone();
-                    let tx = self.engine.tx.clone();
-                    let logs =
-                        (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone());
-                    tokio::spawn(async move {
-                        let (spawned_tx, spawned_run, unit, attempt) =
-                            (tx.clone(), run.clone(), task.unit, task.attempt);
-                        // Sent before the attempt can finish, so the record precedes its removal.
-                        let on_spawn = move |pgid, start_ticks| {
-                            let _ = spawned_tx.try_send(Msg::Spawned {
-                                run_id: spawned_run,
-                                unit,
-                                attempt,
-                                pgid,
-                                start_ticks,
-                            });
-                        };
-                        let finished = process::run(
-                            &task,
-                            run.clone(),
-                            &base_dir,
-                            &settings,
-                            logs,
-                            kill_rx,
-                            on_spawn,
-                        )
-                        .await;
-                        let _ = tx
-                            .send(Msg::AttemptDone {
-                                run_id: run,
-                                unit: task.unit,
-                                attempt: task.attempt,
-                                finished,
-                            })
-                            .await;
-                    });
+                    // A held shell is released; anything else starts now.
+                    match self.gates.remove(&(run.clone(), task.unit, task.attempt)) {
+                        Some(gate) => {
+                            let _ = gate.send(());
+                        }
+                        None => self.spawn_attempt(run, task, None),
+                    }
                 }
                 Action::StartChild {
                     unit,
@@ -627,6 +596,79 @@ impl Loop {
         }
         if regrant {
             self.grant();
+        }
+    }
+
+    /// Starts a subprocess attempt's task; with a `gate`, the process is held until the
+    /// gate opens (see [`process::run`]).
+    fn spawn_attempt(
+        &mut self,
+        run: RunId,
+        task: plexus_core::machine::Task,
+        gate: Option<oneshot::Receiver<()>>,
+    ) {
+        let Some(active) = self.runs.get(&run) else {
+            return;
+        };
+        let base_dir = active.base_dir.clone();
+        let (kill_tx, kill_rx) = oneshot::channel();
+        self.running.insert((run.clone(), task.unit), kill_tx);
+        let settings = self.settings.clone();
+        let tx = self.engine.tx.clone();
+        let logs = (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone());
+        tokio::spawn(async move {
+            let (spawned_tx, spawned_run, unit, attempt) =
+                (tx.clone(), run.clone(), task.unit, task.attempt);
+            // Sent before the attempt can finish, so the record precedes its removal.
+            let on_spawn = move |pgid, start_ticks| {
+                let _ = spawned_tx.try_send(Msg::Spawned {
+                    run_id: spawned_run,
+                    unit,
+                    attempt,
+                    pgid,
+                    start_ticks,
+                });
+            };
+            let finished = process::run(
+                &task,
+                run.clone(),
+                &base_dir,
+                &settings,
+                logs,
+                process::Controls {
+                    kill: kill_rx,
+                    gate,
+                },
+                on_spawn,
+            )
+            .await;
+            let _ = tx
+                .send(Msg::AttemptDone {
+                    run_id: run,
+                    unit: task.unit,
+                    attempt: task.attempt,
+                    finished,
+                })
+                .await;
+        });
+    }
+
+    /// Starts shell attempts of a transition before its events are durable, held at
+    /// their gate: loading the shell overlaps the commit. Their `Execute` action, once
+    /// durable, opens the gate.
+    fn hold_ahead(&mut self, run: &RunId, actions: &[Action]) {
+        if self.stopping.is_some() {
+            return;
+        }
+        for a in actions {
+            if let Action::Execute(task) = a
+                && matches!(task.work, plexus_core::machine::Work::Shell { .. })
+            {
+                let (open, opens) = oneshot::channel();
+                self.gates
+                    .insert((run.clone(), task.unit, task.attempt), open);
+                self.spawn_attempt(run.clone(), task.clone(), Some(opens));
+            }
         }
     }
 

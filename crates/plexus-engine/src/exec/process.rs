@@ -121,17 +121,36 @@ fn attempt_dir(settings: &ProcessSettings, task: &Task, run_id: &str) -> PathBuf
         .join(format!("{}.{item}.{}", task.step_id, task.attempt))
 }
 
+/// How the engine steers an attempt it started.
+pub struct Controls {
+    /// Stops the attempt (and its whole process group) early.
+    pub kill: oneshot::Receiver<()>,
+    /// For a held shell step: opens once its start is durable.
+    pub gate: Option<oneshot::Receiver<()>>,
+}
+
+/// Put before a held shell step's command: wait for the engine's `go`, give the command
+/// the same empty stdin as an ungated step, leave no trace in its variables.
+const GATE: &str = "IFS= read -r __plexus_go && [ \"$__plexus_go\" = go ] || exit 125; exec 0</dev/null; unset __plexus_go; ";
+
 /// Runs one attempt to the end. `kill` stops it (and its whole process group) early;
 /// `on_spawn` learns the process group as soon as it exists.
+///
+/// With a `gate` (shell steps), the process is started at once but held before the
+/// step's command: `sh` is loaded while the attempt's start is being made durable, and
+/// the command runs only when the gate opens (the start is durable). If the engine
+/// goes away first, the held shell reads end-of-file and exits 125 without running
+/// anything: nothing happens before it is recorded.
 pub async fn run(
     task: &Task,
     run_id: std::sync::Arc<str>,
     base_dir: &Path,
     settings: &ProcessSettings,
     logs: Option<broadcast::Sender<LogChunk>>,
-    kill: oneshot::Receiver<()>,
+    controls: Controls,
     on_spawn: impl FnOnce(i32, u64) + Send,
 ) -> Finished {
+    let Controls { kill, mut gate } = controls;
     let mut spawned = false;
     let result = run_inner(
         task,
@@ -139,13 +158,17 @@ pub async fn run(
         base_dir,
         settings,
         logs,
-        kill,
+        (kill, &mut gate),
         |pgid, ticks| {
             spawned = true;
             on_spawn(pgid, ticks)
         },
     )
     .await;
+    // A failure before the gate opened is reported only once the start is durable.
+    if let Some(gate) = gate {
+        let _ = gate.await;
+    }
     match result {
         Ok(f) => Finished { spawned, ..f },
         Err(e) => Finished {
@@ -166,7 +189,7 @@ async fn run_inner(
     base_dir: &Path,
     settings: &ProcessSettings,
     logs: Option<broadcast::Sender<LogChunk>>,
-    kill: oneshot::Receiver<()>,
+    (mut kill, gate): (oneshot::Receiver<()>, &mut Option<oneshot::Receiver<()>>),
     on_spawn: impl FnOnce(i32, u64),
 ) -> Result<Finished, String> {
     let dir = attempt_dir(settings, task, &run_id);
@@ -178,7 +201,12 @@ async fn run_inner(
     let mut cmd = match &task.work {
         Work::Shell { command } => {
             let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(command);
+            if gate.is_some() {
+                // Same line as the command, so its line numbers in messages stay the same.
+                c.arg("-c").arg(format!("{GATE}{command}"));
+            } else {
+                c.arg("-c").arg(command);
+            }
             c
         }
         Work::Python { script } => {
@@ -212,7 +240,11 @@ async fn run_inner(
         None => base_dir.to_path_buf(),
     };
     cmd.current_dir(&cwd)
-        .stdin(Stdio::null())
+        .stdin(if gate.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -228,6 +260,27 @@ async fn run_inner(
     let pgid = child.id().map_or(0, |p| p as i32);
     if let Some(ticks) = super::leftovers::start_ticks(pgid) {
         on_spawn(pgid, ticks);
+    }
+    if let Some(opens) = gate.take() {
+        let mut held = child.stdin.take();
+        let go = tokio::select! {
+            opened = opens => opened.is_ok(),
+            _ = &mut kill => false,
+        };
+        let released = match (go, held.as_mut()) {
+            (true, Some(stdin)) => {
+                use tokio::io::AsyncWriteExt;
+                stdin.write_all(b"go\n").await.is_ok()
+            }
+            _ => false,
+        };
+        drop(held);
+        if !released {
+            kill_group(pgid);
+            let _ = child.wait().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err("cancelled before it started".into());
+        }
     }
     let log = |stderr: bool| {
         logs.clone().map(|tx| {
@@ -262,7 +315,7 @@ async fn run_inner(
             stopped = Some(format!("timed out after {}", plexus_core::duration::format_duration(timeout)));
             None
         }
-        _ = kill => {
+        _ = &mut kill => {
             stopped = Some("cancelled".into());
             None
         }
@@ -288,12 +341,15 @@ async fn run_inner(
         .ok()
         .filter(|b| !b.iter().all(u8::is_ascii_whitespace));
     // Usually the scratch space is two empty directories: two syscalls, not a tree walk.
-    if std::fs::remove_dir(&artifacts_dir)
-        .and_then(|()| std::fs::remove_dir(&dir))
-        .is_err()
-    {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    // Removed off the attempt's path: nothing waits for it (each attempt has its own).
+    tokio::task::spawn_blocking(move || {
+        if std::fs::remove_dir(&artifacts_dir)
+            .and_then(|()| std::fs::remove_dir(&dir))
+            .is_err()
+        {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    });
 
     let exit_code = status.and_then(|s| s.code());
     let mut output =
