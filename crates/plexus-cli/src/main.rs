@@ -128,6 +128,10 @@ enum Command {
     /// At start, every interrupted run in the data directory is resumed. SIGTERM or
     /// Ctrl-C stops taking requests, commits what is pending and hands unfinished runs
     /// back for the next start. Logs are JSON lines on stderr.
+    ///
+    /// Every request needs a credential. The first start on an empty data directory
+    /// creates the user `admin` and prints one API key for it in the log, once:
+    /// `plexus login --api-key plx_...`, create real users, then revoke it.
     Serve {
         /// Address of the HTTP API [default: 0.0.0.0:8080; plexus.toml: listen_addr]
         #[arg(long, env = "PLEXUS_LISTEN_ADDR")]

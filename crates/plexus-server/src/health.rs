@@ -12,11 +12,14 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Json_>)
     match store {
         Ok(_) => (
             StatusCode::OK,
-            Json(json!({"status": "ok", "store": "ok", "pools": pools})),
+            // No plugin runtime yet: the list of connected plugins is empty, not unknown.
+            Json(json!({"status": "ok", "store": "ok", "pools": pools, "plugins": []})),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "store": e.to_string(), "pools": pools})),
+            Json(
+                json!({"status": "unavailable", "store": e.to_string(), "pools": pools, "plugins": []}),
+            ),
         ),
     }
 }

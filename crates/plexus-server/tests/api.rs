@@ -235,6 +235,7 @@ async fn health_reports_store_and_pools() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["store"], "ok");
     assert_eq!(v["pools"][0]["name"], "default");
+    assert_eq!(v["plugins"], serde_json::json!([]));
 
     // The database file removed under the running server: whatever it writes from now on
     // is lost at the next restart, so the server is not healthy any more.
