@@ -49,13 +49,51 @@ async fn every_route_checks_the_callers_role() {
                 route.method, route.path
             );
             match (role, route.access.allows(*role)) {
-                (_, true) => assert!(
-                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
-                    "{label}"
-                ),
+                (_, true) => {
+                    assert!(
+                        status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                        "{label}"
+                    );
+                    // Names that exist nowhere and an empty body: a clear 4xx, never a 5xx.
+                    assert!(!status.is_server_error(), "{label}");
+                }
                 (None, false) => assert_eq!(status, StatusCode::UNAUTHORIZED, "{label}"),
                 (Some(_), false) => assert_eq!(status, StatusCode::FORBIDDEN, "{label}"),
             }
+        }
+    }
+}
+
+/// Every route that takes a body, sent bodies that are wrong in several ways: always a
+/// clear 4xx, never a 5xx (and never a panic).
+#[tokio::test]
+async fn every_route_refuses_bad_bodies_cleanly() {
+    let api = Api::new().await;
+    let bodies = [
+        "not json {",
+        "[]",
+        "{\"unknown\": true}",
+        "\"text\"",
+        "{\"name\": 42}",
+        "",
+    ];
+    for route in ROUTES.iter().filter(|r| r.method != "get") {
+        let uri = concrete(route.path);
+        for body in bodies {
+            let (status, answer) = api
+                .call(
+                    &route.method.to_ascii_uppercase(),
+                    &uri,
+                    body.to_string(),
+                    &[("content-type", "application/json")],
+                )
+                .await;
+            assert!(
+                !status.is_server_error(),
+                "{} {} with {body:?}: {status} {answer}",
+                route.method,
+                route.path
+            );
         }
     }
 }
