@@ -79,17 +79,25 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
     ));
     let (jobs, health) = plexus_server::grpc::services(state.clone());
     let mut grpc_stop = stopped;
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(jobs)
-            .add_service(health)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                async move {
-                    let _ = grpc_stop.changed().await;
-                },
-            ),
-    );
+    let grpc_services = tonic::transport::Server::builder()
+        .add_service(jobs)
+        .add_service(health);
+    let grpc_stopped = async move {
+        let _ = grpc_stop.changed().await;
+    };
+    // The gRPC port speaks TLS (HTTP/2) with the same certificate as the HTTP API.
+    let grpc = match &settings.tls {
+        Some((cert, key)) => {
+            let config = plexus_server::tls::grpc_config(cert, key)
+                .map_err(|e| anyhow::anyhow!("tls_cert/tls_key: {e}"))?;
+            let incoming = plexus_server::tls::grpc_incoming(grpc_listener, config);
+            tokio::spawn(grpc_services.serve_with_incoming_shutdown(incoming, grpc_stopped))
+        }
+        None => tokio::spawn(grpc_services.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            grpc_stopped,
+        )),
+    };
     let app =
         plexus_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 static KEYS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
+/// The gRPC address of each server (by its HTTP address).
+static GRPC: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 fn admin_key(addr: &str) -> String {
     KEYS.lock().unwrap().get(addr).cloned().unwrap_or_default()
 }
@@ -62,7 +66,12 @@ fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
             .nth(1)
             .or_else(|| line.split("listening on https://").nth(1))
         {
-            break rest.split_whitespace().next().unwrap().to_owned();
+            let http = rest.split_whitespace().next().unwrap().to_owned();
+            if let Some(grpc) = rest.split("gRPC on ").nth(1) {
+                let grpc = grpc.split([',', ' ']).next().unwrap().to_owned();
+                GRPC.lock().unwrap().insert(http.clone(), grpc);
+            }
+            break http;
         }
     };
     let key = std::fs::read_to_string(&key_file).expect("the bootstrap key of this data dir");
@@ -849,6 +858,10 @@ fn https_end_to_end() {
     );
     let run: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["state"], "succeeded");
+    // gRPC on its port over TLS too (HTTP/2), with the same certificate and credential.
+    let grpc = GRPC.lock().unwrap()[&addr].clone();
+    let runs = grpc_list_over_tls(&grpc, &ca, &admin_key(&addr));
+    assert!(runs >= 1, "the run above is listed over gRPC");
     // Plain HTTP to the TLS port gets no answer.
     let mut plain = TcpStream::connect(&addr).unwrap();
     plain
@@ -860,4 +873,58 @@ fn https_end_to_end() {
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+}
+
+/// Lists runs through the JobService over TLS, trusting `ca`; returns how many.
+fn grpc_list_over_tls(addr: &str, ca: &std::path::Path, key: &str) -> usize {
+    use plexus_server::grpc::pb;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let addr = addr.to_owned();
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let (connector, addr) = (connector.clone(), addr.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let name = ServerName::try_from("localhost").unwrap();
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            }))
+            .await
+            .expect("a TLS gRPC channel");
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
+        let mut client = pb::job_service_client::JobServiceClient::with_interceptor(
+            channel,
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            },
+        );
+        client
+            .list(pb::ListRequest {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("List over TLS")
+            .into_inner()
+            .runs
+            .len()
+    })
 }
