@@ -289,9 +289,14 @@ fn kill_9_during_several_runs_then_restart() {
         }
     }
     // SIGTERM stops the server cleanly.
+    stop(&mut server);
+}
+
+/// SIGTERM, and the server exits 0 in time.
+fn stop(server: &mut Child) {
     // SAFETY: signalling the child we started.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+    assert_eq!(wait_exit(server, Duration::from_secs(20)), 0);
 }
 
 fn step_state(addr: &str, run: &str, step: &str) -> String {
@@ -362,8 +367,7 @@ fn sigterm_drains_running_steps_within_the_grace_period() {
             attempts,
             "grace {grace}, step sleeping {nap}s"
         );
-        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-        assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+        stop(&mut server);
     }
 }
 
@@ -524,8 +528,7 @@ fn the_cli_drives_a_server() {
     );
     assert!(p.json(&["schedule", "list"]).as_array().unwrap().is_empty());
 
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+    stop(&mut server);
 }
 
 /// Users, keys, settings and the audit log from the CLI, against a real server.
@@ -676,8 +679,7 @@ fn governance_from_the_cli() {
         Some(&json!({"api_key": admin})),
     );
     let old_token = session["access_token"].as_str().unwrap().to_owned();
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+    stop(&mut server);
     let offline = p.run(&["--server", "local", "audit", "verify"]);
     assert!(ok(&offline).contains("audit chain intact"));
 
@@ -706,8 +708,7 @@ fn governance_from_the_cli() {
         footer(&old_token),
         "a new key id in the footer"
     );
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+    stop(&mut server);
 }
 
 /// `plexus serve --tls-cert --tls-key` serves HTTPS (and the WebSocket over it); the CLI
@@ -871,8 +872,7 @@ fn https_end_to_end() {
     let mut answer = String::new();
     let _ = plain.read_to_string(&mut answer);
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut server, Duration::from_secs(20)), 0);
+    stop(&mut server);
 }
 
 /// Lists runs through the JobService over TLS, trusting `ca`; returns how many.
