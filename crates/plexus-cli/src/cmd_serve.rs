@@ -77,6 +77,10 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
         state.clone(),
         stopped.clone(),
     ));
+    let refusals = tokio::spawn(plexus_server::auth::run_refusal_flusher(
+        state.clone(),
+        stopped.clone(),
+    ));
     let (jobs, health) = plexus_server::grpc::services(state.clone());
     let mut grpc_stop = stopped;
     let grpc_services = tonic::transport::Server::builder()
@@ -117,6 +121,7 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
     }
     let _ = stop.send(true);
     let _ = scheduler.await;
+    let _ = refusals.await;
     if let Ok(Err(e)) = grpc.await {
         tracing::warn!(error = %e, "the gRPC server stopped with an error");
     }

@@ -652,3 +652,32 @@ async fn the_execution_mode_setting_applies_to_workflows_without_one() {
     api.wait_step(id, "look", "succeeded").await;
     api.wait_step(id, "change", "awaiting_approval").await;
 }
+
+/// A flood of bad credentials is one audit record at once and one with the count later,
+/// not a record per request.
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_audited_by_count() {
+    let api = Api::new().await;
+    let forger = api.as_user(Some("v4.local.forged"));
+    for _ in 0..30 {
+        assert_eq!(forger.get("/api/v1/runs").await.0, StatusCode::UNAUTHORIZED);
+    }
+    let refused = |records: &Value| -> Vec<Value> {
+        records["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "credential.refused")
+            .map(|r| serde_json::from_str(r["details"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let (_, audit) = api.get("/api/v1/audit?domain=security").await;
+    assert_eq!(refused(&audit).len(), 1, "{audit}");
+    plexus_server::auth::flush_refusals(&api.state, std::time::Duration::ZERO).await;
+    let (_, audit) = api.get("/api/v1/audit?domain=security").await;
+    let counts: Vec<u64> = refused(&audit)
+        .iter()
+        .map(|d| d["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![1, 29], "every refusal is counted");
+}

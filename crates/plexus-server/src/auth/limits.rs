@@ -81,3 +81,73 @@ mod tests {
         );
     }
 }
+
+/// Refused credentials, aggregated so that a flood of bad tokens cannot fill the audit
+/// log, without losing count: the first refusal of an (address, reason) in a window is
+/// audited at once, the rest are counted and audited as one record when the window is
+/// flushed (every few seconds by the server, and when it stops).
+#[derive(Default)]
+pub struct RefusalLog {
+    pending: Mutex<HashMap<(String, String), (Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// Whether this refusal is the first of its window (audit it now).
+    pub fn note(&self, address: &str, reason: &str) -> bool {
+        let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&(address.to_owned(), reason.to_owned())) {
+            Some((_, later)) => {
+                *later += 1;
+                false
+            }
+            None => {
+                map.insert((address.to_owned(), reason.to_owned()), (Instant::now(), 0));
+                true
+            }
+        }
+    }
+
+    /// Windows at least `age` old (all of them for zero): (address, reason, refusals
+    /// not audited yet). They are closed; the next refusal opens a new one.
+    pub fn drain(&self, age: Duration) -> Vec<(String, String, u64)> {
+        let mut map = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let done: Vec<(String, String)> = map
+            .iter()
+            .filter(|(_, (start, _))| now.duration_since(*start) >= age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        done.into_iter()
+            .filter_map(|k| {
+                let (_, n) = map.remove(&k)?;
+                (n > 0).then_some((k.0, k.1, n))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_is_one_record_now_and_one_count_later() {
+        let log = RefusalLog::default();
+        assert!(log.note("10.0.0.1", "bad token"));
+        for _ in 0..999 {
+            assert!(!log.note("10.0.0.1", "bad token"));
+        }
+        assert!(
+            log.note("10.0.0.2", "bad token"),
+            "each address has its window"
+        );
+        assert!(
+            log.drain(Duration::from_secs(60)).is_empty(),
+            "windows still open"
+        );
+        let mut drained = log.drain(Duration::ZERO);
+        drained.sort();
+        assert_eq!(drained, vec![("10.0.0.1".into(), "bad token".into(), 999)]);
+        assert!(log.note("10.0.0.1", "bad token"), "a new window");
+    }
+}

@@ -35,6 +35,7 @@ pub struct Auth {
     pub keyring: tokens::Keyring,
     pub sealer: sealing::Sealer,
     pub limiter: limits::LoginLimiter,
+    pub refusals: limits::RefusalLog,
     /// Settings as last read, for at most [`SETTINGS_TTL`]: every run start reads
     /// `execution_mode`, and a change made here clears it at once.
     pub settings_cache:
@@ -55,6 +56,7 @@ impl Auth {
                 env_key.as_deref(),
             )?,
             limiter: limits::LoginLimiter::default(),
+            refusals: limits::RefusalLog::default(),
             settings_cache: Default::default(),
         })
     }
@@ -160,6 +162,37 @@ pub async fn audit(
     }
 }
 
+/// How often refusals counted but not audited yet are written (see
+/// [`limits::RefusalLog`]).
+pub const REFUSALS_WINDOW: Duration = Duration::from_secs(60);
+
+/// Audits the refusals counted in windows older than `age` (zero: all of them), one
+/// record per address and reason with the count.
+pub async fn flush_refusals(state: &AppState, age: Duration) {
+    for (address, reason, count) in state.auth.refusals.drain(age) {
+        audit(
+            state.store.as_ref(),
+            "anonymous",
+            "credential.refused",
+            "(repeated)",
+            json!({"reason": reason, "address": address, "count": count}),
+        )
+        .await;
+    }
+}
+
+/// Flushes refusal counts every few seconds until `stop` changes, then all of them.
+pub async fn run_refusal_flusher(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => flush_refusals(&state, REFUSALS_WINDOW).await,
+            _ = stop.changed() => break,
+        }
+    }
+    flush_refusals(&state, Duration::ZERO).await;
+}
+
 /// The access rule of the route a request matched (`None`: no route matched).
 fn route_access(method: &str, path: &str) -> Option<Access> {
     crate::ROUTES
@@ -219,14 +252,20 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         Ok(Some(token)) => match authenticate(&state, &token).await {
             Ok(c) => Some(c),
             Err(Refused(m)) => {
-                audit(
-                    state.store.as_ref(),
-                    "anonymous",
-                    "credential.refused",
-                    req.uri().path(),
-                    json!({"reason": m}),
-                )
-                .await;
+                let address = req
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+                if state.auth.refusals.note(&address, &m) {
+                    audit(
+                        state.store.as_ref(),
+                        "anonymous",
+                        "credential.refused",
+                        req.uri().path(),
+                        json!({"reason": m, "address": address, "count": 1}),
+                    )
+                    .await;
+                }
                 return unauthenticated(m);
             }
         },
