@@ -163,6 +163,10 @@ enum Command {
     Init {
         #[arg(long, value_name = "URL")]
         server: String,
+        /// Save this API key as the credential for the server (checked first); or sign
+        /// in later with `plexus login`
+        #[arg(long, value_name = "KEY")]
+        api_key: Option<String>,
     },
     /// Sign in to a server; the session is kept in the context file (0600) and refreshed
     ///
@@ -391,7 +395,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         return Ok(code);
     }
     match cli.command {
-        Command::Init { server } => remote::init(&server).await,
+        Command::Init { server, api_key } => remote::init(&server, api_key.as_deref()).await,
         Command::Login {
             url,
             username,

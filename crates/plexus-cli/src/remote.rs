@@ -47,9 +47,25 @@ pub fn need(client: Option<Client>, what: &str) -> Result<Client> {
 
 /// Saves the server in the user's config directory (mode 0600) after checking it answers.
 /// Credentials saved for another server are dropped.
-pub async fn init(url: &str) -> Result<i32> {
+pub async fn init(url: &str, api_key: Option<&str>) -> Result<i32> {
     let client = Client::new(url)?;
     let health = client.call("GET", "/healthz", None).await?;
+    let who = match api_key {
+        Some(key) => {
+            let mut keyed = client.clone();
+            keyed.credential = Some(crate::login::Credential::ApiKey(key.to_owned()));
+            let me = keyed
+                .call("GET", "/api/v1/auth/me", None)
+                .await
+                .context("the server refused the API key")?;
+            Some(format!(
+                "{} ({})",
+                me["username"].as_str().unwrap_or("?"),
+                me["role"].as_str().unwrap_or("?")
+            ))
+        }
+        None => None,
+    };
     let path = context_file().context("no config directory: set XDG_CONFIG_HOME or HOME")?;
     let mut ctx = toml::Table::new();
     ctx.insert("server".into(), client.base_url().into());
@@ -58,13 +74,26 @@ pub async fn init(url: &str) -> Result<i32> {
     {
         ctx = old;
     }
+    if let Some(key) = api_key {
+        for k in ["access_token", "refresh_token", "expires_at"] {
+            ctx.remove(k);
+        }
+        ctx.insert("api_key".into(), key.into());
+    }
     crate::login::write_context(&path, &ctx)?;
-    println!(
-        "context saved to {}: server {} ({}); sign in with `plexus login --username NAME`",
-        path.display(),
-        client.base_url(),
-        health["status"].as_str().unwrap_or("?")
-    );
+    let status = health["status"].as_str().unwrap_or("?");
+    match who {
+        Some(who) => println!(
+            "context saved to {}: server {} ({status}), as {who} with an API key",
+            path.display(),
+            client.base_url(),
+        ),
+        None => println!(
+            "context saved to {}: server {} ({status}); sign in with `plexus login --username NAME`",
+            path.display(),
+            client.base_url(),
+        ),
+    }
     Ok(0)
 }
 

@@ -653,6 +653,13 @@ fn governance_from_the_cli() {
     assert!(!log.contains("sk-cli-777"), "a secret reached the log");
     assert!(!log.contains(&olga), "an API key reached the log");
 
+    // `plexus init --api-key` saves the credential with the server (0600), checked first.
+    let bad = p.run(&["init", "--server", &url, "--api-key", "plx_0_nope"]);
+    assert!(!bad.status.success(), "a refused key is not saved");
+    let saved = p.run(&["init", "--server", &url, "--api-key", &olga]);
+    assert!(ok(&saved).contains("as olga (operator)"));
+    ok(&p.run(&["runs", "list"]));
+
     // Revoking the key stops it at once.
     let keys: Value = serde_json::from_str(&ok(&as_key(
         &admin,
