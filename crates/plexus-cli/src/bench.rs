@@ -218,10 +218,19 @@ impl Bench {
 
     fn where_time_goes(&self, wall: Duration) -> String {
         let (commits, events, micros) = self.engine.stats.snapshot();
-        format!(
-            "{commits} commits, {events} events; committing {:.0}% of wall time",
+        let mut text = format!(
+            "{commits} commits, {events} events; commit time (summed, commits overlap) {:.0}% of wall time",
             100.0 * micros as f64 / wall.as_micros().max(1) as f64
-        )
+        );
+        let (attempts, wait, run) = self.engine.stats.attempt_means();
+        if attempts > 0 {
+            text.push_str(&format!(
+                "; per process attempt: {:.2} ms until its start is durable, {:.2} ms from then to its result",
+                wait as f64 / 1000.0,
+                run as f64 / 1000.0
+            ));
+        }
+        text
     }
 }
 

@@ -102,6 +102,11 @@ pub struct EngineStats {
     pub commits: AtomicU64,
     pub events: AtomicU64,
     pub commit_micros: AtomicU64,
+    /// Subprocess attempts, and their time from being made (`step_started` produced) to
+    /// being released (durable), from release to their result reaching the scheduler.
+    pub attempts: AtomicU64,
+    pub attempt_wait_micros: AtomicU64,
+    pub attempt_run_micros: AtomicU64,
 }
 
 impl EngineStats {
@@ -110,6 +115,17 @@ impl EngineStats {
             self.commits.load(Ordering::Relaxed),
             self.events.load(Ordering::Relaxed),
             self.commit_micros.load(Ordering::Relaxed),
+        )
+    }
+
+    /// (attempts, mean µs until durable, mean µs from release to result).
+    pub fn attempt_means(&self) -> (u64, u64, u64) {
+        let n = self.attempts.load(Ordering::Relaxed);
+        let mean = |v: &AtomicU64| v.load(Ordering::Relaxed) / n.max(1);
+        (
+            n,
+            mean(&self.attempt_wait_micros),
+            mean(&self.attempt_run_micros),
         )
     }
 }

@@ -72,6 +72,8 @@ struct Loop {
     spans: crate::spans::Spans,
     /// Shell attempts started ahead of their durable start, waiting to be released.
     gates: HashMap<(RunId, Unit, u32), oneshot::Sender<()>>,
+    /// When each subprocess attempt was made and released (for [`EngineStats`]).
+    attempt_times: HashMap<(RunId, Unit, u32), (Instant, Option<Instant>)>,
 }
 
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
@@ -105,6 +107,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         step_starts: HashMap::new(),
         spans: Default::default(),
         gates: HashMap::new(),
+        attempt_times: HashMap::new(),
     };
     tokio::spawn(lp.run(rx));
 }
@@ -331,6 +334,19 @@ impl Loop {
                 attempt,
                 finished,
             } => {
+                if let Some((made, Some(released))) =
+                    self.attempt_times.remove(&(run_id.clone(), unit, attempt))
+                {
+                    let stats = &self.engine.stats;
+                    stats.attempts.fetch_add(1, Ordering::Relaxed);
+                    stats.attempt_wait_micros.fetch_add(
+                        released.duration_since(made).as_micros() as u64,
+                        Ordering::Relaxed,
+                    );
+                    stats
+                        .attempt_run_micros
+                        .fetch_add(released.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
                 self.running.remove(&(run_id.clone(), unit));
                 self.pgids.remove(&(run_id.clone(), unit));
                 if finished.spawned
@@ -565,8 +581,14 @@ impl Loop {
                         );
                         continue;
                     }
+                    let key = (run.clone(), task.unit, task.attempt);
+                    let now = Instant::now();
+                    self.attempt_times
+                        .entry(key.clone())
+                        .or_insert((now, None))
+                        .1 = Some(now);
                     // A held shell is released; anything else starts now.
-                    match self.gates.remove(&(run.clone(), task.unit, task.attempt)) {
+                    match self.gates.remove(&key) {
                         Some(gate) => {
                             let _ = gate.send(());
                         }
@@ -657,16 +679,18 @@ impl Loop {
     /// their gate: loading the shell overlaps the commit. Their `Execute` action, once
     /// durable, opens the gate.
     fn hold_ahead(&mut self, run: &RunId, actions: &[Action]) {
-        if self.stopping.is_some() {
-            return;
-        }
+        use plexus_core::machine::Work;
         for a in actions {
-            if let Action::Execute(task) = a
-                && matches!(task.work, plexus_core::machine::Work::Shell { .. })
-            {
+            let Action::Execute(task) = a else { continue };
+            if !matches!(task.work, Work::Shell { .. } | Work::Python { .. }) {
+                continue;
+            }
+            let key = (run.clone(), task.unit, task.attempt);
+            self.attempt_times
+                .insert(key.clone(), (Instant::now(), None));
+            if self.stopping.is_none() && matches!(task.work, Work::Shell { .. }) {
                 let (open, opens) = oneshot::channel();
-                self.gates
-                    .insert((run.clone(), task.unit, task.attempt), open);
+                self.gates.insert(key, open);
                 self.spawn_attempt(run.clone(), task.clone(), Some(opens));
             }
         }
