@@ -180,3 +180,39 @@ async fn the_feed_needs_a_credential() {
     .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "heartbeat");
 }
+
+/// Approvers learn of a waiting step from the all-runs feed: the request (what will run,
+/// its permission) arrives as it is made, and the decision follows.
+#[tokio::test]
+async fn approval_requests_and_decisions_reach_the_feed() {
+    let api = Api::new().await;
+    let addr = serve(&api).await;
+    let mut ws = connect(&api, &addr, "").await;
+    let manifest = json!({"version": "plexus/v1", "name": "gate", "steps": [
+        {"id": "change", "permission": "modify", "run": "echo change"}]});
+    let (_, run) = api
+        .post("/api/v1/runs", json!({"manifest": manifest}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let request = loop {
+        let m = next_json(&mut ws).await;
+        if m["type"] == "event" && m["event"]["type"] == "step_awaiting_approval" {
+            break m;
+        }
+    };
+    assert_eq!(request["run_id"], id.as_str());
+    assert_eq!(request["event"]["permission"], "modify");
+    assert_eq!(request["event"]["detail"]["command"], "echo change");
+    api.post(
+        &format!("/api/v1/runs/{id}/steps/change/approve"),
+        json!({"comment": "go"}),
+    )
+    .await;
+    loop {
+        let m = next_json(&mut ws).await;
+        if m["type"] == "event" && m["event"]["type"] == "step_approved" {
+            assert_eq!(m["event"]["by"], "user:admin");
+            break;
+        }
+    }
+}
