@@ -119,15 +119,6 @@ pub enum SettingsCommand {
     },
 }
 
-fn read_password(from_stdin: bool, user: &str) -> Result<String> {
-    if from_stdin {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
-    }
-    crate::login::read_secret(&format!("password for {user}: "))
-}
-
 fn show(format: Format, value: &Json, header: &[&str], rows: Vec<Vec<String>>) {
     if format.is_data() {
         output::data(format, value);
@@ -183,7 +174,7 @@ pub async fn user(c: &Client, cmd: &UserCommand, format: Format) -> Result<i32> 
             let password = if *no_password {
                 None
             } else {
-                Some(read_password(*password_stdin, username)?)
+                Some(crate::login::read_password(*password_stdin, username)?)
             };
             let body = json!({"username": username, "role": role, "password": password});
             c.call("POST", "/api/v1/users", Some(&body.to_string()))

@@ -140,7 +140,17 @@ pub fn write_context(path: &Path, ctx: &toml::Table) -> Result<()> {
 }
 
 /// Reads a line from the terminal without echoing it.
-pub fn read_secret(prompt: &str) -> Result<String> {
+/// A user's password: one line of stdin (`--password-stdin`), else asked on the terminal.
+pub fn read_password(from_stdin: bool, user: &str) -> Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    read_secret(&format!("password for {user}: "))
+}
+
+fn read_secret(prompt: &str) -> Result<String> {
     use std::io::{BufRead, Write};
     eprint!("{prompt}");
     std::io::stderr().flush()?;
@@ -178,13 +188,7 @@ pub async fn login(args: LoginArgs, context: &Path) -> Result<i32> {
     let body = match (&args.api_key, &args.username) {
         (Some(key), _) => json!({"api_key": key}),
         (None, Some(user)) => {
-            let password = if args.password_stdin {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                line.trim_end_matches(['\n', '\r']).to_owned()
-            } else {
-                read_secret(&format!("password for {user}: "))?
-            };
+            let password = read_password(args.password_stdin, user)?;
             json!({"username": user, "password": password})
         }
         (None, None) => bail!("give --username NAME (the password is asked for) or --api-key KEY"),
