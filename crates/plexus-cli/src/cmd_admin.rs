@@ -127,6 +127,11 @@ fn show(format: Format, value: &Json, header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// The list under `key` of an answer (empty when there is none).
+fn items<'a>(v: &'a Json, key: &str) -> &'a [Json] {
+    v[key].as_array().map_or(&[], Vec::as_slice)
+}
+
 fn s(v: &Json) -> String {
     match v {
         Json::String(s) => s.clone(),
@@ -144,10 +149,8 @@ pub async fn user(c: &Client, cmd: &UserCommand, format: Format) -> Result<i32> 
     let answer = match cmd {
         UserCommand::List => {
             let v = c.call("GET", "/api/v1/users", None).await?;
-            let rows = v["users"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows = items(&v, "users")
+                .iter()
                 .map(|u| {
                     vec![
                         s(&u["username"]),
@@ -224,10 +227,8 @@ pub async fn api_key(c: &Client, cmd: &ApiKeyCommand, format: Format) -> Result<
                 "/api/v1/api-keys"
             };
             let v = c.call("GET", path, None).await?;
-            let rows = v["api_keys"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows = items(&v, "api_keys")
+                .iter()
                 .map(|k| {
                     let state = match k["revoked_at"].as_u64() {
                         Some(t) => format!("revoked {}", ago(t)),
@@ -282,8 +283,12 @@ const APPROVAL_HEADER: &[&str] = &["RUN", "STEP", "PERMISSION", "APPROVER", "ASK
 
 pub async fn approvals_remote(c: &Client, format: Format) -> Result<i32> {
     let v = c.call("GET", "/api/v1/approvals", None).await?;
-    let items = v["approvals"].as_array().cloned().unwrap_or_default();
-    show(format, &v, APPROVAL_HEADER, approval_rows(&items));
+    show(
+        format,
+        &v,
+        APPROVAL_HEADER,
+        approval_rows(items(&v, "approvals")),
+    );
     Ok(0)
 }
 
@@ -352,8 +357,7 @@ pub async fn audit_remote(c: &Client, cmd: &AuditCommand, format: Format) -> Res
             let v = c
                 .call("GET", &format!("/api/v1/audit?{}", q.join("&")), None)
                 .await?;
-            let records = v["records"].as_array().cloned().unwrap_or_default();
-            show(format, &v, AUDIT_HEADER, audit_rows(&records));
+            show(format, &v, AUDIT_HEADER, audit_rows(items(&v, "records")));
             Ok(0)
         }
         AuditCommand::Export { domain } => {
@@ -414,7 +418,7 @@ pub async fn audit_local(store: &dyn Store, cmd: &AuditCommand, format: Format) 
                 })
                 .await?;
             let v = json!({ "records": records });
-            let rows = audit_rows(v["records"].as_array().map_or(&[][..], Vec::as_slice));
+            let rows = audit_rows(items(&v, "records"));
             show(format, &v, AUDIT_HEADER, rows);
             Ok(0)
         }
@@ -444,10 +448,8 @@ pub async fn settings(c: &Client, cmd: &SettingsCommand, format: Format) -> Resu
     let answer = match cmd {
         SettingsCommand::List => {
             let v = c.call("GET", "/api/v1/settings", None).await?;
-            let rows = v["settings"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows = items(&v, "settings")
+                .iter()
                 .map(|st| {
                     let value = if st["secret"] == true {
                         "(secret, set)".to_owned()
