@@ -48,8 +48,8 @@ fn too_many(wait_secs: u64) -> Response {
     res
 }
 
-/// Starts a session for `user`: a short-lived access token and a refresh token.
-async fn open_session(state: &AppState, user: &User) -> ApiResult<Json_> {
+/// Starts a session for a user: a short-lived access token and a refresh token.
+async fn open_session(state: &AppState, user_id: &str) -> ApiResult<Json_> {
     let now = now_ms();
     let sid = random_id();
     let secret = random_token();
@@ -57,14 +57,14 @@ async fn open_session(state: &AppState, user: &User) -> ApiResult<Json_> {
         .store
         .create_session(Session {
             id: sid.clone(),
-            user_id: user.id.clone(),
+            user_id: user_id.to_owned(),
             refresh_hash: sha256_hex(&secret),
             created_at: now,
             expires_at: now + SESSION_TTL.as_millis() as u64,
             revoked_at: None,
         })
         .await?;
-    Ok(tokens(state, &user.id, &sid, &secret, now))
+    Ok(tokens(state, user_id, &sid, &secret, now))
 }
 
 fn tokens(state: &AppState, user_id: &str, sid: &str, secret: &str, now: u64) -> Json_ {
@@ -93,7 +93,7 @@ pub async fn login(
 }
 
 async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Response, Response> {
-    let bytes = body::read(body, 64 * 1024)
+    let bytes = body::read(body, body::SMALL)
         .await
         .map_err(IntoResponse::into_response)?;
     let req: Login = body::json(&bytes).map_err(IntoResponse::into_response)?;
@@ -119,7 +119,8 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
             .into_response()
         }
     };
-    let user = match (req.username, req.password, req.api_key) {
+    // (user id, username) of whoever proved who they are.
+    let (user_id, username) = match (req.username, req.password, req.api_key) {
         (Some(name), Some(password), None) => {
             if let Err(wait) = state.auth.limiter.check(&name, &address) {
                 return Err(too_many(wait));
@@ -137,7 +138,7 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
                 }
             };
             match user {
-                Some(u) if ok && u.active => u,
+                Some(u) if ok && u.active => (u.id, u.username),
                 Some(u) if ok => return Err(fail(&u.username, "deactivated").await),
                 _ => return Err(fail(&name, "wrong password or unknown user").await),
             }
@@ -150,12 +151,7 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
                 return Err(too_many(wait));
             }
             match authenticate(state, &key).await {
-                Ok(c) if key.starts_with(API_KEY_PREFIX) => state
-                    .store
-                    .user(&c.user_id)
-                    .await
-                    .map_err(|e| ApiError::from(e).into_response())?
-                    .ok_or_else(|| ApiError::not_found("user gone").into_response())?,
+                Ok(c) if key.starts_with(API_KEY_PREFIX) => (c.user_id, c.username),
                 _ => return Err(fail(&format!("key:{label}"), "bad API key").await),
             }
         }
@@ -166,15 +162,15 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
             .into_response());
         }
     };
-    state.auth.limiter.succeeded(&user.username);
-    let body = open_session(state, &user)
+    state.auth.limiter.succeeded(&username);
+    let body = open_session(state, &user_id)
         .await
         .map_err(IntoResponse::into_response)?;
     audit(
         state.store.as_ref(),
-        &format!("user:{}", user.username),
+        &format!("user:{username}"),
         "login.succeeded",
-        &format!("user:{}", user.username),
+        &format!("user:{username}"),
         json!({"address": address}),
     )
     .await;
@@ -190,7 +186,7 @@ struct Refresh {
 /// Trades a refresh token for new tokens. Each refresh token works once: presenting one
 /// that was already used ends the session (someone else may hold a copy).
 pub async fn refresh(State(state): State<AppState>, body: Body) -> ApiResult<Json<Json_>> {
-    let bytes = body::read(body, 64 * 1024).await?;
+    let bytes = body::read(body, body::SMALL).await?;
     let req: Refresh = body::json(&bytes)?;
     let refused = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
     let (sid, secret) = split_secret(&req.refresh_token, REFRESH_PREFIX)
@@ -313,7 +309,7 @@ pub async fn create_user(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    let bytes = body::read(body, 64 * 1024).await?;
+    let bytes = body::read(body, body::SMALL).await?;
     let req: NewUser = body::json(&bytes)?;
     valid_username(&req.username)?;
     let role = parse_role(&req.role)?;
@@ -372,7 +368,7 @@ pub async fn update_user(
     Path(username): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Json_>> {
-    let bytes = body::read(body, 64 * 1024).await?;
+    let bytes = body::read(body, body::SMALL).await?;
     let req: UserChange = body::json(&bytes)?;
     let user = find_user(&state, &username).await?;
     let role = req.role.as_deref().map(parse_role).transpose()?;
@@ -449,7 +445,7 @@ pub async fn create_key(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    let bytes = body::read(body, 64 * 1024).await?;
+    let bytes = body::read(body, body::SMALL).await?;
     let req: NewKey = body::json(&bytes)?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(ApiError::bad_request(

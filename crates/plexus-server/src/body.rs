@@ -5,6 +5,9 @@ use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+/// The limit for small bodies (logins, users, keys, settings), whatever `--body-limit` says.
+pub const SMALL: usize = 64 * 1024;
+
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub async fn read(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {

@@ -103,7 +103,7 @@ pub async fn put(
     Path(key): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Json_>> {
-    let bytes = body::read(body, 64 * 1024).await?;
+    let bytes = body::read(body, body::SMALL).await?;
     let req: Put = body::json(&bytes)?;
     check(&key, &req.value)?;
     let secret = req.secret || looks_secret(&key);
