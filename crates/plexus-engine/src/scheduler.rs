@@ -675,9 +675,10 @@ impl Loop {
         });
     }
 
-    /// Starts shell attempts of a transition before its events are durable, held at
-    /// their gate: loading the shell overlaps the commit. Their `Execute` action, once
-    /// durable, opens the gate.
+    /// Notes when each process attempt of a transition was made (for `EngineStats`), and
+    /// starts its shell attempts before its events are durable, held at their gate:
+    /// loading the shell overlaps the commit. Their `Execute` action, once durable, opens
+    /// the gate.
     fn hold_ahead(&mut self, run: &RunId, actions: &[Action]) {
         use plexus_core::machine::Work;
         for a in actions {
