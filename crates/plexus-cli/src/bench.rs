@@ -234,6 +234,20 @@ impl Bench {
     }
 }
 
+/// CPU time used so far by this process and by its reaped children.
+fn cpu_times() -> (Duration, Duration) {
+    let get = |who| {
+        // SAFETY: getrusage fills the struct it is given and reads nothing else.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -335,7 +349,10 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
             let per_thread = n.div_ceil(parallel);
             let mut bares = Vec::new();
             let mut walls = Vec::new();
+            let (mut bare_cpu, mut engine_cpu, mut shell_cpu) =
+                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             for _ in 0..3 {
+                let cpu_before = cpu_times();
                 let started = Instant::now();
                 let handles: Vec<_> = (0..parallel)
                     .map(|_| {
@@ -354,9 +371,15 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                     }
                 }
                 bares.push(started.elapsed() / (per_thread * parallel) as u32);
+                let cpu_between = cpu_times();
+                bare_cpu += cpu_between.0 + cpu_between.1 - cpu_before.0 - cpu_before.1;
                 let steps = (0..n).map(|i| format!("  - {{id: sh{i}, run: 'true'}}\n"));
                 walls.push(b.run(manifest("shell", steps)).await?);
+                let cpu_after = cpu_times();
+                engine_cpu += cpu_after.0 - cpu_between.0;
+                shell_cpu += cpu_after.1 - cpu_between.1;
             }
+            let per = |d: Duration| ms(d) / (3 * n) as f64;
             bares.sort();
             walls.sort();
             let (bare, wall) = (bares[1], walls[1]);
@@ -368,7 +391,11 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                 "target": "<= 1.5x bare fork+exec", "target_met": ratio <= 1.5,
                 "baseline": format!("bare fork+exec of true, {parallel} at a time: {:.2} ms each", ms(bare)),
                 "ratio": format!("{ratio:.2}x"),
-                "where_time_goes": b.where_time_goes(walls.iter().sum()),
+                "where_time_goes": format!(
+                    "{}; CPU per step: engine {:.2} ms + shell {:.2} ms (bare: {:.2} ms)",
+                    b.where_time_goes(walls.iter().sum()),
+                    per(engine_cpu), per(shell_cpu), ms(bare_cpu) / (3 * per_thread * parallel) as f64
+                ),
             })
         }
         "park-100k" => {
