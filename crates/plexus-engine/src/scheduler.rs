@@ -79,7 +79,9 @@ struct Loop {
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
     let cfg = &engine.config;
     let settings = process::ProcessSettings {
-        work_root: cfg.data_dir.join("work"),
+        scratch: Arc::new(crate::exec::scratch::ScratchPool::new(
+            &cfg.data_dir.join("work"),
+        )),
         artifact_root: cfg.data_dir.join("artifacts"),
         output_cap: cfg.output_cap,
         python: cfg.python.clone(),

@@ -4,6 +4,7 @@
 
 use plexus_core::machine::{Outcome, Task, Unit, Work};
 use plexus_engine::exec::process::{Controls, ProcessSettings, run};
+use plexus_engine::exec::scratch::ScratchPool;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tokio::sync::oneshot;
@@ -29,7 +30,7 @@ fn task(command: &str) -> Task {
 
 fn settings(dir: &Path) -> ProcessSettings {
     ProcessSettings {
-        work_root: dir.join("work"),
+        scratch: std::sync::Arc::new(ScratchPool::new(&dir.join("work"))),
         artifact_root: dir.join("artifacts"),
         output_cap: 1 << 20,
         python: "python3".into(),

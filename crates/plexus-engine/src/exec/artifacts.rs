@@ -19,6 +19,13 @@ pub fn artifact_path(store_root: &Path, sha256: &str) -> PathBuf {
 
 /// Hashes and moves every regular file under `dir` into `store_root`.
 pub fn collect(dir: &Path, store_root: &Path) -> std::io::Result<Vec<Collected>> {
+    // Never follow a step's symlink out of its scratch space (entries below are checked
+    // by their own type, which does not follow links).
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(std::io::Error::other(
+            "$PLEXUS_ARTIFACTS was replaced by something that is not a directory",
+        ));
+    }
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

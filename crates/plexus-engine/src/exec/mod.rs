@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod leftovers;
 pub mod process;
+pub mod scratch;
 
 use plexus_core::machine::{Outcome, Work};
 use serde_json::Value as Json;

@@ -3,10 +3,12 @@
 //! `$PLEXUS_ARTIFACTS`.
 
 use super::artifacts::{self, Collected};
+use super::scratch::{Scratch, ScratchPool};
 use plexus_core::machine::{Outcome, Task, Work};
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, oneshot};
@@ -19,8 +21,8 @@ pub const PASSED_THROUGH: &[&str] = &[
 
 #[derive(Debug, Clone)]
 pub struct ProcessSettings {
-    /// Where per-attempt scratch directories live.
-    pub work_root: PathBuf,
+    /// Scratch directories of attempts.
+    pub scratch: Arc<ScratchPool>,
     pub artifact_root: PathBuf,
     /// Bytes kept of each of stdout and stderr.
     pub output_cap: usize,
@@ -110,17 +112,6 @@ fn text(c: &Captured) -> String {
     s
 }
 
-fn attempt_dir(settings: &ProcessSettings, task: &Task, run_id: &str) -> PathBuf {
-    let item = task
-        .unit
-        .item
-        .map_or_else(|| "-".to_owned(), |i| i.to_string());
-    settings
-        .work_root
-        .join(run_id)
-        .join(format!("{}.{item}.{}", task.step_id, task.attempt))
-}
-
 /// How the engine steers an attempt it started.
 pub struct Controls {
     /// Stops the attempt (and its whole process group) early.
@@ -152,19 +143,26 @@ pub async fn run(
 ) -> Finished {
     let Controls { kill, mut gate } = controls;
     let mut spawned = false;
-    let result = run_inner(
-        task,
-        run_id,
-        base_dir,
-        settings,
-        logs,
-        (kill, &mut gate),
-        |pgid, ticks| {
-            spawned = true;
-            on_spawn(pgid, ticks)
-        },
-    )
-    .await;
+    let result = match settings.scratch.take() {
+        Ok(scratch) => {
+            let result = run_inner(
+                task,
+                run_id,
+                base_dir,
+                (settings, &scratch),
+                logs,
+                (kill, &mut gate),
+                |pgid, ticks| {
+                    spawned = true;
+                    on_spawn(pgid, ticks)
+                },
+            )
+            .await;
+            settings.scratch.give_back(scratch);
+            result
+        }
+        Err(e) => Err(format!("cannot create a scratch directory: {e}")),
+    };
     // A failure before the gate opened is reported only once the start is durable.
     if let Some(gate) = gate {
         let _ = gate.await;
@@ -187,17 +185,11 @@ async fn run_inner(
     task: &Task,
     run_id: std::sync::Arc<str>,
     base_dir: &Path,
-    settings: &ProcessSettings,
+    (settings, scratch): (&ProcessSettings, &Scratch),
     logs: Option<broadcast::Sender<LogChunk>>,
     (mut kill, gate): (oneshot::Receiver<()>, &mut Option<oneshot::Receiver<()>>),
     on_spawn: impl FnOnce(i32, u64),
 ) -> Result<Finished, String> {
-    let dir = attempt_dir(settings, task, &run_id);
-    let artifacts_dir = dir.join("artifacts");
-    std::fs::create_dir_all(&artifacts_dir)
-        .map_err(|e| format!("cannot create {}: {e}", artifacts_dir.display()))?;
-    let output_file = dir.join("output.json");
-
     let mut cmd = match &task.work {
         Work::Shell { command } => {
             let mut c = tokio::process::Command::new("/bin/sh");
@@ -210,11 +202,10 @@ async fn run_inner(
             c
         }
         Work::Python { script } => {
-            let path = dir.join("script.py");
-            std::fs::write(&path, script)
+            std::fs::write(&scratch.script, script)
                 .map_err(|e| format!("cannot write the python script: {e}"))?;
             let mut c = tokio::process::Command::new(&settings.python);
-            c.arg(path);
+            c.arg(&scratch.script);
             c
         }
         other => return Err(format!("not a subprocess: {other:?}")),
@@ -229,8 +220,8 @@ async fn run_inner(
         .env("PLEXUS_STEP_ID", &task.step_id)
         .env("PLEXUS_ATTEMPT", task.attempt.to_string())
         .env("PLEXUS_IDEMPOTENCY_KEY", &task.key)
-        .env("PLEXUS_OUTPUT", &output_file)
-        .env("PLEXUS_ARTIFACTS", &artifacts_dir);
+        .env("PLEXUS_OUTPUT", &scratch.output)
+        .env("PLEXUS_ARTIFACTS", &scratch.artifacts);
     if let Some(item) = task.unit.item {
         cmd.env("PLEXUS_ITEM_INDEX", item.to_string());
     }
@@ -239,12 +230,18 @@ async fn run_inner(
         Some(w) => base_dir.join(w),
         None => base_dir.to_path_buf(),
     };
+    // The gate is a plain pipe, written once with three bytes (never blocks on an empty
+    // pipe): no need to register it with the runtime's poller.
+    let mut held = None;
+    if gate.is_some() {
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| format!("cannot create the start gate: {e}"))?;
+        cmd.stdin(reader);
+        held = Some(writer);
+    } else {
+        cmd.stdin(Stdio::null());
+    }
     cmd.current_dir(&cwd)
-        .stdin(if gate.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -257,28 +254,23 @@ async fn run_inner(
         ),
         _ => format!("cannot start the command in {}: {e}", cwd.display()),
     })?;
+    drop(cmd); // closes our copy of the gate's reading end
     let pgid = child.id().map_or(0, |p| p as i32);
     if let Some(ticks) = super::leftovers::start_ticks(pgid) {
         on_spawn(pgid, ticks);
     }
     if let Some(opens) = gate.take() {
-        let mut held = child.stdin.take();
         let go = tokio::select! {
             opened = opens => opened.is_ok(),
             _ = &mut kill => false,
         };
-        let released = match (go, held.as_mut()) {
-            (true, Some(stdin)) => {
-                use tokio::io::AsyncWriteExt;
-                stdin.write_all(b"go\n").await.is_ok()
-            }
+        let released = match (go, held.take()) {
+            (true, Some(mut writer)) => std::io::Write::write_all(&mut writer, b"go\n").is_ok(),
             _ => false,
         };
-        drop(held);
         if !released {
             kill_group(pgid);
             let _ = child.wait().await;
-            let _ = std::fs::remove_dir_all(&dir);
             return Err("cancelled before it started".into());
         }
     }
@@ -296,28 +288,40 @@ async fn run_inner(
             )
         })
     };
-    let out_task = tokio::spawn(capture(
+    // Both streams are read in this task while the process runs: no task of their own,
+    // so an attempt's end wakes one task, not three.
+    let (out, err) = (
         child.stdout.take().expect("piped"),
-        settings.output_cap,
-        log(false),
-    ));
-    let err_task = tokio::spawn(capture(
         child.stderr.take().expect("piped"),
-        settings.output_cap,
-        log(true),
-    ));
-
+    );
+    let reading = async {
+        tokio::join!(
+            capture(out, settings.output_cap, log(false)),
+            capture(err, settings.output_cap, log(true)),
+        )
+    };
+    tokio::pin!(reading);
+    let mut captured = None;
     let timeout = task.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
     let mut stopped: Option<String> = None;
-    let status = tokio::select! {
-        s = child.wait() => s.ok(),
-        _ = tokio::time::sleep(timeout) => {
-            stopped = Some(format!("timed out after {}", plexus_core::duration::format_duration(timeout)));
-            None
-        }
-        _ = &mut kill => {
-            stopped = Some("cancelled".into());
-            None
+    let status = {
+        let exited = child.wait();
+        tokio::pin!(exited);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                s = &mut exited => break s.ok(),
+                both = &mut reading, if captured.is_none() => captured = Some(both),
+                _ = &mut deadline => {
+                    stopped = Some(format!("timed out after {}", plexus_core::duration::format_duration(timeout)));
+                    break None;
+                }
+                _ = &mut kill => {
+                    stopped = Some("cancelled".into());
+                    break None;
+                }
+            }
         }
     };
     // Background children of the step die with it, so its pipes close and nothing lingers.
@@ -326,30 +330,21 @@ async fn run_inner(
         Some(s) => Some(s),
         None => child.wait().await.ok(),
     };
-    let stdout = out_task.await.unwrap_or(Captured {
-        kept: Vec::new(),
-        total: 0,
-    });
-    let stderr = err_task.await.unwrap_or(Captured {
-        kept: Vec::new(),
-        total: 0,
-    });
+    let (stdout, stderr) = match captured {
+        Some(both) => both,
+        None => reading.await,
+    };
 
-    let collected = artifacts::collect(&artifacts_dir, &settings.artifact_root)
+    if matches!(task.work, Work::Python { .. }) {
+        let _ = std::fs::remove_file(&scratch.script);
+    }
+    let written = std::fs::read(&scratch.output).ok();
+    if written.is_some() {
+        let _ = std::fs::remove_file(&scratch.output);
+    }
+    let collected = artifacts::collect(&scratch.artifacts, &settings.artifact_root)
         .map_err(|e| format!("collecting artifacts failed: {e}"))?;
-    let custom_output = std::fs::read(&output_file)
-        .ok()
-        .filter(|b| !b.iter().all(u8::is_ascii_whitespace));
-    // Usually the scratch space is two empty directories: two syscalls, not a tree walk.
-    // Removed off the attempt's path: nothing waits for it (each attempt has its own).
-    tokio::task::spawn_blocking(move || {
-        if std::fs::remove_dir(&artifacts_dir)
-            .and_then(|()| std::fs::remove_dir(&dir))
-            .is_err()
-        {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    });
+    let custom_output = written.filter(|b| !b.iter().all(u8::is_ascii_whitespace));
 
     let exit_code = status.and_then(|s| s.code());
     let mut output =
