@@ -351,7 +351,20 @@ impl Loop {
                 }
                 self.running.remove(&(run_id.clone(), unit));
                 self.pgids.remove(&(run_id.clone(), unit));
-                if finished.spawned
+                let step_id = self
+                    .runs
+                    .get(&run_id)
+                    .map(|a| a.state.plan.step(unit.step).id.as_str());
+                // A record not yet committed is dropped rather than written and deleted.
+                let unwritten = self.batch.processes.iter().position(|p| {
+                    Some(p.step_id.as_str()) == step_id
+                        && p.item == unit.item
+                        && p.attempt == attempt
+                        && *p.run_id == *run_id
+                });
+                if let Some(at) = unwritten {
+                    self.batch.processes.swap_remove(at);
+                } else if finished.spawned
                     && let Some(active) = self.runs.get(&run_id)
                 {
                     self.batch.processes_done.push(plexus_store::ProcessRecord {

@@ -6,7 +6,12 @@ use plexus_store::ProcessRecord;
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
 pub fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One read into a buffer large enough for the whole line: the kernel formats the
+    // file anew for every read, and `read_to_string` would read it in growing pieces.
+    let mut buf = [0u8; 2048];
+    let file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = std::io::Read::read(&mut &file, &mut buf).ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: skip past it.
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(19)?.parse().ok()
