@@ -497,8 +497,23 @@ impl Loop {
             self.batch.events.push((run.to_string(), e));
         }
         self.hold_ahead(run, &t.actions);
+        let mut queued = false;
         for a in t.actions {
-            self.actions.push((run.clone(), a));
+            match a {
+                // Queueing for a slot has no effect outside this process, so it is not
+                // held back until the transition is durable: the step granted now joins
+                // the same commit (its start still becomes durable only after what led
+                // to it, as commits apply in order), and a chain of steps costs one
+                // commit per step instead of two.
+                Action::Enqueue { unit, pool, slots } => {
+                    self.pools.enqueue(run.clone(), unit, &pool, slots);
+                    queued = true;
+                }
+                other => self.actions.push((run.clone(), other)),
+            }
+        }
+        if queued {
+            self.grant();
         }
     }
 
