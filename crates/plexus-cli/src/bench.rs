@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
     "shell-100",
+    "shell-chain-100",
     "park-100k",
     "http-1000",
 ];
@@ -248,6 +249,81 @@ fn cpu_times() -> (Duration, Duration) {
     (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
 }
 
+/// `n` shell steps running `true` against bare fork+exec of `true` with the same
+/// parallelism: independent steps in the default pool (= cores) against one thread per
+/// core, or a chain of steps against one thread. Both sides are the median of three
+/// interleaved rounds (process start-up on a small VM varies a lot from one moment to the
+/// next).
+async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
+    let parallel = if chain {
+        1
+    } else {
+        crate::config::cores() as usize
+    };
+    let per_thread = n.div_ceil(parallel);
+    let steps = (0..n).map(|i| match i {
+        _ if chain && i > 0 => format!("  - {{id: sh{i}, run: 'true', needs: [sh{}]}}\n", i - 1),
+        _ => format!("  - {{id: sh{i}, run: 'true'}}\n"),
+    });
+    let yaml = manifest("shell", steps);
+    let mut bares = Vec::new();
+    let mut walls = Vec::new();
+    let (mut bare_cpu, mut engine_cpu, mut shell_cpu) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for _ in 0..3 {
+        let cpu_before = cpu_times();
+        let started = Instant::now();
+        let handles: Vec<_> = (0..parallel)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    (0..per_thread).all(|_| {
+                        std::process::Command::new("true")
+                            .status()
+                            .is_ok_and(|s| s.success())
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            if !h.join().unwrap_or(false) {
+                bail!("`true` could not be run");
+            }
+        }
+        bares.push(started.elapsed() / (per_thread * parallel) as u32);
+        let cpu_between = cpu_times();
+        bare_cpu += cpu_between.0 + cpu_between.1 - cpu_before.0 - cpu_before.1;
+        walls.push(b.run(yaml.clone()).await?);
+        let cpu_after = cpu_times();
+        engine_cpu += cpu_after.0 - cpu_between.0;
+        shell_cpu += cpu_after.1 - cpu_between.1;
+    }
+    let per = |d: Duration| ms(d) / (3 * n) as f64;
+    bares.sort();
+    walls.sort();
+    let (bare, wall) = (bares[1], walls[1]);
+    let per_step = wall / n as u32;
+    let ratio = per_step.as_secs_f64() / bare.as_secs_f64().max(1e-9);
+    let shape = if chain {
+        "one at a time"
+    } else {
+        &format!("{parallel} at a time")
+    };
+    Ok(json!({
+        "scenario": name, "steps": n, "seconds": wall.as_secs_f64(),
+        "result": format!("{:.2} ms/step ({:.0} ms for {n})", ms(per_step), ms(wall)),
+        "target": "<= 1.5x bare fork+exec", "target_met": ratio <= 1.5,
+        "baseline": format!("bare fork+exec of true, {shape}: {:.2} ms each", ms(bare)),
+        "ratio": format!("{ratio:.2}x"),
+        "where_time_goes": format!(
+            "{}; CPU per step: engine {:.2} ms + shell {:.2} ms (bare: {:.2} ms)",
+            b.where_time_goes(walls.iter().sum()),
+            per(engine_cpu),
+            per(shell_cpu),
+            ms(bare_cpu) / (3 * per_thread * parallel) as f64
+        ),
+    }))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -340,64 +416,8 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                 "where_time_goes": b.where_time_goes(wall),
             })
         }
-        "shell-100" => {
-            let n = sz.shell;
-            let parallel = crate::config::cores() as usize;
-            // Baseline: the same number of bare fork+exec of `true`, with the same
-            // parallelism; both sides are the median of three rounds (process start-up
-            // times on a small VM vary a lot from one moment to the next).
-            let per_thread = n.div_ceil(parallel);
-            let mut bares = Vec::new();
-            let mut walls = Vec::new();
-            let (mut bare_cpu, mut engine_cpu, mut shell_cpu) =
-                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-            for _ in 0..3 {
-                let cpu_before = cpu_times();
-                let started = Instant::now();
-                let handles: Vec<_> = (0..parallel)
-                    .map(|_| {
-                        std::thread::spawn(move || {
-                            (0..per_thread).all(|_| {
-                                std::process::Command::new("true")
-                                    .status()
-                                    .is_ok_and(|s| s.success())
-                            })
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    if !h.join().unwrap_or(false) {
-                        bail!("`true` could not be run");
-                    }
-                }
-                bares.push(started.elapsed() / (per_thread * parallel) as u32);
-                let cpu_between = cpu_times();
-                bare_cpu += cpu_between.0 + cpu_between.1 - cpu_before.0 - cpu_before.1;
-                let steps = (0..n).map(|i| format!("  - {{id: sh{i}, run: 'true'}}\n"));
-                walls.push(b.run(manifest("shell", steps)).await?);
-                let cpu_after = cpu_times();
-                engine_cpu += cpu_after.0 - cpu_between.0;
-                shell_cpu += cpu_after.1 - cpu_between.1;
-            }
-            let per = |d: Duration| ms(d) / (3 * n) as f64;
-            bares.sort();
-            walls.sort();
-            let (bare, wall) = (bares[1], walls[1]);
-            let per_step = wall / n as u32;
-            let ratio = per_step.as_secs_f64() / bare.as_secs_f64().max(1e-9);
-            json!({
-                "scenario": name, "steps": n, "seconds": wall.as_secs_f64(),
-                "result": format!("{:.2} ms/step ({:.0} ms for {n})", ms(per_step), ms(wall)),
-                "target": "<= 1.5x bare fork+exec", "target_met": ratio <= 1.5,
-                "baseline": format!("bare fork+exec of true, {parallel} at a time: {:.2} ms each", ms(bare)),
-                "ratio": format!("{ratio:.2}x"),
-                "where_time_goes": format!(
-                    "{}; CPU per step: engine {:.2} ms + shell {:.2} ms (bare: {:.2} ms)",
-                    b.where_time_goes(walls.iter().sum()),
-                    per(engine_cpu), per(shell_cpu), ms(bare_cpu) / (3 * per_thread * parallel) as f64
-                ),
-            })
-        }
+        "shell-100" => shell(&b, name, sz.shell, false).await?,
+        "shell-chain-100" => shell(&b, name, sz.shell, true).await?,
         "park-100k" => {
             let n = sz.park;
             let steps = (0..n).map(|i| format!("  - {{id: w{i}, wait: {{signal: go}}}}\n"));

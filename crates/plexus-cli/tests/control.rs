@@ -199,6 +199,7 @@ fn bench_quick_reports_every_scenario() {
             "fanout-1000",
             "throughput-10k",
             "shell-100",
+            "shell-chain-100",
             "park-100k",
             "http-1000"
         ]
