@@ -135,7 +135,8 @@ fn discard(s: Scratch) {
     }
 }
 
-/// Removes the pools of engines that are no longer running.
+/// Removes the pools of engines that are no longer running, and empty directories left
+/// by earlier versions (which made one per run and never removed it).
 fn remove_dead_pools(work_root: &Path) {
     let Ok(entries) = std::fs::read_dir(work_root) else {
         return;
@@ -143,6 +144,8 @@ fn remove_dead_pools(work_root: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some((pid, ticks)) = name.to_str().and_then(pool_owner) else {
+            // Only ever an empty directory: remove_dir refuses anything else.
+            let _ = std::fs::remove_dir(entry.path());
             continue;
         };
         if super::leftovers::start_ticks(pid) != Some(ticks) {
@@ -226,9 +229,15 @@ mod tests {
         for d in [&live, &dead, &other] {
             std::fs::create_dir_all(d.join("0")).unwrap();
         }
+        let old_run_dir = work.join("01a2021b-ba17-75e7-a0cf-a26c4e3a8644");
+        std::fs::create_dir(&old_run_dir).unwrap();
         remove_dead_pools(&work);
         assert!(live.exists() && other.exists());
         assert!(!dead.exists());
+        assert!(
+            !old_run_dir.exists(),
+            "an empty directory of an older version is removed"
+        );
     }
 
     #[test]
