@@ -8,24 +8,28 @@
 //! file beside it) and is checked empty when it is handed out again; anything else is
 //! removed and a fresh directory takes its place.
 //!
-//! Each engine has its own pool, `work/<pid>.<start ticks>.<n>/` in the data directory,
-//! removed when the engine goes away; pools of engines that died (`kill -9`) are removed
-//! by the next engine that starts on the same data directory.
+//! Each engine has its own pool, `work/pool-<id>/` in the data directory, and holds an
+//! exclusive `flock` on `work/pool-<id>.lock` for as long as it lives. The pool is removed
+//! when the engine goes away; a pool whose lock nobody holds belongs to an engine that
+//! died (`kill -9`) and is removed by the next engine that starts on the same data
+//! directory. A lock, unlike a process id, means the same thing to engines in different
+//! PID namespaces (containers sharing a volume).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Engines started in this process, so two engines in one process have two pools.
-static ENGINES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug)]
 pub struct ScratchPool {
     root: PathBuf,
     free: Mutex<Vec<u64>>,
     next: AtomicU64,
+    /// The pool's lock file, held for its life. If it cannot be made, the pool is named
+    /// so that no sweep removes it while it has anything in it.
+    lock: Option<(std::fs::File, PathBuf)>,
 }
 
 /// One attempt's scratch space, on loan from its pool.
@@ -41,18 +45,32 @@ impl ScratchPool {
     /// A pool under `work_root`; nothing is created until an attempt needs it. Pools left
     /// by engines that are gone are removed in the background.
     pub fn new(work_root: &Path) -> ScratchPool {
-        let pid = std::process::id();
-        let ticks = super::leftovers::start_ticks(pid as i32).unwrap_or(0);
-        let n = ENGINES.fetch_add(1, Ordering::Relaxed);
-        let root = work_root.join(format!("{pid}.{ticks}.{n}"));
+        let pool = ScratchPool::locked(work_root);
         let work_root = work_root.to_path_buf();
         let _ = std::thread::Builder::new()
             .name("plexus-scratch-sweep".into())
             .spawn(move || remove_dead_pools(&work_root));
+        pool
+    }
+
+    /// A pool with its lock taken, without sweeping.
+    fn locked(work_root: &Path) -> ScratchPool {
+        let name = format!("pool-{}", uuid::Uuid::now_v7().simple());
+        let lock_path = work_root.join(format!("{name}.lock"));
+        let lock = std::fs::create_dir_all(work_root)
+            .and_then(|()| std::fs::File::create(&lock_path))
+            .ok()
+            .filter(try_lock)
+            .map(|file| (file, lock_path));
+        let root = match lock {
+            Some(_) => work_root.join(name),
+            None => work_root.join(format!("unlocked-{name}")),
+        };
         ScratchPool {
             root,
             free: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
+            lock,
         }
     }
 
@@ -104,7 +122,16 @@ impl ScratchPool {
 impl Drop for ScratchPool {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
+        if let Some((_, path)) = &self.lock {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// Takes the exclusive lock on `file` if nobody holds it; never waits.
+fn try_lock(file: &std::fs::File) -> bool {
+    // SAFETY: flock only acts on the open descriptor it is given.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// The directory is still a directory we can write (a step may have replaced it with a
@@ -135,32 +162,37 @@ fn discard(s: Scratch) {
     }
 }
 
-/// Removes the pools of engines that are no longer running, and empty directories left
-/// by earlier versions (which made one per run and never removed it).
+/// Removes the pools of engines that are no longer running (nobody holds their lock),
+/// and empty directories left by earlier versions (one per run, never removed).
 fn remove_dead_pools(work_root: &Path) {
     let Ok(entries) = std::fs::read_dir(work_root) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some((pid, ticks)) = name.to_str().and_then(pool_owner) else {
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        if let Some(pool) = name
+            .strip_suffix(".lock")
+            .filter(|p| p.starts_with("pool-"))
+        {
+            // Held while removing (until `lock` drops), so no other sweep races this one.
+            let lock = std::fs::File::open(&path).ok().filter(try_lock);
+            if lock.is_some() {
+                let _ = std::fs::remove_dir_all(work_root.join(pool));
+                let _ = std::fs::remove_file(&path);
+            }
+        } else if name.starts_with("pool-") {
+            // A pool's lock is made before its directory and removed after it: a pool
+            // without one is what a removal left half done.
+            if !work_root.join(format!("{name}.lock")).exists() {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        } else {
             // Only ever an empty directory: remove_dir refuses anything else.
-            let _ = std::fs::remove_dir(entry.path());
-            continue;
-        };
-        if super::leftovers::start_ticks(pid) != Some(ticks) {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = std::fs::remove_dir(&path);
         }
     }
-}
-
-/// `<pid>.<start ticks>.<n>` → (pid, start ticks).
-fn pool_owner(name: &str) -> Option<(i32, u64)> {
-    let mut parts = name.split('.');
-    let pid = parts.next()?.parse().ok()?;
-    let ticks = parts.next()?.parse().ok()?;
-    parts.next()?.parse::<u64>().ok()?;
-    parts.next().is_none().then_some((pid, ticks))
 }
 
 #[cfg(test)]
@@ -217,27 +249,37 @@ mod tests {
         assert_eq!(std::fs::read_dir(&u.artifacts).unwrap().count(), 0);
     }
 
-    #[test]
-    fn pools_of_dead_engines_are_removed_and_live_ones_kept() {
+    #[tokio::test]
+    async fn pools_of_dead_engines_are_removed_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
-        let me = std::process::id();
-        let ticks = super::super::leftovers::start_ticks(me as i32).unwrap();
-        let live = work.join(format!("{me}.{ticks}.7"));
-        let dead = work.join(format!("{me}.{}.7", ticks + 1));
+        let live = ScratchPool::locked(&work);
+        let live_dir = live.take().unwrap().artifacts;
+        // A dead engine's pool: its lock file is there, nobody holds it.
+        let dead = work.join("pool-dead");
+        std::fs::create_dir_all(dead.join("0")).unwrap();
+        std::fs::write(work.join("pool-dead.lock"), "").unwrap();
+        let half_removed = work.join("pool-half");
+        std::fs::create_dir_all(half_removed.join("3")).unwrap();
         let other = work.join("not-a-pool");
-        for d in [&live, &dead, &other] {
-            std::fs::create_dir_all(d.join("0")).unwrap();
-        }
+        std::fs::create_dir_all(other.join("0")).unwrap();
         let old_run_dir = work.join("01a2021b-ba17-75e7-a0cf-a26c4e3a8644");
         std::fs::create_dir(&old_run_dir).unwrap();
+
         remove_dead_pools(&work);
-        assert!(live.exists() && other.exists());
-        assert!(!dead.exists());
+        assert!(live_dir.exists(), "a live engine's pool is kept");
+        assert!(!dead.exists() && !work.join("pool-dead.lock").exists());
+        assert!(!half_removed.exists());
+        assert!(
+            other.exists(),
+            "what is not empty and not a pool is left alone"
+        );
         assert!(
             !old_run_dir.exists(),
             "an empty directory of an older version is removed"
         );
+        drop(live);
+        assert!(!live_dir.exists());
     }
 
     #[test]
