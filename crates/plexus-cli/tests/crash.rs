@@ -98,6 +98,21 @@ fn kill_9_at_random_points_then_resume() {
 
     let v = p.run_json(&run);
     assert_eq!(v["status"], "succeeded", "seed {seed}");
+
+    // The killed engines left scratch pools; the next engine to start removes them, and
+    // its own when it exits.
+    let noop = p.dir.path().join("noop.yaml");
+    std::fs::write(
+        &noop,
+        "version: plexus/v1\nname: noop\nsteps:\n- {id: a, run: 'true'}\n",
+    )
+    .unwrap();
+    assert!(p.run(&["run", noop.to_str().unwrap()]).status.success());
+    let left: Vec<_> = std::fs::read_dir(p.data_dir().join("work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
     let log = std::fs::read_to_string(&effects).unwrap();
     for i in 1..=20 {
         assert!(

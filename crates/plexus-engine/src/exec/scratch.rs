@@ -42,14 +42,13 @@ pub struct Scratch {
 }
 
 impl ScratchPool {
-    /// A pool under `work_root`; nothing is created until an attempt needs it. Pools left
-    /// by engines that are gone are removed in the background.
+    /// A pool under `work_root` (its directory is made when an attempt first needs it).
+    /// Pools left by engines that are gone are removed first.
     pub fn new(work_root: &Path) -> ScratchPool {
         let pool = ScratchPool::locked(work_root);
-        let work_root = work_root.to_path_buf();
-        let _ = std::thread::Builder::new()
-            .name("plexus-scratch-sweep".into())
-            .spawn(move || remove_dead_pools(&work_root));
+        // Usually a handful of entries: done before the engine starts, not left to race
+        // a short-lived process's exit.
+        remove_dead_pools(work_root);
         pool
     }
 
