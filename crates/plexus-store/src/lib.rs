@@ -8,6 +8,7 @@ pub mod auth;
 mod materialize;
 mod sqlite;
 mod sqlite_auth;
+mod wal;
 
 pub mod conformance;
 

@@ -85,6 +85,7 @@ fn connect(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
     ))
     .map_err(db_err)?;
+    crate::wal::keep_when_closed(&conn)?;
     Ok(conn)
 }
 
@@ -123,6 +124,7 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let mut write_conn = connect(&path, &opts)?;
         migrate(&mut write_conn)?;
+        crate::wal::preallocate(&write_conn, &path);
         let readers = (0..READERS)
             .map(|_| connect(&path, &opts).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -234,6 +236,8 @@ pub fn measure_commit_latency(
     let conn = connect(&path, opts)?;
     conn.execute_batch("CREATE TABLE probe (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
         .map_err(db_err)?;
+    // Under the same conditions as the store's commits.
+    crate::wal::preallocate(&conn, &path);
     let started = std::time::Instant::now();
     for i in 0..n {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
