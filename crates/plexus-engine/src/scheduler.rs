@@ -354,33 +354,13 @@ impl Loop {
                 let step_id = self
                     .runs
                     .get(&run_id)
-                    .map(|a| a.state.plan.step(unit.step).id.as_str());
-                // A record not yet committed is dropped rather than written and deleted.
-                let unwritten = self.batch.processes.iter().position(|p| {
-                    Some(p.step_id.as_str()) == step_id
-                        && p.item == unit.item
-                        && p.attempt == attempt
-                        && *p.run_id == *run_id
-                });
-                if let Some(at) = unwritten {
-                    self.batch.processes.swap_remove(at);
-                } else if finished.spawned
-                    && let Some(active) = self.runs.get(&run_id)
-                {
-                    self.batch.processes_done.push(plexus_store::ProcessRecord {
-                        run_id: run_id.to_string(),
-                        step_id: active.state.plan.step(unit.step).id.clone(),
-                        item: unit.item,
-                        attempt,
-                        host: String::new(),
-                        pgid: 0,
-                        start_ticks: 0,
-                    });
+                    .map(|a| a.state.plan.step(unit.step).id.clone());
+                if let Some(step_id) = &step_id {
+                    self.forget_process(&run_id, step_id, unit, attempt, finished.spawned);
                 }
                 self.pools.release(&run_id, unit);
                 self.grant();
-                if let Some(active) = self.runs.get(&run_id) {
-                    let step_id = active.state.plan.step(unit.step).id.clone();
+                if let Some(step_id) = step_id.filter(|_| self.runs.contains_key(&run_id)) {
                     if let Some(logs) = finished.replaced_logs {
                         self.batch.logs.push(plexus_store::StepLogs {
                             run_id: run_id.to_string(),
@@ -648,6 +628,37 @@ impl Loop {
         }
         if regrant {
             self.grant();
+        }
+    }
+
+    /// Forgets an ended attempt's process record: a record still in the open batch was
+    /// never written and is dropped; one already committed is deleted with the next.
+    fn forget_process(
+        &mut self,
+        run: &RunId,
+        step_id: &str,
+        unit: Unit,
+        attempt: u32,
+        spawned: bool,
+    ) {
+        let unwritten = self.batch.processes.iter().position(|p| {
+            p.step_id == step_id
+                && p.item == unit.item
+                && p.attempt == attempt
+                && *p.run_id == **run
+        });
+        if let Some(at) = unwritten {
+            self.batch.processes.swap_remove(at);
+        } else if spawned {
+            self.batch.processes_done.push(plexus_store::ProcessRecord {
+                run_id: run.to_string(),
+                step_id: step_id.to_owned(),
+                item: unit.item,
+                attempt,
+                host: String::new(),
+                pgid: 0,
+                start_ticks: 0,
+            });
         }
     }
 
