@@ -249,6 +249,23 @@ fn cpu_times() -> (Duration, Duration) {
     (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
 }
 
+/// CPU time used so far by the threads of this process whose name starts with `prefix`
+/// (from `/proc/self/task/*/schedstat`, in nanoseconds; zero where that is not readable).
+fn thread_cpu(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .sum()
+}
+
 /// `n` shell steps running `true` against bare fork+exec of `true` with the same
 /// parallelism: independent steps in the default pool (= cores) against one thread per
 /// core, or a chain of steps against one thread. Both sides are the median of three
@@ -268,8 +285,12 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
     let yaml = manifest("shell", steps);
     let mut bares = Vec::new();
     let mut walls = Vec::new();
-    let (mut bare_cpu, mut engine_cpu, mut shell_cpu) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut bare_cpu, mut engine_cpu, mut shell_cpu, mut writer_cpu) = (
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
     for _ in 0..3 {
         let cpu_before = cpu_times();
         let started = Instant::now();
@@ -292,7 +313,9 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
         bares.push(started.elapsed() / (per_thread * parallel) as u32);
         let cpu_between = cpu_times();
         bare_cpu += cpu_between.0 + cpu_between.1 - cpu_before.0 - cpu_before.1;
+        let writer_before = thread_cpu(&plexus_store::WRITER_THREAD[..15]);
         walls.push(b.run(yaml.clone()).await?);
+        writer_cpu += thread_cpu(&plexus_store::WRITER_THREAD[..15]).saturating_sub(writer_before);
         let cpu_after = cpu_times();
         engine_cpu += cpu_after.0 - cpu_between.0;
         shell_cpu += cpu_after.1 - cpu_between.1;
@@ -315,9 +338,10 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
         "baseline": format!("bare fork+exec of true, {shape}: {:.2} ms each", ms(bare)),
         "ratio": format!("{ratio:.2}x"),
         "where_time_goes": format!(
-            "{}; CPU per step: engine {:.2} ms + shell {:.2} ms (bare: {:.2} ms)",
+            "{}; CPU per step: engine {:.2} ms (store writer {:.2}) + shell {:.2} ms (bare: {:.2} ms)",
             b.where_time_goes(walls.iter().sum()),
             per(engine_cpu),
+            per(writer_cpu),
             per(shell_cpu),
             ms(bare_cpu) / (3 * per_thread * parallel) as f64
         ),

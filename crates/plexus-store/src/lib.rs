@@ -14,7 +14,7 @@ pub mod conformance;
 
 pub use auth::AuthStore;
 pub use materialize::{RowChange, RunAudit, StepChange, materialize, run_audit};
-pub use sqlite::{SqliteOptions, SqliteStore, measure_commit_latency};
+pub use sqlite::{SqliteOptions, SqliteStore, WRITER_THREAD, measure_commit_latency};
 
 use plexus_core::machine::{Event, Millis};
 use serde::Serialize;

@@ -37,6 +37,9 @@ impl Default for SqliteOptions {
 type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
+/// Name of the thread that makes every write of a store (Linux shows its first 15 bytes).
+pub const WRITER_THREAD: &str = "plexus-sqlite-writer";
+
 /// Read connections per store.
 const READERS: usize = 4;
 
@@ -134,7 +137,7 @@ impl SqliteStore {
         let last_commit_error = LastCommitError::default();
         let last = last_commit_error.clone();
         std::thread::Builder::new()
-            .name("plexus-sqlite-writer".into())
+            .name(WRITER_THREAD.into())
             .spawn(move || writer_loop(write_conn, rx, last))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
