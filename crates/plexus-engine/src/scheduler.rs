@@ -71,7 +71,7 @@ struct Loop {
     step_starts: HashMap<(RunId, String), u64>,
     spans: crate::spans::Spans,
     /// Shell attempts started ahead of their durable start, waiting to be released.
-    gates: HashMap<(RunId, Unit, u32), oneshot::Sender<()>>,
+    gates: HashMap<(RunId, Unit, u32), process::Gate>,
     /// When each subprocess attempt was made and released (for [`EngineStats`]).
     attempt_times: HashMap<(RunId, Unit, u32), (Instant, Option<Instant>)>,
 }
@@ -597,11 +597,13 @@ impl Loop {
                         .entry(key.clone())
                         .or_insert((now, None))
                         .1 = Some(now);
-                    // A held shell is released; anything else starts now.
+                    // A held shell is released, unless it was killed meanwhile (dropping
+                    // its gate, it exits without running anything); anything else starts now.
                     match self.gates.remove(&key) {
-                        Some(gate) => {
-                            let _ = gate.send(());
+                        Some(gate) if self.running.contains_key(&(run.clone(), task.unit)) => {
+                            gate.open()
                         }
+                        Some(_) => {}
                         None => self.spawn_attempt(run, task, None),
                     }
                 }
@@ -668,7 +670,7 @@ impl Loop {
         &mut self,
         run: RunId,
         task: plexus_core::machine::Task,
-        gate: Option<oneshot::Receiver<()>>,
+        gate: Option<process::HeldGate>,
     ) {
         let Some(active) = self.runs.get(&run) else {
             return;
@@ -731,9 +733,14 @@ impl Loop {
             self.attempt_times
                 .insert(key.clone(), (Instant::now(), None));
             if self.stopping.is_none() && matches!(task.work, Work::Shell { .. }) {
-                let (open, opens) = oneshot::channel();
-                self.gates.insert(key, open);
-                self.spawn_attempt(run.clone(), task.clone(), Some(opens));
+                // Without a gate (no pipe to be had) the shell starts once the start is durable.
+                match process::gate() {
+                    Ok((gate, held)) => {
+                        self.gates.insert(key, gate);
+                        self.spawn_attempt(run.clone(), task.clone(), Some(held));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot hold a shell ahead of its start"),
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 //! or gave the attempt up), and it sees the same environment as an ungated attempt.
 
 use plexus_core::machine::{Outcome, Task, Unit, Work};
-use plexus_engine::exec::process::{Controls, ProcessSettings, run};
+use plexus_engine::exec::process::{Controls, ProcessSettings, gate, run};
 use plexus_engine::exec::scratch::ScratchPool;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,7 +49,7 @@ async fn a_held_command_runs_only_when_its_gate_opens() {
 
     // The gate is dropped: the shell was started, the command never ran.
     let (_kill, kill_rx) = oneshot::channel();
-    let (open, opens) = oneshot::channel::<()>();
+    let (open, opens) = gate().unwrap();
     let held = tokio::spawn({
         let (t, s, base) = (task(&command), settings(dir.path()), dir.path().to_owned());
         async move {
@@ -74,8 +74,8 @@ async fn a_held_command_runs_only_when_its_gate_opens() {
 
     // Opened: it runs, with an empty stdin as an ungated attempt has.
     let (_kill, kill_rx) = oneshot::channel();
-    let (open, opens) = oneshot::channel::<()>();
-    open.send(()).unwrap();
+    let (open, opens) = gate().unwrap();
+    open.open();
     let controls = Controls {
         kill: kill_rx,
         gate: Some(opens),
@@ -103,7 +103,7 @@ async fn a_held_attempt_killed_before_its_gate_never_runs() {
     let marker = dir.path().join("ran");
     let s = settings(dir.path());
     let (kill, kill_rx) = oneshot::channel();
-    let (open, opens) = oneshot::channel::<()>();
+    let (open, opens) = gate().unwrap();
     let t = task(&format!("touch {}", marker.display()));
     let base = dir.path().to_owned();
     let held = tokio::spawn(async move {
@@ -115,8 +115,14 @@ async fn a_held_attempt_killed_before_its_gate_never_runs() {
     });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     kill.send(()).unwrap();
-    open.send(()).unwrap(); // its start became durable after all; it still must not run
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The engine drops the gate of an attempt it killed, even once its start is durable.
+    drop(open);
     let finished = held.await.unwrap();
-    assert!(matches!(finished.outcome, Outcome::Failure { .. }));
+    assert!(
+        matches!(&finished.outcome, Outcome::Failure { error, .. } if error.contains("before it started")),
+        "{:?}",
+        finished.outcome
+    );
     assert!(!marker.exists());
 }

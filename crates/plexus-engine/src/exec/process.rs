@@ -116,8 +116,45 @@ fn text(c: &Captured) -> String {
 pub struct Controls {
     /// Stops the attempt (and its whole process group) early.
     pub kill: oneshot::Receiver<()>,
-    /// For a held shell step: opens once its start is durable.
-    pub gate: Option<oneshot::Receiver<()>>,
+    /// For a held shell step: its end of the gate.
+    pub gate: Option<HeldGate>,
+}
+
+/// The engine's end of a held shell's start gate, opened once the attempt's start is
+/// durable. The engine writes `go` into the shell's stdin itself: the attempt's task is
+/// not woken for it (it only learns, once the process ended, whether the gate opened).
+/// Dropped unopened, the shell reads end-of-file and exits without running anything.
+pub struct Gate {
+    writer: std::io::PipeWriter,
+    opened: oneshot::Sender<()>,
+}
+
+/// The attempt's end of its [`Gate`].
+pub struct HeldGate {
+    reader: std::io::PipeReader,
+    opened: oneshot::Receiver<()>,
+}
+
+/// A new start gate for a held shell step.
+pub fn gate() -> std::io::Result<(Gate, HeldGate)> {
+    let (reader, writer) = std::io::pipe()?;
+    let (opened_tx, opened) = oneshot::channel();
+    Ok((
+        Gate {
+            writer,
+            opened: opened_tx,
+        },
+        HeldGate { reader, opened },
+    ))
+}
+
+impl Gate {
+    /// Lets the held command run. Three bytes into an empty pipe never block; if the
+    /// shell is already gone the write fails and its attempt reports how it ended.
+    pub fn open(self) {
+        let _ = std::io::Write::write_all(&mut &self.writer, b"go\n");
+        let _ = self.opened.send(());
+    }
 }
 
 /// Put before a held shell step's command: wait for the engine's `go`, give the command
@@ -141,7 +178,8 @@ pub async fn run(
     controls: Controls,
     on_spawn: impl FnOnce(i32, u64) + Send,
 ) -> Finished {
-    let Controls { kill, mut gate } = controls;
+    let Controls { kill, gate } = controls;
+    let (stdin_gate, opened) = gate.map(|g| (g.reader, g.opened)).unzip();
     let mut spawned = false;
     let result = match settings.scratch.take() {
         Ok(scratch) => {
@@ -151,7 +189,7 @@ pub async fn run(
                 base_dir,
                 (settings, &scratch),
                 logs,
-                (kill, &mut gate),
+                (kill, stdin_gate),
                 |pgid, ticks| {
                     spawned = true;
                     on_spawn(pgid, ticks)
@@ -163,10 +201,16 @@ pub async fn run(
         }
         Err(e) => Err(format!("cannot create a scratch directory: {e}")),
     };
-    // A failure before the gate opened is reported only once the start is durable.
-    if let Some(gate) = gate {
-        let _ = gate.await;
-    }
+    // The end of a held attempt is reported only once its gate was decided (its start
+    // durable), so it never overtakes its start. A gate that never opened ran nothing,
+    // whatever the process did.
+    let result = match opened {
+        Some(opened) => match opened.await {
+            Ok(()) => result,
+            Err(_) => Err("cancelled before it started".into()),
+        },
+        None => result,
+    };
     match result {
         Ok(f) => Finished { spawned, ..f },
         Err(e) => Finished {
@@ -187,13 +231,13 @@ async fn run_inner(
     base_dir: &Path,
     (settings, scratch): (&ProcessSettings, &Scratch),
     logs: Option<broadcast::Sender<LogChunk>>,
-    (mut kill, gate): (oneshot::Receiver<()>, &mut Option<oneshot::Receiver<()>>),
+    (mut kill, stdin_gate): (oneshot::Receiver<()>, Option<std::io::PipeReader>),
     on_spawn: impl FnOnce(i32, u64),
 ) -> Result<Finished, String> {
     let mut cmd = match &task.work {
         Work::Shell { command } => {
             let mut c = tokio::process::Command::new("/bin/sh");
-            if gate.is_some() {
+            if stdin_gate.is_some() {
                 // Same line as the command, so its line numbers in messages stay the same.
                 c.arg("-c").arg(format!("{GATE}{command}"));
             } else {
@@ -230,17 +274,12 @@ async fn run_inner(
         Some(w) => base_dir.join(w),
         None => base_dir.to_path_buf(),
     };
-    // The gate is a plain pipe, written once with three bytes (never blocks on an empty
-    // pipe): no need to register it with the runtime's poller.
-    let mut held = None;
-    if gate.is_some() {
-        let (reader, writer) =
-            std::io::pipe().map_err(|e| format!("cannot create the start gate: {e}"))?;
-        cmd.stdin(reader);
-        held = Some(writer);
-    } else {
-        cmd.stdin(Stdio::null());
-    }
+    // The gate is a plain pipe, written by the engine (see [`Gate`]): not registered
+    // with the runtime's poller.
+    match stdin_gate {
+        Some(reader) => cmd.stdin(reader),
+        None => cmd.stdin(Stdio::null()),
+    };
     cmd.current_dir(&cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -258,21 +297,6 @@ async fn run_inner(
     let pgid = child.id().map_or(0, |p| p as i32);
     if let Some(ticks) = super::leftovers::start_ticks(pgid) {
         on_spawn(pgid, ticks);
-    }
-    if let Some(opens) = gate.take() {
-        let go = tokio::select! {
-            opened = opens => opened.is_ok(),
-            _ = &mut kill => false,
-        };
-        let released = match (go, held.take()) {
-            (true, Some(mut writer)) => std::io::Write::write_all(&mut writer, b"go\n").is_ok(),
-            _ => false,
-        };
-        if !released {
-            kill_group(pgid);
-            let _ = child.wait().await;
-            return Err("cancelled before it started".into());
-        }
     }
     let log = |stderr: bool| {
         logs.clone().map(|tx| {
