@@ -208,6 +208,19 @@ fn bench_quick_reports_every_scenario() {
         assert!(s["seconds"].as_f64().unwrap() > 0.0, "{s}");
         assert!(!s["baseline"].as_str().unwrap().is_empty());
     }
+    // Independent shell steps are set against bare fork+exec both with the same
+    // parallelism and one at a time.
+    let shell = &v[3];
+    assert!(
+        shell["ratio_vs_one_at_a_time"].as_f64().unwrap() > 0.0,
+        "{shell}"
+    );
+    assert!(
+        shell["where_time_goes"]
+            .as_str()
+            .unwrap()
+            .contains("store writer")
+    );
 }
 
 #[test]
