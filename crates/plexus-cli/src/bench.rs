@@ -331,6 +331,14 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
             serial_bares.push(bare_true(1, n)?);
         }
     }
+    // Each round's own ratio, before the medians sort the rounds apart: how much the
+    // machine moved while it was measured.
+    let round_ratios: Vec<f64> = (walls.iter().zip(&bares))
+        .map(|(w, b)| w.as_secs_f64() / n as f64 / b.as_secs_f64().max(1e-9))
+        .collect();
+    let spread = round_ratios
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v.get(v.len() / 2).copied()
@@ -364,13 +372,16 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
         "ratio": format!("{ratio:.2}x{serial_ratio}"),
         "ratio_vs_one_at_a_time": serial.map(|(_, r)| r),
         "where_time_goes": format!(
-            "{}; CPU per step: engine {:.2} ms (store writer {:.2}) + shell {:.2} ms (bare: {:.2} ms)",
+            "{}; CPU per step: engine {:.2} ms (store writer {:.2}) + shell {:.2} ms (bare: {:.2} ms); each round's ratio {:.2}x to {:.2}x",
             b.where_time_goes(walls.iter().sum()),
             per(engine_cpu),
             per(writer_cpu),
             per(shell_cpu),
-            ms(bare_cpu) / (SHELL_ROUNDS * n) as f64
+            ms(bare_cpu) / (SHELL_ROUNDS * n) as f64,
+            spread.0,
+            spread.1
         ),
+        "round_ratios": round_ratios,
     }))
 }
 
