@@ -219,7 +219,8 @@ enum Command {
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
     /// steps and a join), throughput-10k (10,000 independent steps), shell-100 (100
-    /// independent `true` commands vs bare fork+exec, as many at a time as cores),
+    /// independent `true` commands vs bare fork+exec as many at a time as cores, and one
+    /// at a time),
     /// shell-chain-100 (100 `true` commands one after another vs bare fork+exec one at a
     /// time), park-100k (100,000 steps waiting for a signal:
     /// peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
