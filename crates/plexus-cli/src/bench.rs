@@ -316,14 +316,16 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
         Duration::ZERO,
         Duration::ZERO,
     );
+    // Linux keeps the first 15 bytes of a thread's name.
+    let writer_thread = &plexus_store::WRITER_THREAD[..15];
     for _ in 0..SHELL_ROUNDS {
         let cpu_before = cpu_times();
         bares.push(bare_true(parallel, n)?);
         let cpu_between = cpu_times();
         bare_cpu += cpu_between.0 + cpu_between.1 - cpu_before.0 - cpu_before.1;
-        let writer_before = thread_cpu(&plexus_store::WRITER_THREAD[..15]);
+        let writer_before = thread_cpu(writer_thread);
         walls.push(b.run(yaml.clone()).await?);
-        writer_cpu += thread_cpu(&plexus_store::WRITER_THREAD[..15]).saturating_sub(writer_before);
+        writer_cpu += thread_cpu(writer_thread).saturating_sub(writer_before);
         let cpu_after = cpu_times();
         engine_cpu += cpu_after.0 - cpu_between.0;
         shell_cpu += cpu_after.1 - cpu_between.1;
