@@ -71,7 +71,7 @@ struct Loop {
     step_starts: HashMap<(RunId, String), u64>,
     spans: crate::spans::Spans,
     /// Shell attempts started ahead of their durable start, waiting to be released.
-    gates: HashMap<(RunId, Unit, u32), process::Gate>,
+    gates: HashMap<(RunId, Unit, u32), exec::held::Gate>,
     /// When each subprocess attempt was made and released (for [`EngineStats`]).
     attempt_times: HashMap<(RunId, Unit, u32), (Instant, Option<Instant>)>,
 }
@@ -85,6 +85,10 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         artifact_root: cfg.data_dir.join("artifacts"),
         output_cap: cfg.output_cap,
         python: cfg.python.clone(),
+        // As many as the default pool runs at once: what independent shell steps need.
+        warm: Arc::new(exec::held::WarmShells::new(
+            cfg.pools.get("default").copied().unwrap_or(1).clamp(1, 8) as usize,
+        )),
     };
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {
@@ -670,7 +674,7 @@ impl Loop {
         &mut self,
         run: RunId,
         task: plexus_core::machine::Task,
-        gate: Option<process::HeldGate>,
+        gate: Option<exec::held::HeldGate>,
     ) {
         let Some(active) = self.runs.get(&run) else {
             return;
@@ -732,15 +736,11 @@ impl Loop {
             let key = (run.clone(), task.unit, task.attempt);
             self.attempt_times
                 .insert(key.clone(), (Instant::now(), None));
-            if self.stopping.is_none() && matches!(task.work, Work::Shell { .. }) {
-                // Without a gate (no pipe to be had) the shell starts once the start is durable.
-                match process::gate() {
-                    Ok((gate, held)) => {
-                        self.gates.insert(key, gate);
-                        self.spawn_attempt(run.clone(), task.clone(), Some(held));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "cannot hold a shell ahead of its start"),
-                }
+            // A shell whose variables its script cannot set starts once the start is durable.
+            if self.stopping.is_none() && process::can_hold(task) {
+                let (gate, held) = exec::held::gate();
+                self.gates.insert(key, gate);
+                self.spawn_attempt(run.clone(), task.clone(), Some(held));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! shell and python steps run as subprocesses in their own process group.
 
 pub mod artifacts;
+pub mod held;
 pub mod leftovers;
 pub mod process;
 pub mod scratch;

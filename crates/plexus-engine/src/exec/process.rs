@@ -3,6 +3,7 @@
 //! `$PLEXUS_ARTIFACTS`.
 
 use super::artifacts::{self, Collected};
+use super::held::{self, HeldGate, WarmShells};
 use super::scratch::{Scratch, ScratchPool};
 use plexus_core::machine::{Outcome, Task, Work};
 use serde_json::{Value as Json, json};
@@ -27,6 +28,8 @@ pub struct ProcessSettings {
     /// Bytes kept of each of stdout and stderr.
     pub output_cap: usize,
     pub python: String,
+    /// Shell steps' shells started ahead of them.
+    pub warm: Arc<WarmShells>,
 }
 
 /// A chunk of a step's output, for `--follow-logs`.
@@ -120,55 +123,13 @@ pub struct Controls {
     pub gate: Option<HeldGate>,
 }
 
-/// The engine's end of a held shell's start gate, opened once the attempt's start is
-/// durable. The engine writes `go` into the shell's stdin itself: the attempt's task is
-/// not woken for it (it only learns, once the process ended, whether the gate opened).
-/// Dropped unopened, the shell reads end-of-file and exits without running anything.
-pub struct Gate {
-    writer: std::io::PipeWriter,
-    opened: oneshot::Sender<()>,
-}
-
-/// The attempt's end of its [`Gate`].
-pub struct HeldGate {
-    reader: std::io::PipeReader,
-    opened: oneshot::Receiver<()>,
-}
-
-/// A new start gate for a held shell step.
-pub fn gate() -> std::io::Result<(Gate, HeldGate)> {
-    let (reader, writer) = std::io::pipe()?;
-    let (opened_tx, opened) = oneshot::channel();
-    Ok((
-        Gate {
-            writer,
-            opened: opened_tx,
-        },
-        HeldGate { reader, opened },
-    ))
-}
-
-impl Gate {
-    /// Lets the held command run. Three bytes into an empty pipe never block; if the
-    /// shell is already gone the write fails and its attempt reports how it ended.
-    pub fn open(self) {
-        let _ = std::io::Write::write_all(&mut &self.writer, b"go\n");
-        let _ = self.opened.send(());
-    }
-}
-
-/// Put before a held shell step's command: wait for the engine's `go`, give the command
-/// the same empty stdin as an ungated step, leave no trace in its variables.
-const GATE: &str = "IFS= read -r __plexus_go && [ \"$__plexus_go\" = go ] || exit 125; exec 0</dev/null; unset __plexus_go; ";
-
 /// Runs one attempt to the end. `kill` stops it (and its whole process group) early;
 /// `on_spawn` learns the process group as soon as it exists.
 ///
-/// With a `gate` (shell steps), the process is started at once but held before the
-/// step's command: `sh` is loaded while the attempt's start is being made durable, and
-/// the command runs only when the gate opens (the start is durable). If the engine
-/// goes away first, the held shell reads end-of-file and exits 125 without running
-/// anything: nothing happens before it is recorded.
+/// With a `gate` (shell steps), the shell is one already started and held (see
+/// [`super::held`]): it gets its script when the gate opens (the start is durable). If
+/// the engine goes away first, the held shell reads end-of-file and exits without
+/// running anything: nothing happens before it is recorded.
 pub async fn run(
     task: &Task,
     run_id: std::sync::Arc<str>,
@@ -179,7 +140,6 @@ pub async fn run(
     on_spawn: impl FnOnce(i32, u64) + Send,
 ) -> Finished {
     let Controls { kill, gate } = controls;
-    let (stdin_gate, opened) = gate.map(|g| (g.reader, g.opened)).unzip();
     let mut spawned = false;
     let result = match settings.scratch.take() {
         Ok(scratch) => {
@@ -189,7 +149,7 @@ pub async fn run(
                 base_dir,
                 (settings, &scratch),
                 logs,
-                (kill, stdin_gate),
+                (kill, gate.as_ref()),
                 |pgid, ticks| {
                     spawned = true;
                     on_spawn(pgid, ticks)
@@ -204,8 +164,8 @@ pub async fn run(
     // The end of a held attempt is reported only once its gate was decided (its start
     // durable), so it never overtakes its start. A gate that never opened ran nothing,
     // whatever the process did.
-    let result = match opened {
-        Some(opened) => match opened.await {
+    let result = match gate {
+        Some(gate) => match gate.opened.await {
             Ok(()) => result,
             Err(_) => Err("cancelled before it started".into()),
         },
@@ -225,79 +185,124 @@ pub async fn run(
     }
 }
 
+/// The variables an attempt's process gets on top of [`PASSED_THROUGH`].
+fn attempt_vars<'a>(
+    task: &'a Task,
+    run_id: &'a str,
+    scratch: &'a Scratch,
+    numbers: &'a (String, Option<String>),
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    let fixed = [
+        ("PLEXUS_RUN_ID", run_id),
+        ("PLEXUS_STEP_ID", task.step_id.as_str()),
+        ("PLEXUS_ATTEMPT", numbers.0.as_str()),
+        ("PLEXUS_IDEMPOTENCY_KEY", task.key.as_str()),
+        ("PLEXUS_OUTPUT", scratch.output.to_str().unwrap_or_default()),
+        (
+            "PLEXUS_ARTIFACTS",
+            scratch.artifacts.to_str().unwrap_or_default(),
+        ),
+    ];
+    let item = numbers.1.as_deref().map(|i| ("PLEXUS_ITEM_INDEX", i));
+    fixed
+        .into_iter()
+        .chain(item)
+        .chain(task.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// Whether a task's shell can be held (see [`held::can_hold`]); its scratch paths are
+/// plain paths in the data directory.
+pub fn can_hold(task: &Task) -> bool {
+    matches!(task.work, Work::Shell { .. })
+        && held::can_hold(task.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
 async fn run_inner(
     task: &Task,
     run_id: std::sync::Arc<str>,
     base_dir: &Path,
     (settings, scratch): (&ProcessSettings, &Scratch),
     logs: Option<broadcast::Sender<LogChunk>>,
-    (mut kill, stdin_gate): (oneshot::Receiver<()>, Option<std::io::PipeReader>),
+    (mut kill, gate): (oneshot::Receiver<()>, Option<&HeldGate>),
     on_spawn: impl FnOnce(i32, u64),
 ) -> Result<Finished, String> {
-    let mut cmd = match &task.work {
-        Work::Shell { command } => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            if stdin_gate.is_some() {
-                // Same line as the command, so its line numbers in messages stay the same.
-                c.arg("-c").arg(format!("{GATE}{command}"));
-            } else {
-                c.arg("-c").arg(command);
-            }
-            c
-        }
-        Work::Python { script } => {
-            std::fs::write(&scratch.script, script)
-                .map_err(|e| format!("cannot write the python script: {e}"))?;
-            let mut c = tokio::process::Command::new(&settings.python);
-            c.arg(&scratch.script);
-            c
-        }
-        other => return Err(format!("not a subprocess: {other:?}")),
-    };
-    cmd.env_clear();
-    for name in PASSED_THROUGH {
-        if let Ok(v) = std::env::var(name) {
-            cmd.env(name, v);
-        }
-    }
-    cmd.env("PLEXUS_RUN_ID", &*run_id)
-        .env("PLEXUS_STEP_ID", &task.step_id)
-        .env("PLEXUS_ATTEMPT", task.attempt.to_string())
-        .env("PLEXUS_IDEMPOTENCY_KEY", &task.key)
-        .env("PLEXUS_OUTPUT", &scratch.output)
-        .env("PLEXUS_ARTIFACTS", &scratch.artifacts);
-    if let Some(item) = task.unit.item {
-        cmd.env("PLEXUS_ITEM_INDEX", item.to_string());
-    }
-    cmd.envs(&task.env);
     let cwd = match &task.workdir {
         Some(w) => base_dir.join(w),
         None => base_dir.to_path_buf(),
     };
-    // The gate is a plain pipe, written by the engine (see [`Gate`]): not registered
-    // with the runtime's poller.
-    match stdin_gate {
-        Some(reader) => cmd.stdin(reader),
-        None => cmd.stdin(Stdio::null()),
+    let numbers = (
+        task.attempt.to_string(),
+        task.unit.item.map(|i| i.to_string()),
+    );
+    let vars = attempt_vars(task, &run_id, scratch, &numbers);
+    let mut child = match (&task.work, gate) {
+        (Work::Shell { command }, Some(gate)) => {
+            let cannot_start =
+                |e: std::io::Error| format!("cannot start the command in {}: {e}", cwd.display());
+            let cwd = std::path::absolute(&cwd).map_err(cannot_start)?;
+            // As an exec into a missing directory would have failed, before anything ran.
+            match std::fs::metadata(&cwd) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(cannot_start(std::io::Error::from(
+                        std::io::ErrorKind::NotADirectory,
+                    )));
+                }
+                Err(e) => return Err(cannot_start(e)),
+            }
+            let shell = settings.warm.take().map_err(cannot_start)?;
+            if let Some(ticks) = shell.start_ticks {
+                on_spawn(shell.pgid, ticks);
+            }
+            gate.provide(shell.stdin, held::script(vars, &cwd, command));
+            // The next shell step's shell loads while this one's start is made durable.
+            settings.warm.refill();
+            shell.child
+        }
+        (work, _) => {
+            let mut cmd = match work {
+                Work::Shell { command } => {
+                    let mut c = tokio::process::Command::new("/bin/sh");
+                    c.arg("-c").arg(command);
+                    c
+                }
+                Work::Python { script } => {
+                    std::fs::write(&scratch.script, script)
+                        .map_err(|e| format!("cannot write the python script: {e}"))?;
+                    let mut c = tokio::process::Command::new(&settings.python);
+                    c.arg(&scratch.script);
+                    c
+                }
+                other => return Err(format!("not a subprocess: {other:?}")),
+            };
+            cmd.env_clear();
+            for name in PASSED_THROUGH {
+                if let Ok(v) = std::env::var(name) {
+                    cmd.env(name, v);
+                }
+            }
+            cmd.envs(vars);
+            cmd.current_dir(&cwd)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            let child = cmd.spawn().map_err(|e| match &task.work {
+                Work::Python { .. } => format!(
+                    "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",
+                    settings.python
+                ),
+                _ => format!("cannot start the command in {}: {e}", cwd.display()),
+            })?;
+            let pgid = child.id().map_or(0, |p| p as i32);
+            if let Some(ticks) = super::leftovers::start_ticks(pgid) {
+                on_spawn(pgid, ticks);
+            }
+            child
+        }
     };
-    cmd.current_dir(&cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-
-    let mut child = cmd.spawn().map_err(|e| match &task.work {
-        Work::Python { .. } => format!(
-            "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",
-            settings.python
-        ),
-        _ => format!("cannot start the command in {}: {e}", cwd.display()),
-    })?;
-    drop(cmd); // closes our copy of the gate's reading end
     let pgid = child.id().map_or(0, |p| p as i32);
-    if let Some(ticks) = super::leftovers::start_ticks(pgid) {
-        on_spawn(pgid, ticks);
-    }
     let log = |stderr: bool| {
         logs.clone().map(|tx| {
             (

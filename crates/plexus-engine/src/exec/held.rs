@@ -1,0 +1,286 @@
+//! Held shells: a shell step's `sh` is started before its attempt's start is durable and
+//! holds until then, so loading the shell (about a millisecond on a small VM, as long as
+//! the whole commit) overlaps the commit instead of following it.
+//!
+//! A held shell is `sh -s`: it reads its script from its stdin, a pipe the engine writes
+//! only once the start is durable ([`Gate::open`]). Until then it has nothing to run; if
+//! the engine gives the attempt up or goes away (even `kill -9`), the pipe closes and the
+//! shell exits at end-of-file having run nothing. Since a held shell does not know its
+//! step when it starts, a few are kept started ahead of any attempt ([`WarmShells`]):
+//! a step that follows another then waits only for its commit, not for `sh` to load.
+//!
+//! The script sets up what `sh -c` would have had from its exec: an empty stdin, the
+//! step's variables (exported, so its commands see exactly what an ungated attempt's
+//! do), its working directory; then the step's command, on the same line so that the
+//! line numbers in the shell's messages stay those of the command.
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// A shell started and waiting for its script.
+pub struct HeldShell {
+    pub child: tokio::process::Child,
+    pub stdin: std::io::PipeWriter,
+    pub pgid: i32,
+    /// Start time of the process (see [`super::leftovers::start_ticks`]), if it could
+    /// be read.
+    pub start_ticks: Option<u64>,
+}
+
+/// Starts `sh -s` in its own process group with a clean environment (the variables in
+/// [`super::process::PASSED_THROUGH`]), reading its script from a pipe.
+pub fn start() -> io::Result<HeldShell> {
+    let (reader, writer) = io::pipe()?;
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-s").env_clear();
+    for name in super::process::PASSED_THROUGH {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    // The script changes to the step's directory; until then the shell keeps none busy.
+    cmd.current_dir("/")
+        .stdin(reader)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn()?;
+    let pgid = child.id().map_or(0, |p| p as i32);
+    let start_ticks = super::leftovers::start_ticks(pgid);
+    Ok(HeldShell {
+        child,
+        stdin: writer,
+        pgid,
+        start_ticks,
+    })
+}
+
+/// Shells started ahead of the attempts that will use them, at most `cap` idle at once.
+/// Each attempt that takes one starts its replacement while its own start is being made
+/// durable, so the pool keeps the size that the engine's shell steps need at once.
+pub struct WarmShells {
+    idle: Mutex<Vec<HeldShell>>,
+    cap: usize,
+}
+
+impl std::fmt::Debug for WarmShells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map_or(0, |v| v.len());
+        write!(f, "WarmShells {{ idle: {idle}, cap: {} }}", self.cap)
+    }
+}
+
+impl WarmShells {
+    pub fn new(cap: usize) -> WarmShells {
+        WarmShells {
+            idle: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    /// An idle shell that is still alive, or a new one.
+    pub fn take(&self) -> io::Result<HeldShell> {
+        loop {
+            let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+            let Some(mut shell) = idle else { break };
+            // One that ended while it waited (killed from outside) is not handed out.
+            if matches!(shell.child.try_wait(), Ok(None)) {
+                return Ok(shell);
+            }
+        }
+        start()
+    }
+
+    /// Starts one shell for a later attempt, unless `cap` are already waiting.
+    pub fn refill(&self) {
+        let room = self.idle.lock().is_ok_and(|v| v.len() < self.cap);
+        if !room {
+            return;
+        }
+        match start() {
+            Ok(shell) => {
+                if let Ok(mut idle) = self.idle.lock()
+                    && idle.len() < self.cap
+                {
+                    idle.push(shell);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot start a shell ahead of its step"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The held shell's stdin and its script, once the attempt has them.
+    fed: Option<(std::io::PipeWriter, Vec<u8>)>,
+    opened: bool,
+    dropped: bool,
+}
+
+/// The engine's end of a held attempt: opened once the attempt's start is durable, which
+/// writes the script into the shell. The attempt's task is not woken for it (it only
+/// learns, once the process ended, whether the gate opened). Dropped unopened, the shell
+/// reads end-of-file and exits without running anything.
+pub struct Gate {
+    slot: Arc<Mutex<Slot>>,
+    opened: Option<oneshot::Sender<()>>,
+}
+
+/// The attempt's end of its [`Gate`]: it hands over the shell and script when it has them.
+pub struct HeldGate {
+    slot: Arc<Mutex<Slot>>,
+    pub(crate) opened: oneshot::Receiver<()>,
+}
+
+/// A new gate for a held shell step.
+pub fn gate() -> (Gate, HeldGate) {
+    let slot = Arc::new(Mutex::new(Slot::default()));
+    let (opened_tx, opened) = oneshot::channel();
+    (
+        Gate {
+            slot: Arc::clone(&slot),
+            opened: Some(opened_tx),
+        },
+        HeldGate { slot, opened },
+    )
+}
+
+impl Gate {
+    /// Lets the held command run: its script is written now, or as soon as the attempt
+    /// hands it over.
+    pub fn open(mut self) {
+        if let Ok(mut slot) = self.slot.lock() {
+            slot.opened = true;
+            if let Some((stdin, script)) = slot.fed.take() {
+                feed(stdin, script);
+            }
+        }
+        if let Some(opened) = self.opened.take() {
+            let _ = opened.send(());
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if self.opened.is_some()
+            && let Ok(mut slot) = self.slot.lock()
+        {
+            slot.dropped = true;
+            slot.fed = None; // closes the shell's stdin: it exits having run nothing
+        }
+    }
+}
+
+impl HeldGate {
+    /// Hands over the shell's stdin and its script; written at once if the gate is open.
+    pub fn provide(&self, stdin: std::io::PipeWriter, script: Vec<u8>) {
+        let Ok(mut slot) = self.slot.lock() else {
+            return;
+        };
+        if slot.opened {
+            drop(slot);
+            feed(stdin, script);
+        } else if !slot.dropped {
+            slot.fed = Some((stdin, script));
+        }
+    }
+}
+
+/// Writes the script and closes the pipe. A script fits the pipe's buffer (64 KiB, at
+/// least 4 KiB when the system is short of pipe memory) and is written at once without
+/// blocking; the rest of a longer one is written by a thread of its own as the shell
+/// reads. If the shell is gone the write fails, and its attempt reports how it ended.
+fn feed(stdin: std::io::PipeWriter, script: Vec<u8>) {
+    let fd = stdin.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; only the status flags change.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let written = match (&stdin).write(&script) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(_) => return,
+    };
+    if written < script.len() {
+        std::thread::spawn(move || {
+            // SAFETY: as above.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+            let _ = (&stdin).write_all(&script[written..]);
+        });
+    }
+}
+
+/// Whether a step's variables can be set by its held shell's script: names the shell can
+/// export, values on one line (so the command's line numbers are unchanged).
+pub fn can_hold<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+    vars.into_iter().all(|(name, value)| {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !value.contains(['\n', '\0'])
+    })
+}
+
+/// A shell word that stands for `s` exactly.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The script a held shell runs: stdin emptied, variables exported, the working
+/// directory entered (physically, as `sh -c` started there would see it), the command.
+/// The whole script is one `{ ... }` group, parsed before anything in it runs, so the
+/// shell reads it all from the pipe before `exec 0</dev/null` takes the pipe away.
+pub fn script<'a>(
+    vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    workdir: &Path,
+    command: &str,
+) -> Vec<u8> {
+    let mut s = String::with_capacity(command.len() + 512);
+    s.push_str("{ exec 0</dev/null; cd -P -- ");
+    s.push_str(&quote(&workdir.to_string_lossy()));
+    s.push_str(" || exit 126; unset OLDPWD; ");
+    for (name, value) in vars {
+        s.push_str("export ");
+        s.push_str(name);
+        s.push('=');
+        s.push_str(&quote(value));
+        s.push_str("; ");
+    }
+    s.push_str(command);
+    // The blank line ends a trailing backslash or comment before the group closes.
+    s.push_str("\n\n}\n");
+    s.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_every_character() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn only_exportable_variables_can_be_held() {
+        assert!(can_hold([("A_1", "x y 'z'"), ("_b", "")]));
+        assert!(!can_hold([("1A", "x")]));
+        assert!(!can_hold([("A-B", "x")]));
+        assert!(!can_hold([("", "x")]));
+        assert!(!can_hold([("A", "two\nlines")]));
+    }
+}
