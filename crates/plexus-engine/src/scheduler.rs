@@ -194,7 +194,11 @@ impl Loop {
             .store
             .release_runs(&self.engine.config.owner)
             .await;
-        if let Some(reply) = self.stopping.take() {
+        let reply = self.stopping.take();
+        // Scratch space and idle shells are let go before the caller learns that the
+        // engine stopped: a command may end its process right after.
+        drop(self);
+        if let Some(reply) = reply {
             let _ = reply.send(());
         }
     }
@@ -711,6 +715,7 @@ impl Loop {
                 on_spawn,
             )
             .await;
+            drop(settings); // before the engine can learn that its last attempt ended
             let _ = tx
                 .send(Msg::AttemptDone {
                     run_id: run,
