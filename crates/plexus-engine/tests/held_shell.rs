@@ -155,7 +155,8 @@ fn stdout(f: &Finished) -> String {
 #[tokio::test]
 async fn a_held_shell_sees_what_an_ungated_one_sees() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    // A directory name that needs quoting.
+    std::fs::create_dir(dir.path().join("it's a $dir")).unwrap();
     let s = settings(dir.path());
     // Everything a command can observe of how it was started, but the scratch paths
     // (each attempt has its own).
@@ -163,7 +164,7 @@ async fn a_held_shell_sees_what_an_ungated_one_sees() {
         "env | grep -v '^PLEXUS_OUTPUT=\\|^PLEXUS_ARTIFACTS=' | sort; pwd; echo \"$0 $# [${OLDPWD-unset}]\";\n\
          read x || echo 'stdin empty'; echo \"$PLEXUS_OUTPUT\" | grep -c 'work/'",
     );
-    t.workdir = Some("sub".into());
+    t.workdir = Some("it's a $dir".into());
     t.env
         .insert("QUOTED".into(), "it's a \"test\" $HOME `x` \\".into());
     t.env.insert("PATH".into(), "/usr/bin:/bin".into());

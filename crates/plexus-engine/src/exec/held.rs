@@ -14,8 +14,10 @@
 //! do), its working directory; then the step's command, on the same line so that the
 //! line numbers in the shell's messages stay those of the command.
 
+use std::ffi::OsStr;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -223,20 +225,28 @@ fn feed(stdin: std::io::PipeWriter, script: Vec<u8>) {
 
 /// Whether a step's variables can be set by its held shell's script: names the shell can
 /// export, values on one line (so the command's line numbers are unchanged).
-pub fn can_hold<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+pub fn can_hold<'a>(vars: impl IntoIterator<Item = (&'a str, &'a OsStr)>) -> bool {
     vars.into_iter().all(|(name, value)| {
         let mut chars = name.chars();
         chars
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !value.contains(['\n', '\0'])
+            && !value.as_bytes().iter().any(|b| matches!(b, b'\n' | 0))
     })
 }
 
-/// A shell word that stands for `s` exactly.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+/// Appends a shell word that stands for `s` exactly (any bytes but NUL, as in a path).
+fn quote(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'\'');
+    for &b in s {
+        if b == b'\'' {
+            out.extend_from_slice(br"'\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
 }
 
 /// The script a held shell runs: stdin emptied, variables exported, the working
@@ -244,25 +254,25 @@ fn quote(s: &str) -> String {
 /// The whole script is one `{ ... }` group, parsed before anything in it runs, so the
 /// shell reads it all from the pipe before `exec 0</dev/null` takes the pipe away.
 pub fn script<'a>(
-    vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    vars: impl IntoIterator<Item = (&'a str, &'a OsStr)>,
     workdir: &Path,
     command: &str,
 ) -> Vec<u8> {
-    let mut s = String::with_capacity(command.len() + 512);
-    s.push_str("{ exec 0</dev/null; cd -P -- ");
-    s.push_str(&quote(&workdir.to_string_lossy()));
-    s.push_str(" || exit 126; unset OLDPWD; ");
+    let mut s = Vec::with_capacity(command.len() + 512);
+    s.extend_from_slice(b"{ exec 0</dev/null; cd -P -- ");
+    quote(&mut s, workdir.as_os_str().as_bytes());
+    s.extend_from_slice(b" || exit 126; unset OLDPWD; ");
     for (name, value) in vars {
-        s.push_str("export ");
-        s.push_str(name);
-        s.push('=');
-        s.push_str(&quote(value));
-        s.push_str("; ");
+        s.extend_from_slice(b"export ");
+        s.extend_from_slice(name.as_bytes());
+        s.push(b'=');
+        quote(&mut s, value.as_bytes());
+        s.extend_from_slice(b"; ");
     }
-    s.push_str(command);
+    s.extend_from_slice(command.as_bytes());
     // The blank line ends a trailing backslash or comment before the group closes.
-    s.push_str("\n\n}\n");
-    s.into_bytes()
+    s.extend_from_slice(b"\n\n}\n");
+    s
 }
 
 #[cfg(test)]
@@ -270,17 +280,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quoting_keeps_every_character() {
-        assert_eq!(quote("it's"), r"'it'\''s'");
-        assert_eq!(quote(""), "''");
+    fn quoting_keeps_every_byte() {
+        let quoted = |s: &[u8]| {
+            let mut out = Vec::new();
+            quote(&mut out, s);
+            out
+        };
+        assert_eq!(quoted(b"it's"), br"'it'\''s'");
+        assert_eq!(quoted(b""), b"''");
+        assert_eq!(quoted(b"\xff$x"), b"'\xff$x'");
     }
 
     #[test]
     fn only_exportable_variables_can_be_held() {
-        assert!(can_hold([("A_1", "x y 'z'"), ("_b", "")]));
-        assert!(!can_hold([("1A", "x")]));
-        assert!(!can_hold([("A-B", "x")]));
-        assert!(!can_hold([("", "x")]));
-        assert!(!can_hold([("A", "two\nlines")]));
+        let os = OsStr::new;
+        assert!(can_hold([("A_1", os("x y 'z'")), ("_b", os(""))]));
+        assert!(!can_hold([("1A", os("x"))]));
+        assert!(!can_hold([("A-B", os("x"))]));
+        assert!(!can_hold([("", os("x"))]));
+        assert!(!can_hold([("A", os("two\nlines"))]));
     }
 }

@@ -7,6 +7,7 @@ use super::held::{self, HeldGate, WarmShells};
 use super::scratch::{Scratch, ScratchPool};
 use plexus_core::machine::{Outcome, Task, Work};
 use serde_json::{Value as Json, json};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -191,30 +192,31 @@ fn attempt_vars<'a>(
     run_id: &'a str,
     scratch: &'a Scratch,
     numbers: &'a (String, Option<String>),
-) -> impl Iterator<Item = (&'a str, &'a str)> {
+) -> impl Iterator<Item = (&'a str, &'a OsStr)> {
     let fixed = [
-        ("PLEXUS_RUN_ID", run_id),
-        ("PLEXUS_STEP_ID", task.step_id.as_str()),
-        ("PLEXUS_ATTEMPT", numbers.0.as_str()),
-        ("PLEXUS_IDEMPOTENCY_KEY", task.key.as_str()),
-        ("PLEXUS_OUTPUT", scratch.output.to_str().unwrap_or_default()),
-        (
-            "PLEXUS_ARTIFACTS",
-            scratch.artifacts.to_str().unwrap_or_default(),
-        ),
+        ("PLEXUS_RUN_ID", OsStr::new(run_id)),
+        ("PLEXUS_STEP_ID", OsStr::new(&task.step_id)),
+        ("PLEXUS_ATTEMPT", OsStr::new(&numbers.0)),
+        ("PLEXUS_IDEMPOTENCY_KEY", OsStr::new(&task.key)),
+        ("PLEXUS_OUTPUT", scratch.output.as_os_str()),
+        ("PLEXUS_ARTIFACTS", scratch.artifacts.as_os_str()),
     ];
-    let item = numbers.1.as_deref().map(|i| ("PLEXUS_ITEM_INDEX", i));
-    fixed
-        .into_iter()
-        .chain(item)
-        .chain(task.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    let item = numbers
+        .1
+        .as_deref()
+        .map(|i| ("PLEXUS_ITEM_INDEX", OsStr::new(i)));
+    fixed.into_iter().chain(item).chain(step_vars(task))
 }
 
-/// Whether a task's shell can be held (see [`held::can_hold`]); its scratch paths are
-/// plain paths in the data directory.
+/// The variables the step itself names.
+fn step_vars(task: &Task) -> impl Iterator<Item = (&str, &OsStr)> {
+    task.env.iter().map(|(k, v)| (k.as_str(), OsStr::new(v)))
+}
+
+/// Whether a task's shell can be held (see [`held::can_hold`]). The variables Plexus
+/// adds always can: ids, numbers and paths in the data directory.
 pub fn can_hold(task: &Task) -> bool {
-    matches!(task.work, Work::Shell { .. })
-        && held::can_hold(task.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    matches!(task.work, Work::Shell { .. }) && held::can_hold(step_vars(task))
 }
 
 async fn run_inner(
