@@ -212,14 +212,17 @@ fn feed(stdin: std::io::PipeWriter, script: Vec<u8>) {
         Err(_) => return,
     };
     if written < script.len() {
-        std::thread::spawn(move || {
-            // SAFETY: as above.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFL);
-                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-            }
-            let _ = (&stdin).write_all(&script[written..]);
-        });
+        // Without a thread the shell reads a cut script and fails with a syntax error.
+        let _ = std::thread::Builder::new()
+            .name("plexus-script".into())
+            .spawn(move || {
+                // SAFETY: as above.
+                unsafe {
+                    let flags = libc::fcntl(fd, libc::F_GETFL);
+                    libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                }
+                let _ = (&stdin).write_all(&script[written..]);
+            });
     }
 }
 
