@@ -19,7 +19,6 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -33,24 +32,13 @@ pub struct HeldShell {
     pub start_ticks: Option<u64>,
 }
 
-/// Starts `sh -s` in its own process group with a clean environment (the variables in
-/// [`super::process::PASSED_THROUGH`]), reading its script from a pipe.
+/// Starts `sh -s` as any attempt's process is started ([`super::process::clean_command`]),
+/// reading its script from a pipe.
 pub fn start() -> io::Result<HeldShell> {
     let (reader, writer) = io::pipe()?;
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-s").env_clear();
-    for name in super::process::PASSED_THROUGH {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
+    let mut cmd = super::process::clean_command("/bin/sh");
     // The script changes to the step's directory; until then the shell keeps none busy.
-    cmd.current_dir("/")
-        .stdin(reader)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.arg("-s").current_dir("/").stdin(reader);
     let child = cmd.spawn()?;
     let pgid = child.id().map_or(0, |p| p as i32);
     let start_ticks = super::leftovers::start_ticks(pgid);

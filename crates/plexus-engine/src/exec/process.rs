@@ -21,6 +21,24 @@ pub const PASSED_THROUGH: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
 ];
 
+/// A command for an attempt's process, held or not: a clean environment (only
+/// [`PASSED_THROUGH`]), its own process group (killed as one), stdout and stderr piped to
+/// the engine, killed if the engine lets go of it.
+pub(super) fn clean_command(program: impl AsRef<OsStr>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear();
+    for name in PASSED_THROUGH {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
 #[derive(Debug, Clone)]
 pub struct ProcessSettings {
     /// Scratch directories of attempts.
@@ -264,32 +282,20 @@ async fn run_inner(
         (work, _) => {
             let mut cmd = match work {
                 Work::Shell { command } => {
-                    let mut c = tokio::process::Command::new("/bin/sh");
+                    let mut c = clean_command("/bin/sh");
                     c.arg("-c").arg(command);
                     c
                 }
                 Work::Python { script } => {
                     std::fs::write(&scratch.script, script)
                         .map_err(|e| format!("cannot write the python script: {e}"))?;
-                    let mut c = tokio::process::Command::new(&settings.python);
+                    let mut c = clean_command(&settings.python);
                     c.arg(&scratch.script);
                     c
                 }
                 other => return Err(format!("not a subprocess: {other:?}")),
             };
-            cmd.env_clear();
-            for name in PASSED_THROUGH {
-                if let Ok(v) = std::env::var(name) {
-                    cmd.env(name, v);
-                }
-            }
-            cmd.envs(vars);
-            cmd.current_dir(&cwd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .kill_on_drop(true);
+            cmd.envs(vars).current_dir(&cwd).stdin(Stdio::null());
             let child = cmd.spawn().map_err(|e| match &task.work {
                 Work::Python { .. } => format!(
                     "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",
