@@ -363,23 +363,15 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
         None => (bare, None),
     };
     let ratio = ratio_to(one_at_a_time);
-    let (baseline, ratio_text) = match same_parallelism {
-        Some(p) => (
-            format!(
-                "bare fork+exec of true, one at a time: {:.2} ms each ({parallel} at a time: {:.2} ms each)",
-                ms(one_at_a_time),
-                ms(p)
-            ),
-            format!("{ratio:.2}x ({:.2}x vs {parallel} at a time)", ratio_to(p)),
-        ),
-        None => (
-            format!(
-                "bare fork+exec of true, one at a time: {:.2} ms each",
-                ms(one_at_a_time)
-            ),
-            format!("{ratio:.2}x"),
-        ),
-    };
+    let mut baseline = format!(
+        "bare fork+exec of true, one at a time: {:.2} ms each",
+        ms(one_at_a_time)
+    );
+    let mut ratio_text = format!("{ratio:.2}x");
+    if let Some(p) = same_parallelism {
+        baseline.push_str(&format!(" ({parallel} at a time: {:.2} ms each)", ms(p)));
+        ratio_text.push_str(&format!(" ({:.2}x vs {parallel} at a time)", ratio_to(p)));
+    }
     Ok(json!({
         "scenario": name, "steps": n, "seconds": wall.as_secs_f64(),
         "result": format!("{:.2} ms/step ({:.0} ms for {n})", ms(per_step), ms(wall)),
