@@ -79,6 +79,15 @@ pub enum EngineError {
     Stopped(String),
 }
 
+/// Why an input sent to the scheduler was not applied.
+#[derive(Debug)]
+pub(crate) enum InputError {
+    Rejected(Rejected),
+    NotActive,
+    /// Applied in memory, but its events could not be made durable.
+    NotPersisted(String),
+}
+
 /// What happened, after it became durable.
 #[derive(Debug, Clone)]
 pub enum Notice {
@@ -143,7 +152,8 @@ pub(crate) enum Msg {
     Input {
         run_id: String,
         input: Input,
-        reply: Option<oneshot::Sender<Result<(), Rejected>>>,
+        /// Answered once the events the input caused are durable.
+        reply: Option<oneshot::Sender<Result<(), InputError>>>,
     },
     AttemptDone {
         run_id: RunId,
@@ -423,7 +433,9 @@ impl Engine {
             .await
     }
 
-    /// Applies an input (signal, approve, reject, cancel) to a run this engine drives.
+    /// Applies an input (signal, approve, reject, cancel, pause) to a run this engine
+    /// drives. Returns once the events it caused are durable: `Ok` means the input
+    /// survives a crash that happens right after.
     pub async fn input(&self, run_id: &str, input: Input) -> Result<(), EngineError> {
         let (reply, answer) = oneshot::channel();
         self.send(Msg::Input {
@@ -433,8 +445,15 @@ impl Engine {
         })
         .await?;
         match answer.await {
-            Ok(r) => r.map_err(EngineError::from),
-            Err(_) => Err(EngineError::NotActive(run_id.to_owned())),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(InputError::Rejected(r))) => Err(EngineError::Rejected(r)),
+            Ok(Err(InputError::NotActive)) => Err(EngineError::NotActive(run_id.to_owned())),
+            Ok(Err(InputError::NotPersisted(e))) => Err(EngineError::Stopped(format!(
+                "the input to run `{run_id}` was not made durable: {e}"
+            ))),
+            Err(_) => Err(EngineError::Stopped(
+                "the scheduler stopped before the input was durable".into(),
+            )),
         }
     }
 

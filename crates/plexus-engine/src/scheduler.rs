@@ -31,9 +31,15 @@ struct InFlight {
     early: Option<Result<(), StoreError>>,
     actions: Vec<(RunId, Action)>,
     notices: Vec<Notice>,
+    /// Answers to control inputs, sent once this commit is durable.
+    replies: Vec<InputReply>,
     started: Instant,
     events: usize,
 }
+
+/// A client's control input answered only once the events it caused are durable: an
+/// acknowledged approval, signal or cancel survives `kill -9` right after the answer.
+type InputReply = oneshot::Sender<Result<(), crate::InputError>>;
 
 /// See [`Loop::records_due`].
 const LAZY_RECORDS: Duration = Duration::from_millis(50);
@@ -55,6 +61,7 @@ struct Loop {
     batch: Batch,
     actions: Vec<(RunId, Action)>,
     notices: Vec<Notice>,
+    replies: Vec<InputReply>,
     /// Commits sent to the store, oldest first. They land in order on one
     /// [`CommitChain`]; each one's actions run once it (and so every one before it) is
     /// durable.
@@ -103,6 +110,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         batch: Batch::default(),
         actions: Vec::new(),
         notices: Vec::new(),
+        replies: Vec::new(),
         inflight: Default::default(),
         chain: Default::default(),
         seen_commands: HashSet::new(),
@@ -164,6 +172,9 @@ impl Loop {
                     for n in done.notices {
                         let _ = self.engine.notices.send(n);
                     }
+                    for r in done.replies {
+                        let _ = r.send(Ok(()));
+                    }
                     self.perform(done.actions);
                 }
                 msg = rx.recv() => {
@@ -205,6 +216,12 @@ impl Loop {
 
     fn fatal(&mut self, e: StoreError) {
         tracing::error!(error = %e, "cannot persist run progress; stopping the engine");
+        // Inputs whose events did not become durable are answered with the failure, so
+        // no client takes them as acknowledged.
+        let waiting = self.inflight.drain(..).flat_map(|f| f.replies);
+        for r in waiting.chain(self.replies.drain(..)) {
+            let _ = r.send(Err(crate::InputError::NotPersisted(e.to_string())));
+        }
         for (_, kill) in self.running.drain() {
             let _ = kill.send(());
         }
@@ -247,6 +264,7 @@ impl Loop {
                     early,
                     actions: std::mem::take(&mut self.actions),
                     notices: std::mem::take(&mut self.notices),
+                    replies: std::mem::take(&mut self.replies),
                     started: Instant::now(),
                     events,
                 });
@@ -259,6 +277,10 @@ impl Loop {
             if self.actions.is_empty() {
                 for n in self.notices.drain(..) {
                     let _ = self.engine.notices.send(n);
+                }
+                // Nothing is waiting to be made durable: what the inputs caused already is.
+                for r in self.replies.drain(..) {
+                    let _ = r.send(Ok(()));
                 }
                 return;
             }
@@ -310,10 +332,14 @@ impl Loop {
                 let result = self.apply(&RunId::from(run_id.as_str()), input);
                 if let Some(reply) = reply {
                     match result {
-                        Some(r) => {
-                            let _ = reply.send(r);
+                        // Answered when the open batch, which holds its events, is durable.
+                        Some(Ok(())) => self.replies.push(reply),
+                        Some(Err(r)) => {
+                            let _ = reply.send(Err(crate::InputError::Rejected(r)));
                         }
-                        None => drop(reply), // not active here
+                        None => {
+                            let _ = reply.send(Err(crate::InputError::NotActive));
+                        }
                     }
                 }
             }

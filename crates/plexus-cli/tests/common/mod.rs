@@ -1,6 +1,8 @@
 //! Black-box helpers: every test drives the real `plexus` binary against its own data dir.
 #![allow(dead_code)]
 
+pub mod server;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,138 @@
+//! `plexus serve` as a black box: started on loopback with its own data dir, the admin
+//! key it printed on first start, and a minimal HTTP client.
+
+use super::Plexus;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+/// The admin key of each server address (from its data dir's bootstrap).
+pub static KEYS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The gRPC address of each server (by its HTTP address).
+pub static GRPC: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+pub fn admin_key(addr: &str) -> String {
+    KEYS.lock().unwrap().get(addr).cloned().unwrap_or_default()
+}
+
+pub fn start_server(p: &Plexus) -> (Child, String) {
+    start_server_with(p, &[])
+}
+
+pub fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
+    let mut child = p
+        .cmd()
+        .args([
+            "serve",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("plexus serve starts");
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let key_file = p.dir.path().join("admin.key");
+    let restart = key_file.exists();
+    let addr = loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
+        // The first start of a data dir prints the bootstrap admin key, once.
+        if let Some(rest) = line.split("api_secret=").nth(1) {
+            assert!(!restart, "a restart printed a bootstrap key again: {line}");
+            let key: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            std::fs::write(&key_file, key).unwrap();
+        }
+        if let Some(rest) = line
+            .split("listening on http://")
+            .nth(1)
+            .or_else(|| line.split("listening on https://").nth(1))
+        {
+            let http = rest.split_whitespace().next().unwrap().to_owned();
+            if let Some(grpc) = rest.split("gRPC on ").nth(1) {
+                let grpc = grpc.split([',', ' ']).next().unwrap().to_owned();
+                GRPC.lock().unwrap().insert(http.clone(), grpc);
+            }
+            break http;
+        }
+    };
+    let key = std::fs::read_to_string(&key_file).expect("the bootstrap key of this data dir");
+    KEYS.lock().unwrap().insert(addr.clone(), key);
+    // The server's JSON log lines go to serve.log in the test's directory.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p.dir.path().join("serve.log"))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            let _ = log.write_all(line.as_bytes());
+            line.clear();
+        }
+    });
+    (child, addr)
+}
+
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    http_text(
+        addr,
+        method,
+        path,
+        &body.map(|b| b.to_string()).unwrap_or_default(),
+    )
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub fn http_text(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        admin_key(addr),
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
