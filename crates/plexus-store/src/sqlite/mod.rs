@@ -8,16 +8,33 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use tokio::sync::oneshot;
+
+mod writer;
+use writer::{Job, LastCommitError, writer_loop};
 
 const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../migrations/sqlite/0002_processes.sql")),
-    (3, include_str!("../migrations/sqlite/0003_workflows.sql")),
-    (4, include_str!("../migrations/sqlite/0004_schedules.sql")),
-    (5, include_str!("../migrations/sqlite/0005_events.sql")),
-    (6, include_str!("../migrations/sqlite/0006_step_logs.sql")),
-    (7, include_str!("../migrations/sqlite/0007_governance.sql")),
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_processes.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_workflows.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_schedules.sql"),
+    ),
+    (5, include_str!("../../migrations/sqlite/0005_events.sql")),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_step_logs.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_governance.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -33,9 +50,6 @@ impl Default for SqliteOptions {
         }
     }
 }
-
-type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 /// Name of the thread that makes every write of a store (Linux shows its first 15 bytes).
 pub const WRITER_THREAD: &str = "plexus-sqlite-writer";
@@ -162,38 +176,13 @@ impl SqliteStore {
         self.write_chained(None, f).await
     }
 
-    /// [`Self::write`] on a [`CommitChain`]: nothing is applied once an earlier write of
-    /// the chain failed, and a failure breaks the chain before the writer takes the next
-    /// job.
+    /// [`Self::write`] on a [`CommitChain`] (see [`writer::chained`]).
     async fn write_chained<T: Send + 'static>(
         &self,
         chain: Option<CommitChain>,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = match &chain {
-                Some(c) if c.is_broken() => Err(StoreError::Conflict(
-                    "an earlier commit of this engine failed; nothing after it is written".into(),
-                )),
-                _ => f(conn),
-            };
-            let ok = result.is_ok();
-            if let (false, Some(c)) = (ok, &chain) {
-                c.break_chain(); // before a later job of the chain in this same transaction
-            }
-            let reply: Reply = Box::new(move |commit_error| {
-                let outcome = match (result, commit_error) {
-                    (Ok(v), None) => Ok(v),
-                    (Ok(_), Some(e)) | (Err(e), _) => Err(e),
-                };
-                if let (Err(_), Some(c)) = (&outcome, &chain) {
-                    c.break_chain();
-                }
-                let _ = tx.send(outcome);
-            });
-            (ok, reply)
-        });
+        let (job, rx) = writer::chained(chain, f);
         let sender = self
             .writer
             .lock()
@@ -254,67 +243,6 @@ pub fn measure_commit_latency(
         let _ = std::fs::remove_file(dir.join(format!("commit-probe.db{suffix}")));
     }
     Ok(took / n.max(1) as u32)
-}
-
-/// The error of the last commit if it failed (a full disk, a read-only file), for health.
-type LastCommitError = Arc<Mutex<Option<StoreError>>>;
-
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, last_error: LastCommitError) {
-    let remember = |e: Option<StoreError>| {
-        if let Ok(mut last) = last_error.lock() {
-            *last = e;
-        }
-    };
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < 1024 {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let err = db_err(e);
-            remember(Some(err.clone()));
-            for job in jobs {
-                // Run nothing: report the failure to each caller.
-                let (_, reply) = job_failed(job, &err);
-                reply(Some(err.clone()));
-            }
-            continue;
-        }
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let _ = conn.execute_batch("SAVEPOINT job");
-            let (ok, reply) = job(&conn);
-            let end = if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            let _ = conn.execute_batch(end);
-            replies.push(reply);
-        }
-        let commit_error = match conn.execute_batch("COMMIT") {
-            Ok(()) => None,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Some(db_err(e))
-            }
-        };
-        remember(commit_error.clone());
-        for reply in replies {
-            reply(commit_error.clone());
-        }
-    }
-}
-
-/// A job that cannot run: its reply still has to be delivered.
-fn job_failed(job: Job, _err: &StoreError) -> (bool, Reply) {
-    // Jobs only touch the connection when called; with no transaction open we must not
-    // call them, so hand back a reply that drops the job unrun.
-    drop(job);
-    (false, Box::new(|_| {}))
 }
 
 pub(crate) fn now_ms() -> i64 {
