@@ -58,16 +58,15 @@ fn decided(events: &[Value], step: &str) -> usize {
         .count()
 }
 
-/// Starts the server and waits until it has taken over every unfinished run (it resumes
+/// Starts the server and waits until it has taken over `want` unfinished runs (it resumes
 /// them after it starts listening), so inputs reach the engine rather than the command table.
-fn restart(p: &Plexus, runs: &[String], finished: usize) -> (Child, String) {
+fn restart(p: &Plexus, want: usize) -> (Child, String) {
     let (server, addr) = start_server(p);
     let log = p.dir.path().join("serve.log");
     let resumed_before = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .matches("resumed an interrupted run")
         .count();
-    let want = runs.len() - finished;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -150,7 +149,7 @@ fn acknowledged_approvals_and_signals_survive_kill_9_right_after_the_answer() {
         if gates.iter().all(|(other, _)| *other != r) {
             finished += 1;
         }
-        (server, addr) = restart(&p, &runs, finished);
+        (server, addr) = restart(&p, RUNS - finished);
         if status == 200 {
             applied += 1;
             // Applied means durable: in the history at once, before the restarted engine
@@ -229,7 +228,7 @@ fn acknowledged_approvals_and_signals_survive_kill_9_right_after_the_answer() {
         server.kill().unwrap();
         server.wait().unwrap();
         assert_eq!(status, 200, "{action}: {answer}");
-        (server, addr) = restart(&p, &[run.clone()], usize::from(action == "cancel"));
+        (server, addr) = restart(&p, usize::from(action != "cancel"));
         let found = events(&addr, &run)
             .iter()
             .filter(|e| e["type"] == mark)
