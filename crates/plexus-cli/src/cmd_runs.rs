@@ -304,7 +304,7 @@ async fn cancel_interrupted(
     let plan = plexus_core::load(&row.manifest, "(stored manifest)", &opts)
         .map_err(|d| anyhow::anyhow!("the stored manifest no longer compiles: {}", d[0]))?;
     let events = store.events(&row.id, 0, 0).await?;
-    let mut state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
+    let mut state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events)?;
     let t = state.handle(
         Input::Cancel {
             reason: format!("cancelled by {actor}"),

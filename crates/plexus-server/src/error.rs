@@ -99,6 +99,12 @@ impl From<EngineError> for ApiError {
                 "unavailable",
                 e.to_string(),
             ),
+            // The stored history is damaged: an operator has to look, a retry will not help.
+            EngineError::Restore(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt_history",
+                e.to_string(),
+            ),
         }
     }
 }

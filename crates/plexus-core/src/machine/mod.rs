@@ -261,6 +261,21 @@ pub enum Rejected {
     },
 }
 
+/// Why a run's stored events cannot be folded back into its state. The run is left as
+/// it is in the store; nothing is guessed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RestoreError {
+    #[error(
+        "run `{run}`: its stored events are not contiguous (event {found} follows event {after}, \
+         expected {}); the run cannot be resumed safely", after + 1
+    )]
+    Gap { run: String, after: u64, found: u64 },
+    #[error(
+        "run `{run}`: stored event {seq} names step `{step}`, which its workflow does not have"
+    )]
+    UnknownStep { run: String, seq: u64, step: String },
+}
+
 /// Who may approve what, and what they are approving.
 pub fn permission_name(p: Permission) -> &'static str {
     match p {

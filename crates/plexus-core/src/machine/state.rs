@@ -94,18 +94,35 @@ impl RunState {
         }
     }
 
-    /// Rebuilds a run from its persisted events.
+    /// Rebuilds a run from its persisted events, all of them from the first: a gap in
+    /// their sequence, or an event about a step the plan does not have, is refused.
     pub fn restore(
         run_id: impl Into<String>,
         plan: Arc<Plan>,
         inputs: Json,
         events: &[Event],
-    ) -> Self {
+    ) -> Result<Self, super::RestoreError> {
         let mut state = RunState::new(run_id, plan, inputs);
         for e in events {
+            if e.seq != state.seq + 1 {
+                return Err(super::RestoreError::Gap {
+                    run: state.run_id,
+                    after: state.seq,
+                    found: e.seq,
+                });
+            }
+            if let Some(step) = e.kind.step_id()
+                && state.index_of(step).is_none()
+            {
+                return Err(super::RestoreError::UnknownStep {
+                    run: state.run_id,
+                    seq: e.seq,
+                    step: step.to_owned(),
+                });
+            }
             state.apply(e);
         }
-        state
+        Ok(state)
     }
 
     pub fn step_status(&self, i: usize) -> StepStatus {

@@ -357,7 +357,7 @@ fn restore_then_resume_retries_an_interrupted_attempt_as_a_new_attempt() {
     let t = d.run.handle(grant, d.now).unwrap();
     d.events.extend(t.events); // `a` started; its process is lost with the crash
 
-    let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events);
+    let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events).unwrap();
     assert_eq!(restored.step_status(0), StepStatus::Running);
     let t = restored.resume(d.now);
     assert_eq!(t.events[0].kind.type_name(), "step_interrupted");
@@ -393,7 +393,7 @@ fn resuming_a_folded_run_reaches_the_same_state() {
     d.fire_timers = false;
     d.settle();
     assert_eq!(d.status("b"), StepStatus::Waiting);
-    let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events);
+    let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events).unwrap();
     let t = restored.resume(d.now);
     assert!(t.events.is_empty());
     assert_eq!(
@@ -442,6 +442,7 @@ fn a_paused_run_starts_nothing_new_until_resumed() {
         .handle(Input::Pause { by: "ops".into() }, d.now)
         .unwrap();
     assert_eq!(t.events[0].kind.type_name(), "run_paused");
+    d.feed(t);
     assert_eq!(d.run.status, RunStatus::Paused);
     d.settle(); // `a` finishes; `b` must not start
     assert_eq!(d.status("a"), StepStatus::Succeeded);
@@ -460,7 +461,7 @@ fn a_paused_run_starts_nothing_new_until_resumed() {
     d.settle();
     assert_eq!(d.run.status, RunStatus::Succeeded);
     // The fold gives the same answer.
-    let restored = RunState::restore("r1", Arc::clone(&d.run.plan), json!({}), &d.events);
+    let restored = RunState::restore("r1", Arc::clone(&d.run.plan), json!({}), &d.events).unwrap();
     assert_eq!(restored.status, RunStatus::Succeeded);
 }
 
@@ -506,4 +507,45 @@ fn retry_reruns_failed_steps_and_what_was_skipped_behind_them() {
         .handle(Input::Pause { by: "x".into() }, d.now)
         .unwrap_err();
     assert!(matches!(err, Rejected::RunFinished(_)));
+}
+
+#[test]
+fn restoring_refuses_a_gap_in_the_events_and_names_it() {
+    let yaml = "version: plexus/v1\nname: t\nsteps:\n- {id: a, builtin: noop}\n- {id: b, needs: [a], builtin: noop}\n";
+    let mut d = Driver::new(yaml);
+    d.settle();
+    assert!(d.events.len() >= 4);
+    let mut gapped = d.events.clone();
+    gapped.remove(2); // event 3
+    let err = RunState::restore("r1", plan(yaml), json!({}), &gapped).unwrap_err();
+    assert_eq!(
+        err,
+        crate::machine::RestoreError::Gap {
+            run: "r1".into(),
+            after: 2,
+            found: 4
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("event 4 follows event 2, expected 3"),
+        "{err}"
+    );
+    // Events that do not start at 1 are a gap too.
+    let err = RunState::restore("r1", plan(yaml), json!({}), &d.events[1..]).unwrap_err();
+    assert!(matches!(
+        err,
+        crate::machine::RestoreError::Gap {
+            after: 0,
+            found: 2,
+            ..
+        }
+    ));
+    // An event about a step the plan does not have.
+    let other = "version: plexus/v1\nname: t\nsteps:\n- {id: a, builtin: noop}\n";
+    let err = RunState::restore("r1", plan(other), json!({}), &d.events).unwrap_err();
+    assert!(
+        matches!(err, crate::machine::RestoreError::UnknownStep { ref step, .. } if step == "b"),
+        "{err}"
+    );
 }
