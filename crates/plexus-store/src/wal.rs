@@ -67,7 +67,9 @@ pub fn preallocate(conn: &Connection, db: &Path) {
     if let Err(e) = grow(&wal) {
         tracing::warn!(wal = %wal.display(), error = %e, "could not write the log ahead; commits will append to it");
     }
-    let _ = conn.execute_batch("ROLLBACK");
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::warn!(error = %e, "ending the log's write-ahead transaction failed");
+    }
 }
 
 /// Free space under which the log is not written ahead.

@@ -4,12 +4,14 @@
 
 use crate::*;
 use plexus_core::machine::Event;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
+mod rows;
 mod writer;
+use rows::*;
 use writer::{Job, LastCommitError, writer_loop};
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -251,45 +253,6 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
-     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode";
-
-fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
-    let parse = |s: Option<String>| {
-        s.and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Json::Null)
-    };
-    let parent_run: Option<String> = r.get(8)?;
-    let parent = match parent_run {
-        Some(run_id) => Some(ParentRef {
-            run_id,
-            step_id: r.get(9)?,
-            item: r.get::<_, Option<i64>>(10)?.map(|v| v as u32),
-            attempt: r.get::<_, Option<i64>>(11)?.unwrap_or(0) as u32,
-        }),
-        None => None,
-    };
-    Ok(RunRow {
-        id: r.get(0)?,
-        workflow: r.get(1)?,
-        status: r.get(2)?,
-        manifest: r.get(3)?,
-        base_dir: r.get(4)?,
-        inputs: parse(r.get(5)?),
-        outputs: parse(r.get(6)?),
-        error: r.get(7)?,
-        parent,
-        created_at: r.get::<_, i64>(12)? as u64,
-        updated_at: r.get::<_, i64>(13)? as u64,
-        finished_at: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
-        owner: r.get(15)?,
-        lease_until: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
-        last_seq: r.get::<_, i64>(17)? as u64,
-        started_by: r.get(18)?,
-        mode: r.get(19)?,
-    })
-}
-
 /// Appends a workflow audit record for a run event, in the commit that stores the event.
 fn audit_run_event(conn: &Connection, run_id: &str, time: Millis, audit: RunAudit) -> Result<()> {
     let (workflow, started_by): (String, Option<String>) = conn
@@ -518,33 +481,6 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
     Ok(())
 }
 
-fn command_from_row(r: &Row) -> rusqlite::Result<Command> {
-    let kind: String = r.get(2)?;
-    let data: Option<String> = r.get(4)?;
-    Ok(Command {
-        id: r.get(0)?,
-        run_id: r.get(1)?,
-        kind: CommandKind::parse(&kind).unwrap_or(CommandKind::Cancel),
-        step_id: r.get(3)?,
-        data: data
-            .and_then(|d| serde_json::from_str(&d).ok())
-            .unwrap_or(Json::Null),
-        actor: r.get(5)?,
-        created_at: r.get::<_, i64>(6)? as u64,
-        consumed_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-        result: r.get(8)?,
-    })
-}
-
-fn workflow_from_row(r: &Row) -> rusqlite::Result<WorkflowRow> {
-    Ok(WorkflowRow {
-        name: r.get(0)?,
-        version: r.get::<_, i64>(1)? as u32,
-        manifest: r.get(2)?,
-        created_at: r.get::<_, i64>(3)? as u64,
-    })
-}
-
 /// A version of a workflow (the newest when `version` is `None`), unless deleted.
 fn workflow_row(
     conn: &Connection,
@@ -558,34 +494,12 @@ fn workflow_row(
         .map_err(db_err)
 }
 
-const SCHEDULE_COLUMNS: &str = "name, workflow, cron, inputs, catch_up, paused, next_fire_at, last_fired_at, from_manifest, created_at";
-
-fn schedule_from_row(r: &Row) -> rusqlite::Result<ScheduleRow> {
-    let inputs: String = r.get(3)?;
-    let catch_up: String = r.get(4)?;
-    Ok(ScheduleRow {
-        name: r.get(0)?,
-        workflow: r.get(1)?,
-        cron: r.get(2)?,
-        inputs: serde_json::from_str(&inputs).unwrap_or(Json::Null),
-        catch_up: plexus_core::schedule::CatchUp::parse(&catch_up).unwrap_or_default(),
-        paused: r.get(5)?,
-        next_fire_at: r.get::<_, i64>(6)? as u64,
-        last_fired_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-        from_manifest: r.get(8)?,
-        created_at: r.get::<_, i64>(9)? as u64,
-    })
-}
-
 fn schedule_row(conn: &Connection, name: &str) -> Result<Option<ScheduleRow>> {
     let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?1");
     conn.query_row(&sql, [name], schedule_from_row)
         .optional()
         .map_err(db_err)
 }
-
-const COMMAND_COLUMNS: &str =
-    "c.id, c.run_id, c.kind, c.step_id, c.data, c.actor, c.created_at, c.consumed_at, c.result";
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
@@ -783,14 +697,13 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([&run_id], |r| {
-                    let output: Option<String> = r.get(5)?;
                     Ok(StepRow {
                         step_id: r.get(0)?,
                         status: r.get(1)?,
                         attempt: r.get::<_, i64>(2)? as u32,
                         started_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
                         finished_at: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                        output: output.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or(Json::Null),
+                        output: json_at(r, 5)?,
                         error: r.get(6)?,
                     })
                 })
@@ -1141,15 +1054,13 @@ impl Store for SqliteStore {
                     "SELECT id, type, payload, dedupe_key, received_at, runs FROM received_events WHERE dedupe_key = ?1",
                     [&event.dedupe_key],
                     |r| {
-                        let payload: String = r.get(2)?;
-                        let runs: String = r.get(5)?;
                         Ok(ReceivedEvent {
                             id: r.get(0)?,
                             event_type: r.get(1)?,
-                            payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
+                            payload: json_at(r, 2)?,
                             dedupe_key: r.get(3)?,
                             received_at: r.get::<_, i64>(4)? as u64,
-                            runs: serde_json::from_str(&runs).unwrap_or_default(),
+                            runs: parsed_at(r, 5)?,
                         })
                     },
                 )
@@ -1202,12 +1113,11 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([limit.max(1) as i64], |r| {
-                    let payload: String = r.get(3)?;
                     Ok(DeadLetter {
                         id: r.get(0)?,
                         kind: r.get(1)?,
                         target: r.get(2)?,
-                        payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
+                        payload: json_at(r, 3)?,
                         reason: r.get(4)?,
                         created_at: r.get::<_, i64>(5)? as u64,
                     })
@@ -1291,15 +1201,12 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([], |r| {
-                    let data: Option<String> = r.get(4)?;
                     Ok(PendingApproval {
                         run_id: r.get(0)?,
                         workflow: r.get(1)?,
                         step_id: r.get(2)?,
                         requested_by: r.get(3)?,
-                        request: data
-                            .and_then(|d| serde_json::from_str(&d).ok())
-                            .unwrap_or(Json::Null),
+                        request: json_at(r, 4)?,
                     })
                 })
                 .map_err(db_err)?
