@@ -77,6 +77,8 @@ pub enum EngineError {
     Manifest { run: String, problems: String },
     #[error("the engine has stopped: {0}")]
     Stopped(String),
+    #[error(transparent)]
+    Restore(#[from] plexus_core::machine::RestoreError),
 }
 
 /// Why an input sent to the scheduler was not applied.
@@ -103,6 +105,52 @@ pub enum Notice {
     Fatal {
         error: String,
     },
+}
+
+/// What the scheduler loop shares about its own health (see [`Engine::health`]).
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    /// Why the loop stopped for good (it could not persist); it never clears.
+    fatal: std::sync::Mutex<Option<String>>,
+    /// Wall-clock time the oldest commit still in flight was sent, 0 if none.
+    commit_since: AtomicU64,
+}
+
+impl Liveness {
+    pub(crate) fn set_fatal(&self, error: String) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(error);
+        }
+    }
+
+    pub(crate) fn set_commit_since(&self, since: Option<Millis>) {
+        self.commit_since
+            .store(since.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+/// How long the scheduler loop may take to answer a health probe.
+const HEALTH_ANSWER: Duration = Duration::from_secs(1);
+/// How long a commit may stay in flight before the engine counts as stalled.
+const COMMIT_STALL: Duration = Duration::from_secs(10);
+
+/// The engine's own health, as `/healthz` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineHealth {
+    /// `running`, `stalled` (the loop or a commit is not moving) or `stopped` (it cannot
+    /// persist and stopped: runs resume from their last commit after a restart).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The pools, when the loop answered.
+    #[serde(skip)]
+    pub pools: Option<Vec<PoolStats>>,
+}
+
+impl EngineHealth {
+    pub fn is_ok(&self) -> bool {
+        self.state == "running"
+    }
 }
 
 /// Counters for benchmarks and `/metrics`.
@@ -190,6 +238,7 @@ pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: Arc<EngineConfig>,
     pub stats: Arc<EngineStats>,
+    pub(crate) liveness: Arc<Liveness>,
 }
 
 /// A run to start.
@@ -232,6 +281,7 @@ impl Engine {
             store,
             config: Arc::new(config),
             stats: Arc::default(),
+            liveness: Arc::default(),
         };
         scheduler::spawn(engine.clone(), rx);
         engine
@@ -393,7 +443,7 @@ impl Engine {
             }
         })?;
         let events = self.store.events(&row.id, 0, 0).await?;
-        let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events);
+        let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events)?;
         let base_dir = row
             .base_dir
             .map(PathBuf::from)
@@ -454,6 +504,50 @@ impl Engine {
             Err(_) => Err(EngineError::Stopped(
                 "the scheduler stopped before the input was durable".into(),
             )),
+        }
+    }
+
+    /// Whether the scheduler loop is alive and committing: it answers a probe within a
+    /// second, no commit has been in flight for more than ten, and it has not stopped
+    /// on a store failure (a state it never leaves: the process must be restarted).
+    pub async fn health(&self) -> EngineHealth {
+        let stopped = |reason: String| EngineHealth {
+            state: "stopped",
+            reason: Some(reason),
+            pools: None,
+        };
+        if let Some(fatal) = self.liveness.fatal.lock().ok().and_then(|f| f.clone()) {
+            return stopped(format!("cannot persist run progress: {fatal}"));
+        }
+        let pools = match tokio::time::timeout(HEALTH_ANSWER, self.pool_stats()).await {
+            Ok(Ok(pools)) => pools,
+            Ok(Err(e)) => return stopped(e.to_string()),
+            Err(_) => {
+                return EngineHealth {
+                    state: "stalled",
+                    reason: Some(format!(
+                        "the scheduler loop did not answer within {} ms",
+                        HEALTH_ANSWER.as_millis()
+                    )),
+                    pools: None,
+                };
+            }
+        };
+        let since = self.liveness.commit_since.load(Ordering::Relaxed);
+        let waited = now_ms().saturating_sub(since);
+        if since > 0 && waited > COMMIT_STALL.as_millis() as u64 {
+            return EngineHealth {
+                state: "stalled",
+                reason: Some(format!(
+                    "a commit has been waiting for the store for {waited} ms"
+                )),
+                pools: Some(pools),
+            };
+        }
+        EngineHealth {
+            state: "running",
+            reason: None,
+            pools: Some(pools),
         }
     }
 

@@ -34,6 +34,8 @@ struct InFlight {
     /// Answers to control inputs, sent once this commit is durable.
     replies: Vec<InputReply>,
     started: Instant,
+    /// When it was sent, in wall-clock time (for the engine's health).
+    sent_at: plexus_core::machine::Millis,
     events: usize,
 }
 
@@ -159,6 +161,7 @@ impl Loop {
                     }
                 }, if !self.inflight.is_empty() => {
                     let done = self.inflight.pop_front().expect("guarded");
+                    self.engine.liveness.set_commit_since(self.inflight.front().map(|f| f.sent_at));
                     if let Err(e) = result {
                         self.fatal(e);
                         return;
@@ -200,11 +203,15 @@ impl Loop {
                 _ = lease.tick() => self.renew_leases(),
             }
         }
-        let _ = self
+        // Not fatal: the leases then run out by themselves and the runs are taken over later.
+        if let Err(e) = self
             .engine
             .store
             .release_runs(&self.engine.config.owner)
-            .await;
+            .await
+        {
+            tracing::warn!(error = %e, "could not hand back the leases of unfinished runs");
+        }
         let reply = self.stopping.take();
         // Scratch space and idle shells are let go before the caller learns that the
         // engine stopped: a command may end its process right after.
@@ -216,6 +223,7 @@ impl Loop {
 
     fn fatal(&mut self, e: StoreError) {
         tracing::error!(error = %e, "cannot persist run progress; stopping the engine");
+        self.engine.liveness.set_fatal(e.to_string());
         // Inputs whose events did not become durable are answered with the failure, so
         // no client takes them as acknowledged.
         let waiting = self.inflight.drain(..).flat_map(|f| f.replies);
@@ -259,6 +267,9 @@ impl Loop {
                     std::task::Poll::Ready(r) => Some(r),
                     std::task::Poll::Pending => None,
                 };
+                if self.inflight.is_empty() {
+                    self.engine.liveness.set_commit_since(Some(now_ms()));
+                }
                 self.inflight.push_back(InFlight {
                     commit,
                     early,
@@ -266,6 +277,7 @@ impl Loop {
                     notices: std::mem::take(&mut self.notices),
                     replies: std::mem::take(&mut self.replies),
                     started: Instant::now(),
+                    sent_at: now_ms(),
                     events,
                 });
                 return;
@@ -998,7 +1010,8 @@ async fn prepare_child(
                 .events(&child_id, 0, 0)
                 .await
                 .map_err(|e| e.to_string())?;
-            let state = RunState::restore(child_id, Arc::new(plan), row.inputs, &events);
+            let state = RunState::restore(child_id, Arc::new(plan), row.inputs, &events)
+                .map_err(|e| e.to_string())?;
             Ok(Some(Msg::ChildEnded {
                 parent,
                 outcome: child_outcome(&state, status),

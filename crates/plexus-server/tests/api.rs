@@ -234,6 +234,7 @@ async fn health_reports_store_and_pools() {
     let (s, v) = api.get("/healthz").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["store"], "ok");
+    assert_eq!(v["engine"]["state"], "running", "{v}");
     assert_eq!(v["pools"][0]["name"], "default");
     assert_eq!(v["plugins"], serde_json::json!([]));
 
@@ -254,6 +255,20 @@ async fn health_reports_store_and_pools() {
     std::fs::rename(api.dir.path().join("moved.db"), &db).unwrap();
     let (s, _) = api.get("/healthz").await;
     assert_eq!(s, StatusCode::OK);
+
+    // The store is fine but the engine's loop is gone: not healthy, and it says why.
+    api.state.engine.shutdown().await;
+    let (s, v) = api.get("/healthz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["store"], "ok");
+    assert_eq!(v["engine"]["state"], "stopped", "{v}");
+    assert!(
+        v["engine"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not running"),
+        "{v}"
+    );
 }
 
 /// Every route of the router is in the OpenAPI document, with its method.
