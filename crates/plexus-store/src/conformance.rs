@@ -34,7 +34,27 @@ fn ev(seq: u64, kind: EventKind) -> Event {
     }
 }
 
-/// Runs every check; panics with a message naming the first broken behaviour.
+/// One test per check, each on a fresh store from `$fresh` (an async fn returning the
+/// store and whatever must live as long as it, e.g. its temporary directory), so one
+/// broken behaviour does not hide the others. A backend's test file says
+/// `plexus_store::store_conformance!(fresh_store);`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($fresh:path) => {
+        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, finds_runs_by_prefix_and_filters, remembers_running_processes, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break);
+    };
+    (@each $fresh:path; $($check:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (store, _keep) = $fresh().await;
+                $crate::conformance::$check(&store).await;
+            }
+        )*
+    };
+}
+
+/// Runs every check on one store; panics with a message naming the first broken behaviour.
 pub async fn check_all(store: &dyn Store) {
     creates_runs_once(store).await;
     commits_events_and_rows_atomically(store).await;
@@ -57,7 +77,7 @@ pub async fn check_all(store: &dyn Store) {
 /// Commits on one chain land in order or not at all: after one fails, later ones (even
 /// sent before the failure was known, and grouped into the same transaction) are refused,
 /// so a run never gets a gap in its events.
-async fn a_broken_chain_writes_nothing_after_the_break(store: &dyn Store) {
+pub async fn a_broken_chain_writes_nothing_after_the_break(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000008";
     store.create_run(run(id, None, 20)).await.unwrap();
     let chain = CommitChain::default();
@@ -92,7 +112,7 @@ async fn a_broken_chain_writes_nothing_after_the_break(store: &dyn Store) {
     store.commit(fresh).await.unwrap();
 }
 
-async fn keeps_users_keys_and_sessions(store: &dyn Store) {
+pub async fn keeps_users_keys_and_sessions(store: &dyn Store) {
     use crate::auth::*;
     let user = |id: &str, name: &str| User {
         id: id.into(),
@@ -179,7 +199,7 @@ async fn keeps_users_keys_and_sessions(store: &dyn Store) {
     );
 }
 
-async fn chains_audit_records(store: &dyn Store) {
+pub async fn chains_audit_records(store: &dyn Store) {
     use crate::auth::AuditFilter;
     use plexus_core::audit::{AuditEntry, ChainVerifier, Domain};
     let before = store.audit(AuditFilter::default()).await.unwrap().len() as u64;
@@ -243,7 +263,7 @@ async fn chains_audit_records(store: &dyn Store) {
     assert_eq!(since.len(), 2);
 }
 
-async fn keeps_settings(store: &dyn Store) {
+pub async fn keeps_settings(store: &dyn Store) {
     use crate::auth::Setting;
     let s = |key: &str, value: &str| Setting {
         key: key.into(),
@@ -277,7 +297,7 @@ async fn keeps_settings(store: &dyn Store) {
     assert_eq!(store.settings().await.unwrap().len(), 1);
 }
 
-async fn keeps_logs_per_attempt(store: &dyn Store) {
+pub async fn keeps_logs_per_attempt(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000007";
     store.create_run(run(id, None, 300)).await.unwrap();
     let logs = |item: Option<u32>, attempt: u32, out: &str| StepLogs {
@@ -308,7 +328,7 @@ async fn keeps_logs_per_attempt(store: &dyn Store) {
     assert_eq!(store.step_logs(id, "b", None, 1).await.unwrap(), None);
 }
 
-async fn events_trigger_and_dead_letters(store: &dyn Store) {
+pub async fn events_trigger_and_dead_letters(store: &dyn Store) {
     store
         .set_triggers("deploy", &["git.push".into(), "release".into()])
         .await
@@ -371,7 +391,7 @@ async fn events_trigger_and_dead_letters(store: &dyn Store) {
     );
 }
 
-async fn schedules_advance_once(store: &dyn Store) {
+pub async fn schedules_advance_once(store: &dyn Store) {
     let s = ScheduleRow {
         name: "nightly".into(),
         workflow: "wf".into(),
@@ -421,7 +441,7 @@ async fn schedules_advance_once(store: &dyn Store) {
     assert!(store.get_schedule("nightly").await.unwrap().is_none());
 }
 
-async fn versions_workflows(store: &dyn Store) {
+pub async fn versions_workflows(store: &dyn Store) {
     let (v1, new) = store.put_workflow("deploy", "v: 1", 10).await.unwrap();
     assert_eq!((v1.version, new), (1, true));
     let (same, new) = store.put_workflow("deploy", "v: 1", 11).await.unwrap();
@@ -472,7 +492,7 @@ async fn versions_workflows(store: &dyn Store) {
     );
 }
 
-async fn finds_runs_by_idempotency_key(store: &dyn Store) {
+pub async fn finds_runs_by_idempotency_key(store: &dyn Store) {
     let mut first = run("00000000-0000-0000-0000-000000000007", None, 400);
     first.idempotency_key = Some("order-1".into());
     assert!(store.create_run(first).await.unwrap());
@@ -487,7 +507,7 @@ async fn finds_runs_by_idempotency_key(store: &dyn Store) {
     assert!(store.find_run_by_key("order-2").await.unwrap().is_none());
 }
 
-async fn remembers_running_processes(store: &dyn Store) {
+pub async fn remembers_running_processes(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000006";
     store.create_run(run(id, None, 300)).await.unwrap();
     let rec = |step: &str, item: Option<u32>| ProcessRecord {
@@ -517,7 +537,7 @@ async fn remembers_running_processes(store: &dyn Store) {
     assert_eq!(store.processes(id).await.unwrap(), vec![rec("a", None)]);
 }
 
-async fn creates_runs_once(store: &dyn Store) {
+pub async fn creates_runs_once(store: &dyn Store) {
     assert!(
         store
             .create_run(run("00000000-0000-0000-0000-000000000001", None, 1))
@@ -544,7 +564,7 @@ async fn creates_runs_once(store: &dyn Store) {
     );
 }
 
-async fn commits_events_and_rows_atomically(store: &dyn Store) {
+pub async fn commits_events_and_rows_atomically(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000002";
     store.create_run(run(id, None, 10)).await.unwrap();
     let events = vec![
@@ -613,7 +633,7 @@ async fn commits_events_and_rows_atomically(store: &dyn Store) {
     );
 }
 
-async fn refuses_a_second_writer_of_the_same_event(store: &dyn Store) {
+pub async fn refuses_a_second_writer_of_the_same_event(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000003";
     store.create_run(run(id, None, 20)).await.unwrap();
     let first = Batch {
@@ -655,7 +675,7 @@ async fn refuses_a_second_writer_of_the_same_event(store: &dyn Store) {
     );
 }
 
-async fn leases_decide_who_drives_a_run(store: &dyn Store) {
+pub async fn leases_decide_who_drives_a_run(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000004";
     store.create_run(run(id, Some("one"), 100)).await.unwrap();
     assert!(
@@ -683,7 +703,7 @@ async fn leases_decide_who_drives_a_run(store: &dyn Store) {
     assert_eq!((row.owner, row.lease_until), (None, None));
 }
 
-async fn commands_wait_for_their_owner(store: &dyn Store) {
+pub async fn commands_wait_for_their_owner(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000005";
     store
         .create_run(run(id, Some("driver"), 100))
@@ -731,8 +751,25 @@ async fn commands_wait_for_their_owner(store: &dyn Store) {
     );
 }
 
-async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
-    let row = store.get_run("00000000-0000-0000-0000-00000000000").await;
+pub async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
+    // Four runs of its own, one of them finished.
+    for i in 1..=4 {
+        let id = format!("00000000-0000-0000-0000-0000000000a{i}");
+        store.create_run(run(&id, None, 100 + i)).await.unwrap();
+    }
+    let finished = "00000000-0000-0000-0000-0000000000a1";
+    let events = [
+        ev(1, EventKind::RunStarted { inputs: json!({}) }),
+        ev(2, EventKind::RunSucceeded { outputs: json!({}) }),
+    ];
+    store
+        .commit(Batch {
+            events: events.map(|e| (finished.to_owned(), e)).into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let row = store.get_run("00000000-0000-0000-0000-0000000000a").await;
     assert!(matches!(row, Err(StoreError::Ambiguous(_))));
     assert!(matches!(
         store.get_run("not-a-run").await,
@@ -749,7 +786,13 @@ async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
         })
         .await
         .unwrap();
-    assert_eq!(done.len(), 1);
+    // Other checks may share this store (`check_all`): only this check's runs are counted.
+    let mine: Vec<_> = done
+        .iter()
+        .filter(|r| r.id.starts_with("00000000-0000-0000-0000-0000000000a"))
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].id, finished);
     let active = store
         .list_runs(RunFilter {
             active: true,

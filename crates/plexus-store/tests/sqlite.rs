@@ -2,11 +2,16 @@
 
 use plexus_store::{SqliteOptions, SqliteStore, Store};
 
-#[tokio::test]
-async fn sqlite_store_passes_the_shared_suite() {
+async fn fresh_store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("plexus.db"), SqliteOptions::default()).unwrap();
-    plexus_store::conformance::check_all(&store).await;
+    (store, dir)
+}
+
+/// The shared suite: one test per behaviour, each on a fresh store.
+mod conformance {
+    use super::fresh_store;
+    plexus_store::store_conformance!(fresh_store);
 }
 
 #[tokio::test]
@@ -44,4 +49,54 @@ async fn a_database_from_a_newer_plexus_is_refused() {
             .contains("newer than this plexus understands"),
         "{err}"
     );
+}
+
+/// What the database holds is read as what it is, or refused: an unknown command kind is
+/// not taken for another, and a JSON column that does not parse is an error naming it.
+#[tokio::test]
+async fn unknown_values_and_corrupt_json_are_errors() {
+    let (store, dir) = fresh_store().await;
+    let path = dir.path().join("plexus.db");
+    let now = 1_000;
+    store
+        .create_run(plexus_store::NewRun {
+            id: "00000000-0000-0000-0000-0000000000c1".into(),
+            workflow: "wf".into(),
+            manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
+            base_dir: None,
+            inputs: serde_json::json!({"x": 1}),
+            step_ids: vec!["a".into()],
+            parent: None,
+            owner: Some("me".into()),
+            lease_until: Some(now + 60_000),
+            created_at: now,
+            idempotency_key: None,
+            workflow_version: None,
+            started_by: None,
+            mode: None,
+        })
+        .await
+        .unwrap();
+    let run = "00000000-0000-0000-0000-0000000000c1";
+    store
+        .add_command(
+            run,
+            plexus_store::CommandKind::Approve,
+            Some("a"),
+            serde_json::json!({}),
+            "user:ada",
+            now,
+        )
+        .await
+        .unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE commands SET kind = 'explode'", [])
+        .unwrap();
+    let err = store.pending_commands("me").await.unwrap_err().to_string();
+    assert!(err.contains("unknown command kind `explode`"), "{err}");
+
+    raw.execute("UPDATE runs SET inputs = '{not json'", [])
+        .unwrap();
+    let err = store.get_run(run).await.unwrap_err().to_string();
+    assert!(err.contains("index: 5"), "names the column: {err}");
 }
