@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
+    "foreach-100k",
     "shell-100",
     "shell-chain-100",
     "park-100k",
@@ -26,6 +27,7 @@ struct Sizes {
     sequential: usize,
     fanout: usize,
     throughput: usize,
+    foreach: usize,
     shell: usize,
     park: usize,
     http: usize,
@@ -37,6 +39,7 @@ fn sizes(quick: bool) -> Sizes {
             sequential: 40,
             fanout: 100,
             throughput: 1_000,
+            foreach: 10_000,
             shell: 10,
             park: 1_000,
             http: 64,
@@ -46,6 +49,7 @@ fn sizes(quick: bool) -> Sizes {
             sequential: 40,
             fanout: 1_000,
             throughput: 10_000,
+            foreach: 100_000,
             shell: 100,
             park: 100_000,
             http: 1_000,
@@ -394,6 +398,55 @@ async fn shell(b: &Bench, name: &str, n: usize, chain: bool) -> Result<Json> {
     }))
 }
 
+/// A foreach over `n` items of a list another step made, each item rendering a template:
+/// against the same workflow over a tenth of the items (ten times that is linear), and
+/// with a probe that asks the engine's loop for its pools every 10 ms, so the longest
+/// time the loop kept other runs and the API waiting shows.
+async fn foreach(b: &Bench, name: &str, n: usize) -> Result<Json> {
+    let yaml = |n: usize| {
+        manifest(
+            "foreach",
+            [
+                format!("  - {{id: gen, builtin: echo, with: {{items: \"{{{{ range({n}) | list }}}}\"}}}}\n"),
+                "  - {id: each, needs: [gen], foreach: \"{{ steps.gen.output.items }}\", builtin: echo, with: {item: \"{{ item }}\"}}\n".to_owned(),
+            ],
+        )
+    };
+    let tenth = b.run(yaml(n / 10)).await?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = b.engine.clone();
+    let probe = tokio::spawn(async move {
+        let mut longest = Duration::ZERO;
+        loop {
+            let asked = Instant::now();
+            if engine.pool_stats().await.is_err() {
+                return longest;
+            }
+            longest = longest.max(asked.elapsed());
+            tokio::select! {
+                _ = &mut stopped => return longest,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    });
+    let wall = b.run(yaml(n)).await?;
+    // The probe sees the loop's answers while the run goes on; its last one may lag.
+    stop.send(()).ok();
+    let stall = probe.await?;
+    let linear = tenth * 10;
+    let target_met =
+        (n < 100_000 || wall < Duration::from_secs(3)) && stall < Duration::from_millis(50);
+    Ok(json!({
+        "scenario": name, "items": n, "seconds": wall.as_secs_f64(), "longest_loop_wait_ms": ms(stall),
+        "result": format!("{:.2} s ({:.1} µs/item); the loop answered within {:.1} ms throughout", wall.as_secs_f64(), wall.as_secs_f64() * 1e6 / n as f64, ms(stall)),
+        "target": if n >= 100_000 { "< 3 s, loop never held > 50 ms" } else { "(quick size) loop never held > 50 ms" },
+        "target_met": target_met,
+        "baseline": format!("ten times the same over {} items: {:.2} s", n / 10, linear.as_secs_f64()),
+        "ratio": format!("{:.2}x of linear", wall.as_secs_f64() / linear.as_secs_f64().max(1e-9)),
+        "where_time_goes": b.where_time_goes(wall + tenth),
+    }))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -486,6 +539,7 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                 "where_time_goes": b.where_time_goes(wall),
             })
         }
+        "foreach-100k" => foreach(&b, name, sz.foreach).await?,
         "shell-100" => shell(&b, name, sz.shell, false).await?,
         "shell-chain-100" => shell(&b, name, sz.shell, true).await?,
         "park-100k" => {

@@ -218,12 +218,13 @@ enum Command {
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
-    /// steps and a join), throughput-10k (10,000 independent steps), shell-100 (100
+    /// steps and a join), throughput-10k (10,000 independent steps), foreach-100k (a
+    /// foreach over 100,000 items of another step's output vs ten times 10,000, and the
+    /// longest the engine's loop kept a caller waiting meanwhile), shell-100 (100
     /// independent `true` commands: per-step time vs one bare fork+exec, and vs bare
     /// fork+exec as many at a time as cores), shell-chain-100 (100 `true` commands one
     /// after another vs bare fork+exec one at a time), park-100k (100,000 steps waiting
-    /// for a signal:
-    /// peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
+    /// for a signal: peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
     /// HTTP by 32 clients: submit rate, runs/s, p50/p99 submit-to-finish). Each runs in
     /// its own process on a fresh store with synchronous=FULL.
     Bench {

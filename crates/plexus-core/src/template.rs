@@ -1,5 +1,7 @@
 //! Templates (`{{ inputs.service }}`) and expressions (`when`, `foreach`), rendered with
-//! minijinja. Rendering is pure: the caller passes the context as JSON.
+//! minijinja. Rendering is pure: the caller passes the context, a minijinja [`Value`]
+//! whose parts are shared, not copied (a step's large output is converted once, not once
+//! per foreach item; see [`context_of`] for a context made from JSON).
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde_json::Value as Json;
@@ -67,18 +69,24 @@ pub fn check_expression(src: &str) -> Result<(), String> {
         .map_err(|e| describe(&e))
 }
 
-pub fn render_str(src: &str, ctx: &Json) -> Result<String, String> {
+/// A template value made from JSON (converted whole, eagerly: keep and share the result
+/// rather than converting the same JSON again).
+pub fn context_of(ctx: &Json) -> Value {
+    Value::from(minijinja::value::Serde(ctx))
+}
+
+pub fn render_str(src: &str, ctx: &Value) -> Result<String, String> {
     if !is_template(src) {
         return Ok(src.to_owned());
     }
     strict()
-        .render_str(src, Value::from(minijinja::value::Serde(ctx)))
+        .render_str(src, ctx.clone())
         .map_err(|e| describe(&e))
 }
 
 /// Renders every string inside a JSON value. A string that is exactly `{{ expr }}` becomes
 /// the expression's value with its type (a list stays a list).
-pub fn render_value(value: &Json, ctx: &Json) -> Result<Json, String> {
+pub fn render_value(value: &Json, ctx: &Value) -> Result<Json, String> {
     Ok(match value {
         Json::String(s) => match sole_expression(s) {
             Some(expr) => eval_value(expr, ctx)?,
@@ -100,26 +108,22 @@ pub fn render_value(value: &Json, ctx: &Json) -> Result<Json, String> {
 }
 
 /// Evaluates an expression strictly and returns its value as JSON.
-pub fn eval_value(expr: &str, ctx: &Json) -> Result<Json, String> {
+pub fn eval_value(expr: &str, ctx: &Value) -> Result<Json, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
     let compiled = strict()
         .compile_expression(expr)
         .map_err(|e| describe(&e))?;
-    let v = compiled
-        .eval(Value::from(minijinja::value::Serde(ctx)))
-        .map_err(|e| describe(&e))?;
+    let v = compiled.eval(ctx.clone()).map_err(|e| describe(&e))?;
     serde_json::to_value(&v).map_err(|e| e.to_string())
 }
 
 /// Evaluates a `when` condition: undefined values are false rather than errors.
-pub fn eval_condition(expr: &str, ctx: &Json) -> Result<bool, String> {
+pub fn eval_condition(expr: &str, ctx: &Value) -> Result<bool, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
     let compiled = lenient()
         .compile_expression(expr)
         .map_err(|e| describe(&e))?;
-    let v = compiled
-        .eval(Value::from(minijinja::value::Serde(ctx)))
-        .map_err(|e| describe(&e))?;
+    let v = compiled.eval(ctx.clone()).map_err(|e| describe(&e))?;
     Ok(v.is_true())
 }
 
@@ -167,8 +171,9 @@ mod tests {
 
     #[test]
     fn renders_and_keeps_types_of_sole_expressions() {
-        let ctx =
-            json!({"inputs": {"svc": "api"}, "steps": {"inv": {"output": {"hosts": ["a", "b"]}}}});
+        let ctx = context_of(
+            &json!({"inputs": {"svc": "api"}, "steps": {"inv": {"output": {"hosts": ["a", "b"]}}}}),
+        );
         assert_eq!(
             render_str("restart {{ inputs.svc }}", &ctx).unwrap(),
             "restart api"
@@ -183,13 +188,17 @@ mod tests {
 
     #[test]
     fn strict_rendering_refuses_undefined_names() {
-        let err = render_str("rm -rf /{{ inputs.nope }}", &json!({"inputs": {}})).unwrap_err();
+        let err = render_str(
+            "rm -rf /{{ inputs.nope }}",
+            &context_of(&json!({"inputs": {}})),
+        )
+        .unwrap_err();
         assert!(err.contains("undefined"), "{err}");
     }
 
     #[test]
     fn conditions_treat_missing_as_false() {
-        let ctx = json!({"steps": {"a": {"output": {"action": "restart"}}}});
+        let ctx = context_of(&json!({"steps": {"a": {"output": {"action": "restart"}}}}));
         assert!(eval_condition("steps.a.output.action == \"restart\"", &ctx).unwrap());
         assert!(!eval_condition("steps.b.output.action == \"restart\"", &ctx).unwrap());
         assert!(eval_condition("{{ 1 < 2 }}", &ctx).unwrap());

@@ -5,8 +5,13 @@ use super::*;
 use crate::manifest::{Builtin, OnFailure, RetryPolicy, StepKind, TimeoutPolicy};
 use crate::plan::Plan;
 use crate::template;
+use minijinja::Value as TemplateValue;
 use serde_json::json;
+use std::cell::OnceCell;
 use std::sync::Arc;
+
+/// See [`RunState::launch_items`].
+pub const ITEMS_IN_FLIGHT: u32 = 1024;
 
 #[derive(Debug, Clone)]
 struct UnitRt {
@@ -49,6 +54,10 @@ struct StepRt {
     unit: UnitRt,
     approved: bool,
     items: Option<Box<Items>>,
+    /// `unit.output` as a template value, made when a template first reads it and shared
+    /// by every later reader (each foreach item of a step that reads it): a large output
+    /// is converted once, not once per item. Cleared by every event about the step.
+    output_value: OnceCell<TemplateValue>,
 }
 
 /// The state of one run: the fold of its events over its plan.
@@ -65,10 +74,12 @@ pub struct RunState {
     steps: Vec<StepRt>,
     /// Steps not yet in a terminal state.
     open: usize,
+    /// `inputs` as a template value (see [`StepRt::output_value`]).
+    inputs_value: OnceCell<TemplateValue>,
 }
 
 /// A read-only view of one step, for display.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StepView {
     pub id: String,
     pub status: StepStatus,
@@ -91,6 +102,7 @@ impl RunState {
             error: None,
             steps: vec![StepRt::default(); n],
             open: n,
+            inputs_value: OnceCell::new(),
         }
     }
 
@@ -173,16 +185,37 @@ impl RunState {
         unit.wake_at = None;
     }
 
+    /// A foreach step's end carries its items' outputs; they are not kept twice.
+    fn clear_item_outputs(&mut self, i: usize) {
+        if let Some(items) = &mut self.steps[i].items {
+            for u in &mut items.units {
+                u.output = Json::Null;
+            }
+        }
+    }
+
+    /// Steps plus foreach items: how much state the run holds.
+    pub fn units(&self) -> usize {
+        (self.steps.iter())
+            .map(|s| 1 + s.items.as_ref().map_or(0, |i| i.units.len()))
+            .sum()
+    }
+
     // ----- the fold -------------------------------------------------------------------
 
     /// Applies one event. Used both live (every emitted event) and when restoring.
     pub fn apply(&mut self, e: &Event) {
         self.seq = e.seq;
         let step_of = |s: &RunState, id: &str| s.index_of(id);
+        // What templates read of a step is made again after any event about it.
+        if let Some(i) = e.kind.step_id().and_then(|id| step_of(self, id)) {
+            self.steps[i].output_value.take();
+        }
         match &e.kind {
             EventKind::RunStarted { inputs } => {
                 self.status = RunStatus::Running;
                 self.inputs = inputs.clone();
+                self.inputs_value.take();
             }
             EventKind::StepExpanded { step_id, items } => {
                 if let Some(i) = step_of(self, step_id) {
@@ -273,7 +306,10 @@ impl RunState {
                             items.finished += 1;
                         }
                     }
-                    None => self.set_terminal(i, StepStatus::Succeeded),
+                    None => {
+                        self.set_terminal(i, StepStatus::Succeeded);
+                        self.clear_item_outputs(i);
+                    }
                 }
             }
             EventKind::StepFailed {
@@ -313,7 +349,10 @@ impl RunState {
                         }
                         step.unit.status = StepStatus::Partial;
                     }
-                    None => self.set_terminal(i, StepStatus::Failed),
+                    None => {
+                        self.set_terminal(i, StepStatus::Failed);
+                        self.clear_item_outputs(i);
+                    }
                 }
             }
             EventKind::StepInterrupted {
@@ -920,9 +959,17 @@ impl RunState {
         self.launch_items(t, now, i);
     }
 
-    /// Hands out foreach items up to the step's concurrency.
+    /// Hands out foreach items up to the step's concurrency. Without one, work that ends
+    /// by itself keeps at most [`ITEMS_IN_FLIGHT`] items started and unfinished, so no
+    /// single transition (and no single turn of the engine's loop) does more than that
+    /// many items' work; items that wait for the outside world (signals, timers) all
+    /// start at once, since each may be woken on its own.
     fn launch_items(&mut self, t: &mut Transition, now: Millis, i: usize) {
-        let limit = self.plan.step(i).concurrency.unwrap_or(u32::MAX);
+        let step = self.plan.step(i);
+        let limit = step.concurrency.unwrap_or(match step.kind {
+            StepKind::Wait(_) => u32::MAX,
+            _ => ITEMS_IN_FLIGHT,
+        });
         loop {
             let Some(items) = &mut self.steps[i].items else {
                 return;
@@ -1218,10 +1265,15 @@ impl RunState {
         {
             return;
         }
-        let outputs: Vec<Json> = items.units.iter().map(|u| u.output.clone()).collect();
         let failed = items.failed;
         let total = items.values.len();
         let step_id = self.plan.step(i).id.clone();
+        // The items' outputs move into the step's; nothing reads them one by one after
+        // this (the fold clears them too, see `apply`).
+        let outputs: Vec<Json> = (self.steps[i].items.iter_mut())
+            .flat_map(|items| items.units.iter_mut())
+            .map(|u| std::mem::take(&mut u.output))
+            .collect();
         if failed == 0 {
             self.emit(
                 t,
@@ -1484,35 +1536,56 @@ impl RunState {
         }
     }
 
-    fn step_context(&self, i: usize) -> Json {
-        let s = &self.steps[i].unit;
-        json!({"output": s.output, "status": s.status.as_str(), "error": s.error})
+    /// What templates see of step `i`: `output`, `status`, `error`.
+    fn step_context(&self, i: usize) -> TemplateValue {
+        let s = &self.steps[i];
+        let output = s
+            .output_value
+            .get_or_init(|| template::context_of(&s.unit.output))
+            .clone();
+        minijinja::context! {
+            output => output,
+            status => s.unit.status.as_str(),
+            error => s.unit.error.clone(),
+        }
     }
 
-    /// The template context of a step: inputs, the steps it reads, the foreach item.
-    fn context(&self, i: usize, item: Option<u32>) -> Json {
-        let mut steps = serde_json::Map::new();
-        for &r in &self.plan.nodes[i].refs {
-            steps.insert(self.plan.step(r).id.clone(), self.step_context(r));
+    fn inputs_context(&self) -> TemplateValue {
+        self.inputs_value
+            .get_or_init(|| template::context_of(&self.inputs))
+            .clone()
+    }
+
+    fn run_context(&self) -> TemplateValue {
+        minijinja::context! { id => self.run_id.clone(), workflow => self.plan.manifest.name.clone() }
+    }
+
+    /// The template context of a step: inputs, the steps it reads, the foreach item. Its
+    /// parts are shared values, so making it costs the number of steps read, not their size.
+    fn context(&self, i: usize, item: Option<u32>) -> TemplateValue {
+        let steps = TemplateValue::from_pairs(
+            (self.plan.nodes[i].refs.iter())
+                .map(|&r| (self.plan.step(r).id.clone(), self.step_context(r))),
+        );
+        let (inputs, run) = (self.inputs_context(), self.run_context());
+        match (item, &self.steps[i].items) {
+            (Some(k), Some(items)) => minijinja::context! {
+                inputs, steps, run,
+                item => template::context_of(&items.values[k as usize]),
+                item_index => k,
+            },
+            _ => minijinja::context! { inputs, steps, run },
         }
-        let mut ctx = json!({
-            "inputs": self.inputs,
-            "steps": steps,
-            "run": {"id": self.run_id, "workflow": self.plan.manifest.name},
-        });
-        if let (Some(k), Some(items)) = (item, &self.steps[i].items) {
-            ctx["item"] = items.values[k as usize].clone();
-            ctx["item_index"] = json!(k);
-        }
-        ctx
     }
 
     /// The context of the run `outputs`: only the steps they read.
-    fn outputs_context(&self) -> Json {
-        let steps: serde_json::Map<String, Json> = (self.plan.output_refs.iter())
-            .map(|&i| (self.plan.step(i).id.clone(), self.step_context(i)))
-            .collect();
-        json!({"inputs": self.inputs, "steps": steps, "run": {"id": self.run_id, "workflow": self.plan.manifest.name}})
+    fn outputs_context(&self) -> TemplateValue {
+        let steps = TemplateValue::from_pairs(
+            (self.plan.output_refs.iter())
+                .map(|&i| (self.plan.step(i).id.clone(), self.step_context(i))),
+        );
+        let (inputs, run) = (self.inputs_context(), self.run_context());
+        minijinja::context! { inputs, steps, run }
     }
 }
 
@@ -1528,7 +1601,7 @@ type Rendered = (
     Option<String>,
 );
 
-fn render_work(step: &crate::manifest::Step, ctx: &Json) -> Result<Rendered, String> {
+fn render_work(step: &crate::manifest::Step, ctx: &TemplateValue) -> Result<Rendered, String> {
     let env = step
         .env
         .iter()

@@ -549,3 +549,37 @@ fn restoring_refuses_a_gap_in_the_events_and_names_it() {
         "{err}"
     );
 }
+
+/// A foreach without `concurrency` over more items than [`state::ITEMS_IN_FLIGHT`] hands
+/// out that many at a time, so one transition never carries all of a large list's work;
+/// the outputs still come out complete and in order, and the fold of the events gives the
+/// same step as the live run.
+#[test]
+fn a_large_foreach_is_handed_out_in_bounded_waves() {
+    let n = state::ITEMS_IN_FLIGHT as usize * 2 + 5;
+    let yaml = format!(
+        "version: plexus/v1\nname: t\nsteps:\n- id: gen\n  builtin: echo\n  with: {{items: '{{{{ range({n}) | list }}}}'}}\n- id: each\n  needs: [gen]\n  foreach: '{{{{ steps.gen.output.items }}}}'\n  builtin: echo\n  with: {{n: '{{{{ item }}}}'}}\n"
+    );
+    let mut d = Driver::new(&yaml);
+    let t = d.run.handle(Input::Start, d.now).unwrap();
+    d.feed(t);
+    let mut largest = 0;
+    while !d.pending.is_empty() {
+        let input = d.pending.remove(0);
+        let t = d.run.handle(input, d.now).unwrap();
+        let executes = t
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Execute(_)))
+            .count();
+        largest = largest.max(executes);
+        d.feed(t);
+    }
+    assert_eq!(largest, state::ITEMS_IN_FLIGHT as usize);
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+    let out = d.run.step_view(1).output;
+    let expected: Vec<Json> = (0..n).map(|k| json!({"n": k})).collect();
+    assert_eq!(out, Json::Array(expected));
+    let restored = RunState::restore("r1", Arc::clone(&d.run.plan), json!({}), &d.events).unwrap();
+    assert_eq!(restored.step_view(1), d.run.step_view(1));
+}
