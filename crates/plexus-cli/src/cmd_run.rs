@@ -64,6 +64,9 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             return Ok(2);
         }
     };
+    for w in plexus_engine::exec::not_executed(&plan, &args.file.to_string_lossy()) {
+        eprintln!("{w}");
+    }
     let given = given_inputs(&args.inputs, args.inputs_file.as_deref())?;
     let inputs = match plexus_core::parse::resolve_inputs(&plan.manifest, &given) {
         Ok(i) => i,

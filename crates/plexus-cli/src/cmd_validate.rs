@@ -38,11 +38,16 @@ pub fn validate(
     format: Format,
 ) -> Result<i32> {
     let mut all = Vec::new();
+    let mut warnings = Vec::new();
     let mut results = Vec::new();
     for file in files {
         let (result, _) = load_file(file, opts)?;
         match result {
-            Ok(plan) => results.push(json!({"file": file, "valid": true, "workflow": plan.manifest.name, "steps": plan.len()})),
+            Ok(plan) => {
+                let w = plexus_engine::exec::not_executed(&plan, &file.to_string_lossy());
+                results.push(json!({"file": file, "valid": true, "workflow": plan.manifest.name, "steps": plan.len(), "warnings": w}));
+                warnings.extend(w);
+            }
             Err(d) => {
                 results.push(json!({"file": file, "valid": false, "problems": d}));
                 all.extend(d);
@@ -52,9 +57,12 @@ pub fn validate(
     match format {
         Format::Json | Format::Yaml => output::data(
             format,
-            &json!({"valid": all.is_empty(), "files": results, "problems": all}),
+            &json!({"valid": all.is_empty(), "files": results, "problems": all, "warnings": warnings}),
         ),
         Format::Table => {
+            for w in &warnings {
+                eprintln!("{w}");
+            }
             if all.is_empty() {
                 for r in &results {
                     println!(

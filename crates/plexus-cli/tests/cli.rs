@@ -60,6 +60,43 @@ fn validate_reports_all_problems_as_json_and_exits_2() {
     assert_eq!(good.status.code(), Some(0));
 }
 
+/// What parses but is not carried out yet is a warning naming the step, not silence: the
+/// file is still valid (exit 0).
+#[test]
+fn validate_warns_about_what_is_not_executed_yet() {
+    let p = Plexus::new();
+    let file = p.dir.path().join("later.yaml");
+    std::fs::write(
+        &file,
+        "version: plexus/v1\nname: later\nsteps:\n- id: ask\n  agent: vmetrics\n  action: query\n- id: think\n  llm: {prompt: hi}\n- id: big\n  run: echo\n  resources: {cpu: 2}\n",
+    )
+    .unwrap();
+    let out = p.run(&["validate", file.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    let steps: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            assert_eq!(w["severity"], "warning");
+            assert_eq!(w["code"], "not-executed");
+            w["step"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(steps, ["ask", "think", "big"]);
+    let human = p.run(&["validate", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&human.stderr);
+    assert!(
+        text.contains(
+            "later.yaml:5:10: warning[not-executed] in step `ask`: agent steps are not executed"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("`resources` are not enforced yet"), "{text}");
+}
+
 #[test]
 fn plan_shows_layers_pools_and_gates() {
     let p = Plexus::new();

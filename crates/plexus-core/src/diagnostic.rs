@@ -10,9 +10,20 @@ pub struct Loc {
     pub column: u32,
 }
 
+/// Whether a diagnostic stops the manifest from running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    #[default]
+    Error,
+    /// The manifest runs, but something in it will not do what it says (yet).
+    Warning,
+}
+
 /// One problem in a manifest. Validation collects all of them rather than stopping at the first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub file: String,
     pub line: u32,
     pub column: u32,
@@ -30,6 +41,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     pub fn new(code: &'static str, loc: Loc, message: impl Into<String>) -> Self {
         Diagnostic {
+            severity: Severity::Error,
             file: String::new(),
             line: loc.line,
             column: loc.column,
@@ -38,6 +50,12 @@ impl Diagnostic {
             message: message.into(),
             hint: None,
         }
+    }
+
+    /// The same problem as a warning: reported, but the manifest still runs.
+    pub fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -65,9 +83,13 @@ impl fmt::Display for Diagnostic {
         } else {
             &self.file
         };
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
         write!(
             f,
-            "{file}:{}:{}: error[{}]",
+            "{file}:{}:{}: {severity}[{}]",
             self.line, self.column, self.code
         )?;
         if let Some(step) = &self.step {

@@ -13,6 +13,6 @@ pub mod plan;
 pub mod schedule;
 pub mod template;
 
-pub use diagnostic::{Diagnostic, Loc};
+pub use diagnostic::{Diagnostic, Loc, Severity};
 pub use manifest::Manifest;
 pub use plan::{CompileOptions, Plan, load};
