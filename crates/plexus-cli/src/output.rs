@@ -18,11 +18,25 @@ impl Format {
     }
 }
 
+/// Writes a line to stdout. A reader that went away (`plexus runs list -o json | head`) ends
+/// the command quietly, as with other Unix tools, instead of a panic.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints a value as JSON or YAML (as `format` says; tables fall back to JSON).
 pub fn data<T: Serialize>(format: Format, value: &T) {
     if format == Format::Yaml {
         match serde_saphyr::to_string(value) {
-            Ok(text) => print!("{text}"),
+            Ok(text) => out(text.trim_end_matches('\n')),
             Err(e) => eprintln!("error: cannot write YAML: {e}"),
         }
     } else {
@@ -31,10 +45,7 @@ pub fn data<T: Serialize>(format: Format, value: &T) {
 }
 
 pub fn json<T: Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-    );
+    out(&serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")));
 }
 
 /// Prints rows under a header, columns padded to the widest cell.
@@ -56,7 +67,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        out(s.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {

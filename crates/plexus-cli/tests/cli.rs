@@ -221,3 +221,33 @@ fn yaml_output_for_scripts() {
         serde_saphyr::from_str(&String::from_utf8_lossy(&listed.stdout)).unwrap();
     assert_eq!(runs[0]["id"], run["id"]);
 }
+
+/// `plexus ... -o json | head`: a reader that went away ends the command quietly, never
+/// with a panic.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    use std::os::fd::FromRawFd;
+    let p = Plexus::new();
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two descriptors it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just made and are owned here; the read end is closed
+    // at once, so every write to the other end fails with EPIPE.
+    let (read, write) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    let file = examples().join("hello.yaml");
+    let out = p
+        .cmd()
+        .args(["validate", file.to_str().unwrap(), "-o", "json"])
+        .stdout(write)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
