@@ -252,3 +252,39 @@ fn resume_refuses_a_run_another_live_process_drives() {
     let finished = p.run(&["resume", &run]);
     assert!(String::from_utf8_lossy(&finished.stderr).contains("is already succeeded"));
 }
+
+/// A run is pinned to the plan it started with: resumed after `kill -9` by an engine whose
+/// pools no longer include the one the run was compiled against (a stricter configuration
+/// would refuse the file today), it still continues and finishes.
+#[test]
+fn a_resumed_run_keeps_the_plan_it_started_with() {
+    let p = Plexus::new();
+    let flow = write(
+        &p,
+        "pinned.yaml",
+        "version: plexus/v1\nname: pinned\nsteps:\n- {id: a, run: 'echo gpu', pool: gpu}\n- {id: b, needs: [a], wait: {signal: go}}\n- {id: c, needs: [b], run: 'echo done', pool: gpu}\n",
+    );
+    let (mut child, run) = p.spawn(&["run", flow.to_str().unwrap(), "--pool", "gpu=2"]);
+    p.wait_until("b waits for its signal", Duration::from_secs(20), || {
+        p.step_status(&run, "b") == "waiting"
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Today's configuration has no `gpu` pool: the file itself no longer validates...
+    let now = p.run(&["validate", flow.to_str().unwrap()]);
+    assert_eq!(now.status.code(), Some(2));
+    // ...but the run resumes on the plan it started with.
+    let out = p.run(&["signal", &run, "b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.run(&["resume", &run]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.run_json(&run)["status"], "succeeded");
+}

@@ -26,8 +26,12 @@ impl CompileOptions {
     }
 }
 
+/// The version of the stored form of a [`Plan`] (see [`Plan::to_stored`]). A change to
+/// the plan's fields that older stored plans cannot be read as raises it.
+pub const PLAN_FORMAT: u32 = 1;
+
 /// A manifest ready to run: graph edges, resolved defaults and approval gates per step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub manifest: Manifest,
     /// The mode the run uses: the manifest's, else the default it was compiled with.
@@ -41,7 +45,7 @@ pub struct Plan {
     pub output_refs: Vec<usize>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StepNode {
     pub parents: Vec<usize>,
     pub children: Vec<usize>,
@@ -57,7 +61,39 @@ pub struct StepNode {
     pub approval_timeout: Option<Duration>,
 }
 
+/// Why a stored plan cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredPlanError {
+    #[error("the stored plan has format {found}; this plexus reads format {PLAN_FORMAT}")]
+    Format { found: u64 },
+    #[error("the stored plan cannot be read: {0}")]
+    Invalid(String),
+}
+
 impl Plan {
+    /// The plan as stored with a run, so that resuming the run uses exactly the plan it
+    /// started with, whatever the pools, settings or validator say by then.
+    pub fn to_stored(&self) -> String {
+        serde_json::json!({"format": PLAN_FORMAT, "plan": self}).to_string()
+    }
+
+    /// Reads a plan written by [`Plan::to_stored`].
+    pub fn from_stored(text: &str) -> Result<Plan, StoredPlanError> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            format: u64,
+            plan: serde_json::Value,
+        }
+        let stored: Stored =
+            serde_json::from_str(text).map_err(|e| StoredPlanError::Invalid(e.to_string()))?;
+        if stored.format != u64::from(PLAN_FORMAT) {
+            return Err(StoredPlanError::Format {
+                found: stored.format,
+            });
+        }
+        serde_json::from_value(stored.plan).map_err(|e| StoredPlanError::Invalid(e.to_string()))
+    }
+
     pub fn step(&self, i: usize) -> &Step {
         &self.manifest.steps[i]
     }

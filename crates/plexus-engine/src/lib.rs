@@ -255,6 +255,43 @@ pub struct Submission {
     pub started_by: Option<String>,
 }
 
+/// The plan a stored run started with, exactly as it was compiled then: later changes to
+/// pools, settings or validation do not touch a run already started. A run stored before
+/// plans were kept (or with a plan in another format) is compiled from its manifest, in
+/// the mode it started in.
+pub fn stored_plan(row: &plexus_store::RunRow, opts: &CompileOptions) -> Result<Plan, EngineError> {
+    let fallback = match row.plan.as_deref().map(Plan::from_stored) {
+        Some(Ok(plan)) => return Ok(plan),
+        Some(Err(e @ plexus_core::plan::StoredPlanError::Invalid(_))) => {
+            return Err(EngineError::Manifest {
+                run: row.id.clone(),
+                problems: e.to_string(),
+            });
+        }
+        Some(Err(e)) => Some(e),
+        None => None,
+    };
+    if let Some(why) = fallback {
+        tracing::warn!(run = %row.id, reason = %why, "compiling the run's manifest again");
+    }
+    let file = format!("(stored manifest of run {})", row.id);
+    let opts = CompileOptions {
+        default_mode: row
+            .mode
+            .as_deref()
+            .and_then(plexus_core::manifest::Mode::parse),
+        ..opts.clone()
+    };
+    plexus_core::load(&row.manifest, &file, &opts).map_err(|d| EngineError::Manifest {
+        run: row.id.clone(),
+        problems: d
+            .iter()
+            .map(Diagnostic::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
 /// A new time-ordered id (UUIDv7), as runs get.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -343,6 +380,7 @@ impl Engine {
                 workflow_version: sub.workflow_version,
                 started_by: sub.started_by.clone(),
                 mode: Some(plan.mode.as_str().to_owned()),
+                plan: Some(plan.to_stored()),
             })
             .await?;
         if !created {
@@ -422,26 +460,7 @@ impl Engine {
         row: plexus_store::RunRow,
         first: Option<Input>,
     ) -> Result<String, EngineError> {
-        let file = format!("(stored manifest of run {})", row.id);
-        // Compiled in the mode it started in, whatever the setting says now.
-        let opts = plexus_core::CompileOptions {
-            default_mode: row
-                .mode
-                .as_deref()
-                .and_then(plexus_core::manifest::Mode::parse),
-            ..self.config.compile_options()
-        };
-        let plan = plexus_core::load(&row.manifest, &file, &opts).map_err(|d| {
-            let problems = d
-                .iter()
-                .map(Diagnostic::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            EngineError::Manifest {
-                run: row.id.clone(),
-                problems,
-            }
-        })?;
+        let plan = stored_plan(&row, &self.config.compile_options())?;
         let events = self.store.events(&row.id, 0, 0).await?;
         let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events)?;
         let base_dir = row

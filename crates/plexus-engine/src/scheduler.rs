@@ -992,6 +992,7 @@ async fn prepare_child(
             workflow_version: None,
             started_by: None,
             mode: Some(plan.mode.as_str().to_owned()),
+            plan: Some(plan.to_stored()),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -1017,6 +1018,9 @@ async fn prepare_child(
                 .store
                 .events(&child_id, 0, 0)
                 .await
+                .map_err(|e| e.to_string())?;
+            // The child's own stored plan: the file may have changed since it started.
+            let plan = crate::stored_plan(&row, &engine.config.compile_options())
                 .map_err(|e| e.to_string())?;
             let state = RunState::restore(child_id, Arc::new(plan), row.inputs, &events)
                 .map_err(|e| e.to_string())?;

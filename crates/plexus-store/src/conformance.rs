@@ -23,6 +23,7 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
         workflow_version: None,
         started_by: Some("user:ada".into()),
         mode: Some("guided".into()),
+        plan: Some(format!("{{\"format\": 1, \"run\": \"{id}\"}}")),
     }
 }
 
@@ -562,6 +563,12 @@ pub async fn creates_runs_once(store: &dyn Store) {
             .collect::<Vec<_>>(),
         [("a", "pending"), ("b", "pending")]
     );
+    // The run keeps the plan it was created with, as given.
+    let row = store
+        .get_run("00000000-0000-0000-0000-000000000001")
+        .await
+        .unwrap();
+    assert_eq!(row.plan, run(&row.id, None, 1).plan);
 }
 
 pub async fn commits_events_and_rows_atomically(store: &dyn Store) {

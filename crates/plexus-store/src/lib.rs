@@ -69,6 +69,8 @@ pub struct NewRun {
     pub started_by: Option<String>,
     /// The execution mode it runs in (`manual`, `guided`, `autonomous`).
     pub mode: Option<String>,
+    /// The compiled plan it runs (`Plan::to_stored`): resuming uses it as it is.
+    pub plan: Option<String>,
 }
 
 /// A cron schedule that starts runs of a workflow.
@@ -140,6 +142,10 @@ pub struct RunRow {
     pub last_seq: u64,
     pub started_by: Option<String>,
     pub mode: Option<String>,
+    /// The compiled plan the run started with (absent for runs from before plans were
+    /// stored).
+    #[serde(skip)]
+    pub plan: Option<String>,
 }
 
 /// A step waiting for a human decision (see [`Store::awaiting_approvals`]).

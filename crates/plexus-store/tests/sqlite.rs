@@ -74,6 +74,7 @@ async fn unknown_values_and_corrupt_json_are_errors() {
             workflow_version: None,
             started_by: None,
             mode: None,
+            plan: None,
         })
         .await
         .unwrap();

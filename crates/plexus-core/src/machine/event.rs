@@ -8,6 +8,12 @@ use serde_json::Value as Json;
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 
+/// The schema version of [`Event`]'s stored JSON. Stores keep it with each event and
+/// refuse to read events newer than this; a change that older events cannot be read as
+/// raises it (and keeps reading the old ones: `tests/fixtures` holds a run of every
+/// version, restored by a test).
+pub const EVENT_SCHEMA: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// 1, 2, 3... per run, without gaps.

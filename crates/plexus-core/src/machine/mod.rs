@@ -6,7 +6,7 @@ mod event;
 mod state;
 mod trigger;
 
-pub use event::{APPROVAL_TIMED_OUT, Event, EventKind, Millis, REJECTED, skip_text};
+pub use event::{APPROVAL_TIMED_OUT, EVENT_SCHEMA, Event, EventKind, Millis, REJECTED, skip_text};
 pub use state::RunState;
 
 use crate::manifest::Permission;

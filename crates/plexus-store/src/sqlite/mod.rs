@@ -3,6 +3,7 @@
 //! (group commit), so durable throughput is bounded by fsyncs, not by callers.
 
 use crate::*;
+use plexus_core::machine::EVENT_SCHEMA;
 use plexus_core::machine::Event;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
@@ -36,6 +37,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/sqlite/0007_governance.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_pinned_plans.sql"),
     ),
 ];
 
@@ -290,7 +295,7 @@ fn audit_run_event(conn: &Connection, run_id: &str, time: Millis, audit: RunAudi
 
 fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
     let mut insert_event = conn
-        .prepare_cached("INSERT INTO events (run_id, seq, time, type, step_id, attempt, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+        .prepare_cached("INSERT INTO events (run_id, seq, time, type, step_id, attempt, data, schema) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
         .map_err(db_err)?;
     let mut update_step = conn
         .prepare_cached(
@@ -316,7 +321,8 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
                 e.kind.type_name(),
                 e.kind.step_id(),
                 e.kind.attempt(),
-                data
+                data,
+                EVENT_SCHEMA
             ])
             .map_err(|err| match db_err(err) {
                 StoreError::Db(m) if m.contains("UNIQUE") => StoreError::Conflict(format!(
@@ -508,8 +514,8 @@ impl Store for SqliteStore {
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
-                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode, plan) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                     params![
                         run.id,
                         run.workflow,
@@ -527,6 +533,7 @@ impl Store for SqliteStore {
                         run.workflow_version,
                         run.started_by,
                         run.mode,
+                        run.plan,
                     ],
                 )
                 .map_err(db_err)?;
@@ -720,7 +727,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT data FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    "SELECT data, schema FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(db_err)?;
             let limit = if limit == 0 { i64::MAX } else { limit as i64 };
@@ -730,6 +737,13 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             while let Some(row) = rows.next().map_err(db_err)? {
                 let data: String = row.get(0).map_err(db_err)?;
+                let schema: i64 = row.get(1).map_err(db_err)?;
+                if schema > i64::from(EVENT_SCHEMA) {
+                    return Err(StoreError::Db(format!(
+                        "an event of run `{run_id}` was written in event schema {schema}, newer \
+                         than this plexus understands ({EVENT_SCHEMA}); upgrade plexus"
+                    )));
+                }
                 out.push(serde_json::from_str(&data).map_err(json_err)?);
             }
             Ok(out)

@@ -31,7 +31,7 @@ pub(super) fn bad_column(idx: usize, what: String) -> rusqlite::Error {
 }
 
 pub(super) const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
-     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode";
+     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode, plan";
 
 pub(super) fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
     let parent_run: Option<String> = r.get(8)?;
@@ -62,6 +62,7 @@ pub(super) fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
         last_seq: r.get::<_, i64>(17)? as u64,
         started_by: r.get(18)?,
         mode: r.get(19)?,
+        plan: r.get(20)?,
     })
 }
 
