@@ -301,7 +301,7 @@ async fn cancel_interrupted(
         pools: settings.pools.clone(),
         default_mode: None,
     };
-    let plan = plexus_engine::stored_plan(row, &opts)?;
+    let plan = plexus_engine::stored_plan(&*store, row, &opts).await?;
     let events = store.events(&row.id, 0, 0).await?;
     let mut state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events)?;
     let t = state.handle(

@@ -1,14 +1,14 @@
 //! The typed workflow manifest (`version: plexus/v1`). See `docs/manifest.md`.
 
 use crate::diagnostic::Loc;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const MANIFEST_VERSION: &str = "plexus/v1";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
     pub version: String,
     pub name: String,
@@ -25,7 +25,7 @@ pub struct Manifest {
     pub outputs: BTreeMap<String, Json>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Every step waits for approval.
@@ -56,7 +56,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputType {
     String,
@@ -82,7 +82,7 @@ impl InputType {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct InputDef {
     pub name: String,
     #[serde(rename = "type")]
@@ -94,7 +94,7 @@ pub struct InputDef {
     pub loc: Loc,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Defaults {
     pub timeout: Option<Duration>,
     pub approval_timeout: Option<Duration>,
@@ -103,7 +103,7 @@ pub struct Defaults {
     pub on_failure: Option<OnFailure>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff: Duration,
@@ -136,7 +136,7 @@ pub enum Permission {
     Admin,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// The run ends failed; downstream steps still follow their trigger rules.
@@ -148,7 +148,7 @@ pub enum OnFailure {
     SkipDownstream,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     #[default]
@@ -184,7 +184,7 @@ impl Trigger {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Builtin {
     Noop,
@@ -197,7 +197,7 @@ impl Builtin {
     pub const NAMES: [&'static str; 4] = ["noop", "echo", "sleep", "fail"];
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WaitSpec {
     /// Wait for `plexus signal RUN STEP`; the signal's data becomes the output.
     pub signal: Option<String>,
@@ -207,7 +207,7 @@ pub struct WaitSpec {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutPolicy {
     #[default]
@@ -215,14 +215,14 @@ pub enum TimeoutPolicy {
     Approve,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApprovalSpec {
     pub message: Option<String>,
     pub timeout: Option<Duration>,
     pub on_timeout: TimeoutPolicy,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     Run(String),
@@ -258,14 +258,14 @@ impl StepKind {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Resources {
     pub cpu: Option<f64>,
     pub memory_mb: Option<u64>,
     pub gpu: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Step {
     pub id: String,
     pub description: Option<String>,

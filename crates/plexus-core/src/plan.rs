@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// What compilation needs to know about the machine: the executor pools and their sizes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CompileOptions {
     pub pools: BTreeMap<String, u32>,
     /// The mode of a manifest that does not set one (the `execution_mode` setting).
@@ -26,12 +26,13 @@ impl CompileOptions {
     }
 }
 
-/// The version of the stored form of a [`Plan`] (see [`Plan::to_stored`]). A change to
-/// the plan's fields that older stored plans cannot be read as raises it.
+/// The version of how this build compiles a manifest into a [`Plan`], stored with each
+/// run (see [`CompileOptions::to_stored`]). A change to compilation or validation that
+/// could give a run already started another plan raises it.
 pub const PLAN_FORMAT: u32 = 1;
 
 /// A manifest ready to run: graph edges, resolved defaults and approval gates per step.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub manifest: Manifest,
     /// The mode the run uses: the manifest's, else the default it was compiled with.
@@ -43,9 +44,12 @@ pub struct Plan {
     pub layers: Vec<Vec<usize>>,
     /// Steps the run `outputs` read.
     pub output_refs: Vec<usize>,
+    /// What it was compiled with, its mode resolved: compiling its manifest again with
+    /// these gives the same plan, whatever the machine's configuration is by then.
+    pub options: CompileOptions,
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct StepNode {
     pub parents: Vec<usize>,
     pub children: Vec<usize>,
@@ -61,39 +65,43 @@ pub struct StepNode {
     pub approval_timeout: Option<Duration>,
 }
 
-/// Why a stored plan cannot be used.
+/// Why stored compile options cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoredPlanError {
-    #[error("the stored plan has format {found}; this plexus reads format {PLAN_FORMAT}")]
+    #[error(
+        "the run was compiled by plan format {found}; this plexus compiles format {PLAN_FORMAT}"
+    )]
     Format { found: u64 },
-    #[error("the stored plan cannot be read: {0}")]
+    #[error("the run's stored compile options cannot be read: {0}")]
     Invalid(String),
 }
 
-impl Plan {
-    /// The plan as stored with a run, so that resuming the run uses exactly the plan it
-    /// started with, whatever the pools, settings or validator say by then.
+impl CompileOptions {
+    /// The options as stored with a run, so that resuming it compiles its manifest into
+    /// exactly the plan it started with, whatever the pools or settings say by then.
     pub fn to_stored(&self) -> String {
-        serde_json::json!({"format": PLAN_FORMAT, "plan": self}).to_string()
+        serde_json::json!({"format": PLAN_FORMAT, "options": self}).to_string()
     }
 
-    /// Reads a plan written by [`Plan::to_stored`].
-    pub fn from_stored(text: &str) -> Result<Plan, StoredPlanError> {
+    /// Reads options written by [`CompileOptions::to_stored`] in this build's format.
+    pub fn from_stored(text: &str) -> Result<CompileOptions, StoredPlanError> {
         #[derive(serde::Deserialize)]
         struct Stored {
             format: u64,
-            plan: serde_json::Value,
+            options: serde_json::Value,
         }
-        let stored: Stored =
-            serde_json::from_str(text).map_err(|e| StoredPlanError::Invalid(e.to_string()))?;
+        let invalid = |e: serde_json::Error| StoredPlanError::Invalid(e.to_string());
+        let stored: Stored = serde_json::from_str(text).map_err(invalid)?;
         if stored.format != u64::from(PLAN_FORMAT) {
             return Err(StoredPlanError::Format {
                 found: stored.format,
             });
         }
-        serde_json::from_value(stored.plan).map_err(|e| StoredPlanError::Invalid(e.to_string()))
+        serde_json::from_value(stored.options).map_err(invalid)
     }
+}
 
+impl Plan {
     pub fn step(&self, i: usize) -> &Step {
         &self.manifest.steps[i]
     }
@@ -244,6 +252,10 @@ pub fn compile(
         index,
         layers,
         output_refs,
+        options: CompileOptions {
+            pools: opts.pools.clone(),
+            default_mode: Some(mode),
+        },
     })
 }
 

@@ -1,9 +1,10 @@
 //! What earlier versions stored stays readable: a run stored in event schema 1 with its
-//! plan in format 1 (`fixtures/run-schema1.json`, made by a real `plexus run`) is folded
-//! back into the same state. When the event schema or the plan format changes, add a
-//! fixture of the new version beside this one and keep this test.
+//! compile options in plan format 1 (`fixtures/run-schema1.json`, made by a real
+//! `plexus run`) compiles to its plan again and is folded back into the same state. When
+//! the event schema or the plan format changes, add a fixture of the new version beside
+//! this one and keep this test.
 
-use plexus_core::Plan;
+use plexus_core::CompileOptions;
 use plexus_core::machine::{Event, RunState, RunStatus};
 use serde_json::Value;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ fn fixture() -> Value {
 #[test]
 fn a_run_stored_in_event_schema_1_restores_to_the_same_state() {
     let f = fixture();
-    let plan = Plan::from_stored(f["plan"].as_str().unwrap()).expect("plan format 1 reads");
+    let opts = CompileOptions::from_stored(f["plan"].as_str().unwrap()).expect("format 1 reads");
+    let plan = plexus_core::load(f["manifest"].as_str().unwrap(), "fixture.yaml", &opts)
+        .expect("the stored manifest compiles with its stored options");
     assert_eq!(plan.manifest.name, "fixture");
     let events: Vec<Event> =
         serde_json::from_value(f["events"].clone()).expect("schema 1 events read");
@@ -39,15 +42,15 @@ fn a_run_stored_in_event_schema_1_restores_to_the_same_state() {
 }
 
 #[test]
-fn the_stored_plan_round_trips_and_refuses_other_formats() {
+fn stored_options_round_trip_and_other_formats_are_refused() {
     let f = fixture();
     let text = f["plan"].as_str().unwrap();
-    let plan = Plan::from_stored(text).unwrap();
+    let opts = CompileOptions::from_stored(text).unwrap();
     assert_eq!(
-        Plan::from_stored(&plan.to_stored()).unwrap().to_stored(),
-        plan.to_stored()
+        CompileOptions::from_stored(&opts.to_stored()).unwrap(),
+        opts
     );
     let newer = text.replacen("\"format\":1", "\"format\":99", 1);
-    let err = Plan::from_stored(&newer).unwrap_err().to_string();
+    let err = CompileOptions::from_stored(&newer).unwrap_err().to_string();
     assert!(err.contains("format 99"), "{err}");
 }

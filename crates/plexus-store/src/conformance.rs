@@ -568,7 +568,20 @@ pub async fn creates_runs_once(store: &dyn Store) {
         .get_run("00000000-0000-0000-0000-000000000001")
         .await
         .unwrap();
-    assert_eq!(row.plan, run(&row.id, None, 1).plan);
+    let first = run(&row.id, None, 1);
+    assert_eq!(
+        store.run_definition(&row.id).await.unwrap(),
+        RunDefinition {
+            manifest: first.manifest,
+            plan: first.plan,
+        }
+    );
+    assert!(matches!(
+        store
+            .run_definition("00000000-0000-0000-0000-0000000000ff")
+            .await,
+        Err(StoreError::RunNotFound(_))
+    ));
 }
 
 pub async fn commits_events_and_rows_atomically(store: &dyn Store) {

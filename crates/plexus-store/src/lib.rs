@@ -73,6 +73,15 @@ pub struct NewRun {
     pub plan: Option<String>,
 }
 
+/// What a run runs, kept apart from its row (see [`Store::run_definition`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunDefinition {
+    pub manifest: String,
+    /// The compiled plan it started with ([`NewRun::plan`]); `None` for runs stored
+    /// before plans were kept.
+    pub plan: Option<String>,
+}
+
 /// A cron schedule that starts runs of a workflow.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScheduleRow {
@@ -127,8 +136,6 @@ pub struct RunRow {
     pub id: String,
     pub workflow: String,
     pub status: String,
-    #[serde(skip)]
-    pub manifest: String,
     pub base_dir: Option<String>,
     pub inputs: Json,
     pub outputs: Json,
@@ -142,10 +149,6 @@ pub struct RunRow {
     pub last_seq: u64,
     pub started_by: Option<String>,
     pub mode: Option<String>,
-    /// The compiled plan the run started with (absent for runs from before plans were
-    /// stored).
-    #[serde(skip)]
-    pub plan: Option<String>,
 }
 
 /// A step waiting for a human decision (see [`Store::awaiting_approvals`]).
@@ -339,6 +342,8 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     /// How many runs are in each state.
     async fn count_runs_by_status(&self) -> Result<Vec<(String, u64)>>;
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRow>>;
+    /// What a run runs: its manifest text and the compiled plan it started with.
+    async fn run_definition(&self, run_id: &str) -> Result<RunDefinition>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
     async fn children(&self, run_id: &str) -> Result<Vec<RunRow>>;

@@ -101,3 +101,37 @@ async fn unknown_values_and_corrupt_json_are_errors() {
     let err = store.get_run(run).await.unwrap_err().to_string();
     assert!(err.contains("index: 5"), "names the column: {err}");
 }
+
+/// A store from before run definitions were kept apart: its runs' manifests move out of
+/// the `runs` rows when it opens, and those runs have no stored plan.
+#[tokio::test]
+async fn older_runs_keep_their_manifest_after_the_upgrade() {
+    let (store, dir) = fresh_store().await;
+    drop(store);
+    let path = dir.path().join("plexus.db");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    // Back to schema 7, with one run written the old way.
+    raw.execute_batch(
+        "DROP TABLE run_definitions; ALTER TABLE events DROP COLUMN schema; \
+         DELETE FROM schema_migrations WHERE version = 8; \
+         INSERT INTO runs (id, workflow, status, manifest, inputs, created_at, updated_at, last_seq) \
+         VALUES ('00000000-0000-0000-0000-0000000000d1', 'wf', 'running', 'version: plexus/v1\nname: wf\nsteps: [{id: a, run: x}]\n', '{}', 1, 1, 0);",
+    )
+    .unwrap();
+    drop(raw);
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let def = store
+        .run_definition("00000000-0000-0000-0000-0000000000d1")
+        .await
+        .unwrap();
+    assert!(def.manifest.contains("name: wf"), "{def:?}");
+    assert_eq!(def.plan, None);
+    assert_eq!(
+        store
+            .get_run("00000000-0000-0000-0000-0000000000d1")
+            .await
+            .unwrap()
+            .status,
+        "running"
+    );
+}

@@ -514,12 +514,13 @@ impl Store for SqliteStore {
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
-                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode, plan) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                     params![
                         run.id,
                         run.workflow,
-                        run.manifest,
+                        // Kept in `run_definitions`, out of the row every commit rewrites.
+                        "",
                         run.base_dir,
                         run.inputs.to_string(),
                         run.parent.as_ref().map(|p| p.run_id.clone()),
@@ -533,13 +534,17 @@ impl Store for SqliteStore {
                         run.workflow_version,
                         run.started_by,
                         run.mode,
-                        run.plan,
                     ],
                 )
                 .map_err(db_err)?;
             if inserted == 0 {
                 return Ok(false);
             }
+            conn.execute(
+                "INSERT INTO run_definitions (run_id, manifest, plan) VALUES (?1, ?2, ?3)",
+                params![run.id, run.manifest, run.plan],
+            )
+            .map_err(db_err)?;
             let mut step = conn
                 .prepare_cached("INSERT INTO steps (run_id, step_id, position, status) VALUES (?1, ?2, ?3, 'pending')")
                 .map_err(db_err)?;
@@ -718,6 +723,26 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db_err)?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn run_definition(&self, run_id: &str) -> Result<RunDefinition> {
+        let run_id = run_id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT manifest, plan FROM run_definitions WHERE run_id = ?1",
+                [&run_id],
+                |r| {
+                    Ok(RunDefinition {
+                        manifest: r.get(0)?,
+                        plan: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or(StoreError::RunNotFound(run_id))
         })
         .await
     }

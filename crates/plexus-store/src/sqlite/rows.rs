@@ -30,8 +30,10 @@ pub(super) fn bad_column(idx: usize, what: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, what.into())
 }
 
+/// Column 3 is the old place of the manifest text, empty since it moved to
+/// `run_definitions`; it is kept here so the positions below stay as they are.
 pub(super) const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
-     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode, plan";
+     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode";
 
 pub(super) fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
     let parent_run: Option<String> = r.get(8)?;
@@ -48,7 +50,6 @@ pub(super) fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
         id: r.get(0)?,
         workflow: r.get(1)?,
         status: r.get(2)?,
-        manifest: r.get(3)?,
         base_dir: r.get(4)?,
         inputs: json_at(r, 5)?,
         outputs: json_at(r, 6)?,
@@ -62,7 +63,6 @@ pub(super) fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
         last_seq: r.get::<_, i64>(17)? as u64,
         started_by: r.get(18)?,
         mode: r.get(19)?,
-        plan: r.get(20)?,
     })
 }
 
