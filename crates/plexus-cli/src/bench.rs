@@ -134,6 +134,9 @@ pub fn run_all(
     Ok(0)
 }
 
+/// Signals the park scenario keeps in flight at once.
+const SIGNALS_IN_FLIGHT: usize = 256;
+
 fn manifest(name: &str, steps: impl IntoIterator<Item = String>) -> String {
     let mut y = format!("version: plexus/v1\nname: {name}\nsteps:\n");
     for s in steps {
@@ -559,16 +562,24 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
             let parked = started.elapsed();
             let rss_parked = peak_rss_mb();
             let signal_started = Instant::now();
+            // Each signal is answered once durable, so they are sent as many clients
+            // would, a few hundred at a time: group commit makes them durable together.
+            let mut sending = tokio::task::JoinSet::new();
             for i in 0..n {
-                b.engine
-                    .input(
-                        &id,
-                        Input::Signal {
-                            step_id: format!("w{i}"),
-                            data: json!(i),
-                        },
-                    )
-                    .await?;
+                if sending.len() >= SIGNALS_IN_FLIGHT {
+                    sending.join_next().await.expect("not empty")??;
+                }
+                let (engine, id) = (b.engine.clone(), id.clone());
+                sending.spawn(async move {
+                    let signal = Input::Signal {
+                        step_id: format!("w{i}"),
+                        data: json!(i),
+                    };
+                    engine.input(&id, signal).await
+                });
+            }
+            while let Some(sent) = sending.join_next().await {
+                sent??;
             }
             loop {
                 let (run, status) = finished.recv().await?;
