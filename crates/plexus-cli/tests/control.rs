@@ -198,6 +198,7 @@ fn bench_quick_reports_every_scenario() {
             "sequential-40",
             "fanout-1000",
             "throughput-10k",
+            "foreach-100k",
             "shell-100",
             "shell-chain-100",
             "park-100k",
@@ -210,7 +211,7 @@ fn bench_quick_reports_every_scenario() {
     }
     // Shell steps are set against bare fork+exec one at a time (the target), and
     // independent ones also against bare fork+exec with the same parallelism.
-    let (shell, chain) = (&v[3], &v[4]);
+    let (shell, chain) = (&v[4], &v[5]);
     for s in [shell, chain] {
         let ratio = s["ratio_vs_one_at_a_time"].as_f64().unwrap();
         assert!(ratio > 0.0, "{s}");
@@ -223,6 +224,16 @@ fn bench_quick_reports_every_scenario() {
             .as_str()
             .unwrap()
             .contains("store writer")
+    );
+    // The foreach is set against a tenth of its items ten times, and watched for stalls.
+    let foreach = &v[3];
+    assert!(
+        foreach["ratio"].as_str().unwrap().ends_with("of linear"),
+        "{foreach}"
+    );
+    assert!(
+        foreach["longest_loop_wait_ms"].as_f64().unwrap() >= 0.0,
+        "{foreach}"
     );
 }
 

@@ -207,7 +207,7 @@ pub(crate) enum Msg {
         run_id: RunId,
         unit: plexus_core::machine::Unit,
         attempt: u32,
-        finished: exec::process::Finished,
+        finished: exec::AttemptResult,
     },
     Commands(Vec<plexus_store::Command>),
     Spawned {
@@ -255,34 +255,40 @@ pub struct Submission {
     pub started_by: Option<String>,
 }
 
-/// The plan a stored run started with, exactly as it was compiled then: later changes to
-/// pools, settings or validation do not touch a run already started. A run stored before
-/// plans were kept (or with a plan in another format) is compiled from its manifest, in
-/// the mode it started in.
-pub fn stored_plan(row: &plexus_store::RunRow, opts: &CompileOptions) -> Result<Plan, EngineError> {
-    let fallback = match row.plan.as_deref().map(Plan::from_stored) {
-        Some(Ok(plan)) => return Ok(plan),
+/// The plan a stored run started with: its manifest compiled with the options it was
+/// first compiled with (pools, mode), so later changes to the configuration or settings
+/// do not touch a run already started. A run stored before options were kept, or by a
+/// build that compiles another plan format, is compiled with today's pools, in the mode
+/// it started in.
+pub async fn stored_plan(
+    store: &dyn Store,
+    row: &plexus_store::RunRow,
+    opts: &CompileOptions,
+) -> Result<Plan, EngineError> {
+    let stored = store.run_definition(&row.id).await?;
+    let opts = match stored.plan.as_deref().map(CompileOptions::from_stored) {
+        Some(Ok(pinned)) => pinned,
         Some(Err(e @ plexus_core::plan::StoredPlanError::Invalid(_))) => {
             return Err(EngineError::Manifest {
                 run: row.id.clone(),
                 problems: e.to_string(),
             });
         }
-        Some(Err(e)) => Some(e),
-        None => None,
+        other => {
+            if let Some(Err(why)) = other {
+                tracing::warn!(run = %row.id, reason = %why, "compiling the run with today's pools");
+            }
+            CompileOptions {
+                default_mode: row
+                    .mode
+                    .as_deref()
+                    .and_then(plexus_core::manifest::Mode::parse),
+                ..opts.clone()
+            }
+        }
     };
-    if let Some(why) = fallback {
-        tracing::warn!(run = %row.id, reason = %why, "compiling the run's manifest again");
-    }
     let file = format!("(stored manifest of run {})", row.id);
-    let opts = CompileOptions {
-        default_mode: row
-            .mode
-            .as_deref()
-            .and_then(plexus_core::manifest::Mode::parse),
-        ..opts.clone()
-    };
-    plexus_core::load(&row.manifest, &file, &opts).map_err(|d| EngineError::Manifest {
+    plexus_core::load(&stored.manifest, &file, &opts).map_err(|d| EngineError::Manifest {
         run: row.id.clone(),
         problems: d
             .iter()
@@ -380,7 +386,7 @@ impl Engine {
                 workflow_version: sub.workflow_version,
                 started_by: sub.started_by.clone(),
                 mode: Some(plan.mode.as_str().to_owned()),
-                plan: Some(plan.to_stored()),
+                plan: Some(plan.options.to_stored()),
             })
             .await?;
         if !created {
@@ -460,7 +466,7 @@ impl Engine {
         row: plexus_store::RunRow,
         first: Option<Input>,
     ) -> Result<String, EngineError> {
-        let plan = stored_plan(&row, &self.config.compile_options())?;
+        let plan = stored_plan(&*self.store, &row, &self.config.compile_options()).await?;
         let events = self.store.events(&row.id, 0, 0).await?;
         let state = RunState::restore(row.id.clone(), Arc::new(plan), row.inputs.clone(), &events)?;
         let base_dir = row

@@ -1,6 +1,6 @@
 //! The scheduler loop: owns every active run, the pools, the timers and the open batch.
 
-use crate::exec::{self, process};
+use crate::exec::{self, AttemptCtx, Executors, process};
 use crate::pools::{Pools, RunId};
 use crate::timers::Timers;
 use crate::{Engine, Msg, Notice, now_ms};
@@ -58,7 +58,8 @@ struct Loop {
     host: String,
     /// When the first process record of the open batch arrived.
     lazy_since: Option<Instant>,
-    settings: process::ProcessSettings,
+    /// Who performs each kind of work.
+    executors: Executors,
     runs: HashMap<RunId, Active>,
     pools: Pools,
     timers: Timers,
@@ -77,20 +78,19 @@ struct Loop {
     stopping: Option<oneshot::Sender<()>>,
     /// When draining ends and what still runs is killed.
     deadline: Option<Instant>,
-    /// Process groups of running attempts, to kill what is left when draining ends.
-    pgids: HashMap<(RunId, Unit), i32>,
     /// When running steps started (for the step duration histogram).
     step_starts: HashMap<(RunId, String), u64>,
     spans: crate::spans::Spans,
-    /// Shell attempts started ahead of their durable start, waiting to be released.
-    gates: HashMap<(RunId, Unit, u32), exec::held::Gate>,
+    /// Attempts got ready ahead of their durable start (see [`exec::Held`]), waiting to
+    /// be released.
+    gates: HashMap<(RunId, Unit, u32), exec::Release>,
     /// When each subprocess attempt was made and released (for [`EngineStats`]).
     attempt_times: HashMap<(RunId, Unit, u32), (Instant, Option<Instant>)>,
 }
 
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
     let cfg = &engine.config;
-    let settings = process::ProcessSettings {
+    let processes = process::ProcessSettings {
         scratch: Arc::new(crate::exec::scratch::ScratchPool::new(
             &cfg.data_dir.join("work"),
         )),
@@ -102,12 +102,13 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
             cfg.pools.get("default").copied().unwrap_or(1).clamp(1, 8) as usize,
         )),
     };
+    let executors = Executors::new(exec::LocalProcesses::new(processes));
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {
         engine,
         host: crate::owner::hostname(),
         lazy_since: None,
-        settings,
+        executors,
         runs: HashMap::new(),
         pools,
         timers: Timers::default(),
@@ -122,7 +123,6 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         polling: false,
         stopping: None,
         deadline: None,
-        pgids: HashMap::new(),
         step_starts: HashMap::new(),
         spans: Default::default(),
         gates: HashMap::new(),
@@ -318,7 +318,7 @@ impl Loop {
                 let t = match first {
                     Some(input) => state.handle(input, now).unwrap_or_default(),
                     None if state.seq == 0 => state.handle(Input::Start, now).unwrap_or_default(),
-                    None => state.resume(now),
+                    None => state.resume(now, &Executors::reattaches),
                 };
                 self.spans.open_run(
                     &run,
@@ -365,7 +365,6 @@ impl Loop {
                 pgid,
                 start_ticks,
             } => {
-                self.pgids.insert((run_id.clone(), unit), pgid);
                 if let Some(active) = self.runs.get(&run_id) {
                     self.lazy_since.get_or_insert_with(Instant::now);
                     self.batch.processes.push(plexus_store::ProcessRecord {
@@ -399,18 +398,17 @@ impl Loop {
                         .fetch_add(released.elapsed().as_micros() as u64, Ordering::Relaxed);
                 }
                 self.running.remove(&(run_id.clone(), unit));
-                self.pgids.remove(&(run_id.clone(), unit));
                 let step_id = self
                     .runs
                     .get(&run_id)
                     .map(|a| a.state.plan.step(unit.step).id.clone());
                 if let Some(step_id) = &step_id {
-                    self.forget_process(&run_id, step_id, unit, attempt, finished.spawned);
+                    self.forget_process(&run_id, step_id, unit, attempt, finished.recorded);
                 }
                 self.pools.release(&run_id, unit);
                 self.grant();
                 if let Some(step_id) = step_id.filter(|_| self.runs.contains_key(&run_id)) {
-                    if let Some(logs) = finished.replaced_logs {
+                    if let Some(logs) = finished.logs {
                         self.batch.logs.push(plexus_store::StepLogs {
                             run_id: run_id.to_string(),
                             step_id: step_id.clone(),
@@ -629,7 +627,7 @@ impl Loop {
                     regrant = true;
                 }
                 Action::Execute(task) => {
-                    if let Some(outcome) = exec::run_inline(&task.work) {
+                    if let Some(outcome) = self.executors.for_work(&task.work).answer_now(&task) {
                         let _ = self.apply(
                             &run,
                             Input::AttemptFinished {
@@ -646,14 +644,14 @@ impl Loop {
                         .entry(key.clone())
                         .or_insert((now, None))
                         .1 = Some(now);
-                    // A held shell is released, unless it was killed meanwhile (dropping
-                    // its gate, it exits without running anything); anything else starts now.
+                    // A held attempt is released, unless it was killed meanwhile (dropping
+                    // its release, it ends without doing anything); anything else starts now.
                     match self.gates.remove(&key) {
-                        Some(gate) if self.running.contains_key(&(run.clone(), task.unit)) => {
-                            gate.open()
+                        Some(release) if self.running.contains_key(&(run.clone(), task.unit)) => {
+                            release()
                         }
                         Some(_) => {}
-                        None => self.spawn_attempt(run, task, None),
+                        None => self.start_attempt(run, task, false),
                     }
                 }
                 Action::StartChild {
@@ -713,80 +711,79 @@ impl Loop {
         }
     }
 
-    /// Starts a subprocess attempt's task; with a `gate`, the process is held until the
-    /// gate opens (see [`process::run`]).
-    fn spawn_attempt(
-        &mut self,
-        run: RunId,
-        task: plexus_core::machine::Task,
-        gate: Option<exec::held::HeldGate>,
-    ) {
+    /// Starts an attempt's task with its executor; with `hold`, the attempt is got ready
+    /// ahead of its durable start and waits for its release (see [`exec::Held`]).
+    fn start_attempt(&mut self, run: RunId, task: plexus_core::machine::Task, hold: bool) {
         let Some(active) = self.runs.get(&run) else {
             return;
         };
-        let base_dir = active.base_dir.clone();
         let (kill_tx, kill_rx) = oneshot::channel();
         self.running.insert((run.clone(), task.unit), kill_tx);
-        let settings = self.settings.clone();
         let tx = self.engine.tx.clone();
-        let logs = (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone());
-        tokio::spawn(async move {
-            let (spawned_tx, spawned_run, unit, attempt) =
-                (tx.clone(), run.clone(), task.unit, task.attempt);
+        let (unit, attempt) = (task.unit, task.attempt);
+        let recorder = (tx.clone(), run.clone());
+        let ctx = AttemptCtx {
+            run_id: run.clone(),
+            base_dir: active.base_dir.clone(),
+            logs: (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone()),
             // Sent before the attempt can finish, so the record precedes its removal.
-            let on_spawn = move |pgid, start_ticks| {
-                let _ = spawned_tx.try_send(Msg::Spawned {
-                    run_id: spawned_run,
-                    unit,
-                    attempt,
-                    pgid,
-                    start_ticks,
-                });
-            };
-            let finished = process::run(
-                &task,
-                run.clone(),
-                &base_dir,
-                &settings,
-                logs,
-                process::Controls {
-                    kill: kill_rx,
-                    gate,
-                },
-                on_spawn,
-            )
-            .await;
-            drop(settings); // before the engine can learn that its last attempt ended
-            let _ = tx
-                .send(Msg::AttemptDone {
-                    run_id: run,
-                    unit: task.unit,
-                    attempt: task.attempt,
-                    finished,
-                })
-                .await;
+            record: Box::new(move |pgid, start_ticks| {
+                let (tx, run_id) = recorder;
+                if tx
+                    .try_send(Msg::Spawned {
+                        run_id,
+                        unit,
+                        attempt,
+                        pgid,
+                        start_ticks,
+                    })
+                    .is_err()
+                {
+                    tracing::warn!(pgid, "the scheduler is too busy to record a process group");
+                }
+            }),
+        };
+        let executors = self.executors.clone();
+        let executor = executors.for_work(&task.work);
+        let attempt_future = if hold {
+            let held = executor.hold(task, ctx, kill_rx);
+            self.gates
+                .insert((run.clone(), unit, attempt), held.release);
+            held.attempt
+        } else {
+            executor.start(task, ctx, kill_rx)
+        };
+        tokio::spawn(async move {
+            let finished = attempt_future.await;
+            // The engine may be gone; the attempt's end is then recovered from its
+            // record at the next start.
+            tx.send(Msg::AttemptDone {
+                run_id: run,
+                unit,
+                attempt,
+                finished,
+            })
+            .await
+            .ok();
         });
     }
 
-    /// Notes when each process attempt of a transition was made (for `EngineStats`), and
-    /// starts its shell attempts before its events are durable, held at their gate:
-    /// loading the shell overlaps the commit. Their `Execute` action, once durable, opens
-    /// the gate.
+    /// Notes when each attempt that leaves the loop was made (for `EngineStats`), and
+    /// gets the attempts that can be held ready before their events are durable: loading a
+    /// shell overlaps the commit. Their `Execute` action, once durable, releases them.
     fn hold_ahead(&mut self, run: &RunId, actions: &[Action]) {
-        use plexus_core::machine::Work;
         for a in actions {
             let Action::Execute(task) = a else { continue };
-            if !matches!(task.work, Work::Shell { .. } | Work::Python { .. }) {
+            let executor = self.executors.for_work(&task.work);
+            if executor.answers_now() {
                 continue;
             }
+            let can_hold = executor.can_hold(task);
             let key = (run.clone(), task.unit, task.attempt);
             self.attempt_times
                 .insert(key.clone(), (Instant::now(), None));
-            // A shell whose variables its script cannot set starts once the start is durable.
-            if self.stopping.is_none() && process::can_hold(task) {
-                let (gate, held) = exec::held::gate();
-                self.gates.insert(key, gate);
-                self.spawn_attempt(run.clone(), task.clone(), Some(held));
+            if self.stopping.is_none() && can_hold {
+                self.start_attempt(run.clone(), task.clone(), true);
             }
         }
     }
@@ -992,7 +989,7 @@ async fn prepare_child(
             workflow_version: None,
             started_by: None,
             mode: Some(plan.mode.as_str().to_owned()),
-            plan: Some(plan.to_stored()),
+            plan: Some(plan.options.to_stored()),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -1020,7 +1017,8 @@ async fn prepare_child(
                 .await
                 .map_err(|e| e.to_string())?;
             // The child's own stored plan: the file may have changed since it started.
-            let plan = crate::stored_plan(&row, &engine.config.compile_options())
+            let plan = crate::stored_plan(&*engine.store, &row, &engine.config.compile_options())
+                .await
                 .map_err(|e| e.to_string())?;
             let state = RunState::restore(child_id, Arc::new(plan), row.inputs, &events)
                 .map_err(|e| e.to_string())?;

@@ -67,7 +67,7 @@ async fn a_held_command_runs_only_when_its_gate_opens() {
     assert!(!marker.exists(), "nothing runs while the gate is closed");
     drop(open);
     let finished = held.await.unwrap();
-    assert!(finished.spawned);
+    assert!(finished.recorded);
     assert!(
         matches!(&finished.outcome, Outcome::Failure { error, .. } if error.contains("before it started")),
         "{:?}",

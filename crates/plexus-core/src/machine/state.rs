@@ -608,7 +608,10 @@ impl RunState {
 
     /// After a restart: re-arm timers, retry interrupted attempts as new attempts,
     /// re-queue what was queued, and continue.
-    pub fn resume(&mut self, now: Millis) -> Transition {
+    /// `reattach` is the engine's word, per kind of step, on an attempt that was running
+    /// when its engine stopped: go on with it where it is (a sub-workflow's child run is
+    /// durable on its own), or record it interrupted and start a new attempt.
+    pub fn resume(&mut self, now: Millis, reattach: &dyn Fn(&StepKind) -> bool) -> Transition {
         let mut t = Transition::default();
         if self.status.is_terminal() {
             return t;
@@ -652,7 +655,7 @@ impl RunState {
                 }],
             };
             for u in units {
-                self.resume_unit(&mut t, now, u);
+                self.resume_unit(&mut t, now, u, reattach);
             }
             if self.steps[i].items.is_some() {
                 self.launch_items(&mut t, now, i);
@@ -672,11 +675,17 @@ impl RunState {
         t
     }
 
-    fn resume_unit(&mut self, t: &mut Transition, now: Millis, u: Unit) {
+    fn resume_unit(
+        &mut self,
+        t: &mut Transition,
+        now: Millis,
+        u: Unit,
+        reattach: &dyn Fn(&StepKind) -> bool,
+    ) {
         let unit = self.unit(u).clone();
         match unit.status {
-            StepStatus::Running if matches!(self.plan.step(u.step).kind, StepKind::Workflow(_)) => {
-                // The child run is durable on its own: re-attach instead of starting over.
+            StepStatus::Running if reattach(&self.plan.step(u.step).kind) => {
+                // Go on with the attempt where it is instead of starting over.
                 self.unit_mut(u).status = StepStatus::Queued;
                 self.unit_mut(u).attempt = unit.attempt - 1;
                 self.start_attempt_inner(t, now, u, false);
@@ -995,7 +1004,18 @@ impl RunState {
         let plan = Arc::clone(&self.plan);
         let step = plan.step(u.step);
         match &step.kind {
-            StepKind::Run(_) | StepKind::Python(_) => {
+            // Processes always take a pool slot; other work that acts (agent, llm,
+            // builtins) does when the workflow names a pool for it, so a pool can limit
+            // calls to an agent or a model too. Waiting takes no slot.
+            kind if matches!(kind, StepKind::Run(_) | StepKind::Python(_))
+                || (self.declares_pool(step)
+                    && matches!(
+                        kind,
+                        StepKind::Agent { .. }
+                            | StepKind::Llm(_)
+                            | StepKind::Builtin(Builtin::Noop | Builtin::Echo | Builtin::Fail)
+                    )) =>
+            {
                 self.unit_mut(u).status = StepStatus::Queued;
                 let node = &plan.nodes[u.step];
                 t.actions.push(Action::Enqueue {
@@ -1065,6 +1085,11 @@ impl RunState {
                 self.start_attempt(t, now, u);
             }
         }
+    }
+
+    /// Whether the step, or the workflow's defaults, name a pool.
+    fn declares_pool(&self, step: &crate::manifest::Step) -> bool {
+        step.pool.is_some() || self.plan.manifest.defaults.pool.is_some()
     }
 
     fn sleep_duration(&self, u: Unit) -> Result<std::time::Duration, String> {

@@ -359,7 +359,9 @@ fn restore_then_resume_retries_an_interrupted_attempt_as_a_new_attempt() {
 
     let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events).unwrap();
     assert_eq!(restored.step_status(0), StepStatus::Running);
-    let t = restored.resume(d.now);
+    let t = restored.resume(d.now, &|k| {
+        matches!(k, crate::manifest::StepKind::Workflow(_))
+    });
     assert_eq!(t.events[0].kind.type_name(), "step_interrupted");
     assert_eq!(t.events[0].seq, d.events.len() as u64 + 1);
     let mut d2 = Driver {
@@ -394,7 +396,9 @@ fn resuming_a_folded_run_reaches_the_same_state() {
     d.settle();
     assert_eq!(d.status("b"), StepStatus::Waiting);
     let mut restored = RunState::restore("r1", plan(yaml), json!({}), &d.events).unwrap();
-    let t = restored.resume(d.now);
+    let t = restored.resume(d.now, &|k| {
+        matches!(k, crate::manifest::StepKind::Workflow(_))
+    });
     assert!(t.events.is_empty());
     assert_eq!(
         t.actions,
@@ -582,4 +586,46 @@ fn a_large_foreach_is_handed_out_in_bounded_waves() {
     assert_eq!(out, Json::Array(expected));
     let restored = RunState::restore("r1", Arc::clone(&d.run.plan), json!({}), &d.events).unwrap();
     assert_eq!(restored.step_view(1), d.run.step_view(1));
+}
+
+/// A pool limits any work that acts once the workflow names one for it: a builtin (as an
+/// agent or LLM call will) with `pool` waits for a slot; without one it runs at once.
+#[test]
+fn a_named_pool_limits_builtins_too() {
+    let yaml = "version: plexus/v1\nname: t\nsteps:\n- {id: free, builtin: noop}\n- {id: limited, builtin: noop, pool: solo}\n- {id: parked, wait: {signal: go}, pool: solo}\n";
+    let opts = CompileOptions {
+        pools: std::collections::BTreeMap::from([
+            ("default".to_owned(), 4),
+            ("solo".to_owned(), 1),
+        ]),
+        default_mode: None,
+    };
+    let plan = Arc::new(load(yaml, "test.yaml", &opts).unwrap());
+    let mut run = RunState::new("r1", plan, json!({}));
+    let t = run.handle(Input::Start, 1_000).unwrap();
+    let enqueued: Vec<usize> = t
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Enqueue { unit, pool, .. } => {
+                assert_eq!(pool, "solo");
+                Some(unit.step)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        enqueued,
+        [1],
+        "only the builtin that names a pool waits for a slot"
+    );
+    let executed: Vec<&str> = t
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Execute(task) => Some(task.step_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(executed, ["free"]);
 }

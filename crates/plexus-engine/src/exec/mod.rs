@@ -1,16 +1,168 @@
-//! Executors: what performs an attempt. Builtins are answered inside the scheduler loop;
-//! shell and python steps run as subprocesses in their own process group.
+//! Executors: what performs an attempt. The scheduler knows no kind of work: it asks
+//! [`Executors::for_work`] for the [`Executor`] of a task and gets back an
+//! [`AttemptResult`]. Builtins answer inside the scheduler's loop ([`builtin`]); shell and
+//! python steps run as subprocesses in their own process group ([`local`]). Agent and LLM
+//! executors come next, each as one more implementation and one more arm in
+//! [`Executors::for_work`].
 
 pub mod artifacts;
+mod builtin;
 pub mod held;
 pub mod leftovers;
+pub mod local;
 pub mod process;
 pub mod scratch;
 
-use plexus_core::machine::{Outcome, Work};
+pub use builtin::Builtins;
+pub use local::LocalProcesses;
+pub use process::LogChunk;
+
+use crate::pools::RunId;
+use plexus_core::machine::{Outcome, Task, Work};
 use plexus_core::manifest::StepKind;
 use plexus_core::{Diagnostic, Plan};
 use serde_json::Value as Json;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{broadcast, oneshot};
+
+/// What an attempt produced, whatever performed it.
+#[derive(Debug)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    /// Files the attempt left, stored content-addressed.
+    pub artifacts: Vec<artifacts::Collected>,
+    /// What the attempt printed, kept apart when its output does not carry it.
+    pub logs: Option<AttemptLogs>,
+    /// What the attempt consumed (tokens, cost) for accounting; `Null` when nothing.
+    pub usage: Json,
+    /// Whether the attempt recorded itself with [`AttemptCtx::record`], so that the
+    /// record is cleared with its end.
+    pub recorded: bool,
+}
+
+impl AttemptResult {
+    /// An attempt that produced only an outcome.
+    pub fn of(outcome: Outcome) -> Self {
+        AttemptResult {
+            outcome,
+            artifacts: Vec::new(),
+            logs: None,
+            usage: Json::Null,
+            recorded: false,
+        }
+    }
+
+    pub fn failed(error: impl Into<String>) -> Self {
+        Self::of(Outcome::Failure {
+            error: error.into(),
+            output: Json::Null,
+        })
+    }
+}
+
+/// What an attempt printed, as stored when its output does not carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptLogs {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+}
+
+/// What the engine gives an attempt: where it runs and how it reports along the way.
+pub struct AttemptCtx {
+    pub run_id: RunId,
+    /// The directory relative paths of the run resolve against.
+    pub base_dir: PathBuf,
+    /// Live output for followers (`--follow-logs`), when someone listens.
+    pub logs: Option<broadcast::Sender<LogChunk>>,
+    /// Records what must be cleaned up should the engine die during the attempt (a
+    /// process group and its leader's start time); it is made durable with the next
+    /// commit and cleared when the attempt ends.
+    pub record: Box<dyn FnOnce(i32, u64) + Send>,
+}
+
+/// Lets a [`Held`] attempt take effect.
+pub type Release = Box<dyn FnOnce() + Send>;
+
+/// A running attempt.
+pub type AttemptFuture = Pin<Box<dyn Future<Output = AttemptResult> + Send>>;
+
+/// An attempt started before its start event is durable: nothing of it takes effect
+/// until `release` is called (once that event is durable). Dropping `release` instead
+/// makes the attempt end without having done anything.
+pub struct Held {
+    pub release: Release,
+    pub attempt: AttemptFuture,
+}
+
+/// One kind of work.
+pub trait Executor: Send + Sync {
+    /// Whether this executor answers every task at once with [`Executor::answer_now`].
+    fn answers_now(&self) -> bool {
+        false
+    }
+
+    /// Answers work that needs no I/O at once, inside the scheduler's loop; `None` means
+    /// the work runs as an attempt of its own ([`Executor::start`]).
+    fn answer_now(&self, _task: &Task) -> Option<Outcome> {
+        None
+    }
+
+    /// Whether [`Executor::hold`] can get this attempt ready before its start is durable.
+    fn can_hold(&self, _task: &Task) -> bool {
+        false
+    }
+
+    /// Gets an attempt ready while its start is being made durable (see [`Held`]). Only
+    /// called when [`Executor::can_hold`] said yes.
+    fn hold(&self, task: Task, ctx: AttemptCtx, kill: oneshot::Receiver<()>) -> Held {
+        let attempt = self.start(task, ctx, kill);
+        Held {
+            release: Box::new(|| {}),
+            attempt,
+        }
+    }
+
+    /// Runs an attempt whose start is durable; `kill` ends it early (timeout is the
+    /// executor's to enforce, from `task.timeout`).
+    fn start(&self, task: Task, ctx: AttemptCtx, kill: oneshot::Receiver<()>) -> AttemptFuture;
+}
+
+/// The executor of every kind of work, chosen by the task's work.
+#[derive(Clone)]
+pub struct Executors {
+    builtins: Arc<Builtins>,
+    local: Arc<LocalProcesses>,
+}
+
+impl Executors {
+    pub fn new(local: LocalProcesses) -> Self {
+        Executors {
+            builtins: Arc::new(Builtins),
+            local: Arc::new(local),
+        }
+    }
+
+    pub fn for_work(&self, work: &Work) -> &dyn Executor {
+        match work {
+            Work::Shell { .. } | Work::Python { .. } => self.local.as_ref(),
+            Work::Noop | Work::Echo(_) | Work::Fail(_) | Work::Unsupported(_) => {
+                self.builtins.as_ref()
+            }
+        }
+    }
+
+    /// Whether an attempt of this kind that was running when its engine stopped goes on
+    /// where it was (re-attached) rather than starting again as a new attempt. A
+    /// sub-workflow's child run is durable on its own, so it is re-attached; a process
+    /// died with its engine.
+    pub fn reattaches(kind: &StepKind) -> bool {
+        matches!(kind, StepKind::Workflow(_))
+    }
+}
 
 /// What in a valid plan this engine does not carry out yet, as warnings naming the step:
 /// agent and LLM steps (their attempts fail), and resource requests and placement
@@ -59,21 +211,4 @@ pub fn not_executed(plan: &Plan, file: &str) -> Vec<Diagnostic> {
         }
     }
     out
-}
-
-/// Answers in-process work at once; `None` means the work needs a subprocess.
-pub fn run_inline(work: &Work) -> Option<Outcome> {
-    Some(match work {
-        Work::Noop => Outcome::Success(Json::Null),
-        Work::Echo(v) => Outcome::Success(v.clone()),
-        Work::Fail(message) => Outcome::Failure {
-            error: message.clone(),
-            output: Json::Null,
-        },
-        Work::Unsupported(message) => Outcome::Failure {
-            error: message.clone(),
-            output: Json::Null,
-        },
-        Work::Shell { .. } | Work::Python { .. } => return None,
-    })
 }

@@ -2,7 +2,7 @@
 //! timeout or cancel), a clean environment, capped output, `$PLEXUS_OUTPUT` and
 //! `$PLEXUS_ARTIFACTS`.
 
-use super::artifacts::{self, Collected};
+use super::artifacts;
 use super::held::{self, HeldGate, WarmShells};
 use super::scratch::{Scratch, ScratchPool};
 use plexus_core::machine::{Outcome, Task, Work};
@@ -61,22 +61,11 @@ pub struct LogChunk {
     pub text: String,
 }
 
-pub struct Finished {
-    pub outcome: Outcome,
-    pub artifacts: Vec<Collected>,
-    /// Whether a process was started (and so recorded in the store).
-    pub spawned: bool,
-    /// stdout/stderr of a process whose `$PLEXUS_OUTPUT` became its output, kept apart.
-    pub replaced_logs: Option<Logs>,
-}
-
-/// What a process printed, as stored when its output does not carry it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Logs {
-    pub stdout: String,
-    pub stderr: String,
-    pub exit_code: Option<i32>,
-}
+/// What a process attempt produced: `recorded` says whether a process was started (and
+/// so recorded in the store); `logs` holds stdout/stderr of a process whose
+/// `$PLEXUS_OUTPUT` became its output.
+pub type Finished = super::AttemptResult;
+use super::AttemptLogs as Logs;
 
 struct Captured {
     kept: Vec<u8>,
@@ -191,15 +180,13 @@ pub async fn run(
         None => result,
     };
     match result {
-        Ok(f) => Finished { spawned, ..f },
+        Ok(f) => Finished {
+            recorded: spawned,
+            ..f
+        },
         Err(e) => Finished {
-            spawned,
-            outcome: Outcome::Failure {
-                error: e,
-                output: Json::Null,
-            },
-            artifacts: Vec::new(),
-            replaced_logs: None,
+            recorded: spawned,
+            ..Finished::failed(e)
         },
     }
 }
@@ -396,8 +383,9 @@ async fn run_inner(
                 output,
             },
             artifacts: collected,
-            spawned: true,
-            replaced_logs: None,
+            usage: Json::Null,
+            recorded: true,
+            logs: None,
         });
     }
     let status = status.ok_or("the process could not be waited for")?;
@@ -422,8 +410,9 @@ async fn run_inner(
         return Ok(Finished {
             outcome: Outcome::Failure { error, output },
             artifacts: collected,
-            spawned: true,
-            replaced_logs: None,
+            usage: Json::Null,
+            recorded: true,
+            logs: None,
         });
     }
     if let Some(bytes) = custom_output {
@@ -431,8 +420,9 @@ async fn run_inner(
             Ok(v) => Finished {
                 outcome: Outcome::Success(v),
                 artifacts: collected,
-                spawned: true,
-                replaced_logs: Some(Logs {
+                usage: Json::Null,
+                recorded: true,
+                logs: Some(Logs {
                     stdout: text(&stdout),
                     stderr: text(&stderr),
                     exit_code,
@@ -444,15 +434,17 @@ async fn run_inner(
                     output,
                 },
                 artifacts: collected,
-                spawned: true,
-                replaced_logs: None,
+                usage: Json::Null,
+                recorded: true,
+                logs: None,
             },
         });
     }
     Ok(Finished {
         outcome: Outcome::Success(output),
         artifacts: collected,
-        spawned: true,
-        replaced_logs: None,
+        usage: Json::Null,
+        recorded: true,
+        logs: None,
     })
 }
