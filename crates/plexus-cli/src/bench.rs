@@ -135,7 +135,7 @@ pub fn run_all(
 }
 
 /// Signals the park scenario keeps in flight at once.
-const SIGNALS_IN_FLIGHT: usize = 256;
+const SIGNALS_IN_FLIGHT: usize = 1024;
 
 fn manifest(name: &str, steps: impl IntoIterator<Item = String>) -> String {
     let mut y = format!("version: plexus/v1\nname: {name}\nsteps:\n");
@@ -563,7 +563,7 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
             let rss_parked = peak_rss_mb();
             let signal_started = Instant::now();
             // Each signal is answered once durable, so they are sent as many clients
-            // would, a few hundred at a time: group commit makes them durable together.
+            // would, a thousand at a time: group commit makes them durable together.
             let mut sending = tokio::task::JoinSet::new();
             for i in 0..n {
                 if sending.len() >= SIGNALS_IN_FLIGHT {
