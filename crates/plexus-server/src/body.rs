@@ -11,9 +11,13 @@ pub const SMALL: usize = 64 * 1024;
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub async fn read(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
+        // The limit's own error type, found in the error's chain (not by its wording).
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut too_large = false;
+        while let Some(c) = cause {
+            too_large |= c.is::<http_body_util::LengthLimitError>();
+            cause = c.source();
+        }
         if too_large {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
