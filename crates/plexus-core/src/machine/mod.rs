@@ -286,4 +286,6 @@ pub fn permission_name(p: Permission) -> &'static str {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
