@@ -242,11 +242,22 @@ fn resume_kills_what_the_dead_engine_left_running() {
     );
     let (mut child, run) = p.spawn(&["run", &flow]);
     let sleeper = wait_for_pid(&p, &pidfile);
-    // The group is recorded with the next commit, 50 ms after the start at the latest.
-    std::thread::sleep(Duration::from_millis(300));
+    // The group is recorded with the next commit (50 ms after the start at the latest):
+    // wait until the store has it.
+    let db = p.data_dir().join("plexus.db");
+    p.wait_until(
+        "the step's process group is recorded",
+        Duration::from_secs(10),
+        || {
+            rusqlite::Connection::open(&db)
+                .and_then(|c| {
+                    c.query_row("SELECT COUNT(*) FROM processes", [], |r| r.get::<_, i64>(0))
+                })
+                .is_ok_and(|n| n > 0)
+        },
+    );
     child.kill().unwrap();
     child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
     assert!(
         alive(sleeper),
         "kill -9 of the engine does not reach the step's group"

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 fn ws_subscriber(
     run: String,
     addrs: mpsc::Receiver<String>,
+    connected: mpsc::Sender<()>,
 ) -> std::thread::JoinHandle<(Vec<u64>, usize)> {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
@@ -37,6 +38,7 @@ fn ws_subscriber(
                 let url = format!("ws://{addr}/ws?run={run}&after={after}&access_token={key}");
                 if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await {
                     connections += 1;
+                    connected.send(()).ok();
                     while let Some(Ok(msg)) = ws.next().await {
                         let Message::Text(text) = msg else { continue };
                         let v: Value = serde_json::from_str(&text).unwrap();
@@ -93,15 +95,25 @@ fn kill_9_during_several_runs_then_restart() {
             run["id"].as_str().unwrap().to_owned()
         })
         .collect();
+    let (connected_tx, connected) = mpsc::channel();
     let subscribers: Vec<_> = ids
         .iter()
         .map(|id| {
             let (tx, rx) = mpsc::channel();
             tx.send(addr.clone()).unwrap();
-            (tx, ws_subscriber(id.clone(), rx))
+            (tx, ws_subscriber(id.clone(), rx, connected_tx.clone()))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(250));
+    // Every subscriber is connected before the crash.
+    for _ in &ids {
+        connected
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a subscriber connects");
+    }
+    // In the middle of the runs: some steps have had their effect, not all.
+    wait_for("a few steps to run", || {
+        std::fs::read_to_string(&effects).is_ok_and(|l| l.lines().count() >= 2)
+    });
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
 

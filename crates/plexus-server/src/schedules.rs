@@ -164,7 +164,11 @@ pub async fn run_scheduler(state: AppState, mut stop: tokio::sync::watch::Receiv
 
 /// Fires every due tick once; returns how many runs were started (or found).
 pub async fn fire_due(state: &AppState) -> ApiResult<usize> {
-    let now = now_ms();
+    fire_due_at(state, now_ms()).await
+}
+
+/// [`fire_due`] as if the clock said `now` (tests move time instead of waiting for it).
+pub async fn fire_due_at(state: &AppState, now: plexus_core::machine::Millis) -> ApiResult<usize> {
     let mut fired = 0;
     for s in state.store.due_schedules(now).await? {
         let ticks =

@@ -321,7 +321,9 @@ async fn runs_pause_resume_and_retry() {
     api.wait_state(&id, "paused").await;
     api.post(&format!("/api/v1/runs/{id}/steps/hold/signal"), json!({}))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The signal ends `hold`; what would follow it starts in that same transition unless
+    // the run is paused.
+    api.wait_step(&id, "hold", "succeeded").await;
     let (_, paused) = api.get(&format!("/api/v1/runs/{id}")).await;
     assert_eq!(
         paused["steps"][1]["state"], "pending",

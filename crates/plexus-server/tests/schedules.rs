@@ -4,7 +4,7 @@
 mod common;
 use axum::http::StatusCode;
 use common::Api;
-use plexus_server::schedules::{fire_due, run_scheduler};
+use plexus_server::schedules::{fire_due, fire_due_at, run_scheduler};
 use plexus_store::RunFilter;
 use serde_json::json;
 use std::time::Duration;
@@ -38,11 +38,9 @@ async fn a_tick_fires_once_even_with_two_replicas() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{sched}");
     let first_tick = sched["next_fire_at"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_millis(
-        first_tick.saturating_sub(plexus_engine::now_ms()) + 1_300,
-    ))
-    .await;
-    let (fa, fb) = tokio::join!(fire_due(&a.state), fire_due(&b.state));
+    // The clock moved past the first tick and a bit more (no waiting for it).
+    let later = first_tick + 1_300;
+    let (fa, fb) = tokio::join!(fire_due_at(&a.state, later), fire_due_at(&b.state, later));
     fa.unwrap();
     fb.unwrap();
     assert_eq!(
@@ -51,12 +49,12 @@ async fn a_tick_fires_once_even_with_two_replicas() {
         "skip policy: the newest due tick once, whichever replica got there"
     );
     assert_eq!(
-        fire_due(&a.state).await.unwrap(),
+        fire_due_at(&a.state, later).await.unwrap(),
         0,
         "nothing is due any more"
     );
     let (_, now) = a.get("/api/v1/schedules/tick").await;
-    assert!(now["next_fire_at"].as_u64().unwrap() > plexus_engine::now_ms() - 1_000);
+    assert!(now["next_fire_at"].as_u64().unwrap() > later);
 }
 
 #[tokio::test]
@@ -69,21 +67,18 @@ async fn paused_ticks_are_caught_up_by_policy() {
         .post("/api/v1/schedules/every-second/pause", json!({}))
         .await;
     assert_eq!((s, paused["paused"].clone()), (StatusCode::OK, json!(true)));
-    tokio::time::sleep(Duration::from_millis(
-        first_tick.saturating_sub(plexus_engine::now_ms()) + 2_300,
-    ))
-    .await;
+    let later = first_tick + 2_300;
     assert_eq!(
-        fire_due(&api.state).await.unwrap(),
+        fire_due_at(&api.state, later).await.unwrap(),
         0,
         "a paused schedule does not fire"
     );
     api.post("/api/v1/schedules/every-second/resume", json!({}))
         .await;
-    let fired = fire_due(&api.state).await.unwrap();
-    assert!(fired >= 3, "run_missed fires every missed tick: {fired}");
+    let fired = fire_due_at(&api.state, later).await.unwrap();
+    assert_eq!(fired, 3, "run_missed fires every missed tick");
     assert_eq!(run_keys(&api).await.len(), fired);
-    assert_eq!(fire_due(&api.state).await.unwrap(), 0);
+    assert_eq!(fire_due_at(&api.state, later).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -95,19 +90,16 @@ async fn the_scheduler_task_fires_and_stops() {
         json!({"workflow": "tick", "cron": "* * * * * *", "inputs": {}}),
     )
     .await;
+    let mut finished = api.state.engine.finished();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(run_scheduler(api.state.clone(), stopped));
-    for _ in 0..60 {
-        if !run_keys(&api).await.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let id = run_keys(&api)
+    // The run the scheduler starts at the next tick ends (waited for by notification).
+    let (run, status) = tokio::time::timeout(Duration::from_secs(5), finished.recv())
         .await
-        .pop()
-        .expect("the scheduler started a run within 3 s");
-    api.wait_state(&id, "succeeded").await;
+        .expect("the scheduler started a run at its first tick")
+        .unwrap();
+    assert_eq!(status, plexus_core::machine::RunStatus::Succeeded);
+    assert_eq!(run_keys(&api).await, [run.to_string()]);
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
