@@ -4,7 +4,7 @@
 mod common;
 use axum::http::StatusCode;
 use common::Api;
-use plexus_server::schedules::{fire_due, fire_due_at, run_scheduler};
+use plexus_server::schedules::{fire_due_at, run_scheduler};
 use plexus_store::RunFilter;
 use serde_json::json;
 use std::time::Duration;
