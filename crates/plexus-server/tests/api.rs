@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use common::Api;
 use plexus_server::ROUTES;
 use serde_json::json;
-use std::time::Duration;
 
 const HELLO: &str = "version: plexus/v1\nname: hello\ninputs: {who: {type: string, default: world}}\nsteps:\n- {id: greet, builtin: echo, with: {msg: 'hello {{ inputs.who }}'}}\noutputs: {msg: '{{ steps.greet.output.msg }}'}\n";
 
