@@ -114,8 +114,8 @@ pub async fn resume(
     let engine = Engine::start(store.clone(), engine_config(settings));
     let notices = engine.subscribe();
     let logs = follow_logs.then(|| engine.logs());
-    let row = plexus_store::Store::get_run(&*store, run).await?;
-    let steps = plexus_store::Store::steps(&*store, &row.id).await?;
+    let row = plexus_store::RunStore::get_run(&*store, run).await?;
+    let steps = plexus_store::RunStore::steps(&*store, &row.id).await?;
     let done = steps
         .iter()
         .filter(|s| {

@@ -210,6 +210,8 @@ pub(crate) enum Msg {
         finished: exec::AttemptResult,
     },
     Commands(Vec<plexus_store::Command>),
+    /// The store says commands from other processes may be waiting.
+    CommandsMayWait,
     Spawned {
         run_id: RunId,
         unit: plexus_core::machine::Unit,

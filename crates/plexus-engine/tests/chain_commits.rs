@@ -4,7 +4,7 @@
 
 use plexus_core::machine::RunStatus;
 use plexus_engine::{Engine, EngineConfig, Submission};
-use plexus_store::{SqliteOptions, SqliteStore, Store};
+use plexus_store::{RunStore, SqliteOptions, SqliteStore};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;

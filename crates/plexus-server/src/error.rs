@@ -69,7 +69,7 @@ impl From<StoreError> for ApiError {
                 "storage_full",
                 e.to_string(),
             ),
-            StoreError::Closed => Self::new(
+            StoreError::Closed | StoreError::Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),

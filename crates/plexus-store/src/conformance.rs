@@ -42,7 +42,7 @@ fn ev(seq: u64, kind: EventKind) -> Event {
 #[macro_export]
 macro_rules! store_conformance {
     ($fresh:path) => {
-        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, finds_runs_by_prefix_and_filters, remembers_running_processes, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break);
+        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_running_processes, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(
@@ -62,6 +62,7 @@ pub async fn check_all(store: &dyn Store) {
     refuses_a_second_writer_of_the_same_event(store).await;
     leases_decide_who_drives_a_run(store).await;
     commands_wait_for_their_owner(store).await;
+    wakes_for_new_commands(store).await;
     finds_runs_by_prefix_and_filters(store).await;
     remembers_running_processes(store).await;
     versions_workflows(store).await;
@@ -769,6 +770,27 @@ pub async fn commands_wait_for_their_owner(store: &dyn Store) {
         store.command(c).await.unwrap().unwrap().result.as_deref(),
         Some("refused")
     );
+}
+
+/// An engine waiting for commands learns of one stored through the same store at once,
+/// long before its wait runs out (a backend with notifications: from any process).
+pub async fn wakes_for_new_commands(store: &dyn Store) {
+    let id = "00000000-0000-0000-0000-0000000000b1";
+    store.create_run(run(id, Some("driver"), 30)).await.unwrap();
+    let waiting = store.commands_may_be_waiting("driver", std::time::Duration::from_secs(60));
+    let adding = async {
+        // The waiter is registered before the command arrives.
+        tokio::task::yield_now().await;
+        store
+            .add_command(id, CommandKind::Cancel, None, json!({}), "user:ada", 31)
+            .await
+            .unwrap();
+    };
+    let both = async { tokio::join!(waiting, adding) };
+    tokio::time::timeout(std::time::Duration::from_secs(10), both)
+        .await
+        .expect("a stored command wakes its owner's wait");
+    assert_eq!(store.pending_commands("driver").await.unwrap().len(), 1);
 }
 
 pub async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {

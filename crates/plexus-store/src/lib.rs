@@ -20,10 +20,17 @@ use plexus_core::machine::{Event, Millis};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+/// What went wrong in a store, by what a caller can do about it: try again
+/// ([`StoreError::is_retryable`]: another writer won, or the database is busy or out of
+/// reach for now), free space ([`StoreError::Full`]), fix the request (not found,
+/// ambiguous), or nothing but report it ([`StoreError::Db`]: a bug or damaged data).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(String),
+    /// The database is busy, locked or cannot be reached right now.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("the database is full or the disk is out of space: {0}")]
     Full(String),
     #[error("run `{0}` not found")]
@@ -34,6 +41,14 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the same operation may succeed if tried again later (after re-reading,
+    /// for a conflict).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Conflict(_) | StoreError::Unavailable(_))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -316,8 +331,10 @@ impl Batch {
     }
 }
 
+/// Runs and what belongs to them: events, steps, commands, artifacts, logs, process
+/// records, leases. Everything the engine needs to drive and resume runs.
 #[async_trait::async_trait]
-pub trait Store: AuthStore + Send + Sync + 'static {
+pub trait RunStore: Send + Sync + 'static {
     /// Creates a run and its pending step rows. Creating an existing id is a no-op that
     /// returns `false` (sub-workflow starts are retried with the same id).
     async fn create_run(&self, run: NewRun) -> Result<bool>;
@@ -356,6 +373,10 @@ pub trait Store: AuthStore + Send + Sync + 'static {
         actor: &str,
         now: Millis,
     ) -> Result<i64>;
+    /// Resolves when commands for `owner`'s runs may be waiting, after `wait` at the
+    /// latest. A backend with notifications (PostgreSQL's LISTEN/NOTIFY) resolves when one
+    /// arrives; one without polls. The engine then reads [`RunStore::pending_commands`].
+    async fn commands_may_be_waiting(&self, owner: &str, wait: std::time::Duration);
     /// Unapplied commands for runs owned by `owner`.
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;
@@ -373,6 +394,14 @@ pub trait Store: AuthStore + Send + Sync + 'static {
         attempt: u32,
     ) -> Result<Option<StepLogs>>;
     async fn find_run_by_key(&self, idempotency_key: &str) -> Result<Option<RunRow>>;
+    /// Attempt processes recorded as running for a run.
+    async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
+}
+
+/// What starts runs and what could not reach one: workflow definitions, schedules,
+/// event triggers, received events, dead letters.
+#[async_trait::async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
     /// Stores a workflow definition; a new version unless it equals the newest one.
     /// Returns the stored row and whether a new version was created.
     async fn put_workflow(
@@ -420,6 +449,11 @@ pub trait Store: AuthStore + Send + Sync + 'static {
         now: Millis,
     ) -> Result<i64>;
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
-    /// Attempt processes recorded as running for a run.
-    async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 }
+
+/// Everything Plexus keeps, by concern: [`RunStore`], [`CatalogStore`] and [`AuthStore`]
+/// (users, keys, sessions, audit, settings). A backend implements the three; the engine
+/// and the server hold an `Arc<dyn Store>`.
+pub trait Store: RunStore + CatalogStore + AuthStore {}
+
+impl<T: RunStore + CatalogStore + AuthStore> Store for T {}

@@ -112,7 +112,7 @@ fn grow(wal: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{SqliteOptions, SqliteStore, Store};
+    use crate::{RunStore, SqliteOptions, SqliteStore};
 
     #[tokio::test]
     async fn the_log_is_written_ahead_kept_on_close_and_survives_a_crash_image() {

@@ -1,6 +1,6 @@
 //! The shared store suite against a real SQLite file, plus SQLite-specific behaviour.
 
-use plexus_store::{SqliteOptions, SqliteStore, Store};
+use plexus_store::{RunStore, SqliteOptions, SqliteStore};
 
 async fn fresh_store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -136,13 +136,30 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         gates: HashMap::new(),
         attempt_times: HashMap::new(),
     };
+    spawn_command_watch(&lp.engine);
     tokio::spawn(lp.run(rx));
+}
+
+/// Tells the loop whenever the store says commands from other processes may be waiting
+/// (polling for SQLite, a notification for a backend that has them). Ends with the loop.
+fn spawn_command_watch(engine: &Engine) {
+    let store = Arc::clone(&engine.store);
+    let owner = engine.config.owner.clone();
+    let wait = engine.config.command_poll;
+    let tx = engine.tx.downgrade();
+    tokio::spawn(async move {
+        loop {
+            store.commands_may_be_waiting(&owner, wait).await;
+            let Some(tx) = tx.upgrade() else { return };
+            if tx.send(Msg::CommandsMayWait).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 impl Loop {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut poll = tokio::time::interval(self.engine.config.command_poll);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease = tokio::time::interval(self.engine.config.lease / 3);
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -210,7 +227,6 @@ impl Loop {
                 }
                 _ = tokio::time::sleep_until(records_due.unwrap_or_else(Instant::now).into()), if records_due.is_some() => {}
                 _ = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now).into()), if grace_ends.is_some() => {}
-                _ = poll.tick() => self.poll_commands(),
                 _ = lease.tick() => self.renew_leases(),
             }
         }
@@ -449,6 +465,7 @@ impl Loop {
             }
             Msg::Commands(commands) => self.apply_commands(commands),
             Msg::ChildEnded { parent, outcome } => self.child_ended(parent, outcome),
+            Msg::CommandsMayWait => self.poll_commands(),
             Msg::Pools(reply) => {
                 let _ = reply.send(self.pools.stats());
             }

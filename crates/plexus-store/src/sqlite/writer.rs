@@ -257,4 +257,21 @@ mod tests {
         assert!(c.is_autocommit(), "the transaction was ended");
         assert_eq!(rows(&c), 0, "nothing of the transaction was kept");
     }
+
+    /// A database another connection holds locked is unavailable for now (retryable),
+    /// not a bug.
+    #[test]
+    fn a_busy_database_is_unavailable_and_retryable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        let holder = Connection::open(&path).unwrap();
+        holder
+            .execute_batch("CREATE TABLE t (v INTEGER); BEGIN IMMEDIATE")
+            .unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let out = run(&c, vec![chained(None, insert(1))]);
+        assert!(matches!(out[0], Err(StoreError::Unavailable(_))), "{out:?}");
+        assert!(out[0].as_ref().unwrap_err().is_retryable());
+    }
 }
