@@ -251,7 +251,9 @@ fn resume_kills_what_the_dead_engine_left_running() {
         || {
             rusqlite::Connection::open(&db)
                 .and_then(|c| {
-                    c.query_row("SELECT COUNT(*) FROM processes", [], |r| r.get::<_, i64>(0))
+                    c.query_row("SELECT COUNT(*) FROM attempt_records", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
                 })
                 .is_ok_and(|n| n > 0)
         },

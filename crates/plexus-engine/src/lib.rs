@@ -212,18 +212,25 @@ pub(crate) enum Msg {
     Commands(Vec<plexus_store::Command>),
     /// The store says commands from other processes may be waiting.
     CommandsMayWait,
-    Spawned {
+    /// An executor's record of a running attempt, to be made durable (see
+    /// [`exec::AttemptCtx::record`]).
+    Recorded {
         run_id: RunId,
         unit: plexus_core::machine::Unit,
         attempt: u32,
-        pgid: i32,
-        start_ticks: u64,
+        executor: &'static str,
+        data: Json,
     },
     ChildEnded {
         parent: ParentRef,
         outcome: plexus_core::machine::Outcome,
     },
     Pools(oneshot::Sender<Vec<PoolStats>>),
+    /// Records of attempts a dead engine left, for their executors to deal with.
+    CleanUp {
+        records: Vec<plexus_store::AttemptRecord>,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown {
         grace: Duration,
         reply: oneshot::Sender<()>,
@@ -448,12 +455,22 @@ impl Engine {
                 owner: row.owner.unwrap_or_default(),
             });
         }
-        let leftovers = self.store.processes(&row.id).await?;
+        let leftovers = self.store.attempt_records(&row.id).await?;
         if !leftovers.is_empty() {
-            exec::leftovers::kill(&leftovers, &owner::hostname());
+            // Each executor deals with what its attempts left, before any new attempt.
+            let done = leftovers.iter().map(|r| r.key.clone()).collect();
+            let (reply, cleaned) = oneshot::channel();
+            self.send(Msg::CleanUp {
+                records: leftovers,
+                reply,
+            })
+            .await?;
+            cleaned
+                .await
+                .map_err(|_| EngineError::Stopped("no answer".into()))?;
             self.store
                 .commit(plexus_store::Batch {
-                    processes_done: leftovers,
+                    records_done: done,
                     ..Default::default()
                 })
                 .await?;

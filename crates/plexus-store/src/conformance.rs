@@ -42,7 +42,7 @@ fn ev(seq: u64, kind: EventKind) -> Event {
 #[macro_export]
 macro_rules! store_conformance {
     ($fresh:path) => {
-        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_running_processes, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break);
+        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(
@@ -64,7 +64,7 @@ pub async fn check_all(store: &dyn Store) {
     commands_wait_for_their_owner(store).await;
     wakes_for_new_commands(store).await;
     finds_runs_by_prefix_and_filters(store).await;
-    remembers_running_processes(store).await;
+    remembers_attempts_until_they_end(store).await;
     versions_workflows(store).await;
     finds_runs_by_idempotency_key(store).await;
     schedules_advance_once(store).await;
@@ -509,34 +509,39 @@ pub async fn finds_runs_by_idempotency_key(store: &dyn Store) {
     assert!(store.find_run_by_key("order-2").await.unwrap().is_none());
 }
 
-pub async fn remembers_running_processes(store: &dyn Store) {
+pub async fn remembers_attempts_until_they_end(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000006";
     store.create_run(run(id, None, 300)).await.unwrap();
-    let rec = |step: &str, item: Option<u32>| ProcessRecord {
+    let key = |step: &str, item: Option<u32>| AttemptKey {
         run_id: id.into(),
         step_id: step.into(),
         item,
         attempt: 1,
-        host: "h".into(),
-        pgid: 4242,
-        start_ticks: 99,
+    };
+    let rec = |step: &str, item: Option<u32>| AttemptRecord {
+        key: key(step, item),
+        executor: "local".into(),
+        data: json!({"host": "h", "pgid": 4242, "start_ticks": 99}),
     };
     let batch = Batch {
-        processes: vec![rec("a", None), rec("b", Some(3))],
+        records: vec![rec("a", None), rec("b", Some(3))],
         ..Default::default()
     };
     store.commit(batch).await.unwrap();
-    let mut found = store.processes(id).await.unwrap();
-    found.sort_by(|x, y| x.step_id.cmp(&y.step_id));
+    let mut found = store.attempt_records(id).await.unwrap();
+    found.sort_by(|x, y| x.key.step_id.cmp(&y.key.step_id));
     assert_eq!(found, vec![rec("a", None), rec("b", Some(3))]);
     store
         .commit(Batch {
-            processes_done: vec![rec("b", Some(3))],
+            records_done: vec![key("b", Some(3))],
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(store.processes(id).await.unwrap(), vec![rec("a", None)]);
+    assert_eq!(
+        store.attempt_records(id).await.unwrap(),
+        vec![rec("a", None)]
+    );
 }
 
 pub async fn creates_runs_once(store: &dyn Store) {

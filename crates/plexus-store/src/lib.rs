@@ -276,17 +276,24 @@ pub struct StepLogs {
     pub exit_code: Option<i32>,
 }
 
-/// The process group of a running attempt (see [`Store::processes`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProcessRecord {
+/// Which attempt a record belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct AttemptKey {
     pub run_id: String,
     pub step_id: String,
     pub item: Option<u32>,
     pub attempt: u32,
-    pub host: String,
-    pub pgid: i32,
-    /// The leader's start time in clock ticks since boot, so a reused pid is not mistaken.
-    pub start_ticks: u64,
+}
+
+/// What an executor must find again should its engine die during an attempt (see
+/// [`RunStore::attempt_records`]): for the local-process executor, the process group to
+/// stop. `data` is the executor's own; the store keeps it by attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    pub key: AttemptKey,
+    /// The executor that wrote it (and reads it back).
+    pub executor: String,
+    pub data: Json,
 }
 
 /// Commits that must land in the order they were sent, all or a prefix: once one
@@ -311,9 +318,9 @@ pub struct Batch {
     pub events: Vec<(String, Event)>,
     pub consumed: Vec<(i64, Option<String>)>,
     pub artifacts: Vec<Artifact>,
-    pub processes: Vec<ProcessRecord>,
-    /// Attempts whose process ended (only the key fields are used).
-    pub processes_done: Vec<ProcessRecord>,
+    pub records: Vec<AttemptRecord>,
+    /// Attempts that ended: their records are removed.
+    pub records_done: Vec<AttemptKey>,
     /// Logs of attempts whose `$PLEXUS_OUTPUT` replaced stdout/stderr in their output.
     pub logs: Vec<StepLogs>,
     /// The chain this commit belongs to (see [`CommitChain`]).
@@ -325,8 +332,8 @@ impl Batch {
         self.events.is_empty()
             && self.consumed.is_empty()
             && self.artifacts.is_empty()
-            && self.processes.is_empty()
-            && self.processes_done.is_empty()
+            && self.records.is_empty()
+            && self.records_done.is_empty()
             && self.logs.is_empty()
     }
 }
@@ -394,8 +401,8 @@ pub trait RunStore: Send + Sync + 'static {
         attempt: u32,
     ) -> Result<Option<StepLogs>>;
     async fn find_run_by_key(&self, idempotency_key: &str) -> Result<Option<RunRow>>;
-    /// Attempt processes recorded as running for a run.
-    async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
+    /// The records of a run's attempts that have not ended (see [`AttemptRecord`]).
+    async fn attempt_records(&self, run_id: &str) -> Result<Vec<AttemptRecord>>;
 }
 
 /// What starts runs and what could not reach one: workflow definitions, schedules,

@@ -102,8 +102,9 @@ async fn unknown_values_and_corrupt_json_are_errors() {
     assert!(err.contains("index: 5"), "names the column: {err}");
 }
 
-/// A store from before run definitions were kept apart: its runs' manifests move out of
-/// the `runs` rows when it opens, and those runs have no stored plan.
+/// A store from before run definitions and attempt records: its runs' manifests move out
+/// of the `runs` rows when it opens (those runs have no stored options), and its process
+/// records become the local executor's attempt records.
 #[tokio::test]
 async fn older_runs_keep_their_manifest_after_the_upgrade() {
     let (store, dir) = fresh_store().await;
@@ -113,7 +114,12 @@ async fn older_runs_keep_their_manifest_after_the_upgrade() {
     // Back to schema 7, with one run written the old way.
     raw.execute_batch(
         "DROP TABLE run_definitions; ALTER TABLE events DROP COLUMN schema; \
-         DELETE FROM schema_migrations WHERE version = 8; \
+         DROP TABLE attempt_records; \
+         CREATE TABLE processes (run_id TEXT NOT NULL, step_id TEXT NOT NULL, item INTEGER NOT NULL, \
+           attempt INTEGER NOT NULL, host TEXT NOT NULL, pgid INTEGER NOT NULL, start_ticks INTEGER NOT NULL, \
+           PRIMARY KEY (run_id, step_id, item, attempt)) WITHOUT ROWID; \
+         INSERT INTO processes VALUES ('00000000-0000-0000-0000-0000000000d1', 'a', -1, 1, 'h', 77, 5); \
+         DELETE FROM schema_migrations WHERE version >= 8; \
          INSERT INTO runs (id, workflow, status, manifest, inputs, created_at, updated_at, last_seq) \
          VALUES ('00000000-0000-0000-0000-0000000000d1', 'wf', 'running', 'version: plexus/v1\nname: wf\nsteps: [{id: a, run: x}]\n', '{}', 1, 1, 0);",
     )
@@ -126,6 +132,16 @@ async fn older_runs_keep_their_manifest_after_the_upgrade() {
         .unwrap();
     assert!(def.manifest.contains("name: wf"), "{def:?}");
     assert_eq!(def.plan, None);
+    let records = store
+        .attempt_records("00000000-0000-0000-0000-0000000000d1")
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].executor, "local");
+    assert_eq!(
+        records[0].data,
+        serde_json::json!({"host": "h", "pgid": 77, "start_ticks": 5})
+    );
     assert_eq!(
         store
             .get_run("00000000-0000-0000-0000-0000000000d1")

@@ -26,6 +26,10 @@ impl Builtins {
 }
 
 impl Executor for Builtins {
+    fn name(&self) -> &'static str {
+        "builtin"
+    }
+
     fn answers_now(&self) -> bool {
         true
     }

@@ -2,7 +2,8 @@
 //! groups are recorded in the store; before a run is resumed, the groups still alive on
 //! this host are killed, so a new attempt never races the old one.
 
-use plexus_store::ProcessRecord;
+use super::local::ProcessGroup;
+use plexus_store::AttemptKey;
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
 pub fn start_ticks(pid: i32) -> Option<u64> {
@@ -17,21 +18,19 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Kills the recorded groups that are still the same processes; returns how many.
-pub fn kill(records: &[ProcessRecord], host: &str) -> usize {
-    let mut killed = 0;
-    for r in records.iter().filter(|r| r.host == host && r.pgid > 0) {
-        if start_ticks(r.pgid) == Some(r.start_ticks) {
-            // SAFETY: killpg only sends a signal; the start time check makes sure the
-            // group leader is the process we started.
-            unsafe {
-                libc::killpg(r.pgid, libc::SIGKILL);
-            }
-            tracing::info!(run = %r.run_id, step = %r.step_id, attempt = r.attempt, pgid = r.pgid, "killed a process group left by a stopped engine");
-            killed += 1;
-        }
+/// Kills a recorded group if it is on this host and still the same process; returns
+/// whether it did.
+pub fn kill(key: &AttemptKey, group: &ProcessGroup, host: &str) -> bool {
+    if group.host != host || group.pgid <= 0 || start_ticks(group.pgid) != Some(group.start_ticks) {
+        return false;
     }
-    killed
+    // SAFETY: killpg only sends a signal; the start time check makes sure the group
+    // leader is the process we started.
+    unsafe {
+        libc::killpg(group.pgid, libc::SIGKILL);
+    }
+    tracing::info!(run = %key.run_id, step = %key.step_id, attempt = key.attempt, pgid = group.pgid, "killed a process group left by a stopped engine");
+    true
 }
 
 #[cfg(test)]
@@ -45,26 +44,26 @@ mod tests {
         let mut child = child.arg("30").spawn().unwrap();
         let pid = child.id() as i32;
         let ticks = start_ticks(pid).expect("own child is visible");
-        let record = |start_ticks| ProcessRecord {
+        let key = AttemptKey {
             run_id: "r".into(),
             step_id: "s".into(),
             item: None,
             attempt: 1,
+        };
+        let group = |start_ticks| ProcessGroup {
             host: "here".into(),
             pgid: pid,
             start_ticks,
         };
-        assert_eq!(
-            kill(&[record(ticks + 1)], "here"),
-            0,
+        assert!(
+            !kill(&key, &group(ticks + 1), "here"),
             "a different start time is another process"
         );
-        assert_eq!(
-            kill(&[record(ticks)], "elsewhere"),
-            0,
+        assert!(
+            !kill(&key, &group(ticks), "elsewhere"),
             "other hosts are not ours to kill"
         );
-        assert_eq!(kill(&[record(ticks)], "here"), 1);
+        assert!(kill(&key, &group(ticks), "here"));
         let status = child.wait().unwrap();
         assert!(!status.success());
     }

@@ -10,11 +10,22 @@ use tokio::sync::oneshot;
 
 pub struct LocalProcesses {
     settings: ProcessSettings,
+    /// This machine, as written in attempt records: only its own groups are stopped.
+    host: String,
+}
+
+/// What an attempt record of this executor holds: the attempt's process group, and its
+/// leader's start time (so a pid used again by another process is never mistaken).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessGroup {
+    pub host: String,
+    pub pgid: i32,
+    pub start_ticks: u64,
 }
 
 impl LocalProcesses {
-    pub fn new(settings: ProcessSettings) -> Self {
-        LocalProcesses { settings }
+    pub fn new(settings: ProcessSettings, host: String) -> Self {
+        LocalProcesses { settings, host }
     }
 
     fn run(
@@ -28,6 +39,7 @@ impl LocalProcesses {
         // before the engine learns of its end, so an engine whose last attempt ended can
         // free them at once.
         let settings = self.settings.clone();
+        let host = self.host.clone();
         Box::pin(async move {
             let AttemptCtx {
                 run_id,
@@ -35,6 +47,14 @@ impl LocalProcesses {
                 logs,
                 record,
             } = ctx;
+            let record = move |pgid, start_ticks| {
+                let group = ProcessGroup {
+                    host,
+                    pgid,
+                    start_ticks,
+                };
+                record(serde_json::to_value(group).unwrap_or_default());
+            };
             process::run(
                 &task,
                 run_id,
@@ -50,6 +70,24 @@ impl LocalProcesses {
 }
 
 impl Executor for LocalProcesses {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    /// Stops the process groups a dead engine's attempts left running on this host, so a
+    /// new attempt never races the old one.
+    fn clean_up(&self, records: &[plexus_store::AttemptRecord]) {
+        for r in records {
+            match serde_json::from_value::<ProcessGroup>(r.data.clone()) {
+                Ok(group) => {
+                    super::leftovers::kill(&r.key, &group, &self.host);
+                }
+                Err(e) => {
+                    tracing::warn!(run = %r.key.run_id, step = %r.key.step_id, error = %e, "an attempt record this version cannot read")
+                }
+            }
+        }
+    }
     /// A shell step whose variables its script can set is held: its shell is started
     /// while its start is made durable, and gets its script only then.
     fn can_hold(&self, task: &Task) -> bool {

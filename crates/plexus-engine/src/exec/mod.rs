@@ -78,10 +78,11 @@ pub struct AttemptCtx {
     pub base_dir: PathBuf,
     /// Live output for followers (`--follow-logs`), when someone listens.
     pub logs: Option<broadcast::Sender<LogChunk>>,
-    /// Records what must be cleaned up should the engine die during the attempt (a
-    /// process group and its leader's start time); it is made durable with the next
-    /// commit and cleared when the attempt ends.
-    pub record: Box<dyn FnOnce(i32, u64) + Send>,
+    /// Records what the executor must find again should the engine die during the
+    /// attempt (its own data: a process group for the local executor); made durable with
+    /// the next commit, cleared when the attempt ends, handed back to
+    /// [`Executor::clean_up`] when the run is resumed after a crash.
+    pub record: Box<dyn FnOnce(Json) + Send>,
 }
 
 /// Lets a [`Held`] attempt take effect.
@@ -100,6 +101,14 @@ pub struct Held {
 
 /// One kind of work.
 pub trait Executor: Send + Sync {
+    /// The name its attempt records are kept under.
+    fn name(&self) -> &'static str;
+
+    /// Before a run is resumed after its engine died: deal with what the dead engine's
+    /// attempts left (the records this executor wrote and that never ended). The
+    /// records are removed afterwards.
+    fn clean_up(&self, _records: &[plexus_store::AttemptRecord]) {}
+
     /// Whether this executor answers every task at once with [`Executor::answer_now`].
     fn answers_now(&self) -> bool {
         false
@@ -144,6 +153,13 @@ impl Executors {
             builtins: Arc::new(Builtins),
             local: Arc::new(local),
         }
+    }
+
+    /// The executor that writes records under `name`, if there is one.
+    pub fn by_name(&self, name: &str) -> Option<&dyn Executor> {
+        [self.builtins.as_ref() as &dyn Executor, self.local.as_ref()]
+            .into_iter()
+            .find(|e| e.name() == name)
     }
 
     pub fn for_work(&self, work: &Work) -> &dyn Executor {

@@ -1,36 +1,34 @@
 //! Attempts handed to their executors: held ahead of their durable start where the
-//! executor can, and their process records kept with the next commit.
+//! executor can, and their records kept with the next commit.
 
 use super::*;
 
 impl Loop {
-    /// Forgets an ended attempt's process record: a record still in the open batch was
-    /// never written and is dropped; one already committed is deleted with the next.
-    pub(super) fn forget_process(
+    /// Forgets an ended attempt's record: a record still in the open batch was never
+    /// written and is dropped; one already committed is deleted with the next.
+    pub(super) fn forget_record(
         &mut self,
         run: &RunId,
         step_id: &str,
         unit: Unit,
         attempt: u32,
-        spawned: bool,
+        recorded: bool,
     ) {
-        let unwritten = self.batch.processes.iter().position(|p| {
-            p.step_id == step_id
-                && p.item == unit.item
-                && p.attempt == attempt
-                && *p.run_id == **run
+        let unwritten = self.batch.records.iter().position(|r| {
+            let k = &r.key;
+            k.step_id == step_id
+                && k.item == unit.item
+                && k.attempt == attempt
+                && *k.run_id == **run
         });
         if let Some(at) = unwritten {
-            self.batch.processes.swap_remove(at);
-        } else if spawned {
-            self.batch.processes_done.push(plexus_store::ProcessRecord {
+            self.batch.records.swap_remove(at);
+        } else if recorded {
+            self.batch.records_done.push(plexus_store::AttemptKey {
                 run_id: run.to_string(),
                 step_id: step_id.to_owned(),
                 item: unit.item,
                 attempt,
-                host: String::new(),
-                pgid: 0,
-                start_ticks: 0,
             });
         }
     }
@@ -50,30 +48,30 @@ impl Loop {
         self.running.insert((run.clone(), task.unit), kill_tx);
         let tx = self.engine.tx.clone();
         let (unit, attempt) = (task.unit, task.attempt);
-        let recorder = (tx.clone(), run.clone());
+        let executors = self.executors.clone();
+        let executor = executors.for_work(&task.work);
+        let recorder = (tx.clone(), run.clone(), executor.name());
         let ctx = AttemptCtx {
             run_id: run.clone(),
             base_dir: active.base_dir.clone(),
             logs: (self.engine.logs.receiver_count() > 0).then(|| self.engine.logs.clone()),
             // Sent before the attempt can finish, so the record precedes its removal.
-            record: Box::new(move |pgid, start_ticks| {
-                let (tx, run_id) = recorder;
+            record: Box::new(move |data| {
+                let (tx, run_id, executor) = recorder;
                 if tx
-                    .try_send(Msg::Spawned {
+                    .try_send(Msg::Recorded {
                         run_id,
                         unit,
                         attempt,
-                        pgid,
-                        start_ticks,
+                        executor,
+                        data,
                     })
                     .is_err()
                 {
-                    tracing::warn!(pgid, "the scheduler is too busy to record a process group");
+                    tracing::warn!(executor, "the scheduler is too busy to record an attempt");
                 }
             }),
         };
-        let executors = self.executors.clone();
-        let executor = executors.for_work(&task.work);
         let attempt_future = if hold {
             let held = executor.hold(task, ctx, kill_rx);
             self.gates

@@ -63,7 +63,6 @@ const MAX_IN_FLIGHT: usize = 4;
 
 struct Loop {
     engine: Engine,
-    host: String,
     /// When the first process record of the open batch arrived.
     lazy_since: Option<Instant>,
     /// Who performs each kind of work.
@@ -110,11 +109,13 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
             cfg.pools.get("default").copied().unwrap_or(1).clamp(1, 8) as usize,
         )),
     };
-    let executors = Executors::new(exec::LocalProcesses::new(processes));
+    let executors = Executors::new(exec::LocalProcesses::new(
+        processes,
+        crate::owner::hostname(),
+    ));
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {
         engine,
-        host: crate::owner::hostname(),
         lazy_since: None,
         executors,
         runs: HashMap::new(),
@@ -382,25 +383,37 @@ impl Loop {
                     }
                 }
             }
-            Msg::Spawned {
+            Msg::Recorded {
                 run_id,
                 unit,
                 attempt,
-                pgid,
-                start_ticks,
+                executor,
+                data,
             } => {
                 if let Some(active) = self.runs.get(&run_id) {
                     self.lazy_since.get_or_insert_with(Instant::now);
-                    self.batch.processes.push(plexus_store::ProcessRecord {
-                        run_id: run_id.to_string(),
-                        step_id: active.state.plan.step(unit.step).id.clone(),
-                        item: unit.item,
-                        attempt,
-                        host: self.host.clone(),
-                        pgid,
-                        start_ticks,
+                    self.batch.records.push(plexus_store::AttemptRecord {
+                        key: plexus_store::AttemptKey {
+                            run_id: run_id.to_string(),
+                            step_id: active.state.plan.step(unit.step).id.clone(),
+                            item: unit.item,
+                            attempt,
+                        },
+                        executor: executor.to_owned(),
+                        data,
                     });
                 }
+            }
+            Msg::CleanUp { records, reply } => {
+                for r in &records {
+                    match self.executors.by_name(&r.executor) {
+                        Some(executor) => executor.clean_up(std::slice::from_ref(r)),
+                        None => {
+                            tracing::warn!(run = %r.key.run_id, executor = %r.executor, "an attempt record of an executor this engine does not have")
+                        }
+                    }
+                }
+                reply.send(()).ok();
             }
             Msg::AttemptDone {
                 run_id,
@@ -427,7 +440,7 @@ impl Loop {
                     .get(&run_id)
                     .map(|a| a.state.plan.step(unit.step).id.clone());
                 if let Some(step_id) = &step_id {
-                    self.forget_process(&run_id, step_id, unit, attempt, finished.recorded);
+                    self.forget_record(&run_id, step_id, unit, attempt, finished.recorded);
                 }
                 self.pools.release(&run_id, unit);
                 self.grant();

@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../migrations/sqlite/0008_pinned_plans.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_attempt_records.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -430,35 +434,37 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
             "INSERT OR REPLACE INTO artifacts (sha256, run_id, step_id, attempt, name, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(db_err)?;
-    let mut add_process = conn
+    let mut add_record = conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO processes (run_id, step_id, item, attempt, host, pgid, start_ticks) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR REPLACE INTO attempt_records (run_id, step_id, item, attempt, executor, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .map_err(db_err)?;
-    for p in &batch.processes {
-        add_process
+    for r in &batch.records {
+        let k = &r.key;
+        add_record
             .execute(params![
-                p.run_id,
-                p.step_id,
-                p.item.map_or(-1, i64::from),
-                p.attempt,
-                p.host,
-                p.pgid,
-                p.start_ticks as i64
+                k.run_id,
+                k.step_id,
+                k.item.map_or(-1, i64::from),
+                k.attempt,
+                r.executor,
+                r.data.to_string()
             ])
             .map_err(db_err)?;
     }
-    let mut forget_process = conn
-        .prepare_cached("DELETE FROM processes WHERE run_id = ?1 AND step_id = ?2 AND item = ?3 AND attempt = ?4")
+    let mut forget_record = conn
+        .prepare_cached(
+            "DELETE FROM attempt_records WHERE run_id = ?1 AND step_id = ?2 AND item = ?3 AND attempt = ?4",
+        )
         .map_err(db_err)?;
-    for p in &batch.processes_done {
-        forget_process
+    for k in &batch.records_done {
+        forget_record
             .execute(params![
-                p.run_id,
-                p.step_id,
-                p.item.map_or(-1, i64::from),
-                p.attempt
+                k.run_id,
+                k.step_id,
+                k.item.map_or(-1, i64::from),
+                k.attempt
             ])
             .map_err(db_err)?;
     }

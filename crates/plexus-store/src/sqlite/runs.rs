@@ -365,23 +365,26 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>> {
+    async fn attempt_records(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare("SELECT run_id, step_id, item, attempt, host, pgid, start_ticks FROM processes WHERE run_id = ?1")
+                .prepare(
+                    "SELECT run_id, step_id, item, attempt, executor, data FROM attempt_records WHERE run_id = ?1",
+                )
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([&run_id], |r| {
                     let item: i64 = r.get(2)?;
-                    Ok(ProcessRecord {
-                        run_id: r.get(0)?,
-                        step_id: r.get(1)?,
-                        item: u32::try_from(item).ok(),
-                        attempt: r.get::<_, i64>(3)? as u32,
-                        host: r.get(4)?,
-                        pgid: r.get(5)?,
-                        start_ticks: r.get::<_, i64>(6)? as u64,
+                    Ok(AttemptRecord {
+                        key: AttemptKey {
+                            run_id: r.get(0)?,
+                            step_id: r.get(1)?,
+                            item: u32::try_from(item).ok(),
+                            attempt: r.get::<_, i64>(3)? as u32,
+                        },
+                        executor: r.get(4)?,
+                        data: json_at(r, 5)?,
                     })
                 })
                 .map_err(db_err)?
