@@ -611,7 +611,7 @@ pub async fn commits_events_and_rows_atomically(store: &dyn Store) {
                 step_id: "a".into(),
                 item: None,
                 attempt: 1,
-                output: json!({"ok": true}),
+                output: json!({"ok": true}).into(),
             },
         ),
         ev(

@@ -11,7 +11,8 @@ pub struct StepChange {
     pub attempt: Option<u32>,
     pub started: Option<Millis>,
     pub finished: Option<Millis>,
-    pub output: Option<Json>,
+    /// Shared with the event (a foreach's output can be large).
+    pub output: Option<std::sync::Arc<Json>>,
     /// `Some(None)` clears the error.
     pub error: Option<Option<String>>,
 }

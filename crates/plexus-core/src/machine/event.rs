@@ -4,6 +4,11 @@
 use crate::manifest::Permission;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use std::sync::Arc;
+
+fn is_null(v: &Arc<Json>) -> bool {
+    v.is_null()
+}
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -75,7 +80,8 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<u32>,
         attempt: u32,
-        output: Json,
+        /// Shared with the run's state (a foreach's output can be 100,000 values).
+        output: Arc<Json>,
     },
     StepFailed {
         step_id: String,
@@ -83,8 +89,8 @@ pub enum EventKind {
         item: Option<u32>,
         attempt: u32,
         error: String,
-        #[serde(default, skip_serializing_if = "Json::is_null")]
-        output: Json,
+        #[serde(default, skip_serializing_if = "is_null")]
+        output: Arc<Json>,
         /// Set when another attempt follows at this time.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_at: Option<Millis>,

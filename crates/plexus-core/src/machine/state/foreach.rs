@@ -54,10 +54,16 @@ impl RunState {
         let step_id = self.plan.step(i).id.clone();
         // The items' outputs move into the step's; nothing reads them one by one after
         // this (the fold clears them too, see `apply`).
+        // Each item's output is usually held by nothing else by now, so it moves.
         let outputs: Vec<Json> = (self.steps[i].items.iter_mut())
             .flat_map(|items| items.units.iter_mut())
-            .map(|u| std::mem::take(&mut u.output))
+            .map(|u| {
+                let output = std::mem::replace(&mut u.output, super::null());
+                Arc::try_unwrap(output).unwrap_or_else(|shared| Json::clone(&shared))
+            })
             .collect();
+        // One value for the event and the state alike: no copy of 100,000 outputs.
+        let output = Arc::new(Json::Array(outputs));
         if failed == 0 {
             self.emit(
                 t,
@@ -66,7 +72,7 @@ impl RunState {
                     step_id,
                     item: None,
                     attempt: 0,
-                    output: Json::Array(outputs),
+                    output,
                 },
             );
         } else {
@@ -79,7 +85,7 @@ impl RunState {
                     item: None,
                     attempt: 0,
                     error,
-                    output: Json::Array(outputs),
+                    output,
                     retry_at: None,
                 },
             );

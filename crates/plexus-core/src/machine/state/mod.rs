@@ -20,6 +20,12 @@ use serde_json::json;
 use std::cell::OnceCell;
 use std::sync::Arc;
 
+/// The output of a unit that has none; one value shared by all of them.
+fn null() -> Arc<Json> {
+    static NULL: std::sync::LazyLock<Arc<Json>> = std::sync::LazyLock::new(|| Arc::new(Json::Null));
+    Arc::clone(&NULL)
+}
+
 /// See [`RunState::launch_items`].
 pub const ITEMS_IN_FLIGHT: u32 = 1024;
 
@@ -30,7 +36,8 @@ struct UnitRt {
     attempt: u32,
     /// Failed attempts, counted against `retry.max_attempts` (interruptions are not).
     failures: u32,
-    output: Json,
+    /// Shared with the event that set it (see [`EventKind::StepSucceeded`]).
+    output: Arc<Json>,
     error: Option<String>,
     /// When the pending retry or the current wait ends.
     wake_at: Option<Millis>,
@@ -42,7 +49,7 @@ impl Default for UnitRt {
             status: StepStatus::Pending,
             attempt: 0,
             failures: 0,
-            output: Json::Null,
+            output: null(),
             error: None,
             wake_at: None,
         }
@@ -157,7 +164,7 @@ impl RunState {
             id: self.plan.step(i).id.clone(),
             status: s.unit.status,
             attempt: s.unit.attempt,
-            output: s.unit.output.clone(),
+            output: Json::clone(&s.unit.output),
             error: s.unit.error.clone(),
         }
     }
@@ -199,7 +206,7 @@ impl RunState {
     fn clear_item_outputs(&mut self, i: usize) {
         if let Some(items) = &mut self.steps[i].items {
             for u in &mut items.units {
-                u.output = Json::Null;
+                u.output = null();
             }
         }
     }
@@ -493,7 +500,7 @@ impl RunState {
                     step_id,
                     item: None,
                     attempt: 0,
-                    output: json!([]),
+                    output: Arc::new(json!([])),
                 },
             );
             return self.on_step_terminal(t, now, i);
@@ -693,7 +700,7 @@ impl RunState {
                 step_id,
                 item: u.item,
                 attempt,
-                output,
+                output: Arc::new(output),
             },
         );
         match u.item {
@@ -731,7 +738,7 @@ impl RunState {
                     item: u.item,
                     attempt,
                     error,
-                    output,
+                    output: Arc::new(output),
                     retry_at: Some(at),
                 },
             );
@@ -751,7 +758,7 @@ impl RunState {
                 item: u.item,
                 attempt,
                 error,
-                output,
+                output: Arc::new(output),
                 retry_at: None,
             },
         );
