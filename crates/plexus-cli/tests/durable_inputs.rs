@@ -101,26 +101,7 @@ fn acknowledged_approvals_and_signals_survive_kill_9_right_after_the_answer() {
     let (mut server, mut addr) = start_server(&p);
     let (status, v) = http_text(&addr, "POST", "/api/v1/workflows", &flow());
     assert_eq!(status, 201, "{v}");
-    let runs: Vec<String> = (0..RUNS)
-        .map(|_| {
-            let (status, run) = http(
-                &addr,
-                "POST",
-                "/api/v1/runs",
-                Some(&json!({"workflow": "gates"})),
-            );
-            assert_eq!(status, 201, "{run}");
-            run["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    // Every gate open before the first input.
-    for run in &runs {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while gates_opened(&events(&addr, run)) < APPROVALS + SIGNALS {
-            assert!(Instant::now() < deadline, "run {run}: gates did not open");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    let runs: Vec<String> = (0..RUNS).map(|_| start_gated_run(&addr)).collect();
 
     let mut gates: Vec<(usize, String)> = (0..RUNS)
         .flat_map(|r| {
@@ -200,19 +181,7 @@ fn acknowledged_approvals_and_signals_survive_kill_9_right_after_the_answer() {
     }
 
     // Run-level inputs and a rejection, each answered and then killed the same way.
-    let (status, run) = http(
-        &addr,
-        "POST",
-        "/api/v1/runs",
-        Some(&json!({"workflow": "gates"})),
-    );
-    assert_eq!(status, 201, "{run}");
-    let run = run["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gates_opened(&events(&addr, &run)) < APPROVALS + SIGNALS {
-        assert!(Instant::now() < deadline, "run {run}: gates did not open");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let run = start_gated_run(&addr);
     let steps = [
         ("pause", None, "run_paused"),
         ("resume", None, "run_resumed"),
@@ -240,6 +209,24 @@ fn acknowledged_approvals_and_signals_survive_kill_9_right_after_the_answer() {
     }
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// Starts a run of `gates` and waits until every one of its gates is open.
+fn start_gated_run(addr: &str) -> String {
+    let (status, run) = http(
+        addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "gates"})),
+    );
+    assert_eq!(status, 201, "{run}");
+    let run = run["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gates_opened(&events(addr, &run)) < APPROVALS + SIGNALS {
+        assert!(Instant::now() < deadline, "run {run}: gates did not open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run
 }
 
 fn gates_opened(events: &[Value]) -> usize {
