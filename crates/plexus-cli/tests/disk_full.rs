@@ -59,7 +59,7 @@ fn big_flow() -> String {
 fn a_server_whose_disk_fills_reports_its_engine_stopped_until_restarted() {
     let p = Plexus::new();
     let data = p.data_dir();
-    let Some(_mount) = small_disk(&data, "3m") else {
+    let Some(_mount) = small_disk(&data, "4m") else {
         return;
     };
     let (mut server, addr) = start_server(&p);
