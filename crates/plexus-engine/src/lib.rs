@@ -221,9 +221,10 @@ pub(crate) enum Msg {
         executor: &'static str,
         data: Json,
     },
-    ChildEnded {
-        parent: ParentRef,
-        outcome: plexus_core::machine::Outcome,
+    /// Whether a run is driven by this engine now.
+    IsActive {
+        run_id: RunId,
+        reply: oneshot::Sender<bool>,
     },
     Pools(oneshot::Sender<Vec<PoolStats>>),
     /// Records of attempts a dead engine left, for their executors to deal with.
@@ -593,6 +594,19 @@ impl Engine {
             reason: None,
             pools: Some(pools),
         }
+    }
+
+    /// Whether this engine drives the run now.
+    pub(crate) async fn is_active(&self, run_id: &str) -> Result<bool, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::IsActive {
+            run_id: run_id.into(),
+            reply,
+        })
+        .await?;
+        answer
+            .await
+            .map_err(|_| EngineError::Stopped("no answer".into()))
     }
 
     pub async fn pool_stats(&self) -> Result<Vec<PoolStats>, EngineError> {

@@ -186,14 +186,6 @@ pub enum Action {
     Dequeue { unit: Unit },
     /// Run an attempt; answer with [`Input::AttemptFinished`].
     Execute(Task),
-    /// Start (or re-attach to) a child run; answer with [`Input::AttemptFinished`].
-    StartChild {
-        unit: Unit,
-        attempt: u32,
-        key: String,
-        path: String,
-        inputs: Json,
-    },
     SetTimer {
         at: Millis,
         unit: Unit,
@@ -233,6 +225,13 @@ pub enum Work {
     Fail(String),
     /// Kinds this version parses but cannot execute yet (agent, llm).
     Unsupported(String),
+    /// A child run of the workflow file at `path` (relative to the run's directory),
+    /// compiled in `mode` unless it sets its own.
+    Workflow {
+        path: String,
+        inputs: Json,
+        mode: crate::manifest::Mode,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -169,7 +169,7 @@ impl Sim {
                         purpose,
                     },
                 )),
-                Action::StartChild { .. } | Action::Dequeue { .. } | Action::Finished { .. } => {}
+                Action::Dequeue { .. } | Action::Finished { .. } => {}
             }
         }
     }

@@ -12,10 +12,12 @@ pub mod leftovers;
 pub mod local;
 pub mod process;
 pub mod scratch;
+mod workflow;
 
 pub use builtin::Builtins;
 pub use local::LocalProcesses;
 pub use process::LogChunk;
+pub use workflow::SubWorkflows;
 
 use crate::pools::RunId;
 use plexus_core::machine::{Outcome, Task, Work};
@@ -145,26 +147,33 @@ pub trait Executor: Send + Sync {
 pub struct Executors {
     builtins: Arc<Builtins>,
     local: Arc<LocalProcesses>,
+    workflows: Arc<SubWorkflows>,
 }
 
 impl Executors {
-    pub fn new(local: LocalProcesses) -> Self {
+    pub fn new(local: LocalProcesses, workflows: SubWorkflows) -> Self {
         Executors {
             builtins: Arc::new(Builtins),
             local: Arc::new(local),
+            workflows: Arc::new(workflows),
         }
     }
 
     /// The executor that writes records under `name`, if there is one.
     pub fn by_name(&self, name: &str) -> Option<&dyn Executor> {
-        [self.builtins.as_ref() as &dyn Executor, self.local.as_ref()]
-            .into_iter()
-            .find(|e| e.name() == name)
+        [
+            self.builtins.as_ref() as &dyn Executor,
+            self.local.as_ref(),
+            self.workflows.as_ref(),
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
     }
 
     pub fn for_work(&self, work: &Work) -> &dyn Executor {
         match work {
             Work::Shell { .. } | Work::Python { .. } => self.local.as_ref(),
+            Work::Workflow { .. } => self.workflows.as_ref(),
             Work::Noop | Work::Echo(_) | Work::Fail(_) | Work::Unsupported(_) => {
                 self.builtins.as_ref()
             }

@@ -3,18 +3,15 @@
 //! runs, and control from other processes.
 
 mod attempts;
-mod children;
 mod control;
-
-use children::child_outcome;
 
 use crate::exec::{self, AttemptCtx, Executors, process};
 use crate::pools::{Pools, RunId};
 use crate::timers::Timers;
 use crate::{Engine, Msg, Notice, now_ms};
-use plexus_core::machine::{Action, Input, Outcome, RunState, RunStatus, Unit};
-use plexus_store::{Artifact, Batch, NewRun, ParentRef, StoreError};
-use serde_json::{Value as Json, json};
+use plexus_core::machine::{Action, Input, RunState, RunStatus, Unit};
+use plexus_store::{Artifact, Batch, StoreError};
+use serde_json::Value as Json;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +22,6 @@ use tokio::sync::{mpsc, oneshot};
 struct Active {
     state: RunState,
     base_dir: PathBuf,
-    parent: Option<ParentRef>,
 }
 
 type CommitFuture =
@@ -109,10 +105,10 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
             cfg.pools.get("default").copied().unwrap_or(1).clamp(1, 8) as usize,
         )),
     };
-    let executors = Executors::new(exec::LocalProcesses::new(
-        processes,
-        crate::owner::hostname(),
-    ));
+    let executors = Executors::new(
+        exec::LocalProcesses::new(processes, crate::owner::hostname()),
+        exec::SubWorkflows::new(engine.clone()),
+    );
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {
         engine,
@@ -339,6 +335,13 @@ impl Loop {
                 first,
             } => {
                 let run: RunId = state.run_id.as_str().into();
+                if self.runs.contains_key(&run) {
+                    // Driven here already (a sub-workflow re-attached, a second resume).
+                    if let Some(reply) = reply {
+                        reply.send(()).ok();
+                    }
+                    return;
+                }
                 let now = now_ms();
                 let t = match first {
                     Some(input) => state.handle(input, now).unwrap_or_default(),
@@ -356,7 +359,6 @@ impl Loop {
                     Active {
                         state: *state,
                         base_dir,
-                        parent,
                     },
                 );
                 self.absorb(&run, t);
@@ -477,7 +479,9 @@ impl Loop {
                 );
             }
             Msg::Commands(commands) => self.apply_commands(commands),
-            Msg::ChildEnded { parent, outcome } => self.child_ended(parent, outcome),
+            Msg::IsActive { run_id, reply } => {
+                reply.send(self.runs.contains_key(&run_id)).ok();
+            }
             Msg::CommandsMayWait => self.poll_commands(),
             Msg::Pools(reply) => {
                 let _ = reply.send(self.pools.stats());
@@ -648,13 +652,6 @@ impl Loop {
                         None => self.start_attempt(run, task, false),
                     }
                 }
-                Action::StartChild {
-                    unit,
-                    attempt,
-                    key,
-                    path,
-                    inputs,
-                } => self.start_child(run, unit, attempt, key, path, inputs),
                 Action::SetTimer {
                     at,
                     unit,
@@ -686,10 +683,6 @@ impl Loop {
         };
         self.spans
             .close_run(&run, status.as_str(), active.state.error.as_deref());
-        if let Some(parent) = &active.parent {
-            let outcome = child_outcome(&active.state, status);
-            self.child_ended(parent.clone(), outcome);
-        }
         // Freeing a large run's state (a foreach over 100,000 items) takes tens of
         // milliseconds that other runs need not wait for.
         if active.state.units() > LARGE_RUN_UNITS {

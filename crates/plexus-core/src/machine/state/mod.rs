@@ -8,7 +8,7 @@ mod foreach;
 mod render;
 mod resume;
 
-use render::{RenderedWork, render_work};
+use render::render_work;
 
 use super::trigger::{ParentCounts, Verdict, evaluate};
 use super::*;
@@ -628,7 +628,7 @@ impl RunState {
             u.item.map_or_else(|| "-".to_owned(), |k| k.to_string())
         );
         let ctx = self.context(u.step, u.item);
-        let rendered = render_work(step, &ctx);
+        let rendered = render_work(step, &ctx, self.plan.mode);
         let (work, detail, env, workdir) = match rendered {
             Ok(r) => r,
             Err(e) => {
@@ -662,26 +662,17 @@ impl RunState {
         }
         let step = self.plan.step(u.step);
         let node = &self.plan.nodes[u.step];
-        match work {
-            RenderedWork::Child { path, inputs } => t.actions.push(Action::StartChild {
-                unit: u,
-                attempt,
-                key,
-                path,
-                inputs,
-            }),
-            RenderedWork::Task(work) => t.actions.push(Action::Execute(Task {
-                unit: u,
-                step_id: step.id.clone(),
-                attempt,
-                key,
-                work,
-                timeout: node.timeout,
-                env,
-                workdir,
-                pool: node.pool.clone(),
-            })),
-        }
+        t.actions.push(Action::Execute(Task {
+            unit: u,
+            step_id: step.id.clone(),
+            attempt,
+            key,
+            work,
+            timeout: node.timeout,
+            env,
+            workdir,
+            pool: node.pool.clone(),
+        }));
     }
 
     fn succeed_unit(

@@ -60,21 +60,19 @@ impl RunState {
     }
 }
 
-pub(super) enum RenderedWork {
-    Task(Work),
-    Child { path: String, inputs: Json },
-}
-
 pub(super) type Rendered = (
-    RenderedWork,
+    Work,
     Json,
     std::collections::BTreeMap<String, String>,
     Option<String>,
 );
 
+/// The work of a step's attempt, rendered; `mode` is the run's, which a sub-workflow
+/// that sets none runs in.
 pub(super) fn render_work(
     step: &crate::manifest::Step,
     ctx: &TemplateValue,
+    mode: crate::manifest::Mode,
 ) -> Result<Rendered, String> {
     let env = step
         .env
@@ -94,7 +92,7 @@ pub(super) fn render_work(
         StepKind::Run(c) => {
             let command = template::render_str(c, ctx)?;
             (
-                RenderedWork::Task(Work::Shell {
+                (Work::Shell {
                     command: command.clone(),
                 }),
                 json!({"command": command}),
@@ -102,42 +100,47 @@ pub(super) fn render_work(
         }
         StepKind::Python(s) => {
             let script = template::render_str(s, ctx)?;
-            (RenderedWork::Task(Work::Python { script }), Json::Null)
+            ((Work::Python { script }), Json::Null)
         }
-        StepKind::Builtin(Builtin::Noop) => (RenderedWork::Task(Work::Noop), Json::Null),
-        StepKind::Builtin(Builtin::Echo) => (RenderedWork::Task(Work::Echo(with)), Json::Null),
+        StepKind::Builtin(Builtin::Noop) => ((Work::Noop), Json::Null),
+        StepKind::Builtin(Builtin::Echo) => ((Work::Echo(with)), Json::Null),
         StepKind::Builtin(Builtin::Fail) => {
             let msg = with
                 .get("message")
                 .and_then(Json::as_str)
                 .unwrap_or("failed by `builtin: fail`")
                 .to_owned();
-            (RenderedWork::Task(Work::Fail(msg)), Json::Null)
+            ((Work::Fail(msg)), Json::Null)
         }
         StepKind::Builtin(Builtin::Sleep) => unreachable_sleep(),
         StepKind::Workflow(p) => {
             let path = template::render_str(p, ctx)?;
             let detail = json!({"workflow": path, "inputs": with});
-            (RenderedWork::Child { path, inputs: with }, detail)
+            (
+                Work::Workflow {
+                    path,
+                    inputs: with,
+                    mode,
+                },
+                detail,
+            )
         }
         StepKind::Agent { agent, action } => (
-            RenderedWork::Task(Work::Unsupported(format!(
+            (Work::Unsupported(format!(
                 "agent steps (`{agent}`/`{action}`) are not executable in this version yet"
             ))),
             json!({"agent": agent, "action": action, "with": with}),
         ),
         StepKind::Llm(_) => (
-            RenderedWork::Task(Work::Unsupported(
-                "llm steps are not executable in this version yet".into(),
-            )),
+            (Work::Unsupported("llm steps are not executable in this version yet".into())),
             Json::Null,
         ),
-        StepKind::Wait(_) | StepKind::Approval(_) => (RenderedWork::Task(Work::Noop), Json::Null),
+        StepKind::Wait(_) | StepKind::Approval(_) => ((Work::Noop), Json::Null),
     };
     Ok((work, detail, env, workdir))
 }
 
 /// Sleep is a timer, handled in `launch_unit`; it never reaches rendering.
-fn unreachable_sleep() -> (RenderedWork, Json) {
-    (RenderedWork::Task(Work::Noop), Json::Null)
+fn unreachable_sleep() -> (Work, Json) {
+    ((Work::Noop), Json::Null)
 }
