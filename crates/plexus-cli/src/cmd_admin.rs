@@ -4,7 +4,7 @@
 
 use crate::http_client::{Client, segment};
 use crate::output::{self, Format, ago, one_line};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use plexus_store::Store;
 use plexus_store::auth::AuditFilter;
@@ -521,8 +521,8 @@ pub fn rotate_token_key(data_dir: &std::path::Path, format: Format) -> Result<i3
     Ok(0)
 }
 
-pub fn needs_server(what: &str) -> Result<i32> {
-    bail!(
+pub fn needs_server(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
         "`plexus {what}` manages a server's users and settings: pass --server URL or run `plexus init --server URL` (a local store has one user: you, as admin)"
     )
 }

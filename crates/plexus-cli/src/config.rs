@@ -264,6 +264,37 @@ impl Settings {
         })
     }
 
+    /// `plexus config show`: the effective configuration as data or a table.
+    pub fn print(&self, format: crate::output::Format) {
+        let shown = self.show();
+        if format.is_data() {
+            crate::output::data(format, &shown);
+            return;
+        }
+        let file = shown["config_file"].as_str().unwrap_or("(none found)");
+        println!("configuration file: {file}\n");
+        let keys = [
+            "data_dir",
+            "pools",
+            "fsync",
+            "listen_addr",
+            "grpc_addr",
+            "body_limit",
+            "shutdown_grace",
+            "tls",
+        ];
+        let rows: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| {
+                let v = &shown[*k]["value"];
+                let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                let source = shown[*k]["source"].as_str().unwrap_or("");
+                vec![k.to_string(), value, source.to_owned()]
+            })
+            .collect();
+        crate::output::table(&["SETTING", "VALUE", "SOURCE"], &rows);
+    }
+
     pub fn open_store(&self) -> Result<std::sync::Arc<plexus_store::SqliteStore>> {
         std::fs::create_dir_all(&self.data_dir).with_context(|| {
             format!(

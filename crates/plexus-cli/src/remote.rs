@@ -41,10 +41,6 @@ pub fn server(flag: Option<&str>) -> Result<Option<Client>> {
     Ok(Some(client))
 }
 
-pub fn need(client: Option<Client>, what: &str) -> Result<Client> {
-    client.with_context(|| format!("`plexus {what}` talks to a server: pass --server URL, set PLEXUS_SERVER, or run `plexus init --server URL`"))
-}
-
 /// Saves the server in the user's config directory (mode 0600) after checking it answers.
 /// Credentials saved for another server are dropped.
 pub async fn init(url: &str, api_key: Option<&str>) -> Result<i32> {

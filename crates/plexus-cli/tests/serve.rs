@@ -378,6 +378,17 @@ fn the_cli_drives_a_server() {
     let local = p.json(&["runs", "list", "--server", "local"]);
     assert!(local[0].get("interrupted").is_some(), "{local}");
     assert!(listed[0].get("interrupted").is_none());
+    // What only exists on one side says where it does, instead of doing something else.
+    let out = p.run(&["runs", "list", "--interrupted"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--server local"));
+    let out = p.run(&["resume", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resumes its interrupted runs itself"));
+    let out = p.run(&["workflow", "list", "--server", "local"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("talks to a server"));
+    let out = p.run(&["user", "list", "--server", "local"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("manages a server's users"));
     let dead = p.run(&["runs", "list", "--server", "http://127.0.0.1:9"]);
     assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot reach the server"));
 

@@ -1,0 +1,319 @@
+//! The command line: every command, option and help text `plexus` accepts.
+
+use crate::cmd_admin;
+use crate::output::Format;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const ABOUT: &str = "Durable workflows for AI-agent operations.
+
+A workflow is a YAML file of steps (shell, python, builtins, waits, approvals,
+sub-workflows) joined by `needs`. `plexus run` executes it durably in an embedded
+SQLite store: kill the process at any point and `plexus resume RUN` continues.
+
+Start here:
+  plexus validate flow.yaml          check a manifest, every problem at once
+  plexus plan flow.yaml              see layers, parallelism and approval gates
+  plexus run flow.yaml -i key=value  run it, with live progress
+  plexus runs list                   recent runs (interrupted ones are marked)";
+
+#[derive(Parser)]
+#[command(name = "plexus", version, about = "Durable workflows for AI-agent operations", long_about = ABOUT)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args)]
+pub struct Global {
+    /// Directory of the embedded store, artifacts and scratch space
+    /// [default: $XDG_DATA_HOME/plexus]
+    #[arg(long, global = true, env = "PLEXUS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Executor pool size, NAME=SLOTS (repeatable); `default` is the number of cores
+    #[arg(long = "pool", global = true, value_name = "NAME=SLOTS")]
+    pub pools: Vec<String>,
+    /// Configuration file [default: ./plexus.toml, then $XDG_CONFIG_HOME/plexus/plexus.toml]
+    #[arg(long, global = true, env = "PLEXUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Output format
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Talk to this `plexus serve` instead of the local store (e.g. http://127.0.0.1:8080;
+    /// `local` for the local store) [default: the context saved by `plexus init`]
+    #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a workflow now, durably, and show its progress
+    ///
+    /// Exit status: 0 succeeded, 1 failed, 2 invalid manifest or inputs, 130 cancelled.
+    /// Steps that wait for approval prompt on a terminal; elsewhere approve them with
+    /// `plexus approve RUN STEP` from another shell.
+    Run {
+        /// The workflow manifest (YAML or JSON)
+        file: PathBuf,
+        /// An input, KEY=VALUE (repeatable); values are converted to the declared type
+        #[arg(short, long = "input", value_name = "KEY=VALUE")]
+        input: Vec<String>,
+        /// A JSON file holding an object of inputs
+        #[arg(long, value_name = "FILE")]
+        inputs: Option<PathBuf>,
+        /// Stream the output of steps as they run
+        #[arg(long)]
+        follow_logs: bool,
+    },
+    /// Continue an interrupted run (after a crash, kill -9 or reboot)
+    Resume {
+        run: String,
+        #[arg(long)]
+        follow_logs: bool,
+    },
+    /// Check manifests and report every problem with file:line:column (exit 2 if invalid)
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show how a workflow will run: layers, parallel steps, pools, approval gates
+    Plan { file: PathBuf },
+    /// Inspect and control runs
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Deliver a signal to a step waiting in `wait: {signal: ...}`
+    Signal {
+        run: String,
+        step: String,
+        /// JSON data; it becomes the step's output
+        #[arg(long, value_name = "JSON")]
+        data: Option<String>,
+    },
+    /// Approve a step that waits for approval
+    Approve {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a step that waits for approval (it is skipped with reason `rejected`)
+    Reject {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Run the engine with its HTTP API (runs started through it survive restarts)
+    ///
+    /// At start, every interrupted run in the data directory is resumed. SIGTERM or
+    /// Ctrl-C stops taking requests, commits what is pending and hands unfinished runs
+    /// back for the next start. Logs are JSON lines on stderr.
+    ///
+    /// Every request needs a credential. The first start on an empty data directory
+    /// creates the user `admin` and prints one API key for it in the log, once:
+    /// `plexus login --api-key plx_...`, create real users, then revoke it.
+    Serve {
+        /// Address of the HTTP API [default: 0.0.0.0:8080; plexus.toml: listen_addr]
+        #[arg(long, env = "PLEXUS_LISTEN_ADDR")]
+        listen_addr: Option<String>,
+        /// Address of the gRPC API (JobService, health) [default: 0.0.0.0:9090; plexus.toml: grpc_addr]
+        #[arg(long, env = "PLEXUS_GRPC_ADDR")]
+        grpc_addr: Option<String>,
+        /// Largest request body accepted, in bytes [default: 4194304; plexus.toml: body_limit]
+        #[arg(long, env = "PLEXUS_BODY_LIMIT")]
+        body_limit: Option<usize>,
+        /// On SIGTERM, how long running steps may take to finish before they are killed
+        /// (they then run again as new attempts at the next start)
+        /// [default: 30s; plexus.toml: shutdown_grace]
+        #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", value_parser = parse_duration_flag)]
+        shutdown_grace: Option<std::time::Duration>,
+        /// Serve the HTTP API over TLS with this PEM certificate chain (and --tls-key)
+        /// [plexus.toml: tls_cert]
+        #[arg(long, env = "PLEXUS_TLS_CERT", value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert [plexus.toml: tls_key]
+        #[arg(long, env = "PLEXUS_TLS_KEY", value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Show the effective configuration and where each value comes from
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Save the server to talk to (in the user's config directory, mode 0600); commands
+    /// that work on runs then go to it unless --server says otherwise
+    Init {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Save this API key as the credential for the server (checked first); or sign
+        /// in later with `plexus login`
+        #[arg(long, value_name = "KEY")]
+        api_key: Option<String>,
+    },
+    /// Sign in to a server; the session is kept in the context file (0600) and refreshed
+    ///
+    /// Scripts can skip this and set PLEXUS_API_KEY instead.
+    Login {
+        /// The server [default: --server, PLEXUS_SERVER, or the saved context]
+        #[arg(long = "url", value_name = "URL")]
+        url: Option<String>,
+        #[arg(long, short = 'u')]
+        username: Option<String>,
+        /// Read the password from stdin instead of the terminal
+        #[arg(long)]
+        password_stdin: bool,
+        /// Sign in with an API key (plx_...) instead of a password
+        #[arg(long, value_name = "KEY", conflicts_with = "username")]
+        api_key: Option<String>,
+    },
+    /// End the saved session on the server and forget it
+    Logout,
+    /// Users of a server and their roles (admin)
+    #[command(subcommand)]
+    User(cmd_admin::UserCommand),
+    /// API keys for scripts
+    #[command(subcommand, name = "api-key")]
+    ApiKey(cmd_admin::ApiKeyCommand),
+    /// Steps waiting for a human decision
+    #[command(subcommand)]
+    Approval(cmd_admin::ApprovalCommand),
+    /// The tamper-evident audit log: verify, list, export
+    ///
+    /// Without a server, works on --data-dir (stop the server first, or use its API).
+    #[command(subcommand)]
+    Audit(cmd_admin::AuditCommand),
+    /// Runtime settings of a server (admin): execution mode, budgets, providers
+    #[command(subcommand)]
+    Settings(cmd_admin::SettingsCommand),
+    /// The keys in --data-dir that sign session tokens
+    #[command(subcommand, name = "token-keys")]
+    TokenKeys(cmd_admin::TokenKeysCommand),
+    /// Workflow definitions on a server
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Events for a server's `on:` triggers
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Cron schedules on a server
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Measure the durable core against its targets, each next to a baseline taken now
+    ///
+    /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
+    /// steps and a join), throughput-10k (10,000 independent steps), foreach-100k (a
+    /// foreach over 100,000 items of another step's output vs ten times 10,000, and the
+    /// longest the engine's loop kept a caller waiting meanwhile), shell-100 (100
+    /// independent `true` commands: per-step time vs one bare fork+exec, and vs bare
+    /// fork+exec as many at a time as cores), shell-chain-100 (100 `true` commands one
+    /// after another vs bare fork+exec one at a time), park-100k (100,000 steps waiting
+    /// for a signal: peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
+    /// HTTP by 32 clients: submit rate, runs/s, p50/p99 submit-to-finish). Each runs in
+    /// its own process on a fresh store with synchronous=FULL.
+    Bench {
+        /// Small sizes, for a smoke test
+        #[arg(long)]
+        quick: bool,
+        /// Run only this scenario
+        #[arg(long, value_name = "NAME")]
+        scenario: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WorkflowCommand {
+    /// Store a manifest as a new version (unchanged text keeps its version)
+    Apply { file: PathBuf },
+    /// The newest version of every workflow
+    List,
+    /// Print a stored manifest
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Delete a workflow and every version of it
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum ScheduleCommand {
+    /// Every schedule with its next tick
+    List,
+    /// Start WORKFLOW on every tick of CRON (5 fields, or 6 with seconds first; UTC)
+    Create {
+        workflow: String,
+        cron: String,
+        /// Name of the schedule [default: the workflow's name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Inputs as a JSON object
+        #[arg(long, value_name = "JSON")]
+        inputs: Option<String>,
+        /// Missed ticks: skip (fire the newest once) or run_missed (fire each)
+        #[arg(long, default_value = "skip")]
+        catch_up: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EventCommand {
+    /// Post an event: every workflow with the type under `on:` starts
+    Emit {
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// JSON payload
+        #[arg(long, value_name = "JSON")]
+        payload: Option<String>,
+        /// The same key posted twice starts runs once
+        #[arg(long)]
+        dedupe_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Every setting with its value and source (flag or environment, file, default)
+    Show,
+}
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// Recent runs, newest first
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs that no process is driving (resume them with `plexus resume`)
+        #[arg(long)]
+        interrupted: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One run with its steps (a unique prefix of the id is enough)
+    Show { run: String },
+    /// The run's event history
+    Events {
+        run: String,
+        /// Only events after this sequence number
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Cancel a run: running steps are killed, the rest cancelled
+    Cancel { run: String },
+    /// Follow a run on a server live, until it ends
+    Watch { run: String },
+}
+
+fn parse_duration_flag(s: &str) -> Result<std::time::Duration, String> {
+    plexus_core::duration::parse_duration(s)
+}
