@@ -176,6 +176,68 @@ fn a_sub_workflow_survives_a_crash_of_its_parent() {
     );
 }
 
+/// A sub-workflow step's `timeout` ends the attempt and cancels the child run; a pool the
+/// step names limits how many of its children run at once.
+#[test]
+fn sub_workflows_honour_timeout_and_pool() {
+    let p = Plexus::new();
+    write(
+        &p,
+        "stuck.yaml",
+        "version: plexus/v1\nname: stuck\nsteps:\n- {id: hold, wait: {signal: go}}\n",
+    );
+    let parent = write(
+        &p,
+        "impatient.yaml",
+        "version: plexus/v1\nname: impatient\nsteps:\n- {id: call, workflow: stuck.yaml, timeout: 1s}\n",
+    );
+    let out = p.run(&["run", parent.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = run["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("timed out after 1s"), "{run}");
+    let children = p.json(&["runs", "list", "--workflow", "stuck"]);
+    assert_eq!(children[0]["status"], "cancelled", "{children}");
+
+    let log = p.dir.path().join("children.log");
+    write(
+        &p,
+        "slow.yaml",
+        &format!(
+            "version: plexus/v1\nname: slow\nsteps:\n- id: work\n  run: |\n    echo \"start\" >> {l}\n    sleep 0.2\n    echo \"end\" >> {l}\n",
+            l = log.display()
+        ),
+    );
+    let mut y = String::from("version: plexus/v1\nname: fan\nsteps:\n");
+    for i in 0..3 {
+        y.push_str(&format!(
+            "- {{id: c{i}, workflow: slow.yaml, pool: solo}}\n"
+        ));
+    }
+    let fan = write(&p, "fan.yaml", &y);
+    let out = p.run(&["run", fan.to_str().unwrap(), "--pool", "solo=1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        ["start", "end", "start", "end", "start", "end"],
+        "children overlapped"
+    );
+}
+
 #[test]
 fn bench_quick_reports_every_scenario() {
     let p = Plexus::new();

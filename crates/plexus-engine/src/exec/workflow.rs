@@ -6,11 +6,12 @@
 
 use super::{AttemptCtx, AttemptFuture, AttemptResult, Executor};
 use crate::{Engine, Msg, now_ms};
-use plexus_core::machine::{Outcome, RunState, RunStatus, Task, Work};
+use plexus_core::machine::{Input, Outcome, RunState, RunStatus, Task, Work};
 use plexus_store::{NewRun, ParentRef, RunRow};
 use serde_json::{Value as Json, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 
 pub struct SubWorkflows {
@@ -50,6 +51,11 @@ impl Executor for SubWorkflows {
                 Ok(Some(ended)) => return AttemptResult::of(ended),
                 Ok(None) => {}
             }
+            // A timeout ends the attempt and cancels the child, as a process step's
+            // timeout kills its process group.
+            let timeout = task.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
             loop {
                 tokio::select! {
                     end = ends.recv() => match end {
@@ -68,6 +74,17 @@ impl Executor for SubWorkflows {
                     // The parent's attempt is cancelled; the child run is its own and
                     // goes on (cancel it by its id).
                     _ = &mut kill => return AttemptResult::failed("cancelled"),
+                    _ = &mut deadline => {
+                        let reason = format!(
+                            "timed out after {}",
+                            plexus_core::duration::format_duration(timeout)
+                        );
+                        let cancel = Input::Cancel { reason: reason.clone() };
+                        if let Err(e) = engine.input(&child, cancel).await {
+                            tracing::warn!(run = %child, error = %e, "cancelling a timed-out sub-workflow");
+                        }
+                        return AttemptResult::failed(format!("sub-workflow run {child} {reason}"));
+                    }
                 }
             }
             match ended(&engine, &child).await {

@@ -159,7 +159,9 @@ impl RunState {
         match &step.kind {
             // Processes always take a pool slot; other work that acts (agent, llm,
             // builtins) does when the workflow names a pool for it, so a pool can limit
-            // calls to an agent or a model too. Waiting takes no slot.
+            // calls to an agent or a model too. A sub-workflow takes one only when the
+            // step itself names a pool: holding a slot of the pool its own steps need
+            // would deadlock. Waiting takes no slot.
             kind if matches!(kind, StepKind::Run(_) | StepKind::Python(_))
                 || (self.declares_pool(step)
                     && matches!(
@@ -167,7 +169,8 @@ impl RunState {
                         StepKind::Agent { .. }
                             | StepKind::Llm(_)
                             | StepKind::Builtin(Builtin::Noop | Builtin::Echo | Builtin::Fail)
-                    )) =>
+                    ))
+                || (step.pool.is_some() && matches!(kind, StepKind::Workflow(_))) =>
             {
                 self.unit_mut(u).status = StepStatus::Queued;
                 let node = &plan.nodes[u.step];
