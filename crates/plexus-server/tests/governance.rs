@@ -20,8 +20,16 @@ fn concrete(path: &str) -> String {
         .replace("{key}", "budgets.nothing")
 }
 
-/// Every route the router has (from `ROUTES`, the table the router is built from), called
-/// by anonymous and by each role: refused with 401/403 exactly when its rule says so.
+/// The methods a client can send; the framework answers some the table does not list
+/// (HEAD on every GET route).
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+];
+
+/// Every path the router has (from `ROUTES`, the table the router is built from), with
+/// every method, called by anonymous and by each role: refused with 401/403 exactly when
+/// the path's rule for that method says so (HEAD has GET's rule); a method the table does
+/// not list never reaches a handler for anyone.
 #[tokio::test]
 async fn every_route_checks_the_callers_role() {
     let api = Api::new().await;
@@ -33,35 +41,91 @@ async fn every_route_checks_the_callers_role() {
         callers.push((Some(role), api.as_user(Some(&key))));
     }
     assert!(ROUTES.len() >= 40, "the table holds every route");
-    for route in ROUTES {
-        let uri = concrete(route.path);
-        for (role, caller) in &callers {
-            let (status, body) = caller
-                .call(
-                    &route.method.to_ascii_uppercase(),
-                    &uri,
-                    "{}".to_string(),
-                    &[("content-type", "application/json")],
-                )
-                .await;
-            let label = format!(
-                "{} {} as {role:?}: {status} {body}",
-                route.method, route.path
-            );
-            match (role, route.access.allows(*role)) {
-                (_, true) => {
+    let mut paths: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
+    paths.dedup();
+    let audited_before = api.audit_count("permission.denied").await;
+    let mut denied = 0;
+    for path in paths {
+        let uri = concrete(path);
+        for method in METHODS {
+            let listed = if method == "HEAD" { "get" } else { method };
+            let rule = ROUTES
+                .iter()
+                .find(|r| r.path == path && r.method.eq_ignore_ascii_case(listed))
+                .map(|r| r.access);
+            for (role, caller) in &callers {
+                let (status, body) = caller
+                    .call(
+                        method,
+                        &uri,
+                        "{}".to_string(),
+                        &[("content-type", "application/json")],
+                    )
+                    .await;
+                let label = format!("{method} {path} as {role:?}: {status} {body}");
+                let Some(access) = rule else {
+                    // Not in the table: 405 for whoever may use the path at all, else
+                    // refused; never an answer from a handler.
                     assert!(
-                        status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                        [
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            StatusCode::UNAUTHORIZED,
+                            StatusCode::FORBIDDEN
+                        ]
+                        .contains(&status),
                         "{label}"
                     );
-                    // Names that exist nowhere and an empty body: a clear 4xx, never a 5xx.
-                    assert!(!status.is_server_error(), "{label}");
+                    denied += usize::from(status == StatusCode::FORBIDDEN);
+                    continue;
+                };
+                match (role, access.allows(*role)) {
+                    (_, true) => {
+                        assert!(
+                            status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                            "{label}"
+                        );
+                        // Names that exist nowhere and an empty body: a clear 4xx, never a 5xx.
+                        assert!(!status.is_server_error(), "{label}");
+                    }
+                    (None, false) => assert_eq!(status, StatusCode::UNAUTHORIZED, "{label}"),
+                    (Some(_), false) => {
+                        assert_eq!(status, StatusCode::FORBIDDEN, "{label}");
+                        denied += 1;
+                    }
                 }
-                (None, false) => assert_eq!(status, StatusCode::UNAUTHORIZED, "{label}"),
-                (Some(_), false) => assert_eq!(status, StatusCode::FORBIDDEN, "{label}"),
             }
         }
     }
+    // Every refusal of a signed-in caller is in the audit log, HEAD ones included.
+    let audited = api.audit_count("permission.denied").await - audited_before;
+    assert_eq!(audited, denied);
+}
+
+/// The attack as it was found: `HEAD` without a credential on GET routes answered 200 with
+/// the admin's content length, confirmed which run ids exist, and ran the export handler.
+#[tokio::test]
+async fn head_requests_need_the_same_credential_as_get() {
+    let api = Api::new().await;
+    let anonymous = api.as_user(None);
+    for uri in [
+        "/api/v1/users",
+        "/api/v1/settings",
+        "/api/v1/runs",
+        "/metrics",
+        "/api/v1/runs/00000000-0000-0000-0000-000000000000",
+        "/api/v1/audit/export",
+    ] {
+        let (status, _) = anonymous.call("HEAD", uri, "", &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "HEAD {uri}");
+    }
+    let key = api.user_key("head-operator", "operator").await;
+    let operator = api.as_user(Some(&key));
+    for uri in ["/api/v1/users", "/api/v1/settings", "/api/v1/audit/export"] {
+        let (status, _) = operator.call("HEAD", uri, "", &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "HEAD {uri} as operator");
+    }
+    let (status, _) = operator.call("HEAD", "/api/v1/runs", "", &[]).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// Every route that takes a body, sent bodies that are wrong in several ways: always a

@@ -193,12 +193,27 @@ pub async fn run_refusal_flusher(state: AppState, mut stop: tokio::sync::watch::
     flush_refusals(&state, Duration::ZERO).await;
 }
 
-/// The access rule of the route a request matched (`None`: no route matched).
-fn route_access(method: &str, path: &str) -> Option<Access> {
-    crate::ROUTES
-        .iter()
-        .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
-        .map(|r| r.access)
+/// The access rule for a method on a route the request matched. The framework answers
+/// methods the table does not list (HEAD on every GET route runs the GET handler), so
+/// HEAD takes GET's rule, and any other unlisted method on a known path takes the
+/// strictest rule of that path: nothing reaches a handler without a rule.
+fn route_access(method: &str, path: &str) -> Access {
+    let method = if method.eq_ignore_ascii_case("HEAD") {
+        "GET"
+    } else {
+        method
+    };
+    let on_path = crate::ROUTES.iter().filter(|r| r.path == path);
+    match on_path
+        .clone()
+        .find(|r| r.method.eq_ignore_ascii_case(method))
+    {
+        Some(r) => r.access,
+        None => on_path
+            .map(|r| r.access)
+            .max_by_key(|a| a.strictness())
+            .unwrap_or(Access::Role(Role::Admin)),
+    }
 }
 
 /// The bearer credential of a request: the `Authorization` header, or for the WebSocket
@@ -240,12 +255,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let Some(access) = matched
-        .as_deref()
-        .and_then(|p| route_access(req.method().as_str(), p))
-    else {
+    let Some(path) = matched.as_deref() else {
         return next.run(req).await; // no route: the fallback answers 404
     };
+    let access = route_access(req.method().as_str(), path);
     let caller = match bearer(&req) {
         Err(Refused(m)) => return unauthenticated(m),
         Ok(None) => None,

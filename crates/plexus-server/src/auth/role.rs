@@ -56,6 +56,15 @@ impl Access {
         }
     }
 
+    /// Orders rules from the most open to the strictest.
+    pub fn strictness(self) -> u8 {
+        match self {
+            Access::Public => 0,
+            Access::Signed => 1,
+            Access::Role(r) => 2 + r as u8,
+        }
+    }
+
     pub fn describe(self) -> String {
         match self {
             Access::Public => "anyone".into(),

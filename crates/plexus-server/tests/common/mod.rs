@@ -55,6 +55,16 @@ impl Api {
         }
     }
 
+    /// How many audit records have this action.
+    pub async fn audit_count(&self, action: &str) -> usize {
+        let filter = plexus_store::auth::AuditFilter {
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        let records = self.state.store.audit(filter).await.unwrap();
+        records.iter().filter(|r| r.action == action).count()
+    }
+
     /// Creates a user with `role` and returns an API key secret for them.
     pub async fn user_key(&self, username: &str, role: &str) -> String {
         let (s, v) = self
