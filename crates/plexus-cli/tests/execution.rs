@@ -319,3 +319,50 @@ fn local_runs_are_audited_and_the_chain_is_verified_offline() {
         (serde_json::json!(false), serde_json::json!(1))
     );
 }
+
+/// The attack as found: three nested `range(9999)` loops in a `builtin: echo` blocked the
+/// engine for good, and the resumed run did it again. Now the step fails with a clear
+/// error, the run ends, and a run beside it is not held up.
+#[test]
+fn a_runaway_template_fails_its_step_and_nothing_else() {
+    let p = Plexus::new();
+    let flow = write(
+        &p,
+        "runaway.yaml",
+        "version: plexus/v1\nname: runaway\nsteps:\n- {id: spin, builtin: echo, with: {x: '{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}'}}\n- {id: big, builtin: echo, with: {x: '{% for a in range(5000) %}{{ \"y\" * 1000 }}{% endfor %}'}}\n- {id: fine, builtin: echo, with: {x: '{{ run.workflow }}'}}\n",
+    );
+    let out = p.run(&["run", &flow, "-o", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = |id: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(step("spin")["status"], "failed");
+    assert!(
+        step("spin")["error"]
+            .as_str()
+            .unwrap()
+            .contains("ran too long"),
+        "{run}"
+    );
+    assert!(
+        step("big")["error"]
+            .as_str()
+            .unwrap()
+            .contains("KiB of text"),
+        "{run}"
+    );
+    assert_eq!(step("fine")["status"], "succeeded");
+    assert_eq!(step("fine")["output"]["x"], "runaway");
+}

@@ -7,26 +7,51 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 use std::sync::OnceLock;
 
+/// How many instructions one rendering may execute. Templates run inside the engine's
+/// loop, so a loop in a template (`range(9999)` three deep) must end quickly: this many
+/// take a few milliseconds, far more than any interpolation or list formatting needs.
+pub const RENDER_FUEL: u64 = 200_000;
+
+/// The longest text one template may produce (1 MiB); a command line or parameter
+/// longer than that is a mistake or an attack.
+pub const MAX_RENDERED_BYTES: usize = 1 << 20;
+
+fn environment(undefined: UndefinedBehavior) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(undefined);
+    env.set_fuel(Some(RENDER_FUEL));
+    env
+}
+
 /// Strict: an undefined name is an error, so a typo never becomes an empty string inside
 /// a shell command.
 fn strict() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env
-    })
+    ENV.get_or_init(|| environment(UndefinedBehavior::Strict))
 }
 
 /// Chainable: `when` conditions may look into outputs that are missing (a skipped step),
 /// which evaluates to undefined, i.e. false.
 fn lenient() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Chainable);
-        env
-    })
+    ENV.get_or_init(|| environment(UndefinedBehavior::Chainable))
+}
+
+/// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other("too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn is_template(s: &str) -> bool {
@@ -40,6 +65,20 @@ fn sole_expression(s: &str) -> Option<&str> {
 }
 
 fn describe(e: &minijinja::Error) -> String {
+    match e.kind() {
+        minijinja::ErrorKind::OutOfFuel => {
+            return format!(
+                "the template ran too long (more than {RENDER_FUEL} instructions); do heavy work in a step, not in a template"
+            );
+        }
+        minijinja::ErrorKind::WriteFailure => {
+            return format!(
+                "the template produced more than {} KiB of text",
+                MAX_RENDERED_BYTES >> 10
+            );
+        }
+        _ => {}
+    }
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -79,9 +118,13 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<String, String> {
     if !is_template(src) {
         return Ok(src.to_owned());
     }
-    strict()
-        .render_str(src, ctx.clone())
-        .map_err(|e| describe(&e))
+    let template = strict().template_from_str(src).map_err(|e| describe(&e))?;
+    let mut out = Capped(Vec::new());
+    template
+        .render_captured_to(ctx.clone(), &mut out)
+        .map_err(|e| describe(&e))?;
+    // What minijinja writes is the text of a `str`, so it is UTF-8.
+    String::from_utf8(out.0).map_err(|e| e.to_string())
 }
 
 /// Renders every string inside a JSON value. A string that is exactly `{{ expr }}` becomes
@@ -114,6 +157,11 @@ pub fn eval_value(expr: &str, ctx: &Value) -> Result<Json, String> {
         .compile_expression(expr)
         .map_err(|e| describe(&e))?;
     let v = compiled.eval(ctx.clone()).map_err(|e| describe(&e))?;
+    // Strict rendering refuses an undefined name anywhere, including a template that is
+    // nothing but that name (which evaluates to undefined rather than failing).
+    if v.is_undefined() {
+        return Err(format!("undefined value: `{expr}` names nothing"));
+    }
     serde_json::to_value(&v).map_err(|e| e.to_string())
 }
 
@@ -194,6 +242,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_is_only_an_undefined_name_fails() {
+        let err = render_value(&json!("{{ nope }}"), &context_of(&json!({}))).unwrap_err();
+        assert!(err.contains("undefined"), "{err}");
+        let err = render_value(
+            &json!("{{ inputs.nope }}"),
+            &context_of(&json!({"inputs": {}})),
+        )
+        .unwrap_err();
+        assert!(err.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn loops_and_output_are_bounded() {
+        let ctx = context_of(&json!({}));
+        let nested = "{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}";
+        let err = render_str(nested, &ctx).unwrap_err();
+        assert!(err.contains("ran too long"), "{err}");
+        let long = "{% for a in range(2000) %}{{ 'x' * 1000 }}{% endfor %}";
+        let err = render_str(long, &ctx).unwrap_err();
+        assert!(err.contains("KiB of text"), "{err}");
+        // What a real template does stays well within the limits.
+        let hosts: Vec<String> = (0..1000).map(|i| format!("host-{i}")).collect();
+        let ctx = context_of(&json!({"hosts": hosts}));
+        let ok = render_str("{% for h in hosts %}{{ h | upper }} {% endfor %}", &ctx).unwrap();
+        assert!(ok.starts_with("HOST-0 HOST-1"));
     }
 
     #[test]
