@@ -27,12 +27,63 @@ const KNOWN: &[(&str, &str)] = &[
 /// Namespaces open to any key below them.
 const OPEN: &[&str] = &["budgets.", "providers."];
 
-/// Key names that are secret whether or not the request says so.
-fn looks_secret(key: &str) -> bool {
-    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
-    ["api_key", "token", "secret", "password"]
+/// Words that make a name secret: `api_key`, `db.password`, `clientSecret`, `authToken`,
+/// `credentials`. Counts such as `max_tokens` are not secrets.
+const SECRET_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "key",
+    "apikey",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+];
+
+/// Splits a name into lowercase words at `.`, `_`, `-` and camelCase humps.
+fn words(name: &str) -> Vec<String> {
+    let mut words = vec![String::new()];
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_alphanumeric() {
+            words.push(String::new());
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower {
+            words.push(String::new());
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        words.last_mut().unwrap().extend(c.to_lowercase());
+    }
+    words.retain(|w| !w.is_empty());
+    words
+}
+
+fn names_secret(name: &str) -> bool {
+    words(name)
         .iter()
-        .any(|w| last.contains(w))
+        .any(|w| SECRET_WORDS.contains(&w.as_str()))
+}
+
+/// Whether a value must be sealed: its own name, or the name of any key at any depth
+/// inside it, names a secret (and holds more than a number or a flag).
+fn looks_secret(key: &str, value: &Json_) -> bool {
+    fn holds_secret(name: &str, value: &Json_) -> bool {
+        let named = names_secret(name) && !matches!(value, Json_::Number(_) | Json_::Bool(_));
+        named
+            || match value {
+                Json_::Object(map) => map.iter().any(|(k, v)| holds_secret(k, v)),
+                Json_::Array(items) => items.iter().any(|v| holds_secret("", v)),
+                _ => false,
+            }
+    }
+    let last = key.rsplit('.').next().unwrap_or(key);
+    holds_secret(last, value)
 }
 
 fn check(key: &str, value: &Json_) -> ApiResult<()> {
@@ -106,8 +157,9 @@ pub async fn put(
     let bytes = body::read(body, body::SMALL).await?;
     let req: Put = body::json(&bytes)?;
     check(&key, &req.value)?;
-    let secret = req.secret || looks_secret(&key);
+    let secret = req.secret || looks_secret(&key, &req.value);
     let text = req.value.to_string();
+    let digest = crate::auth::credentials::sha256_hex(&text);
     let stored = if secret {
         state.auth.sealer.seal(&key, &text)
     } else {
@@ -122,12 +174,12 @@ pub async fn put(
     };
     state.store.put_setting(setting.clone()).await?;
     forget_cached(&state);
-    // The audit record names the setting; a secret's value never goes in.
-    let details = if secret {
-        json!({"secret": true})
-    } else {
-        json!({"value": req.value})
-    };
+    // The audit record names the setting and a digest of its value, never the value:
+    // whether a value is secret is a guess from its names, and a guess must not leak.
+    let details = json!({
+        "secret": secret,
+        "sha256": digest,
+    });
     audit(
         state.store.as_ref(),
         &caller.actor(),
@@ -198,4 +250,32 @@ pub async fn value(state: &AppState, key: &str) -> ApiResult<Option<Json_>> {
         s.value
     };
     Ok(serde_json::from_str(&text).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_found_by_the_names_at_any_depth() {
+        let secret = |k: &str, v: Json_| looks_secret(k, &v);
+        assert!(secret("providers.openai.api_key", json!("sk-1")));
+        assert!(secret(
+            "providers.db",
+            json!({"host": "h", "password": "p"})
+        ));
+        assert!(secret("providers.db", json!({"conn": {"authToken": "t"}})));
+        assert!(secret("providers.db", json!([{"clientSecret": "s"}])));
+        assert!(secret("providers.x", json!({"credentials": {"user": "u"}})));
+        assert!(!secret("budgets.agentic_max_tokens", json!(50000)));
+        assert!(!secret(
+            "providers.openai",
+            json!({"base_url": "http://h", "model": "m"})
+        ));
+        assert!(!secret("execution_mode", json!("guided")));
+        assert!(!secret(
+            "providers.x",
+            json!({"monkey": "banana", "keyboard": "us"})
+        ));
+    }
 }

@@ -609,6 +609,39 @@ async fn secret_settings_never_come_back_out() {
         Some(format!("\"{plain}\""))
     );
 
+    // The attack as found: a secret under a key whose name says nothing, stored in the
+    // clear and shown to operators in the audit log. Now it is sealed, and no audit
+    // record holds any setting's value, secret or not.
+    let password = "hunter2-nested-9911";
+    let (s, set) = api
+        .call(
+            "PUT",
+            "/api/v1/settings/providers.db",
+            json!({"value": {"host": "db.internal", "password": password}}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{set}");
+    assert_eq!(set["value"], json!({"set": true}));
+    let stored = api.state.store.settings().await.unwrap();
+    let db = stored.iter().find(|s| s.key == "providers.db").unwrap();
+    assert!(db.secret && !db.value.contains(password));
+    let (s, _) = api
+        .call(
+            "PUT",
+            "/api/v1/settings/providers.plain",
+            json!({"value": {"base_url": "http://model.internal:1234"}}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let operator = api.as_user(Some(&api.user_key("audit-reader", "operator").await));
+    let (_, audit) = operator.get("/api/v1/audit?limit=1000").await;
+    let text = audit.to_string();
+    assert!(!text.contains(password), "{text}");
+    assert!(!text.contains("model.internal"), "{text}");
+    assert!(text.contains("sha256"), "{text}");
+
     let (s, mode) = api
         .call(
             "PUT",
