@@ -162,7 +162,7 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
             .into_response());
         }
     };
-    state.auth.limiter.succeeded(&username);
+    state.auth.limiter.succeeded(&username, &address);
     let body = open_session(state, &user_id)
         .await
         .map_err(IntoResponse::into_response)?;

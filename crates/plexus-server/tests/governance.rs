@@ -396,6 +396,49 @@ async fn failed_logins_are_limited_per_user() {
     );
     let (s, _) = login(&api, "nobody", "whatever it is").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "other users are not locked");
+    // Failing on purpose from one address does not lock the user out elsewhere: the
+    // real eve, from her own address, signs in (with her name in any case).
+    let (s, body) = login_from(&api, "10.1.2.3:5000", "EVE", "the right password").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = api
+        .post(
+            "/api/v1/users",
+            json!({"username": "Eve", "password": "another long one", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "a look-alike of eve: {body}");
+}
+
+/// A login as a client from `address` (what the server sees of a real connection).
+async fn login_from(
+    api: &Api,
+    address: &str,
+    username: &str,
+    password: &str,
+) -> (StatusCode, Value) {
+    let mut req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/api/v1/auth/login")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({"username": username, "password": password}).to_string(),
+        ))
+        .unwrap();
+    let addr: std::net::SocketAddr = address.parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    let res = tower::ServiceExt::oneshot(api.router.clone(), req)
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]

@@ -130,9 +130,18 @@ pub async fn keeps_users_keys_and_sessions(store: &dyn Store) {
         store.create_user(user("u2", "ada")).await,
         Err(StoreError::Conflict(_))
     ));
+    // Names are unique whatever their case, and found whatever the case asked.
+    assert!(matches!(
+        store.create_user(user("u3", "ADA")).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.count_users().await.unwrap(), before + 1);
     assert_eq!(
         store.user_by_name("ada").await.unwrap(),
+        Some(user("u1", "ada"))
+    );
+    assert_eq!(
+        store.user_by_name("Ada").await.unwrap(),
         Some(user("u1", "ada"))
     );
     store

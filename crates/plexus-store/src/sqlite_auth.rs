@@ -136,7 +136,7 @@ impl AuthStore for SqliteStore {
         let name = username.to_owned();
         self.read(move |conn| {
             conn.query_row(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE"),
                 [name],
                 user_from_row,
             )

@@ -1,6 +1,9 @@
-//! Login attempts are limited per username and per client address: after too many
-//! failures in a window, further attempts are refused (429) until the window ends, even
-//! with the right password, so guessing costs an attacker time, not just requests.
+//! Login attempts are limited per username *from one client address*, and per address:
+//! after too many failures in a window, further attempts from there are refused (429)
+//! until the window ends, even with the right password, so guessing costs an attacker
+//! time, not just requests. The user's limit is keyed with the address so that nobody
+//! can lock a user out by failing on purpose: the real user, from their own address,
+//! still signs in.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,8 +18,14 @@ pub struct LoginLimiter {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
+/// Usernames are the same whatever their case, so their limits are too.
+fn user_key(user: &str, address: &str) -> String {
+    format!("u:{}|{address}", user.to_ascii_lowercase())
+}
+
 impl LoginLimiter {
-    /// `Err(seconds to wait)` when the user or the address used up its failures.
+    /// `Err(seconds to wait)` when the user from this address, or the address, used up
+    /// its failures.
     pub fn check(&self, user: &str, address: &str) -> Result<(), u64> {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -25,7 +34,7 @@ impl LoginLimiter {
             let left = WINDOW.checked_sub(now.duration_since(*start))?;
             (*n >= max).then(|| left.as_secs().max(1))
         };
-        match wait(format!("u:{user}"), MAX_FAILURES_PER_USER)
+        match wait(user_key(user, address), MAX_FAILURES_PER_USER)
             .or_else(|| wait(format!("a:{address}"), MAX_FAILURES_PER_ADDRESS))
         {
             Some(secs) => Err(secs),
@@ -39,7 +48,7 @@ impl LoginLimiter {
         if map.len() > 100_000 {
             map.retain(|_, (_, start)| now.duration_since(*start) < WINDOW);
         }
-        for key in [format!("u:{user}"), format!("a:{address}")] {
+        for key in [user_key(user, address), format!("a:{address}")] {
             let e = map.entry(key).or_insert((0, now));
             if now.duration_since(e.1) >= WINDOW {
                 *e = (0, now);
@@ -48,10 +57,11 @@ impl LoginLimiter {
         }
     }
 
-    /// A successful login clears the user's failures (not the address's).
-    pub fn succeeded(&self, user: &str) {
+    /// A successful login clears the user's failures from that address (not the
+    /// address's own count).
+    pub fn succeeded(&self, user: &str, address: &str) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&format!("u:{user}"));
+        map.remove(&user_key(user, address));
     }
 }
 
@@ -60,16 +70,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failures_lock_the_user_then_the_address() {
+    fn failures_lock_the_user_at_that_address_then_the_address() {
         let l = LoginLimiter::default();
         for _ in 0..MAX_FAILURES_PER_USER {
             assert!(l.check("ada", "10.0.0.1").is_ok());
-            l.failed("ada", "10.0.0.1");
+            l.failed("ADA", "10.0.0.1");
         }
-        let wait = l.check("ada", "10.0.0.9").unwrap_err();
+        let wait = l.check("ada", "10.0.0.1").unwrap_err();
         assert!(wait > 0 && wait <= WINDOW.as_secs());
         assert!(
-            l.check("grace", "10.0.0.9").is_ok(),
+            l.check("ada", "10.0.0.9").is_ok(),
+            "failures elsewhere do not lock the user out"
+        );
+        assert!(
+            l.check("grace", "10.0.0.1").is_ok(),
             "other users are not locked"
         );
         for i in 0..MAX_FAILURES_PER_ADDRESS {

@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_attempt_records.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_usernames_nocase.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
