@@ -89,6 +89,8 @@ macro_rules! api {
                 $(.route($path, axum::routing::$method($handler)))*
                 .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
                 .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+                .layer(axum::middleware::from_fn(error::json_errors))
+                .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panic_answer))
                 .layer(axum::middleware::from_fn(auth::security_headers))
                 .layer(axum::middleware::from_fn(metrics::track))
                 .with_state(state)

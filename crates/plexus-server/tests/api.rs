@@ -167,6 +167,36 @@ async fn bad_requests_get_clear_errors() {
         (s, v["code"].clone()),
         (StatusCode::NOT_FOUND, json!("not_found"))
     );
+    // Errors the framework makes have the same shape as the handlers' own.
+    for (method, uri, status, code) in [
+        (
+            "GET",
+            "/api/v1/runs?limit=many",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/audit?since=yesterday",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "PATCH",
+            "/api/v1/runs",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ] {
+        let (s, v) = api.call(method, uri, "", &[]).await;
+        assert_eq!(
+            (s, v["code"].clone()),
+            (status, json!(code)),
+            "{method} {uri}: {v}"
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(v.get("details").is_some(), "{v}");
+    }
 }
 
 #[tokio::test]
