@@ -136,6 +136,11 @@ pub enum Command {
         /// The PEM private key of --tls-cert [plexus.toml: tls_key]
         #[arg(long, env = "PLEXUS_TLS_KEY", value_name = "FILE")]
         tls_key: Option<PathBuf>,
+        /// A browser origin (scheme://host[:port]) allowed to open the WebSocket besides
+        /// the server's own (repeatable) [env: PLEXUS_ALLOWED_ORIGINS, comma-separated;
+        /// plexus.toml: allowed_origins]
+        #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+        allowed_origins: Vec<String>,
     },
     /// Show the effective configuration and where each value comes from
     #[command(subcommand)]

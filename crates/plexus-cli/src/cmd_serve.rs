@@ -69,6 +69,7 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
             body_limit,
             base_dir: std::env::current_dir()?,
             artifact_root: settings.data_dir.join("artifacts"),
+            allowed_origins: settings.allowed_origins.clone(),
         }),
         auth: Arc::new(auth),
     };

@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     /// `plexus serve`: PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// `plexus serve`: browser origins (`https://dash.example.com`) allowed to open the
+    /// WebSocket besides the server's own.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Settings of `plexus serve` given as flags or environment variables.
@@ -37,6 +40,7 @@ pub struct ServeFlags {
     pub shutdown_grace: Option<std::time::Duration>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl ServeFlags {
@@ -63,6 +67,8 @@ impl ServeFlags {
             },
             tls_cert: var("PLEXUS_TLS_CERT").map(PathBuf::from),
             tls_key: var("PLEXUS_TLS_KEY").map(PathBuf::from),
+            allowed_origins: var("PLEXUS_ALLOWED_ORIGINS")
+                .map(|v| v.split(',').map(|o| o.trim().to_owned()).collect()),
         })
     }
 }
@@ -118,6 +124,8 @@ pub struct Settings {
     pub shutdown_grace: std::time::Duration,
     /// Certificate and key when the HTTP API is served over TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Browser origins allowed on the WebSocket besides the server's own.
+    pub allowed_origins: Vec<String>,
     pub config_file: Option<PathBuf>,
     /// Where each setting came from: `flag or environment`, `file`, `default`.
     pub sources: BTreeMap<&'static str, &'static str>,
@@ -233,6 +241,22 @@ pub fn resolve(
         (Some(_), None) => bail!("tls_cert is set but tls_key is not: give both (--tls-key)"),
         (None, Some(_)) => bail!("tls_key is set but tls_cert is not: give both (--tls-cert)"),
     };
+    let allowed_origins = pick(
+        &mut sources,
+        "allowed_origins",
+        serve.allowed_origins,
+        file.allowed_origins,
+        Vec::new(),
+    );
+    for origin in &allowed_origins {
+        if !(origin.starts_with("http://") || origin.starts_with("https://"))
+            || origin.trim_end_matches('/').matches('/').count() != 2
+        {
+            bail!(
+                "allowed origin `{origin}` is not scheme://host[:port] (e.g. https://dash.example.com)"
+            );
+        }
+    }
     Ok(Settings {
         data_dir,
         pools,
@@ -242,6 +266,7 @@ pub fn resolve(
         body_limit,
         shutdown_grace,
         tls,
+        allowed_origins,
         config_file: path,
         sources,
     })
@@ -261,6 +286,7 @@ impl Settings {
             "body_limit": {"value": self.body_limit, "source": src("body_limit")},
             "shutdown_grace": {"value": plexus_core::duration::format_duration(self.shutdown_grace), "source": src("shutdown_grace")},
             "tls": {"value": self.tls.as_ref().map(|(c, k)| serde_json::json!({"cert": c, "key": k})), "source": src("tls")},
+            "allowed_origins": {"value": self.allowed_origins, "source": src("allowed_origins")},
         })
     }
 
@@ -282,6 +308,7 @@ impl Settings {
             "body_limit",
             "shutdown_grace",
             "tls",
+            "allowed_origins",
         ];
         let rows: Vec<Vec<String>> = keys
             .iter()

@@ -73,14 +73,23 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             shutdown_grace,
             tls_cert,
             tls_key,
-        } => config::ServeFlags {
-            listen_addr: listen_addr.clone(),
-            grpc_addr: grpc_addr.clone(),
-            body_limit: *body_limit,
-            shutdown_grace: *shutdown_grace,
-            tls_cert: tls_cert.clone(),
-            tls_key: tls_key.clone(),
-        },
+            allowed_origins,
+        } => {
+            let env = config::ServeFlags::from_env()?;
+            config::ServeFlags {
+                listen_addr: listen_addr.clone(),
+                grpc_addr: grpc_addr.clone(),
+                body_limit: *body_limit,
+                shutdown_grace: *shutdown_grace,
+                tls_cert: tls_cert.clone(),
+                tls_key: tls_key.clone(),
+                allowed_origins: if allowed_origins.is_empty() {
+                    env.allowed_origins
+                } else {
+                    Some(allowed_origins.clone())
+                },
+            }
+        }
         _ => config::ServeFlags::from_env()?,
     };
     let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref(), serve_flags)?;

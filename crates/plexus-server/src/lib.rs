@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub base_dir: PathBuf,
     /// Where the engine stores artifacts (`<data dir>/artifacts`).
     pub artifact_root: PathBuf,
+    /// Browser origins (`https://dash.example.com`) that may open `/ws` besides the
+    /// server's own; see [`ws::origin_allowed`].
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             body_limit: 4 * 1024 * 1024,
             base_dir: PathBuf::from("."),
             artifact_root: PathBuf::from("artifacts"),
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -7,10 +7,13 @@
 //! 15 s). A client too slow for the feed is closed with a reason that says where to pick
 //! up, so it never slows the engine down.
 
-use crate::AppState;
+use crate::auth::{Caller, audit};
+use crate::{ApiError, AppState};
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use plexus_engine::Notice;
 use serde::Deserialize;
@@ -29,10 +32,51 @@ pub struct Subscribe {
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Query(sub): Query<Subscribe>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(origin) = origin
+        && !origin_allowed(origin, host, &state.config.allowed_origins)
+    {
+        audit(
+            state.store.as_ref(),
+            &caller.actor(),
+            "websocket.refused",
+            "/ws",
+            json!({"origin": origin}),
+        )
+        .await;
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            format!("origin `{origin}` may not open the WebSocket; allow it with --allowed-origin"),
+        )
+        .into_response();
+    }
     ws.on_upgrade(move |socket| follow(state, sub, socket))
+}
+
+/// A browser says which page opened a WebSocket in `Origin`, and a WebSocket is not held
+/// back by CORS: a page on any site could follow runs with a credential the browser
+/// holds (an `access_token` it saw). So a request that has an `Origin` must come from
+/// the server's own origin (its host as the client addressed it) or from one the operator
+/// allowed. Clients that are not browsers send no `Origin` and are not affected.
+pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 /// Close code 1008 (policy violation) is what a lagging client gets, 1011 a server error.

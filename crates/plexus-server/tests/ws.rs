@@ -216,3 +216,38 @@ async fn approval_requests_and_decisions_reach_the_feed() {
         }
     }
 }
+
+/// A page on another site cannot follow runs with a credential the browser holds: a
+/// WebSocket request whose `Origin` is neither the server's own nor an allowed one is
+/// refused (and audited); clients without `Origin` (scripts, the CLI) are not affected.
+#[tokio::test]
+async fn the_websocket_checks_the_browsers_origin() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let api = Api::new().await;
+    let addr = serve(&api).await;
+    let open = |origin: Option<String>| {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        let bearer = format!("Bearer {}", api.bearer.as_deref().unwrap());
+        req.headers_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    let refused = open(Some("https://evil.example".into())).await.unwrap_err();
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 403),
+        other => panic!("{other:?}"),
+    }
+    assert!(open(None).await.is_ok(), "no Origin: not a browser");
+    assert!(
+        open(Some(format!("http://{addr}"))).await.is_ok(),
+        "its own origin"
+    );
+    assert!(
+        open(Some("https://dash.example.com".into())).await.is_ok(),
+        "an allowed origin"
+    );
+    assert_eq!(api.audit_count("websocket.refused").await, 1);
+}

@@ -104,6 +104,7 @@ impl Api {
                 body_limit: 64 * 1024,
                 base_dir: dir.path().to_path_buf(),
                 artifact_root: dir.path().join("artifacts"),
+                allowed_origins: vec!["https://dash.example.com".to_owned()],
             }),
             auth: Arc::new(plexus_server::auth::Auth::open(&dir.path().join("keys")).unwrap()),
         };
