@@ -329,6 +329,18 @@ impl Settings {
                 self.data_dir.display()
             )
         })?;
+        // The store, keys, scratch space and artifacts are the owner's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&self.data_dir)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| {
+                    format!(
+                        "cannot make the data directory {} private (0700)",
+                        self.data_dir.display()
+                    )
+                })?;
+        }
         let path = self.data_dir.join("plexus.db");
         let store = plexus_store::SqliteStore::open(
             &path,

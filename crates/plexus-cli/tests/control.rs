@@ -238,6 +238,56 @@ fn sub_workflows_honour_timeout_and_pool() {
     );
 }
 
+/// The attack as found: `workflow: /etc/shadow` put lines of that file into a run error
+/// every operator reads. Sub-workflows must be in the manifest's directory tree (also
+/// through `..` and symbolic links), and a file that is not a manifest is never echoed.
+#[test]
+fn sub_workflow_paths_are_confined_and_never_echoed() {
+    let p = Plexus::new();
+    let tree = p.dir.path().join("flows");
+    std::fs::create_dir_all(&tree).unwrap();
+    let outside = p.dir.path().join("outside.yaml");
+    std::fs::write(
+        &outside,
+        "version: plexus/v1\nname: out\nsteps:\n- {id: a, builtin: noop}\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, tree.join("link.yaml")).unwrap();
+    std::fs::write(
+        tree.join("notes.txt"),
+        "db_password: hunter2-confidential\n",
+    )
+    .unwrap();
+    for (target, expected) in [
+        ("/etc/passwd", "outside the workflow's directory"),
+        ("../outside.yaml", "outside the workflow's directory"),
+        ("link.yaml", "outside the workflow's directory"),
+        ("notes.txt", "is not a valid manifest"),
+    ] {
+        let flow = tree.join("parent.yaml");
+        std::fs::write(
+            &flow,
+            format!(
+                "version: plexus/v1\nname: parent\nsteps:\n- {{id: call, workflow: '{target}'}}\n"
+            ),
+        )
+        .unwrap();
+        let out = p.run(&["run", flow.to_str().unwrap(), "-o", "json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let error = run["steps"][0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains(expected), "{target}: {error}");
+        let all = format!("{run}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!all.contains("root:x:0"), "{target}: {all}");
+        assert!(!all.contains("hunter2"), "{target}: {all}");
+    }
+}
+
 #[test]
 fn bench_quick_reports_every_scenario() {
     let p = Plexus::new();

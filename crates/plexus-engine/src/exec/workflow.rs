@@ -45,7 +45,10 @@ impl Executor for SubWorkflows {
             };
             // Listening before the child can end, so its end is never missed.
             let mut ends = engine.finished();
-            let file = ctx.base_dir.join(path);
+            let file = match confined(&ctx.base_dir, path) {
+                Ok(file) => file,
+                Err(error) => return AttemptResult::failed(error),
+            };
             match start_child(&engine, &file, inputs.clone(), &child, parent, *mode).await {
                 Err(error) => return AttemptResult::failed(error),
                 Ok(Some(ended)) => return AttemptResult::of(ended),
@@ -139,19 +142,24 @@ async fn start_child(
     }
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read sub-workflow {}: {e}", file.display()))?;
+    // A file that is not a manifest must not show up in a run's error line by line (run
+    // errors are read by every operator): positions and codes only.
     // A sub-workflow that sets no mode runs in its parent's.
     let opts = plexus_core::CompileOptions {
         default_mode: Some(mode),
         ..engine.config.compile_options()
     };
     let plan = plexus_core::load(&text, &file.to_string_lossy(), &opts).map_err(|d| {
+        let errors: Vec<String> = d
+            .iter()
+            .filter(|d| d.severity == plexus_core::Severity::Error)
+            .map(|d| format!("{}:{} {}", d.line, d.column, d.code))
+            .collect();
         format!(
-            "sub-workflow {} is invalid: {}",
+            "sub-workflow {} is not a valid manifest ({}); `plexus validate {}` shows why",
             file.display(),
-            d.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
+            errors.join(", "),
+            file.display()
         )
     })?;
     let given = match inputs {
@@ -231,4 +239,27 @@ async fn existing(engine: &Engine, child: &str) -> Result<Option<Option<Outcome>
         Ok(_) | Err(crate::EngineError::Owned { .. }) => Ok(Some(None)),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The sub-workflow's file, which must be inside the directory tree of the manifest that
+/// names it (after resolving `..` and symbolic links): a workflow cannot read
+/// `/etc/shadow` or another team's files through a `workflow:` step.
+fn confined(base_dir: &Path, path: &str) -> Result<PathBuf, String> {
+    let base = base_dir.canonicalize().map_err(|e| {
+        format!(
+            "the workflow's directory {} cannot be read: {e}",
+            base_dir.display()
+        )
+    })?;
+    let file = base
+        .join(path)
+        .canonicalize()
+        .map_err(|e| format!("cannot read sub-workflow {path}: {e}"))?;
+    if !file.starts_with(&base) {
+        return Err(format!(
+            "sub-workflow `{path}` is outside the workflow's directory {}; a sub-workflow must be in the directory tree of the manifest that names it",
+            base.display()
+        ));
+    }
+    Ok(file)
 }
