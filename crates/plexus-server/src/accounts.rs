@@ -48,8 +48,13 @@ fn too_many(wait_secs: u64) -> Response {
     res
 }
 
-/// Starts a session for a user: a short-lived access token and a refresh token.
-async fn open_session(state: &AppState, user_id: &str) -> ApiResult<Json_> {
+/// Starts a session for a user: a short-lived access token and a refresh token. A
+/// session opened with an API key ends when that key is revoked.
+async fn open_session(
+    state: &AppState,
+    user_id: &str,
+    api_key_id: Option<String>,
+) -> ApiResult<Json_> {
     let now = now_ms();
     let sid = random_id();
     let secret = random_token();
@@ -62,6 +67,7 @@ async fn open_session(state: &AppState, user_id: &str) -> ApiResult<Json_> {
             created_at: now,
             expires_at: now + SESSION_TTL.as_millis() as u64,
             revoked_at: None,
+            api_key_id,
         })
         .await?;
     Ok(tokens(state, user_id, &sid, &secret, now))
@@ -119,8 +125,8 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
             .into_response()
         }
     };
-    // (user id, username) of whoever proved who they are.
-    let (user_id, username) = match (req.username, req.password, req.api_key) {
+    // (user id, username, key) of whoever proved who they are.
+    let (user_id, username, key_id) = match (req.username, req.password, req.api_key) {
         (Some(name), Some(password), None) => {
             if let Err(wait) = state.auth.limiter.check(&name, &address) {
                 return Err(too_many(wait));
@@ -138,7 +144,7 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
                 }
             };
             match user {
-                Some(u) if ok && u.active => (u.id, u.username),
+                Some(u) if ok && u.active => (u.id, u.username, None),
                 Some(u) if ok => return Err(fail(&u.username, "deactivated").await),
                 _ => return Err(fail(&name, "wrong password or unknown user").await),
             }
@@ -151,7 +157,12 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
                 return Err(too_many(wait));
             }
             match authenticate(state, &key).await {
-                Ok(c) if key.starts_with(API_KEY_PREFIX) => (c.user_id, c.username),
+                Ok(Caller {
+                    user_id,
+                    username,
+                    via: Via::ApiKey(key_id),
+                    ..
+                }) => (user_id, username, Some(key_id)),
                 _ => return Err(fail(&format!("key:{label}"), "bad API key").await),
             }
         }
@@ -163,7 +174,7 @@ async fn login_inner(state: &AppState, address: String, body: Body) -> Result<Re
         }
     };
     state.auth.limiter.succeeded(&username, &address);
-    let body = open_session(state, &user_id)
+    let body = open_session(state, &user_id, key_id)
         .await
         .map_err(IntoResponse::into_response)?;
     audit(
@@ -252,6 +263,7 @@ pub async fn logout(
         ));
     };
     state.store.revoke_session(sid, now_ms()).await?;
+    state.auth.credentials_changed();
     audit(
         state.store.as_ref(),
         &caller.actor(),
@@ -395,6 +407,11 @@ pub async fn update_user(
             hash.as_deref(),
         )
         .await?;
+    if req.password.is_some() || req.active == Some(false) {
+        state.store.revoke_user_sessions(&user.id, now_ms()).await?;
+    }
+    // Open connections of this user check again (role, active, sessions).
+    state.auth.credentials_changed();
     let target = format!("user:{}", user.username);
     let store = state.store.as_ref();
     if let Some(r) = role {
@@ -408,9 +425,6 @@ pub async fn update_user(
         .await;
     }
     if let Some(active) = req.active {
-        if !active {
-            state.store.revoke_user_sessions(&user.id, now_ms()).await?;
-        }
         let action = if active {
             "user.activated"
         } else {
@@ -419,7 +433,6 @@ pub async fn update_user(
         audit(store, &caller.actor(), action, &target, json!({})).await;
     }
     if req.password.is_some() {
-        state.store.revoke_user_sessions(&user.id, now_ms()).await?;
         audit(
             store,
             &caller.actor(),
@@ -521,6 +534,8 @@ pub async fn revoke_key(
             "API key {id} is already revoked"
         )));
     }
+    // The key's sessions ended with it (same write); their open connections close.
+    state.auth.credentials_changed();
     audit(
         state.store.as_ref(),
         &caller.actor(),

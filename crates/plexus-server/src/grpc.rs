@@ -281,8 +281,11 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        self.authorize(&req, "StreamEvents").await?;
+        let caller = self.authorize(&req, "StreamEvents").await?;
         let r = req.into_inner();
+        let state = self.state.clone();
+        let mut credentials = state.auth.credentials.subscribe();
+        let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
         // Join the live feed before reading the backlog: nothing falls between the two.
         let mut live = self.state.engine.subscribe();
         let row = self
@@ -318,8 +321,25 @@ impl JobService for Jobs {
             {
                 return;
             }
+            recheck.tick().await; // the first tick is now: it was checked to get here
             loop {
-                match live.recv().await {
+                let notice = tokio::select! {
+                    notice = live.recv() => notice,
+                    // A revoked key, an ended session or a deactivated user ends the stream.
+                    _ = async {
+                        tokio::select! {
+                            _ = credentials.changed() => {}
+                            _ = recheck.tick() => {}
+                        }
+                    } => {
+                        if let Err(Refused(reason)) = crate::auth::still_valid(&state, &caller).await {
+                            let _ = tx.send(Err(Status::unauthenticated(reason))).await;
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                match notice {
                     Ok(Notice::Event { run_id, event }) if *run_id == *id && event.seq > last => {
                         last = event.seq;
                         if tx.send(Ok(event_message(&id, &event))).await.is_err() {

@@ -57,7 +57,7 @@ pub async fn upgrade(
         )
         .into_response();
     }
-    ws.on_upgrade(move |socket| follow(state, sub, socket))
+    ws.on_upgrade(move |socket| follow(state, caller, sub, socket))
 }
 
 /// A browser says which page opened a WebSocket in `Origin`, and a WebSocket is not held
@@ -82,8 +82,14 @@ pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> b
 /// Close code 1008 (policy violation) is what a lagging client gets, 1011 a server error.
 const TOO_SLOW: u16 = 1008;
 
-async fn follow(state: AppState, sub: Subscribe, socket: WebSocket) {
+/// Close code for a credential that stopped working while the socket was open.
+const CREDENTIAL_ENDED: u16 = 1008;
+
+async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
+    let mut credentials = state.auth.credentials.subscribe();
+    let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
+    recheck.tick().await; // the first tick is now: it was checked to get here
     // Join the live feed first, so nothing committed from now on can be missed.
     let mut live = state.engine.subscribe();
     let mut last: HashMap<String, u64> = HashMap::new();
@@ -181,6 +187,20 @@ async fn follow(state: AppState, sub: Subscribe, socket: WebSocket) {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {} // pings are answered by the protocol layer
             },
+            // A revoked key, an ended session or a deactivated user stops the feed.
+            _ = async {
+                tokio::select! {
+                    _ = credentials.changed() => {}
+                    _ = recheck.tick() => {}
+                }
+            } => {
+                if let Err(crate::auth::Refused(reason)) = crate::auth::still_valid(&state, &caller).await {
+                    tracing::info!(user = %caller.username, %reason, "closing a WebSocket whose credential ended");
+                    let frame = CloseFrame { code: CREDENTIAL_ENDED, reason: reason.into() };
+                    let _ = tx.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            }
         }
     }
 }

@@ -226,3 +226,43 @@ async fn every_method_checks_the_callers_role() {
         }
     }
 }
+
+/// A gRPC event stream ends when the key it was opened with is revoked.
+#[tokio::test]
+async fn a_stream_ends_when_its_key_is_revoked() {
+    let api = Api::new().await;
+    let url = serve(&api).await;
+    let key = api.user_key("grpc-watcher", "operator").await;
+    let manifest = "version: plexus/v1\nname: w\nsteps:\n- {id: hold, wait: {signal: go}}\n";
+    let (_, run) = api
+        .post("/api/v1/runs", serde_json::json!({"manifest": manifest}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    api.wait_step(&id, "hold", "waiting").await;
+    let mut watcher = client(&url, Some(key.clone())).await;
+    let mut stream = watcher
+        .stream_events(pb::StreamEventsRequest {
+            run_id: id,
+            after: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.next().await.unwrap().is_ok(), "the backlog arrives");
+    let key_id = key.trim_start_matches("plx_").split('_').next().unwrap();
+    api.call("DELETE", &format!("/api/v1/api-keys/{key_id}"), "", &[])
+        .await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = ended.expect("an error, not a quiet end").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("revoked"), "{status}");
+}

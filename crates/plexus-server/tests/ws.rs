@@ -251,3 +251,82 @@ async fn the_websocket_checks_the_browsers_origin() {
     );
     assert_eq!(api.audit_count("websocket.refused").await, 1);
 }
+
+/// Reads messages until the server closes the socket; the close frame's code and reason.
+async fn closed_with(ws: &mut Socket) -> (u16, String) {
+    loop {
+        let m = next_json(ws).await;
+        if m["type"] == "closed" {
+            let frame = &m["frame"];
+            return (
+                frame[0].as_u64().unwrap() as u16,
+                frame[1].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+}
+
+/// The attack as found: a session opened with an API key (the bootstrap flow: log in
+/// with the key, then revoke it) kept working and refreshing after the key was revoked,
+/// and an operator's socket kept streaming after the key and the user were gone. Now the
+/// key's sessions end with it, and open sockets close at once.
+#[tokio::test]
+async fn revocation_reaches_sessions_and_open_sockets() {
+    let api = Api::new().await;
+    let addr = serve(&api).await;
+    let key = api.user_key("watcher", "operator").await;
+    let anonymous = api.as_user(None);
+    let (s, tokens) = anonymous
+        .post("/api/v1/auth/login", json!({"api_key": key}))
+        .await;
+    assert_eq!(s, axum::http::StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let session = api.as_user(Some(&access));
+    let (s, _) = session.get("/api/v1/runs").await;
+    assert_eq!(s, axum::http::StatusCode::OK);
+    let mut by_session = connect(&session, &addr, "heartbeat_ms=100000").await;
+    let mut by_key = connect(&api.as_user(Some(&key)), &addr, "heartbeat_ms=100000").await;
+
+    let key_id = key.trim_start_matches("plx_").split('_').next().unwrap();
+    let (s, body) = api
+        .call("DELETE", &format!("/api/v1/api-keys/{key_id}"), "", &[])
+        .await;
+    assert_eq!(s, axum::http::StatusCode::OK, "{body}");
+    let (code, reason) = closed_with(&mut by_key).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("revoked"), "{reason}");
+    let (code, reason) = closed_with(&mut by_session).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("session was ended"), "{reason}");
+    let (s, _) = session.get("/api/v1/runs").await;
+    assert_eq!(
+        s,
+        axum::http::StatusCode::UNAUTHORIZED,
+        "the session ended with its key"
+    );
+    let (s, _) = anonymous
+        .post("/api/v1/auth/refresh", json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(
+        s,
+        axum::http::StatusCode::UNAUTHORIZED,
+        "and cannot be refreshed"
+    );
+
+    // A deactivated user's sockets close too.
+    let other = api.user_key("leaver", "operator").await;
+    let mut ws = connect(&api.as_user(Some(&other)), &addr, "heartbeat_ms=100000").await;
+    let (s, _) = api
+        .call(
+            "PATCH",
+            "/api/v1/users/leaver",
+            json!({"active": false}).to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(s, axum::http::StatusCode::OK);
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("deactivated"), "{reason}");
+}

@@ -41,6 +41,9 @@ pub struct Session {
     pub created_at: Millis,
     pub expires_at: Millis,
     pub revoked_at: Option<Millis>,
+    /// The API key the session was opened with (`None`: a password): revoking the key
+    /// ends the session.
+    pub api_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,6 +89,7 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Keys of one user, or of everyone.
     async fn api_keys(&self, user_id: Option<&str>) -> Result<Vec<ApiKey>>;
     /// Returns false when there was no such live key.
+    /// Revokes a key and, in the same write, every session opened with it.
     async fn revoke_api_key(&self, id: &str, at: Millis) -> Result<bool>;
 
     /// A key and its user in one read (every API-key request asks this).

@@ -190,8 +190,37 @@ pub async fn keeps_users_keys_and_sessions(store: &dyn Store) {
         created_at: 1,
         expires_at: 100,
         revoked_at: None,
+        api_key_id: None,
     };
     store.create_session(session.clone()).await.unwrap();
+    // A session opened with a key ends when the key is revoked, in the same write.
+    let key2 = ApiKey {
+        id: "k2".into(),
+        ..key.clone()
+    };
+    store.create_api_key(key2).await.unwrap();
+    let keyed = Session {
+        id: "s2".into(),
+        api_key_id: Some("k2".into()),
+        ..session.clone()
+    };
+    store.create_session(keyed).await.unwrap();
+    assert_eq!(
+        store
+            .session("s2")
+            .await
+            .unwrap()
+            .unwrap()
+            .api_key_id
+            .as_deref(),
+        Some("k2")
+    );
+    assert!(store.revoke_api_key("k2", 8).await.unwrap());
+    assert_eq!(
+        store.session("s2").await.unwrap().unwrap().revoked_at,
+        Some(8)
+    );
+    assert_eq!(store.session("s1").await.unwrap().unwrap().revoked_at, None);
     assert!(store.rotate_refresh("s1", "r1", "r2").await.unwrap());
     assert!(
         !store.rotate_refresh("s1", "r1", "r3").await.unwrap(),

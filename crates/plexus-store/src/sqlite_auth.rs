@@ -34,6 +34,7 @@ fn session_from_row(r: &Row) -> rusqlite::Result<Session> {
         created_at: r.get::<_, i64>(3)? as u64,
         expires_at: r.get::<_, i64>(4)? as u64,
         revoked_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        api_key_id: r.get(6)?,
     })
 }
 
@@ -253,6 +254,11 @@ impl AuthStore for SqliteStore {
                     params![id, at as i64],
                 )
                 .map_err(db_err)?;
+            conn.execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE api_key_id = ?1 AND revoked_at IS NULL",
+                params![id, at as i64],
+            )
+            .map_err(db_err)?;
             Ok(n > 0)
         })
         .await
@@ -279,11 +285,11 @@ impl AuthStore for SqliteStore {
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT s.id, s.user_id, s.refresh_hash, s.created_at, s.expires_at, s.revoked_at, \
-                        u.id, u.username, u.password_hash, u.role, u.active, u.created_at \
+                        s.api_key_id, u.id, u.username, u.password_hash, u.role, u.active, u.created_at \
                  FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
             )
             .map_err(db_err)?
-            .query_row([id], |r| Ok((session_from_row(r)?, user_at(r, 6)?)))
+            .query_row([id], |r| Ok((session_from_row(r)?, user_at(r, 7)?)))
             .optional()
             .map_err(db_err)
         })
@@ -293,8 +299,8 @@ impl AuthStore for SqliteStore {
     async fn create_session(&self, s: Session) -> Result<()> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![s.id, s.user_id, s.refresh_hash, s.created_at as i64, s.expires_at as i64],
+                "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, api_key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![s.id, s.user_id, s.refresh_hash, s.created_at as i64, s.expires_at as i64, s.api_key_id],
             )
             .map_err(db_err)?;
             Ok(())
@@ -306,7 +312,7 @@ impl AuthStore for SqliteStore {
         let id = id.to_owned();
         self.read(move |conn| {
             conn.query_row(
-                "SELECT id, user_id, refresh_hash, created_at, expires_at, revoked_at FROM sessions WHERE id = ?1",
+                "SELECT id, user_id, refresh_hash, created_at, expires_at, revoked_at, api_key_id FROM sessions WHERE id = ?1",
                 [id],
                 session_from_row,
             )

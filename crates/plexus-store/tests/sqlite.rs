@@ -114,6 +114,7 @@ async fn older_runs_keep_their_manifest_after_the_upgrade() {
     // Back to schema 7, with one run written the old way.
     raw.execute_batch(
         "DROP TABLE run_definitions; ALTER TABLE events DROP COLUMN schema; DROP INDEX users_by_name_nocase; \
+         DROP INDEX sessions_by_key; ALTER TABLE sessions DROP COLUMN api_key_id; \
          DROP TABLE attempt_records; \
          CREATE TABLE processes (run_id TEXT NOT NULL, step_id TEXT NOT NULL, item INTEGER NOT NULL, \
            attempt INTEGER NOT NULL, host TEXT NOT NULL, pgid INTEGER NOT NULL, start_ticks INTEGER NOT NULL, \

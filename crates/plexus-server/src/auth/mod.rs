@@ -40,7 +40,16 @@ pub struct Auth {
     /// `execution_mode`, and a change made here clears it at once.
     pub settings_cache:
         std::sync::Mutex<Option<(std::time::Instant, Vec<plexus_store::auth::Setting>)>>,
+    /// Bumped when a credential may have stopped working here (a key revoked, a user
+    /// changed, a session ended): long-lived connections check theirs again at once.
+    /// Changes made on another replica are seen by the periodic check
+    /// ([`RECHECK_EVERY`]).
+    pub credentials: tokio::sync::watch::Sender<u64>,
 }
+
+/// How often a long-lived connection (a WebSocket) checks that its credential still
+/// works, for changes this process was not told about.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How stale a replica's view of settings changed on another replica may be.
 pub const SETTINGS_TTL: Duration = Duration::from_secs(1);
@@ -58,7 +67,12 @@ impl Auth {
             limiter: limits::LoginLimiter::default(),
             refusals: limits::RefusalLog::default(),
             settings_cache: Default::default(),
+            credentials: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    pub fn credentials_changed(&self) {
+        self.credentials.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -139,6 +153,47 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
         role,
         via,
     })
+}
+
+/// Whether a caller authenticated earlier (a WebSocket opened minutes ago) still may act
+/// as they did: the key or session not revoked, the user active and of the same role.
+pub async fn still_valid(state: &AppState, caller: &Caller) -> Result<(), Refused> {
+    let store = &state.store;
+    let failed = |e: plexus_store::StoreError| Refused(e.to_string());
+    let user = match &caller.via {
+        Via::ApiKey(id) => {
+            let (key, user) = store
+                .key_with_user(id)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| Refused(format!("API key {id} no longer exists")))?;
+            if key.revoked_at.is_some() {
+                return Err(Refused(format!("API key {id} was revoked")));
+            }
+            user
+        }
+        Via::Session(sid) => {
+            let (session, user) = store
+                .session_with_user(sid)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| Refused("the session no longer exists".into()))?;
+            if session.revoked_at.is_some() {
+                return Err(Refused("the session was ended".into()));
+            }
+            user
+        }
+    };
+    if !user.active {
+        return Err(Refused(format!("user `{}` was deactivated", user.username)));
+    }
+    if Role::parse(&user.role) != Some(caller.role) {
+        return Err(Refused(format!(
+            "the role of `{}` changed; connect again",
+            user.username
+        )));
+    }
+    Ok(())
 }
 
 /// Appends a security record; a failure to write it is logged, never silently dropped.

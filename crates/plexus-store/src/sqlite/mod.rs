@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/sqlite/0010_usernames_nocase.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_session_keys.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
