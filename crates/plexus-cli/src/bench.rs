@@ -203,6 +203,7 @@ impl Bench {
             idempotency_key: None,
             workflow_version: None,
             started_by: None,
+            responsible: Vec::new(),
         };
         Ok(self.engine.submit(sub).await?)
     }

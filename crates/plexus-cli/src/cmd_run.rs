@@ -98,6 +98,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             idempotency_key: None,
             workflow_version: None,
             started_by: Some(local_user()),
+            responsible: vec![local_user()],
         })
         .await?;
     eprintln!("run {run_id} started: workflow {name}, {total} steps");

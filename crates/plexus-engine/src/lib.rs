@@ -263,6 +263,8 @@ pub struct Submission {
     pub workflow_version: Option<u32>,
     /// Who starts it (the actor of the run's audit records).
     pub started_by: Option<String>,
+    /// Every actor who answers for the start (see [`plexus_store::NewRun::responsible`]).
+    pub responsible: Vec<String>,
 }
 
 /// The plan a stored run started with: its manifest compiled with the options it was
@@ -397,6 +399,7 @@ impl Engine {
                 started_by: sub.started_by.clone(),
                 mode: Some(plan.mode.as_str().to_owned()),
                 plan: Some(plan.options.to_stored()),
+                responsible: sub.responsible.clone(),
             })
             .await?;
         if !created {

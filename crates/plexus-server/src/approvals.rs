@@ -38,6 +38,12 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
     Ok(Json(json!({ "approvals": items })))
 }
 
+/// Whether `actor` answers for the run the approval belongs to: who started it, or anyone
+/// the run's start is traced to (an event's poster, a schedule's or trigger's author).
+fn answers_for(p: &plexus_store::PendingApproval, actor: &str) -> bool {
+    p.requested_by.as_deref() == Some(actor) || p.responsible.iter().any(|r| r == actor)
+}
+
 /// Refuses (403, audited) a decision the caller may not take on this step.
 pub async fn check_decider(
     state: &AppState,
@@ -62,11 +68,11 @@ pub async fn check_decider(
             plexus_core::machine::permission_name(permission),
             caller.role.as_str()
         ));
-    } else if p.requested_by.as_deref() == Some(caller.actor().as_str())
+    } else if answers_for(p, &caller.actor())
         && settings::value(state, "approvals.forbid_self_approval").await? == Some(json!(true))
     {
         refusal = Some(format!(
-            "you started run {run_id}; approvals.forbid_self_approval asks someone else to decide"
+            "you answer for run {run_id} (you started it, posted the event that started it, or created or last changed the schedule or trigger that did); approvals.forbid_self_approval asks someone else to decide"
         ));
     }
     if let Some(message) = refusal {

@@ -82,6 +82,11 @@ pub async fn post(
                 &inputs,
                 Some(format!("event:{}:{name}", event.id)),
                 format!("{} (event {})", caller.actor(), event.event_type),
+                // Who posted the event, and who defined the trigger (`on:`) it hit.
+                [Some(caller.actor()), w.applied_by.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             )
             .await
         }

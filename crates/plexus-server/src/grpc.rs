@@ -183,7 +183,17 @@ impl JobService for Jobs {
                 ));
             }
         };
-        let id = start_run(&self.state, text, version, &inputs, key, caller.actor()).await?;
+        let by = caller.actor();
+        let id = start_run(
+            &self.state,
+            text,
+            version,
+            &inputs,
+            key,
+            by.clone(),
+            vec![by],
+        )
+        .await?;
         let row = self.state.store.get_run(&id).await.map_err(to_status)?;
         Ok(Response::new(run_message(&self.state, row).await?))
     }

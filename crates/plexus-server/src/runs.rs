@@ -97,7 +97,17 @@ pub async fn start(
             ));
         }
     };
-    let id = start_run(&state, text, version, &req.inputs, key, caller.actor()).await?;
+    let by = caller.actor();
+    let id = start_run(
+        &state,
+        text,
+        version,
+        &req.inputs,
+        key,
+        by.clone(),
+        vec![by],
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
 }
 
@@ -118,7 +128,8 @@ pub async fn stored_workflow(
 }
 
 /// Compiles, checks the inputs and starts a run; with a used idempotency key, returns the
-/// run that key started.
+/// run that key started. `responsible` are the actors who answer for the start (see
+/// [`plexus_store::NewRun::responsible`]).
 pub async fn start_run(
     state: &AppState,
     text: String,
@@ -126,7 +137,10 @@ pub async fn start_run(
     inputs: &serde_json::Map<String, Json_>,
     key: Option<String>,
     started_by: String,
+    mut responsible: Vec<String>,
 ) -> ApiResult<String> {
+    responsible.sort();
+    responsible.dedup();
     let plan = crate::workflows::compile_for_run(state, &text, "manifest").await?;
     let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, inputs).map_err(|errors| {
         ApiError::bad_request(errors.join("; "))
@@ -143,6 +157,7 @@ pub async fn start_run(
             idempotency_key: key,
             workflow_version: version,
             started_by: Some(started_by),
+            responsible,
         })
         .await?;
     Ok(id)

@@ -5,13 +5,14 @@
 //! between the two fires the tick again, which finds its run; two replicas racing for a
 //! tick create one run between them.
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::runs::{start_run, stored_workflow};
 use crate::{AppState, now_ms};
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use plexus_core::schedule::{CatchUp, due_ticks, next_fire};
 use plexus_store::ScheduleRow;
 use serde::Deserialize;
@@ -36,6 +37,7 @@ fn schedule_json(s: &ScheduleRow) -> Json_ {
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let bytes = crate::body::read(body, state.config.body_limit).await?;
@@ -60,6 +62,7 @@ pub async fn create(
         Json_::Object(req.inputs),
         catch_up,
         false,
+        caller.actor(),
     )?;
     let row = state.store.put_schedule(row).await?;
     Ok((StatusCode::CREATED, Json(schedule_json(&row))))
@@ -73,6 +76,7 @@ pub fn new_row(
     inputs: Json_,
     catch_up: CatchUp,
     from_manifest: bool,
+    changed_by: String,
 ) -> ApiResult<ScheduleRow> {
     let now = now_ms();
     let next = next_fire(cron, now).map_err(|e| ApiError::bad_request(e).with_code("bad_cron"))?;
@@ -87,6 +91,7 @@ pub fn new_row(
         last_fired_at: None,
         from_manifest,
         created_at: now,
+        changed_by: Some(changed_by),
     })
 }
 
@@ -125,19 +130,29 @@ pub async fn delete(
 
 pub async fn pause(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Json_>> {
     found(&state, &name).await?;
-    state.store.set_schedule_paused(&name, true).await?;
+    let by = caller.actor();
+    state
+        .store
+        .set_schedule_paused(&name, true, Some(&by))
+        .await?;
     Ok(Json(schedule_json(&found(&state, &name).await?)))
 }
 
 pub async fn resume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Json_>> {
     found(&state, &name).await?;
-    state.store.set_schedule_paused(&name, false).await?;
+    let by = caller.actor();
+    state
+        .store
+        .set_schedule_paused(&name, false, Some(&by))
+        .await?;
     Ok(Json(schedule_json(&found(&state, &name).await?)))
 }
 
@@ -179,7 +194,18 @@ pub async fn fire_due_at(state: &AppState, now: plexus_core::machine::Millis) ->
             let started = match stored_workflow(state, &s.workflow, None).await {
                 Ok(w) => {
                     let by = format!("schedule:{}", s.name);
-                    start_run(state, w.manifest, Some(w.version), &inputs, Some(key), by).await
+                    // Whoever created or last changed the schedule answers for its runs.
+                    let responsible = s.changed_by.iter().cloned().collect();
+                    start_run(
+                        state,
+                        w.manifest,
+                        Some(w.version),
+                        &inputs,
+                        Some(key),
+                        by,
+                        responsible,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };

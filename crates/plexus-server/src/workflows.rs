@@ -3,10 +3,10 @@
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, now_ms};
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
@@ -51,6 +51,7 @@ fn compile_with(
 
 pub async fn apply(
     State(state): State<AppState>,
+    Extension(caller): Extension<crate::auth::Caller>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let bytes = body::read(body, state.config.body_limit).await?;
@@ -59,9 +60,9 @@ pub async fn apply(
     let plan = compile(&state, text, "request body")?;
     let (row, created) = state
         .store
-        .put_workflow(&plan.manifest.name, text, now_ms())
+        .put_workflow(&plan.manifest.name, text, Some(&caller.actor()), now_ms())
         .await?;
-    sync_schedule(&state, &plan.manifest).await?;
+    sync_schedule(&state, &plan.manifest, caller.actor()).await?;
     state
         .store
         .set_triggers(&plan.manifest.name, &plan.manifest.on)
@@ -113,7 +114,11 @@ pub async fn get(
 
 /// A manifest's `schedule:` becomes the schedule named after the workflow; removing the
 /// line removes that schedule (schedules created through the API are left alone).
-async fn sync_schedule(state: &AppState, manifest: &plexus_core::Manifest) -> ApiResult<()> {
+async fn sync_schedule(
+    state: &AppState,
+    manifest: &plexus_core::Manifest,
+    by: String,
+) -> ApiResult<()> {
     let existing = state.store.get_schedule(&manifest.name).await?;
     let ours = existing.as_ref().is_none_or(|e| e.from_manifest);
     match &manifest.schedule {
@@ -125,6 +130,7 @@ async fn sync_schedule(state: &AppState, manifest: &plexus_core::Manifest) -> Ap
                 json!({}),
                 plexus_core::schedule::CatchUp::Skip,
                 true,
+                by,
             )?;
             state.store.put_schedule(row).await?;
         }

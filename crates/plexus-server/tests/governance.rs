@@ -490,6 +490,105 @@ async fn step_state(api: &Api, run: &str, step: &str) -> String {
         .unwrap()
 }
 
+/// The first step of the only run of `workflow` waits for approval; its run id.
+async fn gated_run_of(api: &Api, workflow: &str) -> String {
+    let id = loop {
+        let (_, runs) = api.get(&format!("/api/v1/runs?workflow={workflow}")).await;
+        if let Some(id) = runs["runs"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    api.wait_step(&id, "change", "awaiting_approval").await;
+    id
+}
+
+/// With `approvals.forbid_self_approval`, whoever a run's start traces back to cannot
+/// approve it: the poster of the event and the author of the trigger it hit, the author
+/// of the schedule that fired it, the starter of a parent run for its sub-workflow.
+#[tokio::test]
+async fn self_approval_cannot_be_laundered() {
+    let api = Api::new().await;
+    let ada = api.as_user(Some(&api.user_key("ada", "engineer").await));
+    let bob = api.as_user(Some(&api.user_key("bob", "engineer").await));
+    let cyd = api.as_user(Some(&api.user_key("cyd", "engineer").await));
+    api.call(
+        "PUT",
+        "/api/v1/settings/approvals.forbid_self_approval",
+        json!({"value": true}).to_string(),
+        &[],
+    )
+    .await;
+    let approve = |who: &Api, run: &str, step: &str| {
+        let (who, path) = (
+            who.as_user(who.bearer.as_deref()),
+            format!("/api/v1/runs/{run}/steps/{step}/approve"),
+        );
+        async move { who.post(&path, json!({})).await.0 }
+    };
+    let gated = |name: &str, extra: &str| {
+        format!(
+            "version: plexus/v1\nname: {name}\n{extra}steps:\n- {{id: change, permission: modify, run: 'echo change'}}\n"
+        )
+    };
+
+    // A trigger ada wrote, hit by an event bob posted: neither decides; cyd does.
+    let (s, _) = ada
+        .call(
+            "POST",
+            "/api/v1/workflows",
+            gated("on-event", "on: cleanup.requested\n"),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = bob
+        .post("/api/v1/events", json!({"type": "cleanup.requested"}))
+        .await;
+    assert!(s.is_success(), "{s}");
+    let run = gated_run_of(&api, "on-event").await;
+    assert_eq!(approve(&ada, &run, "change").await, StatusCode::FORBIDDEN);
+    assert_eq!(approve(&bob, &run, "change").await, StatusCode::FORBIDDEN);
+    assert_eq!(approve(&cyd, &run, "change").await, StatusCode::OK);
+
+    // A schedule bob created (for a workflow cyd applied), fired by the server: not bob.
+    let (s, _) = cyd
+        .call("POST", "/api/v1/workflows", gated("nightly", ""), &[])
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, body) = bob
+        .post(
+            "/api/v1/schedules",
+            json!({"workflow": "nightly", "cron": "0 3 * * *"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    // ...and ada paused and resumed it last: now it is hers too.
+    ada.post("/api/v1/schedules/nightly/pause", json!({})).await;
+    ada.post("/api/v1/schedules/nightly/resume", json!({}))
+        .await;
+    let tomorrow = plexus_engine::now_ms() + 2 * 24 * 3600 * 1000;
+    plexus_server::schedules::fire_due_at(&api.state, tomorrow)
+        .await
+        .unwrap();
+    let run = gated_run_of(&api, "nightly").await;
+    assert_eq!(approve(&ada, &run, "change").await, StatusCode::FORBIDDEN);
+    assert_eq!(approve(&cyd, &run, "change").await, StatusCode::OK);
+
+    // A sub-workflow of a run ada started is hers as well.
+    std::fs::write(api.dir.path().join("child.yaml"), gated("child", "")).unwrap();
+    let (s, parent) = ada
+        .post(
+            "/api/v1/runs",
+            json!({"manifest": "version: plexus/v1\nname: parent\nsteps:\n- {id: call, workflow: child.yaml}\n"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{parent}");
+    let child = gated_run_of(&api, "child").await;
+    assert_eq!(approve(&ada, &child, "change").await, StatusCode::FORBIDDEN);
+    assert_eq!(approve(&bob, &child, "change").await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn approvals_follow_the_approvers_role() {
     let api = Api::new().await;

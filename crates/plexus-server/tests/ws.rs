@@ -139,6 +139,7 @@ async fn a_client_too_slow_is_cut_off_with_a_reason() {
             idempotency_key: None,
             workflow_version: None,
             started_by: None,
+            responsible: Vec::new(),
         })
         .await
         .unwrap();

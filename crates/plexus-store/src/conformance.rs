@@ -24,6 +24,7 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
         started_by: Some("user:ada".into()),
         mode: Some("guided".into()),
         plan: Some(format!("{{\"format\": 1, \"run\": \"{id}\"}}")),
+        responsible: vec!["user:ada".into(), "user:grace".into()],
     }
 }
 
@@ -443,6 +444,7 @@ pub async fn schedules_advance_once(store: &dyn Store) {
         last_fired_at: None,
         from_manifest: false,
         created_at: 1,
+        changed_by: Some("user:ada".into()),
     };
     store.put_schedule(s.clone()).await.unwrap();
     assert_eq!(store.due_schedules(999).await.unwrap().len(), 0);
@@ -471,7 +473,18 @@ pub async fn schedules_advance_once(store: &dyn Store) {
         (2_000, json!({"full": false})),
         "same cron keeps its next tick"
     );
-    assert!(store.set_schedule_paused("nightly", true).await.unwrap());
+    assert!(
+        store
+            .set_schedule_paused("nightly", true, Some("user:grace"))
+            .await
+            .unwrap()
+    );
+    let paused = store.get_schedule("nightly").await.unwrap().unwrap();
+    assert_eq!(
+        paused.changed_by.as_deref(),
+        Some("user:grace"),
+        "who last changed it"
+    );
     assert!(
         store.due_schedules(10_000).await.unwrap().is_empty(),
         "paused schedules do not fire"
@@ -482,17 +495,27 @@ pub async fn schedules_advance_once(store: &dyn Store) {
 }
 
 pub async fn versions_workflows(store: &dyn Store) {
-    let (v1, new) = store.put_workflow("deploy", "v: 1", 10).await.unwrap();
+    let (v1, new) = store
+        .put_workflow("deploy", "v: 1", Some("user:ada"), 10)
+        .await
+        .unwrap();
     assert_eq!((v1.version, new), (1, true));
-    let (same, new) = store.put_workflow("deploy", "v: 1", 11).await.unwrap();
+    assert_eq!(v1.applied_by.as_deref(), Some("user:ada"));
+    let (same, new) = store
+        .put_workflow("deploy", "v: 1", None, 11)
+        .await
+        .unwrap();
     assert_eq!(
         (same.version, new),
         (1, false),
         "applying the same text again is not a new version"
     );
-    let (v2, _) = store.put_workflow("deploy", "v: 2", 12).await.unwrap();
+    let (v2, _) = store
+        .put_workflow("deploy", "v: 2", None, 12)
+        .await
+        .unwrap();
     assert_eq!(v2.version, 2);
-    store.put_workflow("audit", "a", 13).await.unwrap();
+    store.put_workflow("audit", "a", None, 13).await.unwrap();
     assert_eq!(
         store
             .get_workflow("deploy", None)
@@ -525,7 +548,10 @@ pub async fn versions_workflows(store: &dyn Store) {
         "already deleted"
     );
     assert!(store.get_workflow("deploy", None).await.unwrap().is_none());
-    let (v3, _) = store.put_workflow("deploy", "v: 2", 16).await.unwrap();
+    let (v3, _) = store
+        .put_workflow("deploy", "v: 2", None, 16)
+        .await
+        .unwrap();
     assert_eq!(
         v3.version, 3,
         "a deleted name comes back with a new version"

@@ -86,6 +86,10 @@ pub struct NewRun {
     pub mode: Option<String>,
     /// The compiled plan it runs (`Plan::to_stored`): resuming uses it as it is.
     pub plan: Option<String>,
+    /// Every actor who answers for this run's start (the caller, the poster of the event,
+    /// whoever created or last changed the schedule or trigger): none of them may approve
+    /// its steps under `approvals.forbid_self_approval`.
+    pub responsible: Vec<String>,
 }
 
 /// What a run runs, kept apart from its row (see [`Store::run_definition`]).
@@ -111,6 +115,8 @@ pub struct ScheduleRow {
     /// Created by a manifest's `schedule:` (and removed with it).
     pub from_manifest: bool,
     pub created_at: Millis,
+    /// Who created it or last changed it (paused, resumed, replaced).
+    pub changed_by: Option<String>,
 }
 
 /// An event received through the API, with the runs it started.
@@ -144,6 +150,8 @@ pub struct WorkflowRow {
     pub version: u32,
     pub manifest: String,
     pub created_at: Millis,
+    /// Who applied this version.
+    pub applied_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -164,6 +172,8 @@ pub struct RunRow {
     pub last_seq: u64,
     pub started_by: Option<String>,
     pub mode: Option<String>,
+    /// See [`NewRun::responsible`].
+    pub responsible: Vec<String>,
 }
 
 /// A step waiting for a human decision (see [`Store::awaiting_approvals`]).
@@ -174,6 +184,8 @@ pub struct PendingApproval {
     pub step_id: String,
     /// Who started the run: who asks.
     pub requested_by: Option<String>,
+    /// Everyone who answers for the run's start (see [`NewRun::responsible`]).
+    pub responsible: Vec<String>,
     /// The `step_awaiting_approval` event (permission, rendered detail, expiry).
     pub request: Json,
 }
@@ -415,6 +427,7 @@ pub trait CatalogStore: Send + Sync + 'static {
         &self,
         name: &str,
         manifest: &str,
+        applied_by: Option<&str>,
         now: Millis,
     ) -> Result<(WorkflowRow, bool)>;
     async fn get_workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowRow>>;
@@ -427,7 +440,8 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>>;
     async fn list_schedules(&self) -> Result<Vec<ScheduleRow>>;
     async fn delete_schedule(&self, name: &str) -> Result<bool>;
-    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool>;
+    async fn set_schedule_paused(&self, name: &str, paused: bool, by: Option<&str>)
+    -> Result<bool>;
     /// Schedules not paused whose `next_fire_at` is at or before `now`.
     async fn due_schedules(&self, now: Millis) -> Result<Vec<ScheduleRow>>;
     /// Moves `next_fire_at` from `expected` to `next` if nobody else did: `false` means

@@ -75,6 +75,7 @@ async fn unknown_values_and_corrupt_json_are_errors() {
             started_by: None,
             mode: None,
             plan: None,
+            responsible: Vec::new(),
         })
         .await
         .unwrap();
@@ -115,6 +116,8 @@ async fn older_runs_keep_their_manifest_after_the_upgrade() {
     raw.execute_batch(
         "DROP TABLE run_definitions; ALTER TABLE events DROP COLUMN schema; DROP INDEX users_by_name_nocase; \
          DROP INDEX sessions_by_key; ALTER TABLE sessions DROP COLUMN api_key_id; \
+         ALTER TABLE runs DROP COLUMN responsible; ALTER TABLE workflows DROP COLUMN applied_by; \
+         ALTER TABLE schedules DROP COLUMN changed_by; \
          DROP TABLE attempt_records; \
          CREATE TABLE processes (run_id TEXT NOT NULL, step_id TEXT NOT NULL, item INTEGER NOT NULL, \
            attempt INTEGER NOT NULL, host TEXT NOT NULL, pgid INTEGER NOT NULL, start_ticks INTEGER NOT NULL, \

@@ -174,6 +174,15 @@ async fn start_child(
     let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, &given)
         .map_err(|e| format!("sub-workflow inputs: {}", e.join("; ")))?;
     let inputs = Json::Object(inputs);
+    let parent_row = engine
+        .store
+        .get_run(&parent.run_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut responsible = parent_row.responsible;
+    responsible.extend(parent_row.started_by);
+    responsible.sort();
+    responsible.dedup();
     let now = now_ms();
     let base_dir = file
         .parent()
@@ -197,6 +206,9 @@ async fn start_child(
             started_by: None,
             mode: Some(plan.mode.as_str().to_owned()),
             plan: Some(plan.options.to_stored()),
+            // Whoever answers for the parent answers for its children: a sub-workflow is
+            // no way around `approvals.forbid_self_approval`.
+            responsible,
         })
         .await
         .map_err(|e| e.to_string())?;

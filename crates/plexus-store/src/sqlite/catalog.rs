@@ -9,9 +9,11 @@ impl CatalogStore for SqliteStore {
         &self,
         name: &str,
         manifest: &str,
+        applied_by: Option<&str>,
         now: Millis,
     ) -> Result<(WorkflowRow, bool)> {
         let (name, manifest) = (name.to_owned(), manifest.to_owned());
+        let applied_by = applied_by.map(str::to_owned);
         self.write(move |conn| {
             let latest: Option<(i64, String, Option<i64>)> = conn
                 .query_row(
@@ -29,8 +31,8 @@ impl CatalogStore for SqliteStore {
             }
             let version = latest.map_or(1, |l| l.0 + 1);
             conn.execute(
-                "INSERT INTO workflows (name, version, manifest, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![name, version, manifest, now as i64],
+                "INSERT INTO workflows (name, version, manifest, created_at, applied_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, version, manifest, now as i64, applied_by],
             )
             .map_err(db_err)?;
             // Re-applying a deleted workflow brings the name back with a new version.
@@ -51,7 +53,7 @@ impl CatalogStore for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT w.name, w.version, w.manifest, w.created_at FROM workflows w \
+                    "SELECT w.name, w.version, w.manifest, w.created_at, w.applied_by FROM workflows w \
                      WHERE w.deleted_at IS NULL AND w.version = (SELECT MAX(version) FROM workflows v WHERE v.name = w.name) \
                      ORDER BY w.name",
                 )
@@ -89,7 +91,7 @@ impl CatalogStore for SqliteStore {
             }
             conn.execute(
                 "INSERT OR REPLACE INTO schedules (name, workflow, cron, inputs, catch_up, paused, next_fire_at, last_fired_at, \
-                 from_manifest, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 from_manifest, created_at, changed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     s.name,
                     s.workflow,
@@ -100,7 +102,8 @@ impl CatalogStore for SqliteStore {
                     s.next_fire_at as i64,
                     s.last_fired_at.map(|t| t as i64),
                     s.from_manifest,
-                    s.created_at as i64
+                    s.created_at as i64,
+                    s.changed_by
                 ],
             )
             .map_err(db_err)?;
@@ -139,13 +142,19 @@ impl CatalogStore for SqliteStore {
         .await
     }
 
-    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        by: Option<&str>,
+    ) -> Result<bool> {
         let name = name.to_owned();
+        let by = by.map(str::to_owned);
         self.write(move |conn| {
             let n = conn
                 .execute(
-                    "UPDATE schedules SET paused = ?2 WHERE name = ?1",
-                    params![name, paused],
+                    "UPDATE schedules SET paused = ?2, changed_by = COALESCE(?3, changed_by) WHERE name = ?1",
+                    params![name, paused, by],
                 )
                 .map_err(db_err)?;
             Ok(n > 0)

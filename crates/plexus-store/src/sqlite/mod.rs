@@ -56,6 +56,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../../migrations/sqlite/0011_session_keys.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/sqlite/0012_responsible.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -544,7 +548,7 @@ fn workflow_row(
     name: &str,
     version: Option<u32>,
 ) -> Result<Option<WorkflowRow>> {
-    let sql = "SELECT name, version, manifest, created_at FROM workflows \
+    let sql = "SELECT name, version, manifest, created_at, applied_by FROM workflows \
                WHERE name = ?1 AND deleted_at IS NULL AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1";
     conn.query_row(sql, params![name, version], workflow_from_row)
         .optional()

@@ -33,7 +33,7 @@ pub(super) fn bad_column(idx: usize, what: String) -> rusqlite::Error {
 /// Column 3 is the old place of the manifest text, empty since it moved to
 /// `run_definitions`; it is kept here so the positions below stay as they are.
 pub(super) const RUN_COLUMNS: &str = "id, workflow, status, manifest, base_dir, inputs, outputs, error, parent_run_id, parent_step_id, \
-     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode";
+     parent_item, parent_attempt, created_at, updated_at, finished_at, owner, lease_until, last_seq, started_by, mode, responsible";
 
 pub(super) fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
     let parent_run: Option<String> = r.get(8)?;
@@ -63,6 +63,8 @@ pub(super) fn run_from_row(r: &Row) -> rusqlite::Result<RunRow> {
         last_seq: r.get::<_, i64>(17)? as u64,
         started_by: r.get(18)?,
         mode: r.get(19)?,
+        responsible: serde_json::from_value(json_at(r, 20)?)
+            .map_err(|e| bad_column(20, e.to_string()))?,
     })
 }
 
@@ -88,10 +90,11 @@ pub(super) fn workflow_from_row(r: &Row) -> rusqlite::Result<WorkflowRow> {
         version: r.get::<_, i64>(1)? as u32,
         manifest: r.get(2)?,
         created_at: r.get::<_, i64>(3)? as u64,
+        applied_by: r.get(4)?,
     })
 }
 
-pub(super) const SCHEDULE_COLUMNS: &str = "name, workflow, cron, inputs, catch_up, paused, next_fire_at, last_fired_at, from_manifest, created_at";
+pub(super) const SCHEDULE_COLUMNS: &str = "name, workflow, cron, inputs, catch_up, paused, next_fire_at, last_fired_at, from_manifest, created_at, changed_by";
 
 pub(super) fn schedule_from_row(r: &Row) -> rusqlite::Result<ScheduleRow> {
     let catch_up: String = r.get(4)?;
@@ -107,6 +110,7 @@ pub(super) fn schedule_from_row(r: &Row) -> rusqlite::Result<ScheduleRow> {
         last_fired_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
         from_manifest: r.get(8)?,
         created_at: r.get::<_, i64>(9)? as u64,
+        changed_by: r.get(10)?,
     })
 }
 

@@ -9,8 +9,9 @@ impl RunStore for SqliteStore {
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
-                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode, \
+                     responsible) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                     params![
                         run.id,
                         run.workflow,
@@ -29,6 +30,7 @@ impl RunStore for SqliteStore {
                         run.workflow_version,
                         run.started_by,
                         run.mode,
+                        serde_json::to_string(&run.responsible).unwrap_or_else(|_| "[]".into()),
                     ],
                 )
                 .map_err(db_err)?;
@@ -432,7 +434,8 @@ impl RunStore for SqliteStore {
                 .prepare(
                     "SELECT s.run_id, r.workflow, s.step_id, r.started_by, \
                        (SELECT data FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.step_id \
-                          AND e.type = 'step_awaiting_approval' ORDER BY e.seq DESC LIMIT 1) \
+                          AND e.type = 'step_awaiting_approval' ORDER BY e.seq DESC LIMIT 1), \
+                       r.responsible \
                      FROM steps s JOIN runs r ON r.id = s.run_id \
                      WHERE s.status = 'awaiting_approval' ORDER BY r.created_at, s.position",
                 )
@@ -445,6 +448,8 @@ impl RunStore for SqliteStore {
                         step_id: r.get(2)?,
                         requested_by: r.get(3)?,
                         request: json_at(r, 4)?,
+                        responsible: serde_json::from_value(json_at(r, 5)?)
+                            .map_err(|e| bad_column(5, e.to_string()))?,
                     })
                 })
                 .map_err(db_err)?
