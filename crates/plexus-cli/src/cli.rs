@@ -141,6 +141,10 @@ pub enum Command {
         /// plexus.toml: allowed_origins]
         #[arg(long = "allowed-origin", value_name = "ORIGIN")]
         allowed_origins: Vec<String>,
+        /// When another `plexus serve` holds the data directory, wait until it stops
+        /// instead of refusing to start (a new version taking over from a draining one)
+        #[arg(long)]
+        wait_for_lock: bool,
     },
     /// Show the effective configuration and where each value comes from
     #[command(subcommand)]

@@ -7,13 +7,17 @@ use plexus_server::{AppState, ServerConfig};
 use plexus_store::{RunFilter, Store};
 use std::sync::Arc;
 
-pub async fn serve(settings: &Settings) -> Result<i32> {
+pub async fn serve(settings: &Settings, wait_for_lock: bool) -> Result<i32> {
     let (listen_addr, body_limit, grace) = (
         settings.listen_addr.as_str(),
         settings.body_limit,
         settings.shutdown_grace,
     );
     let store = settings.open_store()?;
+    // Before the engine starts: one server per data directory.
+    let _lock =
+        crate::serve_lock::ServeLock::acquire(&settings.data_dir, wait_for_lock, listen_addr)
+            .await?;
     let engine = Engine::start(
         store.clone(),
         EngineConfig::new(settings.data_dir.clone(), settings.pools.clone()),
@@ -78,6 +82,11 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
         state.clone(),
         stopped.clone(),
     ));
+    let adopter = tokio::spawn(adopt_orphans(
+        engine.clone(),
+        store.clone(),
+        stopped.clone(),
+    ));
     let refusals = tokio::spawn(plexus_server::auth::run_refusal_flusher(
         state.clone(),
         stopped.clone(),
@@ -122,6 +131,7 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
     }
     let _ = stop.send(true);
     let _ = scheduler.await;
+    let _ = adopter.await;
     let _ = refusals.await;
     if let Ok(Err(e)) = grpc.await {
         tracing::warn!(error = %e, "the gRPC server stopped with an error");
@@ -135,12 +145,35 @@ pub async fn serve(settings: &Settings) -> Result<i32> {
     Ok(0)
 }
 
+/// How often a server looks for runs whose owner died (a `plexus run` killed, a server
+/// on another host whose lease ran out) to take them over.
+const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Takes over, every [`ADOPT_EVERY`], runs that no live process drives: a run never
+/// waits for the next restart of anything.
+async fn adopt_orphans(
+    engine: Engine,
+    store: Arc<plexus_store::SqliteStore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ADOPT_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = resume_interrupted(&engine, &*store).await {
+            tracing::warn!(error = %e, "looking for runs to take over failed");
+        }
+    }
+}
+
 /// Every run nobody drives is taken over: a restart continues where the last one stopped.
 async fn resume_interrupted(engine: &Engine, store: &dyn Store) -> Result<()> {
     let active = store
         .list_runs(RunFilter {
             active: true,
             limit: 100_000,
+            not_owned_by: Some(engine.owner().to_owned()),
             ..Default::default()
         })
         .await?;

@@ -14,6 +14,7 @@ mod login;
 mod output;
 mod progress;
 mod remote;
+mod serve_lock;
 mod target;
 mod telemetry;
 
@@ -74,6 +75,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             tls_cert,
             tls_key,
             allowed_origins,
+            ..
         } => {
             let env = config::ServeFlags::from_env()?;
             config::ServeFlags {
@@ -107,7 +109,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         // Work on a manifest or on this machine: always local.
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
-        Command::Serve { .. } => cmd_serve::serve(&settings).await,
+        Command::Serve { wait_for_lock, .. } => cmd_serve::serve(&settings, wait_for_lock).await,
         Command::Config(ConfigCommand::Show) => {
             settings.print(format);
             Ok(0)

@@ -830,3 +830,88 @@ fn grpc_list_over_tls(addr: &str, ca: &std::path::Path, key: &str) -> usize {
             .len()
     })
 }
+
+/// One server per data directory: a second refuses to start and names the holder, or
+/// with `--wait-for-lock` starts once the first has stopped.
+#[test]
+fn a_second_server_on_one_data_directory_refuses_or_waits() {
+    let p = Plexus::new();
+    let (mut first, addr) = start_server(&p);
+    let out = p
+        .cmd()
+        .args([
+            "serve",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another `plexus serve` holds"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(err.contains("--wait-for-lock"), "{err}");
+    let (_, health) = http(&addr, "GET", "/healthz", None);
+    assert_eq!(
+        health["status"], "ok",
+        "the first one is untouched: {health}"
+    );
+
+    // The second starts in this thread (its parent-death signal is tied to the thread
+    // that spawns it); another stops the first after a while.
+    let first_pid = first.id() as i32;
+    let stopped_first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stopped_first.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: signalling the server this test started.
+        unsafe { libc::kill(first_pid, libc::SIGTERM) };
+    });
+    let (mut second, addr2) = start_server_with(&p, &["--wait-for-lock"]);
+    assert!(
+        stopped_first.load(std::sync::atomic::Ordering::SeqCst),
+        "the second started only after the first was told to stop"
+    );
+    stopper.join().unwrap();
+    assert_eq!(wait_exit(&mut first, Duration::from_secs(20)), 0);
+    let (_, health) = http(&addr2, "GET", "/healthz", None);
+    assert_eq!(health["status"], "ok", "{health}");
+    stop(&mut second);
+}
+
+/// A `plexus run` killed while a server runs on the same data directory: the server
+/// takes its run over within seconds and finishes it, every step once.
+#[test]
+fn a_live_server_takes_over_a_run_whose_process_died() {
+    let p = Plexus::new();
+    let (mut server, _addr) = start_server(&p);
+    let flow = p.dir.path().join("slow.yaml");
+    std::fs::write(
+        &flow,
+        "version: plexus/v1\nname: slow\nsteps:\n- {id: a, run: 'sleep 1'}\n- {id: b, needs: [a], builtin: noop}\n",
+    )
+    .unwrap();
+    let (mut runner, run) = p.spawn(&["run", flow.to_str().unwrap(), "--server", "local"]);
+    p.wait_until("step a to run", Duration::from_secs(20), || {
+        p.step_status(&run, "a") == "running"
+    });
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    p.wait_until(
+        "the server to finish the orphaned run",
+        Duration::from_secs(30),
+        || p.run_json(&run)["status"] == "succeeded",
+    );
+    let events = p.events(&run);
+    for step in ["a", "b"] {
+        let ends = events
+            .iter()
+            .filter(|e| e["step_id"] == step && e["type"] == "step_succeeded")
+            .count();
+        assert_eq!(ends, 1, "step {step} ended once: {events:?}");
+    }
+    stop(&mut server);
+}

@@ -10,7 +10,7 @@ pub mod spans;
 mod timers;
 
 pub use exec::process::LogChunk;
-pub use owner::{new_owner_id, owner_alive};
+pub use owner::{hostname, new_owner_id, owner_alive};
 pub use pools::{PoolStats, RunId};
 
 use plexus_core::machine::{Event, Input, Millis, Rejected, RunState, RunStatus};

@@ -195,6 +195,7 @@ pub async fn list(
         before: q.cursor,
         created_since: q.since,
         created_until: q.until,
+        not_owned_by: None,
     };
     let rows = state.store.list_runs(filter).await?;
     let next_cursor = (rows.len() == limit)

@@ -863,11 +863,29 @@ pub async fn wakes_for_new_commands(store: &dyn Store) {
 }
 
 pub async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
-    // Four runs of its own, one of them finished.
+    // Four runs of its own, one of them finished, one owned.
     for i in 1..=4 {
         let id = format!("00000000-0000-0000-0000-0000000000a{i}");
-        store.create_run(run(&id, None, 100 + i)).await.unwrap();
+        let owner = (i == 4).then_some("keeper");
+        store.create_run(run(&id, owner, 100 + i)).await.unwrap();
     }
+    let others = store
+        .list_runs(RunFilter {
+            active: true,
+            not_owned_by: Some("keeper".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        others.iter().any(|r| r.id.ends_with("a2")),
+        "ownerless runs are listed"
+    );
+    assert!(
+        !others.iter().any(|r| r.id.ends_with("a4")),
+        "the owner's own runs are not"
+    );
     let finished = "00000000-0000-0000-0000-0000000000a1";
     let events = [
         ev(1, EventKind::RunStarted { inputs: json!({}) }),

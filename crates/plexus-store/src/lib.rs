@@ -214,6 +214,8 @@ pub struct RunFilter {
     pub created_since: Option<Millis>,
     /// Only runs created before this time.
     pub created_until: Option<Millis>,
+    /// Only runs this owner does not hold (an engine looking for runs to take over).
+    pub not_owned_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

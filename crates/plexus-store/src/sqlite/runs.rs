@@ -168,6 +168,10 @@ impl RunStore for SqliteStore {
             if filter.active {
                 sql.push_str(" AND status NOT IN ('succeeded', 'failed', 'cancelled')");
             }
+            if let Some(owner) = &filter.not_owned_by {
+                args.push(owner.clone());
+                sql.push_str(&format!(" AND owner IS NOT ?{}", args.len()));
+            }
             let limit = if filter.limit == 0 { 50 } else { filter.limit };
             sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
             let mut stmt = conn.prepare(&sql).map_err(db_err)?;
