@@ -252,10 +252,22 @@ fn describe_approval(detail: &Json, permission: plexus_core::manifest::Permissio
                 .unwrap_or("step")
                 .to_owned()
         });
-    format!(
+    let mut text = format!(
         "{} permission: {what}",
         plexus_core::machine::permission_name(permission)
-    )
+    );
+    // Everything else that decides what runs, so `sh -c "$X"` is judged with its `X`.
+    if let Some(env) = detail.get("env").and_then(Json::as_object) {
+        for (k, v) in env {
+            text.push_str(&format!("\n  env {k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    for key in ["workdir", "pool", "timeout", "blast_radius"] {
+        if let Some(v) = detail.get(key).and_then(Json::as_str) {
+            text.push_str(&format!("\n  {key}: {v}"));
+        }
+    }
+    text
 }
 
 pub fn local_user() -> String {
@@ -268,7 +280,7 @@ pub fn local_user() -> String {
 /// Asks on the terminal in a plain thread (a pending read must not keep the process alive).
 fn ask_approval(step: String, what: String, answers: mpsc::Sender<(String, bool)>) {
     std::thread::spawn(move || {
-        eprint!("step `{step}` needs approval ({what})\napprove? [y/N] ");
+        eprint!("step `{step}` needs approval: {what}\napprove? [y/N] ");
         let mut line = String::new();
         let yes = std::io::stdin().read_line(&mut line).is_ok()
             && matches!(line.trim(), "y" | "Y" | "yes");

@@ -11,6 +11,7 @@ pub mod node;
 pub mod parse;
 pub mod plan;
 pub mod schedule;
+pub mod secrets;
 pub mod template;
 
 pub use diagnostic::{Diagnostic, Loc, Severity};

@@ -50,6 +50,7 @@ pub async fn check_decider(
     caller: &Caller,
     run_id: &str,
     step_id: &str,
+    digest: Option<&str>,
 ) -> ApiResult<()> {
     let pending = state.store.awaiting_approvals().await?;
     let Some(p) = pending
@@ -58,6 +59,16 @@ pub async fn check_decider(
     else {
         return Ok(()); // not waiting: the engine answers 409 with the step's state
     };
+    let shown = p.request["detail"]["digest"].as_str();
+    if let Some(seen) = digest
+        && shown != Some(seen)
+    {
+        return Err(ApiError::conflict(format!(
+            "the request changed since you looked at it (digest {} now, {seen} seen); review it again",
+            shown.unwrap_or("none")
+        ))
+        .with_code("approval_changed"));
+    }
     let permission = permission_of(&p.request);
     let needed = approver_role(permission);
     let mut refusal = None;

@@ -426,6 +426,9 @@ pub async fn retry(
 struct StepAction {
     comment: Option<String>,
     data: Option<Json_>,
+    /// The `detail.digest` of the request the approver looked at: the decision applies
+    /// only to exactly that (409 when the request changed meanwhile).
+    digest: Option<String>,
 }
 
 pub async fn step_action(
@@ -443,7 +446,8 @@ pub async fn step_action(
     let by = caller.actor();
     if matches!(action.as_str(), "approve" | "reject") {
         let row = state.store.get_run(&id).await?;
-        crate::approvals::check_decider(&state, &caller, &row.id, &step).await?;
+        let digest = req.digest.as_deref();
+        crate::approvals::check_decider(&state, &caller, &row.id, &step, digest).await?;
     }
     let (input, kind, data) = match action.as_str() {
         "approve" => (

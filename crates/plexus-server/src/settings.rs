@@ -27,48 +27,7 @@ const KNOWN: &[(&str, &str)] = &[
 /// Namespaces open to any key below them.
 const OPEN: &[&str] = &["budgets.", "providers."];
 
-/// Words that make a name secret: `api_key`, `db.password`, `clientSecret`, `authToken`,
-/// `credentials`. Counts such as `max_tokens` are not secrets.
-const SECRET_WORDS: &[&str] = &[
-    "password",
-    "passwd",
-    "pwd",
-    "passphrase",
-    "secret",
-    "token",
-    "key",
-    "apikey",
-    "credential",
-    "credentials",
-    "auth",
-    "authorization",
-];
-
-/// Splits a name into lowercase words at `.`, `_`, `-` and camelCase humps.
-fn words(name: &str) -> Vec<String> {
-    let mut words = vec![String::new()];
-    let mut prev_lower = false;
-    for c in name.chars() {
-        if !c.is_alphanumeric() {
-            words.push(String::new());
-            prev_lower = false;
-            continue;
-        }
-        if c.is_uppercase() && prev_lower {
-            words.push(String::new());
-        }
-        prev_lower = c.is_lowercase() || c.is_ascii_digit();
-        words.last_mut().unwrap().extend(c.to_lowercase());
-    }
-    words.retain(|w| !w.is_empty());
-    words
-}
-
-fn names_secret(name: &str) -> bool {
-    words(name)
-        .iter()
-        .any(|w| SECRET_WORDS.contains(&w.as_str()))
-}
+use plexus_core::secrets::names_secret;
 
 /// Whether a value must be sealed: its own name, or the name of any key at any depth
 /// inside it, names a secret (and holds more than a number or a flag).

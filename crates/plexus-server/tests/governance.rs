@@ -637,7 +637,13 @@ async fn approvals_follow_the_approvers_role() {
             .unwrap()
             .contains("forbid_self_approval")
     );
-    let (s, body) = approve(&other, "change").await;
+    // A decision names the digest of what the approver saw; another digest is refused.
+    let digest = item["detail"]["digest"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/runs/{id}/steps/change/approve");
+    let (s, body) = other.post(&path, json!({"digest": "0".repeat(64)})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "approval_changed");
+    let (s, body) = other.post(&path, json!({"digest": digest})).await;
     assert_eq!(s, StatusCode::OK, "{body}");
 
     // ADMIN steps need an admin.

@@ -629,3 +629,65 @@ fn a_named_pool_limits_builtins_too() {
         .collect();
     assert_eq!(executed, ["free"]);
 }
+
+/// The attack as found: `run: sh -c "$X"` with `env: {X: "echo EVIL"}` showed the approver
+/// only `sh -c "$X"`. Approvers see the environment (secret values hidden), the directory
+/// and the pool, with a digest; a step whose work no longer matches the approved digest
+/// is asked again instead of run.
+#[test]
+fn an_approval_shows_everything_and_binds_to_its_digest() {
+    let yaml = "version: plexus/v1\nname: t\nsteps:\n- id: change\n  run: sh -c \"$X\"\n  env: {X: \"echo EVIL\", API_TOKEN: \"tok-123\"}\n  workdir: sub\n  timeout: 1m\n  permission: modify\n";
+    let mut d = Driver::new(yaml);
+    d.settle();
+    assert!(d.executed.is_empty(), "nothing ran unapproved");
+    let detail = d
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::StepAwaitingApproval { detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(detail["command"], "sh -c \"$X\"");
+    assert_eq!(detail["env"]["X"], "echo EVIL");
+    assert!(!detail.to_string().contains("tok-123"), "{detail}");
+    assert_eq!(detail["workdir"], "sub");
+    assert_eq!(detail["pool"], "default");
+    assert_eq!(detail["timeout"], "1m");
+    assert_eq!(detail["digest"].as_str().unwrap().len(), 64);
+
+    // What was shown differs from what would run: the approval is asked again.
+    let mut events = d.events.clone();
+    for e in &mut events {
+        if let EventKind::StepAwaitingApproval { detail, .. } = &mut e.kind {
+            detail["digest"] = json!("0".repeat(64));
+        }
+    }
+    let mut run = RunState::restore("r1".to_owned(), plan(yaml), json!({}), &events).unwrap();
+    let approve = Input::Approve {
+        step_id: "change".into(),
+        by: "bob".into(),
+        comment: None,
+    };
+    let t = run.handle(approve.clone(), d.now).unwrap();
+    assert!(
+        t.events.iter().any(|e| matches!(&e.kind,
+            EventKind::StepAwaitingApproval { detail, .. } if detail.get("changed_since_approval").is_some())),
+        "{:?}",
+        t.events
+    );
+    assert!(
+        !t.actions
+            .iter()
+            .any(|a| matches!(a, Action::Enqueue { .. } | Action::Execute(_))),
+        "nothing starts on a stale approval"
+    );
+    assert_eq!(run.step_status(0), StepStatus::AwaitingApproval);
+    // Approved again, as it is now: it runs.
+    let t = run.handle(approve, d.now).unwrap();
+    assert!(
+        t.actions
+            .iter()
+            .any(|a| matches!(a, Action::Enqueue { .. }))
+    );
+}

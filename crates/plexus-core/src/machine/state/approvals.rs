@@ -4,26 +4,33 @@ use super::*;
 
 impl RunState {
     pub(super) fn request_approval(&mut self, t: &mut Transition, now: Millis, i: usize) {
+        self.request_approval_with(t, now, i, None);
+    }
+
+    /// Asks for a decision; `changed` says why a step approved before is asked again.
+    fn request_approval_with(
+        &mut self,
+        t: &mut Transition,
+        now: Millis,
+        i: usize,
+        changed: Option<String>,
+    ) {
         let step = self.plan.step(i);
-        let (permission, expires_at, message) = match &step.kind {
+        let (permission, expires_at) = match &step.kind {
             StepKind::Approval(a) => (
                 step.permission,
                 a.timeout.map(|d| now + d.as_millis() as u64),
-                a.message.as_deref().map(|m| {
-                    template::render_str(m, &self.context(i, None)).unwrap_or_else(|_| m.to_owned())
-                }),
             ),
             _ => (
                 self.plan.nodes[i].gate.unwrap_or(step.permission),
                 self.plan.nodes[i]
                     .approval_timeout
                     .map(|d| now + d.as_millis() as u64),
-                None,
             ),
         };
-        let mut detail = self.preview(i);
-        if let Some(m) = message {
-            detail["message"] = Json::String(m);
+        let mut detail = self.approval_detail(i);
+        if let Some(why) = changed {
+            detail["changed_since_approval"] = Json::String(why);
         }
         let step_id = step.id.clone();
         self.emit(
@@ -49,23 +56,121 @@ impl RunState {
         }
     }
 
-    /// What a step will do, rendered as far as possible, for approvers.
+    /// Everything that decides what the step does, as an approver is shown it, with a
+    /// `digest` of exactly that: the approval binds to the digest.
+    pub(super) fn approval_detail(&self, i: usize) -> Json {
+        let mut detail = self.preview(i);
+        if let StepKind::Approval(a) = &self.plan.step(i).kind
+            && let Some(m) = &a.message
+        {
+            let rendered =
+                template::render_str(m, &self.context(i, None)).unwrap_or_else(|_| m.to_owned());
+            detail["message"] = Json::String(rendered);
+        }
+        detail["digest"] = Json::String(digest_of(&detail));
+        detail
+    }
+
+    /// What a step will do, rendered as it will run (the templates as written where they
+    /// cannot be rendered yet, such as a foreach step's `item`): the command, script or
+    /// parameters, the environment it adds (values of secret-named variables hidden), its
+    /// directory, pool, resources, placement, timeout and blast radius.
     pub(super) fn preview(&self, i: usize) -> Json {
         let step = self.plan.step(i);
+        let node = &self.plan.nodes[i];
         let ctx = self.context(i, None);
-        let render = |s: &str| template::render_str(s, &ctx).unwrap_or_else(|_| s.to_owned());
-        let mut detail = match &step.kind {
-            StepKind::Run(c) => json!({"kind": "run", "command": render(c)}),
-            StepKind::Python(s) => json!({"kind": "python", "script": render(s)}),
-            StepKind::Agent { agent, action } => {
-                json!({"kind": "agent", "agent": agent, "action": action, "with": step.with.as_ref().map(|w| template::render_value(w, &ctx).unwrap_or_else(|_| w.clone()))})
+        let mut detail = json!({"kind": step.kind.name()});
+        match super::render::render_work(step, &ctx, self.plan.mode) {
+            Ok((work, rendered, env, workdir)) => {
+                match work {
+                    Work::Shell { command } => detail["command"] = Json::String(command),
+                    Work::Python { script } => detail["script"] = Json::String(script),
+                    Work::Echo(with) => detail["with"] = with,
+                    Work::Workflow { path, inputs, .. } => {
+                        detail["workflow"] = Json::String(path);
+                        detail["inputs"] = inputs;
+                    }
+                    _ => {}
+                }
+                if let Json::Object(extra) = rendered {
+                    for (k, v) in extra {
+                        if detail.get(&k).is_none() {
+                            detail[k.as_str()] = v;
+                        }
+                    }
+                }
+                if !env.is_empty() {
+                    detail["env"] = masked(env.iter());
+                }
+                if let Some(w) = workdir {
+                    detail["workdir"] = Json::String(w);
+                }
             }
-            other => json!({"kind": other.name()}),
-        };
+            Err(error) => {
+                detail["not_rendered"] = Json::String(error);
+                match &step.kind {
+                    StepKind::Run(c) => detail["command"] = Json::String(c.clone()),
+                    StepKind::Python(s) => detail["script"] = Json::String(s.clone()),
+                    StepKind::Workflow(p) => detail["workflow"] = Json::String(p.clone()),
+                    StepKind::Agent { agent, action } => {
+                        detail["agent"] = Json::String(agent.clone());
+                        detail["action"] = Json::String(action.clone());
+                    }
+                    _ => {}
+                }
+                if let Some(w) = &step.with {
+                    detail["with"] = w.clone();
+                }
+                if !step.env.is_empty() {
+                    detail["env"] = masked(step.env.iter());
+                }
+                if let Some(w) = &step.workdir {
+                    detail["workdir"] = Json::String(w.clone());
+                }
+            }
+        }
+        if let Some(f) = &step.foreach {
+            detail["foreach"] = Json::String(f.clone());
+        }
+        detail["pool"] = Json::String(node.pool.clone());
+        detail["pool_slots"] = json!(step.pool_slots);
+        if let Some(r) = &step.resources {
+            detail["resources"] = serde_json::to_value(r).unwrap_or(Json::Null);
+        }
+        if !step.constraints.is_empty() {
+            detail["constraints"] = json!(step.constraints);
+        }
+        if let Some(d) = step.timeout {
+            detail["timeout"] = Json::String(crate::duration::format_duration(d));
+        }
         if let Some(b) = &step.blast_radius {
-            detail["blast_radius"] = Json::String(render(b));
+            let rendered = template::render_str(b, &ctx).unwrap_or_else(|_| b.clone());
+            detail["blast_radius"] = Json::String(rendered);
         }
         detail
+    }
+
+    /// An approved step is about to run: if what it will do is no longer what was
+    /// approved (its digest differs), it is asked again instead. `true`: go ahead.
+    pub(super) fn still_as_approved(&mut self, t: &mut Transition, now: Millis, i: usize) -> bool {
+        let Some(approved) = self.steps[i].approved_digest.clone() else {
+            return true;
+        };
+        let now_digest = self.approval_detail(i)["digest"]
+            .as_str()
+            .map(str::to_owned);
+        if now_digest.as_deref() == Some(approved.as_str()) {
+            return true;
+        }
+        self.request_approval_with(
+            t,
+            now,
+            i,
+            Some(format!(
+                "what the step will do changed since it was approved (digest {approved}); decide again"
+            )),
+        );
+        false
     }
 
     pub(super) fn after_approval(
@@ -82,7 +187,7 @@ impl RunState {
                 item: None,
             };
             self.succeed_unit(t, now, u, 1, json!({"approved_by": by, "comment": comment}));
-        } else {
+        } else if self.still_as_approved(t, now, i) {
             self.launch(t, now, i);
         }
     }
@@ -101,4 +206,34 @@ impl RunState {
         }
         Ok(i)
     }
+}
+
+/// Variables as approvers see them: values of names that say they are secret are hidden.
+fn masked<'a>(env: impl Iterator<Item = (&'a String, &'a String)>) -> Json {
+    Json::Object(
+        env.map(|(k, v)| {
+            let shown = if crate::secrets::names_secret(k) {
+                "(hidden: the name says it is a secret)".to_owned()
+            } else {
+                v.clone()
+            };
+            (k.clone(), Json::String(shown))
+        })
+        .collect(),
+    )
+}
+
+/// SHA-256 of a detail's JSON text (without its own `digest`).
+fn digest_of(detail: &Json) -> String {
+    use sha2::{Digest, Sha256};
+    let mut without = detail.clone();
+    if let Json::Object(m) = &mut without {
+        m.remove("digest");
+        m.remove("changed_since_approval");
+    }
+    let text = serde_json::to_string(&without).unwrap_or_default();
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -34,16 +34,23 @@ impl RunState {
             EventKind::StepAwaitingApproval {
                 step_id,
                 expires_at,
+                detail,
                 ..
             } => {
                 if let Some(i) = step_of(self, step_id) {
                     self.steps[i].unit.status = StepStatus::AwaitingApproval;
                     self.steps[i].unit.wake_at = *expires_at;
+                    self.steps[i].approved = false;
+                    self.steps[i].requested_digest = detail
+                        .get("digest")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned);
                 }
             }
             EventKind::StepApproved { step_id, .. } => {
                 if let Some(i) = step_of(self, step_id) {
                     self.steps[i].approved = true;
+                    self.steps[i].approved_digest = self.steps[i].requested_digest.clone();
                     self.steps[i].unit.status = StepStatus::Pending;
                     self.steps[i].unit.wake_at = None;
                 }
@@ -217,6 +224,8 @@ impl RunState {
                     };
                     step.items = None;
                     step.approved = false;
+                    step.requested_digest = None;
+                    step.approved_digest = None;
                 }
             }
         }

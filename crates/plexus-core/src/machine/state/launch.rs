@@ -79,9 +79,10 @@ impl RunState {
                         }
                     }
                 }
-                if self.plan.nodes[i].gate.is_some() && !self.steps[i].approved {
+                let gated = self.plan.nodes[i].gate.is_some();
+                if gated && !self.steps[i].approved {
                     self.request_approval(t, now, i);
-                } else {
+                } else if !gated || self.still_as_approved(t, now, i) {
                     self.launch(t, now, i);
                 }
             }

@@ -70,6 +70,10 @@ struct Items {
 struct StepRt {
     unit: UnitRt,
     approved: bool,
+    /// The digest of the last approval request (see `approval_detail`).
+    requested_digest: Option<String>,
+    /// The digest of what was approved: checked again before the step runs.
+    approved_digest: Option<String>,
     items: Option<Box<Items>>,
     /// `unit.output` as a template value, made when a template first reads it and shared
     /// by every later reader (each foreach item of a step that reads it): a large output
