@@ -64,7 +64,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             return Ok(2);
         }
     };
-    for w in plexus_engine::exec::not_executed(&plan, &args.file.to_string_lossy()) {
+    for w in plexus_engine::exec::warnings(&plan, &args.file.to_string_lossy()) {
         eprintln!("{w}");
     }
     let given = given_inputs(&args.inputs, args.inputs_file.as_deref())?;

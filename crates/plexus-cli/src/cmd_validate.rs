@@ -44,7 +44,7 @@ pub fn validate(
         let (result, _) = load_file(file, opts)?;
         match result {
             Ok(plan) => {
-                let w = plexus_engine::exec::not_executed(&plan, &file.to_string_lossy());
+                let w = plexus_engine::exec::warnings(&plan, &file.to_string_lossy());
                 results.push(json!({"file": file, "valid": true, "workflow": plan.manifest.name, "steps": plan.len(), "warnings": w}));
                 warnings.extend(w);
             }

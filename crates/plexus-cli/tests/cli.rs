@@ -97,6 +97,70 @@ fn validate_warns_about_what_is_not_executed_yet() {
     assert!(text.contains("`resources` are not enforced yet"), "{text}");
 }
 
+/// Values are quoted for the shell by default; `| safe` over an input turns that off, and
+/// validation says so (the manifest stays valid).
+#[test]
+fn validate_warns_about_inputs_put_into_commands_unquoted() {
+    let p = Plexus::new();
+    let file = p.dir.path().join("raw.yaml");
+    std::fs::write(
+        &file,
+        "version: plexus/v1\nname: raw\ninputs: {svc: {type: string}}\nsteps:\n- {id: quoted, run: 'echo {{ inputs.svc }}'}\n- {id: raw, run: 'echo {{ inputs.svc | safe }}'}\n",
+    )
+    .unwrap();
+    let out = p.run(&["validate", file.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = v["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{v}");
+    assert_eq!(warnings[0]["code"], "unquoted-input");
+    assert_eq!(warnings[0]["step"], "raw");
+
+    // The attack as found: the input's `;` adds a command only where `| safe` says so.
+    let marker = p.dir.path().join("pwned");
+    let svc = format!("api; touch {}; echo", marker.display());
+    let out = p.run(&[
+        "run",
+        file.to_str().unwrap(),
+        "-i",
+        &format!("svc={svc}"),
+        "-o",
+        "json",
+    ]);
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        run["steps"][0]["output"]["stdout"].as_str().unwrap().trim(),
+        svc
+    );
+    assert!(marker.exists(), "`| safe` did run it, as the warning said");
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(
+        &file,
+        "version: plexus/v1\nname: raw\ninputs: {svc: {type: string}}\nsteps:\n- {id: quoted, run: 'echo checking {{ inputs.svc }}'}\n- id: py\n  python: |\n    print({{ inputs.svc }})\n",
+    )
+    .unwrap();
+    let out = p.run(&[
+        "run",
+        file.to_str().unwrap(),
+        "-i",
+        &format!("svc={svc}"),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!marker.exists(), "no input added a command");
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        run["steps"][1]["output"]["stdout"].as_str().unwrap().trim(),
+        svc
+    );
+}
+
 #[test]
 fn plan_shows_layers_pools_and_gates() {
     let p = Plexus::new();

@@ -607,3 +607,43 @@ fn is_ancestor(nodes: &[StepNode], a: usize, b: usize) -> bool {
     }
     false
 }
+
+/// Warnings about `| safe` over a run's inputs in `run:` and `python:`: it turns off the
+/// quoting that keeps an input from adding a command or code.
+pub fn unquoted_inputs(plan: &Plan, file: &str) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for step in &plan.manifest.steps {
+        let (field, source) = match &step.kind {
+            StepKind::Run(c) => ("run", c),
+            StepKind::Python(s) => ("python", s),
+            _ => continue,
+        };
+        for expr in source
+            .split("{{")
+            .skip(1)
+            .filter_map(|r| r.split("}}").next())
+        {
+            let safe = expr
+                .split('|')
+                .skip(1)
+                .any(|f| f.trim().split(['(', ' ']).next() == Some("safe"));
+            let inputs = crate::template::referenced_names(expr, "inputs");
+            if safe && !inputs.is_empty() {
+                let mut d = Diagnostic::new(
+                    "unquoted-input",
+                    step.locs.field(field),
+                    format!(
+                        "`| safe` puts input {} into the {field} command as it is: whoever starts the run can add commands",
+                        inputs.join(", ")
+                    ),
+                )
+                .with_step(Some(&step.id))
+                .with_hint("drop `| safe`: each value is then one shell word (a Python literal in `python:`)")
+                .warning();
+                d.file = file.to_owned();
+                out.push(d);
+            }
+        }
+    }
+    out
+}

@@ -37,6 +37,86 @@ fn lenient() -> &'static Environment<'static> {
     ENV.get_or_init(|| environment(UndefinedBehavior::Chainable))
 }
 
+/// Where a rendered value lands, and so how it is quoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Text, as it is (parameters, messages, environment values, directories).
+    Text,
+    /// A `/bin/sh` command line: every value is one shell word (`'a; b'`), so an input can
+    /// never add a command. `| safe` opts a value out.
+    Shell,
+    /// Python source: every value is a Python literal (`'a'`, `3`, `True`, `None`,
+    /// `['x']`), data rather than code. `| safe` opts a value out.
+    Python,
+}
+
+fn quoting(target: Target) -> &'static Environment<'static> {
+    static SHELL: OnceLock<Environment<'static>> = OnceLock::new();
+    static PYTHON: OnceLock<Environment<'static>> = OnceLock::new();
+    let (cell, name) = match target {
+        Target::Text => return strict(),
+        Target::Shell => (&SHELL, "shell"),
+        Target::Python => (&PYTHON, "python"),
+    };
+    cell.get_or_init(|| {
+        let mut env = environment(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(move |_| minijinja::AutoEscape::Custom(name.into()));
+        env.set_formatter(move |out, state, value| {
+            if value.is_safe() {
+                return minijinja::escape_formatter(out, state, value);
+            }
+            let text = match target {
+                Target::Python => python_literal(value),
+                _ => shell_word(&value.to_string()),
+            };
+            out.write_str(&text).map_err(minijinja::Error::from)
+        });
+        env
+    })
+}
+
+/// One `/bin/sh` word: as it is when it holds only characters the shell leaves alone,
+/// else in single quotes (a `'` inside becomes `'\''`).
+pub fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// A value as a Python literal: strings quoted (JSON's escapes are Python's), booleans
+/// `True`/`False`, none `None`, lists and maps of literals.
+fn python_literal(value: &Value) -> String {
+    let json = serde_json::to_value(value).unwrap_or(Json::Null);
+    fn literal(v: &Json) -> String {
+        match v {
+            Json::Null => "None".into(),
+            Json::Bool(true) => "True".into(),
+            Json::Bool(false) => "False".into(),
+            Json::Number(n) => n.to_string(),
+            Json::String(s) => Json::String(s.clone()).to_string(),
+            Json::Array(items) => {
+                format!(
+                    "[{}]",
+                    items.iter().map(literal).collect::<Vec<_>>().join(", ")
+                )
+            }
+            Json::Object(map) => format!(
+                "{{{}}}",
+                map.iter()
+                    .map(|(k, v)| format!("{}: {}", Json::String(k.clone()), literal(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    literal(&json)
+}
+
 /// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
 struct Capped(Vec<u8>);
 
@@ -115,10 +195,17 @@ pub fn context_of(ctx: &Json) -> Value {
 }
 
 pub fn render_str(src: &str, ctx: &Value) -> Result<String, String> {
+    render_for(src, ctx, Target::Text)
+}
+
+/// Renders a template whose text lands in `target`, quoting each value for it.
+pub fn render_for(src: &str, ctx: &Value, target: Target) -> Result<String, String> {
     if !is_template(src) {
         return Ok(src.to_owned());
     }
-    let template = strict().template_from_str(src).map_err(|e| describe(&e))?;
+    let template = quoting(target)
+        .template_from_str(src)
+        .map_err(|e| describe(&e))?;
     let mut out = Capped(Vec::new());
     template
         .render_captured_to(ctx.clone(), &mut out)
@@ -270,6 +357,61 @@ mod tests {
         let ctx = context_of(&json!({"hosts": hosts}));
         let ok = render_str("{% for h in hosts %}{{ h | upper }} {% endfor %}", &ctx).unwrap();
         assert!(ok.starts_with("HOST-0 HOST-1"));
+    }
+
+    #[test]
+    fn shell_commands_get_each_value_as_one_word() {
+        let ctx = context_of(&json!({"inputs": {
+            "svc": "api; touch /tmp/x; echo",
+            "plain": "api-2.eu_west:1",
+            "quote": "it's",
+            "n": 3,
+            "hosts": ["a b", "c"],
+        }}));
+        let shell = |src: &str| render_for(src, &ctx, Target::Shell).unwrap();
+        assert_eq!(
+            shell("echo checking {{ inputs.svc }}"),
+            "echo checking 'api; touch /tmp/x; echo'"
+        );
+        assert_eq!(
+            shell("deploy {{ inputs.plain }} x{{ inputs.n }}"),
+            "deploy api-2.eu_west:1 x3"
+        );
+        assert_eq!(shell("echo {{ inputs.quote }}"), r"echo 'it'\''s'");
+        assert_eq!(
+            shell("{% for h in inputs.hosts %}ping {{ h }}; {% endfor %}"),
+            "ping 'a b'; ping c; "
+        );
+        assert_eq!(
+            shell("{{ inputs.svc | safe }}"),
+            "api; touch /tmp/x; echo",
+            "`| safe` opts out"
+        );
+        // The quoted word is what sh sees as one argument.
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &shell("printf '%s|' {{ inputs.svc }} {{ inputs.quote }}"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "api; touch /tmp/x; echo|it's|"
+        );
+    }
+
+    #[test]
+    fn python_scripts_get_values_as_literals() {
+        let ctx = context_of(
+            &json!({"inputs": {"s": "x'); import os; ('", "b": true, "n": null, "l": [1, "a"]}}),
+        );
+        let py = |src: &str| render_for(src, &ctx, Target::Python).unwrap();
+        assert_eq!(py("v = {{ inputs.s }}"), r#"v = "x'); import os; ('""#);
+        assert_eq!(
+            py("{{ inputs.b }} {{ inputs.n }} {{ inputs.l }}"),
+            r#"True None [1, "a"]"#
+        );
     }
 
     #[test]

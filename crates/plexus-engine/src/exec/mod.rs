@@ -192,6 +192,14 @@ impl Executors {
 /// What in a valid plan this engine does not carry out yet, as warnings naming the step:
 /// agent and LLM steps (their attempts fail), and resource requests and placement
 /// constraints (accepted, not enforced).
+/// What `plexus validate` and `plexus run` warn about: what is not executed yet, and
+/// inputs put into commands unquoted.
+pub fn warnings(plan: &Plan, file: &str) -> Vec<Diagnostic> {
+    let mut out = not_executed(plan, file);
+    out.extend(plexus_core::plan::unquoted_inputs(plan, file));
+    out
+}
+
 pub fn not_executed(plan: &Plan, file: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for step in &plan.manifest.steps {

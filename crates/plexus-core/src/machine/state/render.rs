@@ -90,7 +90,8 @@ pub(super) fn render_work(
     };
     let (work, detail) = match &step.kind {
         StepKind::Run(c) => {
-            let command = template::render_str(c, ctx)?;
+            // Each value is one shell word: an input cannot add a command.
+            let command = template::render_for(c, ctx, template::Target::Shell)?;
             (
                 (Work::Shell {
                     command: command.clone(),
@@ -99,7 +100,8 @@ pub(super) fn render_work(
             )
         }
         StepKind::Python(s) => {
-            let script = template::render_str(s, ctx)?;
+            // Each value is a Python literal: data, not code.
+            let script = template::render_for(s, ctx, template::Target::Python)?;
             ((Work::Python { script }), Json::Null)
         }
         StepKind::Builtin(Builtin::Noop) => ((Work::Noop), Json::Null),
