@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// How often control commands from other processes are picked up.
     pub command_poll: Duration,
+    /// Run steps isolated from the data directory when the system allows it (see
+    /// [`exec::isolation`]); off only to measure what it costs.
+    pub isolate_steps: bool,
 }
 
 impl EngineConfig {
@@ -48,6 +51,7 @@ impl EngineConfig {
             python: std::env::var("PLEXUS_PYTHON").unwrap_or_else(|_| "python3".into()),
             lease: Duration::from_secs(15),
             command_poll: Duration::from_millis(200),
+            isolate_steps: true,
         }
     }
 
@@ -249,6 +253,10 @@ pub struct Engine {
     pub(crate) config: Arc<EngineConfig>,
     pub stats: Arc<EngineStats>,
     pub(crate) liveness: Arc<Liveness>,
+    /// How steps are isolated, found once at start.
+    pub(crate) isolation: Arc<exec::isolation::Isolation>,
+    /// `steps.require_isolation`: refuse to run steps rather than run them unisolated.
+    pub(crate) require_isolation: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A run to start.
@@ -328,6 +336,20 @@ impl Engine {
         let (notices, _) = broadcast::channel(65_536);
         let (logs, _) = broadcast::channel(4_096);
         let (finished, _) = broadcast::channel(4_096);
+        let isolation = if config.isolate_steps {
+            exec::isolation::Isolation::probe(&config.data_dir)
+        } else {
+            exec::isolation::Isolation::disabled("turned off in the engine's configuration")
+        };
+        match isolation.availability() {
+            exec::isolation::Availability::On { mechanism } => {
+                tracing::debug!(mechanism, "steps run isolated from the data directory")
+            }
+            exec::isolation::Availability::Off { reason } => tracing::warn!(
+                %reason,
+                "isolation: off — steps can reach the data directory (the store, the keys)"
+            ),
+        }
         let engine = Engine {
             tx,
             notices,
@@ -337,9 +359,22 @@ impl Engine {
             config: Arc::new(config),
             stats: Arc::default(),
             liveness: Arc::default(),
+            isolation: Arc::new(isolation),
+            require_isolation: Arc::default(),
         };
         scheduler::spawn(engine.clone(), rx);
         engine
+    }
+
+    /// Whether steps run isolated from the data directory (and how), or why not.
+    pub fn isolation(&self) -> &exec::isolation::Availability {
+        self.isolation.availability()
+    }
+
+    /// `steps.require_isolation`: with it on and isolation off, steps fail to start.
+    pub fn set_require_isolation(&self, required: bool) {
+        self.require_isolation
+            .store(required, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn owner(&self) -> &str {

@@ -37,6 +37,11 @@ fn settings(dir: &Path) -> ProcessSettings {
         output_cap: 1 << 20,
         python: "python3".into(),
         warm: std::sync::Arc::new(WarmShells::new(1)),
+        // These tests are about held shells kept warm, which isolated steps do not use.
+        isolation: std::sync::Arc::new(plexus_engine::exec::isolation::Isolation::disabled(
+            "held shells kept warm",
+        )),
+        require_isolation: std::sync::Arc::default(),
     }
 }
 

@@ -35,10 +35,18 @@ pub struct HeldShell {
 /// Starts `sh -s` as any attempt's process is started ([`super::process::clean_command`]),
 /// reading its script from a pipe.
 pub fn start() -> io::Result<HeldShell> {
+    start_with(|_| Ok(()))
+}
+
+/// [`start`], with `prepare` adding to the command first (isolation).
+pub fn start_with(
+    prepare: impl FnOnce(&mut tokio::process::Command) -> io::Result<()>,
+) -> io::Result<HeldShell> {
     let (reader, writer) = io::pipe()?;
     let mut cmd = super::process::clean_command("/bin/sh");
     // The script changes to the step's directory; until then the shell keeps none busy.
     cmd.arg("-s").current_dir("/").stdin(reader);
+    prepare(&mut cmd)?;
     let child = cmd.spawn()?;
     let pgid = child.id().map_or(0, |p| p as i32);
     let start_ticks = super::leftovers::start_ticks(pgid);

@@ -8,6 +8,7 @@
 pub mod artifacts;
 mod builtin;
 pub mod held;
+pub mod isolation;
 pub mod leftovers;
 pub mod local;
 pub mod process;

@@ -47,8 +47,11 @@ pub struct ProcessSettings {
     /// Bytes kept of each of stdout and stderr.
     pub output_cap: usize,
     pub python: String,
-    /// Shell steps' shells started ahead of them.
+    /// Shell steps' shells started ahead of them (only when steps are not isolated: an
+    /// isolated shell is made for its attempt's scratch directory, when the attempt is).
     pub warm: Arc<WarmShells>,
+    pub isolation: Arc<super::isolation::Isolation>,
+    pub require_isolation: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A chunk of a step's output, for `--follow-logs`.
@@ -242,6 +245,17 @@ async fn run_inner(
         task.unit.item.map(|i| i.to_string()),
     );
     let vars = attempt_vars(task, &run_id, scratch, &numbers);
+    let isolation = &settings.isolation;
+    if !isolation.is_on()
+        && settings
+            .require_isolation
+            .load(std::sync::atomic::Ordering::Relaxed)
+        && let super::isolation::Availability::Off { reason } = isolation.availability()
+    {
+        return Err(format!(
+            "steps.require_isolation is on and steps cannot be isolated here ({reason}); nothing was started"
+        ));
+    }
     let mut child = match (&task.work, gate) {
         (Work::Shell { command }, Some(gate)) => {
             let cannot_start =
@@ -257,13 +271,22 @@ async fn run_inner(
                 }
                 Err(e) => return Err(cannot_start(e)),
             }
-            let shell = settings.warm.take().map_err(cannot_start)?;
+            let shell = if isolation.is_on() {
+                // Made for this attempt's directory; it still loads while the start is
+                // made durable.
+                held::start_with(|cmd| isolation.apply(cmd, &scratch.dir, &cwd))
+                    .map_err(cannot_start)?
+            } else {
+                settings.warm.take().map_err(cannot_start)?
+            };
             if let Some(ticks) = shell.start_ticks {
                 on_spawn(shell.pgid, ticks);
             }
             gate.provide(shell.stdin, held::script(vars, &cwd, command));
-            // The next shell step's shell loads while this one's start is made durable.
-            settings.warm.refill();
+            if !isolation.is_on() {
+                // The next shell step's shell loads while this one's start is made durable.
+                settings.warm.refill();
+            }
             shell.child
         }
         (work, _) => {
@@ -283,6 +306,9 @@ async fn run_inner(
                 other => return Err(format!("not a subprocess: {other:?}")),
             };
             cmd.envs(vars).current_dir(&cwd).stdin(Stdio::null());
+            isolation
+                .apply(&mut cmd, &scratch.dir, &cwd)
+                .map_err(|e| format!("cannot isolate the step: {e}"))?;
             let child = cmd.spawn().map_err(|e| match &task.work {
                 Work::Python { .. } => format!(
                     "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",

@@ -1,5 +1,7 @@
-//! Scratch space of subprocess attempts: a directory that is `$PLEXUS_ARTIFACTS`, with
-//! `$PLEXUS_OUTPUT` (and a python step's script) beside it.
+//! Scratch space of subprocess attempts: a directory of its own per attempt holding
+//! `artifacts/` (`$PLEXUS_ARTIFACTS`), `output.json` (`$PLEXUS_OUTPUT`) and a python
+//! step's script — one directory, so an isolated step can be given exactly it (see
+//! [`super::isolation`]).
 //!
 //! Directories are reused from one attempt to the next: creating and removing a
 //! directory costs about 100 µs of kernel time on ext4, as much as the rest of what the
@@ -36,6 +38,8 @@ pub struct ScratchPool {
 #[derive(Debug)]
 pub struct Scratch {
     id: u64,
+    /// Holds the three below and nothing else.
+    pub dir: PathBuf,
     pub artifacts: PathBuf,
     pub output: PathBuf,
     pub script: PathBuf,
@@ -74,11 +78,13 @@ impl ScratchPool {
     }
 
     fn paths(&self, id: u64) -> Scratch {
+        let dir = self.root.join(id.to_string());
         Scratch {
             id,
-            artifacts: self.root.join(id.to_string()),
-            output: self.root.join(format!("{id}.output.json")),
-            script: self.root.join(format!("{id}.py")),
+            artifacts: dir.join("artifacts"),
+            output: dir.join("output.json"),
+            script: dir.join("script.py"),
+            dir,
         }
     }
 
@@ -95,15 +101,16 @@ impl ScratchPool {
             }
         }
         let s = self.paths(self.next.fetch_add(1, Ordering::Relaxed));
-        match std::fs::create_dir(&s.artifacts) {
-            Ok(()) => Ok(s),
+        match std::fs::create_dir(&s.dir) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(&self.root)?;
-                std::fs::create_dir(&s.artifacts)?;
-                Ok(s)
+                std::fs::create_dir(&s.dir)?;
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        std::fs::create_dir(&s.artifacts)?;
+        Ok(s)
     }
 
     /// Takes a directory back after its attempt (whose artifacts and output were taken).
@@ -143,16 +150,16 @@ fn reusable(s: &Scratch) -> bool {
             && m.uid() == unsafe { libc::geteuid() }
     });
     let absent = |p: &Path| matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound);
-    dir_ok && absent(&s.output) && absent(&s.script)
+    // Nothing else was left in the attempt's directory either.
+    let only_artifacts = std::fs::read_dir(&s.dir).is_ok_and(|d| d.count() == 1);
+    dir_ok && absent(&s.output) && absent(&s.script) && only_artifacts
 }
 
 /// Removes a scratch space that cannot be reused, off the caller's path.
 fn discard(s: Scratch) {
     let remove = move || {
         // remove_dir_all removes a symlink itself, never what it points to.
-        let _ = std::fs::remove_dir_all(&s.artifacts);
-        let _ = std::fs::remove_file(&s.output);
-        let _ = std::fs::remove_file(&s.script);
+        let _ = std::fs::remove_dir_all(&s.dir);
     };
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn_blocking(remove);
@@ -286,7 +293,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = ScratchPool::new(&dir.path().join("work"));
         let s = pool.take().unwrap();
-        let root = s.artifacts.parent().unwrap().to_path_buf();
+        let root = s.dir.parent().unwrap().to_path_buf();
         assert!(root.is_dir());
         drop(pool);
         assert!(!root.exists());

@@ -104,6 +104,8 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         warm: Arc::new(exec::held::WarmShells::new(
             cfg.pools.get("default").copied().unwrap_or(1).clamp(1, 8) as usize,
         )),
+        isolation: engine.isolation.clone(),
+        require_isolation: engine.require_isolation.clone(),
     };
     let executors = Executors::new(
         exec::LocalProcesses::new(processes, crate::owner::hostname()),
