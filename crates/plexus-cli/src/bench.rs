@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
     "foreach-100k",
     "shell-100",
     "shell-chain-100",
+    "isolation-100",
     "park-100k",
     "http-1000",
 ];
@@ -168,6 +169,11 @@ struct Bench {
 
 impl Bench {
     fn new(dir: PathBuf) -> Result<Self> {
+        Self::with(dir, true)
+    }
+
+    /// A bench engine whose steps are isolated (`isolate`) or not.
+    fn with(dir: PathBuf, isolate: bool) -> Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let store = Arc::new(SqliteStore::open(
             dir.join("plexus.db"),
@@ -175,7 +181,11 @@ impl Bench {
         )?);
         let pools =
             std::collections::BTreeMap::from([("default".to_owned(), crate::config::cores())]);
-        let engine = Engine::start(store, EngineConfig::new(dir.clone(), pools));
+        let config = EngineConfig {
+            isolate_steps: isolate,
+            ..EngineConfig::new(dir.clone(), pools)
+        };
+        let engine = Engine::start(store, config);
         Ok(Bench { engine, dir })
     }
 
@@ -295,6 +305,55 @@ fn bare_true(threads: usize, count: usize) -> Result<Duration> {
         }
     }
     Ok(started.elapsed() / (per_thread * threads) as u32)
+}
+
+/// What isolating steps from the data directory costs per shell step: `n` independent
+/// `true` steps on an engine whose steps are isolated (the default) against the same on
+/// one whose steps are not, rounds interleaved, medians compared; CPU per step beside.
+async fn isolation(b: &Bench, name: &str, n: usize, root: &Path) -> Result<Json> {
+    let plain = Bench::with(root.join("data-unisolated"), false)?;
+    let mechanism = match b.engine.isolation() {
+        plexus_engine::exec::isolation::Availability::On { mechanism } => *mechanism,
+        plexus_engine::exec::isolation::Availability::Off { reason } => {
+            bail!("steps cannot be isolated on this machine: {reason}")
+        }
+    };
+    let steps = (0..n).map(|i| format!("  - {{id: sh{i}, run: 'true'}}\n"));
+    let yaml = manifest("isolation", steps);
+    let (mut isolated, mut bare) = (Vec::new(), Vec::new());
+    let (mut isolated_cpu, mut bare_cpu) = (Duration::ZERO, Duration::ZERO);
+    let cpu = || {
+        let (me, children) = cpu_times();
+        me + children
+    };
+    for _ in 0..SHELL_ROUNDS {
+        let before = cpu();
+        bare.push(plain.run(yaml.clone()).await?);
+        let between = cpu();
+        isolated.push(b.run(yaml.clone()).await?);
+        isolated_cpu += cpu() - between;
+        bare_cpu += between - before;
+    }
+    isolated.sort();
+    bare.sort();
+    let per = |d: Duration| ms(d) / n as f64;
+    let (iso, plain_wall) = (isolated[SHELL_ROUNDS / 2], bare[SHELL_ROUNDS / 2]);
+    let cost = per(iso) - per(plain_wall);
+    let cpu_cost = (ms(isolated_cpu) - ms(bare_cpu)) / (SHELL_ROUNDS * n) as f64;
+    Ok(json!({
+        "scenario": name, "steps": n, "seconds": iso.as_secs_f64(),
+        "result": format!("{cost:.2} ms more per shell step isolated ({:.2} vs {:.2} ms/step)", per(iso), per(plain_wall)),
+        "target": "<= 0.3 ms per shell step", "target_met": cost <= 0.3,
+        "baseline": format!("the same steps unisolated: {:.2} ms/step", per(plain_wall)),
+        "ratio": format!("{:.2}x", iso.as_secs_f64() / plain_wall.as_secs_f64().max(1e-9)),
+        "cost_ms_per_step": cost,
+        "where_time_goes": format!(
+            "{mechanism}: a namespace made and torn down per step process, /tmp and the data directory covered, scratch and workdir mounted back; CPU per step {:.2} ms more ({:.2} vs {:.2} ms); isolated shells are made for their attempt instead of kept warm",
+            cpu_cost,
+            ms(isolated_cpu) / (SHELL_ROUNDS * n) as f64,
+            ms(bare_cpu) / (SHELL_ROUNDS * n) as f64,
+        ),
+    }))
 }
 
 /// Rounds of each shell scenario; both sides are the median (process start-up on a small
@@ -546,6 +605,7 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
         "foreach-100k" => foreach(&b, name, sz.foreach).await?,
         "shell-100" => shell(&b, name, sz.shell, false).await?,
         "shell-chain-100" => shell(&b, name, sz.shell, true).await?,
+        "isolation-100" => isolation(&b, name, sz.shell, root).await?,
         "park-100k" => {
             let n = sz.park;
             let steps = (0..n).map(|i| format!("  - {{id: w{i}, wait: {{signal: go}}}}\n"));

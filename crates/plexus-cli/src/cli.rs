@@ -214,7 +214,8 @@ pub enum Command {
     /// longest the engine's loop kept a caller waiting meanwhile), shell-100 (100
     /// independent `true` commands: per-step time vs one bare fork+exec, and vs bare
     /// fork+exec as many at a time as cores), shell-chain-100 (100 `true` commands one
-    /// after another vs bare fork+exec one at a time), park-100k (100,000 steps waiting
+    /// after another vs bare fork+exec one at a time), isolation-100 (100 `true` steps
+    /// isolated from the data directory vs the same unisolated), park-100k (100,000 steps waiting
     /// for a signal: peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
     /// HTTP by 32 clients: submit rate, runs/s, p50/p99 submit-to-finish). Each runs in
     /// its own process on a fresh store with synchronous=FULL.

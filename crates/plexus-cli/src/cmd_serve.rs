@@ -77,6 +77,20 @@ pub async fn serve(settings: &Settings, wait_for_lock: bool) -> Result<i32> {
         }),
         auth: Arc::new(auth),
     };
+    plexus_server::settings::apply_to_engine(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the settings: {}", e.message))?;
+    match state.engine.isolation() {
+        plexus_engine::exec::isolation::Availability::On { mechanism } => {
+            tracing::info!(
+                mechanism,
+                "isolation: on — steps cannot reach the data directory"
+            )
+        }
+        plexus_engine::exec::isolation::Availability::Off { reason } => eprintln!(
+            "plexus serve: isolation: off ({reason}); steps can reach the data directory. Set steps.require_isolation to refuse to run them."
+        ),
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(plexus_server::schedules::run_scheduler(
         state.clone(),

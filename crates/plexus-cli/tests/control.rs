@@ -313,6 +313,7 @@ fn bench_quick_reports_every_scenario() {
             "foreach-100k",
             "shell-100",
             "shell-chain-100",
+            "isolation-100",
             "park-100k",
             "http-1000"
         ]

@@ -51,3 +51,102 @@ fn the_data_directory_and_the_store_are_private() {
     assert_eq!(mode(&q.data_dir()), 0o700);
     assert_eq!(mode(&q.data_dir().join("plexus.db")), 0o600);
 }
+
+/// The attack as found: a step with the default `read` permission rewrote the store from
+/// its scratch directory (`update users set role='admin'`) and read the server's keys.
+/// Now a step sees neither the store, nor the keys, nor another run's scratch space; its
+/// own scratch, its working directory and a private /tmp work as before.
+#[test]
+fn a_step_cannot_reach_the_engines_state() {
+    use common::server::*;
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let (_, health) = http(&addr, "GET", "/healthz", None);
+    if health["isolation"]["state"] != "on" {
+        // A machine that cannot isolate says so; CI's can (it runs as root, or has user
+        // namespaces), so this is not skipped there.
+        panic!("isolation is off here: {health}");
+    }
+    let data = p.data_dir();
+    let holder = "version: plexus/v1\nname: holder\nsteps:\n- id: hold\n  run: |\n    echo \"$PLEXUS_ARTIFACTS\" > holder-path\n    echo topsecret > \"$PLEXUS_ARTIFACTS/secret.txt\"\n    while [ ! -f prober-done ]; do sleep 0.05; done\n";
+    let (s, a) = http(
+        &addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&serde_json::json!({"manifest": holder})),
+    );
+    assert_eq!(s, 201, "{a}");
+    let holder_path = p.dir.path().join("holder-path");
+    p.wait_until(
+        "the holder's scratch",
+        std::time::Duration::from_secs(20),
+        || std::fs::read_to_string(&holder_path).is_ok_and(|t| t.ends_with('\n')),
+    );
+    let probe = format!(
+        r#"version: plexus/v1
+name: prober
+steps:
+- id: probe
+  env: {{DATA: "{data}"}}
+  run: |
+    try() {{ if eval "$2" >/dev/null 2>err; then echo "$1: DONE"; else echo "$1: refused ($(head -c 80 err))"; fi; }}
+    try read-store 'head -c 16 "$DATA/plexus.db" | grep -q SQLite'
+    try write-store 'python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"update users set role=\x27admin\x27\"); c.commit()" "$DATA/plexus.db"'
+    try read-token-keys 'cat "$DATA/keys/token-keys.json"'
+    try read-secrets-key 'cat "$DATA/keys/secrets.key"'
+    try other-scratch 'cat "$(cat holder-path)/secret.txt"'
+    try own-scratch 'echo mine > "$PLEXUS_ARTIFACTS/mine.txt" && cat "$PLEXUS_ARTIFACTS/mine.txt"'
+    try workdir 'echo here > probe-was-here && cat probe-was-here'
+    try private-tmp 'echo t > /tmp/probe && [ "$(ls /tmp)" = probe ]'
+    touch prober-done
+"#,
+        data = data.display()
+    );
+    let (s, b) = http(
+        &addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&serde_json::json!({"manifest": probe})),
+    );
+    assert_eq!(s, 201, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let mut run = serde_json::Value::Null;
+    p.wait_until(
+        "the probe to finish",
+        std::time::Duration::from_secs(30),
+        || {
+            run = http(&addr, "GET", &format!("/api/v1/runs/{id}"), None).1;
+            run["state"] == "succeeded" || run["state"] == "failed"
+        },
+    );
+    let out = run["steps"][0]["output"]["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for refused in [
+        "read-store",
+        "write-store",
+        "read-token-keys",
+        "read-secrets-key",
+        "other-scratch",
+    ] {
+        assert!(
+            out.contains(&format!("{refused}: refused")),
+            "{refused}:\n{out}"
+        );
+    }
+    for allowed in ["own-scratch", "workdir", "private-tmp"] {
+        assert!(
+            out.contains(&format!("{allowed}: DONE")),
+            "{allowed}:\n{out}"
+        );
+    }
+    assert!(
+        !std::path::Path::new("/tmp/probe").exists(),
+        "the step's /tmp was its own"
+    );
+    // The store still says who is admin: only the bootstrap user.
+    let (_, users) = http(&addr, "GET", "/api/v1/users", None);
+    assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
+    stop(&mut server);
+}

@@ -177,11 +177,6 @@ fn kill_9_during_several_runs_then_restart() {
 }
 
 /// SIGTERM, and the server exits 0 in time.
-fn stop(server: &mut Child) {
-    // SAFETY: signalling the child we started.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(server, Duration::from_secs(20)), 0);
-}
 
 fn step_state(addr: &str, run: &str, step: &str) -> String {
     let (_, v) = http(addr, "GET", &format!("/api/v1/runs/{run}"), None);

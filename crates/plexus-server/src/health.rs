@@ -20,8 +20,17 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Json_>)
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let isolation = match state.engine.isolation() {
+        plexus_engine::exec::isolation::Availability::On { mechanism } => {
+            json!({"state": "on", "mechanism": mechanism})
+        }
+        plexus_engine::exec::isolation::Availability::Off { reason } => {
+            json!({"state": "off", "reason": reason})
+        }
+    };
     // No plugin runtime yet: the list of connected plugins is empty, not unknown.
     let body = json!({
+        "isolation": isolation,
         "status": if ok { "ok" } else { "unavailable" },
         "store": store_text,
         "engine": engine,

@@ -13,7 +13,7 @@ mod health;
 pub mod metrics;
 mod runs;
 pub mod schedules;
-mod settings;
+pub mod settings;
 pub mod tls;
 mod workflows;
 mod ws;

@@ -23,6 +23,10 @@ const KNOWN: &[(&str, &str)] = &[
         "approvals.forbid_self_approval",
         "true | false: nobody approves a step of a run they started",
     ),
+    (
+        "steps.require_isolation",
+        "true | false: refuse to start steps where they cannot be isolated from the data directory",
+    ),
 ];
 /// Namespaces open to any key below them.
 const OPEN: &[&str] = &["budgets.", "providers."];
@@ -55,6 +59,10 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
         "approvals.forbid_self_approval" => match value {
             Json_::Bool(_) => Ok(()),
             _ => bad("approvals.forbid_self_approval is true or false".into()),
+        },
+        "steps.require_isolation" => match value {
+            Json_::Bool(_) => Ok(()),
+            _ => bad("steps.require_isolation is true or false".into()),
         },
         k if OPEN.iter().any(|p| k.starts_with(p) && k.len() > p.len()) => Ok(()),
         k => {
@@ -133,6 +141,7 @@ pub async fn put(
     };
     state.store.put_setting(setting.clone()).await?;
     forget_cached(&state);
+    apply_to_engine(&state).await?;
     // The audit record names the setting and a digest of its value, never the value:
     // whether a value is secret is a guess from its names, and a guess must not leak.
     let details = json!({
@@ -159,6 +168,7 @@ pub async fn delete(
         return Err(ApiError::not_found(format!("setting `{key}` is not set")));
     }
     forget_cached(&state);
+    apply_to_engine(&state).await?;
     audit(
         state.store.as_ref(),
         &caller.actor(),
@@ -183,6 +193,13 @@ async fn cached(state: &AppState) -> ApiResult<Vec<Setting>> {
         *cache = Some((std::time::Instant::now(), all.clone()));
     }
     Ok(all)
+}
+
+/// Hands the settings the engine acts on to it (at start, and when one changes here).
+pub async fn apply_to_engine(state: &AppState) -> ApiResult<()> {
+    let required = value(state, "steps.require_isolation").await? == Some(json!(true));
+    state.engine.set_require_isolation(required);
+    Ok(())
 }
 
 fn forget_cached(state: &AppState) {

@@ -136,3 +136,10 @@ pub fn http_text(addr: &str, method: &str, path: &str, body: &str) -> (u16, Valu
     };
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
+
+/// Stops a server with SIGTERM, as an operator would, and checks it exits cleanly.
+pub fn stop(server: &mut Child) {
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert_eq!(super::wait_exit(server, Duration::from_secs(20)), 0);
+}

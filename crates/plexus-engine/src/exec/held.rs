@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 /// A shell started and waiting for its script.
 pub struct HeldShell {
-    pub child: tokio::process::Child,
+    pub child: super::process::StepChild,
     pub stdin: std::io::PipeWriter,
     pub pgid: i32,
     /// Start time of the process (see [`super::leftovers::start_ticks`]), if it could
@@ -35,19 +35,30 @@ pub struct HeldShell {
 /// Starts `sh -s` as any attempt's process is started ([`super::process::clean_command`]),
 /// reading its script from a pipe.
 pub fn start() -> io::Result<HeldShell> {
-    start_with(|_| Ok(()))
-}
-
-/// [`start`], with `prepare` adding to the command first (isolation).
-pub fn start_with(
-    prepare: impl FnOnce(&mut tokio::process::Command) -> io::Result<()>,
-) -> io::Result<HeldShell> {
     let (reader, writer) = io::pipe()?;
     let mut cmd = super::process::clean_command("/bin/sh");
     // The script changes to the step's directory; until then the shell keeps none busy.
     cmd.arg("-s").current_dir("/").stdin(reader);
-    prepare(&mut cmd)?;
-    let child = cmd.spawn()?;
+    let child = super::process::StepChild::Plain(cmd.spawn()?);
+    held(child, writer)
+}
+
+/// A held shell started isolated by `setup` (for one attempt: see [`super::isolation`]).
+pub(crate) fn start_isolated(setup: &super::isolation::Setup) -> io::Result<HeldShell> {
+    let (reader, writer) = io::pipe()?;
+    let env = super::process::clean_env([]);
+    let request = super::spawn::Request {
+        program: Path::new("/bin/sh"),
+        args: &[OsStr::new("-s")],
+        env: &env,
+        cwd: Path::new("/"),
+        stdin: Some(reader.into()),
+    };
+    let child = super::spawn::spawn(request, setup)?;
+    held(super::process::StepChild::Isolated(child), writer)
+}
+
+fn held(child: super::process::StepChild, writer: io::PipeWriter) -> io::Result<HeldShell> {
     let pgid = child.id().map_or(0, |p| p as i32);
     let start_ticks = super::leftovers::start_ticks(pgid);
     Ok(HeldShell {
@@ -87,7 +98,9 @@ impl WarmShells {
             let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
             let Some(mut shell) = idle else { break };
             // One that ended while it waited (killed from outside) is not handed out.
-            if matches!(shell.child.try_wait(), Ok(None)) {
+            if let super::process::StepChild::Plain(c) = &mut shell.child
+                && matches!(c.try_wait(), Ok(None))
+            {
                 return Ok(shell);
             }
         }

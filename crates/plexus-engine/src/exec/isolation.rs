@@ -70,14 +70,16 @@ impl Isolation {
         };
         let probe_dir = iso.data_dir.join("work");
         let _ = std::fs::create_dir_all(&probe_dir);
-        let mut cmd = std::process::Command::new("/bin/true");
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
         let result = iso.setup(&probe_dir, Path::new("/")).and_then(|setup| {
-            // SAFETY: `setup` only makes system calls on memory it owns.
-            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || setup.run()) };
-            cmd.status()
+            let request = super::spawn::Request {
+                program: Path::new("/bin/true"),
+                args: &[],
+                env: &[],
+                cwd: Path::new("/"),
+                stdin: None,
+            };
+            let mut child = super::spawn::spawn(request, &setup)?;
+            child.wait_blocking()
         });
         match result {
             Ok(status) if status.success() => {}
@@ -103,21 +105,14 @@ impl Isolation {
         matches!(self.availability, Availability::On { .. })
     }
 
-    /// Makes `cmd` start isolated, with `scratch` (the attempt's directory) and `workdir`
-    /// reachable and writable. Does nothing when isolation is off.
-    pub fn apply(
-        &self,
-        cmd: &mut tokio::process::Command,
-        scratch: &Path,
-        workdir: &Path,
-    ) -> io::Result<()> {
+    /// The setup that starts a step with `scratch` (the attempt's directory) and
+    /// `workdir` reachable and writable; `None` when isolation is off. The process is
+    /// started with [`super::spawn::spawn`].
+    pub(crate) fn setup_for(&self, scratch: &Path, workdir: &Path) -> io::Result<Option<Setup>> {
         if !self.is_on() {
-            return Ok(());
+            return Ok(None);
         }
-        let setup = self.setup(scratch, workdir)?;
-        // SAFETY: `setup` only makes system calls on memory it owns.
-        unsafe { cmd.pre_exec(move || setup.run()) };
-        Ok(())
+        self.setup(scratch, workdir).map(Some)
     }
 
     /// The steps the child takes, prepared in the parent.
@@ -269,13 +264,13 @@ enum Op {
 }
 
 #[derive(Debug)]
-struct Setup {
+pub(crate) struct Setup {
     ops: Vec<Op>,
 }
 
 impl Setup {
-    /// Runs in the child after `fork`: system calls only, no allocation.
-    fn run(&self) -> io::Result<()> {
+    /// Runs in the child before `exec`: system calls only, no allocation.
+    pub(crate) fn run(&self) -> io::Result<()> {
         let fail = || Err(io::Error::last_os_error());
         let opt = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
         let mut fds: [libc::c_int; 2] = [-1, -1];

@@ -13,6 +13,7 @@ pub mod leftovers;
 pub mod local;
 pub mod process;
 pub mod scratch;
+pub(crate) mod spawn;
 mod workflow;
 
 pub use builtin::Builtins;

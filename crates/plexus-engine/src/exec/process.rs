@@ -21,6 +21,54 @@ pub const PASSED_THROUGH: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
 ];
 
+/// An attempt's process: started by tokio, or isolated (see [`super::spawn`]).
+pub enum StepChild {
+    Plain(tokio::process::Child),
+    Isolated(super::spawn::IsolatedChild),
+}
+
+type Stream = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+impl StepChild {
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            StepChild::Plain(c) => c.id(),
+            StepChild::Isolated(c) => Some(c.id()),
+        }
+    }
+
+    /// Its stdout and stderr, once.
+    fn take_output(&mut self) -> Option<(Stream, Stream)> {
+        Some(match self {
+            StepChild::Plain(c) => (Box::new(c.stdout.take()?), Box::new(c.stderr.take()?)),
+            StepChild::Isolated(c) => (Box::new(c.stdout.take()?), Box::new(c.stderr.take()?)),
+        })
+    }
+
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            StepChild::Plain(c) => c.wait().await,
+            StepChild::Isolated(c) => c.wait().await,
+        }
+    }
+}
+
+/// The environment of an attempt's process: [`PASSED_THROUGH`] from the engine's, then
+/// `vars`.
+pub(super) fn clean_env<'a>(
+    vars: impl IntoIterator<Item = (&'a str, &'a OsStr)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = PASSED_THROUGH
+        .iter()
+        .filter_map(|name| std::env::var_os(name).map(|v| ((*name).into(), v)))
+        .collect();
+    for (k, v) in vars {
+        env.retain(|(name, _)| name != k);
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
 /// A command for an attempt's process, held or not: a clean environment (only
 /// [`PASSED_THROUGH`]), its own process group (killed as one), stdout and stderr piped to
 /// the engine, killed if the engine lets go of it.
@@ -271,11 +319,13 @@ async fn run_inner(
                 }
                 Err(e) => return Err(cannot_start(e)),
             }
-            let shell = if isolation.is_on() {
+            let setup = isolation
+                .setup_for(&scratch.dir, &cwd)
+                .map_err(|e| format!("cannot isolate the step: {e}"))?;
+            let shell = if let Some(setup) = setup {
                 // Made for this attempt's directory; it still loads while the start is
                 // made durable.
-                held::start_with(|cmd| isolation.apply(cmd, &scratch.dir, &cwd))
-                    .map_err(cannot_start)?
+                held::start_isolated(&setup).map_err(cannot_start)?
             } else {
                 settings.warm.take().map_err(cannot_start)?
             };
@@ -290,37 +340,77 @@ async fn run_inner(
             shell.child
         }
         (work, _) => {
-            let mut cmd = match work {
-                Work::Shell { command } => {
-                    let mut c = clean_command("/bin/sh");
-                    c.arg("-c").arg(command);
-                    c
-                }
-                Work::Python { script } => {
-                    std::fs::write(&scratch.script, script)
-                        .map_err(|e| format!("cannot write the python script: {e}"))?;
-                    let mut c = clean_command(&settings.python);
-                    c.arg(&scratch.script);
-                    c
-                }
-                other => return Err(format!("not a subprocess: {other:?}")),
-            };
-            cmd.envs(vars).current_dir(&cwd).stdin(Stdio::null());
-            isolation
-                .apply(&mut cmd, &scratch.dir, &cwd)
+            let setup = isolation
+                .setup_for(&scratch.dir, &cwd)
                 .map_err(|e| format!("cannot isolate the step: {e}"))?;
-            let child = cmd.spawn().map_err(|e| match &task.work {
-                Work::Python { .. } => format!(
-                    "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",
-                    settings.python
-                ),
-                _ => format!("cannot start the command in {}: {e}", cwd.display()),
-            })?;
-            let pgid = child.id().map_or(0, |p| p as i32);
-            if let Some(ticks) = super::leftovers::start_ticks(pgid) {
-                on_spawn(pgid, ticks);
+            if let Some(setup) = setup {
+                let (program, args): (std::ffi::OsString, Vec<&OsStr>) = match work {
+                    Work::Shell { command } => (
+                        "/bin/sh".into(),
+                        vec![OsStr::new("-c"), OsStr::new(command)],
+                    ),
+                    Work::Python { script } => {
+                        std::fs::write(&scratch.script, script)
+                            .map_err(|e| format!("cannot write the python script: {e}"))?;
+                        (
+                            settings.python.clone().into(),
+                            vec![scratch.script.as_os_str()],
+                        )
+                    }
+                    other => return Err(format!("not a subprocess: {other:?}")),
+                };
+                let env = clean_env(vars);
+                let cannot = |e: std::io::Error| match &task.work {
+                    Work::Python { .. } => format!(
+                        "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",
+                        settings.python
+                    ),
+                    _ => format!("cannot start the command in {}: {e}", cwd.display()),
+                };
+                let program = super::spawn::resolve(&program, &env).map_err(cannot)?;
+                let request = super::spawn::Request {
+                    program: &program,
+                    args: &args,
+                    env: &env,
+                    cwd: &cwd,
+                    stdin: None,
+                };
+                let child = super::spawn::spawn(request, &setup).map_err(cannot)?;
+                let pgid = child.id() as i32;
+                if let Some(ticks) = super::leftovers::start_ticks(pgid) {
+                    on_spawn(pgid, ticks);
+                }
+                StepChild::Isolated(child)
+            } else {
+                let mut cmd = match work {
+                    Work::Shell { command } => {
+                        let mut c = clean_command("/bin/sh");
+                        c.arg("-c").arg(command);
+                        c
+                    }
+                    Work::Python { script } => {
+                        std::fs::write(&scratch.script, script)
+                            .map_err(|e| format!("cannot write the python script: {e}"))?;
+                        let mut c = clean_command(&settings.python);
+                        c.arg(&scratch.script);
+                        c
+                    }
+                    other => return Err(format!("not a subprocess: {other:?}")),
+                };
+                cmd.envs(vars).current_dir(&cwd).stdin(Stdio::null());
+                let child = cmd.spawn().map_err(|e| match &task.work {
+                    Work::Python { .. } => format!(
+                        "cannot start `{}`: {e} (set PLEXUS_PYTHON to your python)",
+                        settings.python
+                    ),
+                    _ => format!("cannot start the command in {}: {e}", cwd.display()),
+                })?;
+                let pgid = child.id().map_or(0, |p| p as i32);
+                if let Some(ticks) = super::leftovers::start_ticks(pgid) {
+                    on_spawn(pgid, ticks);
+                }
+                StepChild::Plain(child)
             }
-            child
         }
     };
     let pgid = child.id().map_or(0, |p| p as i32);
@@ -340,10 +430,7 @@ async fn run_inner(
     };
     // Both streams are read in this task while the process runs: no task of their own,
     // so an attempt's end wakes one task, not three.
-    let (out, err) = (
-        child.stdout.take().expect("piped"),
-        child.stderr.take().expect("piped"),
-    );
+    let (out, err) = child.take_output().expect("piped once");
     let reading = async {
         tokio::join!(
             capture(out, settings.output_cap, log(false)),
