@@ -8,7 +8,7 @@ use common::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -175,8 +175,6 @@ fn kill_9_during_several_runs_then_restart() {
     // SIGTERM stops the server cleanly.
     stop(&mut server);
 }
-
-/// SIGTERM, and the server exits 0 in time.
 
 fn step_state(addr: &str, run: &str, step: &str) -> String {
     let (_, v) = http(addr, "GET", &format!("/api/v1/runs/{run}"), None);
