@@ -307,6 +307,10 @@ fn bare_true(threads: usize, count: usize) -> Result<Duration> {
     Ok(started.elapsed() / (per_thread * threads) as u32)
 }
 
+/// One shape of [`isolation`]: name, extra ms per step, isolated and unisolated ms per
+/// step, extra CPU ms per step.
+type Shape = (&'static str, f64, f64, f64, f64);
+
 /// What isolating steps from the data directory costs per shell step: `n` `true` steps,
 /// independent and then chained, on an engine whose steps are isolated (the default)
 /// against the same on one whose steps are not, rounds interleaved, medians compared;
@@ -324,7 +328,7 @@ async fn isolation(b: &Bench, name: &str, n: usize, root: &Path) -> Result<Json>
         me + children
     };
     let per = |d: Duration| ms(d) / n as f64;
-    let mut shapes = Vec::new();
+    let mut shapes: Vec<Shape> = Vec::new();
     for chain in [false, true] {
         let steps = (0..n).map(|i| match i {
             _ if chain && i > 0 => {
@@ -356,7 +360,7 @@ async fn isolation(b: &Bench, name: &str, n: usize, root: &Path) -> Result<Json>
         ));
     }
     let worst = shapes.iter().map(|s| s.1).fold(f64::MIN, f64::max);
-    let text = |f: &dyn Fn(&(&str, f64, f64, f64, f64)) -> String| {
+    let text = |f: &dyn Fn(&Shape) -> String| {
         shapes.iter().map(f).collect::<Vec<_>>().join("; ")
     };
     Ok(json!({
