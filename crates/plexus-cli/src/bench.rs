@@ -360,9 +360,7 @@ async fn isolation(b: &Bench, name: &str, n: usize, root: &Path) -> Result<Json>
         ));
     }
     let worst = shapes.iter().map(|s| s.1).fold(f64::MIN, f64::max);
-    let text = |f: &dyn Fn(&Shape) -> String| {
-        shapes.iter().map(f).collect::<Vec<_>>().join("; ")
-    };
+    let text = |f: &dyn Fn(&Shape) -> String| shapes.iter().map(f).collect::<Vec<_>>().join("; ");
     Ok(json!({
         "scenario": name, "steps": n,
         "result": text(&|s| format!("{}: {:.2} ms more per step isolated ({:.2} vs {:.2} ms/step)", s.0, s.1, s.2, s.3)),

@@ -23,6 +23,9 @@ pub struct Manifest {
     pub steps: Vec<Step>,
     /// Run outputs: name -> template value rendered when the run ends.
     pub outputs: BTreeMap<String, Json>,
+    /// `isolation: none`: its steps run without isolation from the data directory (an
+    /// admin's decision, audited by the server).
+    pub unisolated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]

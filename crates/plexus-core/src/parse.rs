@@ -250,6 +250,7 @@ const TOP_KEYS: &[&str] = &[
     "on",
     "steps",
     "outputs",
+    "isolation",
 ];
 
 const STEP_KEYS: &[&str] = &[
@@ -429,8 +430,13 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
         },
         None => BTreeMap::new(),
     };
+    let unisolated = f
+        .get("isolation")
+        .and_then(|n| cx.choice(n, "isolation", &[("default", false), ("none", true)]))
+        .unwrap_or(false);
     f.finish(TOP_KEYS, cx.out);
     Some(Manifest {
+        unisolated,
         version,
         name,
         description,

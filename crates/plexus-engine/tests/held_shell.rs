@@ -27,6 +27,7 @@ fn task(command: &str) -> Task {
         env: BTreeMap::new(),
         workdir: None,
         pool: "default".into(),
+        isolate: true,
     }
 }
 

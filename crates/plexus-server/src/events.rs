@@ -87,6 +87,7 @@ pub async fn post(
                     .into_iter()
                     .flatten()
                     .collect(),
+                None,
             )
             .await
         }

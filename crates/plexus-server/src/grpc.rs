@@ -192,6 +192,7 @@ impl JobService for Jobs {
             key,
             by.clone(),
             vec![by],
+            Some(&caller),
         )
         .await?;
         let row = self.state.store.get_run(&id).await.map_err(to_status)?;

@@ -106,6 +106,7 @@ pub async fn start(
         key,
         by.clone(),
         vec![by],
+        Some(&caller),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
@@ -138,10 +139,16 @@ pub async fn start_run(
     key: Option<String>,
     started_by: String,
     mut responsible: Vec<String>,
+    inline_by: Option<&Caller>,
 ) -> ApiResult<String> {
     responsible.sort();
     responsible.dedup();
     let plan = crate::workflows::compile_for_run(state, &text, "manifest").await?;
+    // A stored version with `isolation: none` was applied by an admin (checked there); a
+    // manifest sent with the request is checked here.
+    if version.is_none() {
+        crate::workflows::check_isolation_opt_out(state, &plan.manifest, inline_by).await?;
+    }
     let inputs = plexus_core::parse::resolve_inputs(&plan.manifest, inputs).map_err(|errors| {
         ApiError::bad_request(errors.join("; "))
             .with_code("invalid_inputs")

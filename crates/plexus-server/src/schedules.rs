@@ -204,6 +204,7 @@ pub async fn fire_due_at(state: &AppState, now: plexus_core::machine::Millis) ->
                         Some(key),
                         by,
                         responsible,
+                        None,
                     )
                     .await
                 }

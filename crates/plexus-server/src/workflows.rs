@@ -58,6 +58,7 @@ pub async fn apply(
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("the manifest is not UTF-8 text"))?;
     let plan = compile(&state, text, "request body")?;
+    check_isolation_opt_out(&state, &plan.manifest, Some(&caller)).await?;
     let (row, created) = state
         .store
         .put_workflow(&plan.manifest.name, text, Some(&caller.actor()), now_ms())
@@ -114,6 +115,40 @@ pub async fn get(
 
 /// A manifest's `schedule:` becomes the schedule named after the workflow; removing the
 /// line removes that schedule (schedules created through the API are left alone).
+/// `isolation: none` lets a workflow's steps reach the data directory (the store, the
+/// keys): only an admin may apply or start such a manifest, and it is audited.
+pub async fn check_isolation_opt_out(
+    state: &AppState,
+    manifest: &plexus_core::Manifest,
+    caller: Option<&crate::auth::Caller>,
+) -> ApiResult<()> {
+    if !manifest.unisolated {
+        return Ok(());
+    }
+    let Some(caller) = caller.filter(|c| c.role >= crate::auth::Role::Admin) else {
+        let who = caller.map_or("this caller".to_owned(), |c| {
+            format!("user `{}`", c.username)
+        });
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "workflow `{}` says `isolation: none` (its steps could reach the store and the keys): only an admin may run it, and {who} is not one",
+                manifest.name
+            ),
+        ));
+    };
+    crate::auth::audit(
+        state.store.as_ref(),
+        &caller.actor(),
+        "isolation.disabled",
+        &format!("workflow:{}", manifest.name),
+        json!({}),
+    )
+    .await;
+    Ok(())
+}
+
 async fn sync_schedule(
     state: &AppState,
     manifest: &plexus_core::Manifest,

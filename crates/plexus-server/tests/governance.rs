@@ -926,3 +926,50 @@ async fn a_flood_of_bad_tokens_is_audited_by_count() {
         .collect();
     assert_eq!(counts, vec![1, 29], "every refusal is counted");
 }
+
+/// `isolation: none` lets a workflow's steps reach the store and the keys: only an admin
+/// may apply or start one, and it is audited; its steps then see the data directory.
+#[tokio::test]
+async fn only_an_admin_turns_isolation_off() {
+    let api = Api::new().await;
+    let engineer = api.as_user(Some(&api.user_key("iso-eng", "engineer").await));
+    let manifest = "version: plexus/v1\nname: raw-access\nisolation: none\nsteps:\n- {id: peek, run: 'head -c 15 plexus.db'}\n";
+    let (s, body) = engineer
+        .call("POST", "/api/v1/workflows", manifest, &[])
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, body) = engineer
+        .post("/api/v1/runs", json!({"manifest": manifest}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("only an admin"),
+        "{body}"
+    );
+    assert_eq!(api.audit_count("isolation.disabled").await, 0);
+
+    let (s, _) = api.call("POST", "/api/v1/workflows", manifest, &[]).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(api.audit_count("isolation.disabled").await, 1);
+    // An engineer may start the version an admin applied; its step sees the store.
+    let (s, run) = engineer
+        .post("/api/v1/runs", json!({"workflow": "raw-access"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{run}");
+    let done = api
+        .wait_state(run["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(done["steps"][0]["output"]["stdout"], "SQLite format 3");
+
+    // The same step isolated sees no store.
+    let isolated = manifest
+        .replace("isolation: none\n", "")
+        .replace("raw-access", "isolated");
+    let (_, run) = engineer
+        .post("/api/v1/runs", json!({"manifest": isolated}))
+        .await;
+    let done = api
+        .wait_state(run["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(done["steps"][0]["output"]["stdout"], "", "{done}");
+}

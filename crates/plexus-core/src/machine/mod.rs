@@ -209,6 +209,8 @@ pub struct Task {
     pub env: BTreeMap<String, String>,
     pub workdir: Option<String>,
     pub pool: String,
+    /// Run isolated from the data directory (unless the workflow says `isolation: none`).
+    pub isolate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -293,8 +293,18 @@ async fn run_inner(
         task.unit.item.map(|i| i.to_string()),
     );
     let vars = attempt_vars(task, &run_id, scratch, &numbers);
-    let isolation = &settings.isolation;
-    if !isolation.is_on()
+    let unisolated;
+    let isolation = if task.isolate {
+        &settings.isolation
+    } else {
+        // The workflow says `isolation: none` (an admin's decision, audited).
+        unisolated = std::sync::Arc::new(super::isolation::Isolation::disabled(
+            "the workflow says `isolation: none`",
+        ));
+        &unisolated
+    };
+    if task.isolate
+        && !isolation.is_on()
         && settings
             .require_isolation
             .load(std::sync::atomic::Ordering::Relaxed)

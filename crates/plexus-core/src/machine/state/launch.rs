@@ -327,6 +327,7 @@ impl RunState {
             env,
             workdir,
             pool: node.pool.clone(),
+            isolate: !self.plan.manifest.unisolated,
         }));
     }
 }
