@@ -81,13 +81,15 @@ pub async fn post(
                 Some(w.version),
                 &inputs,
                 Some(format!("event:{}:{name}", event.id)),
-                format!("{} (event {})", caller.actor(), event.event_type),
-                // Who posted the event, and who defined the trigger (`on:`) it hit.
-                [Some(caller.actor()), w.applied_by.clone()]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-                None,
+                crate::runs::Origin {
+                    started_by: format!("{} (event {})", caller.actor(), event.event_type),
+                    // Who posted the event, and who defined the trigger (`on:`) it hit.
+                    responsible: [Some(caller.actor()), w.applied_by.clone()]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    caller: None,
+                },
             )
             .await
         }

@@ -183,18 +183,8 @@ impl JobService for Jobs {
                 ));
             }
         };
-        let by = caller.actor();
-        let id = start_run(
-            &self.state,
-            text,
-            version,
-            &inputs,
-            key,
-            by.clone(),
-            vec![by],
-            Some(&caller),
-        )
-        .await?;
+        let origin = crate::runs::Origin::caller(&caller);
+        let id = start_run(&self.state, text, version, &inputs, key, origin).await?;
         let row = self.state.store.get_run(&id).await.map_err(to_status)?;
         Ok(Response::new(run_message(&self.state, row).await?))
     }

@@ -97,16 +97,13 @@ pub async fn start(
             ));
         }
     };
-    let by = caller.actor();
     let id = start_run(
         &state,
         text,
         version,
         &req.inputs,
         key,
-        by.clone(),
-        vec![by],
-        Some(&caller),
+        Origin::caller(&caller),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
@@ -128,19 +125,42 @@ pub async fn stored_workflow(
         })
 }
 
+/// Who starts a run, and who answers for it.
+pub struct Origin<'a> {
+    /// The actor of the run's audit records.
+    pub started_by: String,
+    /// Everyone who answers for the start (see [`plexus_store::NewRun::responsible`]).
+    pub responsible: Vec<String>,
+    /// The caller who sent the manifest with the request (`None`: a stored version).
+    pub caller: Option<&'a Caller>,
+}
+
+impl<'a> Origin<'a> {
+    /// A caller starting a run themselves.
+    pub fn caller(caller: &'a Caller) -> Self {
+        Origin {
+            started_by: caller.actor(),
+            responsible: vec![caller.actor()],
+            caller: Some(caller),
+        }
+    }
+}
+
 /// Compiles, checks the inputs and starts a run; with a used idempotency key, returns the
-/// run that key started. `responsible` are the actors who answer for the start (see
-/// [`plexus_store::NewRun::responsible`]).
+/// run that key started.
 pub async fn start_run(
     state: &AppState,
     text: String,
     version: Option<u32>,
     inputs: &serde_json::Map<String, Json_>,
     key: Option<String>,
-    started_by: String,
-    mut responsible: Vec<String>,
-    inline_by: Option<&Caller>,
+    origin: Origin<'_>,
 ) -> ApiResult<String> {
+    let Origin {
+        started_by,
+        mut responsible,
+        caller: inline_by,
+    } = origin;
     responsible.sort();
     responsible.dedup();
     let plan = crate::workflows::compile_for_run(state, &text, "manifest").await?;

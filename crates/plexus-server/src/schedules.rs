@@ -193,18 +193,19 @@ pub async fn fire_due_at(state: &AppState, now: plexus_core::machine::Millis) ->
             let key = format!("schedule:{}:{tick}", s.name);
             let started = match stored_workflow(state, &s.workflow, None).await {
                 Ok(w) => {
-                    let by = format!("schedule:{}", s.name);
-                    // Whoever created or last changed the schedule answers for its runs.
-                    let responsible = s.changed_by.iter().cloned().collect();
+                    let origin = crate::runs::Origin {
+                        started_by: format!("schedule:{}", s.name),
+                        // Whoever created or last changed the schedule answers for its runs.
+                        responsible: s.changed_by.iter().cloned().collect(),
+                        caller: None,
+                    };
                     start_run(
                         state,
                         w.manifest,
                         Some(w.version),
                         &inputs,
                         Some(key),
-                        by,
-                        responsible,
-                        None,
+                        origin,
                     )
                     .await
                 }
