@@ -361,8 +361,9 @@ async fn isolation(b: &Bench, name: &str, n: usize, root: &Path) -> Result<Json>
     }
     let worst = shapes.iter().map(|s| s.1).fold(f64::MIN, f64::max);
     let text = |f: &dyn Fn(&Shape) -> String| shapes.iter().map(f).collect::<Vec<_>>().join("; ");
+    let seconds: f64 = shapes.iter().map(|s| s.2 * n as f64 / 1000.0).sum();
     Ok(json!({
-        "scenario": name, "steps": n,
+        "scenario": name, "steps": n, "seconds": seconds,
         "result": text(&|s| format!("{}: {:.2} ms more per step isolated ({:.2} vs {:.2} ms/step)", s.0, s.1, s.2, s.3)),
         "target": "<= 0.3 ms per shell step", "target_met": worst <= 0.3,
         "baseline": text(&|s| format!("{} unisolated: {:.2} ms/step", s.0, s.3)),
