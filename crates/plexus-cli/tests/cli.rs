@@ -119,15 +119,8 @@ fn validate_warns_about_inputs_put_into_commands_unquoted() {
     // The attack as found: the input's `;` adds a command only where `| safe` says so.
     let marker = p.dir.path().join("pwned");
     let svc = format!("api; touch {}; echo", marker.display());
-    let out = p.run(&[
-        "run",
-        file.to_str().unwrap(),
-        "-i",
-        &format!("svc={svc}"),
-        "-o",
-        "json",
-    ]);
-    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let input = format!("svc={svc}");
+    let run = p.run_file(&file, &["-i", &input], 0);
     assert_eq!(
         run["steps"][0]["output"]["stdout"].as_str().unwrap().trim(),
         svc
@@ -139,22 +132,8 @@ fn validate_warns_about_inputs_put_into_commands_unquoted() {
         "version: plexus/v1\nname: raw\ninputs: {svc: {type: string}}\nsteps:\n- {id: quoted, run: 'echo checking {{ inputs.svc }}'}\n- id: py\n  python: |\n    print({{ inputs.svc }})\n",
     )
     .unwrap();
-    let out = p.run(&[
-        "run",
-        file.to_str().unwrap(),
-        "-i",
-        &format!("svc={svc}"),
-        "-o",
-        "json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = p.run_file(&file, &["-i", &input], 0);
     assert!(!marker.exists(), "no input added a command");
-    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         run["steps"][1]["output"]["stdout"].as_str().unwrap().trim(),
         svc

@@ -191,14 +191,7 @@ fn sub_workflows_honour_timeout_and_pool() {
         "impatient.yaml",
         "version: plexus/v1\nname: impatient\nsteps:\n- {id: call, workflow: stuck.yaml, timeout: 1s}\n",
     );
-    let out = p.run(&["run", parent.to_str().unwrap(), "-o", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = p.run_file(&parent, &[], 1);
     let error = run["steps"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("timed out after 1s"), "{run}");
     let children = p.json(&["runs", "list", "--workflow", "stuck"]);
@@ -272,17 +265,10 @@ fn sub_workflow_paths_are_confined_and_never_echoed() {
             ),
         )
         .unwrap();
-        let out = p.run(&["run", flow.to_str().unwrap(), "-o", "json"]);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{target}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let run = p.run_file(&flow, &[], 1);
         let error = run["steps"][0]["error"].as_str().unwrap_or_default();
         assert!(error.contains(expected), "{target}: {error}");
-        let all = format!("{run}{}", String::from_utf8_lossy(&out.stderr));
+        let all = run.to_string();
         assert!(!all.contains("root:x:0"), "{target}: {all}");
         assert!(!all.contains("hunter2"), "{target}: {all}");
     }

@@ -99,6 +99,21 @@ impl Plexus {
         (child, id)
     }
 
+    /// Runs a workflow file to its end (plus `extra` arguments), checks the exit status
+    /// and returns the run as JSON.
+    pub fn run_file(&self, file: &Path, extra: &[&str], exit: i32) -> Value {
+        let file = file.to_str().expect("a UTF-8 path");
+        let out = self.run(&[&["run", file, "-o", "json"], extra].concat());
+        assert_eq!(
+            out.status.code(),
+            Some(exit),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
     pub fn run_json(&self, run: &str) -> Value {
         self.json(&["runs", "show", run])
     }
