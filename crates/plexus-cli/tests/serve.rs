@@ -685,15 +685,7 @@ fn https_end_to_end() {
     }
 
     // A certificate without its key stops start-up with a message that names it.
-    let half = p
-        .cmd()
-        .args([
-            "serve",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
+    let half = serve_command(&p)
         .arg("--tls-cert")
         .arg(&cert)
         .output()
@@ -830,17 +822,7 @@ fn grpc_list_over_tls(addr: &str, ca: &std::path::Path, key: &str) -> usize {
 fn a_second_server_on_one_data_directory_refuses_or_waits() {
     let p = Plexus::new();
     let (mut first, addr) = start_server(&p);
-    let out = p
-        .cmd()
-        .args([
-            "serve",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let out = serve_command(&p).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another `plexus serve` holds"), "{err}");

@@ -24,16 +24,21 @@ pub fn start_server(p: &Plexus) -> (Child, String) {
     start_server_with(p, &[])
 }
 
+/// `plexus serve` on loopback, on ports the system picks.
+pub fn serve_command(p: &Plexus) -> std::process::Command {
+    let mut cmd = p.cmd();
+    cmd.args([
+        "serve",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
 pub fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
-    let mut child = p
-        .cmd()
-        .args([
-            "serve",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve_command(p)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
