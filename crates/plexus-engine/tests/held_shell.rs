@@ -43,6 +43,7 @@ fn settings(dir: &Path) -> ProcessSettings {
             "held shells kept warm",
         )),
         require_isolation: std::sync::Arc::default(),
+        warm_isolated: std::sync::Arc::new(plexus_engine::exec::held::WarmIsolated::new(1)),
     }
 }
 

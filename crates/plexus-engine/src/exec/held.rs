@@ -126,6 +126,84 @@ impl WarmShells {
     }
 }
 
+/// Isolated shells started ahead of their attempts. An isolated shell's namespace holds
+/// one scratch directory and (when it must be mounted back) one working directory, so
+/// each waits with a scratch directory of its own, for a step in the same working
+/// directory — the next step of the same run, usually. At most `cap` wait; the oldest
+/// goes when another is made.
+pub struct WarmIsolated {
+    idle: Mutex<Vec<(std::path::PathBuf, super::scratch::Scratch, HeldShell)>>,
+    cap: usize,
+}
+
+impl std::fmt::Debug for WarmIsolated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map_or(0, |v| v.len());
+        write!(f, "WarmIsolated {{ idle: {idle}, cap: {} }}", self.cap)
+    }
+}
+
+impl WarmIsolated {
+    pub fn new(cap: usize) -> WarmIsolated {
+        WarmIsolated {
+            idle: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    /// A live shell made for `cwd`, with its scratch directory.
+    pub fn take(&self, cwd: &Path) -> Option<(super::scratch::Scratch, HeldShell)> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(i) = idle.iter().position(|(dir, _, _)| dir == cwd) {
+            let (_, scratch, mut shell) = idle.remove(i);
+            let alive = match &mut shell.child {
+                super::process::StepChild::Isolated(c) => matches!(c.try_wait(), Ok(None)),
+                super::process::StepChild::Plain(c) => matches!(c.try_wait(), Ok(None)),
+            };
+            if alive {
+                return Some((scratch, shell));
+            }
+        }
+        None
+    }
+
+    /// Starts one isolated shell for a later step in `cwd`.
+    pub fn refill(
+        &self,
+        cwd: &Path,
+        pool: &super::scratch::ScratchPool,
+        isolation: &super::isolation::Isolation,
+    ) {
+        if self.cap == 0 {
+            return;
+        }
+        let Ok(scratch) = pool.take() else { return };
+        let made = isolation
+            .setup_for(&scratch.dir, cwd)
+            .and_then(|setup| setup.ok_or_else(|| io::Error::other("isolation is off")))
+            .and_then(|setup| start_isolated(&setup));
+        let shell = match made {
+            Ok(shell) => shell,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot start an isolated shell ahead of its step");
+                pool.give_back(scratch);
+                return;
+            }
+        };
+        let evicted = match self.idle.lock() {
+            Ok(mut idle) => {
+                idle.push((cwd.to_path_buf(), scratch, shell));
+                (idle.len() > self.cap).then(|| idle.remove(0))
+            }
+            Err(_) => None,
+        };
+        if let Some((_, scratch, shell)) = evicted {
+            drop(shell); // killed: it never got a script
+            pool.give_back(scratch);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     /// The held shell's stdin and its script, once the attempt has them.

@@ -100,6 +100,8 @@ pub struct ProcessSettings {
     pub warm: Arc<WarmShells>,
     pub isolation: Arc<super::isolation::Isolation>,
     pub require_isolation: Arc<std::sync::atomic::AtomicBool>,
+    /// Isolated shells started ahead of their steps (see [`held::WarmIsolated`]).
+    pub warm_isolated: Arc<held::WarmIsolated>,
 }
 
 /// A chunk of a step's output, for `--follow-logs`.
@@ -200,13 +202,24 @@ pub async fn run(
 ) -> Finished {
     let Controls { kill, gate } = controls;
     let mut spawned = false;
-    let result = match settings.scratch.take() {
+    // A held, isolated shell step takes a shell made ahead for its directory, with the
+    // scratch directory that shell was made for.
+    let warm = if gate.is_some() && task.isolate && settings.isolation.is_on() {
+        workdir_of(task, base_dir).and_then(|cwd| settings.warm_isolated.take(&cwd))
+    } else {
+        None
+    };
+    let (scratch, ready) = match warm {
+        Some((scratch, shell)) => (Ok(scratch), Some(shell)),
+        None => (settings.scratch.take(), None),
+    };
+    let result = match scratch {
         Ok(scratch) => {
             let result = run_inner(
                 task,
                 run_id,
                 base_dir,
-                (settings, &scratch),
+                (settings, &scratch, ready),
                 logs,
                 (kill, gate.as_ref()),
                 |pgid, ticks| {
@@ -240,6 +253,15 @@ pub async fn run(
             ..Finished::failed(e)
         },
     }
+}
+
+/// The absolute working directory of an attempt, as its held shell enters it.
+fn workdir_of(task: &Task, base_dir: &Path) -> Option<PathBuf> {
+    let cwd = match &task.workdir {
+        Some(w) => base_dir.join(w),
+        None => base_dir.to_path_buf(),
+    };
+    std::path::absolute(cwd).ok()
 }
 
 /// The variables an attempt's process gets on top of [`PASSED_THROUGH`].
@@ -279,7 +301,7 @@ async fn run_inner(
     task: &Task,
     run_id: std::sync::Arc<str>,
     base_dir: &Path,
-    (settings, scratch): (&ProcessSettings, &Scratch),
+    (settings, scratch, ready): (&ProcessSettings, &Scratch, Option<held::HeldShell>),
     logs: Option<broadcast::Sender<LogChunk>>,
     (mut kill, gate): (oneshot::Receiver<()>, Option<&HeldGate>),
     on_spawn: impl FnOnce(i32, u64),
@@ -329,10 +351,14 @@ async fn run_inner(
                 }
                 Err(e) => return Err(cannot_start(e)),
             }
-            let setup = isolation
-                .setup_for(&scratch.dir, &cwd)
-                .map_err(|e| format!("cannot isolate the step: {e}"))?;
-            let shell = if let Some(setup) = setup {
+            let isolated = isolation.is_on();
+            let shell = if let Some(shell) = ready {
+                shell
+            } else if isolated {
+                let setup = isolation
+                    .setup_for(&scratch.dir, &cwd)
+                    .map_err(|e| format!("cannot isolate the step: {e}"))?
+                    .ok_or("isolation went away")?;
                 // Made for this attempt's directory; it still loads while the start is
                 // made durable.
                 held::start_isolated(&setup).map_err(cannot_start)?
@@ -343,8 +369,12 @@ async fn run_inner(
                 on_spawn(shell.pgid, ticks);
             }
             gate.provide(shell.stdin, held::script(vars, &cwd, command));
-            if !isolation.is_on() {
-                // The next shell step's shell loads while this one's start is made durable.
+            // The next shell step's shell loads while this one's start is made durable.
+            if isolated {
+                settings
+                    .warm_isolated
+                    .refill(&cwd, &settings.scratch, isolation);
+            } else {
                 settings.warm.refill();
             }
             shell.child

@@ -256,6 +256,11 @@ impl IsolatedChild {
         }
     }
 
+    /// Whether it ended (reaping it if so), without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.reap(libc::WNOHANG)
+    }
+
     /// Waits for the process to end, blocking the thread (the probe at start).
     pub fn wait_blocking(&mut self) -> io::Result<ExitStatus> {
         match self.reap(0)? {

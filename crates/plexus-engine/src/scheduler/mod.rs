@@ -106,6 +106,9 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         )),
         isolation: engine.isolation.clone(),
         require_isolation: engine.require_isolation.clone(),
+        warm_isolated: Arc::new(exec::held::WarmIsolated::new(
+            cfg.pools.get("default").copied().unwrap_or(1).clamp(1, 8) as usize,
+        )),
     };
     let executors = Executors::new(
         exec::LocalProcesses::new(processes, crate::owner::hostname()),
