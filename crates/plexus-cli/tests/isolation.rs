@@ -150,3 +150,55 @@ steps:
     assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
     stop(&mut server);
 }
+
+/// An engine that is not root isolates its steps with a user namespace too. Run as root
+/// (CI), the test drops to `nobody` with `setpriv` to take that path; run as anyone
+/// else, it takes it as it is.
+#[test]
+fn an_unprivileged_engine_isolates_its_steps_too() {
+    let p = Plexus::new();
+    let flow = p.dir.path().join("peek.yaml");
+    let data = p.data_dir();
+    std::fs::write(
+        &flow,
+        format!(
+            "version: plexus/v1\nname: peek\nsteps:\n- id: peek\n  run: |\n    cat \"{}/plexus.db\" >/dev/null 2>&1 && echo store-read || echo store-hidden\n    echo x > \"$PLEXUS_ARTIFACTS/x\" && echo scratch-ok\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        // nobody must be able to enter the test's directory and write there.
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p.dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_plexus"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
+    };
+    let out = cmd
+        .args(["run", flow.to_str().unwrap(), "-o", "json"])
+        .env("PLEXUS_DATA_DIR", &data)
+        .env("HOME", p.dir.path())
+        .env("XDG_CONFIG_HOME", p.dir.path().join("config"))
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = run["steps"][0]["output"]["stdout"].as_str().unwrap();
+    assert_eq!(stdout, "store-hidden\nscratch-ok\n", "{run}");
+}
