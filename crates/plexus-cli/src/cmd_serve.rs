@@ -121,10 +121,12 @@ pub async fn serve(settings: &Settings, wait_for_lock: bool) -> Result<i32> {
             let incoming = plexus_server::tls::grpc_incoming(grpc_listener, config);
             tokio::spawn(grpc_services.serve_with_incoming_shutdown(incoming, grpc_stopped))
         }
-        None => tokio::spawn(grpc_services.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            grpc_stopped,
-        )),
+        None => {
+            use tokio_stream::StreamExt;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener)
+                .map(|tcp| tcp.inspect(plexus_server::tls::no_delay));
+            tokio::spawn(grpc_services.serve_with_incoming_shutdown(incoming, grpc_stopped))
+        }
     };
     let app =
         plexus_server::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -138,6 +140,8 @@ pub async fn serve(settings: &Settings, wait_for_lock: bool) -> Result<i32> {
                 .await?
         }
         None => {
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| plexus_server::tls::no_delay(tcp));
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await?

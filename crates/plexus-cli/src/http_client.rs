@@ -153,6 +153,8 @@ impl Client {
                     self.addr
                 )
             })?;
+        // The WebSocket's small frames go out at once (see the server's `no_delay`).
+        tcp.set_nodelay(true)?;
         match &self.tls {
             None => Ok(Box::new(tcp)),
             Some(t) => {

@@ -890,3 +890,87 @@ fn a_live_server_takes_over_a_run_whose_process_died() {
     }
     stop(&mut server);
 }
+
+/// Whether the server's end of the connection between its `server_port` and our
+/// `client_port` has TCP_NODELAY: the socket is found in the server's `/proc` and a copy
+/// of it taken with `pidfd_getfd` (the server is our child).
+fn server_side_nodelay(server: u32, server_port: u16, client_port: u16) -> Option<bool> {
+    let pid = server as i32;
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (port(f[1]) == Some(server_port) && port(f[2]) == Some(client_port))
+            .then(|| f[9].to_owned())
+    })?;
+    let wanted = format!("socket:[{inode}]");
+    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == wanted))?
+        .file_name()
+        .to_str()?
+        .parse()
+        .ok()?;
+    // SAFETY: pidfd_open/pidfd_getfd return new descriptors we own and close; getsockopt
+    // writes one int into the buffer it is given.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        assert!(
+            copy >= 0,
+            "pidfd_getfd: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            copy,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        );
+        libc::close(copy);
+        libc::close(pidfd);
+        assert_eq!(r, 0, "getsockopt: {}", std::io::Error::last_os_error());
+        Some(on != 0)
+    }
+}
+
+/// Small answers must not wait for the client's delayed ACK: every accepted HTTP,
+/// WebSocket and gRPC connection has TCP_NODELAY.
+#[test]
+fn accepted_connections_have_tcp_nodelay() {
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let grpc = GRPC.lock().unwrap().get(&addr).cloned().unwrap();
+    for target in [&addr, &grpc] {
+        let mut stream = TcpStream::connect(target.as_str()).unwrap();
+        if target == &addr {
+            // An answered request: the connection is accepted and kept alive.
+            write!(stream, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf).unwrap();
+        }
+        let server_port: u16 = target.rsplit(':').next().unwrap().parse().unwrap();
+        let client_port = stream.local_addr().unwrap().port();
+        let mut seen = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen != Some(true) && Instant::now() < deadline {
+            seen = server_side_nodelay(server.id(), server_port, client_port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            seen,
+            Some(true),
+            "TCP_NODELAY on the server's side of {target}"
+        );
+    }
+    stop(&mut server);
+}

@@ -60,6 +60,14 @@ impl TlsListener {
     }
 }
 
+/// Small answers (a WebSocket frame, a gRPC reply) go out at once instead of waiting for
+/// the client's delayed ACK (Nagle's algorithm: ~40 ms per exchange).
+pub fn no_delay(tcp: &TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+    }
+}
+
 /// Accepts connections and completes their handshakes in tasks of their own; finished
 /// streams come out of the channel.
 fn handshakes(
@@ -71,7 +79,10 @@ fn handshakes(
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
+                Ok(c) => {
+                    no_delay(&c.0);
+                    c
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
