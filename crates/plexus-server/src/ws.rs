@@ -79,6 +79,22 @@ pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> b
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
+/// Ends a run's stream: the `finished` message, then a normal close.
+async fn finish(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    run: &str,
+    state: &str,
+) {
+    let msg = json!({"type": "finished", "run_id": run, "state": state});
+    if tx.send(Message::Text(msg.to_string().into())).await.is_ok() {
+        let frame = CloseFrame {
+            code: 1000,
+            reason: "the run ended".into(),
+        };
+        let _ = tx.send(Message::Close(Some(frame))).await;
+    }
+}
+
 /// Close code 1008 (policy violation) is what a lagging client gets, 1011 a server error.
 const TOO_SLOW: u16 = 1008;
 
@@ -137,6 +153,15 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
             after = end;
         }
         last.insert(run.clone(), after);
+        // A run that ended before the live feed was joined sends no `finished` notice any
+        // more: its stored state says so, and the stream ends like any other.
+        if let Ok(row) = state.store.get_run(run).await
+            && let Some(status) = plexus_core::machine::RunStatus::parse(&row.status)
+            && status.is_terminal()
+        {
+            finish(&mut tx, run, status.as_str()).await;
+            return;
+        }
     }
     let beat = Duration::from_millis(sub.heartbeat_ms.unwrap_or(15_000).max(10));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
@@ -156,10 +181,15 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
                         json!({"type": "event", "run_id": &*run_id, "event": &*event})
                     }
                     Ok(Notice::Finished { run_id, status }) => {
-                        if run.as_deref().is_some_and(|r| r != &*run_id) {
-                            continue;
+                        match run.as_deref() {
+                            Some(r) if r != &*run_id => continue,
+                            // The followed run ended: `finished`, then the stream ends.
+                            Some(r) => {
+                                finish(&mut tx, r, status.as_str()).await;
+                                return;
+                            }
+                            None => json!({"type": "finished", "run_id": &*run_id, "state": status.as_str()}),
                         }
-                        json!({"type": "finished", "run_id": &*run_id, "state": status.as_str()})
                     }
                     Ok(Notice::Fatal { error }) => json!({"type": "error", "message": error}),
                     Err(RecvError::Lagged(missed)) => {

@@ -331,3 +331,32 @@ async fn revocation_reaches_sessions_and_open_sockets() {
     assert_eq!(code, 1008);
     assert!(reason.contains("deactivated"), "{reason}");
 }
+
+/// A subscriber of a run gets its events and then `finished`, and the stream ends —
+/// also when it connects after the run ended (it used to get heartbeats forever).
+#[tokio::test]
+async fn a_runs_stream_ends_with_finished() {
+    let api = Api::new().await;
+    let addr = serve(&api).await;
+    let flow = "version: plexus/v1\nname: quick\nsteps:\n- {id: a, builtin: noop}\n";
+    let (_, run) = api.post("/api/v1/runs", json!({"manifest": flow})).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    api.wait_state(&id, "succeeded").await;
+    let mut ws = connect(&api, &addr, &format!("run={id}&after=0&heartbeat_ms=20")).await;
+    let mut kinds = Vec::new();
+    loop {
+        let m = next_json(&mut ws).await;
+        assert_ne!(m["type"], "heartbeat", "{m}");
+        kinds.push(m["type"].as_str().unwrap().to_owned());
+        if m["type"] == "closed" {
+            assert_eq!(m["frame"][0], 1000, "{m}");
+            break;
+        }
+    }
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "event").count(),
+        4,
+        "{kinds:?}"
+    );
+    assert_eq!(&kinds[kinds.len() - 2..], ["finished", "closed"]);
+}
