@@ -58,12 +58,75 @@ async fn full_run(state: &AppState, id: &str) -> ApiResult<Json_> {
     Ok(run_json(&row, Some(&steps)))
 }
 
+/// `?wait=DURATION`: answer when the run ends, or when the wait is over.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// The longest a request may wait for a run to end.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl WaitQuery {
+    fn duration(&self) -> ApiResult<Option<std::time::Duration>> {
+        self.wait
+            .as_deref()
+            .map(|w| {
+                plexus_core::duration::parse_duration(w)
+                    .map(|d| d.min(MAX_WAIT))
+                    .map_err(|e| ApiError::bad_request(format!("wait: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Waits up to `wait` for the run to end; whether it did. Woken by the engine's notice
+/// of a run's end, with a look at the store now and then for runs another process drives.
+async fn wait_for_end(state: &AppState, id: &str, wait: std::time::Duration) -> ApiResult<bool> {
+    let mut ends = state.engine.finished();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let row = state.store.get_run(id).await?;
+        if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
+            return Ok(true);
+        }
+        let look_again = tokio::time::sleep(std::time::Duration::from_millis(250));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Ok(false),
+            _ = look_again => {}
+            end = ends.recv() => {
+                if let Ok((run, _)) = end && *run != *row.id {
+                    continue;
+                }
+            }
+        }
+    }
+}
+
+/// A run's answer after an optional wait: `200` once it ended, `202` while it goes on.
+async fn answer_after(
+    state: &AppState,
+    id: &str,
+    wait: Option<std::time::Duration>,
+    otherwise: StatusCode,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let status = match wait {
+        Some(w) if wait_for_end(state, id, w).await? => StatusCode::OK,
+        Some(_) => StatusCode::ACCEPTED,
+        None => otherwise,
+    };
+    Ok((status, Json(full_run(state, id).await?)))
+}
+
 pub async fn start(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Query(q): Query<WaitQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let wait = q.duration()?;
     let bytes = body::read(body, state.config.body_limit).await?;
     let req: StartRun = body::json(&bytes)?;
     let key = match headers.get("idempotency-key") {
@@ -77,7 +140,7 @@ pub async fn start(
     if let Some(key) = &key
         && let Some(existing) = state.store.find_run_by_key(key).await?
     {
-        return Ok((StatusCode::OK, Json(full_run(&state, &existing.id).await?)));
+        return answer_after(&state, &existing.id, wait, StatusCode::OK).await;
     }
     let (text, version) = match (req.workflow, req.manifest) {
         (Some(name), None) => {
@@ -106,7 +169,7 @@ pub async fn start(
         Origin::caller(&caller),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(full_run(&state, &id).await?)))
+    answer_after(&state, &id, wait, StatusCode::CREATED).await
 }
 
 pub async fn stored_workflow(
@@ -232,8 +295,16 @@ pub async fn list(
     Ok(Json(json!({"runs": runs, "next_cursor": next_cursor})))
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Json_>> {
-    Ok(Json(full_run(&state, &id).await?))
+/// One run; with `?wait=DURATION`, answered when it ends (`200`) or when the wait is
+/// over (`202` with the run so far): a long poll.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let wait = q.duration()?;
+    let id = state.store.get_run(&id).await?.id;
+    answer_after(&state, &id, wait, StatusCode::OK).await
 }
 
 #[derive(Deserialize)]

@@ -472,3 +472,42 @@ async fn outputs_artifacts_and_time_filters() {
     let (_, until) = api.get(&format!("/api/v1/runs?until={before}")).await;
     assert!(until["runs"].as_array().unwrap().is_empty());
 }
+
+/// `?wait=` answers when the run ends (200, the finished run) or when the wait is over
+/// (202, the run so far), on start and as a long poll on a run.
+#[tokio::test]
+async fn runs_can_be_waited_for_without_a_websocket() {
+    let api = Api::new().await;
+    let quick = "version: plexus/v1\nname: quick\nsteps:\n- {id: a, builtin: noop}\n";
+    let (s, run) = api
+        .post("/api/v1/runs?wait=10s", json!({"manifest": quick}))
+        .await;
+    assert_eq!(
+        (s, run["state"].clone()),
+        (StatusCode::OK, json!("succeeded")),
+        "{run}"
+    );
+
+    let held = "version: plexus/v1\nname: held\nsteps:\n- {id: hold, wait: {signal: go}}\n";
+    let (s, run) = api
+        .post("/api/v1/runs?wait=200ms", json!({"manifest": held}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{run}");
+    assert_eq!(run["state"], "running");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let signaller = api.as_user(api.bearer.as_deref());
+    let path = format!("/api/v1/runs/{id}/steps/hold/signal");
+    let signal = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        signaller.post(&path, json!({})).await
+    });
+    let (s, done) = api.get(&format!("/api/v1/runs/{id}?wait=10s")).await;
+    assert_eq!(
+        (s, done["state"].clone()),
+        (StatusCode::OK, json!("succeeded")),
+        "{done}"
+    );
+    signal.await.unwrap();
+    let (s, _) = api.get(&format!("/api/v1/runs/{id}?wait=soon")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
