@@ -118,7 +118,8 @@ pub enum Command {
         /// Address of the HTTP API [default: 0.0.0.0:8080; plexus.toml: listen_addr]
         #[arg(long, env = "PLEXUS_LISTEN_ADDR")]
         listen_addr: Option<String>,
-        /// Address of the gRPC API (JobService, health) [default: 0.0.0.0:9090; plexus.toml: grpc_addr]
+        /// Address of the gRPC API (JobService, health) [default: the HTTP API's host, port
+        /// 9090; plexus.toml: grpc_addr]
         #[arg(long, env = "PLEXUS_GRPC_ADDR")]
         grpc_addr: Option<String>,
         /// Largest request body accepted, in bytes [default: 4194304; plexus.toml: body_limit]
@@ -145,6 +146,11 @@ pub enum Command {
         /// instead of refusing to start (a new version taking over from a draining one)
         #[arg(long)]
         wait_for_lock: bool,
+        /// On the first start of a data directory, make this the admin's API key
+        /// (`plx_<id>_<secret>`, read from FILE) instead of printing a new one; or set
+        /// PLEXUS_BOOTSTRAP_API_KEY
+        #[arg(long, value_name = "FILE")]
+        bootstrap_key_file: Option<PathBuf>,
     },
     /// Show the effective configuration and where each value comes from
     #[command(subcommand)]

@@ -7,7 +7,33 @@ use plexus_server::{AppState, ServerConfig};
 use plexus_store::{RunFilter, Store};
 use std::sync::Arc;
 
-pub async fn serve(settings: &Settings, wait_for_lock: bool) -> Result<i32> {
+/// The operator's preset bootstrap key: `--bootstrap-key-file`, else
+/// `PLEXUS_BOOTSTRAP_API_KEY`; checked before anything starts.
+fn preset_bootstrap_key(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    let key = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the bootstrap key file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("PLEXUS_BOOTSTRAP_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+    };
+    if let Some(k) = &key {
+        plexus_server::auth::bootstrap::check_preset(k)
+            .map_err(|e| anyhow::anyhow!("the preset bootstrap key: {e}"))?;
+    }
+    Ok(key)
+}
+
+pub async fn serve(
+    settings: &Settings,
+    wait_for_lock: bool,
+    bootstrap_key_file: Option<&std::path::Path>,
+) -> Result<i32> {
+    let preset = preset_bootstrap_key(bootstrap_key_file)?;
     let (listen_addr, body_limit, grace) = (
         settings.listen_addr.as_str(),
         settings.body_limit,
@@ -49,13 +75,22 @@ pub async fn serve(settings: &Settings, wait_for_lock: bool) -> Result<i32> {
     let key_dir = settings.data_dir.join("keys");
     let auth = plexus_server::auth::Auth::open(&key_dir)
         .with_context(|| format!("the server's keys in {}", key_dir.display()))?;
-    if let Some(key) = plexus_server::auth::bootstrap::bootstrap(&*store).await? {
-        // The only time this secret is ever shown.
-        tracing::warn!(
-            "bootstrap admin API key (shown once; create real admins, then revoke it): api_key_id={}  api_secret={}",
-            key.key_id,
-            key.secret
-        );
+    match plexus_server::auth::bootstrap::bootstrap_with(&*store, preset.as_deref()).await? {
+        Some(key) if preset.is_some() => eprintln!(
+            "plexus serve: created the admin with the preset bootstrap API key (api_key_id={}); create real admins, then revoke it",
+            key.key_id
+        ),
+        Some(key) => {
+            // The only time this secret is ever shown: as a plain line for people and
+            // scripts, and in the JSON log.
+            let line = format!(
+                "bootstrap admin API key (shown once; create real admins, then revoke it): api_key_id={}  api_secret={}",
+                key.key_id, key.secret
+            );
+            eprintln!("{line}");
+            tracing::warn!("{line}");
+        }
+        None => {}
     }
     eprintln!(
         "plexus serve: listening on {scheme}://{addr} (gRPC on {grpc_addr}, data dir {})",

@@ -202,12 +202,18 @@ pub fn resolve(
         file.listen_addr,
         "0.0.0.0:8080".to_owned(),
     );
+    // Without an address of its own, gRPC listens on the HTTP API's host (port 9090):
+    // `--listen-addr 127.0.0.1:8080` alone keeps both on loopback.
+    let grpc_default = match listen_addr.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:9090"),
+        None => "0.0.0.0:9090".to_owned(),
+    };
     let grpc_addr = pick(
         &mut sources,
         "grpc_addr",
         serve.grpc_addr,
         file.grpc_addr,
-        "0.0.0.0:9090".to_owned(),
+        grpc_default,
     );
     let body_limit = pick(
         &mut sources,

@@ -109,7 +109,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         // Work on a manifest or on this machine: always local.
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
-        Command::Serve { wait_for_lock, .. } => cmd_serve::serve(&settings, wait_for_lock).await,
+        Command::Serve {
+            wait_for_lock,
+            bootstrap_key_file,
+            ..
+        } => cmd_serve::serve(&settings, wait_for_lock, bootstrap_key_file.as_deref()).await,
         Command::Config(ConfigCommand::Show) => {
             settings.print(format);
             Ok(0)

@@ -974,3 +974,81 @@ fn accepted_connections_have_tcp_nodelay() {
     }
     stop(&mut server);
 }
+
+/// Scriptable defaults: gRPC follows the HTTP API's host; the bootstrap key is printed
+/// as a plain line, or preset by the operator so nothing has to read it from a log.
+#[test]
+fn bootstrap_keys_and_addresses_for_automation() {
+    let p = Plexus::new();
+    let shown = p
+        .cmd()
+        .env("PLEXUS_LISTEN_ADDR", "127.0.0.1:8080")
+        .args(["config", "show", "-o", "json"])
+        .output()
+        .unwrap();
+    let config: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(config["grpc_addr"]["value"], "127.0.0.1:9090", "{config}");
+
+    // A fresh data directory prints the key as a plain line (besides the JSON log).
+    let mut child = serve_command(&p)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut plain = false;
+    let mut line = String::new();
+    let addr = loop {
+        assert!(std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0);
+        plain |= line.starts_with("bootstrap admin API key (shown once");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+        line.clear();
+    };
+    assert!(plain, "no plain bootstrap line");
+    // Serving (its signal handlers in place) before it is stopped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let healthy = || {
+        let Ok(mut c) = TcpStream::connect(&addr) else {
+            return false;
+        };
+        let _ = write!(
+            c,
+            "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        );
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    };
+    while !healthy() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(healthy());
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+
+    // A preset key: refused when malformed, used as given otherwise, never printed.
+    let q = Plexus::new();
+    let bad = serve_command(&q)
+        .env("PLEXUS_BOOTSTRAP_API_KEY", "plx_short_x")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("preset bootstrap key"));
+    let preset = format!("plx_{}_{}", "a1b2c3d4e5f6", "s".repeat(40));
+    std::fs::write(q.dir.path().join("admin.key"), &preset).unwrap();
+    let file = q.dir.path().join("bootstrap.key");
+    std::fs::write(&file, format!("{preset}\n")).unwrap();
+    let (mut server, addr) =
+        start_server_with(&q, &["--bootstrap-key-file", file.to_str().unwrap()]);
+    let (s, me) = http(&addr, "GET", "/api/v1/auth/me", None);
+    assert_eq!(
+        (s, me["username"].clone()),
+        (200, serde_json::json!("admin")),
+        "{me}"
+    );
+    let log = std::fs::read_to_string(q.dir.path().join("serve.log")).unwrap_or_default();
+    assert!(!log.contains(&preset), "the preset key reached the log");
+    stop(&mut server);
+}
