@@ -41,6 +41,7 @@ pub async fn run(
             ..Default::default()
         }),
         auth: Arc::new(plexus_server::auth::Auth::open(&dir.join("keys"))?),
+        plans: Default::default(),
     };
     // Every request authenticates with an API key, as scripts do.
     let key = plexus_server::auth::bootstrap::bootstrap(&**engine.store())

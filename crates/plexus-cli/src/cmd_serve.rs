@@ -111,6 +111,7 @@ pub async fn serve(
             allowed_origins: settings.allowed_origins.clone(),
         }),
         auth: Arc::new(auth),
+        plans: Default::default(),
     };
     plexus_server::settings::apply_to_engine(&state)
         .await

@@ -60,6 +60,8 @@ pub struct AppState {
     pub compile: CompileOptions,
     pub config: Arc<ServerConfig>,
     pub auth: Arc<Auth>,
+    /// Compiled plans of manifests started before (see `workflows::compile_for_run`).
+    pub plans: Arc<workflows::PlanCache>,
 }
 
 pub(crate) fn now_ms() -> u64 {

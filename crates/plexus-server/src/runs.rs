@@ -13,7 +13,6 @@ use plexus_engine::{EngineError, Submission};
 use plexus_store::{CommandKind, RunFilter, RunRow, StepRow};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
-use std::sync::Arc;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,7 +239,7 @@ pub async fn start_run(
     let id = state
         .engine
         .submit(Submission {
-            plan: Arc::new(plan),
+            plan,
             manifest_text: text,
             base_dir: state.config.base_dir.clone(),
             inputs: Json_::Object(inputs),

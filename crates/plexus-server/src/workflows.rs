@@ -22,7 +22,7 @@ pub async fn compile_for_run(
     state: &AppState,
     text: &str,
     source: &str,
-) -> ApiResult<plexus_core::Plan> {
+) -> ApiResult<std::sync::Arc<plexus_core::Plan>> {
     let mode = crate::settings::value(state, "execution_mode")
         .await?
         .and_then(|v| v.as_str().and_then(plexus_core::manifest::Mode::parse));
@@ -30,7 +30,49 @@ pub async fn compile_for_run(
         default_mode: mode,
         ..state.compile.clone()
     };
-    compile_with(&opts, text, source)
+    // A plan depends on the text and the options only: a stored version started again
+    // (a schedule, a trigger, a client starting it by name) is not parsed again.
+    let key = crate::auth::credentials::sha256_hex(&format!("{}\n{}", opts.to_stored(), text));
+    if let Some(plan) = state.plans.get(&key) {
+        return Ok(plan);
+    }
+    let plan = std::sync::Arc::new(compile_with(&opts, text, source)?);
+    state.plans.put(key, plan.clone());
+    Ok(plan)
+}
+
+/// Compiled plans by the digest of their options and text, the newest few hundred.
+#[derive(Default)]
+pub struct PlanCache {
+    plans:
+        std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<plexus_core::Plan>)>>,
+}
+
+impl PlanCache {
+    const SIZE: usize = 256;
+
+    /// How many plans are kept.
+    pub fn len(&self) -> usize {
+        self.plans.lock().map_or(0, |p| p.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, key: &str) -> Option<std::sync::Arc<plexus_core::Plan>> {
+        let plans = self.plans.lock().ok()?;
+        plans.iter().find(|(k, _)| k == key).map(|(_, p)| p.clone())
+    }
+
+    fn put(&self, key: String, plan: std::sync::Arc<plexus_core::Plan>) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.push_back((key, plan));
+            while plans.len() > Self::SIZE {
+                plans.pop_front();
+            }
+        }
+    }
 }
 
 fn compile_with(

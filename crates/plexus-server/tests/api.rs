@@ -473,6 +473,31 @@ async fn outputs_artifacts_and_time_filters() {
     assert!(until["runs"].as_array().unwrap().is_empty());
 }
 
+/// Starting a stored version again uses the plan compiled the first time; a setting that
+/// changes how it compiles (execution_mode) makes a new one.
+#[tokio::test]
+async fn compiled_plans_are_reused_until_their_options_change() {
+    let api = Api::new().await;
+    api.call("POST", "/api/v1/workflows", HELLO, &[]).await;
+    for _ in 0..3 {
+        let (s, _) = api.post("/api/v1/runs", json!({"workflow": "hello"})).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    assert_eq!(api.state.plans.len(), 1);
+    api.call(
+        "PUT",
+        "/api/v1/settings/execution_mode",
+        json!({"value": "manual"}).to_string(),
+        &[],
+    )
+    .await;
+    let (_, run) = api.post("/api/v1/runs", json!({"workflow": "hello"})).await;
+    assert_eq!(api.state.plans.len(), 2, "a new plan for the new mode");
+    // Manual mode: even a read step waits for a decision.
+    api.wait_step(run["id"].as_str().unwrap(), "greet", "awaiting_approval")
+        .await;
+}
+
 /// `?wait=` answers when the run ends (200, the finished run) or when the wait is over
 /// (202, the run so far), on start and as a long poll on a run.
 #[tokio::test]

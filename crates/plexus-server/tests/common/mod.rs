@@ -107,6 +107,7 @@ impl Api {
                 allowed_origins: vec!["https://dash.example.com".to_owned()],
             }),
             auth: Arc::new(plexus_server::auth::Auth::open(&dir.path().join("keys")).unwrap()),
+            plans: Default::default(),
         };
         Api {
             router: app(state.clone()),
