@@ -22,6 +22,19 @@ async fn step_state(api: &Api, run: &str, step: &str) -> String {
         .unwrap()
 }
 
+/// Turns on `approvals.forbid_self_approval`.
+async fn forbid_self_approval(api: &Api) {
+    let (s, body) = api
+        .call(
+            "PUT",
+            "/api/v1/settings/approvals.forbid_self_approval",
+            json!({"value": true}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}
+
 /// The first step of the only run of `workflow` waits for approval; its run id.
 async fn gated_run_of(api: &Api, workflow: &str) -> String {
     let id = loop {
@@ -44,13 +57,7 @@ async fn self_approval_cannot_be_laundered() {
     let ada = api.as_user(Some(&api.user_key("ada", "engineer").await));
     let bob = api.as_user(Some(&api.user_key("bob", "engineer").await));
     let cyd = api.as_user(Some(&api.user_key("cyd", "engineer").await));
-    api.call(
-        "PUT",
-        "/api/v1/settings/approvals.forbid_self_approval",
-        json!({"value": true}).to_string(),
-        &[],
-    )
-    .await;
+    forbid_self_approval(&api).await;
     let approve = |who: &Api, run: &str, step: &str| {
         let (who, path) = (
             who.as_user(who.bearer.as_deref()),
@@ -154,13 +161,7 @@ async fn approvals_follow_the_approvers_role() {
     assert_eq!(s, StatusCode::FORBIDDEN, "operators approve nothing");
 
     // No one approves their own run when the setting says so.
-    api.call(
-        "PUT",
-        "/api/v1/settings/approvals.forbid_self_approval",
-        json!({"value": true}).to_string(),
-        &[],
-    )
-    .await;
+    forbid_self_approval(&api).await;
     let (s, body) = approve(&engineer, "change").await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
     assert!(
