@@ -28,7 +28,17 @@ use output::Format;
 use serde_json::{Value as Json, json};
 use target::{Control, RunsQuery, Target};
 
+/// The argument that makes the binary the template sandbox's worker (not a command).
+const TEMPLATE_WORKER: &str = "__template-worker";
+
 fn main() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == TEMPLATE_WORKER)
+    {
+        std::process::exit(plexus_engine::template_sandbox::serve_worker());
+    }
+    install_template_sandbox();
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -63,6 +73,22 @@ fn main() {
 
 /// Every command, once: where a command exists both locally and on a server, the
 /// [`Target`] chosen from `--server` (or the saved context) decides which.
+/// Templates that could build huge values render in a worker process: this binary,
+/// started again with [`TEMPLATE_WORKER`].
+fn install_template_sandbox() {
+    match std::env::current_exe() {
+        Ok(program) => {
+            let sandbox = plexus_engine::template_sandbox::WorkerSandbox::new(
+                program,
+                vec![TEMPLATE_WORKER.into()],
+            );
+            plexus_core::template::sandbox::install(Box::new(sandbox));
+        }
+        // Rendering then stays in this process, bounded by fuel and output size only.
+        Err(e) => eprintln!("warning: templates render without a sandbox: {e}"),
+    }
+}
+
 async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
     let data_dir_flag = g.data_dir.clone();

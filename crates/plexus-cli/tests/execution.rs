@@ -320,17 +320,19 @@ fn local_runs_are_audited_and_the_chain_is_verified_offline() {
     );
 }
 
-/// The attack as found: three nested `range(9999)` loops in a `builtin: echo` blocked the
-/// engine for good, and the resumed run did it again. Now the step fails with a clear
-/// error, the run ends, and a run beside it is not held up.
+/// The attacks as found: three nested `range(9999)` loops in a `builtin: echo` blocked the
+/// engine for good, and a string doubled in a loop grew it to 10 GB; the resumed run did
+/// both again. Now each step fails with a clear error (the doubling in the template
+/// sandbox, whose memory the kernel caps), the run ends, and the steps beside them run.
 #[test]
 fn a_runaway_template_fails_its_step_and_nothing_else() {
     let p = Plexus::new();
     let flow = write(
         &p,
         "runaway.yaml",
-        "version: plexus/v1\nname: runaway\nsteps:\n- {id: spin, builtin: echo, with: {x: '{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}'}}\n- {id: big, builtin: echo, with: {x: '{% for a in range(5000) %}{{ \"y\" * 1000 }}{% endfor %}'}}\n- {id: fine, builtin: echo, with: {x: '{{ run.workflow }}'}}\n",
+        "version: plexus/v1\nname: runaway\nsteps:\n- {id: spin, builtin: echo, with: {x: '{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}'}}\n- {id: big, builtin: echo, with: {x: '{% for a in range(5000) %}{{ \"y\" * 1000 }}{% endfor %}'}}\n- {id: fine, builtin: echo, with: {x: '{{ run.workflow }}'}}\n- {id: grow, builtin: echo, with: {x: '{% set ns = namespace(s=\"x\") %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}'}}\n- {id: product, builtin: echo, with: {x: \"{{ ('x' * 99999999) ~ ('x' * 99999999) ~ ('x' * 99999999) }}\"}}\n- {id: looped, builtin: echo, with: {x: '{% for h in [1, 2, 3] %}{{ h * 2 }} {% endfor %}'}}\n",
     );
+    let started = std::time::Instant::now();
     let run = p.run_file(std::path::Path::new(&flow), &[], 1);
     let step = |id: &str| {
         run["steps"]
@@ -358,4 +360,38 @@ fn a_runaway_template_fails_its_step_and_nothing_else() {
     );
     assert_eq!(step("fine")["status"], "succeeded");
     assert_eq!(step("fine")["output"]["x"], "runaway");
+    for id in ["grow", "product"] {
+        let error = step(id)["error"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(step(id)["status"], "failed", "{run}");
+        assert!(
+            error.contains("MiB of memory") || error.contains("ran longer than"),
+            "{id}: {error}"
+        );
+    }
+    // A loop within the limits renders in the sandbox, and the sandbox, killed twice
+    // above, came back for it.
+    assert_eq!(step("looped")["status"], "succeeded", "{run}");
+    assert_eq!(step("looped")["output"]["x"], "2 4 6 ");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// A chain of 100,000 `~` in one expression overflowed minijinja's compiler stack, which
+/// aborts the process (`plexus validate`, a server taking the workflow). It is refused
+/// with a clear error before anything compiles it.
+#[test]
+fn an_expression_too_long_to_compile_is_a_validation_error() {
+    let p = Plexus::new();
+    let chain = " ~ run.id".repeat(100_000);
+    let flow = write(
+        &p,
+        "chain.yaml",
+        &format!(
+            "version: plexus/v1\nname: chain\nsteps:\n- {{id: a, builtin: echo, with: {{x: '{{{{ run.id{chain} }}}}'}}}}\n"
+        ),
+    );
+    let out = p.run(&["validate", &flow]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("too long to compile safely"), "{text}");
 }

@@ -7,6 +7,7 @@ mod owner;
 pub mod pools;
 mod scheduler;
 pub mod spans;
+pub mod template_sandbox;
 mod timers;
 
 pub use exec::process::LogChunk;

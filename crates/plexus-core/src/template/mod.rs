@@ -7,6 +7,11 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 use std::sync::OnceLock;
 
+mod bounded;
+pub mod sandbox;
+
+pub use bounded::{MAX_TOKENS_PER_EXPRESSION, expression_is_bounded, is_bounded, screen};
+
 /// How many instructions one rendering may execute. Templates run inside the engine's
 /// loop, so a loop in a template (`range(9999)` three deep) must end quickly: this many
 /// take a few milliseconds, far more than any interpolation or list formatting needs.
@@ -173,8 +178,9 @@ pub fn check_template(src: &str) -> Result<(), String> {
     if !is_template(src) {
         return Ok(());
     }
-    strict()
-        .template_from_str(src)
+    // Parsing only: compiling would fold constants (see [`bounded::Screened`]).
+    screen(src, false)?;
+    minijinja::machinery::parse(src, "<template>", Default::default())
         .map(|_| ())
         .map_err(|e| describe(&e))
 }
@@ -182,8 +188,8 @@ pub fn check_template(src: &str) -> Result<(), String> {
 /// Checks an expression (`when`, `foreach`), with or without surrounding `{{ }}`.
 pub fn check_expression(src: &str) -> Result<(), String> {
     let expr = sole_expression(src).unwrap_or(src);
-    lenient()
-        .compile_expression(expr)
+    screen(expr, true)?;
+    minijinja::machinery::parse_expr(expr)
         .map(|_| ())
         .map_err(|e| describe(&e))
 }
@@ -198,14 +204,53 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<String, String> {
     render_for(src, ctx, Target::Text)
 }
 
-/// Renders a template whose text lands in `target`, quoting each value for it.
+/// Renders a template whose text lands in `target`, quoting each value for it. A
+/// template that could build huge values goes to the installed sandbox.
 pub fn render_for(src: &str, ctx: &Value, target: Target) -> Result<String, String> {
     if !is_template(src) {
         return Ok(src.to_owned());
     }
+    let kind = match target {
+        Target::Text => sandbox::JobKind::Text,
+        Target::Shell => sandbox::JobKind::Shell,
+        Target::Python => sandbox::JobKind::Python,
+    };
+    let text = |rendered: Result<Json, String>| match rendered? {
+        Json::String(s) => Ok(s),
+        other => Err(format!(
+            "the template sandbox answered {other} instead of text"
+        )),
+    };
+    if !screen(src, false)?.compiles_safely
+        && let Some(rendered) = sandbox::delegate(kind, src, ctx)
+    {
+        return text(rendered);
+    }
     let template = quoting(target)
         .template_from_str(src)
         .map_err(|e| describe(&e))?;
+    let compiled = minijinja::machinery::get_compiled_template(&template);
+    if !is_bounded(&compiled.instructions)
+        && let Some(rendered) = sandbox::delegate(kind, src, ctx)
+    {
+        return text(rendered);
+    }
+    render_template(&template, ctx)
+}
+
+/// [`render_for`] in this process, whatever the template does.
+fn render_here(src: &str, ctx: &Value, target: Target) -> Result<String, String> {
+    if !is_template(src) {
+        return Ok(src.to_owned());
+    }
+    screen(src, false)?;
+    let template = quoting(target)
+        .template_from_str(src)
+        .map_err(|e| describe(&e))?;
+    render_template(&template, ctx)
+}
+
+fn render_template(template: &minijinja::Template<'_, '_>, ctx: &Value) -> Result<String, String> {
     let mut out = Capped(Vec::new());
     template
         .render_captured_to(ctx.clone(), &mut out)
@@ -240,10 +285,34 @@ pub fn render_value(value: &Json, ctx: &Value) -> Result<Json, String> {
 /// Evaluates an expression strictly and returns its value as JSON.
 pub fn eval_value(expr: &str, ctx: &Value) -> Result<Json, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
+    let delegate = || sandbox::delegate(sandbox::JobKind::Value, expr, ctx);
+    if !screen(expr, true)?.compiles_safely
+        && let Some(value) = delegate()
+    {
+        return value;
+    }
     let compiled = strict()
         .compile_expression(expr)
         .map_err(|e| describe(&e))?;
-    let v = compiled.eval(ctx.clone()).map_err(|e| describe(&e))?;
+    if !expression_is_bounded(expr)
+        && let Some(value) = delegate()
+    {
+        return value;
+    }
+    value_of(expr, compiled.eval(ctx.clone()))
+}
+
+fn eval_value_here(expr: &str, ctx: &Value) -> Result<Json, String> {
+    let expr = sole_expression(expr).unwrap_or(expr);
+    screen(expr, true)?;
+    let compiled = strict()
+        .compile_expression(expr)
+        .map_err(|e| describe(&e))?;
+    value_of(expr, compiled.eval(ctx.clone()))
+}
+
+fn value_of(expr: &str, evaluated: Result<Value, minijinja::Error>) -> Result<Json, String> {
+    let v = evaluated.map_err(|e| describe(&e))?;
     // Strict rendering refuses an undefined name anywhere, including a template that is
     // nothing but that name (which evaluates to undefined rather than failing).
     if v.is_undefined() {
@@ -255,11 +324,44 @@ pub fn eval_value(expr: &str, ctx: &Value) -> Result<Json, String> {
 /// Evaluates a `when` condition: undefined values are false rather than errors.
 pub fn eval_condition(expr: &str, ctx: &Value) -> Result<bool, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
+    let delegated = || {
+        let value = sandbox::delegate(sandbox::JobKind::Condition, expr, ctx)?;
+        Some(value.and_then(|v| match v {
+            Json::Bool(b) => Ok(b),
+            other => Err(format!(
+                "the template sandbox answered {other} instead of a boolean"
+            )),
+        }))
+    };
+    if !screen(expr, true)?.compiles_safely
+        && let Some(value) = delegated()
+    {
+        return value;
+    }
     let compiled = lenient()
         .compile_expression(expr)
         .map_err(|e| describe(&e))?;
-    let v = compiled.eval(ctx.clone()).map_err(|e| describe(&e))?;
-    Ok(v.is_true())
+    if !expression_is_bounded(expr)
+        && let Some(value) = delegated()
+    {
+        return value;
+    }
+    Ok(compiled
+        .eval(ctx.clone())
+        .map_err(|e| describe(&e))?
+        .is_true())
+}
+
+fn eval_condition_here(expr: &str, ctx: &Value) -> Result<bool, String> {
+    let expr = sole_expression(expr).unwrap_or(expr);
+    screen(expr, true)?;
+    let compiled = lenient()
+        .compile_expression(expr)
+        .map_err(|e| describe(&e))?;
+    Ok(compiled
+        .eval(ctx.clone())
+        .map_err(|e| describe(&e))?
+        .is_true())
 }
 
 /// Names that follow `root.` or `root["..."]` in a template or expression, e.g. the step
