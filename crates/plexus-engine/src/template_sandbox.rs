@@ -114,6 +114,13 @@ impl Sandbox for WorkerSandbox {
     fn run(&self, job: &Job) -> Result<Json, String> {
         let request = serde_json::to_vec(job).map_err(|e| e.to_string())?;
         let mut slot = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        // A worker that died while idle (its parent thread ended, someone killed it) is
+        // replaced before it can fail a job it never saw.
+        if let Some(worker) = slot.as_mut()
+            && !matches!(worker.child.try_wait(), Ok(None))
+        {
+            *slot = None;
+        }
         if slot.is_none() {
             *slot = Some(self.spawn()?);
         }
@@ -267,6 +274,11 @@ pub fn serve_worker() -> i32 {
     if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } != 0 {
         return 2;
     }
+    // Die with the engine even in the middle of a long rendering (after one, a closed
+    // input ends the loop anyway). The signal comes when the thread that started the
+    // worker ends, too; the engine then starts another.
+    // SAFETY: prctl with integer arguments; affects only this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
     if output.write_all(&[0; 4]).is_err() || output.flush().is_err() {
         return 0;
