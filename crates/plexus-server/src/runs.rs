@@ -57,11 +57,26 @@ async fn full_run(state: &AppState, id: &str) -> ApiResult<Json_> {
     Ok(run_json(&row, Some(&steps)))
 }
 
-/// `?wait=DURATION`: answer when the run ends, or when the wait is over.
+/// The light answer to a start: what a client needs to follow the run.
+fn light_run(row: &RunRow) -> Json_ {
+    json!({"id": row.id, "state": row.status, "workflow": row.workflow, "created_at": row.created_at})
+}
+
+/// How much of a run an answer holds: `light` (`id`, `state`, `workflow`,
+/// `created_at`) or `full` (the run with every step).
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum View {
+    Light,
+    Full,
+}
+
+/// `?wait=DURATION`: answer when the run ends, or when the wait is over; `?view=`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     wait: Option<String>,
+    view: Option<View>,
 }
 
 /// The longest a request may wait for a run to end.
@@ -109,13 +124,18 @@ async fn answer_after(
     id: &str,
     wait: Option<std::time::Duration>,
     otherwise: StatusCode,
+    view: View,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let status = match wait {
         Some(w) if wait_for_end(state, id, w).await? => StatusCode::OK,
         Some(_) => StatusCode::ACCEPTED,
         None => otherwise,
     };
-    Ok((status, Json(full_run(state, id).await?)))
+    let answer = match view {
+        View::Full => full_run(state, id).await?,
+        View::Light => light_run(&state.store.get_run(id).await?),
+    };
+    Ok((status, Json(answer)))
 }
 
 pub async fn start(
@@ -126,6 +146,9 @@ pub async fn start(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let wait = q.duration()?;
+    // A start answers light unless asked otherwise; a start that waits for the end
+    // answers with the finished run, which is what it waited for.
+    let view = q.view.unwrap_or(if wait.is_some() { View::Full } else { View::Light });
     let bytes = body::read(body, state.config.body_limit).await?;
     let req: StartRun = body::json(&bytes)?;
     let key = match headers.get("idempotency-key") {
@@ -139,7 +162,7 @@ pub async fn start(
     if let Some(key) = &key
         && let Some(existing) = state.store.find_run_by_key(key).await?
     {
-        return answer_after(&state, &existing.id, wait, StatusCode::OK).await;
+        return answer_after(&state, &existing.id, wait, StatusCode::OK, view).await;
     }
     let (text, version) = match (req.workflow, req.manifest) {
         (Some(name), None) => {
@@ -168,7 +191,7 @@ pub async fn start(
         Origin::caller(&caller),
     )
     .await?;
-    answer_after(&state, &id, wait, StatusCode::CREATED).await
+    answer_after(&state, &id, wait, StatusCode::CREATED, view).await
 }
 
 pub async fn stored_workflow(
@@ -303,7 +326,8 @@ pub async fn get(
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let wait = q.duration()?;
     let id = state.store.get_run(&id).await?.id;
-    answer_after(&state, &id, wait, StatusCode::OK).await
+    let view = q.view.unwrap_or(View::Full);
+    answer_after(&state, &id, wait, StatusCode::OK, view).await
 }
 
 #[derive(Deserialize)]
