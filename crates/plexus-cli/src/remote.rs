@@ -269,10 +269,19 @@ pub async fn run(
 ) -> Result<i32> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // A script (`-o json|yaml`) shows no progress, so it only needs the end: the start
+    // itself waits for it (one request for a quick run) and long polls follow if the
+    // run takes longer. A person gets the live feed over the WebSocket.
+    let long_poll = format.is_data();
+    let path = if long_poll {
+        format!("/api/v1/runs?wait={LONG_POLL}")
+    } else {
+        "/api/v1/runs".to_owned()
+    };
     let (status, answer) = c
         .request(
             "POST",
-            "/api/v1/runs",
+            &path,
             Some(&json!({"manifest": text, "inputs": inputs}).to_string()),
         )
         .await?;
@@ -305,6 +314,22 @@ pub async fn run(
         .as_str()
         .context("the server sent no run id")?
         .to_owned();
+    if long_poll {
+        let mut run = answer;
+        let mut status = status;
+        while status != 200 {
+            let path = format!("/api/v1/runs/{}?wait={LONG_POLL}", segment(&id));
+            (status, run) = c.request("GET", &path, None).await?;
+            if !(200..300).contains(&status) {
+                bail!(
+                    "the server answered {status}: {}",
+                    run["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        print_run(&run, format);
+        return Ok(exit_code(&run));
+    }
     eprintln!(
         "run {id} started on {}: workflow {}",
         c.base_url(),
@@ -371,11 +396,20 @@ pub async fn watch(c: &Client, id: &str, format: Format) -> Result<i32> {
         .call("GET", &format!("/api/v1/runs/{}", segment(&id)), None)
         .await?;
     print_run(&run, format);
-    Ok(match run["state"].as_str() {
+    Ok(exit_code(&run))
+}
+
+/// How long one long poll of `plexus run --server -o json` waits (under the client's
+/// read timeout).
+const LONG_POLL: &str = "60s";
+
+/// `plexus run`'s exit status for an ended run.
+fn exit_code(run: &Json) -> i32 {
+    match run["state"].as_str() {
         Some("succeeded") => 0,
         Some("cancelled") => 130,
         _ => 1,
-    })
+    }
 }
 
 pub async fn workflow_apply(c: &Client, file: &Path, format: Format) -> Result<i32> {

@@ -148,7 +148,11 @@ pub async fn start(
     let wait = q.duration()?;
     // A start answers light unless asked otherwise; a start that waits for the end
     // answers with the finished run, which is what it waited for.
-    let view = q.view.unwrap_or(if wait.is_some() { View::Full } else { View::Light });
+    let view = q.view.unwrap_or(if wait.is_some() {
+        View::Full
+    } else {
+        View::Light
+    });
     let bytes = body::read(body, state.config.body_limit).await?;
     let req: StartRun = body::json(&bytes)?;
     let key = match headers.get("idempotency-key") {

@@ -545,7 +545,12 @@ async fn starts_answer_light_unless_asked_for_the_full_run() {
     let quick = "version: plexus/v1\nname: quick\nsteps:\n- {id: a, builtin: noop}\n";
     let (s, light) = api.post("/api/v1/runs", json!({"manifest": quick})).await;
     assert_eq!(s, StatusCode::CREATED, "{light}");
-    let mut keys: Vec<&str> = light.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut keys: Vec<&str> = light
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     keys.sort();
     assert_eq!(keys, ["created_at", "id", "state", "workflow"], "{light}");
     assert_eq!(light["workflow"], "quick");
@@ -554,14 +559,20 @@ async fn starts_answer_light_unless_asked_for_the_full_run() {
         .post("/api/v1/runs?view=full", json!({"manifest": quick}))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{full}");
-    assert!(full["steps"].is_array() && full["inputs"].is_object(), "{full}");
+    assert!(
+        full["steps"].is_array() && full["inputs"].is_object(),
+        "{full}"
+    );
 
     let (_, waited) = api
         .post("/api/v1/runs?wait=10s", json!({"manifest": quick}))
         .await;
     assert_eq!(waited["steps"][0]["state"], "succeeded", "{waited}");
     let (_, waited) = api
-        .post("/api/v1/runs?wait=10s&view=light", json!({"manifest": quick}))
+        .post(
+            "/api/v1/runs?wait=10s&view=light",
+            json!({"manifest": quick}),
+        )
         .await;
     assert!(waited.get("steps").is_none(), "{waited}");
     let (s, _) = api
