@@ -2,7 +2,7 @@
 //! as run progress, so audit appends are serialised and the chain cannot fork.
 
 use crate::auth::*;
-use crate::sqlite::{SqliteStore, db_err};
+use crate::sqlite::{Cached, SqliteStore, db_err};
 use crate::{Result, StoreError};
 use plexus_core::audit::{AuditEntry, AuditRecord};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -96,7 +96,7 @@ pub(crate) fn append_audit_tx(conn: &Connection, entry: &AuditEntry) -> Result<A
 impl AuthStore for SqliteStore {
     async fn create_user(&self, user: User) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO users (id, username, password_hash, role, active, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                 params![
@@ -122,7 +122,7 @@ impl AuthStore for SqliteStore {
     async fn user(&self, id: &str) -> Result<Option<User>> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
                 [id],
                 user_from_row,
@@ -136,7 +136,7 @@ impl AuthStore for SqliteStore {
     async fn user_by_name(&self, username: &str) -> Result<Option<User>> {
         let name = username.to_owned();
         self.read(move |conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE"),
                 [name],
                 user_from_row,
@@ -150,7 +150,7 @@ impl AuthStore for SqliteStore {
     async fn users(&self) -> Result<Vec<User>> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {USER_COLUMNS} FROM users ORDER BY username"
                 ))
                 .map_err(db_err)?;
@@ -166,7 +166,7 @@ impl AuthStore for SqliteStore {
 
     async fn count_users(&self) -> Result<u64> {
         self.read(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))
+            conn.query_row_cached("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
                 .map_err(db_err)
         })
@@ -187,7 +187,7 @@ impl AuthStore for SqliteStore {
         );
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "UPDATE users SET role = COALESCE(?2, role), active = COALESCE(?3, active), \
                      password_hash = COALESCE(?4, password_hash), updated_at = ?5 WHERE id = ?1",
                     params![id, role, active, hash, crate::sqlite::now_ms()],
@@ -203,7 +203,7 @@ impl AuthStore for SqliteStore {
 
     async fn create_api_key(&self, key: ApiKey) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![key.id, key.user_id, key.name, key.secret_hash, key.created_at as i64],
             )
@@ -216,7 +216,7 @@ impl AuthStore for SqliteStore {
     async fn api_key(&self, id: &str) -> Result<Option<ApiKey>> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
                 [id],
                 key_from_row,
@@ -231,7 +231,7 @@ impl AuthStore for SqliteStore {
         let user = user_id.map(str::to_owned);
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR user_id = ?1 ORDER BY created_at"
                 ))
                 .map_err(db_err)?;
@@ -249,12 +249,12 @@ impl AuthStore for SqliteStore {
         let id = id.to_owned();
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                     params![id, at as i64],
                 )
                 .map_err(db_err)?;
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE sessions SET revoked_at = ?2 WHERE api_key_id = ?1 AND revoked_at IS NULL",
                 params![id, at as i64],
             )
@@ -298,7 +298,7 @@ impl AuthStore for SqliteStore {
 
     async fn create_session(&self, s: Session) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, api_key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![s.id, s.user_id, s.refresh_hash, s.created_at as i64, s.expires_at as i64, s.api_key_id],
             )
@@ -311,7 +311,7 @@ impl AuthStore for SqliteStore {
     async fn session(&self, id: &str) -> Result<Option<Session>> {
         let id = id.to_owned();
         self.read(move |conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 "SELECT id, user_id, refresh_hash, created_at, expires_at, revoked_at, api_key_id FROM sessions WHERE id = ?1",
                 [id],
                 session_from_row,
@@ -326,7 +326,7 @@ impl AuthStore for SqliteStore {
         let (id, old, new) = (id.to_owned(), old_hash.to_owned(), new_hash.to_owned());
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "UPDATE sessions SET refresh_hash = ?3 WHERE id = ?1 AND refresh_hash = ?2 AND revoked_at IS NULL",
                     params![id, old, new],
                 )
@@ -339,7 +339,7 @@ impl AuthStore for SqliteStore {
     async fn revoke_session(&self, id: &str, at: Millis) -> Result<()> {
         let id = id.to_owned();
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, at as i64],
             )
@@ -352,7 +352,7 @@ impl AuthStore for SqliteStore {
     async fn revoke_user_sessions(&self, user_id: &str, at: Millis) -> Result<()> {
         let user = user_id.to_owned();
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
                 params![user, at as i64],
             )
@@ -378,7 +378,7 @@ impl AuthStore for SqliteStore {
                 ),
                 None => format!("SELECT {cols} FROM audit WHERE {filter} ORDER BY seq LIMIT {limit}"),
             };
-            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
             let rows = stmt
                 .query_map(
                     params![
@@ -399,7 +399,7 @@ impl AuthStore for SqliteStore {
     async fn settings(&self) -> Result<Vec<Setting>> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT key, value, secret, updated_at, updated_by FROM settings ORDER BY key",
                 )
                 .map_err(db_err)?;
@@ -423,7 +423,7 @@ impl AuthStore for SqliteStore {
 
     async fn put_setting(&self, s: Setting) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT OR REPLACE INTO settings (key, value, secret, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![s.key, s.value, s.secret, s.updated_at as i64, s.updated_by],
             )
@@ -437,7 +437,7 @@ impl AuthStore for SqliteStore {
         let key = key.to_owned();
         self.write(move |conn| {
             let n = conn
-                .execute("DELETE FROM settings WHERE key = ?1", [key])
+                .execute_cached("DELETE FROM settings WHERE key = ?1", [key])
                 .map_err(db_err)?;
             Ok(n > 0)
         })

@@ -16,7 +16,7 @@ impl CatalogStore for SqliteStore {
         let applied_by = applied_by.map(str::to_owned);
         self.write(move |conn| {
             let latest: Option<(i64, String, Option<i64>)> = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT version, manifest, deleted_at FROM workflows WHERE name = ?1 ORDER BY version DESC LIMIT 1",
                     [&name],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -30,13 +30,13 @@ impl CatalogStore for SqliteStore {
                 return Ok((row, false));
             }
             let version = latest.map_or(1, |l| l.0 + 1);
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO workflows (name, version, manifest, created_at, applied_by) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![name, version, manifest, now as i64, applied_by],
             )
             .map_err(db_err)?;
             // Re-applying a deleted workflow brings the name back with a new version.
-            conn.execute("UPDATE workflows SET deleted_at = NULL WHERE name = ?1", [&name]).map_err(db_err)?;
+            conn.execute_cached("UPDATE workflows SET deleted_at = NULL WHERE name = ?1", [&name]).map_err(db_err)?;
             let row = workflow_row(conn, &name, Some(version as u32))?.expect("just written");
             Ok((row, true))
         })
@@ -68,7 +68,7 @@ impl CatalogStore for SqliteStore {
         let name = name.to_owned();
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "UPDATE workflows SET deleted_at = ?2 WHERE name = ?1 AND deleted_at IS NULL",
                     params![name, now as i64],
                 )
@@ -89,7 +89,7 @@ impl CatalogStore for SqliteStore {
                 s.last_fired_at = old.last_fired_at;
                 s.created_at = old.created_at;
             }
-            conn.execute(
+            conn.execute_cached(
                 "INSERT OR REPLACE INTO schedules (name, workflow, cron, inputs, catch_up, paused, next_fire_at, last_fired_at, \
                  from_manifest, created_at, changed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
@@ -135,7 +135,7 @@ impl CatalogStore for SqliteStore {
         let name = name.to_owned();
         self.write(move |conn| {
             Ok(conn
-                .execute("DELETE FROM schedules WHERE name = ?1", [&name])
+                .execute_cached("DELETE FROM schedules WHERE name = ?1", [&name])
                 .map_err(db_err)?
                 > 0)
         })
@@ -152,7 +152,7 @@ impl CatalogStore for SqliteStore {
         let by = by.map(str::to_owned);
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "UPDATE schedules SET paused = ?2, changed_by = COALESCE(?3, changed_by) WHERE name = ?1",
                     params![name, paused, by],
                 )
@@ -182,7 +182,7 @@ impl CatalogStore for SqliteStore {
         let name = name.to_owned();
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "UPDATE schedules SET next_fire_at = ?3, last_fired_at = ?4 WHERE name = ?1 AND next_fire_at = ?2",
                     params![name, expected as i64, next as i64, fired_at as i64],
                 )
@@ -195,10 +195,10 @@ impl CatalogStore for SqliteStore {
     async fn set_triggers(&self, workflow: &str, event_types: &[String]) -> Result<()> {
         let (workflow, types) = (workflow.to_owned(), event_types.to_vec());
         self.write(move |conn| {
-            conn.execute("DELETE FROM triggers WHERE workflow = ?1", [&workflow])
+            conn.execute_cached("DELETE FROM triggers WHERE workflow = ?1", [&workflow])
                 .map_err(db_err)?;
             for t in &types {
-                conn.execute(
+                conn.execute_cached(
                     "INSERT OR IGNORE INTO triggers (event_type, workflow) VALUES (?1, ?2)",
                     params![t, workflow],
                 )
@@ -230,7 +230,7 @@ impl CatalogStore for SqliteStore {
     async fn record_event(&self, event: ReceivedEvent) -> Result<(ReceivedEvent, bool)> {
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "INSERT OR IGNORE INTO received_events (id, type, payload, dedupe_key, received_at, runs) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
                         event.id,
@@ -246,7 +246,7 @@ impl CatalogStore for SqliteStore {
                 return Ok((event, true));
             }
             let first = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT id, type, payload, dedupe_key, received_at, runs FROM received_events WHERE dedupe_key = ?1",
                     [&event.dedupe_key],
                     |r| {
@@ -272,7 +272,7 @@ impl CatalogStore for SqliteStore {
             serde_json::to_string(runs).unwrap_or_default(),
         );
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE received_events SET runs = ?2 WHERE id = ?1",
                 params![id, runs],
             )
@@ -292,7 +292,7 @@ impl CatalogStore for SqliteStore {
     ) -> Result<i64> {
         let (kind, target, reason) = (kind.to_owned(), target.to_owned(), reason.to_owned());
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO dead_letters (kind, target, payload, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![kind, target, payload.to_string(), reason, now as i64],
             )

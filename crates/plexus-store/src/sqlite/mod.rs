@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
+mod cached;
 mod catalog;
 mod rows;
 mod runs;
 mod writer;
+pub(crate) use cached::Cached;
 use rows::*;
 use writer::{Job, LastCommitError, writer_loop};
 
@@ -123,6 +125,8 @@ fn json_err(e: serde_json::Error) -> StoreError {
 
 fn connect(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
     let conn = Connection::open(path).map_err(db_err)?;
+    // Every fixed statement of the store stays prepared (see `cached`).
+    conn.set_prepared_statement_cache_capacity(256);
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db_err)?;
     let sync = if opts.synchronous_full {
@@ -145,7 +149,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
         .map_err(db_err)?;
     let current: i64 = tx
-        .query_row(
+        .query_row_cached(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
             [],
             |r| r.get(0),
@@ -154,7 +158,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     for (version, sql) in MIGRATIONS {
         if *version > current {
             tx.execute_batch(sql).map_err(db_err)?;
-            tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))", [version])
+            tx.execute_cached("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))", [version])
                 .map_err(db_err)?;
         }
     }
@@ -293,7 +297,7 @@ pub fn measure_commit_latency(
     let started = std::time::Instant::now();
     for i in 0..n {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
-        conn.execute("INSERT INTO probe (id, data) VALUES (?1, 'x')", [i as i64])
+        conn.execute_cached("INSERT INTO probe (id, data) VALUES (?1, 'x')", [i as i64])
             .map_err(db_err)?;
         conn.execute_batch("COMMIT").map_err(db_err)?;
     }
@@ -433,14 +437,14 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
                     .map_err(db_err)?;
             }
             RowChange::RunReopened => {
-                conn.execute(
+                conn.execute_cached(
                     "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, outputs = NULL WHERE id = ?1",
                     [run_id],
                 )
                 .map_err(db_err)?;
             }
             RowChange::StepReopened { step_id } => {
-                conn.execute(
+                conn.execute_cached(
                     "UPDATE steps SET status = 'pending', started_at = NULL, finished_at = NULL, output = NULL, error = NULL \
                      WHERE run_id = ?1 AND step_id = ?2",
                     params![run_id, step_id],
@@ -550,14 +554,14 @@ fn workflow_row(
 ) -> Result<Option<WorkflowRow>> {
     let sql = "SELECT name, version, manifest, created_at, applied_by FROM workflows \
                WHERE name = ?1 AND deleted_at IS NULL AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1";
-    conn.query_row(sql, params![name, version], workflow_from_row)
+    conn.query_row_cached(sql, params![name, version], workflow_from_row)
         .optional()
         .map_err(db_err)
 }
 
 fn schedule_row(conn: &Connection, name: &str) -> Result<Option<ScheduleRow>> {
     let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?1");
-    conn.query_row(&sql, [name], schedule_from_row)
+    conn.query_row_cached(&sql, [name], schedule_from_row)
         .optional()
         .map_err(db_err)
 }

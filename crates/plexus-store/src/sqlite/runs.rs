@@ -7,7 +7,7 @@ impl RunStore for SqliteStore {
     async fn create_run(&self, run: NewRun) -> Result<bool> {
         self.write(move |conn| {
             let inserted = conn
-                .execute(
+                .execute_cached(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
                      parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, workflow_version, started_by, mode, \
                      responsible) \
@@ -37,7 +37,7 @@ impl RunStore for SqliteStore {
             if inserted == 0 {
                 return Ok(false);
             }
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO run_definitions (run_id, manifest, plan) VALUES (?1, ?2, ?3)",
                 params![run.id, run.manifest, run.plan],
             )
@@ -73,7 +73,7 @@ impl RunStore for SqliteStore {
         let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .execute_cached(
                     "UPDATE runs SET owner = ?2, lease_until = ?3, fence = fence + 1 WHERE id = ?1 \
                      AND (?5 OR owner IS NULL OR owner = ?2 OR lease_until IS NULL OR lease_until < ?4)",
                     params![run_id, owner, lease_until as i64, now as i64, force],
@@ -87,7 +87,7 @@ impl RunStore for SqliteStore {
     async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()> {
         let owner = owner.to_owned();
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE runs SET lease_until = ?2 WHERE owner = ?1 AND status NOT IN ('succeeded', 'failed', 'cancelled')",
                 params![owner, lease_until as i64],
             )
@@ -100,7 +100,7 @@ impl RunStore for SqliteStore {
     async fn release_runs(&self, owner: &str) -> Result<()> {
         let owner = owner.to_owned();
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = ?1",
                 params![owner],
             )
@@ -118,14 +118,14 @@ impl RunStore for SqliteStore {
             }
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
             if let Some(run) = conn
-                .query_row(&sql, [&key], run_from_row)
+                .query_row_cached(&sql, [&key], run_from_row)
                 .optional()
                 .map_err(db_err)?
             {
                 return Ok(run);
             }
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 || '%' LIMIT 2");
-            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
             let mut rows: Vec<RunRow> = stmt
                 .query_map([&key], run_from_row)
                 .map_err(db_err)?
@@ -174,7 +174,7 @@ impl RunStore for SqliteStore {
             }
             let limit = if filter.limit == 0 { 50 } else { filter.limit };
             sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
-            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
             let rows = stmt
                 .query_map(rusqlite::params_from_iter(args.iter()), run_from_row)
                 .map_err(db_err)?
@@ -206,7 +206,7 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare("SELECT step_id, status, attempt, started_at, finished_at, output, error FROM steps WHERE run_id = ?1 ORDER BY position")
+                .prepare_cached("SELECT step_id, status, attempt, started_at, finished_at, output, error FROM steps WHERE run_id = ?1 ORDER BY position")
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([&run_id], |r| {
@@ -231,7 +231,7 @@ impl RunStore for SqliteStore {
     async fn run_definition(&self, run_id: &str) -> Result<RunDefinition> {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 "SELECT manifest, plan FROM run_definitions WHERE run_id = ?1",
                 [&run_id],
                 |r| {
@@ -283,7 +283,7 @@ impl RunStore for SqliteStore {
             let sql = format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 ORDER BY created_at"
             );
-            let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
             let rows = stmt
                 .query_map([&run_id], run_from_row)
                 .map_err(db_err)?
@@ -310,7 +310,7 @@ impl RunStore for SqliteStore {
         );
         let id = self
             .write(move |conn| {
-                conn.execute(
+                conn.execute_cached(
                     "INSERT INTO commands (run_id, kind, step_id, data, actor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![run_id, kind.as_str(), step_id, data.to_string(), actor, now as i64],
                 )
@@ -353,7 +353,7 @@ impl RunStore for SqliteStore {
     async fn command(&self, id: i64) -> Result<Option<Command>> {
         self.read(move |conn| {
             let sql = format!("SELECT {COMMAND_COLUMNS} FROM commands c WHERE c.id = ?1");
-            conn.query_row(&sql, [id], command_from_row)
+            conn.query_row_cached(&sql, [id], command_from_row)
                 .optional()
                 .map_err(db_err)
         })
@@ -364,7 +364,7 @@ impl RunStore for SqliteStore {
         let key = key.to_owned();
         self.read(move |conn| {
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = ?1");
-            conn.query_row(&sql, [&key], run_from_row)
+            conn.query_row_cached(&sql, [&key], run_from_row)
                 .optional()
                 .map_err(db_err)
         })
@@ -375,7 +375,7 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT run_id, step_id, item, attempt, executor, data FROM attempt_records WHERE run_id = ?1",
                 )
                 .map_err(db_err)?;
@@ -410,7 +410,7 @@ impl RunStore for SqliteStore {
     ) -> Result<Option<StepLogs>> {
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         self.read(move |conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 "SELECT stdout, stderr, exit_code FROM step_logs \
                  WHERE run_id = ?1 AND step_id = ?2 AND item = ?3 AND attempt = ?4",
                 params![run_id, step_id, item.map_or(-1, i64::from), attempt],
@@ -435,7 +435,7 @@ impl RunStore for SqliteStore {
     async fn awaiting_approvals(&self) -> Result<Vec<PendingApproval>> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT s.run_id, r.workflow, s.step_id, r.started_by, \
                        (SELECT data FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.step_id \
                           AND e.type = 'step_awaiting_approval' ORDER BY e.seq DESC LIMIT 1), \
@@ -486,15 +486,18 @@ impl RunStore for SqliteStore {
         if let Some(e) = self.last_commit_error.lock().ok().and_then(|e| e.clone()) {
             return Err(StoreError::Db(format!("the last commit failed: {e}")));
         }
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
-            .await
+        self.read(|conn| {
+            conn.query_row_cached("SELECT 1", [], |_| Ok(()))
+                .map_err(db_err)
+        })
+        .await
     }
 
     async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>> {
         let run_id = run_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare("SELECT sha256, run_id, step_id, attempt, name, size FROM artifacts WHERE run_id = ?1 ORDER BY step_id, name")
+                .prepare_cached("SELECT sha256, run_id, step_id, attempt, name, size FROM artifacts WHERE run_id = ?1 ORDER BY step_id, name")
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([&run_id], |r| {

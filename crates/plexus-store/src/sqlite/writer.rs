@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
-use super::db_err;
+use super::{Cached, db_err};
 
 /// Answers a job's caller once the transaction's fate is known (`Some` = it failed).
 pub(super) type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
@@ -86,7 +86,9 @@ struct Committed {
 
 /// Runs `jobs` in one transaction and commits it.
 fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Committed {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    // The statements that frame every group commit come from the cache, not parsed anew.
+    let run = |sql: &str| conn.execute_cached(sql, []).map(|_| ());
+    if let Err(e) = run("BEGIN IMMEDIATE") {
         // Nothing runs; each caller gets the real error.
         let err = db_err(e);
         let replies = jobs
@@ -106,7 +108,7 @@ fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Committed {
             replies.push(job(Err(err.clone())).1);
             continue;
         }
-        let (ok, reply) = match conn.execute_batch("SAVEPOINT job") {
+        let (ok, reply) = match run("SAVEPOINT job") {
             Ok(()) => job(Ok(conn)),
             // Without a savepoint the job could not be undone alone: it is not run, and
             // the transaction's state is not known any more.
@@ -117,12 +119,12 @@ fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Committed {
                 continue;
             }
         };
-        let end = if ok {
-            "RELEASE job"
+        let ended = if ok {
+            run("RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = ended {
             doomed = Some(db_err(e));
         }
         replies.push(reply);
@@ -132,7 +134,7 @@ fn commit_jobs(conn: &Connection, jobs: Vec<Job>) -> Committed {
             rollback(conn);
             Some(err)
         }
-        None => match conn.execute_batch("COMMIT") {
+        None => match run("COMMIT") {
             Ok(()) => None,
             Err(e) => {
                 rollback(conn);
