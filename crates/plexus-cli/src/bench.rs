@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
@@ -22,6 +22,7 @@ pub const SCENARIOS: [&str; 9] = [
     "isolation-100",
     "park-100k",
     "http-1000",
+    "http-clients",
 ];
 
 struct Sizes {
@@ -32,6 +33,7 @@ struct Sizes {
     shell: usize,
     park: usize,
     http: usize,
+    clients: usize,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -44,6 +46,7 @@ fn sizes(quick: bool) -> Sizes {
             shell: 10,
             park: 1_000,
             http: 64,
+            clients: 100,
         }
     } else {
         Sizes {
@@ -54,6 +57,7 @@ fn sizes(quick: bool) -> Sizes {
             shell: 100,
             park: 100_000,
             http: 1_000,
+            clients: 2_000,
         }
     }
 }
@@ -162,7 +166,7 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-struct Bench {
+pub(crate) struct Bench {
     engine: Engine,
     dir: PathBuf,
 }
@@ -219,7 +223,7 @@ impl Bench {
     }
 
     /// Submits and waits for the end; returns the wall time from submit to durable end.
-    async fn run(&self, yaml: String) -> Result<Duration> {
+    pub(crate) async fn run(&self, yaml: String) -> Result<Duration> {
         let plan = self.plan(&yaml)?;
         let mut finished = self.engine.finished();
         let started = Instant::now();
@@ -556,7 +560,7 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
         200,
         &SqliteOptions::default(),
     )?;
-    let b = Bench::new(root.join("data"))?;
+    let b = Arc::new(Bench::new(root.join("data"))?);
     let r = match name {
         "sequential-40" => {
             let n = sz.sequential;
@@ -694,6 +698,28 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                 r["completed_per_second"].as_f64().unwrap_or(0.0) * fsync.as_secs_f64()
             ));
             r["where_time_goes"] = json!(b.where_time_goes(wall));
+            r
+        }
+        "http-clients" => {
+            let mut r = crate::bench_clients::run(&b, root, sz.clients).await?;
+            r["scenario"] = json!(name);
+            r["baseline"] = json!(format!(
+                "the same runs submitted in-process: {:.0}/s; one fsync'd commit: {:.2} ms",
+                r["in_process"]["workflows_per_second"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                ms(fsync)
+            ));
+            r["ratio"] = json!(format!(
+                "long poll at {:.2}x the in-process rate",
+                r["long_poll"]["workflows_per_second"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / r["in_process"]["workflows_per_second"]
+                        .as_f64()
+                        .unwrap_or(1.0)
+                        .max(1e-9)
+            ));
             r
         }
         other => bail!(
