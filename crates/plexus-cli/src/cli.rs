@@ -223,8 +223,10 @@ pub enum Command {
     /// after another vs bare fork+exec one at a time), isolation-100 (100 `true` steps
     /// isolated from the data directory vs the same unisolated), park-100k (100,000 steps waiting
     /// for a signal: peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
-    /// HTTP by 32 clients: submit rate, runs/s, p50/p99 submit-to-finish). Each runs in
-    /// its own process on a fresh store with synchronous=FULL.
+    /// HTTP by 32 clients: submit rate, runs/s, p50/p99 submit-to-finish), http-clients
+    /// (`plexus serve` as its own process; 50 clients wait for 2,000 one-step runs by long
+    /// poll and by WebSocket: workflows/s, p50/p99, server CPU per run, vs in-process).
+    /// Each runs in its own process on a fresh store with synchronous=FULL.
     Bench {
         /// Small sizes, for a smoke test
         #[arg(long)]
