@@ -301,7 +301,8 @@ fn bench_quick_reports_every_scenario() {
             "shell-chain-100",
             "isolation-100",
             "park-100k",
-            "http-1000"
+            "http-1000",
+            "http-clients"
         ]
     );
     for s in v.as_array().unwrap() {
@@ -333,6 +334,25 @@ fn bench_quick_reports_every_scenario() {
     assert!(
         foreach["longest_loop_wait_ms"].as_f64().unwrap() >= 0.0,
         "{foreach}"
+    );
+    // What clients feel: a real server process, both ways of waiting, the in-process
+    // baseline and the server's CPU beside them.
+    let clients = &v[9];
+    for way in ["long_poll", "websocket", "in_process"] {
+        assert!(
+            clients[way]["workflows_per_second"].as_f64().unwrap() > 0.0,
+            "{clients}"
+        );
+    }
+    assert!(
+        clients["long_poll"]["server_cpu_ms_per_workflow"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        clients["w3"]["engine_ms"].as_f64().unwrap() > 0.0,
+        "{clients}"
     );
 }
 
