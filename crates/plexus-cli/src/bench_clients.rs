@@ -130,24 +130,28 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs `per_client` submissions on each of [`CLIENTS`] tasks, each timed by `one`.
-async fn clients<F, Fut>(server: &Server, n: usize, one: F) -> Result<Phase>
+/// Makes `n` calls of `one` from [`CLIENTS`] tasks at once, each task with its own
+/// `state()` (a client and its connection); every call's latency, and the wall time.
+async fn timed<S, F, Fut>(
+    n: usize,
+    mut state: impl FnMut() -> Result<S>,
+    one: F,
+) -> Result<(Vec<Duration>, Duration)>
 where
-    F: Fn(Arc<Client>) -> Fut + Send + Sync + Clone + 'static,
+    S: Clone + Send + 'static,
+    F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
     let per_client = n.div_ceil(CLIENTS);
-    let cpu = server.cpu();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let client = Arc::new(server.client()?);
-        let one = one.clone();
+        let (state, one) = (state()?, one.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
             for _ in 0..per_client {
                 let t = Instant::now();
-                one(client.clone()).await?;
+                one(state.clone()).await?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, anyhow::Error>(latencies)
@@ -157,8 +161,19 @@ where
     for task in tasks {
         latencies.extend(task.await??);
     }
+    Ok((latencies, started.elapsed()))
+}
+
+/// [`timed`] calls against the server, each client with its own connection.
+async fn clients<F, Fut>(server: &Server, n: usize, one: F) -> Result<Phase>
+where
+    F: Fn(Arc<Client>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let cpu = server.cpu();
+    let (latencies, wall) = timed(n, || Ok(Arc::new(server.client()?)), one).await?;
     Ok(Phase {
-        wall: started.elapsed(),
+        wall,
         latencies,
         server_cpu: server.cpu().saturating_sub(cpu),
     })
@@ -263,25 +278,11 @@ fn fan_out(n: usize) -> String {
 
 /// The in-process baseline: the same one-step runs, [`CLIENTS`] submitters at once.
 async fn in_process(b: &Arc<crate::bench::Bench>, n: usize) -> Result<Phase> {
-    let per_client = n.div_ceil(CLIENTS);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let b = b.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(per_client);
-            for _ in 0..per_client {
-                latencies.push(b.run(ONE_STEP.to_owned()).await?);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
+    let run =
+        |b: Arc<crate::bench::Bench>| async move { b.run(ONE_STEP.to_owned()).await.map(|_| ()) };
+    let (latencies, wall) = timed(n, || Ok(b.clone()), run).await?;
     Ok(Phase {
-        wall: started.elapsed(),
+        wall,
         latencies,
         server_cpu: Duration::ZERO,
     })
