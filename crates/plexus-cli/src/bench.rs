@@ -258,7 +258,7 @@ impl Bench {
 }
 
 /// CPU time used so far by this process and by its reaped children.
-fn cpu_times() -> (Duration, Duration) {
+pub(crate) fn cpu_times() -> (Duration, Duration) {
     let get = |who| {
         // SAFETY: getrusage fills the struct it is given and reads nothing else.
         let mut u: libc::rusage = unsafe { std::mem::zeroed() };

@@ -121,7 +121,7 @@ impl AuthStore for SqliteStore {
 
     async fn user(&self, id: &str) -> Result<Option<User>> {
         let id = id.to_owned();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             conn.query_row_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
                 [id],
@@ -266,7 +266,7 @@ impl AuthStore for SqliteStore {
 
     async fn key_with_user(&self, id: &str) -> Result<Option<(ApiKey, User)>> {
         let id = id.to_owned();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             conn.prepare_cached(
                 "SELECT k.id, k.user_id, k.name, k.secret_hash, k.created_at, k.revoked_at, \
                         u.id, u.username, u.password_hash, u.role, u.active, u.created_at \
@@ -282,7 +282,7 @@ impl AuthStore for SqliteStore {
 
     async fn session_with_user(&self, id: &str) -> Result<Option<(Session, User)>> {
         let id = id.to_owned();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             conn.prepare_cached(
                 "SELECT s.id, s.user_id, s.refresh_hash, s.created_at, s.expires_at, s.revoked_at, \
                         s.api_key_id, u.id, u.username, u.password_hash, u.role, u.active, u.created_at \

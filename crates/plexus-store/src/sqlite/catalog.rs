@@ -45,7 +45,7 @@ impl CatalogStore for SqliteStore {
 
     async fn get_workflow(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowRow>> {
         let name = name.to_owned();
-        self.read(move |conn| workflow_row(conn, &name, version))
+        self.read_point(move |conn| workflow_row(conn, &name, version))
             .await
     }
 

@@ -112,7 +112,7 @@ impl RunStore for SqliteStore {
 
     async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow> {
         let key = id_or_prefix.to_owned();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                 return Err(StoreError::RunNotFound(key));
             }
@@ -124,7 +124,10 @@ impl RunStore for SqliteStore {
             {
                 return Ok(run);
             }
-            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 || '%' LIMIT 2");
+            // A range on the primary key (`LIKE` would scan: it ignores case, the index
+            // does not); ids are hex digits and dashes, all below `~`.
+            let sql =
+                format!("SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2");
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
             let mut rows: Vec<RunRow> = stmt
                 .query_map([&key], run_from_row)
@@ -362,7 +365,7 @@ impl RunStore for SqliteStore {
 
     async fn find_run_by_key(&self, key: &str) -> Result<Option<RunRow>> {
         let key = key.to_owned();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = ?1");
             conn.query_row_cached(&sql, [&key], run_from_row)
                 .optional()
