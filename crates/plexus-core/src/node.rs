@@ -45,6 +45,23 @@ impl Node {
         }
     }
 
+    /// What the node holds, for "found ..." in error messages: the value itself for
+    /// scalars (`-1`, `the string "many"`, `true`), the type for lists and mappings.
+    pub fn describe(&self) -> String {
+        match &self.value {
+            Value::Null => "null".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Str(s) => {
+                let shown: String = s.chars().take(40).collect();
+                let more = if shown.len() < s.len() { "…" } else { "" };
+                format!("the string {:?}{more}", shown)
+            }
+            Value::Seq(_) | Value::Map(_) => self.type_name().into(),
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match &self.value {
             Value::Str(s) => Some(s),

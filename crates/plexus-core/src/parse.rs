@@ -36,7 +36,7 @@ impl<'a> Fields<'a> {
                     Diagnostic::new(
                         "wrong-type",
                         node.loc,
-                        format!("{context} must be a mapping, found {}", node.type_name()),
+                        format!("{context} must be a mapping, found {}", node.describe()),
                     )
                     .with_step(step),
                 );
@@ -98,7 +98,7 @@ impl Ctx<'_> {
                 self.err(
                     "wrong-type",
                     node.loc,
-                    format!("{what} must be a string, found {}", node.type_name()),
+                    format!("{what} must be a string, found {}", node.describe()),
                 );
                 None
             }
@@ -118,7 +118,7 @@ impl Ctx<'_> {
                     node.loc,
                     format!(
                         "{what} must be a list of strings, found {}",
-                        node.type_name()
+                        node.describe()
                     ),
                 );
                 Vec::new()
@@ -135,7 +135,7 @@ impl Ctx<'_> {
                     node.loc,
                     format!(
                         "{what} must be a non-negative integer, found {}",
-                        node.type_name()
+                        node.describe()
                     ),
                 );
                 None
@@ -151,7 +151,7 @@ impl Ctx<'_> {
                 self.err(
                     "wrong-type",
                     node.loc,
-                    format!("{what} must be a number, found {}", node.type_name()),
+                    format!("{what} must be a number, found {}", node.describe()),
                 );
                 None
             }
@@ -165,7 +165,7 @@ impl Ctx<'_> {
                 self.err(
                     "wrong-type",
                     node.loc,
-                    format!("{what} must be true or false, found {}", node.type_name()),
+                    format!("{what} must be true or false, found {}", node.describe()),
                 );
                 None
             }
@@ -182,7 +182,7 @@ impl Ctx<'_> {
                     node.loc,
                     format!(
                         "{what} must be a duration such as 30s or 5m, found {}",
-                        node.type_name()
+                        node.describe()
                     ),
                 );
                 return None;
@@ -230,7 +230,7 @@ impl Ctx<'_> {
                 self.err(
                     "wrong-type",
                     node.loc,
-                    format!("{what} must be a mapping, found {}", node.type_name()),
+                    format!("{what} must be a mapping, found {}", node.describe()),
                 );
             }
         }
@@ -402,7 +402,7 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
                 cx.err(
                     "wrong-type",
                     n.loc,
-                    format!("`steps` must be a list, found {}", n.type_name()),
+                    format!("`steps` must be a list, found {}", n.describe()),
                 );
                 Vec::new()
             }
@@ -423,7 +423,7 @@ pub fn manifest_from_node(root: &Node, out: &mut Vec<Diagnostic>) -> Option<Mani
                 cx.err(
                     "wrong-type",
                     n.loc,
-                    format!("`outputs` must be a mapping, found {}", n.type_name()),
+                    format!("`outputs` must be a mapping, found {}", n.describe()),
                 );
                 BTreeMap::new()
             }
@@ -462,7 +462,7 @@ fn parse_inputs(node: &Node, cx: &mut Ctx) -> Vec<InputDef> {
         cx.err(
             "wrong-type",
             node.loc,
-            format!("`inputs` must be a mapping, found {}", node.type_name()),
+            format!("`inputs` must be a mapping, found {}", node.describe()),
         );
         return Vec::new();
     };

@@ -199,3 +199,27 @@ proptest! {
         let _ = load(&y, "fuzz.yaml", &opts());
     }
 }
+
+/// A wrong value is named in the message, not only its type (`found -1`, not `found an
+/// integer`); long strings are cut, lists and mappings are named by type.
+#[test]
+fn wrong_values_are_named_in_the_message() {
+    let yaml = "version: plexus/v1\nname: x\nsteps:\n- {id: a, run: 'true', retry: {max_attempts: -1}}\n- {id: b, run: 'true', concurrency: many}\n- {id: c, run: 'true', timeout: [1]}\n";
+    let messages: Vec<String> = problems(yaml).into_iter().map(|d| d.message).collect();
+    let all = messages.join("\n");
+    assert!(
+        all.contains("max_attempts must be a non-negative integer, found -1"),
+        "{all}"
+    );
+    assert!(all.contains("found the string \"many\""), "{all}");
+    assert!(all.contains("found a list"), "{all}");
+    let long = "x".repeat(100);
+    let yaml = format!(
+        "version: plexus/v1\nname: x\nsteps:\n- {{id: a, run: 'true', concurrency: {long}}}\n"
+    );
+    let all: Vec<String> = problems(&yaml).into_iter().map(|d| d.message).collect();
+    assert!(
+        all[0].ends_with(&format!("\"{}\"…", "x".repeat(40))),
+        "{all:?}"
+    );
+}
