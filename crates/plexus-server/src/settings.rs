@@ -28,6 +28,18 @@ const KNOWN: &[(&str, &str)] = &[
         "true | false: refuse to start steps where they cannot be isolated from the data directory",
     ),
 ];
+/// The name a key is stored under: the seed engine's CLI wrote the fixed settings with
+/// dashes (`execution-mode`), which name the same settings as underscores. Other keys
+/// (under open namespaces, named by their users) keep their own spelling.
+fn canonical(key: String) -> String {
+    let underscored = key.replace('-', "_");
+    if KNOWN.iter().any(|(k, _)| *k == underscored) {
+        underscored
+    } else {
+        key
+    }
+}
+
 /// Namespaces open to any key below them.
 const OPEN: &[&str] = &["budgets.", "providers."];
 
@@ -99,6 +111,7 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
 }
 
 pub async fn get(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<Json_>> {
+    let key = canonical(key);
     let all = state.store.settings().await?;
     let s = all
         .iter()
@@ -121,6 +134,7 @@ pub async fn put(
     Path(key): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Json_>> {
+    let key = canonical(key);
     let bytes = body::read(body, body::SMALL).await?;
     let req: Put = body::json(&bytes)?;
     check(&key, &req.value)?;
@@ -164,6 +178,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> ApiResult<Json<Json_>> {
+    let key = canonical(key);
     if !state.store.delete_setting(&key).await? {
         return Err(ApiError::not_found(format!("setting `{key}` is not set")));
     }

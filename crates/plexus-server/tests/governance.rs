@@ -622,16 +622,20 @@ async fn tampering_with_audit_rows_is_found() {
 
 /// `execution_mode: manual` makes every step of a workflow without its own mode wait;
 /// a workflow that sets its mode keeps it. No mode lets a MODIFY step run unapproved.
+/// The seed engine's spelling, `execution-mode`, names the same setting.
 #[tokio::test]
 async fn the_execution_mode_setting_applies_to_workflows_without_one() {
     let api = Api::new().await;
     api.call(
         "PUT",
-        "/api/v1/settings/execution_mode",
+        "/api/v1/settings/execution-mode",
         json!({"value": "manual"}).to_string(),
         &[],
     )
     .await;
+    let (_, stored) = api.get("/api/v1/settings/execution_mode").await;
+    assert_eq!(stored["key"], "execution_mode", "{stored}");
+    assert_eq!(stored["value"], "manual", "{stored}");
     let plain =
         json!({"version": "plexus/v1", "name": "plain", "steps": [{"id": "look", "run": "true"}]});
     let (_, run) = api.post("/api/v1/runs", json!({"manifest": plain})).await;
