@@ -15,8 +15,19 @@ pub enum UserCommand {
     /// Every user with role and state (admin)
     List,
     /// Add a user; the password is read from the terminal, or stdin with --password-stdin
+    ///
+    /// Examples:
+    ///   plexus user create olga --role operator
+    ///   plexus user create --email alice@example.com --role engineer   (signs in as the email)
+    ///   echo "$PW" | plexus user create ci-bot --role engineer --password-stdin
+    #[command(verbatim_doc_comment)]
     Create {
-        username: String,
+        /// The name to sign in with [default: the email]
+        #[arg(required_unless_present = "email")]
+        username: Option<String>,
+        /// An email address; it signs in like the username
+        #[arg(long)]
+        email: Option<String>,
         /// operator (reads), engineer (+ runs, workflows, approves MODIFY), admin (+ users,
         /// settings, approves ADMIN)
         #[arg(long)]
@@ -170,16 +181,19 @@ pub async fn user(c: &Client, cmd: &UserCommand, format: Format) -> Result<i32> 
         }
         UserCommand::Create {
             username,
+            email,
             role,
             password_stdin,
             no_password,
         } => {
+            let name = username.as_deref().or(email.as_deref()).unwrap_or_default();
             let password = if *no_password {
                 None
             } else {
-                Some(crate::login::read_password(*password_stdin, username)?)
+                Some(crate::login::read_password(*password_stdin, name)?)
             };
-            let body = json!({"username": username, "role": role, "password": password});
+            let body =
+                json!({"username": username, "email": email, "role": role, "password": password});
             c.call("POST", "/api/v1/users", Some(&body.to_string()))
                 .await?
         }

@@ -477,6 +477,61 @@ fn governance_from_the_cli() {
     .unwrap();
     let olga = key["secret"].as_str().unwrap().to_owned();
 
+    // The seed engine's habits: a user made from an email signs in with it, and
+    // settings keys take the dashed spelling.
+    let with_stdin = |args: &[&str], env: Option<&str>, input: &[u8]| {
+        let mut cmd = p.cmd();
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(key) = env {
+            cmd.env("PLEXUS_API_KEY", key);
+        }
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = with_stdin(
+        &[
+            "--server",
+            &url,
+            "user",
+            "create",
+            "--email",
+            "alice@example.com",
+            "--role",
+            "engineer",
+            "--password-stdin",
+        ],
+        Some(&admin),
+        b"alice's long password\n",
+    );
+    assert!(ok(&out).contains("alice@example.com: engineer, active"));
+    let out = with_stdin(
+        &[
+            "login",
+            "--url",
+            &url,
+            "-u",
+            "Alice@Example.com",
+            "--password-stdin",
+        ],
+        None,
+        b"alice's long password\n",
+    );
+    assert!(ok(&out).contains("(engineer)"), "{}", ok(&out));
+    ok(&as_key(
+        &admin,
+        &["settings", "set", "execution-mode", "guided"],
+    ));
+    let got = ok(&as_key(
+        &admin,
+        &["settings", "get", "execution_mode", "-o", "json"],
+    ));
+    assert!(got.contains("guided"), "{got}");
+    ok(&as_key(&admin, &["settings", "unset", "execution-mode"]));
+
     // The operator reads but cannot change; the refusal says why.
     ok(&as_key(&olga, &["runs", "list"]));
     let hello = examples().join("hello.yaml");

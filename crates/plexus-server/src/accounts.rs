@@ -288,9 +288,31 @@ pub async fn me(Extension(caller): Extension<Caller>) -> Json<Json_> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
-    username: String,
+    /// Defaults to the email.
+    username: Option<String>,
+    email: Option<String>,
     password: Option<String>,
     role: String,
+}
+
+/// A plausible email address: something, `@`, a domain with a dot; no spaces. (Whether it
+/// reaches anyone is not Plexus's to check: it is a name to sign in with.)
+fn valid_email(email: &str) -> ApiResult<()> {
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{email}` is not an email address"
+        )))
+    }
 }
 
 fn parse_role(role: &str) -> ApiResult<Role> {
@@ -323,7 +345,15 @@ pub async fn create_user(
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let bytes = body::read(body, body::SMALL).await?;
     let req: NewUser = body::json(&bytes)?;
-    valid_username(&req.username)?;
+    if let Some(email) = &req.email {
+        valid_email(email)?;
+    }
+    let Some(username) = req.username.clone().or_else(|| req.email.clone()) else {
+        return Err(ApiError::bad_request(
+            "give a `username`, an `email`, or both",
+        ));
+    };
+    valid_username(&username)?;
     let role = parse_role(&req.role)?;
     let password_hash = match &req.password {
         Some(p) => {
@@ -334,11 +364,12 @@ pub async fn create_user(
     };
     let user = User {
         id: plexus_engine::new_id(),
-        username: req.username.clone(),
+        username,
         password_hash,
         role: role.as_str().into(),
         active: true,
         created_at: now_ms(),
+        email: req.email.clone(),
     };
     state.store.create_user(user.clone()).await?;
     audit(

@@ -17,6 +17,8 @@ pub struct User {
     pub role: String,
     pub active: bool,
     pub created_at: Millis,
+    /// Optional; unique whatever its case, and signs in like the username.
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,6 +74,7 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Fails with `Conflict` when the username is taken.
     async fn create_user(&self, user: User) -> Result<()>;
     async fn user(&self, id: &str) -> Result<Option<User>>;
+    /// The user with this username or, failing that, this email (both case-insensitive).
     async fn user_by_name(&self, username: &str) -> Result<Option<User>>;
     async fn users(&self) -> Result<Vec<User>>;
     async fn count_users(&self) -> Result<u64>;

@@ -124,6 +124,7 @@ pub async fn keeps_users_keys_and_sessions(store: &dyn Store) {
         role: "engineer".into(),
         active: true,
         created_at: 5,
+        email: None,
     };
     let before = store.count_users().await.unwrap();
     store.create_user(user("u1", "ada")).await.unwrap();
@@ -145,6 +146,25 @@ pub async fn keeps_users_keys_and_sessions(store: &dyn Store) {
         store.user_by_name("Ada").await.unwrap(),
         Some(user("u1", "ada"))
     );
+    // An email signs in like a username, whatever its case, and is unique.
+    let alice = User {
+        email: Some("Alice@Example.com".into()),
+        ..user("u4", "alice")
+    };
+    store.create_user(alice.clone()).await.unwrap();
+    assert_eq!(
+        store.user_by_name("alice@example.com").await.unwrap(),
+        Some(alice.clone())
+    );
+    let other = User {
+        email: Some("ALICE@example.com".into()),
+        ..user("u5", "alice2")
+    };
+    assert!(matches!(
+        store.create_user(other).await,
+        Err(StoreError::Conflict(m)) if m.contains("email")
+    ));
+    assert_eq!(store.user("u4").await.unwrap(), Some(alice));
     store
         .update_user("u1", Some("admin"), Some(false), None)
         .await

@@ -7,7 +7,7 @@ use crate::{Result, StoreError};
 use plexus_core::audit::{AuditEntry, AuditRecord};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-const USER_COLUMNS: &str = "id, username, password_hash, role, active, created_at";
+const USER_COLUMNS: &str = "id, username, password_hash, role, active, created_at, email";
 const KEY_COLUMNS: &str = "id, user_id, name, secret_hash, created_at, revoked_at";
 
 fn user_from_row(r: &Row) -> rusqlite::Result<User> {
@@ -23,6 +23,7 @@ fn user_at(r: &Row, at: usize) -> rusqlite::Result<User> {
         role: r.get(at + 3)?,
         active: r.get::<_, i64>(at + 4)? != 0,
         created_at: r.get::<_, i64>(at + 5)? as u64,
+        email: r.get(at + 6)?,
     })
 }
 
@@ -97,18 +98,25 @@ impl AuthStore for SqliteStore {
     async fn create_user(&self, user: User) -> Result<()> {
         self.write(move |conn| {
             conn.execute_cached(
-                "INSERT INTO users (id, username, password_hash, role, active, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                "INSERT INTO users (id, username, password_hash, role, active, created_at, updated_at, email) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
                 params![
                     user.id,
                     user.username,
                     user.password_hash,
                     user.role,
                     user.active,
-                    user.created_at as i64
+                    user.created_at as i64,
+                    user.email
                 ],
             )
             .map_err(|e| match db_err(e) {
+                StoreError::Db(m) if m.contains("users_by_email") || m.contains("users.email") => {
+                    StoreError::Conflict(format!(
+                        "a user with the email `{}` already exists",
+                        user.email.as_deref().unwrap_or_default()
+                    ))
+                }
                 StoreError::Db(m) if m.contains("UNIQUE") => {
                     StoreError::Conflict(format!("user `{}` already exists", user.username))
                 }
@@ -137,7 +145,10 @@ impl AuthStore for SqliteStore {
         let name = username.to_owned();
         self.read(move |conn| {
             conn.query_row_cached(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE"),
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE username = ?1 COLLATE NOCASE \
+                     OR email = ?1 COLLATE NOCASE ORDER BY username = ?1 COLLATE NOCASE DESC LIMIT 1"
+                ),
                 [name],
                 user_from_row,
             )
@@ -269,7 +280,7 @@ impl AuthStore for SqliteStore {
         self.read_point(move |conn| {
             conn.prepare_cached(
                 "SELECT k.id, k.user_id, k.name, k.secret_hash, k.created_at, k.revoked_at, \
-                        u.id, u.username, u.password_hash, u.role, u.active, u.created_at \
+                        u.id, u.username, u.password_hash, u.role, u.active, u.created_at, u.email \
                  FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?1",
             )
             .map_err(db_err)?
@@ -285,7 +296,7 @@ impl AuthStore for SqliteStore {
         self.read_point(move |conn| {
             conn.prepare_cached(
                 "SELECT s.id, s.user_id, s.refresh_hash, s.created_at, s.expires_at, s.revoked_at, \
-                        s.api_key_id, u.id, u.username, u.password_hash, u.role, u.active, u.created_at \
+                        s.api_key_id, u.id, u.username, u.password_hash, u.role, u.active, u.created_at, u.email \
                  FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
             )
             .map_err(db_err)?

@@ -118,6 +118,7 @@ async fn older_runs_keep_their_manifest_after_the_upgrade() {
          DROP INDEX sessions_by_key; ALTER TABLE sessions DROP COLUMN api_key_id; \
          ALTER TABLE runs DROP COLUMN responsible; ALTER TABLE workflows DROP COLUMN applied_by; \
          ALTER TABLE schedules DROP COLUMN changed_by; \
+         DROP INDEX users_by_email_nocase; ALTER TABLE users DROP COLUMN email; \
          DROP TABLE attempt_records; \
          CREATE TABLE processes (run_id TEXT NOT NULL, step_id TEXT NOT NULL, item INTEGER NOT NULL, \
            attempt INTEGER NOT NULL, host TEXT NOT NULL, pgid INTEGER NOT NULL, start_ticks INTEGER NOT NULL, \

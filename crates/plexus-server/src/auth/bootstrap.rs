@@ -53,6 +53,7 @@ pub async fn bootstrap_with(
         role: "admin".into(),
         active: true,
         created_at: now_ms(),
+        email: None,
     };
     match store.create_user(user.clone()).await {
         Ok(()) => {}

@@ -62,6 +62,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         12,
         include_str!("../../migrations/sqlite/0012_responsible.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/sqlite/0013_user_email.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
