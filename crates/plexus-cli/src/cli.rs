@@ -328,7 +328,11 @@ pub enum RunsCommand {
     },
     /// Cancel a run: running steps are killed, the rest cancelled
     Cancel { run: String },
-    /// Follow a run on a server live, until it ends
+    /// Follow a run live until it ends (on a server, or one another process drives here)
+    ///
+    /// Ctrl-C detaches: the run goes on. Exit status as `plexus run` once it ends.
+    ///
+    /// Example: plexus runs watch 01a2   (a unique prefix of the id is enough)
     Watch { run: String },
 }
 

@@ -318,3 +318,52 @@ async fn cancel_interrupted(
     store.release_runs(&me).await?;
     Ok(())
 }
+
+/// Follows a run in the local store live (one another `plexus run` or `plexus serve`
+/// drives), from its first event, until it ends; Ctrl-C detaches and leaves the run
+/// alone. Exit status as `plexus run`.
+pub async fn watch(store: &dyn Store, run: &str, format: Format) -> Result<i32> {
+    use plexus_core::machine::RunStatus;
+    let row = store.get_run(run).await?;
+    let total = store.steps(&row.id).await?.len();
+    let mut progress = crate::progress::Progress::new(total, 0);
+    let mut after = 0;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => {
+                progress.finish();
+                eprintln!("detached; run {} goes on (`plexus runs watch {}` to follow it again)", row.id, row.id);
+                return Ok(130);
+            }
+        }
+        for e in store.events(&row.id, after, 1000).await? {
+            after = e.seq;
+            progress.on_event(&e);
+        }
+        progress.redraw();
+        let now = store.get_run(&row.id).await?;
+        if RunStatus::parse(&now.status).is_some_and(|s| s.is_terminal()) {
+            // Events committed with the end are in by now: the end is the last commit.
+            for e in store.events(&row.id, after, 0).await? {
+                progress.on_event(&e);
+            }
+            progress.finish();
+            show_run(store, &row.id, format).await?;
+            return Ok(match now.status.as_str() {
+                "succeeded" => 0,
+                "cancelled" => 130,
+                _ => 1,
+            });
+        }
+        if !is_driven(&now) && now.status != "queued" {
+            progress.finish();
+            eprintln!(
+                "run {} is interrupted: no process drives it; `plexus resume {}` continues it",
+                now.id, now.id
+            );
+            return Ok(1);
+        }
+    }
+}

@@ -125,7 +125,13 @@ impl Target<'_> {
     }
 
     pub async fn runs_watch(&self, run: &str, format: Format) -> Result<i32> {
-        remote::watch(self.server("runs watch")?, run, format).await
+        match self {
+            Target::Local(settings) => {
+                let store: Arc<dyn Store> = settings.open_store()?;
+                cmd_runs::watch(store.as_ref(), run, format).await
+            }
+            Target::Remote(c) => remote::watch(c, run, format).await,
+        }
     }
 
     /// Cancels a run, or signals, approves or rejects one of its steps.

@@ -418,3 +418,59 @@ fn a_resumed_run_keeps_the_plan_it_started_with() {
     );
     assert_eq!(p.run_json(&run)["status"], "succeeded");
 }
+
+/// `plexus runs watch` follows a run another local process drives: its progress, then the
+/// run when it ends, with `plexus run`'s exit status; SIGINT detaches and the run goes on.
+#[test]
+fn runs_watch_follows_a_local_run_and_detaches_without_touching_it() {
+    let p = Plexus::new();
+    let flow = write(
+        &p,
+        "hold.yaml",
+        "version: plexus/v1\nname: hold\nsteps:\n- {id: hold, wait: {signal: go}}\n- {id: after, needs: [hold], builtin: noop}\n",
+    );
+    let (mut driver, run) = p.spawn(&["run", flow.to_str().unwrap()]);
+    p.wait_until("hold waiting", Duration::from_secs(20), || {
+        p.step_status(&run, "hold") == "waiting"
+    });
+
+    // A watcher interrupted with SIGINT detaches; the run is still waiting.
+    let watcher = p
+        .cmd()
+        .args(["runs", "watch", &run])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill with a pid this test started.
+    unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
+    let out = watcher.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("detached"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.step_status(&run, "hold"), "waiting");
+
+    // A watcher that stays sees the run to its end.
+    let watcher = p
+        .cmd()
+        .args(["runs", "watch", &run, "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.run(&["signal", &run, "hold"]).status.success());
+    let out = watcher.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(wait_exit(&mut driver, Duration::from_secs(20)), 0);
+}
