@@ -45,6 +45,9 @@ pub struct Global {
     /// `local` for the local store) [default: the context saved by `plexus init`]
     #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL")]
     pub server: Option<String>,
+    /// No progress or remarks on stderr (results and errors still appear)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -200,6 +203,28 @@ pub enum Command {
     /// Runtime settings of a server (admin): execution mode, budgets, providers
     #[command(subcommand)]
     Settings(cmd_admin::SettingsCommand),
+    /// Print a shell completion script
+    ///
+    /// Examples:
+    ///   plexus completion bash > ~/.local/share/bash-completion/completions/plexus
+    ///   plexus completion zsh > "${fpath[1]}/_plexus"
+    ///   plexus completion fish > ~/.config/fish/completions/plexus.fish
+    #[command(verbatim_doc_comment)]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one page per command into a directory
+    ///
+    /// Examples:
+    ///   plexus man | man -l -
+    ///   plexus man --dir /usr/local/share/man/man1
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write plexus.1 and plexus-COMMAND.1 for every command here
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The keys in --data-dir that sign session tokens
     #[command(subcommand, name = "token-keys")]
     TokenKeys(cmd_admin::TokenKeysCommand),

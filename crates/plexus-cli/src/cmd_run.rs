@@ -101,7 +101,9 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             responsible: vec![local_user()],
         })
         .await?;
-    eprintln!("run {run_id} started: workflow {name}, {total} steps");
+    crate::output::remark(&format!(
+        "run {run_id} started: workflow {name}, {total} steps"
+    ));
     follow(&engine, &run_id, total, 0, notices, logs, args.format).await
 }
 
@@ -127,12 +129,12 @@ pub async fn resume(
         })
         .count();
     let run_id = engine.resume(&row.id).await?;
-    eprintln!(
+    crate::output::remark(&format!(
         "run {run_id} resumed: workflow {}, {}/{} steps already done",
         row.workflow,
         done,
         steps.len()
-    );
+    ));
     follow(&engine, &run_id, steps.len(), done, notices, logs, format).await
 }
 

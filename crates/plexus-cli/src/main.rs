@@ -5,6 +5,7 @@ mod bench_clients;
 mod bench_http;
 mod cli;
 mod cmd_admin;
+mod cmd_docs;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_serve;
@@ -92,6 +93,7 @@ fn install_template_sandbox() {
 
 async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
+    output::set_quiet(g.quiet);
     let data_dir_flag = g.data_dir.clone();
     let serve_flags = match &cli.command {
         Command::Serve {
@@ -133,6 +135,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         None => Target::Local(&settings),
     };
     match cli.command {
+        // Generated from the command definitions.
+        Command::Completion { shell } => cmd_docs::completion(shell),
+        Command::Man { dir } => cmd_docs::man(dir.as_deref()),
         // Work on a manifest or on this machine: always local.
         Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
         Command::Plan { file } => cmd_validate::plan(&file, &compile, format),

@@ -18,6 +18,29 @@ impl Format {
     }
 }
 
+/// Whether to color what goes to `stream`: a terminal, and no `NO_COLOR` (no-color.org).
+pub fn colors(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--quiet`: no progress and no remarks on stderr; results and errors still appear.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A remark for the person at the terminal (on stderr), unless `--quiet`.
+pub fn remark(text: &str) {
+    if !quiet() {
+        eprintln!("{text}");
+    }
+}
+
 /// Writes a line to stdout. A reader that went away (`plexus runs list -o json | head`) ends
 /// the command quietly, as with other Unix tools, instead of a panic.
 pub fn out(text: &str) {

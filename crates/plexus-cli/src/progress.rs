@@ -42,13 +42,16 @@ impl Progress {
 
     /// Prints a line above the status line.
     pub fn say(&mut self, text: &str) {
+        if crate::output::quiet() {
+            return;
+        }
         self.clear();
         eprintln!("{text}");
         self.redraw();
     }
 
     pub fn redraw(&mut self) {
-        if !self.tty {
+        if !self.tty || crate::output::quiet() {
             return;
         }
         let frame = SPINNER[(self.started.elapsed().as_millis() / 100) as usize % SPINNER.len()];

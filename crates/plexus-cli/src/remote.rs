@@ -330,11 +330,11 @@ pub async fn run(
         print_run(&run, format);
         return Ok(exit_code(&run));
     }
-    eprintln!(
+    crate::output::remark(&format!(
         "run {id} started on {}: workflow {}",
         c.base_url(),
         answer["workflow"].as_str().unwrap_or("")
-    );
+    ));
     watch(c, &id, format).await
 }
 

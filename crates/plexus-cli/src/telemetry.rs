@@ -39,7 +39,7 @@ pub fn init(json_logs: bool, default_level: &str) -> Result<Telemetry> {
     let logs = if json_logs {
         logs.json().boxed()
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        logs.with_ansi(crate::output::colors(&std::io::stderr()))
             .boxed()
     };
     let provider = otlp_provider()?;

@@ -294,3 +294,58 @@ fn output_to_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// Completions for each shell and the manual pages come from the parser's own
+/// definitions; a closed pipe ends them quietly.
+#[test]
+fn completions_and_manual_pages() {
+    let p = Plexus::new();
+    for (shell, marker) in [
+        ("bash", "_plexus()"),
+        ("zsh", "#compdef plexus"),
+        ("fish", "complete -c plexus"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let out = p.run(&["completion", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains(marker),
+            "{shell}: {}",
+            &script[..200.min(script.len())]
+        );
+        // Subcommands and their options are in it.
+        assert!(
+            script.contains("watch") && script.contains("follow-logs"),
+            "{shell}"
+        );
+    }
+    let out = p.run(&["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains(".TH plexus 1") && page.contains("Durable workflows"),
+        "{page}"
+    );
+    let dir = p.dir.path().join("man1");
+    assert!(
+        p.run(&["man", "--dir", dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let run_page = std::fs::read_to_string(dir.join("plexus-run.1")).unwrap();
+    assert!(run_page.contains("\\-\\-follow\\-logs"), "{run_page}");
+    assert!(dir.join("plexus-runs-watch.1").exists());
+}
+
+/// `--quiet` keeps stderr free of progress and remarks; the result is still printed.
+#[test]
+fn quiet_runs_say_nothing_but_the_result() {
+    let p = Plexus::new();
+    let hello = examples().join("hello.yaml");
+    let out = p.run(&["run", hello.to_str().unwrap(), "-i", "who=q", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello, q"));
+    let out = p.run(&["run", hello.to_str().unwrap(), "-i", "who=q"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started"));
+}
