@@ -151,18 +151,21 @@ async fn follow(
     let mut progress = Progress::new(total, done);
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let (answers_tx, mut answers) = mpsc::channel::<(String, bool)>(8);
-    let mut prompting = false;
-    let mut waiting_approval: Vec<(String, String)> = Vec::new();
+    // The step a prompt is open for; gates that come meanwhile are asked one at a time,
+    // in the order they came.
+    let mut prompting: Option<String> = None;
+    let mut waiting_approval: std::collections::VecDeque<(String, String)> = Default::default();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     let mut cancelling = false;
     let mut fatal = None;
     let status = loop {
         if interactive
-            && !prompting
-            && let Some((step, what)) = waiting_approval.pop()
+            && prompting.is_none()
+            && let Some((step, what)) = waiting_approval.pop_front()
         {
-            prompting = true;
-            progress.finish();
+            // The prompt owns the terminal until it is answered: no redraw over it.
+            progress.pause();
+            prompting = Some(step.clone());
             ask_approval(step, what, answers_tx.clone());
         }
         tokio::select! {
@@ -172,7 +175,7 @@ async fn follow(
                     if let EventKind::StepAwaitingApproval { step_id, detail, permission, .. } = &event.kind {
                         let what = describe_approval(detail, *permission);
                         if interactive {
-                            waiting_approval.push((step_id.clone(), what));
+                            waiting_approval.push_back((step_id.clone(), what));
                         } else {
                             progress.say(&format!("⏸ {step_id} waits for approval ({what}): plexus approve {run_id} {step_id}"));
                         }
@@ -195,7 +198,8 @@ async fn follow(
                 }
             }
             Some((step, yes)) = answers.recv() => {
-                prompting = false;
+                prompting = None;
+                progress.resume();
                 let input = if yes {
                     Input::Approve { step_id: step.clone(), by: local_user(), comment: None }
                 } else {
@@ -206,6 +210,20 @@ async fn follow(
                 }
             }
             _ = tokio::signal::ctrl_c() => {
+                // At a prompt, Ctrl-C means "not now", not "cancel the run": it stays
+                // waiting for its decision.
+                if let Some(step) = &prompting {
+                    progress.finish();
+                    let mut gates = vec![step.clone()];
+                    gates.extend(waiting_approval.iter().map(|(s, _)| s.clone()));
+                    eprintln!("\nleft run {run_id} waiting for approval ({}). Later, from any shell:", gates.join(", "));
+                    for gate in &gates {
+                        eprintln!("  plexus approve {run_id} {gate}     (or: plexus reject {run_id} {gate})");
+                    }
+                    eprintln!("  plexus resume {run_id}     continues the run here (and asks again what is still undecided)");
+                    engine.shutdown().await;
+                    return Ok(130);
+                }
                 if cancelling {
                     progress.finish();
                     eprintln!("interrupted again: leaving without waiting; `plexus resume {run_id}` continues the run");

@@ -3,7 +3,7 @@
 
 use crate::output::{millis, one_line};
 use plexus_core::machine::{Event, EventKind};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -11,10 +11,47 @@ pub struct Progress {
     tty: bool,
     total: usize,
     done: usize,
-    running: BTreeSet<String>,
+    /// What each unfinished step is doing, as the status line names it.
+    active: BTreeMap<String, Activity>,
     started: Instant,
     step_started: HashMap<String, u64>,
     line_shown: bool,
+    /// While a prompt is open: nothing is drawn, lines wait here.
+    held: Option<Vec<String>>,
+}
+
+/// What a step that has not ended is doing. The status line says it truthfully: a step
+/// waiting for a person is never shown as running.
+#[derive(Debug, Clone, PartialEq)]
+enum Activity {
+    Running,
+    AwaitingApproval,
+    WaitingForSignal(String),
+    /// Until this time (ms since the epoch).
+    WaitingUntil(u64),
+    Waiting,
+    /// Failed; the next attempt starts at this time (ms since the epoch).
+    Retrying(u64),
+}
+
+impl Activity {
+    /// The heading the status line groups steps under.
+    fn heading(&self, now: u64) -> String {
+        match self {
+            Activity::Running => "running".into(),
+            Activity::AwaitingApproval => "awaiting approval".into(),
+            Activity::WaitingForSignal(s) => format!("waiting for signal {s}"),
+            Activity::WaitingUntil(t) => format!("waiting {}", millis(t.saturating_sub(now))),
+            Activity::Waiting => "waiting".into(),
+            Activity::Retrying(t) => format!("retrying in {}", millis(t.saturating_sub(now))),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
@@ -26,10 +63,11 @@ impl Progress {
             tty: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
             total,
             done: already_done,
-            running: BTreeSet::new(),
+            active: BTreeMap::new(),
             started: Instant::now(),
             step_started: HashMap::new(),
             line_shown: false,
+            held: None,
         }
     }
 
@@ -40,9 +78,27 @@ impl Progress {
         }
     }
 
+    /// Stops drawing while something else owns the terminal (a prompt): the status line
+    /// is cleared and lines are held until [`Self::resume`].
+    pub fn pause(&mut self) {
+        self.clear();
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Prints what was held during a pause and draws again.
+    pub fn resume(&mut self) {
+        for line in self.held.take().unwrap_or_default() {
+            self.say(&line);
+        }
+    }
+
     /// Prints a line above the status line.
     pub fn say(&mut self, text: &str) {
         if crate::output::quiet() {
+            return;
+        }
+        if let Some(held) = &mut self.held {
+            held.push(text.to_owned());
             return;
         }
         self.clear();
@@ -51,27 +107,43 @@ impl Progress {
     }
 
     pub fn redraw(&mut self) {
-        if !self.tty || crate::output::quiet() {
+        if !self.tty || crate::output::quiet() || self.held.is_some() {
             return;
         }
         let frame = SPINNER[(self.started.elapsed().as_millis() / 100) as usize % SPINNER.len()];
-        let mut running: Vec<&str> = self.running.iter().map(String::as_str).take(4).collect();
-        if self.running.len() > 4 {
-            running.push("…");
-        }
-        let running = if running.is_empty() {
-            String::new()
-        } else {
-            format!(" · running: {}", running.join(", "))
-        };
         eprint!(
-            "\r\x1b[2K{frame} {}/{} steps done{running} · {:.1}s",
+            "\r\x1b[2K{frame} {}/{} steps done{} · {:.1}s",
             self.done,
             self.total,
+            self.activities(),
             self.started.elapsed().as_secs_f64()
         );
         let _ = std::io::stderr().flush();
         self.line_shown = true;
+    }
+
+    /// ` · running: a, b · awaiting approval: restart`: unfinished steps under what they
+    /// are doing, a few names each.
+    fn activities(&self) -> String {
+        let now = now_ms();
+        let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+        for (step, activity) in &self.active {
+            let heading = activity.heading(now);
+            match groups.iter_mut().find(|(h, _)| *h == heading) {
+                Some((_, steps)) => steps.push(step),
+                None => groups.push((heading, vec![step])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(heading, mut steps)| {
+                if steps.len() > 4 {
+                    steps.truncate(4);
+                    steps.push("…");
+                }
+                format!(" · {heading}: {}", steps.join(", "))
+            })
+            .collect()
     }
 
     pub fn finish(&mut self) {
@@ -93,7 +165,7 @@ impl Progress {
                 ..
             } => {
                 self.step_started.entry(step_id.clone()).or_insert(e.time);
-                self.running.insert(step_id.clone());
+                self.active.insert(step_id.clone(), Activity::Running);
                 if *attempt > 1 {
                     self.say(&format!("↻ {step_id}: attempt {attempt}"));
                 } else if !self.tty {
@@ -102,7 +174,7 @@ impl Progress {
             }
             EventKind::StepExpanded { step_id, items } => {
                 self.step_started.entry(step_id.clone()).or_insert(e.time);
-                self.running.insert(step_id.clone());
+                self.active.insert(step_id.clone(), Activity::Running);
                 self.say(&format!("▸ {step_id}: {} items", items.len()));
             }
             EventKind::StepWaiting {
@@ -113,7 +185,12 @@ impl Progress {
                 ..
             } => {
                 self.step_started.entry(step_id.clone()).or_insert(e.time);
-                self.running.insert(step_id.clone());
+                let activity = match (signal, until) {
+                    (Some(s), _) => Activity::WaitingForSignal(s.clone()),
+                    (None, Some(t)) => Activity::WaitingUntil(*t),
+                    _ => Activity::Waiting,
+                };
+                self.active.insert(step_id.clone(), activity);
                 let what = match (signal, until) {
                     (Some(s), _) => format!("waiting for signal `{s}`"),
                     (None, Some(t)) => format!("waiting {}", millis(t.saturating_sub(e.time))),
@@ -127,7 +204,7 @@ impl Progress {
                 ..
             } => {
                 self.done += 1;
-                self.running.remove(step_id);
+                self.active.remove(step_id);
                 let d = elapsed(self, step_id);
                 self.say(&format!("✓ {step_id} {d}"));
             }
@@ -140,14 +217,17 @@ impl Progress {
             } => {
                 let d = elapsed(self, step_id);
                 match retry_at {
-                    Some(at) => self.say(&format!(
-                        "✗ {step_id}: {} (retrying in {})",
-                        one_line(error, 100),
-                        millis(at.saturating_sub(e.time))
-                    )),
+                    Some(at) => {
+                        self.active.insert(step_id.clone(), Activity::Retrying(*at));
+                        self.say(&format!(
+                            "✗ {step_id}: {} (retrying in {})",
+                            one_line(error, 100),
+                            millis(at.saturating_sub(e.time))
+                        ))
+                    }
                     None => {
                         self.done += 1;
-                        self.running.remove(step_id);
+                        self.active.remove(step_id);
                         self.say(&format!("✗ {step_id} {d}: {}", one_line(error, 120)));
                     }
                 }
@@ -175,19 +255,22 @@ impl Progress {
                 comment,
             } => {
                 self.done += 1;
-                self.running.remove(step_id);
+                self.active.remove(step_id);
                 let why =
                     plexus_core::machine::skip_text(reason, by.as_deref(), comment.as_deref());
                 self.say(&format!("↷ {step_id} skipped: {}", one_line(&why, 100)));
             }
             EventKind::StepCancelled { step_id } => {
                 self.done += 1;
-                self.running.remove(step_id);
+                self.active.remove(step_id);
             }
             EventKind::StepAwaitingApproval { step_id, .. } => {
-                self.running.insert(step_id.clone());
+                self.active
+                    .insert(step_id.clone(), Activity::AwaitingApproval);
             }
             EventKind::StepApproved { step_id, by, .. } => {
+                // Until it starts (a pool slot may keep it), it is neither waiting nor running.
+                self.active.remove(step_id);
                 self.say(&format!("✔ {step_id} approved by {by}"));
             }
             _ => {}

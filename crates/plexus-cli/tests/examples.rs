@@ -202,8 +202,40 @@ fn timer_then_signal() {
     assert_eq!(act["output"]["stdout"], "acting on OPS-7\n");
 }
 
-/// On a terminal, `plexus run` asks `approve? [y/N]` for each gated step (run under
-/// `script` to get a pseudo-terminal; the answers are typed ahead).
+/// `command` on a pseudo-terminal (util-linux `script`), with `keys` typed at the given
+/// moments; everything the terminal showed, escape sequences included.
+fn on_a_terminal(p: &Plexus, command: &str, keys: &[(u64, &[u8])]) -> (String, Option<i32>) {
+    let mut child = std::process::Command::new("script")
+        .env("PLEXUS_DATA_DIR", p.data_dir())
+        .env("XDG_CONFIG_HOME", p.dir.path().join("config"))
+        .current_dir(p.dir.path())
+        .args(["-qfec", command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs the command on a pseudo-terminal");
+    let mut stdin = child.stdin.take().unwrap();
+    for (after_ms, bytes) in keys {
+        std::thread::sleep(Duration::from_millis(*after_ms));
+        use std::io::Write;
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+    // The terminal stays open until the command ends (`script` ends at EOF on its input),
+    // or for 30 s at most.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        drop(stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// On a terminal, `plexus run` asks `approve? [y/N]` for each gated step, one at a
+/// time; while a prompt is open the progress line is not drawn over it.
 #[test]
 fn approval_prompt_on_a_terminal() {
     let p = Plexus::new();
@@ -212,24 +244,93 @@ fn approval_prompt_on_a_terminal() {
         env!("CARGO_BIN_EXE_plexus"),
         example("approval-gate.yaml")
     );
-    let mut child = std::process::Command::new("script")
-        .env("PLEXUS_DATA_DIR", p.data_dir())
-        .env("XDG_CONFIG_HOME", p.dir.path().join("config"))
-        .current_dir(p.dir.path())
-        .args(["-qfec", &command, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("`script` (util-linux) runs the command on a pseudo-terminal");
-    use std::io::Write;
-    child.stdin.as_mut().unwrap().write_all(b"y\nn\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // The first answer comes after a dozen redraw ticks would have passed.
+    let (text, code) = on_a_terminal(&p, &command, &[(1500, b"y\n"), (800, b"n\n")]);
     assert!(text.contains("approve? [y/N]"), "{text}");
     assert!(text.contains("restart approved by local"), "{text}");
     assert!(
         text.contains("announce skipped: rejected by local"),
         "{text}"
     );
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(code, Some(0), "{text}");
+    let prompt = text.find("approve? [y/N]").unwrap();
+    let answered = text.find("restart approved").unwrap();
+    let between = &text[prompt..answered];
+    assert!(
+        !between.contains("steps done"),
+        "the progress line was drawn over the open prompt: {between:?}"
+    );
+}
+
+/// Ctrl-C at a prompt leaves the run waiting for its decision (it is not cancelled) and
+/// says how to decide later and go on; doing so finishes the run.
+#[test]
+fn ctrl_c_at_a_prompt_leaves_the_run_waiting() {
+    let p = Plexus::new();
+    let command = format!(
+        "{} run {}",
+        env!("CARGO_BIN_EXE_plexus"),
+        example("approval-gate.yaml")
+    );
+    let (text, code) = on_a_terminal(&p, &command, &[(1500, b"\x03")]);
+    assert_eq!(code, Some(130), "{text}");
+    let run = p.json(&["runs", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.contains(&format!("plexus approve {run} restart")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("plexus resume {run}")), "{text}");
+    assert_eq!(p.step_status(&run, "restart"), "awaiting_approval");
+    assert!(p.run(&["approve", &run, "restart"]).status.success());
+    let (mut resumed, _) = p.spawn(&["resume", &run]);
+    p.wait_until("the next gate", Duration::from_secs(20), || {
+        p.step_status(&run, "announce") == "awaiting_approval"
+    });
+    assert!(p.run(&["approve", &run, "announce"]).status.success());
+    assert_eq!(wait_exit(&mut resumed, Duration::from_secs(20)), 0);
+}
+
+/// The progress line names what a step does: a step waiting for a signal is shown as
+/// waiting for it, never as running.
+#[test]
+fn the_progress_line_names_waiting_steps_truthfully() {
+    let p = Plexus::new();
+    let flow = p.dir.path().join("hold.yaml");
+    std::fs::write(
+        &flow,
+        "version: plexus/v1\nname: hold\nsteps:\n- {id: hold, wait: {signal: go}}\n- {id: spin, run: 'sleep 1'}\n",
+    )
+    .unwrap();
+    let command = format!("{} run {}", env!("CARGO_BIN_EXE_plexus"), flow.display());
+    // Once the run waits, another process signals it.
+    let signal = {
+        let data = p.data_dir();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let runs = std::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
+                .env("PLEXUS_DATA_DIR", &data)
+                .args(["runs", "list", "-o", "json"])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+            let run = v[0]["id"].as_str().unwrap().to_owned();
+            std::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
+                .env("PLEXUS_DATA_DIR", &data)
+                .args(["signal", &run, "hold"])
+                .output()
+                .unwrap()
+        })
+    };
+    let (text, code) = on_a_terminal(&p, &command, &[]);
+    assert!(signal.join().unwrap().status.success());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("waiting for signal go: hold"), "{text}");
+    assert!(text.contains("running: spin"), "{text}");
+    assert!(
+        !text.contains("running: hold") && !text.contains("hold, spin"),
+        "{text}"
+    );
 }
