@@ -26,27 +26,35 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The heading global options are listed under, after a command's own.
+const GLOBAL: &str = "Global options";
+
+/// Executor pools, for the commands that run or check work on this machine.
+#[derive(Args, Default, Clone)]
+pub struct Pools {
+    /// Executor pool size, NAME=SLOTS (repeatable); `default` is the number of cores
+    #[arg(long = "pool", value_name = "NAME=SLOTS")]
+    pub pools: Vec<String>,
+}
+
 #[derive(Args)]
 pub struct Global {
     /// Directory of the embedded store, artifacts and scratch space
     /// [default: $XDG_DATA_HOME/plexus]
-    #[arg(long, global = true, env = "PLEXUS_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "PLEXUS_DATA_DIR", value_name = "DIR", help_heading = GLOBAL)]
     pub data_dir: Option<PathBuf>,
-    /// Executor pool size, NAME=SLOTS (repeatable); `default` is the number of cores
-    #[arg(long = "pool", global = true, value_name = "NAME=SLOTS")]
-    pub pools: Vec<String>,
     /// Configuration file [default: ./plexus.toml, then $XDG_CONFIG_HOME/plexus/plexus.toml]
-    #[arg(long, global = true, env = "PLEXUS_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "PLEXUS_CONFIG", value_name = "FILE", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
     /// Output format
-    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table, help_heading = GLOBAL)]
     pub output: Format,
     /// Talk to this `plexus serve` instead of the local store (e.g. http://127.0.0.1:8080;
     /// `local` for the local store) [default: the context saved by `plexus init`]
-    #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL")]
+    #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL", help_heading = GLOBAL)]
     pub server: Option<String>,
     /// No progress or remarks on stderr (results and errors still appear)
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
 }
 
@@ -69,20 +77,30 @@ pub enum Command {
         /// Stream the output of steps as they run
         #[arg(long)]
         follow_logs: bool,
+        #[command(flatten)]
+        pools: Pools,
     },
     /// Continue an interrupted run (after a crash, kill -9 or reboot)
     Resume {
         run: String,
         #[arg(long)]
         follow_logs: bool,
+        #[command(flatten)]
+        pools: Pools,
     },
     /// Check manifests and report every problem with file:line:column (exit 2 if invalid)
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        pools: Pools,
     },
     /// Show how a workflow will run: layers, parallel steps, pools, approval gates
-    Plan { file: PathBuf },
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        pools: Pools,
+    },
     /// Inspect and control runs
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -118,6 +136,8 @@ pub enum Command {
     /// creates the user `admin` and prints one API key for it in the log, once:
     /// `plexus login --api-key plx_...`, create real users, then revoke it.
     Serve {
+        #[command(flatten)]
+        pools: Pools,
         /// Address of the HTTP API [default: 0.0.0.0:8080; plexus.toml: listen_addr]
         #[arg(long, env = "PLEXUS_LISTEN_ADDR")]
         listen_addr: Option<String>,
@@ -363,4 +383,18 @@ pub enum RunsCommand {
 
 fn parse_duration_flag(s: &str) -> Result<std::time::Duration, String> {
     plexus_core::duration::parse_duration(s)
+}
+
+impl Command {
+    /// The `--pool` flags of a command that takes them.
+    pub fn pools(&self) -> &[String] {
+        match self {
+            Command::Run { pools, .. }
+            | Command::Resume { pools, .. }
+            | Command::Validate { pools, .. }
+            | Command::Plan { pools, .. }
+            | Command::Serve { pools, .. } => &pools.pools,
+            _ => &[],
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod cmd_runs;
 mod cmd_serve;
 mod cmd_validate;
 mod config;
+mod help_examples;
 mod http_client;
 mod login;
 mod output;
@@ -21,7 +22,6 @@ mod target;
 mod telemetry;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use cli::{
     Cli, Command, ConfigCommand, EventCommand, RunsCommand, ScheduleCommand, WorkflowCommand,
 };
@@ -41,7 +41,7 @@ fn main() {
         std::process::exit(plexus_engine::template_sandbox::serve_worker());
     }
     install_template_sandbox();
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     let serving = matches!(cli.command, Command::Serve { .. });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,6 +75,13 @@ fn main() {
 
 /// Every command, once: where a command exists both locally and on a server, the
 /// [`Target`] chosen from `--server` (or the saved context) decides which.
+/// The command line, parsed with the help that carries every command's examples.
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut matches = help_examples::with_examples(Cli::command()).get_matches();
+    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Templates that could build huge values render in a worker process: this binary,
 /// started again with [`TEMPLATE_WORKER`].
 fn install_template_sandbox() {
@@ -123,7 +130,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         _ => config::ServeFlags::from_env()?,
     };
-    let settings = config::resolve(g.data_dir, &g.pools, g.config.as_deref(), serve_flags)?;
+    let settings = config::resolve(
+        g.data_dir,
+        cli.command.pools(),
+        g.config.as_deref(),
+        serve_flags,
+    )?;
     let compile = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
         default_mode: None,
@@ -139,8 +151,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Completion { shell } => cmd_docs::completion(shell),
         Command::Man { dir } => cmd_docs::man(dir.as_deref()),
         // Work on a manifest or on this machine: always local.
-        Command::Validate { files } => cmd_validate::validate(&files, &compile, format),
-        Command::Plan { file } => cmd_validate::plan(&file, &compile, format),
+        Command::Validate { files, .. } => cmd_validate::validate(&files, &compile, format),
+        Command::Plan { file, .. } => cmd_validate::plan(&file, &compile, format),
         Command::Serve {
             wait_for_lock,
             bootstrap_key_file,
@@ -167,6 +179,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             input,
             inputs,
             follow_logs,
+            ..
         } => {
             let args = cmd_run::RunArgs {
                 file,
@@ -177,7 +190,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             };
             target.run(args).await
         }
-        Command::Resume { run, follow_logs } => target.resume(&run, follow_logs, format).await,
+        Command::Resume {
+            run, follow_logs, ..
+        } => target.resume(&run, follow_logs, format).await,
         Command::Runs(RunsCommand::List {
             status,
             workflow,

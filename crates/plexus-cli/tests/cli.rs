@@ -19,15 +19,29 @@ fn help_teaches_the_commands() {
         "approve",
         "reject",
         "--data-dir",
-        "--pool",
     ] {
         assert!(text.contains(word), "help lacks {word}:\n{text}");
     }
     let out = p.run(&["run", "--help"]);
+    let run = String::from_utf8_lossy(&out.stdout);
+    assert!(run.contains("Exit status: 0 succeeded, 1 failed, 2 invalid"));
+    // A command's own options come first, the global ones under their own heading, and
+    // an example closes the help.
+    let own = run.find("--follow-logs").unwrap();
+    let pool = run.find("--pool").unwrap();
+    let global = run.find("Global options:").unwrap();
+    assert!(own < global && pool < global && global < run.find("--data-dir").unwrap());
+    assert!(run.contains("Examples:\n  plexus run flow.yaml"), "{run}");
+    // Options that do nothing for a command are not offered there.
+    let audit = p.run(&["audit", "list", "--help"]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(!audit.contains("--pool"), "{audit}");
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains("Exit status: 0 succeeded, 1 failed, 2 invalid")
+        audit.contains("--domain") && audit.contains("Examples:"),
+        "{audit}"
     );
+    let refused = p.run(&["audit", "list", "--pool", "gpu=1"]);
+    assert_eq!(refused.status.code(), Some(2));
 }
 
 #[test]
