@@ -928,6 +928,13 @@ pub async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
         store.get_run("ffff").await,
         Err(StoreError::RunNotFound(_))
     ));
+    // `last` is the newest run.
+    let newest = "00000000-0000-0000-0000-0000000000af";
+    store
+        .create_run(run(newest, None, 9_000_000_000_000))
+        .await
+        .unwrap();
+    assert_eq!(store.get_run("last").await.unwrap().id, newest);
     let done = store
         .list_runs(RunFilter {
             status: Some("succeeded".into()),

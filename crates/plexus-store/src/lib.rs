@@ -374,7 +374,7 @@ pub trait RunStore: Send + Sync + 'static {
     async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()>;
     /// Gives up ownership of `owner`'s non-terminal runs (clean shutdown).
     async fn release_runs(&self, owner: &str) -> Result<()>;
-    /// Finds a run by id or unique id prefix.
+    /// Finds a run by id, unique id prefix, or `last` (the newest run).
     async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow>;
     async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunRow>>;
     /// How many runs are in each state.

@@ -113,6 +113,17 @@ impl RunStore for SqliteStore {
     async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow> {
         let key = id_or_prefix.to_owned();
         self.read_point(move |conn| {
+            // `last`: the newest run, so a person never has to copy an id.
+            if key == "last" {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC LIMIT 1"
+                );
+                return conn
+                    .query_row_cached(&sql, [], run_from_row)
+                    .optional()
+                    .map_err(db_err)?
+                    .ok_or(StoreError::RunNotFound(key));
+            }
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                 return Err(StoreError::RunNotFound(key));
             }
