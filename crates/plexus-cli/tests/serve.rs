@@ -568,9 +568,21 @@ fn governance_from_the_cli() {
 
     // The audit log: intact, and it has what just happened.
     assert!(ok(&as_key(&olga, &["audit", "verify"])).contains("audit chain intact"));
+    // The seed engine's form, flags together.
     let recent: Value = serde_json::from_str(&ok(&as_key(
         &olga,
-        &["audit", "list", "--domain", "security", "-o", "json"],
+        &[
+            "audit",
+            "list",
+            "--last",
+            "50",
+            "--since",
+            "2026-01-01",
+            "--domain",
+            "security",
+            "-o",
+            "json",
+        ],
     )))
     .unwrap();
     let actions: Vec<&str> = recent["records"]
