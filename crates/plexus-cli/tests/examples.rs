@@ -334,3 +334,18 @@ fn the_progress_line_names_waiting_steps_truthfully() {
         "{text}"
     );
 }
+
+/// On a terminal the help is in color; with `NO_COLOR` set, nothing is (no-color.org).
+#[test]
+fn no_color_is_respected() {
+    let p = Plexus::new();
+    let bin = env!("CARGO_BIN_EXE_plexus");
+    let (colored, _) = on_a_terminal(&p, &format!("{bin} run --help"), &[]);
+    assert!(colored.contains("\x1b["), "{colored:?}");
+    let (plain, code) = on_a_terminal(&p, &format!("env NO_COLOR=1 {bin} run --help"), &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        plain.contains("Global options") && !plain.contains("\x1b["),
+        "{plain:?}"
+    );
+}
