@@ -7,7 +7,7 @@ use clap::CommandFactory;
 use std::path::Path;
 
 pub fn completion(shell: clap_complete::Shell) -> Result<i32> {
-    let mut cmd = crate::help_examples::with_examples(Cli::command());
+    let mut cmd = crate::help::with_examples(Cli::command());
     // Into memory first: the generator panics on a write error (`| head`).
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "plexus", &mut script);
@@ -17,7 +17,7 @@ pub fn completion(shell: clap_complete::Shell) -> Result<i32> {
 
 /// The main page on stdout, or every command's page written into `dir`.
 pub fn man(dir: Option<&Path>) -> Result<i32> {
-    let cmd = crate::help_examples::with_examples(Cli::command());
+    let cmd = crate::help::with_examples(Cli::command());
     match dir {
         None => {
             let mut page = Vec::new();

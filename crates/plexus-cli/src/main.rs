@@ -11,7 +11,7 @@ mod cmd_runs;
 mod cmd_serve;
 mod cmd_validate;
 mod config;
-mod help_examples;
+mod help;
 mod http_client;
 mod login;
 mod output;
@@ -78,7 +78,7 @@ fn main() {
 /// The command line, parsed with the help that carries every command's examples.
 fn parse_command_line() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
-    let mut matches = help_examples::with_examples(Cli::command()).get_matches();
+    let mut matches = help::with_examples(Cli::command()).get_matches();
     Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
 }
 

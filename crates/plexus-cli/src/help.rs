@@ -1,5 +1,6 @@
-//! An example for every command, shown at the end of its `--help` (and in the manual
-//! pages). Kept in one table so a command without one is found by a test, not by a user.
+//! What each command's help shows beyond its definition: an example for every command,
+//! at the end of its `--help` and in the manual pages. Kept in one table so a command
+//! without one is found by a test, not by a user.
 
 use clap::Command;
 
