@@ -37,11 +37,15 @@ pub struct Pools {
     pub pools: Vec<String>,
 }
 
+const DATA_DIR_HELP: &str =
+    "Directory of the embedded store, artifacts and scratch space [default: $XDG_DATA_HOME/plexus]";
+const SERVER_HELP: &str = "Talk to this `plexus serve` instead of the local store (e.g. http://127.0.0.1:8080; `local` for the local store) [default: the context saved by `plexus init`]";
+
+/// Options for every command. `--data-dir` and `--server` are accepted here too (before
+/// the command); after it, only the commands they do something for offer them.
 #[derive(Args)]
 pub struct Global {
-    /// Directory of the embedded store, artifacts and scratch space
-    /// [default: $XDG_DATA_HOME/plexus]
-    #[arg(long, global = true, env = "PLEXUS_DATA_DIR", value_name = "DIR", help_heading = GLOBAL)]
+    #[arg(long, env = "PLEXUS_DATA_DIR", value_name = "DIR", help = DATA_DIR_HELP, help_heading = GLOBAL)]
     pub data_dir: Option<PathBuf>,
     /// Configuration file [default: ./plexus.toml, then $XDG_CONFIG_HOME/plexus/plexus.toml]
     #[arg(long, global = true, env = "PLEXUS_CONFIG", value_name = "FILE", help_heading = GLOBAL)]
@@ -49,13 +53,34 @@ pub struct Global {
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table, help_heading = GLOBAL)]
     pub output: Format,
-    /// Talk to this `plexus serve` instead of the local store (e.g. http://127.0.0.1:8080;
-    /// `local` for the local store) [default: the context saved by `plexus init`]
-    #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL", help_heading = GLOBAL)]
+    #[arg(long, env = "PLEXUS_SERVER", value_name = "URL", help = SERVER_HELP, help_heading = GLOBAL)]
     pub server: Option<String>,
     /// No progress or remarks on stderr (results and errors still appear)
     #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
+}
+
+/// Where a command that works on runs finds them: the local store or a server.
+#[derive(Args, Default, Clone)]
+pub struct Place {
+    #[arg(long, global = true, env = "PLEXUS_DATA_DIR", value_name = "DIR", help = DATA_DIR_HELP, help_heading = GLOBAL)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL", help = SERVER_HELP, help_heading = GLOBAL)]
+    pub server: Option<String>,
+}
+
+/// For commands that only work on this machine's data directory.
+#[derive(Args, Default, Clone)]
+pub struct Local {
+    #[arg(long, global = true, env = "PLEXUS_DATA_DIR", value_name = "DIR", help = DATA_DIR_HELP, help_heading = GLOBAL)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// For commands that only talk to a server.
+#[derive(Args, Default, Clone)]
+pub struct Remote {
+    #[arg(long, global = true, env = "PLEXUS_SERVER", value_name = "URL", help = SERVER_HELP, help_heading = GLOBAL)]
+    pub server: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +91,8 @@ pub enum Command {
     /// Steps that wait for approval prompt on a terminal; elsewhere approve them with
     /// `plexus approve RUN STEP` from another shell.
     Run {
+        #[command(flatten)]
+        place: Place,
         /// The workflow manifest (YAML or JSON)
         file: PathBuf,
         /// An input, KEY=VALUE (repeatable); values are converted to the declared type
@@ -83,6 +110,8 @@ pub enum Command {
     /// Continue an interrupted run (after a crash, kill -9 or reboot)
     Resume {
         run: String,
+        #[command(flatten)]
+        place: Place,
         #[arg(long)]
         follow_logs: bool,
         #[command(flatten)]
@@ -102,10 +131,16 @@ pub enum Command {
         pools: Pools,
     },
     /// Inspect and control runs
-    #[command(subcommand)]
-    Runs(RunsCommand),
+    Runs {
+        #[command(flatten)]
+        place: Place,
+        #[command(subcommand)]
+        cmd: RunsCommand,
+    },
     /// Deliver a signal to a step waiting in `wait: {signal: ...}`
     Signal {
+        #[command(flatten)]
+        place: Place,
         run: String,
         step: String,
         /// JSON data; it becomes the step's output
@@ -114,6 +149,8 @@ pub enum Command {
     },
     /// Approve a step that waits for approval
     Approve {
+        #[command(flatten)]
+        place: Place,
         run: String,
         step: String,
         #[arg(long)]
@@ -121,6 +158,8 @@ pub enum Command {
     },
     /// Reject a step that waits for approval (it is skipped with reason `rejected`)
     Reject {
+        #[command(flatten)]
+        place: Place,
         run: String,
         step: String,
         #[arg(long)]
@@ -136,6 +175,8 @@ pub enum Command {
     /// creates the user `admin` and prints one API key for it in the log, once:
     /// `plexus login --api-key plx_...`, create real users, then revoke it.
     Serve {
+        #[command(flatten)]
+        local: Local,
         #[command(flatten)]
         pools: Pools,
         /// Address of the HTTP API [default: 0.0.0.0:8080; plexus.toml: listen_addr]
@@ -176,8 +217,12 @@ pub enum Command {
         bootstrap_key_file: Option<PathBuf>,
     },
     /// Show the effective configuration and where each value comes from
-    #[command(subcommand)]
-    Config(ConfigCommand),
+    Config {
+        #[command(flatten)]
+        local: Local,
+        #[command(subcommand)]
+        cmd: ConfigCommand,
+    },
     /// Save the server to talk to (in the user's config directory, mode 0600); commands
     /// that work on runs then go to it unless --server says otherwise
     Init {
@@ -207,22 +252,43 @@ pub enum Command {
     /// End the saved session on the server and forget it
     Logout,
     /// Users of a server and their roles (admin)
-    #[command(subcommand)]
-    User(cmd_admin::UserCommand),
+    User {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: cmd_admin::UserCommand,
+    },
     /// API keys for scripts
-    #[command(subcommand, name = "api-key")]
-    ApiKey(cmd_admin::ApiKeyCommand),
+    #[command(name = "api-key")]
+    ApiKey {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: cmd_admin::ApiKeyCommand,
+    },
     /// Steps waiting for a human decision
-    #[command(subcommand)]
-    Approval(cmd_admin::ApprovalCommand),
+    Approval {
+        #[command(flatten)]
+        place: Place,
+        #[command(subcommand)]
+        cmd: cmd_admin::ApprovalCommand,
+    },
     /// The tamper-evident audit log: verify, list, export
     ///
     /// Without a server, works on --data-dir (stop the server first, or use its API).
-    #[command(subcommand)]
-    Audit(cmd_admin::AuditCommand),
+    Audit {
+        #[command(flatten)]
+        place: Place,
+        #[command(subcommand)]
+        cmd: cmd_admin::AuditCommand,
+    },
     /// Runtime settings of a server (admin): execution mode, budgets, providers
-    #[command(subcommand)]
-    Settings(cmd_admin::SettingsCommand),
+    Settings {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: cmd_admin::SettingsCommand,
+    },
     /// Print a shell completion script
     ///
     /// Examples:
@@ -246,17 +312,34 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
     /// The keys in --data-dir that sign session tokens
-    #[command(subcommand, name = "token-keys")]
-    TokenKeys(cmd_admin::TokenKeysCommand),
+    #[command(name = "token-keys")]
+    TokenKeys {
+        #[command(flatten)]
+        local: Local,
+        #[command(subcommand)]
+        cmd: cmd_admin::TokenKeysCommand,
+    },
     /// Workflow definitions on a server
-    #[command(subcommand)]
-    Workflow(WorkflowCommand),
+    Workflow {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: WorkflowCommand,
+    },
     /// Events for a server's `on:` triggers
-    #[command(subcommand)]
-    Event(EventCommand),
+    Event {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: EventCommand,
+    },
     /// Cron schedules on a server
-    #[command(subcommand)]
-    Schedule(ScheduleCommand),
+    Schedule {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: ScheduleCommand,
+    },
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
@@ -273,6 +356,8 @@ pub enum Command {
     /// poll and by WebSocket: workflows/s, p50/p99, server CPU per run, vs in-process).
     /// Each runs in its own process on a fresh store with synchronous=FULL.
     Bench {
+        #[command(flatten)]
+        local: Local,
         /// Small sizes, for a smoke test
         #[arg(long)]
         quick: bool,
@@ -395,6 +480,39 @@ impl Command {
             | Command::Plan { pools, .. }
             | Command::Serve { pools, .. } => &pools.pools,
             _ => &[],
+        }
+    }
+}
+
+impl Command {
+    /// The `--data-dir` and `--server` given after the command, where it takes them.
+    pub fn place(&self) -> Place {
+        match self {
+            Command::Run { place, .. }
+            | Command::Resume { place, .. }
+            | Command::Signal { place, .. }
+            | Command::Approve { place, .. }
+            | Command::Reject { place, .. }
+            | Command::Runs { place, .. }
+            | Command::Approval { place, .. }
+            | Command::Audit { place, .. } => place.clone(),
+            Command::Serve { local, .. }
+            | Command::Bench { local, .. }
+            | Command::Config { local, .. }
+            | Command::TokenKeys { local, .. } => Place {
+                data_dir: local.data_dir.clone(),
+                server: None,
+            },
+            Command::User { remote, .. }
+            | Command::ApiKey { remote, .. }
+            | Command::Settings { remote, .. }
+            | Command::Workflow { remote, .. }
+            | Command::Event { remote, .. }
+            | Command::Schedule { remote, .. } => Place {
+                data_dir: None,
+                server: remote.server.clone(),
+            },
+            _ => Place::default(),
         }
     }
 }

@@ -101,7 +101,11 @@ fn install_template_sandbox() {
 async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
     output::set_quiet(g.quiet);
-    let data_dir_flag = g.data_dir.clone();
+    // After the command where it takes them, else before it (or from the environment).
+    let place = cli.command.place();
+    let data_dir = place.data_dir.or(g.data_dir);
+    let server = place.server.or(g.server);
+    let data_dir_flag = data_dir.clone();
     let serve_flags = match &cli.command {
         Command::Serve {
             listen_addr,
@@ -131,7 +135,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         _ => config::ServeFlags::from_env()?,
     };
     let settings = config::resolve(
-        g.data_dir,
+        data_dir,
         cli.command.pools(),
         g.config.as_deref(),
         serve_flags,
@@ -141,7 +145,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         default_mode: None,
     };
     let format = g.output;
-    let client = remote::server(g.server.as_deref())?;
+    let client = remote::server(server.as_deref())?;
     let target = match &client {
         Some(c) => Target::Remote(c),
         None => Target::Local(&settings),
@@ -158,14 +162,20 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             bootstrap_key_file,
             ..
         } => cmd_serve::serve(&settings, wait_for_lock, bootstrap_key_file.as_deref()).await,
-        Command::Config(ConfigCommand::Show) => {
+        Command::Config {
+            cmd: ConfigCommand::Show,
+            ..
+        } => {
             settings.print(format);
             Ok(0)
         }
-        Command::TokenKeys(cmd_admin::TokenKeysCommand::Rotate) => {
-            cmd_admin::rotate_token_key(&settings.data_dir, format)
-        }
-        Command::Bench { quick, scenario } => match (&scenario, format) {
+        Command::TokenKeys {
+            cmd: cmd_admin::TokenKeysCommand::Rotate,
+            ..
+        } => cmd_admin::rotate_token_key(&settings.data_dir, format),
+        Command::Bench {
+            quick, scenario, ..
+        } => match (&scenario, format) {
             // The parent asks each child process for one scenario in JSON.
             (Some(name), Format::Json) => {
                 bench::run_one(name, quick, data_dir_flag.as_deref()).await
@@ -193,12 +203,16 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Resume {
             run, follow_logs, ..
         } => target.resume(&run, follow_logs, format).await,
-        Command::Runs(RunsCommand::List {
-            status,
-            workflow,
-            interrupted,
-            limit,
-        }) => {
+        Command::Runs {
+            cmd:
+                RunsCommand::List {
+                    status,
+                    workflow,
+                    interrupted,
+                    limit,
+                },
+            ..
+        } => {
             let query = RunsQuery {
                 status,
                 workflow,
@@ -207,15 +221,25 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             };
             target.runs_list(query, format).await
         }
-        Command::Runs(RunsCommand::Show { run }) => target.runs_show(&run, format).await,
-        Command::Runs(RunsCommand::Events { run, after }) => {
-            target.runs_events(&run, after, format).await
-        }
-        Command::Runs(RunsCommand::Watch { run }) => target.runs_watch(&run, format).await,
-        Command::Runs(RunsCommand::Cancel { run }) => {
-            target.control(&run, Control::Cancel, format).await
-        }
-        Command::Signal { run, step, data } => {
+        Command::Runs {
+            cmd: RunsCommand::Show { run },
+            ..
+        } => target.runs_show(&run, format).await,
+        Command::Runs {
+            cmd: RunsCommand::Events { run, after },
+            ..
+        } => target.runs_events(&run, after, format).await,
+        Command::Runs {
+            cmd: RunsCommand::Watch { run },
+            ..
+        } => target.runs_watch(&run, format).await,
+        Command::Runs {
+            cmd: RunsCommand::Cancel { run },
+            ..
+        } => target.control(&run, Control::Cancel, format).await,
+        Command::Signal {
+            run, step, data, ..
+        } => {
             let data = match data {
                 Some(d) => serde_json::from_str::<Json>(&d)
                     .with_context(|| format!("--data is not valid JSON: {d}"))?,
@@ -225,20 +249,33 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 .control(&run, Control::Signal { step, data }, format)
                 .await
         }
-        Command::Approve { run, step, comment }
-        | Command::Approval(ApprovalCommand::Approve { run, step, comment }) => {
+        Command::Approve {
+            run, step, comment, ..
+        }
+        | Command::Approval {
+            cmd: ApprovalCommand::Approve { run, step, comment },
+            ..
+        } => {
             target
                 .control(&run, Control::Approve { step, comment }, format)
                 .await
         }
-        Command::Reject { run, step, comment }
-        | Command::Approval(ApprovalCommand::Reject { run, step, comment }) => {
+        Command::Reject {
+            run, step, comment, ..
+        }
+        | Command::Approval {
+            cmd: ApprovalCommand::Reject { run, step, comment },
+            ..
+        } => {
             target
                 .control(&run, Control::Reject { step, comment }, format)
                 .await
         }
-        Command::Approval(ApprovalCommand::List) => target.approvals_list(format).await,
-        Command::Audit(cmd) => target.audit(&cmd, format).await,
+        Command::Approval {
+            cmd: ApprovalCommand::List,
+            ..
+        } => target.approvals_list(format).await,
+        Command::Audit { cmd, .. } => target.audit(&cmd, format).await,
 
         // A server's own business.
         Command::Init { server, api_key } => remote::init(&server, api_key.as_deref()).await,
@@ -268,14 +305,16 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let context = remote::context_file().context("no config directory")?;
             login::logout(c, &context).await
         }
-        Command::User(cmd) => cmd_admin::user(target.admin_server("user")?, &cmd, format).await,
-        Command::ApiKey(cmd) => {
+        Command::User { cmd, .. } => {
+            cmd_admin::user(target.admin_server("user")?, &cmd, format).await
+        }
+        Command::ApiKey { cmd, .. } => {
             cmd_admin::api_key(target.admin_server("api-key")?, &cmd, format).await
         }
-        Command::Settings(cmd) => {
+        Command::Settings { cmd, .. } => {
             cmd_admin::settings(target.admin_server("settings")?, &cmd, format).await
         }
-        Command::Workflow(cmd) => {
+        Command::Workflow { cmd, .. } => {
             let c = target.server("workflow")?;
             match cmd {
                 WorkflowCommand::Apply { file } => remote::workflow_apply(c, &file, format).await,
@@ -286,7 +325,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 WorkflowCommand::Delete { name } => remote::workflow_delete(c, &name).await,
             }
         }
-        Command::Schedule(cmd) => {
+        Command::Schedule { cmd, .. } => {
             let c = target.server("schedule")?;
             match cmd {
                 ScheduleCommand::List => remote::schedule_list(c, format).await,
@@ -314,11 +353,15 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
         }
-        Command::Event(EventCommand::Emit {
-            event_type,
-            payload,
-            dedupe_key,
-        }) => {
+        Command::Event {
+            cmd:
+                EventCommand::Emit {
+                    event_type,
+                    payload,
+                    dedupe_key,
+                },
+            ..
+        } => {
             let c = target.server("event")?;
             let payload = match payload {
                 Some(p) => serde_json::from_str::<Json>(&p)

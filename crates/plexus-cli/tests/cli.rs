@@ -42,6 +42,30 @@ fn help_teaches_the_commands() {
     );
     let refused = p.run(&["audit", "list", "--pool", "gpu=1"]);
     assert_eq!(refused.status.code(), Some(2));
+    // Neither the store nor a server matters to checking a file, or to user management
+    // on this machine's store: not offered.
+    let validate = p.run(&["validate", "--help"]);
+    let validate = String::from_utf8_lossy(&validate.stdout);
+    assert!(
+        !validate.contains("--server") && !validate.contains("--data-dir"),
+        "{validate}"
+    );
+    let users = p.run(&["user", "list", "--help"]);
+    let users = String::from_utf8_lossy(&users.stdout);
+    assert!(
+        users.contains("--server") && !users.contains("--data-dir"),
+        "{users}"
+    );
+    // Before the command, both are accepted for any command.
+    let flow = examples().join("hello.yaml");
+    let dir = p.data_dir();
+    let out = p.run(&[
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "validate",
+        flow.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
 }
 
 #[test]
