@@ -349,3 +349,31 @@ fn no_color_is_respected() {
         "{plain:?}"
     );
 }
+
+/// Two gates open at once are asked one at a time, in the order they came: the second
+/// prompt appears only after the first is answered.
+#[test]
+fn gates_open_at_once_are_asked_one_at_a_time() {
+    let p = Plexus::new();
+    let flow = p.dir.path().join("two.yaml");
+    std::fs::write(
+        &flow,
+        "version: plexus/v1\nname: two\nsteps:\n- {id: first, permission: modify, run: 'echo one'}\n- {id: second, permission: modify, run: 'echo two'}\n",
+    )
+    .unwrap();
+    let command = format!("{} run {}", env!("CARGO_BIN_EXE_plexus"), flow.display());
+    let (text, code) = on_a_terminal(&p, &command, &[(1200, b"y\n"), (1200, b"y\n")]);
+    assert_eq!(code, Some(0), "{text}");
+    let prompts: Vec<usize> = text
+        .match_indices("approve? [y/N]")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(prompts.len(), 2, "{text}");
+    // The second prompt came after the first was answered (the terminal echoes the `y`).
+    let between = &text[prompts[0]..prompts[1]];
+    assert!(between.starts_with("approve? [y/N] y"), "{between:?}");
+    assert!(
+        text.contains("first approved by local") && text.contains("second approved by local"),
+        "{text}"
+    );
+}
