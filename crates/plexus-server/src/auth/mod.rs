@@ -45,7 +45,25 @@ pub struct Auth {
     /// Changes made on another replica are seen by the periodic check
     /// ([`RECHECK_EVERY`]).
     pub credentials: tokio::sync::watch::Sender<u64>,
+    /// API keys found in the store, with their users, so a script's every request does
+    /// not read them again: an entry serves while no credential changed in this process
+    /// since it was read (`credentials`) and for [`KEY_CACHE_TTL`] at most (changes made
+    /// on another replica). The secret is still checked against the hash each time.
+    key_cache: std::sync::Mutex<std::collections::HashMap<String, CachedKey>>,
 }
+
+struct CachedKey {
+    generation: u64,
+    read_at: std::time::Instant,
+    found: (plexus_store::auth::ApiKey, plexus_store::auth::User),
+}
+
+/// How long a key read from the store is trusted without reading it again.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Entries kept at most; beyond, the cache starts again (ids are not guessable, but a
+/// flood of real ones must not grow memory).
+const KEY_CACHE_MAX: usize = 10_000;
 
 /// How often a long-lived connection (a WebSocket) checks that its credential still
 /// works, for changes this process was not told about.
@@ -68,7 +86,39 @@ impl Auth {
             refusals: limits::RefusalLog::default(),
             settings_cache: Default::default(),
             credentials: tokio::sync::watch::Sender::new(0),
+            key_cache: Default::default(),
         })
+    }
+
+    fn cached_key(
+        &self,
+        id: &str,
+    ) -> Option<(plexus_store::auth::ApiKey, plexus_store::auth::User)> {
+        let generation = *self.credentials.borrow();
+        let cache = self.key_cache.lock().ok()?;
+        let entry = cache.get(id)?;
+        (entry.generation == generation && entry.read_at.elapsed() < KEY_CACHE_TTL)
+            .then(|| entry.found.clone())
+    }
+
+    /// Keeps what the store said about a key, as of `generation` (read before the store
+    /// was, so a change that raced the read makes the entry stale at once).
+    fn cache_key(
+        &self,
+        generation: u64,
+        found: (plexus_store::auth::ApiKey, plexus_store::auth::User),
+    ) {
+        if let Ok(mut cache) = self.key_cache.lock() {
+            if cache.len() >= KEY_CACHE_MAX {
+                cache.clear();
+            }
+            let entry = CachedKey {
+                generation,
+                read_at: std::time::Instant::now(),
+                found,
+            };
+            cache.insert(entry.found.0.id.clone(), entry);
+        }
     }
 
     pub fn credentials_changed(&self) {
@@ -110,10 +160,20 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
     let (user, via) = if bearer.starts_with(API_KEY_PREFIX) {
         let (id, secret) =
             split_secret(bearer, API_KEY_PREFIX).ok_or_else(|| refused("malformed API key"))?;
-        let found = store
-            .key_with_user(id)
-            .await
-            .map_err(|e| Refused(e.to_string()))?;
+        let found = match state.auth.cached_key(id) {
+            Some(found) => Some(found),
+            None => {
+                let generation = *state.auth.credentials.borrow();
+                let found = store
+                    .key_with_user(id)
+                    .await
+                    .map_err(|e| Refused(e.to_string()))?;
+                if let Some(found) = &found {
+                    state.auth.cache_key(generation, found.clone());
+                }
+                found
+            }
+        };
         // Compare even for an unknown id, so timing says nothing about which ids exist.
         let expected = found.as_ref().map_or("", |(k, _)| k.secret_hash.as_str());
         let matches = same(&sha256_hex(secret), expected);
