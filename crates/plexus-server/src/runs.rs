@@ -96,7 +96,9 @@ impl WaitQuery {
 }
 
 /// Waits up to `wait` for the run to end; whether it did. Woken by the engine's notice
-/// of a run's end, with a look at the store now and then for runs another process drives.
+/// of this run's end (other runs' ends are passed over without a store read: with many
+/// waiters, re-reading on every end was a read per waiter per run), with a look at the
+/// store now and then for runs another process drives, or when notices were missed.
 async fn wait_for_end(state: &AppState, id: &str, wait: std::time::Duration) -> ApiResult<bool> {
     let mut ends = state.engine.finished();
     let deadline = tokio::time::Instant::now() + wait;
@@ -106,13 +108,24 @@ async fn wait_for_end(state: &AppState, id: &str, wait: std::time::Duration) -> 
             return Ok(true);
         }
         let look_again = tokio::time::sleep(std::time::Duration::from_millis(250));
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(false),
-            _ = look_again => {}
-            end = ends.recv() => {
-                if let Ok((run, _)) = end && *run != *row.id {
-                    continue;
-                }
+        tokio::pin!(look_again);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                _ = &mut look_again => break,
+                end = ends.recv() => match end {
+                    Ok((run, _)) if *run == *row.id => return Ok(true),
+                    Ok(_) => {}
+                    // Missed notices: read the store.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    // The engine stopped: only the store can tell, now and then.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                            _ = &mut look_again => break,
+                        }
+                    }
+                },
             }
         }
     }
