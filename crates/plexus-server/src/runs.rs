@@ -99,29 +99,37 @@ impl WaitQuery {
 /// of this run's end (other runs' ends are passed over without a store read: with many
 /// waiters, re-reading on every end was a read per waiter per run), with a look at the
 /// store now and then for runs another process drives, or when notices were missed.
-async fn wait_for_end(state: &AppState, id: &str, wait: std::time::Duration) -> ApiResult<bool> {
+async fn wait_for_end(
+    state: &AppState,
+    id: &str,
+    wait: std::time::Duration,
+) -> ApiResult<(bool, RunRow)> {
     let mut ends = state.engine.finished();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let row = state.store.get_run(id).await?;
+        let mut row = state.store.get_run(id).await?;
         if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
-            return Ok(true);
+            return Ok((true, row));
         }
         let look_again = tokio::time::sleep(std::time::Duration::from_millis(250));
         tokio::pin!(look_again);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                _ = tokio::time::sleep_until(deadline) => return Ok((false, row)),
                 _ = &mut look_again => break,
                 end = ends.recv() => match end {
-                    Ok((run, _)) if *run == *row.id => return Ok(true),
+                    // The notice comes once the end is durable: it is the stored state.
+                    Ok((run, status)) if *run == *row.id => {
+                        row.status = status.as_str().to_owned();
+                        return Ok((true, row));
+                    }
                     Ok(_) => {}
                     // Missed notices: read the store.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                     // The engine stopped: only the store can tell, now and then.
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                         tokio::select! {
-                            _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                            _ = tokio::time::sleep_until(deadline) => return Ok((false, row)),
                             _ = &mut look_again => break,
                         }
                     }
@@ -139,11 +147,19 @@ async fn answer_after(
     otherwise: StatusCode,
     view: View,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    let status = match wait {
-        Some(w) if wait_for_end(state, id, w).await? => StatusCode::OK,
-        Some(_) => StatusCode::ACCEPTED,
-        None => otherwise,
+    let (status, seen) = match wait {
+        Some(w) => match wait_for_end(state, id, w).await? {
+            (true, row) => (StatusCode::OK, Some(row)),
+            (false, row) => (StatusCode::ACCEPTED, Some(row)),
+        },
+        None => (otherwise, None),
     };
+    // The light answer of a wait is what the wait saw; it needs no other read.
+    if view == View::Light
+        && let Some(row) = seen
+    {
+        return Ok((status, Json(light_run(&row))));
+    }
     let answer = match view {
         View::Full => full_run(state, id).await?,
         View::Light => light_run(&state.store.get_run(id).await?),
