@@ -282,37 +282,34 @@ pub fn render_value(value: &Json, ctx: &Value) -> Result<Json, String> {
     })
 }
 
+/// Whether an expression must go to the sandbox (when one is installed): compiling it
+/// could build a huge constant, or evaluating it a huge value.
+fn expression_needs_sandbox(expr: &str) -> Result<bool, String> {
+    Ok(!screen(expr, true)?.compiles_safely || !expression_is_bounded(expr))
+}
+
 /// Evaluates an expression strictly and returns its value as JSON.
 pub fn eval_value(expr: &str, ctx: &Value) -> Result<Json, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
-    let delegate = || sandbox::delegate(sandbox::JobKind::Value, expr, ctx);
-    if !screen(expr, true)?.compiles_safely
-        && let Some(value) = delegate()
+    if expression_needs_sandbox(expr)?
+        && let Some(value) = sandbox::delegate(sandbox::JobKind::Value, expr, ctx)
     {
         return value;
     }
-    let compiled = strict()
-        .compile_expression(expr)
-        .map_err(|e| describe(&e))?;
-    if !expression_is_bounded(expr)
-        && let Some(value) = delegate()
-    {
-        return value;
-    }
-    value_of(expr, compiled.eval(ctx.clone()))
+    eval_value_compiled(expr, ctx)
 }
 
 fn eval_value_here(expr: &str, ctx: &Value) -> Result<Json, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
     screen(expr, true)?;
+    eval_value_compiled(expr, ctx)
+}
+
+fn eval_value_compiled(expr: &str, ctx: &Value) -> Result<Json, String> {
     let compiled = strict()
         .compile_expression(expr)
         .map_err(|e| describe(&e))?;
-    value_of(expr, compiled.eval(ctx.clone()))
-}
-
-fn value_of(expr: &str, evaluated: Result<Value, minijinja::Error>) -> Result<Json, String> {
-    let v = evaluated.map_err(|e| describe(&e))?;
+    let v = compiled.eval(ctx.clone()).map_err(|e| describe(&e))?;
     // Strict rendering refuses an undefined name anywhere, including a template that is
     // nothing but that name (which evaluates to undefined rather than failing).
     if v.is_undefined() {
@@ -324,37 +321,26 @@ fn value_of(expr: &str, evaluated: Result<Value, minijinja::Error>) -> Result<Js
 /// Evaluates a `when` condition: undefined values are false rather than errors.
 pub fn eval_condition(expr: &str, ctx: &Value) -> Result<bool, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
-    let delegated = || {
-        let value = sandbox::delegate(sandbox::JobKind::Condition, expr, ctx)?;
-        Some(value.and_then(|v| match v {
+    if expression_needs_sandbox(expr)?
+        && let Some(value) = sandbox::delegate(sandbox::JobKind::Condition, expr, ctx)
+    {
+        return match value? {
             Json::Bool(b) => Ok(b),
             other => Err(format!(
                 "the template sandbox answered {other} instead of a boolean"
             )),
-        }))
-    };
-    if !screen(expr, true)?.compiles_safely
-        && let Some(value) = delegated()
-    {
-        return value;
+        };
     }
-    let compiled = lenient()
-        .compile_expression(expr)
-        .map_err(|e| describe(&e))?;
-    if !expression_is_bounded(expr)
-        && let Some(value) = delegated()
-    {
-        return value;
-    }
-    Ok(compiled
-        .eval(ctx.clone())
-        .map_err(|e| describe(&e))?
-        .is_true())
+    eval_condition_compiled(expr, ctx)
 }
 
 fn eval_condition_here(expr: &str, ctx: &Value) -> Result<bool, String> {
     let expr = sole_expression(expr).unwrap_or(expr);
     screen(expr, true)?;
+    eval_condition_compiled(expr, ctx)
+}
+
+fn eval_condition_compiled(expr: &str, ctx: &Value) -> Result<bool, String> {
     let compiled = lenient()
         .compile_expression(expr)
         .map_err(|e| describe(&e))?;
