@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::{Code, Status};
+pub use tonic::{Code, Status};
 
 /// Messages can be large (cache values of several MiB): the protocol asks for 64 MiB.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;

@@ -205,6 +205,7 @@ impl Bench {
                 crate::config::cores(),
             )]),
             default_mode: None,
+            action_floors: Default::default(),
         }
     }
 

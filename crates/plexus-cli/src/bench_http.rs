@@ -35,6 +35,7 @@ pub async fn run(
         compile: plexus_core::CompileOptions {
             pools,
             default_mode: None,
+            action_floors: Default::default(),
         },
         config: Arc::new(plexus_server::ServerConfig {
             base_dir: dir.to_path_buf(),

@@ -55,6 +55,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
     let opts = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
         default_mode: None,
+        action_floors: Default::default(),
     };
     let (result, text) = load_file(&args.file, &opts)?;
     let plan = match result {

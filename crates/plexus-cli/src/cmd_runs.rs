@@ -300,6 +300,7 @@ async fn cancel_interrupted(
     let opts = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
         default_mode: None,
+        action_floors: Default::default(),
     };
     let plan = plexus_engine::stored_plan(&*store, row, &opts).await?;
     let events = store.events(&row.id, 0, 0).await?;

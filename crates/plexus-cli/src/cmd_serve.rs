@@ -44,10 +44,10 @@ pub async fn serve(
     let _lock =
         crate::serve_lock::ServeLock::acquire(&settings.data_dir, wait_for_lock, listen_addr)
             .await?;
-    let engine = Engine::start(
-        store.clone(),
-        EngineConfig::new(settings.data_dir.clone(), settings.pools.clone()),
-    );
+    let mut engine_config = EngineConfig::new(settings.data_dir.clone(), settings.pools.clone());
+    engine_config.agents.health_check_interval = settings.health_check_interval;
+    engine_config.agents.registration_grace = settings.registration_grace;
+    let engine = Engine::start(store.clone(), engine_config);
     let listener = tokio::net::TcpListener::bind(listen_addr)
         .await
         .with_context(|| {
@@ -103,6 +103,7 @@ pub async fn serve(
         compile: plexus_core::CompileOptions {
             pools: settings.pools.clone(),
             default_mode: None,
+            action_floors: Default::default(),
         },
         config: Arc::new(ServerConfig {
             body_limit,
@@ -145,7 +146,13 @@ pub async fn serve(
     let mut grpc_stop = stopped;
     let grpc_services = tonic::transport::Server::builder()
         .add_service(jobs)
+        .add_service(plexus_server::plugins::service(state.clone()))
         .add_service(health);
+    engine.agents.spawn_health_checks();
+    for p in &settings.plugins.external {
+        let (agents, name, addr) = (engine.agents.clone(), p.name.clone(), p.addr.clone());
+        tokio::spawn(async move { dial_external(agents, name, addr).await });
+    }
     let grpc_stopped = async move {
         let _ = grpc_stop.changed().await;
     };
@@ -257,5 +264,24 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+/// Dials a plugin listed under `plugins.external` until it answers (it may start after
+/// the engine), unless it registers itself first.
+async fn dial_external(agents: plexus_engine::agents::Agents, name: String, addr: String) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        if agents.knows(&name) {
+            return;
+        }
+        match agents.dial(&name, &addr).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(agent = %name, %addr, error = %e, retry_in = ?wait, "external plugin not reachable");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
     }
 }

@@ -29,6 +29,31 @@ pub struct FileConfig {
     /// `plexus serve`: browser origins (`https://dash.example.com`) allowed to open the
     /// WebSocket besides the server's own.
     pub allowed_origins: Option<Vec<String>>,
+    /// `plexus serve`: agent plugins (`[plugins]`).
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// `[plugins]` in `plexus.toml`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// How often each plugin is asked whether it is healthy, e.g. "30s".
+    pub health_check_interval: Option<String>,
+    /// How long after a start a step waits for its agent to register (plugins register
+    /// again at their next heartbeat), e.g. "70s" (the default).
+    pub registration_grace: Option<String>,
+    /// Plugins running elsewhere, dialled at start (`[[plugins.external]]` with `name`
+    /// and `addr`); one that registers itself under the same name takes precedence.
+    #[serde(default)]
+    pub external: Vec<ExternalPlugin>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalPlugin {
+    pub name: String,
+    pub addr: String,
 }
 
 /// Settings of `plexus serve` given as flags or environment variables.
@@ -126,6 +151,11 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Browser origins allowed on the WebSocket besides the server's own.
     pub allowed_origins: Vec<String>,
+    pub plugins: PluginsConfig,
+    /// `plugins.health_check_interval`, read.
+    pub health_check_interval: std::time::Duration,
+    /// `plugins.registration_grace`, read.
+    pub registration_grace: std::time::Duration,
     pub config_file: Option<PathBuf>,
     /// Where each setting came from: `flag or environment`, `file`, `default`.
     pub sources: BTreeMap<&'static str, &'static str>,
@@ -263,6 +293,33 @@ pub fn resolve(
             );
         }
     }
+    let health_check_interval = match &file.plugins.health_check_interval {
+        Some(text) => {
+            sources.insert("plugins", "file");
+            plexus_core::duration::parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| {
+                    format!("plugins.health_check_interval `{text}` is not a duration such as 30s")
+                })?
+        }
+        None => std::time::Duration::from_secs(30),
+    };
+    let registration_grace = match &file.plugins.registration_grace {
+        Some(text) => plexus_core::duration::parse_duration(text)
+            .ok()
+            .with_context(|| {
+                format!("plugins.registration_grace `{text}` is not a duration such as 70s")
+            })?,
+        // Two heartbeats of the SDKs (30 s) and some slack.
+        None => std::time::Duration::from_secs(70),
+    };
+    for p in &file.plugins.external {
+        if p.name.trim().is_empty() || p.addr.trim().is_empty() {
+            bail!("every [[plugins.external]] needs a `name` and an `addr` (host:port)");
+        }
+        sources.insert("plugins", "file");
+    }
     Ok(Settings {
         data_dir,
         pools,
@@ -273,6 +330,9 @@ pub fn resolve(
         shutdown_grace,
         tls,
         allowed_origins,
+        plugins: file.plugins,
+        health_check_interval,
+        registration_grace,
         config_file: path,
         sources,
     })
@@ -293,6 +353,7 @@ impl Settings {
             "shutdown_grace": {"value": plexus_core::duration::format_duration(self.shutdown_grace), "source": src("shutdown_grace")},
             "tls": {"value": self.tls.as_ref().map(|(c, k)| serde_json::json!({"cert": c, "key": k})), "source": src("tls")},
             "allowed_origins": {"value": self.allowed_origins, "source": src("allowed_origins")},
+            "plugins": {"value": self.plugins, "source": src("plugins")},
         })
     }
 
@@ -315,6 +376,7 @@ impl Settings {
             "shutdown_grace",
             "tls",
             "allowed_origins",
+            "plugins",
         ];
         let rows: Vec<Vec<String>> = keys
             .iter()

@@ -143,6 +143,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     let compile = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
         default_mode: None,
+        action_floors: Default::default(),
     };
     let format = g.output;
     let client = remote::server(server.as_deref())?;

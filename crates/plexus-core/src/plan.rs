@@ -15,6 +15,10 @@ pub struct CompileOptions {
     pub pools: BTreeMap<String, u32>,
     /// The mode of a manifest that does not set one (the `execution_mode` setting).
     pub default_mode: Option<Mode>,
+    /// The permission agent actions declare (`agent/action`), for the actions a manifest
+    /// calls: a step is gated at least at its action's permission, whatever it says.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub action_floors: BTreeMap<String, Permission>,
 }
 
 impl CompileOptions {
@@ -22,6 +26,7 @@ impl CompileOptions {
         CompileOptions {
             pools: BTreeMap::from([("default".to_owned(), cores.max(1))]),
             default_mode: None,
+            action_floors: BTreeMap::new(),
         }
     }
 }
@@ -74,6 +79,21 @@ pub enum StoredPlanError {
     Format { found: u64 },
     #[error("the run's stored compile options cannot be read: {0}")]
     Invalid(String),
+}
+
+impl Plan {
+    /// The agent actions its steps call, as (agent, action), without repeats.
+    pub fn agent_actions(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for s in &self.manifest.steps {
+            if let StepKind::Agent { agent, action } = &s.kind
+                && !out.iter().any(|(a, b)| a == agent && b == action)
+            {
+                out.push((agent.clone(), action.clone()));
+            }
+        }
+        out
+    }
 }
 
 impl CompileOptions {
@@ -190,7 +210,7 @@ pub fn compile(
                 .on_failure
                 .or(manifest.defaults.on_failure)
                 .unwrap_or_default(),
-            gate: gate_for(mode, s),
+            gate: gate_for(mode, s, &opts.action_floors),
             approval_timeout: s.approval_timeout.or(manifest.defaults.approval_timeout),
         })
         .collect();
@@ -255,16 +275,33 @@ pub fn compile(
         options: CompileOptions {
             pools: opts.pools.clone(),
             default_mode: Some(mode),
+            action_floors: opts.action_floors.clone(),
         },
     })
 }
 
-fn gate_for(mode: Mode, s: &Step) -> Option<Permission> {
+/// The key of an agent action in [`CompileOptions::action_floors`].
+pub fn action_key(agent: &str, action: &str) -> String {
+    format!("{agent}/{action}")
+}
+
+/// The permission a step runs with: its own, raised to what its agent action declares.
+pub fn effective_permission(s: &Step, floors: &BTreeMap<String, Permission>) -> Permission {
+    match &s.kind {
+        StepKind::Agent { agent, action } => floors
+            .get(&action_key(agent, action))
+            .map_or(s.permission, |floor| s.permission.max(*floor)),
+        _ => s.permission,
+    }
+}
+
+fn gate_for(mode: Mode, s: &Step, floors: &BTreeMap<String, Permission>) -> Option<Permission> {
     if matches!(s.kind, StepKind::Approval(_)) {
         return None; // an approval step is its own gate
     }
-    match (mode, s.permission) {
-        (_, Permission::Modify | Permission::Admin) => Some(s.permission),
+    let permission = effective_permission(s, floors);
+    match (mode, permission) {
+        (_, Permission::Modify | Permission::Admin) => Some(permission),
         (Mode::Manual, p) if !matches!(s.kind, StepKind::Wait(_)) => Some(p),
         _ => None,
     }

@@ -8,6 +8,7 @@ fn opts() -> CompileOptions {
     CompileOptions {
         pools: BTreeMap::from([("default".into(), 2), ("gpu".into(), 1)]),
         default_mode: None,
+        action_floors: Default::default(),
     }
 }
 

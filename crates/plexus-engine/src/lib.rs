@@ -2,6 +2,7 @@
 //! inputs to their state machines, commits the resulting events in one transaction per
 //! tick (group commit) and only then performs the actions those events imply.
 
+pub mod agents;
 pub mod exec;
 mod owner;
 pub mod pools;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     /// Run steps isolated from the data directory when the system allows it (see
     /// [`exec::isolation`]); off only to measure what it costs.
     pub isolate_steps: bool,
+    /// How agent plugins are watched and called.
+    pub agents: agents::AgentsConfig,
 }
 
 impl EngineConfig {
@@ -53,6 +56,7 @@ impl EngineConfig {
             lease: Duration::from_secs(15),
             command_poll: Duration::from_millis(200),
             isolate_steps: true,
+            agents: agents::AgentsConfig::default(),
         }
     }
 
@@ -60,6 +64,7 @@ impl EngineConfig {
         CompileOptions {
             pools: self.pools.clone(),
             default_mode: None,
+            action_floors: Default::default(),
         }
     }
 }
@@ -258,6 +263,8 @@ pub struct Engine {
     pub(crate) isolation: Arc<exec::isolation::Isolation>,
     /// `steps.require_isolation`: refuse to run steps rather than run them unisolated.
     pub(crate) require_isolation: Arc<std::sync::atomic::AtomicBool>,
+    /// The agents agent steps call.
+    pub agents: agents::Agents,
 }
 
 /// A run to start.
@@ -351,6 +358,7 @@ impl Engine {
                 "isolation: off — steps can reach the data directory (the store, the keys)"
             ),
         }
+        let agents = agents::Agents::new(config.agents.clone());
         let engine = Engine {
             tx,
             notices,
@@ -362,6 +370,7 @@ impl Engine {
             liveness: Arc::default(),
             isolation: Arc::new(isolation),
             require_isolation: Arc::default(),
+            agents,
         };
         scheduler::spawn(engine.clone(), rx);
         engine

@@ -30,6 +30,7 @@ async fn a_chain_of_shell_steps_costs_one_commit_per_step_and_keeps_its_order() 
     let opts = plexus_core::CompileOptions {
         pools: pools.clone(),
         default_mode: None,
+        action_floors: Default::default(),
     };
     let plan = plexus_core::load(&yaml, "chain.yaml", &opts).expect("valid");
     let store = Arc::new(

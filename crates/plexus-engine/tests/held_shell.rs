@@ -28,6 +28,7 @@ fn task(command: &str) -> Task {
         workdir: None,
         pool: "default".into(),
         isolate: true,
+        permission: plexus_core::manifest::Permission::Read,
     }
 }
 

@@ -318,7 +318,7 @@ fn valid_email(email: &str) -> ApiResult<()> {
 fn parse_role(role: &str) -> ApiResult<Role> {
     Role::parse(role).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "unknown role `{role}`; roles are operator, engineer and admin"
+            "unknown role `{role}`; roles are plugin, operator, engineer and admin"
         ))
     })
 }

@@ -2,6 +2,7 @@
 //! OpenAPI document and the role tests can be checked against every route that exists.
 
 mod accounts;
+mod agents_api;
 mod approvals;
 mod audit_api;
 pub mod auth;
@@ -11,6 +12,7 @@ mod events;
 pub mod grpc;
 mod health;
 pub mod metrics;
+pub mod plugins;
 mod runs;
 pub mod schedules;
 pub mod settings;
@@ -155,6 +157,11 @@ api! {
     engineer post "/api/v1/runs/{id}/retry" => runs::retry,
     engineer post "/api/v1/runs/{id}/steps/{step}/{action}" => runs::step_action,
     operator get "/api/v1/approvals" => approvals::list,
+    operator get "/api/v1/agents" => agents_api::list,
+    operator get "/api/v1/agents/{name}" => agents_api::get,
+    operator get "/api/v1/agents/{name}/health" => agents_api::check,
+    admin delete "/api/v1/agents/{name}" => agents_api::remove,
+    engineer post "/api/v1/agents/{name}/actions/{action}" => agents_api::invoke,
     engineer post "/api/v1/schedules" => schedules::create,
     operator get "/api/v1/schedules" => schedules::list,
     operator get "/api/v1/schedules/{name}" => schedules::get,

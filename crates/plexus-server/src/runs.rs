@@ -83,7 +83,17 @@ pub struct WaitQuery {
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl WaitQuery {
-    fn duration(&self) -> ApiResult<Option<std::time::Duration>> {
+    /// The view asked for: by default light, or full when the request waits (it then
+    /// answers the finished run, which is what it waited for).
+    pub(crate) fn view(&self, wait: Option<std::time::Duration>) -> View {
+        self.view.unwrap_or(if wait.is_some() {
+            View::Full
+        } else {
+            View::Light
+        })
+    }
+
+    pub(crate) fn duration(&self) -> ApiResult<Option<std::time::Duration>> {
         self.wait
             .as_deref()
             .map(|w| {
@@ -140,7 +150,7 @@ async fn wait_for_end(
 }
 
 /// A run's answer after an optional wait: `200` once it ended, `202` while it goes on.
-async fn answer_after(
+pub(crate) async fn answer_after(
     state: &AppState,
     id: &str,
     wait: Option<std::time::Duration>,
@@ -175,13 +185,7 @@ pub async fn start(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let wait = q.duration()?;
-    // A start answers light unless asked otherwise; a start that waits for the end
-    // answers with the finished run, which is what it waited for.
-    let view = q.view.unwrap_or(if wait.is_some() {
-        View::Full
-    } else {
-        View::Light
-    });
+    let view = q.view(wait);
     let bytes = body::read(body, state.config.body_limit).await?;
     let req: StartRun = body::json(&bytes)?;
     let key = match headers.get("idempotency-key") {

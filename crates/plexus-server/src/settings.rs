@@ -27,6 +27,10 @@ const KNOWN: &[(&str, &str)] = &[
         "steps.require_isolation",
         "true | false: refuse to start steps where they cannot be isolated from the data directory",
     ),
+    (
+        "plugins.allow_loopback_unauthenticated",
+        "true | false (default true): agent plugins on this machine may register without a key",
+    ),
 ];
 /// The name a key is stored under: the seed engine's CLI wrote the fixed settings with
 /// dashes (`execution-mode`), which name the same settings as underscores. Other keys
@@ -41,7 +45,7 @@ fn canonical(key: String) -> String {
 }
 
 /// Namespaces open to any key below them.
-const OPEN: &[&str] = &["budgets.", "providers."];
+const OPEN: &[&str] = &["budgets.", "providers.", "plugin."];
 
 use plexus_core::secrets::names_secret;
 
@@ -72,10 +76,13 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
             Json_::Bool(_) => Ok(()),
             _ => bad("approvals.forbid_self_approval is true or false".into()),
         },
-        "steps.require_isolation" => match value {
+        "steps.require_isolation" | "plugins.allow_loopback_unauthenticated" => match value {
             Json_::Bool(_) => Ok(()),
-            _ => bad("steps.require_isolation is true or false".into()),
+            _ => bad(format!("{key} is true or false")),
         },
+        k if k.starts_with("plugin.") && k.matches('.').count() < 2 => bad(format!(
+            "`{k}` names no key: plugin settings are plugin.<agent>.<key>"
+        )),
         k if OPEN.iter().any(|p| k.starts_with(p) && k.len() > p.len()) => Ok(()),
         k => {
             let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
@@ -156,6 +163,7 @@ pub async fn put(
     state.store.put_setting(setting.clone()).await?;
     forget_cached(&state);
     apply_to_engine(&state).await?;
+    push_plugin_config(&state, &key);
     // The audit record names the setting and a digest of its value, never the value:
     // whether a value is secret is a guess from its names, and a guess must not leak.
     let details = json!({
@@ -184,6 +192,7 @@ pub async fn delete(
     }
     forget_cached(&state);
     apply_to_engine(&state).await?;
+    push_plugin_config(&state, &key);
     audit(
         state.store.as_ref(),
         &caller.actor(),
@@ -215,6 +224,34 @@ pub async fn apply_to_engine(state: &AppState) -> ApiResult<()> {
     let required = value(state, "steps.require_isolation").await? == Some(json!(true));
     state.engine.set_require_isolation(required);
     Ok(())
+}
+
+/// After a change to `plugin.<name>.<key>`: the agent's instances get their whole
+/// configuration again (ConfigUpdated), in the background.
+fn push_plugin_config(state: &AppState, key: &str) {
+    let Some(name) = key
+        .strip_prefix("plugin.")
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(name, _)| name.to_owned())
+    else {
+        return;
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        match crate::plugins::config_of(&state, &name).await {
+            Ok((config, version)) => {
+                let n = state
+                    .engine
+                    .agents
+                    .push_config(&name, config, version)
+                    .await;
+                tracing::info!(agent = %name, acknowledged = n, "configuration pushed");
+            }
+            Err(e) => {
+                tracing::warn!(agent = %name, error = %e, "cannot read the configuration to push")
+            }
+        }
+    });
 }
 
 fn forget_cached(state: &AppState) {

@@ -30,13 +30,36 @@ pub async fn compile_for_run(
         default_mode: mode,
         ..state.compile.clone()
     };
-    // A plan depends on the text and the options only: a stored version started again
-    // (a schedule, a trigger, a client starting it by name) is not parsed again.
+    let plan = compile_cached(state, &opts, text, source)?;
+    // Agent steps are gated at least at the permission their actions declare now.
+    let wanted = plan.agent_actions();
+    if wanted.is_empty() {
+        return Ok(plan);
+    }
+    let floors = state.engine.agents.floors(&wanted);
+    if floors == plan.options.action_floors {
+        return Ok(plan);
+    }
+    let opts = plexus_core::CompileOptions {
+        action_floors: floors,
+        ..opts
+    };
+    compile_cached(state, &opts, text, source)
+}
+
+/// A plan depends on the text and the options only: a stored version started again (a
+/// schedule, a trigger, a client starting it by name) is not parsed again.
+fn compile_cached(
+    state: &AppState,
+    opts: &plexus_core::CompileOptions,
+    text: &str,
+    source: &str,
+) -> ApiResult<std::sync::Arc<plexus_core::Plan>> {
     let key = crate::auth::credentials::sha256_hex(&format!("{}\n{}", opts.to_stored(), text));
     if let Some(plan) = state.plans.get(&key) {
         return Ok(plan);
     }
-    let plan = std::sync::Arc::new(compile_with(&opts, text, source)?);
+    let plan = std::sync::Arc::new(compile_with(opts, text, source)?);
     state.plans.put(key, plan.clone());
     Ok(plan)
 }

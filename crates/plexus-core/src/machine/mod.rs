@@ -211,6 +211,8 @@ pub struct Task {
     pub pool: String,
     /// Run isolated from the data directory (unless the workflow says `isolation: none`).
     pub isolate: bool,
+    /// The permission the step runs with (and was approved at, when it is gated).
+    pub permission: crate::manifest::Permission,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -225,8 +227,10 @@ pub enum Work {
     Echo(Json),
     Noop,
     Fail(String),
-    /// Kinds this version parses but cannot execute yet (agent, llm).
+    /// Kinds this version parses but cannot execute yet (llm).
     Unsupported(String),
+    /// An action of an agent (boxed: it is the largest kind and tasks are many).
+    Agent(Box<AgentWork>),
     /// A child run of the workflow file at `path` (relative to the run's directory),
     /// compiled in `mode` unless it sets its own.
     Workflow {
@@ -234,6 +238,15 @@ pub enum Work {
         inputs: Json,
         mode: crate::manifest::Mode,
     },
+}
+
+/// An agent action to call, with its parameters rendered (`with:`), in the run's mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentWork {
+    pub agent: String,
+    pub action: String,
+    pub params: Json,
+    pub mode: crate::manifest::Mode,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]

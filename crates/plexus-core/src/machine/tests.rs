@@ -599,6 +599,7 @@ fn a_named_pool_limits_builtins_too() {
             ("solo".to_owned(), 1),
         ]),
         default_mode: None,
+        action_floors: Default::default(),
     };
     let plan = Arc::new(load(yaml, "test.yaml", &opts).unwrap());
     let mut run = RunState::new("r1", plan, json!({}));

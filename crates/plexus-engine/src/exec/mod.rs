@@ -1,10 +1,11 @@
 //! Executors: what performs an attempt. The scheduler knows no kind of work: it asks
 //! [`Executors::for_work`] for the [`Executor`] of a task and gets back an
 //! [`AttemptResult`]. Builtins answer inside the scheduler's loop ([`builtin`]); shell and
-//! python steps run as subprocesses in their own process group ([`local`]). Agent and LLM
-//! executors come next, each as one more implementation and one more arm in
-//! [`Executors::for_work`].
+//! python steps run as subprocesses in their own process group ([`local`]); agent steps
+//! call a registered agent's action ([`agent`]). LLM calls and remote workers come next,
+//! each as one more implementation and one more arm in [`Executors::for_work`].
 
+pub mod agent;
 pub mod artifacts;
 mod builtin;
 pub mod held;
@@ -150,14 +151,16 @@ pub struct Executors {
     builtins: Arc<Builtins>,
     local: Arc<LocalProcesses>,
     workflows: Arc<SubWorkflows>,
+    agents: Arc<agent::AgentCalls>,
 }
 
 impl Executors {
-    pub fn new(local: LocalProcesses, workflows: SubWorkflows) -> Self {
+    pub fn new(local: LocalProcesses, workflows: SubWorkflows, agents: agent::AgentCalls) -> Self {
         Executors {
             builtins: Arc::new(Builtins),
             local: Arc::new(local),
             workflows: Arc::new(workflows),
+            agents: Arc::new(agents),
         }
     }
 
@@ -167,6 +170,7 @@ impl Executors {
             self.builtins.as_ref() as &dyn Executor,
             self.local.as_ref(),
             self.workflows.as_ref(),
+            self.agents.as_ref(),
         ]
         .into_iter()
         .find(|e| e.name() == name)
@@ -176,6 +180,7 @@ impl Executors {
         match work {
             Work::Shell { .. } | Work::Python { .. } => self.local.as_ref(),
             Work::Workflow { .. } => self.workflows.as_ref(),
+            Work::Agent(_) => self.agents.as_ref(),
             Work::Noop | Work::Echo(_) | Work::Fail(_) | Work::Unsupported(_) => {
                 self.builtins.as_ref()
             }
@@ -191,9 +196,6 @@ impl Executors {
     }
 }
 
-/// What in a valid plan this engine does not carry out yet, as warnings naming the step:
-/// agent and LLM steps (their attempts fail), and resource requests and placement
-/// constraints (accepted, not enforced).
 /// What `plexus validate` and `plexus run` warn about: what is not executed yet, and
 /// inputs put into commands unquoted.
 pub fn warnings(plan: &Plan, file: &str) -> Vec<Diagnostic> {
@@ -202,6 +204,9 @@ pub fn warnings(plan: &Plan, file: &str) -> Vec<Diagnostic> {
     out
 }
 
+/// What in a valid plan this engine does not carry out yet, as warnings naming the step:
+/// LLM steps (their attempts fail), and resource requests and placement constraints
+/// (accepted, not enforced).
 pub fn not_executed(plan: &Plan, file: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for step in &plan.manifest.steps {
@@ -213,20 +218,13 @@ pub fn not_executed(plan: &Plan, file: &str) -> Vec<Diagnostic> {
             d.file = file.to_owned();
             out.push(d);
         };
-        match &step.kind {
-            StepKind::Agent { .. } => warn(
-                "agent",
-                "agent steps are not executed by this version yet: the step will fail when it runs"
-                    .into(),
-                "run the action from a `run:` step until the agent runtime is available",
-            ),
-            StepKind::Llm(_) => warn(
+        if let StepKind::Llm(_) = &step.kind {
+            warn(
                 "llm",
                 "llm steps are not executed by this version yet: the step will fail when it runs"
                     .into(),
                 "call the model from a `run:` or `python:` step until the LLM runtime is available",
-            ),
-            _ => {}
+            );
         }
         if step.resources.is_some() {
             warn(

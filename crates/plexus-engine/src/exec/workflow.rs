@@ -145,11 +145,19 @@ async fn start_child(
     // A file that is not a manifest must not show up in a run's error line by line (run
     // errors are read by every operator): positions and codes only.
     // A sub-workflow that sets no mode runs in its parent's.
-    let opts = plexus_core::CompileOptions {
+    let mut opts = plexus_core::CompileOptions {
         default_mode: Some(mode),
         ..engine.config.compile_options()
     };
-    let plan = plexus_core::load(&text, &file.to_string_lossy(), &opts).map_err(|d| {
+    let mut compiled = plexus_core::load(&text, &file.to_string_lossy(), &opts);
+    // Agent steps are gated at least at the permission their actions declare.
+    if let Ok(plan) = &compiled {
+        opts.action_floors = engine.agents.floors(&plan.agent_actions());
+        if !opts.action_floors.is_empty() {
+            compiled = plexus_core::load(&text, &file.to_string_lossy(), &opts);
+        }
+    }
+    let plan = compiled.map_err(|d| {
         let errors: Vec<String> = d
             .iter()
             .filter(|d| d.severity == plexus_core::Severity::Error)

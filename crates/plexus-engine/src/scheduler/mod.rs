@@ -113,6 +113,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
     let executors = Executors::new(
         exec::LocalProcesses::new(processes, crate::owner::hostname()),
         exec::SubWorkflows::new(engine.clone()),
+        exec::agent::AgentCalls::new(engine.agents.clone()),
     );
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// An agent plugin: calls the engine's plugin service (registration, heartbeats, its
+    /// own configuration and cache, approvals for its actions) and nothing else.
+    Plugin,
     /// Reads runs, logs, approvals and the audit log.
     Operator,
     /// + starts and cancels runs, manages workflows and schedules, approves MODIFY steps.
@@ -15,10 +18,11 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Operator, Role::Engineer, Role::Admin];
+    pub const ALL: [Role; 4] = [Role::Plugin, Role::Operator, Role::Engineer, Role::Admin];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Plugin => "plugin",
             Role::Operator => "operator",
             Role::Engineer => "engineer",
             Role::Admin => "admin",
@@ -27,6 +31,7 @@ impl Role {
 
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "plugin" => Some(Role::Plugin),
             "operator" => Some(Role::Operator),
             "engineer" => Some(Role::Engineer),
             "admin" => Some(Role::Admin),
@@ -44,6 +49,8 @@ pub enum Access {
     Signed,
     /// At least this role.
     Role(Role),
+    /// A plugin (the `plugin` role), or an admin.
+    Plugin,
 }
 
 impl Access {
@@ -53,6 +60,7 @@ impl Access {
             Access::Public => true,
             Access::Signed => role.is_some(),
             Access::Role(min) => role.is_some_and(|r| r >= min),
+            Access::Plugin => matches!(role, Some(Role::Plugin | Role::Admin)),
         }
     }
 
@@ -61,6 +69,7 @@ impl Access {
         match self {
             Access::Public => 0,
             Access::Signed => 1,
+            Access::Plugin => 2,
             Access::Role(r) => 2 + r as u8,
         }
     }
@@ -70,6 +79,7 @@ impl Access {
             Access::Public => "anyone".into(),
             Access::Signed => "any signed-in user".into(),
             Access::Role(r) => format!("the {} role or above", r.as_str()),
+            Access::Plugin => "the plugin or admin role".into(),
         }
     }
 }

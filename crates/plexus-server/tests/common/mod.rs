@@ -99,6 +99,7 @@ impl Api {
             compile: plexus_core::CompileOptions {
                 pools,
                 default_mode: None,
+                action_floors: Default::default(),
             },
             config: Arc::new(ServerConfig {
                 body_limit: 64 * 1024,

@@ -328,6 +328,7 @@ impl RunState {
             workdir,
             pool: node.pool.clone(),
             isolate: !self.plan.manifest.unisolated,
+            permission: crate::plan::effective_permission(step, &self.plan.options.action_floors),
         }));
     }
 }

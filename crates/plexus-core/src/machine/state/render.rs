@@ -127,12 +127,18 @@ pub(super) fn render_work(
                 detail,
             )
         }
-        StepKind::Agent { agent, action } => (
-            (Work::Unsupported(format!(
-                "agent steps (`{agent}`/`{action}`) are not executable in this version yet"
-            ))),
-            json!({"agent": agent, "action": action, "with": with}),
-        ),
+        StepKind::Agent { agent, action } => {
+            let detail = json!({"agent": agent, "action": action, "with": with});
+            (
+                Work::Agent(Box::new(crate::machine::AgentWork {
+                    agent: agent.clone(),
+                    action: action.clone(),
+                    params: with,
+                    mode,
+                })),
+                detail,
+            )
+        }
         StepKind::Llm(_) => (
             (Work::Unsupported("llm steps are not executable in this version yet".into())),
             Json::Null,

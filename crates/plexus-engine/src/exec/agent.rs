@@ -1,0 +1,258 @@
+//! Agent steps: an action of a registered agent, called over the plugin protocol's
+//! `Execute`. Parameters are checked against the action's schema before the call; a
+//! plugin that dies, hangs or answers garbage fails the attempt (retried per policy).
+//!
+//! Delivery is at least once: an attempt whose outcome was lost with a crashed engine is
+//! started again, and the agent sees the same `idempotency_key` in the request's
+//! `context` (with `attempt` telling the tries apart).
+
+use super::{AttemptCtx, AttemptFuture, AttemptResult, Executor};
+use crate::agents::{Agents, unreachable};
+use plexus_agent::wire::{self, Blob};
+use plexus_core::machine::{Outcome, Task, Work};
+use plexus_core::manifest::{Mode, Permission};
+use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
+use tokio::sync::oneshot;
+
+pub struct AgentCalls {
+    agents: Agents,
+    tenant_id: String,
+}
+
+impl AgentCalls {
+    pub fn new(agents: Agents) -> Self {
+        AgentCalls {
+            agents,
+            tenant_id: plexus_agent::tenant_id(plexus_agent::DEFAULT_TENANT_SLUG),
+        }
+    }
+}
+
+fn mode_wire(mode: Mode) -> i32 {
+    match mode {
+        Mode::Manual => wire::mode::MANUAL,
+        Mode::Guided => wire::mode::GUIDED,
+        Mode::Autonomous => wire::mode::AUTONOMOUS,
+    }
+}
+
+fn permission_name(p: Permission) -> &'static str {
+    plexus_core::machine::permission_name(p)
+}
+
+/// The unit's key without the attempt: the same for every try of one step (or item).
+fn idempotency_key(attempt_key: &str) -> &str {
+    attempt_key.rsplit_once('/').map_or(attempt_key, |(k, _)| k)
+}
+
+impl Executor for AgentCalls {
+    fn name(&self) -> &'static str {
+        "agent"
+    }
+
+    fn start(&self, task: Task, ctx: AttemptCtx, mut kill: oneshot::Receiver<()>) -> AttemptFuture {
+        let agents = self.agents.clone();
+        let tenant_id = self.tenant_id.clone();
+        Box::pin(async move {
+            let Work::Agent(work) = task.work else {
+                return AttemptResult::failed("not an agent step");
+            };
+            let plexus_core::machine::AgentWork {
+                agent,
+                action,
+                params,
+                mode,
+            } = *work;
+            let params = match params {
+                Json::Null => Map::new(),
+                Json::Object(m) => m,
+                other => {
+                    return AttemptResult::failed(format!(
+                        "`with` of an agent step must be a mapping of parameters, not {other}"
+                    ));
+                }
+            };
+            let picked = tokio::select! {
+                picked = agents.pick_patiently(&agent, &action) => picked,
+                _ = &mut kill => return AttemptResult::failed("cancelled"),
+            };
+            let (instance, spec) = match picked {
+                Ok(found) => found,
+                Err(e) => return AttemptResult::failed(e.to_string()),
+            };
+            if spec.permission > task.permission {
+                // The agent raised the action's permission after the run was planned:
+                // the step was not approved for what it would do now.
+                return AttemptResult::failed(format!(
+                    "`{agent}/{action}` now declares {} permission but the step was planned with {}: start the run again to have it approved",
+                    permission_name(spec.permission),
+                    permission_name(task.permission)
+                ));
+            }
+            let problems = spec.check(&Json::Object(params.clone()));
+            if !problems.is_empty() {
+                return AttemptResult::failed(format!(
+                    "the parameters do not fit `{agent}/{action}`: {}",
+                    problems.join("; ")
+                ));
+            }
+            let mut sent = spec.params.values_for_agent(&params);
+            // The public agents look for the action among the parameters.
+            sent.insert("action".into(), Json::String(action.clone()));
+            let request = wire::ExecuteRequest {
+                execution_id: ctx.run_id.to_string(),
+                step_id: task.step_id.clone(),
+                action_id: action.clone(),
+                params_json: Blob::json(&Json::Object(sent), instance.style),
+                mode: mode_wire(mode),
+                execution_mode: mode_wire(mode),
+                context: BTreeMap::from([
+                    (
+                        "idempotency_key".to_owned(),
+                        idempotency_key(&task.key).to_owned(),
+                    ),
+                    ("attempt".to_owned(), task.attempt.to_string()),
+                ]),
+                time_range: None,
+                tenant_id,
+            };
+            let deadline = task.timeout.unwrap_or(agents.config.default_deadline);
+            let started = std::time::Instant::now();
+            let call = instance
+                .peer
+                .call("Execute", wire::encode(&request), deadline);
+            let answer = tokio::select! {
+                answer = call => answer,
+                _ = &mut kill => return AttemptResult::failed("cancelled"),
+            };
+            metrics::histogram!("plexus_agent_call_seconds", "agent" => agent.clone())
+                .record(started.elapsed().as_secs_f64());
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    if unreachable(&e) {
+                        agents.set_health(
+                            &instance.name,
+                            &instance.instance_id,
+                            false,
+                            &e.to_string(),
+                        );
+                    }
+                    metrics::counter!("plexus_agent_calls_total", "agent" => agent.clone(), "outcome" => "error").increment(1);
+                    let e = if e.code() == Some(plexus_agent::rpc::Code::DeadlineExceeded) {
+                        format!(
+                            "timed out after {}",
+                            plexus_core::duration::format_duration(deadline)
+                        )
+                    } else {
+                        e.to_string()
+                    };
+                    return AttemptResult::failed(format!("`{agent}/{action}`: {e}"));
+                }
+            };
+            let outcome = outcome_of(&agent, &action, answer);
+            let label = if matches!(outcome, Outcome::Success(_)) {
+                "success"
+            } else {
+                "failure"
+            };
+            metrics::counter!("plexus_agent_calls_total", "agent" => agent, "outcome" => label)
+                .increment(1);
+            AttemptResult::of(outcome)
+        })
+    }
+}
+
+/// What an Execute answer means for the step.
+fn outcome_of(agent: &str, action: &str, answer: Json) -> Outcome {
+    let failure = |error: String, output: Json| Outcome::Failure { error, output };
+    let response: wire::ExecuteResponse = match wire::decode(answer) {
+        Ok(r) => r,
+        Err(e) => {
+            return failure(
+                format!("`{agent}/{action}` answered garbage: {e}"),
+                Json::Null,
+            );
+        }
+    };
+    let result = match response.result_json.to_json() {
+        Ok(r) => r.unwrap_or(Json::Null),
+        Err(e) => {
+            return failure(
+                format!("`{agent}/{action}` answered a result that is not JSON: {e}"),
+                Json::Null,
+            );
+        }
+    };
+    if !response.success {
+        let error = if response.error.trim().is_empty() {
+            "the agent reported a failure without a message".to_owned()
+        } else {
+            response.error
+        };
+        return failure(format!("`{agent}/{action}`: {error}"), result);
+    }
+    // The public agents report failures as a successful call with `{"error": ...}`.
+    if let Some(error) = result.get("error").filter(|e| !e.is_null() && *e != "") {
+        let error = error
+            .as_str()
+            .map_or_else(|| error.to_string(), str::to_owned);
+        return failure(format!("`{agent}/{action}`: {error}"), result);
+    }
+    Outcome::Success(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_answer_becomes_the_steps_outcome() {
+        let ok = outcome_of(
+            "a",
+            "q",
+            json!({"success": true, "result_json": wire::Blob::json(&json!({"n": 1}), wire::Style::Go).0}),
+        );
+        assert_eq!(ok, Outcome::Success(json!({"n": 1})));
+        let raw = outcome_of(
+            "a",
+            "q",
+            json!({"success": true, "result_json": "{\"n\": 2}"}),
+        );
+        assert_eq!(raw, Outcome::Success(json!({"n": 2})));
+        let Outcome::Failure { error, .. } = outcome_of(
+            "a",
+            "q",
+            json!({"success": true, "result_json": "{\"error\": \"backend down\"}"}),
+        ) else {
+            panic!("an error result is a failure")
+        };
+        assert_eq!(error, "`a/q`: backend down");
+        let Outcome::Failure { error, .. } = outcome_of(
+            "a",
+            "q",
+            json!({"success": false, "error": "no such metric"}),
+        ) else {
+            panic!()
+        };
+        assert!(error.ends_with("no such metric"));
+        let Outcome::Failure { error, .. } =
+            outcome_of("a", "q", json!({"success": true, "result_json": "%%%"}))
+        else {
+            panic!()
+        };
+        assert!(error.contains("not JSON"), "{error}");
+        let Outcome::Failure { error, .. } = outcome_of("a", "q", json!([1, 2])) else {
+            panic!()
+        };
+        assert!(error.contains("garbage"), "{error}");
+    }
+
+    #[test]
+    fn the_idempotency_key_is_the_same_for_every_attempt() {
+        assert_eq!(idempotency_key("r1/step/-/1"), "r1/step/-");
+        assert_eq!(idempotency_key("r1/step/-/2"), "r1/step/-");
+    }
+}
