@@ -340,6 +340,20 @@ pub enum Command {
         #[command(subcommand)]
         cmd: ScheduleCommand,
     },
+    /// Agents registered with a server: list, health, configuration
+    Agent {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: crate::cmd_agent::AgentCommand,
+    },
+    /// Run an agent's action by hand (with the approval and audit of a step)
+    Action {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: crate::cmd_agent::ActionCommand,
+    },
     /// Measure the durable core against its targets, each next to a baseline taken now
     ///
     /// Scenarios: sequential-40 (40 dependent noop steps), fanout-1000 (1,000 parallel
@@ -508,7 +522,9 @@ impl Command {
             | Command::Settings { remote, .. }
             | Command::Workflow { remote, .. }
             | Command::Event { remote, .. }
-            | Command::Schedule { remote, .. } => Place {
+            | Command::Schedule { remote, .. }
+            | Command::Agent { remote, .. }
+            | Command::Action { remote, .. } => Place {
                 data_dir: None,
                 server: remote.server.clone(),
             },

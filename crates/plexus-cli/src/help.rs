@@ -174,6 +174,30 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("schedule resume", "plexus schedule resume nightly-report"),
     ("schedule delete", "plexus schedule delete nightly-report"),
     (
+        "agent",
+        "plexus agent list\nplexus agent get ops\nplexus agent config-set ops root /srv/reports",
+    ),
+    ("agent list", "plexus agent list -o json"),
+    ("agent get", "plexus agent get query_vmetrics"),
+    (
+        "agent health",
+        "plexus agent health query_vmetrics   # exit 1 unless healthy",
+    ),
+    ("agent config", "plexus agent config query_vmetrics"),
+    (
+        "agent config-set",
+        "plexus agent config-set query_vmetrics metrics_url http://vm:8428\nprintf %s \"$TOKEN\" | plexus agent config-set query_vmetrics api_token --value-stdin",
+    ),
+    ("agent remove", "plexus agent remove ops"),
+    (
+        "action",
+        "plexus action invoke ops inspect --param path=reports",
+    ),
+    (
+        "action invoke",
+        "plexus action invoke ops inspect --param path=reports\nplexus action invoke query_vmetrics query_range -p query='up' -p step:=60 -o json\nplexus action invoke ops write_note --params-json '{\"path\": \"n.txt\", \"text\": \"hi\"}'   # MODIFY: waits for approval",
+    ),
+    (
         "bench",
         "plexus bench\nplexus bench --scenario http-clients -o json\nplexus bench --quick",
     ),

@@ -5,6 +5,7 @@ mod bench_clients;
 mod bench_http;
 mod cli;
 mod cmd_admin;
+mod cmd_agent;
 mod cmd_docs;
 mod cmd_run;
 mod cmd_runs;
@@ -325,6 +326,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 }
                 WorkflowCommand::Delete { name } => remote::workflow_delete(c, &name).await,
             }
+        }
+        Command::Agent { cmd, .. } => {
+            let c = target.server("agent")?;
+            cmd_agent::agent(c, cmd, format).await
+        }
+        Command::Action { cmd, .. } => {
+            let c = target.server("action")?;
+            cmd_agent::action(c, cmd, format).await
         }
         Command::Schedule { cmd, .. } => {
             let c = target.server("schedule")?;

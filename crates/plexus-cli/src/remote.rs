@@ -269,6 +269,18 @@ pub async fn run(
 ) -> Result<i32> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    run_text(c, &text, &file.display().to_string(), inputs, format).await
+}
+
+/// Starts a run of manifest text on the server (`label` names it in problems) and
+/// follows it to its end.
+pub async fn run_text(
+    c: &Client,
+    text: &str,
+    label: &str,
+    inputs: serde_json::Map<String, Json>,
+    format: Format,
+) -> Result<i32> {
     // A script (`-o json|yaml`) shows no progress, so it only needs the end: the start
     // itself waits for it (one request for a quick run) and long polls follow if the
     // run takes longer. A person gets the live feed over the WebSocket.
@@ -288,9 +300,8 @@ pub async fn run(
     if status == 400 {
         if let Some(problems) = answer["details"].as_array() {
             for p in problems {
-                let file = file.display();
                 eprintln!(
-                    "{file}:{}:{}: error[{}]: {}",
+                    "{label}:{}:{}: error[{}]: {}",
                     p["line"],
                     p["column"],
                     p["code"].as_str().unwrap_or(""),
@@ -315,20 +326,7 @@ pub async fn run(
         .context("the server sent no run id")?
         .to_owned();
     if long_poll {
-        let mut run = answer;
-        let mut status = status;
-        while status != 200 {
-            let path = format!("/api/v1/runs/{}?wait={LONG_POLL}", segment(&id));
-            (status, run) = c.request("GET", &path, None).await?;
-            if !(200..300).contains(&status) {
-                bail!(
-                    "the server answered {status}: {}",
-                    run["message"].as_str().unwrap_or("")
-                );
-            }
-        }
-        print_run(&run, format);
-        return Ok(exit_code(&run));
+        return poll_to_end(c, &id, status, answer, format).await;
     }
     crate::output::remark(&format!(
         "run {id} started on {}: workflow {}",
@@ -336,6 +334,37 @@ pub async fn run(
         answer["workflow"].as_str().unwrap_or("")
     ));
     watch(c, &id, format).await
+}
+
+/// Follows a run the server just started to its end: long polls for a script (`-o
+/// json|yaml`), the live feed for a person.
+pub async fn follow(c: &Client, id: &str, format: Format) -> Result<i32> {
+    if format.is_data() {
+        return poll_to_end(c, id, 202, Json::Null, format).await;
+    }
+    watch(c, id, format).await
+}
+
+/// Long polls until the run ended (`status` and `run`: the answer so far).
+async fn poll_to_end(
+    c: &Client,
+    id: &str,
+    mut status: u16,
+    mut run: Json,
+    format: Format,
+) -> Result<i32> {
+    while status != 200 {
+        let path = format!("/api/v1/runs/{}?wait={LONG_POLL}", segment(id));
+        (status, run) = c.request("GET", &path, None).await?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "the server answered {status}: {}",
+                run["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    print_run(&run, format);
+    Ok(exit_code(&run))
 }
 
 /// Follows a run over the WebSocket until it ends; exit status as `plexus run`.

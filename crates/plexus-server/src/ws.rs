@@ -124,6 +124,15 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
         None => None,
     };
     if let Some(run) = &run {
+        // Whether the run had ended, read before its backlog: then the backlog holds
+        // every event up to its end. (Read after, an end between the two reads would
+        // close the stream without the events that led to it.)
+        let ended = match state.store.get_run(run).await {
+            Ok(row) => {
+                plexus_core::machine::RunStatus::parse(&row.status).filter(|s| s.is_terminal())
+            }
+            Err(_) => None,
+        };
         let mut after = sub.after;
         loop {
             let backlog = match state.store.events(run, after, 1000).await {
@@ -154,11 +163,9 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
         }
         last.insert(run.clone(), after);
         // A run that ended before the live feed was joined sends no `finished` notice any
-        // more: its stored state says so, and the stream ends like any other.
-        if let Ok(row) = state.store.get_run(run).await
-            && let Some(status) = plexus_core::machine::RunStatus::parse(&row.status)
-            && status.is_terminal()
-        {
+        // more: its stored state says so, and the stream ends like any other. One that
+        // ends later does: the live feed was joined before its state was read.
+        if let Some(status) = ended {
             finish(&mut tx, run, status.as_str()).await;
             return;
         }
