@@ -38,8 +38,31 @@ pub fn serve_command(p: &Plexus) -> std::process::Command {
 }
 
 pub fn start_server_with(p: &Plexus, extra: &[&str]) -> (Child, String) {
-    let mut child = serve_command(p)
-        .args(extra)
+    let mut cmd = serve_command(p);
+    cmd.args(extra);
+    start_server_command(p, cmd)
+}
+
+/// `plexus serve` on loopback with its gRPC API on `grpc` (a fixed address, so that
+/// plugins find it again after a restart).
+pub fn start_server_on(p: &Plexus, grpc: &str) -> (Child, String) {
+    let mut cmd = p.cmd();
+    cmd.args(["serve", "--listen-addr", "127.0.0.1:0", "--grpc-addr", grpc]);
+    start_server_command(p, cmd)
+}
+
+/// A free loopback address (bound and released: good enough for a test).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+pub fn grpc_addr(http: &str) -> String {
+    GRPC.lock().unwrap().get(http).cloned().expect("the server's gRPC address")
+}
+
+fn start_server_command(p: &Plexus, mut cmd: std::process::Command) -> (Child, String) {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,0 +1,325 @@
+//! Agents against a real `plexus serve`: the example agent written with the Rust SDK
+//! (a real process, registering itself over gRPC) called from workflows and by hand,
+//! its approval, configuration and cache, an engine restart, deregistration.
+
+mod common;
+use common::server::*;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The example agent's binary (`examples/agents/ops_agent.rs`), built with the tests.
+fn ops_agent() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().unwrap().parent().unwrap();
+    let path = debug.join("examples/ops_agent");
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "plexus-cli", "--example", "ops_agent"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the example agent");
+    }
+    path
+}
+
+/// Starts the example agent against the engine at `grpc`; returns it once it said its
+/// port (it registers in the background).
+fn start_agent(grpc: &str) -> Child {
+    let mut cmd = Command::new(ops_agent());
+    cmd.env_clear()
+        .env("MIRASTACK_ENGINE_ADDR", grpc)
+        .env("MIRASTACK_PLUGIN_TENANT_SLUG", "default")
+        // Beat every second, so that an engine restart is noticed at once.
+        .env("MIRASTACK_HEARTBEAT_INTERVAL_SECONDS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl only marks the child to die with the test's thread.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("the example agent starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("MIRASTACK_PLUGIN_PORT="), "{line}");
+    child
+}
+
+/// `plexus` against the server at `addr`, as its admin.
+fn cli(p: &Plexus, addr: &str) -> Command {
+    let mut c = p.cmd();
+    c.env("PLEXUS_SERVER", format!("http://{addr}"))
+        .env("PLEXUS_API_KEY", admin_key(addr));
+    c
+}
+
+fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
+    let out = cli(p, addr).args(args).args(["-o", "json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "plexus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn agent_health(p: &Plexus, addr: &str, name: &str) -> Option<String> {
+    cli_json(p, addr, &["agent", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .map(|a| a["health"].as_str().unwrap().to_owned())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id || s["step_id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {run}"))
+}
+
+fn write_plexus_toml(p: &Plexus) {
+    std::fs::write(
+        p.dir.path().join("plexus.toml"),
+        "[plugins]\nhealth_check_interval = \"1s\"\nregistration_grace = \"0s\"\n",
+    )
+    .unwrap();
+}
+
+/// The example agent registers itself; a workflow calls its READ actions with checked
+/// parameters (results become outputs, the engine's cache and the agent's configuration
+/// work through callbacks), its MODIFY action waits for approval even though the step
+/// does not say so, and runs once after `plexus approve`.
+#[test]
+fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
+    let p = Plexus::new();
+    write_plexus_toml(&p);
+    let (mut server, addr) = start_server(&p);
+    let mut agent = start_agent(&grpc_addr(&addr));
+    wait_for("the agent to register", Duration::from_secs(20), || {
+        agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
+    });
+    let listed = cli_json(&p, &addr, &["agent", "get", "ops"]);
+    assert_eq!(listed["version"], "0.1.0");
+    assert_eq!(listed["permission"], "modify", "{listed}");
+    let actions: Vec<&str> = listed["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["inspect", "remember", "write_note"]);
+    let table = cli(&p, &addr).args(["agent", "list"]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..4]
+            == ["ops", "0.1.0", "MODIFY", "healthy"]),
+        "{table}"
+    );
+
+    let root = p.dir.path().join("root");
+    std::fs::create_dir_all(root.join("reports")).unwrap();
+    std::fs::write(root.join("reports/a.txt"), "12345").unwrap();
+    std::fs::write(root.join("reports/b.txt"), "678").unwrap();
+    let out = cli(&p, &addr)
+        .args(["agent", "config-set", "ops", "root", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        cli_json(&p, &addr, &["agent", "config", "ops"]),
+        json!({"root": root.to_str().unwrap()})
+    );
+
+    let flow = p.dir.path().join("ops.yaml");
+    std::fs::write(
+        &flow,
+        r#"version: plexus/v1
+name: ops-report
+steps:
+  - id: look
+    agent: ops
+    action: inspect
+    with: {path: reports}
+  - id: keep
+    agent: ops
+    action: remember
+    needs: [look]
+    with: {key: last-count, value: "{{ steps.look.output.files }} files"}
+  - id: note
+    agent: ops
+    action: write_note
+    needs: [look]
+    with:
+      path: summary.txt
+      text: "{{ steps.look.output.bytes }} bytes in {{ steps.look.output.files }} files"
+"#,
+    )
+    .unwrap();
+    let runner = cli(&p, &addr)
+        .args(["run", flow.to_str().unwrap(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pending = Value::Null;
+    wait_for("the MODIFY action to ask for approval", Duration::from_secs(30), || {
+        pending = cli_json(&p, &addr, &["approval", "list"])["approvals"].clone();
+        pending.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let ask = &pending[0];
+    assert_eq!(ask["step_id"], "note", "{ask}");
+    assert_eq!(ask["permission"], "modify", "{ask}");
+    assert!(
+        !root.join("summary.txt").exists(),
+        "nothing is written before the approval"
+    );
+    let run_id = ask["run_id"].as_str().unwrap().to_owned();
+    let out = cli(&p, &addr)
+        .args(["approve", &run_id, "note"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done = runner.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(step(&run, "look")["output"], json!({"files": 2, "bytes": 8}));
+    assert_eq!(
+        step(&run, "keep")["output"],
+        json!({"key": "last-count", "value": "2 files"}),
+        "the engine's cache kept the value"
+    );
+    assert_eq!(
+        step(&run, "note")["output"],
+        json!({"path": "summary.txt", "bytes": 18})
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("summary.txt")).unwrap(),
+        "8 bytes in 2 files"
+    );
+    let attempts = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["attempt"].as_u64().unwrap())
+        .max();
+    assert_eq!(attempts, Some(1), "every action ran once: {run}");
+
+    // Parameters are checked before the call: the error names the field.
+    let out = cli(&p, &addr)
+        .args(["action", "invoke", "ops", "inspect", "-p", "pathh=reports"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"path\" is a required property"), "{err}");
+    let bad = p.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: plexus/v1\nname: bad\nsteps:\n- id: look\n  agent: ops\n  action: inspect\n  with: {path: 7}\n",
+    )
+    .unwrap();
+    let out = cli(&p, &addr)
+        .args(["run", bad.to_str().unwrap(), "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = step(&run, "look")["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("the parameters do not fit `ops/inspect`: path: 7 is not of type \"string\""),
+        "{error}"
+    );
+
+    // By hand: the same path as a step, with the action's output.
+    let run = cli_json(
+        &p,
+        &addr,
+        &["action", "invoke", "ops", "inspect", "-p", "path=reports"],
+    );
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(step(&run, "invoke")["output"]["files"], 2);
+
+    // The audit log names the registration.
+    let (_, audit) = http(&addr, "GET", "/api/v1/audit?domain=security&limit=1000", None);
+    assert!(
+        audit.to_string().contains("\"agent.registered\""),
+        "{audit}"
+    );
+
+    // SIGTERM: the agent deregisters and exits; a step calling it fails at once.
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut agent, Duration::from_secs(10)), 0);
+    assert_eq!(agent_health(&p, &addr, "ops"), None, "deregistered");
+    let started = Instant::now();
+    let out = cli(&p, &addr)
+        .args(["action", "invoke", "ops", "inspect", "-p", "path=reports"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "fails promptly, took {:?}",
+        started.elapsed()
+    );
+    stop(&mut server);
+}
+
+/// After an engine restart the agent is unknown: its next heartbeat is told to register
+/// again, and it does, without being restarted itself.
+#[test]
+fn an_agent_registers_again_after_the_engine_restarts() {
+    let p = Plexus::new();
+    write_plexus_toml(&p);
+    let grpc = free_addr();
+    let (mut server, addr) = start_server_on(&p, &grpc);
+    let mut agent = start_agent(&grpc);
+    wait_for("the agent to register", Duration::from_secs(20), || {
+        agent_health(&p, &addr, "ops").is_some()
+    });
+    stop(&mut server);
+    let (mut server, addr) = start_server_on(&p, &grpc);
+    assert_eq!(agent_health(&p, &addr, "ops"), None, "a new engine knows no one");
+    wait_for(
+        "the agent to register again",
+        Duration::from_secs(20),
+        || agent_health(&p, &addr, "ops").as_deref() == Some("healthy"),
+    );
+    let run = cli_json(
+        &p,
+        &addr,
+        &["action", "invoke", "ops", "remember", "-p", "key=k", "-p", "value=v"],
+    );
+    assert_eq!(step(&run, "invoke")["output"], json!({"key": "k", "value": "v"}));
+    let _ = agent.kill();
+    stop(&mut server);
+}
