@@ -63,7 +63,11 @@ fn cli(p: &Plexus, addr: &str) -> Command {
 }
 
 fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
-    let out = cli(p, addr).args(args).args(["-o", "json"]).output().unwrap();
+    let out = cli(p, addr)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "plexus {args:?}: {}",
@@ -135,8 +139,10 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
     let table = cli(&p, &addr).args(["agent", "list"]).output().unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..4]
-            == ["ops", "0.1.0", "MODIFY", "healthy"]),
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..4]
+                == ["ops", "0.1.0", "MODIFY", "healthy"]),
         "{table}"
     );
 
@@ -148,7 +154,11 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
         .args(["agent", "config-set", "ops", "root", root.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         cli_json(&p, &addr, &["agent", "config", "ops"]),
         json!({"root": root.to_str().unwrap()})
@@ -186,10 +196,14 @@ steps:
         .spawn()
         .unwrap();
     let mut pending = Value::Null;
-    wait_for("the MODIFY action to ask for approval", Duration::from_secs(30), || {
-        pending = cli_json(&p, &addr, &["approval", "list"])["approvals"].clone();
-        pending.as_array().is_some_and(|a| !a.is_empty())
-    });
+    wait_for(
+        "the MODIFY action to ask for approval",
+        Duration::from_secs(30),
+        || {
+            pending = cli_json(&p, &addr, &["approval", "list"])["approvals"].clone();
+            pending.as_array().is_some_and(|a| !a.is_empty())
+        },
+    );
     let ask = &pending[0];
     assert_eq!(ask["step_id"], "note", "{ask}");
     assert_eq!(ask["permission"], "modify", "{ask}");
@@ -202,7 +216,11 @@ steps:
         .args(["approve", &run_id, "note"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done = runner.wait_with_output().unwrap();
     assert_eq!(
         done.status.code(),
@@ -211,7 +229,10 @@ steps:
         String::from_utf8_lossy(&done.stderr)
     );
     let run: Value = serde_json::from_slice(&done.stdout).unwrap();
-    assert_eq!(step(&run, "look")["output"], json!({"files": 2, "bytes": 8}));
+    assert_eq!(
+        step(&run, "look")["output"],
+        json!({"files": 2, "bytes": 8})
+    );
     assert_eq!(
         step(&run, "keep")["output"],
         json!({"key": "last-count", "value": "2 files"}),
@@ -255,7 +276,8 @@ steps:
     let run: Value = serde_json::from_slice(&out.stdout).unwrap();
     let error = step(&run, "look")["error"].as_str().unwrap().to_owned();
     assert!(
-        error.contains("the parameters do not fit `ops/inspect`: path: 7 is not of type \"string\""),
+        error
+            .contains("the parameters do not fit `ops/inspect`: path: 7 is not of type \"string\""),
         "{error}"
     );
 
@@ -269,7 +291,12 @@ steps:
     assert_eq!(step(&run, "invoke")["output"]["files"], 2);
 
     // The audit log names the registration.
-    let (_, audit) = http(&addr, "GET", "/api/v1/audit?domain=security&limit=1000", None);
+    let (_, audit) = http(
+        &addr,
+        "GET",
+        "/api/v1/audit?domain=security&limit=1000",
+        None,
+    );
     assert!(
         audit.to_string().contains("\"agent.registered\""),
         "{audit}"
@@ -308,7 +335,11 @@ fn an_agent_registers_again_after_the_engine_restarts() {
     });
     stop(&mut server);
     let (mut server, addr) = start_server_on(&p, &grpc);
-    assert_eq!(agent_health(&p, &addr, "ops"), None, "a new engine knows no one");
+    assert_eq!(
+        agent_health(&p, &addr, "ops"),
+        None,
+        "a new engine knows no one"
+    );
     wait_for(
         "the agent to register again",
         Duration::from_secs(20),
@@ -317,9 +348,15 @@ fn an_agent_registers_again_after_the_engine_restarts() {
     let run = cli_json(
         &p,
         &addr,
-        &["action", "invoke", "ops", "remember", "-p", "key=k", "-p", "value=v"],
+        &[
+            "action", "invoke", "ops", "remember", "-p", "key=k", "-p", "value=v",
+        ],
     );
-    assert_eq!(step(&run, "invoke")["output"], json!({"key": "k", "value": "v"}));
+    assert_eq!(
+        step(&run, "invoke")["output"],
+        json!({"key": "k", "value": "v"})
+    );
     let _ = agent.kill();
+    let _ = agent.wait();
     stop(&mut server);
 }

@@ -35,7 +35,88 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
             })
         })
         .collect();
+    let mut items = items;
+    // What agents ask for while they run, decided the same way.
+    for a in state.engine.agents.approvals.pending() {
+        let workflow = match state.store.get_run(&a.run_id).await {
+            Ok(row) => Json_::String(row.workflow),
+            Err(_) => Json_::Null,
+        };
+        items.push(json!({
+            "run_id": a.run_id,
+            "workflow": workflow,
+            "step_id": a.step_id,
+            "requested_by": format!("agent:{}", a.agent),
+            "requested_at": a.requested_at,
+            "permission": a.permission,
+            "approver_role": approver_role(a.permission).as_str(),
+            "detail": {"kind": "agent_request", "agent": a.agent, "description": a.description, "context": a.context},
+            "expires_at": a.expires_at,
+        }));
+    }
     Ok(Json(json!({ "approvals": items })))
+}
+
+/// Decides an approval an agent waits for, if one waits at this run and step; `None`
+/// when none does (the step's own gate is then decided by the engine).
+pub async fn decide_agent_request(
+    state: &AppState,
+    caller: &Caller,
+    run_id: &str,
+    step: &str,
+    approve: bool,
+    comment: Option<&str>,
+) -> ApiResult<Option<Json_>> {
+    let approvals = &state.engine.agents.approvals;
+    let Some(a) = approvals.find(run_id, step) else {
+        return Ok(None);
+    };
+    let needed = approver_role(a.permission);
+    let target = format!("run:{run_id}/{step}");
+    if caller.role < needed {
+        let message = format!(
+            "`{}` asks for {} approval, which needs the {} role; you are {}",
+            a.agent,
+            plexus_core::machine::permission_name(a.permission),
+            needed.as_str(),
+            caller.role.as_str()
+        );
+        audit(
+            state.store.as_ref(),
+            &caller.actor(),
+            "permission.denied",
+            &target,
+            json!({"reason": message}),
+        )
+        .await;
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
+    }
+    let decided = approvals.decide(
+        &a.id,
+        plexus_engine::agents::Decision {
+            approved: approve,
+            by: caller.actor(),
+            comment: comment.unwrap_or_default().to_owned(),
+        },
+    );
+    if !decided {
+        return Err(ApiError::conflict(format!(
+            "the request of `{}` is no longer waiting (it timed out or its call ended)",
+            a.agent
+        )));
+    }
+    let action = if approve { "approve" } else { "reject" };
+    audit(
+        state.store.as_ref(),
+        &caller.actor(),
+        &format!("agent.approval_{}", if approve { "approved" } else { "rejected" }),
+        &target,
+        json!({"agent": a.agent, "description": a.description, "permission": a.permission, "comment": comment}),
+    )
+    .await;
+    Ok(Some(
+        json!({"run": run_id, "action": action, "step": step, "outcome": "applied"}),
+    ))
 }
 
 /// Whether `actor` answers for the run the approval belongs to: who started it, or anyone

@@ -157,6 +157,95 @@ impl EngineService {
         Ok(wire::encode(&answer))
     }
 
+    /// Asks a person to decide (`plexus approve RUN STEP`), blocking until they do or the
+    /// wait ends: engineers decide MODIFY, admins ADMIN; READ needs no approval and is
+    /// refused.
+    async fn request_approval(
+        &self,
+        call: Call,
+        who: &Plugin,
+        plugin: &str,
+    ) -> Result<Json, Status> {
+        let req: wire::RequestApprovalRequest = wire::decode(call.body).map_err(bad)?;
+        let answer = |approved: bool, timed_out: bool, reviewer: String, comment: String| {
+            Ok(wire::encode(&wire::RequestApprovalResponse {
+                approved,
+                timed_out,
+                reviewer,
+                comment,
+            }))
+        };
+        let permission = match req.required_permission {
+            wire::permission::READ => {
+                return answer(
+                    false,
+                    false,
+                    String::new(),
+                    "READ needs no approval: ask for MODIFY or ADMIN".into(),
+                );
+            }
+            wire::permission::ADMIN => plexus_core::manifest::Permission::Admin,
+            _ => plexus_core::manifest::Permission::Modify,
+        };
+        if req.execution_id.is_empty() {
+            return Err(bad(
+                "`execution_id` is empty: name the run the approval is for".into(),
+            ));
+        }
+        let context = req
+            .context_json
+            .to_json()
+            .ok()
+            .flatten()
+            .unwrap_or(Json::Null);
+        let mut context = json!({"context": context});
+        if let Some(b) = &req.blast_radius {
+            context["blast_radius"] = serde_json::to_value(b).unwrap_or(Json::Null);
+        }
+        // The SDKs send no timeout: wait as long as a step's approval waits by default,
+        // within the deadline of the call that asks.
+        let wait = match req.timeout_seconds {
+            t if t > 0 => std::time::Duration::from_secs(t as u64),
+            _ => std::time::Duration::from_secs(3600),
+        };
+        audit(
+            self.state.store.as_ref(),
+            &who.actor,
+            "agent.approval_requested",
+            &format!("run:{}", req.execution_id),
+            json!({"agent": plugin, "description": req.description, "permission": permission}),
+        )
+        .await;
+        let approvals = self.state.engine.agents.approvals.clone();
+        let asked = approvals.request(
+            &req.execution_id,
+            plugin,
+            &req.description,
+            permission,
+            context,
+            wait,
+            crate::now_ms(),
+        );
+        let store = self.state.store.clone();
+        let actor = who.actor.clone();
+        let (view, decision) = asked.await;
+        let target = format!("run:{}/{}", view.run_id, view.step_id);
+        match decision {
+            Some(d) => answer(d.approved, false, d.by, d.comment),
+            None => {
+                audit(
+                    store.as_ref(),
+                    &actor,
+                    "agent.approval_timed_out",
+                    &target,
+                    json!({"agent": plugin, "description": view.description}),
+                )
+                .await;
+                answer(false, true, String::new(), "nobody decided in time".into())
+            }
+        }
+    }
+
     async fn log_event(&self, call: Call, who: &Plugin) -> Result<Json, Status> {
         let req: wire::LogEventRequest = wire::decode(call.body).map_err(bad)?;
         let data = req
@@ -359,9 +448,7 @@ impl Handler for EngineService {
                 Ok(wire::encode(&wire::Acknowledged { acknowledged: true }))
             }
             "LogEvent" => self.log_event(call, &who).await,
-            "RequestApproval" => Err(Status::unimplemented(
-                "RequestApproval is not available yet: declare the action MODIFY or ADMIN and the engine asks for approval before it runs",
-            )),
+            "RequestApproval" => self.request_approval(call, &who, &plugin).await,
             "CallPlugin" => Err(Status::unimplemented(
                 "CallPlugin is not available yet: call the other agent from a workflow step",
             )),

@@ -604,6 +604,20 @@ pub async fn step_action(
     let by = caller.actor();
     if matches!(action.as_str(), "approve" | "reject") {
         let row = state.store.get_run(&id).await?;
+        // An agent waiting for a decision inside the step's action comes first: the
+        // step itself is running, not at its gate.
+        if let Some(answer) = crate::approvals::decide_agent_request(
+            &state,
+            &caller,
+            &row.id,
+            &step,
+            action == "approve",
+            req.comment.as_deref(),
+        )
+        .await?
+        {
+            return Ok((StatusCode::OK, Json(answer)));
+        }
         let digest = req.digest.as_deref();
         crate::approvals::check_decider(&state, &caller, &row.id, &step, digest).await?;
     }

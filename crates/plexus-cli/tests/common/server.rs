@@ -58,7 +58,11 @@ pub fn free_addr() -> String {
 }
 
 pub fn grpc_addr(http: &str) -> String {
-    GRPC.lock().unwrap().get(http).cloned().expect("the server's gRPC address")
+    GRPC.lock()
+        .unwrap()
+        .get(http)
+        .cloned()
+        .expect("the server's gRPC address")
 }
 
 fn start_server_command(p: &Plexus, mut cmd: std::process::Command) -> (Child, String) {

@@ -8,6 +8,7 @@
 //! statically configured address (`plugins.external`) gives way to any instance that
 //! registers itself under the same name.
 
+mod approvals;
 mod registration;
 
 use plexus_agent::params::Params;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
+pub use approvals::{AgentApproval, Approvals, Decision};
 pub use registration::RegisterError;
 
 /// How the engine treats plugins (`plugins.*` settings).
@@ -179,6 +181,8 @@ pub struct Agents {
     inner: Arc<Mutex<Registry>>,
     changes: broadcast::Sender<AgentChange>,
     pub config: Arc<AgentsConfig>,
+    /// Approvals agents ask for while they run, and the calls they belong to.
+    pub approvals: Arc<Approvals>,
 }
 
 #[derive(Default)]
@@ -213,6 +217,7 @@ impl Agents {
             inner: Arc::default(),
             changes: broadcast::channel(1024).0,
             config: Arc::new(config),
+            approvals: Arc::default(),
         }
     }
 

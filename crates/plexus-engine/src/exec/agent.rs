@@ -119,6 +119,13 @@ impl Executor for AgentCalls {
             };
             let deadline = task.timeout.unwrap_or(agents.config.default_deadline);
             let started = std::time::Instant::now();
+            // While the call runs, an approval the agent asks for belongs to this step.
+            let _in_flight = agents.approvals.calling(
+                &request.execution_id,
+                &task.step_id,
+                &agent,
+                started + deadline,
+            );
             let call = instance
                 .peer
                 .call("Execute", wire::encode(&request), deadline);
