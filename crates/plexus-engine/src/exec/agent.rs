@@ -90,13 +90,21 @@ impl Executor for AgentCalls {
                     permission_name(task.permission)
                 ));
             }
-            let problems = spec.check(&Json::Object(params.clone()));
+            let mut checked = params.clone();
+            checked.remove("time_range");
+            let problems = spec.check(&Json::Object(checked));
             if !problems.is_empty() {
                 return AttemptResult::failed(format!(
                     "the parameters do not fit `{agent}/{action}`: {}",
                     problems.join("; ")
                 ));
             }
+            let mut params = params;
+            let time_range = match params.remove("time_range").map(|v| time_range(&v)) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => return AttemptResult::failed(format!("`time_range`: {e}")),
+            };
             let mut sent = spec.params.values_for_agent(&params);
             // The public agents look for the action among the parameters.
             sent.insert("action".into(), Json::String(action.clone()));
@@ -114,7 +122,7 @@ impl Executor for AgentCalls {
                     ),
                     ("attempt".to_owned(), task.attempt.to_string()),
                 ]),
-                time_range: None,
+                time_range,
                 tenant_id,
             };
             let deadline = task.timeout.unwrap_or(agents.config.default_deadline);
@@ -168,6 +176,48 @@ impl Executor for AgentCalls {
                 .increment(1);
             AttemptResult::of(outcome)
         })
+    }
+}
+
+/// The window an action looks at, from a step's `time_range` parameter: a duration
+/// back from now (`1h`, `15m`), or `{start_epoch_ms, end_epoch_ms}`.
+fn time_range(v: &Json) -> Result<wire::TimeRange, String> {
+    let now = crate::now_ms() as i64;
+    match v {
+        Json::String(text) => {
+            let back =
+                plexus_core::duration::parse_duration(text.trim_start_matches("last ").trim())
+                    .map_err(|e| format!("{e} (write a duration back from now such as 1h)"))?;
+            Ok(wire::TimeRange {
+                start_epoch_ms: now - back.as_millis() as i64,
+                end_epoch_ms: now,
+                timezone: "UTC".into(),
+                original_expression: text.clone(),
+            })
+        }
+        Json::Object(m) => {
+            let ms = |k: &str| m.get(k).and_then(Json::as_i64);
+            let start = ms("start_epoch_ms").ok_or("`start_epoch_ms` is missing")?;
+            let end = ms("end_epoch_ms").unwrap_or(now);
+            if start <= 0 || end < start {
+                return Err(
+                    "`start_epoch_ms` must be positive and not after `end_epoch_ms`".into(),
+                );
+            }
+            Ok(wire::TimeRange {
+                start_epoch_ms: start,
+                end_epoch_ms: end,
+                timezone: m
+                    .get("timezone")
+                    .and_then(Json::as_str)
+                    .unwrap_or("UTC")
+                    .to_owned(),
+                original_expression: String::new(),
+            })
+        }
+        other => Err(format!(
+            "a duration such as 1h or {{start_epoch_ms, end_epoch_ms}}, not {other}"
+        )),
     }
 }
 
@@ -255,6 +305,18 @@ mod tests {
             panic!()
         };
         assert!(error.contains("garbage"), "{error}");
+    }
+
+    #[test]
+    fn a_time_range_is_a_window_back_from_now_or_given_in_epoch_ms() {
+        let t = time_range(&json!("1h")).unwrap();
+        assert_eq!(t.end_epoch_ms - t.start_epoch_ms, 3_600_000);
+        assert_eq!(t.original_expression, "1h");
+        let t = time_range(&json!({"start_epoch_ms": 1000, "end_epoch_ms": 5000})).unwrap();
+        assert_eq!((t.start_epoch_ms, t.end_epoch_ms), (1000, 5000));
+        assert!(time_range(&json!("soon")).is_err());
+        assert!(time_range(&json!({"start_epoch_ms": 9, "end_epoch_ms": 5})).is_err());
+        assert!(time_range(&json!(3)).is_err());
     }
 
     #[test]

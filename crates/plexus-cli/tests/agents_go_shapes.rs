@@ -1,0 +1,465 @@
+//! A plugin speaking exactly the public Go SDK's shapes against a real `plexus serve`,
+//! modelled on the public metrics-query agent: `application/grpc+json`, base64 bytes,
+//! parameter lists with `Name/Type/Required/Description`, string parameters, failures
+//! as `{"error": ...}` results. (Go itself is too old here to build the Go SDK.) The
+//! messages are written by hand below, as the Go SDK writes them; the plugin's side of
+//! the transport is the Rust SDK's.
+
+mod common;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::server::*;
+use common::*;
+use plexus_agent::rpc::{Call, Handler, JsonService, PluginServiceName};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+const NAME: &str = "query_vmetrics";
+
+/// What the plugin saw.
+#[derive(Default)]
+struct Seen {
+    /// Execute requests as they arrived (raw JSON).
+    executes: Vec<Value>,
+    /// ConfigUpdated pushes.
+    pushed: Vec<BTreeMap<String, String>>,
+    /// What each request said its content type was.
+    content_types: Vec<String>,
+}
+
+struct GoAgent {
+    seen: Arc<Mutex<Seen>>,
+    engine: plexus_agent::Engine,
+}
+
+fn b64(v: &Value) -> String {
+    B64.encode(v.to_string())
+}
+
+fn action(id: &str, permission: i32, params: Value) -> Value {
+    json!({
+        "id": id,
+        "description": format!("{id} against VictoriaMetrics"),
+        "permission": permission,
+        "stages": [8],
+        "intents": [{"pattern": format!("{id} metrics"), "confidence": 0.9, "priority": 9}],
+        "input_params": b64(&params),
+        "routing_semantics": {"schema_version": "", "accepted_intent_domains": null,
+            "capability_domain": "", "positive_use_cases": null, "negative_use_cases": null}
+    })
+}
+
+fn actions() -> Value {
+    json!([
+        action(
+            "query",
+            1,
+            json!([
+                {"Name": "query", "Type": "string", "Required": true, "Description": "MetricsQL"},
+                {"Name": "step", "Type": "number", "Required": false, "Description": "seconds"}
+            ])
+        ),
+        action(
+            "delete_series",
+            2,
+            json!([
+                {"Name": "match", "Type": "string", "Required": true, "Description": "series selector"}
+            ])
+        ),
+        action("broken", 1, Value::Null),
+    ])
+}
+
+/// An Execute answer as the Go SDK writes it: `result_json` in base64.
+fn answer(result: Value) -> Value {
+    json!({"success": true, "result_json": b64(&result), "error": "", "duration_ms": 3})
+}
+
+impl GoAgent {
+    async fn execute(&self, req: Value) -> Result<Value, Status> {
+        self.seen.lock().unwrap().executes.push(req.clone());
+        let params: BTreeMap<String, String> = serde_json::from_slice(
+            &B64.decode(req["params_json"].as_str().unwrap_or_default())
+                .map_err(|e| Status::invalid_argument(format!("params_json is not base64: {e}")))?,
+        )
+        .map_err(|e| Status::invalid_argument(format!("Go agents take string params: {e}")))?;
+        let action = params.get("action").cloned().unwrap_or_default();
+        let err = |e: plexus_agent::rpc::CallError| Status::internal(e.to_string());
+        match action.as_str() {
+            "query" => {
+                let config = self.engine.config().await.map_err(err)?;
+                let Some(url) = config.get("metrics_url") else {
+                    return Ok(answer(json!({"error": "metrics_url is not configured"})));
+                };
+                let key = format!(
+                    "metrics:{}:{}",
+                    req["tenant_id"].as_str().unwrap(),
+                    params["query"]
+                );
+                // A gzip header and bytes that are not UTF-8: kept exactly.
+                let blob: Vec<u8> = vec![0x1f, 0x8b, 0x08, 0x00, 0xff, 0xfe, 0x00, 0x80];
+                let cached = match self.engine.cache_get(&key).await.map_err(err)? {
+                    Some(v) => {
+                        assert_eq!(v, blob, "cache values come back byte for byte");
+                        true
+                    }
+                    None => {
+                        self.engine
+                            .cache_set(&key, &blob, Some(Duration::from_secs(60)))
+                            .await
+                            .map_err(err)?;
+                        false
+                    }
+                };
+                let window = req["time_range"]["end_epoch_ms"].as_i64().unwrap_or(0)
+                    - req["time_range"]["start_epoch_ms"].as_i64().unwrap_or(0);
+                Ok(answer(json!({
+                    "url": url, "query": params["query"], "step": params.get("step"),
+                    "cached": cached, "window_ms": window
+                })))
+            }
+            "delete_series" => {
+                let approved = self
+                    .engine
+                    .request_approval(
+                        req["execution_id"].as_str().unwrap(),
+                        &format!("delete every series matching {}", params["match"]),
+                        plexus_agent::Permission::Modify,
+                        &json!({"series": 3}),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map_err(err)?;
+                if !approved {
+                    return Ok(answer(json!({"error": "deletion not approved"})));
+                }
+                self.engine
+                    .log_event(
+                        "series deleted",
+                        "info",
+                        &json!({"match": params["match"], "count": 3}),
+                    )
+                    .await
+                    .map_err(err)?;
+                Ok(answer(json!({"deleted": 3})))
+            }
+            "broken" => Ok(answer(
+                json!({"error": "backend unreachable: dial tcp 10.0.0.9:8428"}),
+            )),
+            other => Ok(json!({"success": false, "error": format!("unknown action {other}")})),
+        }
+    }
+}
+
+impl Handler for GoAgent {
+    async fn call(&self, call: Call) -> Result<Value, Status> {
+        let ct = if call.style == plexus_agent::wire::Style::Go {
+            "application/grpc+json"
+        } else {
+            "other"
+        };
+        self.seen.lock().unwrap().content_types.push(ct.to_owned());
+        match call.method.as_str() {
+            // Go's Info: `metadata` null, `permission` the first declared + 1.
+            "Info" => Ok(json!({
+                "name": NAME, "version": "0.2.0", "description": "Queries VictoriaMetrics",
+                "type": 1, "permission": 1, "devops_stages": [8],
+                "default_intents": [{"pattern": "show metrics", "confidence": 0.8, "priority": 8}],
+                "actions": actions(),
+                "config_schema": [{"key": "metrics_url", "type": "string", "required": true,
+                    "default": "", "description": "VictoriaMetrics base URL", "is_secret": false}],
+                "metadata": null,
+                "instance_id": "go-instance-1"
+            })),
+            "GetSchema" => Ok(json!({
+                "params_json_schema": B64.encode("null"),
+                "result_json_schema": B64.encode("null"),
+                "actions": actions()
+            })),
+            "Execute" => self.execute(call.body).await,
+            "HealthCheck" => Ok(json!({"healthy": true, "message": "ok", "details": null})),
+            "ConfigUpdated" => {
+                let config: BTreeMap<String, String> =
+                    serde_json::from_value(call.body["config"].clone()).unwrap_or_default();
+                self.seen.lock().unwrap().pushed.push(config);
+                Ok(json!({"acknowledged": true, "error": ""}))
+            }
+            other => Err(Status::unimplemented(format!("{other} not implemented"))),
+        }
+    }
+}
+
+fn cli(p: &Plexus, addr: &str) -> Command {
+    let mut c = p.cmd();
+    c.env("PLEXUS_SERVER", format!("http://{addr}"))
+        .env("PLEXUS_API_KEY", admin_key(addr));
+    c
+}
+
+fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
+    let out = cli(p, addr)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "plexus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn health(p: &Plexus, addr: &str) -> Option<String> {
+    cli_json(p, addr, &["agent", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == NAME)
+        .map(|a| a["health"].as_str().unwrap().to_owned())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn approve_when_asked(p: &Plexus, addr: &str, step: &str, kind: &str) {
+    let mut run = String::new();
+    wait_for(&format!("{step} to wait for a decision ({kind})"), || {
+        let list = cli_json(p, addr, &["approval", "list"]);
+        if let Some(a) = list["approvals"].as_array().unwrap().iter().find(|a| {
+            a["step_id"] == step && (kind != "agent_request" || a["detail"]["kind"] == kind)
+        }) {
+            run = a["run_id"].as_str().unwrap().to_owned();
+            return true;
+        }
+        false
+    });
+    let out = cli(p, addr).args(["approve", &run, step]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_plugin_with_the_go_sdks_shapes_works_through_the_whole_path() {
+    let p = Plexus::new();
+    std::fs::write(
+        p.dir.path().join("plexus.toml"),
+        "[plugins]\nhealth_check_interval = \"1s\"\nregistration_grace = \"0s\"\n",
+    )
+    .unwrap();
+    let grpc = free_addr();
+    let (mut server, addr) = start_server_on(&p, &grpc);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let tenant = plexus_agent::tenant_id("default");
+    let engine = plexus_agent::Engine::new(&grpc, NAME, "go-instance-1", &tenant, None).unwrap();
+    let plugin_addr = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let agent = GoAgent {
+            seen: seen.clone(),
+            engine: engine.clone(),
+        };
+        let service = JsonService::<GoAgent, PluginServiceName>::new(Arc::new(agent));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        local.to_string()
+    });
+    // Registration: the engine reads Info and GetSchema back within the SDKs' 10 s.
+    let started = Instant::now();
+    rt.block_on(engine.register("0.2.0", &plugin_addr))
+        .expect("registered");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Heartbeats as the Go SDK sends them, registering again when told to.
+    let registrations = Arc::new(Mutex::new(1));
+    {
+        let (engine, plugin_addr, registrations) =
+            (engine.clone(), plugin_addr.clone(), registrations.clone());
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if let Ok(beat) = engine.heartbeat().await
+                    && beat.re_register
+                    && engine.register("0.2.0", &plugin_addr).await.is_ok()
+                {
+                    *registrations.lock().unwrap() += 1;
+                }
+            }
+        });
+    }
+    assert_eq!(health(&p, &addr).as_deref(), Some("healthy"));
+    let got = cli_json(&p, &addr, &["agent", "get", NAME]);
+    let query = got["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "query")
+        .unwrap();
+    assert_eq!(query["permission"], "read");
+    assert_eq!(
+        query["params_schema"]["required"],
+        json!(["query"]),
+        "{query}"
+    );
+
+    // Configuration: set by an admin, pushed to the plugin at once, read back by it.
+    let out = cli(&p, &addr)
+        .args(["agent", "config-set", NAME, "metrics_url", "http://vm:8428"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_for("the configuration push", || {
+        seen.lock()
+            .unwrap()
+            .pushed
+            .iter()
+            .any(|c| c.get("metrics_url").map(String::as_str) == Some("http://vm:8428"))
+    });
+
+    let flow = p.dir.path().join("metrics.yaml");
+    std::fs::write(
+        &flow,
+        r#"version: plexus/v1
+name: metrics
+steps:
+  - id: first
+    agent: query_vmetrics
+    action: query
+    with: {query: up, step: 60, time_range: 1h}
+  - id: again
+    agent: query_vmetrics
+    action: query
+    needs: [first]
+    with: {query: up, time_range: 1h}
+  - id: delete
+    agent: query_vmetrics
+    action: delete_series
+    needs: [again]
+    with: {match: "{job=\"old\"}"}
+"#,
+    )
+    .unwrap();
+    let runner = cli(&p, &addr)
+        .args(["run", flow.to_str().unwrap(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The MODIFY action is gated before it runs; inside, the agent asks again.
+    approve_when_asked(&p, &addr, "delete", "agent");
+    approve_when_asked(&p, &addr, "delete", "agent_request");
+    let done = runner.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let output = |id: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()["output"]
+            .clone()
+    };
+    assert_eq!(
+        output("first"),
+        json!({"url": "http://vm:8428", "query": "up", "step": "60", "cached": false, "window_ms": 3_600_000})
+    );
+    assert_eq!(
+        output("again")["cached"],
+        true,
+        "the second call hit the engine's cache"
+    );
+    assert_eq!(output("delete"), json!({"deleted": 3}));
+
+    // What the plugin received is what Go agents expect.
+    let seen_now = seen.lock().unwrap();
+    assert!(
+        seen_now
+            .content_types
+            .iter()
+            .all(|c| c == "application/grpc+json")
+    );
+    let first = &seen_now.executes[0];
+    let params: Value =
+        serde_json::from_slice(&B64.decode(first["params_json"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(
+        params,
+        json!({"query": "up", "step": "60", "action": "query"}),
+        "strings, and the action"
+    );
+    assert_eq!(first["action_id"], "query");
+    assert_eq!(first["execution_mode"], 2, "guided");
+    assert_eq!(first["mode"], 2);
+    assert_eq!(first["tenant_id"], tenant);
+    assert_eq!(first["step_id"], "first");
+    assert_eq!(first["execution_id"], run["id"]);
+    assert_eq!(first["time_range"]["original_expression"], "1h");
+    assert!(
+        first["context"]["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .ends_with("/first/-")
+    );
+    drop(seen_now);
+
+    // The agent's audit event and its approval are in the audit log.
+    let (_, audit) = http(&addr, "GET", "/api/v1/audit?limit=1000", None);
+    let text = audit.to_string();
+    for action in [
+        "agent.event.series_deleted",
+        "agent.approval_requested",
+        "agent.approval_approved",
+    ] {
+        assert!(
+            text.contains(&format!("\"{action}\"")),
+            "{action} in {text}"
+        );
+    }
+
+    // A failure reported as `{"error": ...}` fails the step with that message.
+    let out = cli(&p, &addr)
+        .args(["action", "invoke", NAME, "broken", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = run["steps"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("backend unreachable: dial tcp 10.0.0.9:8428"),
+        "{error}"
+    );
+
+    // An engine restart: the next heartbeat is told to register again, and does.
+    stop(&mut server);
+    let (mut server, addr) = start_server_on(&p, &grpc);
+    wait_for("registration after the restart", || {
+        health(&p, &addr).as_deref() == Some("healthy")
+    });
+    assert!(*registrations.lock().unwrap() >= 2);
+    stop(&mut server);
+}
