@@ -284,7 +284,11 @@ fn a_plugin_with_the_go_sdks_shapes_works_through_the_whole_path() {
         );
         local.to_string()
     });
-    // Registration: the engine reads Info and GetSchema back within the SDKs' 10 s.
+    // Registration: the engine reads Info and GetSchema back within the SDKs' 10 s. The
+    // SDKs advertise `hostname:port`; a hostname that does not resolve is replaced by
+    // the address the plugin called from.
+    let port = plugin_addr.rsplit_once(':').unwrap().1;
+    let plugin_addr = format!("plexus-test-host.invalid:{port}");
     let started = Instant::now();
     rt.block_on(engine.register("0.2.0", &plugin_addr))
         .expect("registered");

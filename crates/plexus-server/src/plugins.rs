@@ -121,7 +121,8 @@ impl EngineService {
     async fn register(&self, call: Call, who: &Plugin) -> Result<Json, Status> {
         let req: wire::RegisterPluginRequest = wire::decode(call.body).map_err(bad)?;
         let agents = &self.state.engine.agents;
-        let answer = match agents.register(&req, call.style).await {
+        let caller = call.remote.map(|a| a.ip());
+        let answer = match agents.register(&req, call.style, caller).await {
             Ok(plugin_id) => {
                 audit(
                     self.state.store.as_ref(),
@@ -192,6 +193,13 @@ impl EngineService {
                 "`execution_id` is empty: name the run the approval is for".into(),
             ));
         }
+        let approvals = self.state.engine.agents.approvals.clone();
+        // A caller that does not name itself (the Python SDK) is the agent the run calls.
+        let plugin = match approvals.agent_in_run(&req.execution_id) {
+            Some(agent) if plugin == "unknown" => agent,
+            _ => plugin.to_owned(),
+        };
+        let plugin = plugin.as_str();
         let context = req
             .context_json
             .to_json()
@@ -216,7 +224,6 @@ impl EngineService {
             json!({"agent": plugin, "description": req.description, "permission": permission}),
         )
         .await;
-        let approvals = self.state.engine.agents.approvals.clone();
         let asked = approvals.request(
             &req.execution_id,
             plugin,

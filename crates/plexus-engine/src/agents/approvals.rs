@@ -122,11 +122,15 @@ impl Approvals {
         let (tx, rx) = oneshot::channel();
         let view = {
             let mut book = self.lock();
+            // The call asking: by run and agent; a caller that does not say who it is
+            // (the Python SDK sends no name) is the agent called in that run.
             let call = book
                 .calls
                 .iter()
                 .find(|c| c.run_id == run_id && c.agent == agent)
+                .or_else(|| book.calls.iter().find(|c| c.run_id == run_id))
                 .cloned();
+            let agent = call.as_ref().map_or(agent, |c| c.agent.as_str()).to_owned();
             book.next += 1;
             let id = format!("agent-approval-{}", book.next);
             let wait = match &call {
@@ -137,7 +141,7 @@ impl Approvals {
                 step_id: call.map_or_else(|| id.clone(), |c| c.step_id),
                 id,
                 run_id: run_id.to_owned(),
-                agent: agent.to_owned(),
+                agent,
                 description: description.to_owned(),
                 permission,
                 context,
@@ -157,6 +161,15 @@ impl Approvals {
             .and_then(Result::ok);
         self.lock().waiting.retain(|w| w.view.id != view.id);
         (view, decision)
+    }
+
+    /// The agent called in run `run_id` now, if one is.
+    pub fn agent_in_run(&self, run_id: &str) -> Option<String> {
+        self.lock()
+            .calls
+            .iter()
+            .find(|c| c.run_id == run_id)
+            .map(|c| c.agent.clone())
     }
 
     /// The approvals agents wait for.

@@ -151,6 +151,7 @@ impl Agents {
         &self,
         req: &wire::RegisterPluginRequest,
         style: Style,
+        caller: Option<std::net::IpAddr>,
     ) -> Result<String, RegisterError> {
         if req.name.trim().is_empty() {
             return Err(RegisterError::Request("`name` is empty".into()));
@@ -166,7 +167,7 @@ impl Agents {
         } else {
             req.instance_id.clone()
         };
-        let instance = self
+        let read = self
             .read(
                 &req.name,
                 &req.grpc_addr,
@@ -174,7 +175,32 @@ impl Agents {
                 style,
                 Source::Registered,
             )
-            .await?;
+            .await;
+        let instance = match read {
+            Err(RegisterError::Unreachable { addr, error }) => {
+                // The SDKs advertise `hostname:port` by default; where the hostname does
+                // not resolve, the address the plugin called from, at that port, does.
+                let port = req
+                    .grpc_addr
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok());
+                let (Some(ip), Some(port)) = (caller, port) else {
+                    return Err(RegisterError::Unreachable { addr, error });
+                };
+                let fallback = std::net::SocketAddr::new(ip, port).to_string();
+                tracing::info!(agent = %req.name, advertised = %addr, %error, %fallback, "dialling the caller's address instead");
+                self.read(
+                    &req.name,
+                    &fallback,
+                    &instance_id,
+                    style,
+                    Source::Registered,
+                )
+                .await
+                .map_err(|_| RegisterError::Unreachable { addr, error })?
+            }
+            other => other?,
+        };
         self.insert(instance);
         Ok(plugin_id(&req.name))
     }
