@@ -201,6 +201,41 @@ impl Engine {
         Ok(answer.approved)
     }
 
+    /// Calls an action of another agent through the engine (which checks this agent may,
+    /// and asks a person first when the action is MODIFY or ADMIN). `Ok(Err(message))`
+    /// when the action ran and failed.
+    pub async fn call_plugin(
+        &self,
+        target: &str,
+        action: &str,
+        params: &Json,
+        timeout: Duration,
+    ) -> Result<Result<Json, String>, CallError> {
+        let answer: wire::CallPluginResponse = self
+            .call(
+                "CallPlugin",
+                wire::encode(&wire::CallPluginRequest {
+                    caller_plugin: self.name.clone(),
+                    target_plugin: target.to_owned(),
+                    action_id: action.to_owned(),
+                    params_json: Blob::json(params, Style::Go),
+                    timeout_seconds: timeout.as_secs() as i32,
+                    tenant_id: self.tenant_id.clone(),
+                    ..Default::default()
+                }),
+                timeout + Duration::from_secs(5),
+            )
+            .await?;
+        if !answer.success {
+            return Ok(Err(answer.error));
+        }
+        Ok(Ok(answer
+            .result_json
+            .to_json()
+            .map_err(|e| CallError::Status(tonic::Status::internal(e)))?
+            .unwrap_or(Json::Null)))
+    }
+
     /// Writes an event into the engine's audit log.
     pub async fn log_event(
         &self,

@@ -34,6 +34,8 @@ struct Seen {
 struct GoAgent {
     seen: Arc<Mutex<Seen>>,
     engine: plexus_agent::Engine,
+    /// The engine for messages written by hand, as the Go SDK writes them.
+    raw: plexus_agent::rpc::Peer,
 }
 
 fn b64(v: &Value) -> String {
@@ -71,6 +73,11 @@ fn actions() -> Value {
             ])
         ),
         action("broken", 1, Value::Null),
+        action(
+            "forward",
+            1,
+            json!([{"Name": "target_action", "Type": "string", "Required": true, "Description": ""}])
+        ),
     ])
 }
 
@@ -150,6 +157,35 @@ impl GoAgent {
             "broken" => Ok(answer(
                 json!({"error": "backend unreachable: dial tcp 10.0.0.9:8428"}),
             )),
+            // CallPlugin as the Go SDK sends it: the action among string params, no
+            // action_id, no timeout.
+            "forward" => {
+                let target = params["target_action"].clone();
+                let call_params = if target == "query" {
+                    json!({"action": target, "query": "up"})
+                } else {
+                    json!({"action": target, "match": "{job=\"x\"}"})
+                };
+                let reply = self
+                    .raw
+                    .call(
+                        "CallPlugin",
+                        json!({"caller_plugin": NAME, "target_plugin": NAME,
+                               "params_json": b64(&call_params), "tenant_id": req["tenant_id"]}),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map_err(err)?;
+                let result: Value = match reply["result_json"].as_str() {
+                    Some(r) if !r.is_empty() => {
+                        serde_json::from_slice(&B64.decode(r).unwrap()).unwrap()
+                    }
+                    _ => Value::Null,
+                };
+                Ok(answer(
+                    json!({"success": reply["success"], "result": result, "error": reply["error"]}),
+                ))
+            }
             other => Ok(json!({"success": false, "error": format!("unknown action {other}")})),
         }
     }
@@ -275,6 +311,9 @@ fn a_plugin_with_the_go_sdks_shapes_works_through_the_whole_path() {
         let agent = GoAgent {
             seen: seen.clone(),
             engine: engine.clone(),
+            raw: plexus_agent::rpc::Peer::lazy("mirastack.plugin.v1.EngineService", &grpc)
+                .unwrap()
+                .with_header("x-plugin-name", NAME),
         };
         let service = JsonService::<GoAgent, PluginServiceName>::new(Arc::new(agent));
         tokio::spawn(
@@ -457,6 +496,51 @@ steps:
         error.contains("backend unreachable: dial tcp 10.0.0.9:8428"),
         "{error}"
     );
+
+    // One plugin calling another through the engine (here, itself): a READ action at
+    // once; a MODIFY one after a person approves it in the name of the calling step.
+    let run = cli_json(
+        &p,
+        &addr,
+        &[
+            "action",
+            "invoke",
+            NAME,
+            "forward",
+            "-p",
+            "target_action=query",
+        ],
+    );
+    let out = &run["steps"][0]["output"];
+    assert_eq!(out["success"], true, "{run}");
+    assert_eq!(out["result"]["query"], "up", "{run}");
+    let runner = cli(&p, &addr)
+        .args(["action", "invoke", NAME, "forward"])
+        .args(["-p", "target_action=delete_series", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    approve_when_asked(&p, &addr, "invoke", "agent_request"); // the call itself
+    approve_when_asked(&p, &addr, "invoke", "agent_request"); // delete_series asks again
+    let done = runner.wait_with_output().unwrap();
+    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(
+        run["steps"][0]["output"]["result"],
+        json!({"deleted": 3}),
+        "{run}"
+    );
+    // Another tenant's call is refused.
+    let other_tenant = json!({"caller_plugin": NAME, "target_plugin": NAME, "action_id": "query",
+                              "tenant_id": plexus_agent::tenant_id("someone-else")});
+    let err = rt
+        .block_on(
+            plexus_agent::rpc::Peer::lazy("mirastack.plugin.v1.EngineService", &grpc)
+                .unwrap()
+                .call("CallPlugin", other_tenant, Duration::from_secs(5)),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied));
 
     // An engine restart: the next heartbeat is told to register again, and does.
     stop(&mut server);

@@ -253,6 +253,157 @@ impl EngineService {
         }
     }
 
+    /// One plugin calling another's action: within its tenant, no further than its own
+    /// permission reaches, and with a person's approval (in the name of the step the
+    /// caller runs) when the action is MODIFY or ADMIN.
+    async fn call_plugin(&self, call: Call, who: &Plugin, plugin: &str) -> Result<Json, Status> {
+        use plexus_core::manifest::Permission;
+        let style = call.style;
+        let req: wire::CallPluginRequest = wire::decode(call.body).map_err(bad)?;
+        let tenant = plexus_agent::tenant_id(plexus_agent::DEFAULT_TENANT_SLUG);
+        if !req.tenant_id.is_empty() && req.tenant_id != tenant {
+            return Err(Status::permission_denied(
+                "cross-tenant calls are refused: this engine serves the default tenant",
+            ));
+        }
+        let failed = |error: String| {
+            Ok(wire::encode(&wire::CallPluginResponse {
+                success: false,
+                error,
+                ..Default::default()
+            }))
+        };
+        let caller = if req.caller_plugin.is_empty() {
+            plugin.to_owned()
+        } else {
+            req.caller_plugin.clone()
+        };
+        let mut params = match req.params_json.to_json().map_err(bad)? {
+            Some(Json::Object(m)) => m,
+            None => Default::default(),
+            Some(other) => return Err(bad(format!("params_json must be an object, not {other}"))),
+        };
+        // The SDKs name the action among the parameters.
+        let named = params.remove("action");
+        let action = if req.action_id.is_empty() {
+            named
+                .and_then(|a| a.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        } else {
+            req.action_id.clone()
+        };
+        if action.is_empty() {
+            return Err(bad(
+                "name the action in `action_id` or params[\"action\"]".into()
+            ));
+        }
+        let agents = &self.state.engine.agents;
+        let Some(reach) = agents.permission_of(&caller) else {
+            return Err(Status::permission_denied(format!(
+                "`{caller}` is not a registered plugin: only registered plugins call others"
+            )));
+        };
+        let (instance, spec) = match agents.pick(&req.target_plugin, &action) {
+            Ok(found) => found,
+            Err(e) => return failed(e.to_string()),
+        };
+        if spec.permission > reach {
+            let message = format!(
+                "`{caller}` declares at most {} actions and cannot call `{}/{action}`, which is {}",
+                plexus_core::machine::permission_name(reach),
+                req.target_plugin,
+                plexus_core::machine::permission_name(spec.permission)
+            );
+            self.refuse_call(&who.actor, &message).await;
+            return Err(Status::permission_denied(message));
+        }
+        let in_step = agents.approvals.call_of_agent(&caller);
+        let timeout = match req.timeout_seconds {
+            t if t > 0 => std::time::Duration::from_secs(t as u64),
+            _ => agents.config.default_deadline,
+        };
+        if spec.permission >= Permission::Modify {
+            let Some((run, _)) = &in_step else {
+                return Err(Status::failed_precondition(format!(
+                    "`{}/{action}` is {} and needs an approval, which belongs to a step: call it while `{caller}` runs one",
+                    req.target_plugin,
+                    plexus_core::machine::permission_name(spec.permission)
+                )));
+            };
+            let description = format!("`{caller}` calls `{}/{action}`", req.target_plugin);
+            audit(
+                self.state.store.as_ref(),
+                &who.actor,
+                "agent.approval_requested",
+                &format!("run:{run}"),
+                json!({"agent": caller, "description": description, "permission": spec.permission}),
+            )
+            .await;
+            let (_, decision) = agents
+                .approvals
+                .request(
+                    run,
+                    &caller,
+                    &description,
+                    spec.permission,
+                    json!({"target": req.target_plugin, "action": action, "params": params}),
+                    std::time::Duration::from_secs(3600),
+                    crate::now_ms(),
+                )
+                .await;
+            match decision {
+                Some(d) if d.approved => {}
+                Some(d) => return failed(format!("{} rejected the call: {}", d.by, d.comment)),
+                None => return failed("nobody decided in time".into()),
+            }
+        }
+        let (execution_id, step_id) = in_step.unwrap_or_default();
+        let outcome = agents
+            .execute(
+                &instance,
+                &spec,
+                plexus_engine::agents::ActionCall {
+                    execution_id,
+                    step_id,
+                    params,
+                    mode: wire::mode::GUIDED,
+                    context: BTreeMap::from([("caller_plugin".to_owned(), caller.clone())]),
+                    time_range: req.time_range.clone(),
+                    tenant_id: tenant,
+                    deadline: timeout,
+                },
+            )
+            .await;
+        Ok(wire::encode(&match outcome {
+            plexus_core::machine::Outcome::Success(result) => wire::CallPluginResponse {
+                success: true,
+                result_json: Blob::json(&result, style),
+                ..Default::default()
+            },
+            plexus_core::machine::Outcome::Failure { error, output } => wire::CallPluginResponse {
+                success: false,
+                error,
+                result_json: if output.is_null() {
+                    Blob::default()
+                } else {
+                    Blob::json(&output, style)
+                },
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn refuse_call(&self, actor: &str, message: &str) {
+        audit(
+            self.state.store.as_ref(),
+            actor,
+            "permission.denied",
+            "grpc EngineService/CallPlugin",
+            json!({"reason": message}),
+        )
+        .await;
+    }
+
     async fn log_event(&self, call: Call, who: &Plugin) -> Result<Json, Status> {
         let req: wire::LogEventRequest = wire::decode(call.body).map_err(bad)?;
         let data = req
@@ -456,9 +607,7 @@ impl Handler for EngineService {
             }
             "LogEvent" => self.log_event(call, &who).await,
             "RequestApproval" => self.request_approval(call, &who, &plugin).await,
-            "CallPlugin" => Err(Status::unimplemented(
-                "CallPlugin is not available yet: call the other agent from a workflow step",
-            )),
+            "CallPlugin" => self.call_plugin(call, &who, &plugin).await,
             "ListKPIs" => Ok(json!({"kpis": []})),
             "GetKPI" => Ok(json!({})),
             other => Err(Status::unimplemented(format!(

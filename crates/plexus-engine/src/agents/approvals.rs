@@ -163,6 +163,15 @@ impl Approvals {
         (view, decision)
     }
 
+    /// The run and step in which `agent` is being called now, if it is.
+    pub fn call_of_agent(&self, agent: &str) -> Option<(String, String)> {
+        self.lock()
+            .calls
+            .iter()
+            .find(|c| c.agent == agent)
+            .map(|c| (c.run_id.clone(), c.step_id.clone()))
+    }
+
     /// The agent called in run `run_id` now, if one is.
     pub fn agent_in_run(&self, run_id: &str) -> Option<String> {
         self.lock()

@@ -9,6 +9,7 @@
 //! registers itself under the same name.
 
 mod approvals;
+mod call;
 mod registration;
 
 use plexus_agent::params::Params;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub use approvals::{AgentApproval, Approvals, Decision};
+pub use call::ActionCall;
 pub use registration::RegisterError;
 
 /// How the engine treats plugins (`plugins.*` settings).
@@ -430,6 +432,16 @@ impl Agents {
             .iter()
             .filter(|i| i.name == name)
             .find_map(|i| i.actions.get(action).cloned())
+    }
+
+    /// The highest permission the actions of `name` declare, if it is known.
+    pub fn permission_of(&self, name: &str) -> Option<Permission> {
+        let reg = self.lock();
+        reg.instances
+            .iter()
+            .filter(|i| i.name == name)
+            .map(Instance::permission)
+            .max()
     }
 
     /// Whether a plugin of this name is known.

@@ -7,9 +7,9 @@
 //! `context` (with `attempt` telling the tries apart).
 
 use super::{AttemptCtx, AttemptFuture, AttemptResult, Executor};
-use crate::agents::{Agents, unreachable};
-use plexus_agent::wire::{self, Blob};
-use plexus_core::machine::{Outcome, Task, Work};
+use crate::agents::{ActionCall, Agents};
+use plexus_agent::wire;
+use plexus_core::machine::{Task, Work};
 use plexus_core::manifest::{Mode, Permission};
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ impl AgentCalls {
     }
 }
 
-fn mode_wire(mode: Mode) -> i32 {
+pub(crate) fn mode_wire(mode: Mode) -> i32 {
     match mode {
         Mode::Manual => wire::mode::MANUAL,
         Mode::Guided => wire::mode::GUIDED,
@@ -90,31 +90,17 @@ impl Executor for AgentCalls {
                     permission_name(task.permission)
                 ));
             }
-            let mut checked = params.clone();
-            checked.remove("time_range");
-            let problems = spec.check(&Json::Object(checked));
-            if !problems.is_empty() {
-                return AttemptResult::failed(format!(
-                    "the parameters do not fit `{agent}/{action}`: {}",
-                    problems.join("; ")
-                ));
-            }
             let mut params = params;
             let time_range = match params.remove("time_range").map(|v| time_range(&v)) {
                 None => None,
                 Some(Ok(t)) => Some(t),
                 Some(Err(e)) => return AttemptResult::failed(format!("`time_range`: {e}")),
             };
-            let mut sent = spec.params.values_for_agent(&params);
-            // The public agents look for the action among the parameters.
-            sent.insert("action".into(), Json::String(action.clone()));
-            let request = wire::ExecuteRequest {
+            let call = ActionCall {
                 execution_id: ctx.run_id.to_string(),
                 step_id: task.step_id.clone(),
-                action_id: action.clone(),
-                params_json: Blob::json(&Json::Object(sent), instance.style),
+                params,
                 mode: mode_wire(mode),
-                execution_mode: mode_wire(mode),
                 context: BTreeMap::from([
                     (
                         "idempotency_key".to_owned(),
@@ -124,56 +110,12 @@ impl Executor for AgentCalls {
                 ]),
                 time_range,
                 tenant_id,
+                deadline: task.timeout.unwrap_or(agents.config.default_deadline),
             };
-            let deadline = task.timeout.unwrap_or(agents.config.default_deadline);
-            let started = std::time::Instant::now();
-            // While the call runs, an approval the agent asks for belongs to this step.
-            let _in_flight = agents.approvals.calling(
-                &request.execution_id,
-                &task.step_id,
-                &agent,
-                started + deadline,
-            );
-            let call = instance
-                .peer
-                .call("Execute", wire::encode(&request), deadline);
-            let answer = tokio::select! {
-                answer = call => answer,
+            let outcome = tokio::select! {
+                outcome = agents.execute(&instance, &spec, call) => outcome,
                 _ = &mut kill => return AttemptResult::failed("cancelled"),
             };
-            metrics::histogram!("plexus_agent_call_seconds", "agent" => agent.clone())
-                .record(started.elapsed().as_secs_f64());
-            let answer = match answer {
-                Ok(a) => a,
-                Err(e) => {
-                    if unreachable(&e) {
-                        agents.set_health(
-                            &instance.name,
-                            &instance.instance_id,
-                            false,
-                            &e.to_string(),
-                        );
-                    }
-                    metrics::counter!("plexus_agent_calls_total", "agent" => agent.clone(), "outcome" => "error").increment(1);
-                    let e = if e.code() == Some(plexus_agent::rpc::Code::DeadlineExceeded) {
-                        format!(
-                            "timed out after {}",
-                            plexus_core::duration::format_duration(deadline)
-                        )
-                    } else {
-                        e.to_string()
-                    };
-                    return AttemptResult::failed(format!("`{agent}/{action}`: {e}"));
-                }
-            };
-            let outcome = outcome_of(&agent, &action, answer);
-            let label = if matches!(outcome, Outcome::Success(_)) {
-                "success"
-            } else {
-                "failure"
-            };
-            metrics::counter!("plexus_agent_calls_total", "agent" => agent, "outcome" => label)
-                .increment(1);
             AttemptResult::of(outcome)
         })
     }
@@ -221,91 +163,10 @@ fn time_range(v: &Json) -> Result<wire::TimeRange, String> {
     }
 }
 
-/// What an Execute answer means for the step.
-fn outcome_of(agent: &str, action: &str, answer: Json) -> Outcome {
-    let failure = |error: String, output: Json| Outcome::Failure { error, output };
-    let response: wire::ExecuteResponse = match wire::decode(answer) {
-        Ok(r) => r,
-        Err(e) => {
-            return failure(
-                format!("`{agent}/{action}` answered garbage: {e}"),
-                Json::Null,
-            );
-        }
-    };
-    let result = match response.result_json.to_json() {
-        Ok(r) => r.unwrap_or(Json::Null),
-        Err(e) => {
-            return failure(
-                format!("`{agent}/{action}` answered a result that is not JSON: {e}"),
-                Json::Null,
-            );
-        }
-    };
-    if !response.success {
-        let error = if response.error.trim().is_empty() {
-            "the agent reported a failure without a message".to_owned()
-        } else {
-            response.error
-        };
-        return failure(format!("`{agent}/{action}`: {error}"), result);
-    }
-    // The public agents report failures as a successful call with `{"error": ...}`.
-    if let Some(error) = result.get("error").filter(|e| !e.is_null() && *e != "") {
-        let error = error
-            .as_str()
-            .map_or_else(|| error.to_string(), str::to_owned);
-        return failure(format!("`{agent}/{action}`: {error}"), result);
-    }
-    Outcome::Success(result)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn an_answer_becomes_the_steps_outcome() {
-        let ok = outcome_of(
-            "a",
-            "q",
-            json!({"success": true, "result_json": wire::Blob::json(&json!({"n": 1}), wire::Style::Go).0}),
-        );
-        assert_eq!(ok, Outcome::Success(json!({"n": 1})));
-        let raw = outcome_of(
-            "a",
-            "q",
-            json!({"success": true, "result_json": "{\"n\": 2}"}),
-        );
-        assert_eq!(raw, Outcome::Success(json!({"n": 2})));
-        let Outcome::Failure { error, .. } = outcome_of(
-            "a",
-            "q",
-            json!({"success": true, "result_json": "{\"error\": \"backend down\"}"}),
-        ) else {
-            panic!("an error result is a failure")
-        };
-        assert_eq!(error, "`a/q`: backend down");
-        let Outcome::Failure { error, .. } = outcome_of(
-            "a",
-            "q",
-            json!({"success": false, "error": "no such metric"}),
-        ) else {
-            panic!()
-        };
-        assert!(error.ends_with("no such metric"));
-        let Outcome::Failure { error, .. } =
-            outcome_of("a", "q", json!({"success": true, "result_json": "%%%"}))
-        else {
-            panic!()
-        };
-        assert!(error.contains("not JSON"), "{error}");
-        let Outcome::Failure { error, .. } = outcome_of("a", "q", json!([1, 2])) else {
-            panic!()
-        };
-        assert!(error.contains("garbage"), "{error}");
-    }
 
     #[test]
     fn a_time_range_is_a_window_back_from_now_or_given_in_epoch_ms() {
