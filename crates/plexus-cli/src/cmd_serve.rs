@@ -149,6 +149,22 @@ pub async fn serve(
         .add_service(plexus_server::plugins::service(state.clone()))
         .add_service(health);
     engine.agents.spawn_health_checks();
+    // Co-located plugins reach the engine on loopback when it listens everywhere.
+    let engine_addr = if grpc_addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), grpc_addr.port())
+    } else {
+        grpc_addr
+    };
+    let supervisor = plexus_engine::agents::colocated::Supervisor::new(
+        engine.agents.clone(),
+        engine_addr.to_string(),
+    );
+    if let Some(dir) = &settings.plugins.dir {
+        let n = supervisor
+            .start_dir(dir)
+            .with_context(|| format!("reading plugins.dir {}", dir.display()))?;
+        tracing::info!(plugins = n, dir = %dir.display(), "co-located plugins started");
+    }
     for p in &settings.plugins.external {
         let (agents, name, addr) = (engine.agents.clone(), p.name.clone(), p.addr.clone());
         tokio::spawn(async move { dial_external(agents, name, addr).await });
@@ -202,6 +218,8 @@ pub async fn serve(
         "stopping: running steps may finish within the grace period"
     );
     engine.drain(grace).await;
+    // After the drain: steps still calling them had the grace period to finish.
+    supervisor.shutdown().await;
     tracing::info!("stopped; unfinished runs continue at the next start");
     Ok(0)
 }

@@ -38,6 +38,9 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
+    /// Plugins `plexus serve` starts, watches and stops: `DIR/<name>/<executable>` or
+    /// executables directly in DIR.
+    pub dir: Option<PathBuf>,
     /// How often each plugin is asked whether it is healthy, e.g. "30s".
     pub health_check_interval: Option<String>,
     /// How long after a start a step waits for its agent to register (plugins register
@@ -314,6 +317,12 @@ pub fn resolve(
         // Two heartbeats of the SDKs (30 s) and some slack.
         None => std::time::Duration::from_secs(70),
     };
+    if let Some(dir) = &file.plugins.dir {
+        sources.insert("plugins", "file");
+        if !dir.is_dir() {
+            bail!("plugins.dir `{}` is not a directory", dir.display());
+        }
+    }
     for p in &file.plugins.external {
         if p.name.trim().is_empty() || p.addr.trim().is_empty() {
             bail!("every [[plugins.external]] needs a `name` and an `addr` (host:port)");

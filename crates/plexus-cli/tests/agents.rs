@@ -360,3 +360,95 @@ fn an_agent_registers_again_after_the_engine_restarts() {
     let _ = agent.wait();
     stop(&mut server);
 }
+
+/// The children of `pid` named `comm`.
+fn children_named(pid: u32, comm: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((head, tail)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let name = head.split_once(" (").map_or("", |(_, n)| n);
+        let ppid: u32 = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid == pid && name == comm {
+            out.push(entry.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    out
+}
+
+/// A plugin under `plugins.dir` is started by the server with the SDKs' environment,
+/// registers itself, is started again when it dies, and is stopped with the server.
+#[test]
+fn a_co_located_plugin_is_started_restarted_and_stopped_by_the_server() {
+    let p = Plexus::new();
+    let dir = p.dir.path().join("plugins/ops");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(ops_agent(), dir.join("ops")).unwrap();
+    std::fs::write(
+        p.dir.path().join("plexus.toml"),
+        "[plugins]\ndir = \"plugins\"\nhealth_check_interval = \"1s\"\nregistration_grace = \"30s\"\n",
+    )
+    .unwrap();
+    let (mut server, addr) = start_server(&p);
+    wait_for(
+        "the co-located agent to register",
+        Duration::from_secs(20),
+        || agent_health(&p, &addr, "ops").as_deref() == Some("healthy"),
+    );
+    let invoke = |value: &str| {
+        cli_json(
+            &p,
+            &addr,
+            &[
+                "action",
+                "invoke",
+                "ops",
+                "remember",
+                "-p",
+                "key=k",
+                "-p",
+                &format!("value={value}"),
+            ],
+        )
+    };
+    assert_eq!(invoke("one")["state"], "succeeded");
+    let first = children_named(server.id(), "ops");
+    assert_eq!(first.len(), 1, "one plugin process, the server's child");
+
+    // kill -9: it is forgotten, started again, registers again; work goes on.
+    // SAFETY: signalling the plugin process the server started for this test.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    wait_for("a new plugin process", Duration::from_secs(20), || {
+        let now = children_named(server.id(), "ops");
+        now.len() == 1 && now != first
+    });
+    wait_for("it to register again", Duration::from_secs(20), || {
+        agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
+    });
+    let run = invoke("two");
+    assert_eq!(step(&run, "invoke")["output"]["value"], "two");
+    let agents = cli_json(&p, &addr, &["agent", "list"]);
+    assert_eq!(
+        agents[0]["instances"].as_array().unwrap().len(),
+        1,
+        "the dead instance is gone: {agents}"
+    );
+
+    let last = children_named(server.id(), "ops")[0];
+    stop(&mut server);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{last}")).exists()
+            || std::fs::read_to_string(format!("/proc/{last}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
+        "the plugin stopped with the server"
+    );
+}

@@ -10,6 +10,7 @@
 
 mod approvals;
 mod call;
+pub mod colocated;
 mod registration;
 
 use plexus_agent::params::Params;
@@ -442,6 +443,30 @@ impl Agents {
             .filter(|i| i.name == name)
             .map(Instance::permission)
             .max()
+    }
+
+    /// Whether an instance listens on this port (of a plugin this engine started).
+    pub fn has_port(&self, port: u16) -> bool {
+        let suffix = format!(":{port}");
+        self.lock()
+            .instances
+            .iter()
+            .any(|i| i.addr.ends_with(&suffix))
+    }
+
+    /// Forgets the instances listening on this port (their process ended).
+    pub fn forget_port(&self, port: u16) {
+        let suffix = format!(":{port}");
+        let gone: Vec<(String, String)> = self
+            .lock()
+            .instances
+            .iter()
+            .filter(|i| i.addr.ends_with(&suffix))
+            .map(|i| (i.name.clone(), i.instance_id.clone()))
+            .collect();
+        for (name, id) in gone {
+            self.deregister(&name, &id);
+        }
     }
 
     /// Whether a plugin of this name is known.

@@ -205,6 +205,24 @@ impl Agents {
         Ok(plugin_id(&req.name))
     }
 
+    /// Dials a plugin at `addr` whatever its name (from its Info) and takes it in.
+    pub async fn dial_any(&self, addr: &str) -> Result<(), RegisterError> {
+        let peer = Peer::lazy(PluginServiceName::NAME, addr)
+            .map_err(|e| RegisterError::Request(e.to_string()))?;
+        let info = peer
+            .call("Info", serde_json::json!({}), INFO_DEADLINE)
+            .await
+            .map_err(|e| RegisterError::Unreachable {
+                addr: addr.to_owned(),
+                error: e.to_string(),
+            })?;
+        let name = info["name"].as_str().unwrap_or_default().to_owned();
+        if name.is_empty() {
+            return Err(RegisterError::Invalid(vec!["the name is empty".into()]));
+        }
+        self.dial(&name, addr).await
+    }
+
     /// Dials a statically configured plugin (`plugins.external`) and takes it in.
     pub async fn dial(&self, name: &str, addr: &str) -> Result<(), RegisterError> {
         let instance = self
