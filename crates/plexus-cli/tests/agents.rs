@@ -105,6 +105,49 @@ fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {id} in {run}"))
 }
 
+/// A GET's body as text, as the admin.
+fn raw_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        admin_key(addr)
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    raw
+}
+
+/// The `agent` messages of the server's WebSocket feed (followers of everything).
+fn agent_feed(addr: &str) -> std::sync::mpsc::Receiver<Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = format!("ws://{addr}/ws?access_token={}", admin_key(addr));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            ready_tx.send(()).unwrap();
+            while let Some(Ok(msg)) = ws.next().await {
+                let Message::Text(text) = msg else { continue };
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if v["type"] == "agent" && tx.send(v["change"].clone()).is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    rx
+}
+
 fn write_plexus_toml(p: &Plexus) {
     std::fs::write(
         p.dir.path().join("plexus.toml"),
@@ -122,10 +165,16 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
     let p = Plexus::new();
     write_plexus_toml(&p);
     let (mut server, addr) = start_server(&p);
+    let feed = agent_feed(&addr);
     let mut agent = start_agent(&grpc_addr(&addr));
     wait_for("the agent to register", Duration::from_secs(20), || {
         agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
     });
+    let change = feed
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the WebSocket feed tells of the registration");
+    assert_eq!(change["kind"], "registered", "{change}");
+    assert_eq!(change["name"], "ops", "{change}");
     let listed = cli_json(&p, &addr, &["agent", "get", "ops"]);
     assert_eq!(listed["version"], "0.1.0");
     assert_eq!(listed["permission"], "modify", "{listed}");
@@ -289,6 +338,14 @@ steps:
     );
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(step(&run, "invoke")["output"]["files"], 2);
+
+    // Metrics count the calls.
+    let metrics = raw_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("plexus_agent_calls_total{agent=\"ops\",outcome=\"success\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("plexus_agent_instances 1"), "{metrics}");
 
     // The audit log names the registration.
     let (_, audit) = http(

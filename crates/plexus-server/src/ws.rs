@@ -172,8 +172,20 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
     }
     let beat = Duration::from_millis(sub.heartbeat_ms.unwrap_or(15_000).max(10));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    // Agents registering, leaving and changing health, for followers of everything.
+    let mut agents = state.engine.agents.subscribe();
     loop {
         tokio::select! {
+            change = agents.recv(), if run.is_none() => {
+                let msg = match change {
+                    Ok(c) => json!({"type": "agent", "change": c}),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(Message::Text(msg.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
             notice = live.recv() => {
                 let msg = match notice {
                     Ok(Notice::Event { run_id, event }) => {
