@@ -123,12 +123,20 @@ pub enum Command {
         files: Vec<PathBuf>,
         #[command(flatten)]
         pools: Pools,
+        /// Also check agent steps against the agents registered with this server
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Show how a workflow will run: layers, parallel steps, pools, approval gates
+    ///
+    /// With --server, agent steps are gated at the permission their actions declare
+    /// there, and checked against them.
     Plan {
         file: PathBuf,
         #[command(flatten)]
         pools: Pools,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Inspect and control runs
     Runs {

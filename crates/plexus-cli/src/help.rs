@@ -16,11 +16,11 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "validate",
-        "plexus validate flows/*.yaml\nplexus validate flow.yaml -o json   # problems as data; exit 2 when invalid",
+        "plexus validate flows/*.yaml\nplexus validate flow.yaml -o json   # problems as data; exit 2 when invalid\nplexus validate flow.yaml --server https://plexus.example.com   # agent steps checked against its agents",
     ),
     (
         "plan",
-        "plexus plan flow.yaml\nplexus plan flow.yaml --pool default=8 -o json",
+        "plexus plan flow.yaml\nplexus plan flow.yaml --pool default=8 -o json\nplexus plan flow.yaml --server https://plexus.example.com   # gates as that server sets them",
     ),
     (
         "runs",

@@ -157,8 +157,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Completion { shell } => cmd_docs::completion(shell),
         Command::Man { dir } => cmd_docs::man(dir.as_deref()),
         // Work on a manifest or on this machine: always local.
-        Command::Validate { files, .. } => cmd_validate::validate(&files, &compile, format),
-        Command::Plan { file, .. } => cmd_validate::plan(&file, &compile, format),
+        Command::Validate { files, remote, .. } => {
+            let server = explicit_server(&remote)?;
+            cmd_validate::validate(&files, &compile, format, server.as_ref()).await
+        }
+        Command::Plan { file, remote, .. } => {
+            let server = explicit_server(&remote)?;
+            cmd_validate::plan(&file, &compile, format, server.as_ref()).await
+        }
         Command::Serve {
             wait_for_lock,
             bootstrap_key_file,
@@ -380,5 +386,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             };
             remote::event_emit(c, &event_type, payload, dedupe_key.as_deref(), format).await
         }
+    }
+}
+
+/// The server `--server` or PLEXUS_SERVER names (not the saved context: validating a
+/// file stays local unless a server is asked for).
+fn explicit_server(remote: &cli::Remote) -> Result<Option<http_client::Client>> {
+    match remote.server.as_deref() {
+        Some(url) if url != "local" => remote::server(Some(url)),
+        _ => Ok(None),
     }
 }

@@ -195,6 +195,49 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
         "{table}"
     );
 
+    // Checked against what the server knows: unknown agents and actions, parameters
+    // that do not fit, each at its line and column; offline, a warning says why not.
+    let checked = p.dir.path().join("checked.yaml");
+    std::fs::write(
+        &checked,
+        "version: plexus/v1\nname: checked\nsteps:\n- id: a\n  agent: opz\n  action: inspect\n- id: b\n  agent: ops\n  action: inspekt\n- id: c\n  agent: ops\n  action: inspect\n  with: {path: 5}\n",
+    )
+    .unwrap();
+    let out = cli(&p, &addr)
+        .args(["validate", checked.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        ":5:10: error[unknown-agent] in step `a`: no agent `opz` is registered",
+        "hint: did you mean `ops`?",
+        ":9:11: error[unknown-action] in step `b`: agent `ops` has no action `inspekt`",
+        ":13:9: error[bad-params] in step `c`: the parameters do not fit `ops/inspect`: path: 5 is not of type \"string\"",
+    ] {
+        assert!(err.contains(line), "{line} in {err}");
+    }
+    let offline = p
+        .cmd()
+        .args(["validate", checked.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(offline.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&offline.stderr).contains("warning[agent-unchecked]"),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    // `plan` gates a MODIFY action even where the step does not say so.
+    let gated = p.dir.path().join("gated.yaml");
+    std::fs::write(
+        &gated,
+        "version: plexus/v1\nname: gated\nsteps:\n- id: w\n  agent: ops\n  action: write_note\n  with: {path: n, text: t}\n",
+    )
+    .unwrap();
+    let plan = cli_json(&p, &addr, &["plan", gated.to_str().unwrap()]);
+    assert_eq!(plan["layers"][0][0]["approval"], "modify", "{plan}");
+
     let root = p.dir.path().join("root");
     std::fs::create_dir_all(root.join("reports")).unwrap();
     std::fs::write(root.join("reports/a.txt"), "12345").unwrap();

@@ -703,7 +703,10 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
             "agent" => {
                 let agent = cx.string(n, "agent");
                 let action = match f.get("action") {
-                    Some(a) => cx.string(a, "action"),
+                    Some(a) => {
+                        locs.set("action", a.loc);
+                        cx.string(a, "action")
+                    }
                     None => {
                         cx.err("missing-key", n.loc, "an agent step needs an `action`");
                         None

@@ -140,6 +140,7 @@ api! {
     operator get "/ws" => ws::upgrade,
     operator get "/metrics" => metrics::render,
     engineer post "/api/v1/workflows" => workflows::apply,
+    engineer post "/api/v1/validate" => workflows::validate,
     operator get "/api/v1/workflows" => workflows::list,
     operator get "/api/v1/workflows/{name}" => workflows::get,
     engineer delete "/api/v1/workflows/{name}" => workflows::delete,

@@ -146,6 +146,34 @@ pub async fn apply(
     ))
 }
 
+/// Checks a manifest (the body, YAML or JSON) as this server would run it: the manifest
+/// itself, then its agent steps against the agents registered now. Always `200`: the
+/// answer says whether it is valid and lists every problem with its line and column.
+pub async fn validate(State(state): State<AppState>, body: Body) -> ApiResult<Json<Json_>> {
+    let bytes = body::read(body, state.config.body_limit).await?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad_request("the manifest is not UTF-8 text"))?;
+    let (problems, warnings) = match plexus_core::load(text, "manifest", &state.compile) {
+        Ok(plan) => {
+            let problems =
+                plexus_engine::agents::check::check_plan(&state.engine.agents, &plan, "manifest");
+            let mut warnings = plexus_engine::exec::not_executed(&plan, "manifest");
+            warnings.extend(plexus_core::plan::unquoted_inputs(&plan, "manifest"));
+            (problems, warnings)
+        }
+        Err(d) => (d, Vec::new()),
+    };
+    let (problems, more): (Vec<_>, Vec<_>) = problems
+        .into_iter()
+        .partition(|d| d.severity == plexus_core::Severity::Error);
+    let warnings: Vec<_> = warnings.into_iter().chain(more).collect();
+    Ok(Json(json!({
+        "valid": problems.is_empty(),
+        "problems": problems,
+        "warnings": warnings,
+    })))
+}
+
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
     let rows = state.store.list_workflows().await?;
     let items: Vec<Json_> = rows

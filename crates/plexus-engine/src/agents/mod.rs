@@ -10,6 +10,7 @@
 
 mod approvals;
 mod call;
+pub mod check;
 pub mod colocated;
 mod registration;
 
