@@ -29,7 +29,8 @@ pub enum UserCommand {
         #[arg(long)]
         email: Option<String>,
         /// operator (reads), engineer (+ runs, workflows, approves MODIFY), admin (+ users,
-        /// settings, approves ADMIN)
+        /// settings, approves ADMIN); plugin: an agent's own account (the plugin service
+        /// on the gRPC port, nothing else)
         #[arg(long)]
         role: String,
         /// Read the password from stdin (for scripts)
