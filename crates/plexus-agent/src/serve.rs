@@ -53,6 +53,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Fixed by the environment: the engine's suggestion is then ignored.
     pub heartbeat_fixed: bool,
+    /// Say `MIRASTACK_PLUGIN_PORT=<port>` on stdout (for an engine that started this
+    /// process); off for an agent served inside another program.
+    pub announce_port: bool,
 }
 
 impl Settings {
@@ -71,6 +74,7 @@ impl Settings {
             api_key: var("PLEXUS_API_KEY"),
             heartbeat: Duration::from_secs(heartbeat.unwrap_or(30)),
             heartbeat_fixed: heartbeat.is_some(),
+            announce_port: true,
         }
     }
 }
@@ -115,7 +119,9 @@ pub async fn serve_with(
         source,
     })?;
     // What the engine that started this process reads to find it.
-    println!("MIRASTACK_PLUGIN_PORT={}", local.port());
+    if settings.announce_port {
+        println!("MIRASTACK_PLUGIN_PORT={}", local.port());
+    }
     let engine = match &settings.engine {
         Some(addr) => Some(
             Engine::new(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 12] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
@@ -23,6 +23,8 @@ pub const SCENARIOS: [&str; 10] = [
     "park-100k",
     "http-1000",
     "http-clients",
+    "agent-roundtrip",
+    "agent-throughput",
 ];
 
 struct Sizes {
@@ -34,6 +36,9 @@ struct Sizes {
     park: usize,
     http: usize,
     clients: usize,
+    agent_calls: usize,
+    agent_concurrency: usize,
+    agent_rounds: usize,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -47,6 +52,9 @@ fn sizes(quick: bool) -> Sizes {
             park: 1_000,
             http: 64,
             clients: 100,
+            agent_calls: 200,
+            agent_concurrency: 100,
+            agent_rounds: 2,
         }
     } else {
         Sizes {
@@ -58,6 +66,9 @@ fn sizes(quick: bool) -> Sizes {
             park: 100_000,
             http: 1_000,
             clients: 2_000,
+            agent_calls: 2_000,
+            agent_concurrency: 1_000,
+            agent_rounds: 5,
         }
     }
 }
@@ -167,7 +178,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 pub(crate) struct Bench {
-    engine: Engine,
+    pub(crate) engine: Engine,
     dir: PathBuf,
 }
 
@@ -240,7 +251,7 @@ impl Bench {
         }
     }
 
-    fn where_time_goes(&self, wall: Duration) -> String {
+    pub(crate) fn where_time_goes(&self, wall: Duration) -> String {
         let (commits, events, micros) = self.engine.stats.snapshot();
         let mut text = format!(
             "{commits} commits, {events} events; commit time (summed, commits overlap) {:.0}% of wall time",
@@ -721,6 +732,17 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                         .unwrap_or(1.0)
                         .max(1e-9)
             ));
+            r
+        }
+        "agent-roundtrip" => {
+            let mut r = crate::bench_agents::roundtrip(&b, sz.agent_calls).await?;
+            r["scenario"] = json!(name);
+            r
+        }
+        "agent-throughput" => {
+            let mut r =
+                crate::bench_agents::throughput(&b, sz.agent_concurrency, sz.agent_rounds).await?;
+            r["scenario"] = json!(name);
             r
         }
         other => bail!(

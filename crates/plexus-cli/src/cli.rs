@@ -375,7 +375,10 @@ pub enum Command {
     /// for a signal: peak memory, then one signal each), http-1000 (1,000 runs of 5 steps submitted over
     /// HTTP by 32 clients: submit rate, runs/s, p50/p99 submit-to-finish), http-clients
     /// (`plexus serve` as its own process; 50 clients wait for 2,000 one-step runs by long
-    /// poll and by WebSocket: workflows/s, p50/p99, server CPU per run, vs in-process).
+    /// poll and by WebSocket: workflows/s, p50/p99, server CPU per run, vs in-process),
+    /// agent-roundtrip (a no-op action of a Rust agent through the engine vs a direct
+    /// gRPC call, p50/p99), agent-throughput (1,000 calls at once, and 1,000 agent steps
+    /// of one durable run, vs direct calls).
     /// Each runs in its own process on a fresh store with synchronous=FULL.
     Bench {
         #[command(flatten)]

@@ -1,6 +1,7 @@
 //! `plexus`: run durable workflows on your machine, inspect and control them.
 
 mod bench;
+mod bench_agents;
 mod bench_clients;
 mod bench_http;
 mod cli;

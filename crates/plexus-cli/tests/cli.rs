@@ -42,12 +42,12 @@ fn help_teaches_the_commands() {
     );
     let refused = p.run(&["audit", "list", "--pool", "gpu=1"]);
     assert_eq!(refused.status.code(), Some(2));
-    // Neither the store nor a server matters to checking a file, or to user management
-    // on this machine's store: not offered.
+    // The store does not matter to checking a file (a server does: it knows the agents),
+    // nor to user management on this machine's store: not offered.
     let validate = p.run(&["validate", "--help"]);
     let validate = String::from_utf8_lossy(&validate.stdout);
     assert!(
-        !validate.contains("--server") && !validate.contains("--data-dir"),
+        validate.contains("--server") && !validate.contains("--data-dir"),
         "{validate}"
     );
     let users = p.run(&["user", "list", "--help"]);
@@ -98,8 +98,8 @@ fn validate_reports_all_problems_as_json_and_exits_2() {
     assert_eq!(good.status.code(), Some(0));
 }
 
-/// What parses but is not carried out yet is a warning naming the step, not silence: the
-/// file is still valid (exit 0).
+/// What parses but is not carried out yet (or, offline, cannot be checked) is a warning
+/// naming the step, not silence: the file is still valid (exit 0).
 #[test]
 fn validate_warns_about_what_is_not_executed_yet() {
     let p = Plexus::new();
@@ -119,16 +119,21 @@ fn validate_warns_about_what_is_not_executed_yet() {
         .iter()
         .map(|w| {
             assert_eq!(w["severity"], "warning");
-            assert_eq!(w["code"], "not-executed");
+            let code = if w["step"] == "ask" {
+                "agent-unchecked"
+            } else {
+                "not-executed"
+            };
+            assert_eq!(w["code"], code, "{w}");
             w["step"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(steps, ["ask", "think", "big"]);
+    assert_eq!(steps, ["think", "big", "ask"]);
     let human = p.run(&["validate", file.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&human.stderr);
     assert!(
         text.contains(
-            "later.yaml:5:10: warning[not-executed] in step `ask`: agent steps are not executed"
+            "later.yaml:5:10: warning[agent-unchecked] in step `ask`: agent `vmetrics` is not checked: agents register with a server"
         ),
         "{text}"
     );
