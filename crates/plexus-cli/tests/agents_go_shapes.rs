@@ -73,6 +73,7 @@ fn actions() -> Value {
             ])
         ),
         action("broken", 1, Value::Null),
+        action("slow", 1, Value::Null),
         action(
             "forward",
             1,
@@ -153,6 +154,10 @@ impl GoAgent {
                     .await
                     .map_err(err)?;
                 Ok(answer(json!({"deleted": 3})))
+            }
+            "slow" => {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(answer(json!({"slept": true})))
             }
             "broken" => Ok(answer(
                 json!({"error": "backend unreachable: dial tcp 10.0.0.9:8428"}),
@@ -542,12 +547,65 @@ steps:
         .unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::PermissionDenied));
 
-    // An engine restart: the next heartbeat is told to register again, and does.
-    stop(&mut server);
+    // kill -9 during a call: after the restart the plugin registers again (its next
+    // heartbeat is told to), the run resumes, the action is called again with the same
+    // idempotency key — at least once — and the step completes once.
+    std::fs::write(
+        p.dir.path().join("plexus.toml"),
+        "[plugins]\nhealth_check_interval = \"1s\"\nregistration_grace = \"30s\"\n",
+    )
+    .unwrap();
+    let (_, started) = http(
+        &addr,
+        "POST",
+        "/api/v1/runs",
+        Some(
+            &json!({"manifest": "version: plexus/v1\nname: slow\nsteps:\n- {id: nap, agent: query_vmetrics, action: slow}\n"}),
+        ),
+    );
+    let run_id = started["id"].as_str().unwrap().to_owned();
+    let slow_calls = |seen: &Seen| -> Vec<Value> {
+        seen.executes
+            .iter()
+            .filter(|e| e["action_id"] == "slow")
+            .cloned()
+            .collect()
+    };
+    wait_for("the slow call", || {
+        slow_calls(&seen.lock().unwrap()).len() == 1
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let before = *registrations.lock().unwrap();
     let (mut server, addr) = start_server_on(&p, &grpc);
     wait_for("registration after the restart", || {
         health(&p, &addr).as_deref() == Some("healthy")
     });
-    assert!(*registrations.lock().unwrap() >= 2);
+    assert!(*registrations.lock().unwrap() > before);
+    let (status, run) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=30s"),
+        None,
+    );
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["steps"][0]["output"], json!({"slept": true}));
+    let calls = slow_calls(&seen.lock().unwrap());
+    assert_eq!(calls.len(), 2, "called again after the crash");
+    assert_eq!(
+        calls[0]["context"]["idempotency_key"], calls[1]["context"]["idempotency_key"],
+        "with the same idempotency key"
+    );
+    assert_eq!(calls[0]["context"]["attempt"], "1");
+    assert_eq!(calls[1]["context"]["attempt"], "2");
+    let (_, events) = http(&addr, "GET", &format!("/api/v1/runs/{run_id}/events"), None);
+    let succeeded = events["events"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter(|e| e["type"] == "step_succeeded")
+        .count();
+    assert_eq!(succeeded, 1, "the step completed once: {events}");
     stop(&mut server);
 }
