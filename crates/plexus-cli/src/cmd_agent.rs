@@ -35,8 +35,31 @@ pub enum AgentCommand {
         secret: bool,
     },
     /// Forget every instance of an agent (a running plugin registers again at its next
-    /// heartbeat: stop the plugin to be rid of it)
+    /// heartbeat: stop the plugin to be rid of it; an MCP server is stopped and its
+    /// configuration removed)
     Remove { name: String },
+    /// Run an MCP server as an agent: its tools become actions
+    ///
+    /// Give the command after `--` (stdio: the server starts it, restarts it when it dies
+    /// and stops it with itself) or `--url` (streamable HTTP). A tool is READ when the
+    /// server annotates it read-only and MODIFY otherwise; `--permission TOOL=LEVEL`
+    /// (read, modify, admin) says otherwise. Stored in the setting `mcp.NAME`.
+    #[command(name = "add-mcp")]
+    AddMcp {
+        name: String,
+        /// A streamable-HTTP MCP endpoint instead of a command
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// A tool's permission, over the server's annotation; repeatable
+        #[arg(long = "permission", value_name = "TOOL=LEVEL")]
+        permissions: Vec<String>,
+        /// A variable for the command (it gets only PATH, HOME and LANG besides); repeatable
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The command and its arguments
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -281,6 +304,13 @@ pub async fn agent(c: &Client, cmd: AgentCommand, format: Format) -> Result<i32>
             }
             Ok(0)
         }
+        AgentCommand::AddMcp {
+            name,
+            url,
+            permissions,
+            env,
+            command,
+        } => add_mcp(c, &name, url, &permissions, &env, command, format).await,
         AgentCommand::Remove { name } => {
             let answer = c
                 .call(
@@ -299,6 +329,60 @@ pub async fn agent(c: &Client, cmd: AgentCommand, format: Format) -> Result<i32>
             }
             Ok(0)
         }
+    }
+}
+
+fn pairs(given: &[String], what: &str) -> Result<Map<String, Json>> {
+    given
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), Json::String(v.to_owned()))),
+            _ => bail!("{what} `{p}`: write KEY=VALUE"),
+        })
+        .collect()
+}
+
+async fn add_mcp(
+    c: &Client,
+    name: &str,
+    url: Option<String>,
+    permissions: &[String],
+    env: &[String],
+    command: Vec<String>,
+    format: Format,
+) -> Result<i32> {
+    if command.is_empty() == url.is_none() {
+        bail!(
+            "give the server's command after `--` (plexus agent add-mcp {name} -- COMMAND ARGS...) or --url URL, one of them"
+        );
+    }
+    let mut config = json!({"command": command, "env": pairs(env, "--env")?, "permissions": pairs(permissions, "--permission")?});
+    if let Some(u) = url {
+        config["url"] = Json::String(u);
+    }
+    let setting = format!("mcp.{name}");
+    c.call(
+        "PUT",
+        &format!("/api/v1/settings/{}", segment(&setting)),
+        Some(&json!({"value": config}).to_string()),
+    )
+    .await?;
+    // It starts in the background: show its tools once it is up.
+    let path = format!("/api/v1/agents/{}", segment(name));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, agent) = c.request("GET", &path, None).await?;
+        if status == 200 {
+            show(&agent, format);
+            return Ok(0);
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "`{name}` is configured ({setting}) but its server has not answered yet; `plexus agent get {name}` shows it once it does, and the server's log says why not"
+            );
+            return Ok(1);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -159,6 +159,12 @@ pub async fn serve(
         engine.agents.clone(),
         engine_addr.to_string(),
     );
+    let mcp = plexus_server::settings::start_mcp(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the MCP servers: {}", e.message))?;
+    if mcp > 0 {
+        tracing::info!(servers = mcp, "MCP servers started");
+    }
     if let Some(dir) = &settings.plugins.dir {
         let n = supervisor
             .start_dir(dir)
@@ -220,6 +226,7 @@ pub async fn serve(
     engine.drain(grace).await;
     // After the drain: steps still calling them had the grace period to finish.
     supervisor.shutdown().await;
+    engine.mcp.shutdown();
     tracing::info!("stopped; unfinished runs continue at the next start");
     Ok(0)
 }

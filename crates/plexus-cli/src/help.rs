@@ -190,6 +190,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("agent remove", "plexus agent remove ops"),
     (
+        "agent add-mcp",
+        "plexus agent add-mcp time -- python3 -m mcp_server_time\nplexus agent add-mcp notes --permission delete_note=admin -- /opt/mcp/notes-server\nplexus agent add-mcp search --url http://127.0.0.1:8000/mcp\nplexus agent add-mcp tickets --env TICKETS_TOKEN=... -- /opt/mcp/tickets-server",
+    ),
+    (
         "action",
         "plexus action invoke ops inspect --param path=reports",
     ),

@@ -14,41 +14,9 @@ use std::time::{Duration, Instant};
 
 const SDK: &str = "mirastack-agents-sdk==1.11.0";
 
-/// A venv with the Python SDK, under the build's target directory (the test command
-/// makes it first; made here when it is missing).
+/// A venv with the Python SDK.
 fn sdk_python() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-    let venv = target.join("agent-sdk-venv");
-    let python = venv.join("bin/python");
-    let ready = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import mirastack_sdk"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&python) {
-        return python;
-    }
-    // Built aside and renamed into place, so that tests running at once never see half.
-    let aside = target.join(format!("agent-sdk-venv.{}", std::process::id()));
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&aside)
-        .status()
-        .unwrap()
-        .success()
-        && Command::new(aside.join("bin/pip"))
-            .args(["install", "-q", "--ignore-requires-python", SDK])
-            .status()
-            .unwrap()
-            .success();
-    assert!(ok, "installing {SDK} into a venv");
-    if std::fs::rename(&aside, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&aside); // another test made it first
-    }
-    assert!(ready(&python));
-    python
+    venv_python("mirastack_sdk", SDK)
 }
 
 fn agent_script() -> PathBuf {

@@ -265,6 +265,8 @@ pub struct Engine {
     pub(crate) require_isolation: Arc<std::sync::atomic::AtomicBool>,
     /// The agents agent steps call.
     pub agents: agents::Agents,
+    /// The MCP servers run as agents.
+    pub mcp: agents::mcp::McpAgents,
 }
 
 /// A run to start.
@@ -370,6 +372,7 @@ impl Engine {
             liveness: Arc::default(),
             isolation: Arc::new(isolation),
             require_isolation: Arc::default(),
+            mcp: agents::mcp::McpAgents::new(agents.clone()),
             agents,
         };
         scheduler::spawn(engine.clone(), rx);

@@ -99,8 +99,13 @@ pub async fn remove(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Json_>> {
+    // An MCP server is configured: forgetting it means removing its configuration.
+    let mcp = state.store.delete_setting(&format!("mcp.{name}")).await?;
+    if mcp {
+        state.engine.mcp.apply(&name, None);
+    }
     let n = state.engine.agents.remove(&name);
-    if n == 0 {
+    if n == 0 && !mcp {
         return Err(ApiError::not_found(format!(
             "no agent `{name}` is registered"
         )));

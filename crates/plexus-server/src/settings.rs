@@ -45,7 +45,7 @@ fn canonical(key: String) -> String {
 }
 
 /// Namespaces open to any key below them.
-const OPEN: &[&str] = &["budgets.", "providers.", "plugin."];
+const OPEN: &[&str] = &["budgets.", "providers.", "plugin.", "mcp."];
 
 use plexus_core::secrets::names_secret;
 
@@ -83,6 +83,7 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
         k if k.starts_with("plugin.") && k.matches('.').count() < 2 => bad(format!(
             "`{k}` names no key: plugin settings are plugin.<agent>.<key>"
         )),
+        k if k.starts_with("mcp.") => mcp_config(k, value).map(|_| ()),
         k if OPEN.iter().any(|p| k.starts_with(p) && k.len() > p.len()) => Ok(()),
         k => {
             let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
@@ -164,6 +165,7 @@ pub async fn put(
     forget_cached(&state);
     apply_to_engine(&state).await?;
     push_plugin_config(&state, &key);
+    apply_mcp(&state, &key).await?;
     // The audit record names the setting and a digest of its value, never the value:
     // whether a value is secret is a guess from its names, and a guess must not leak.
     let details = json!({
@@ -193,6 +195,7 @@ pub async fn delete(
     forget_cached(&state);
     apply_to_engine(&state).await?;
     push_plugin_config(&state, &key);
+    apply_mcp(&state, &key).await?;
     audit(
         state.store.as_ref(),
         &caller.actor(),
@@ -224,6 +227,58 @@ pub async fn apply_to_engine(state: &AppState) -> ApiResult<()> {
     let required = value(state, "steps.require_isolation").await? == Some(json!(true));
     state.engine.set_require_isolation(required);
     Ok(())
+}
+
+/// `mcp.<name>`: an MCP server run as the agent `name`.
+fn mcp_config(
+    key: &str,
+    value: &Json_,
+) -> ApiResult<(String, plexus_engine::agents::mcp::McpConfig)> {
+    let name = key.strip_prefix("mcp.").unwrap_or_default();
+    if name.is_empty() || name.contains('.') {
+        return Err(ApiError::bad_request(format!(
+            "`{key}`: MCP servers are set as mcp.<agent name> (no dots in the name)"
+        )));
+    }
+    let config: plexus_engine::agents::mcp::McpConfig = serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
+    config
+        .check()
+        .map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
+    Ok((name.to_owned(), config))
+}
+
+/// Starts (or stops) the MCP server a changed `mcp.<name>` setting describes.
+async fn apply_mcp(state: &AppState, key: &str) -> ApiResult<()> {
+    let Some(name) = key.strip_prefix("mcp.") else {
+        return Ok(());
+    };
+    match value(state, key).await? {
+        Some(v) => {
+            let (name, config) = mcp_config(key, &v)?;
+            state.engine.mcp.apply(&name, Some(config));
+        }
+        None => state.engine.mcp.apply(name, None),
+    }
+    Ok(())
+}
+
+/// Starts every MCP server the settings describe (at start-up).
+pub async fn start_mcp(state: &AppState) -> ApiResult<usize> {
+    let keys: Vec<String> = state
+        .store
+        .settings()
+        .await?
+        .into_iter()
+        .filter(|s| s.key.starts_with("mcp."))
+        .map(|s| s.key)
+        .collect();
+    for key in &keys {
+        if let Err(e) = apply_mcp(state, key).await {
+            tracing::warn!(setting = %key, error = %e.message, "MCP server not started");
+        }
+    }
+    Ok(keys.len())
 }
 
 /// After a change to `plugin.<name>.<key>`: the agent's instances get their whole

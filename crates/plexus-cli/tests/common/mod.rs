@@ -162,3 +162,53 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The Python of a venv under the build's target directory that has `package` (checked
+/// by importing `module`): the test command makes it first; made here when missing,
+/// under a lock, so tests running at once install once.
+pub fn venv_python(module: &str, package: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let venv = target.join("agent-sdk-venv");
+    let python = venv.join("bin/python");
+    let has = |python: &Path| {
+        Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has(&python) {
+        return python;
+    }
+    let lock = std::fs::File::create(target.join("agent-sdk-venv.lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file this test opened; released when it is closed.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    if !python.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "making a venv");
+    }
+    if !has(&python) {
+        // `python -m pip`: the venv's scripts name the path it was made at.
+        let ok = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--ignore-requires-python",
+                package,
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "installing {package} into the venv");
+    }
+    assert!(has(&python), "{module} imports after installing {package}");
+    python
+}

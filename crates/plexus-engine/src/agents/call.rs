@@ -65,29 +65,44 @@ impl Agents {
             agent,
             started + call.deadline,
         );
-        let answer = instance
-            .peer
-            .call("Execute", wire::encode(&request), call.deadline)
-            .await;
-        metrics::histogram!("plexus_agent_call_seconds", "agent" => agent.to_owned())
-            .record(started.elapsed().as_secs_f64());
-        let outcome = match answer {
-            Ok(answer) => outcome_of(agent, action, answer),
-            Err(e) => {
-                if unreachable(&e) {
-                    self.set_health(&instance.name, &instance.instance_id, false, &e.to_string());
+        let outcome = match &instance.link {
+            super::Link::Plugin(peer) => {
+                let answer = peer
+                    .call("Execute", wire::encode(&request), call.deadline)
+                    .await;
+                match answer {
+                    Ok(answer) => outcome_of(agent, action, answer),
+                    Err(e) => {
+                        if unreachable(&e) {
+                            self.set_health(
+                                &instance.name,
+                                &instance.instance_id,
+                                false,
+                                &e.to_string(),
+                            );
+                        }
+                        let e = if e.code() == Some(plexus_agent::rpc::Code::DeadlineExceeded) {
+                            format!(
+                                "timed out after {}",
+                                plexus_core::duration::format_duration(call.deadline)
+                            )
+                        } else {
+                            e.to_string()
+                        };
+                        failure(format!("`{agent}/{action}`: {e}"))
+                    }
                 }
-                let e = if e.code() == Some(plexus_agent::rpc::Code::DeadlineExceeded) {
-                    format!(
-                        "timed out after {}",
-                        plexus_core::duration::format_duration(call.deadline)
-                    )
-                } else {
-                    e.to_string()
-                };
-                failure(format!("`{agent}/{action}`: {e}"))
+            }
+            // A tool takes the parameters as they are.
+            super::Link::Mcp(peer) => {
+                match super::mcp::call_tool(peer, action, call.params, call.deadline).await {
+                    Ok(output) => Outcome::Success(output),
+                    Err(e) => failure(format!("`{agent}/{action}`: {e}")),
+                }
             }
         };
+        metrics::histogram!("plexus_agent_call_seconds", "agent" => agent.to_owned())
+            .record(started.elapsed().as_secs_f64());
         let label = if matches!(outcome, Outcome::Success(_)) {
             "success"
         } else {

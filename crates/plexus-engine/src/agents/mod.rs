@@ -12,6 +12,7 @@ mod approvals;
 mod call;
 pub mod check;
 pub mod colocated;
+pub mod mcp;
 mod registration;
 
 use plexus_agent::params::Params;
@@ -65,6 +66,17 @@ pub enum Source {
     Registered,
     /// Listed under `plugins.external` and dialled at start.
     Static,
+    /// An MCP server (`plexus agent add-mcp`).
+    Mcp,
+}
+
+/// How the engine reaches an instance.
+#[derive(Clone)]
+pub(crate) enum Link {
+    /// The agent plugin protocol.
+    Plugin(Peer),
+    /// An MCP session.
+    Mcp(rmcp::service::Peer<rmcp::service::RoleClient>),
 }
 
 /// One action, as the engine checks and calls it.
@@ -124,7 +136,7 @@ pub struct Instance {
     pub healthy: bool,
     pub health_message: String,
     pub(crate) last_seen: Instant,
-    pub(crate) peer: Peer,
+    pub(crate) link: Link,
 }
 
 impl Instance {
@@ -544,16 +556,29 @@ impl Agents {
     pub async fn check_health(&self) {
         let instances: Vec<Instance> = self.lock().instances.clone();
         let checks = instances.into_iter().map(|i| async move {
-            let verdict = i
-                .peer
-                .call(
-                    "HealthCheck",
-                    serde_json::json!({}),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(wire::decode::<wire::HealthCheckResponse>);
+            let verdict = match &i.link {
+                Link::Plugin(peer) => peer
+                    .call(
+                        "HealthCheck",
+                        serde_json::json!({}),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(wire::decode::<wire::HealthCheckResponse>),
+                // An MCP server that lists its tools is healthy.
+                Link::Mcp(peer) => {
+                    match tokio::time::timeout(Duration::from_secs(10), peer.list_tools(None)).await
+                    {
+                        Ok(Ok(_)) => Ok(wire::HealthCheckResponse {
+                            healthy: true,
+                            ..Default::default()
+                        }),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("no answer to tools/list in 10s".to_owned()),
+                    }
+                }
+            };
             (i, verdict)
         });
         for (i, verdict) in futures_join(checks).await {
@@ -595,7 +620,10 @@ impl Agents {
             .instances
             .iter()
             .filter(|i| i.name == name)
-            .map(|i| i.peer.clone())
+            .filter_map(|i| match &i.link {
+                Link::Plugin(peer) => Some(peer.clone()),
+                Link::Mcp(_) => None,
+            })
             .collect();
         let body = wire::encode(&wire::ConfigUpdatedRequest { config, version });
         let mut acknowledged = 0;

@@ -304,7 +304,7 @@ impl Agents {
             healthy: true,
             health_message: String::new(),
             last_seen: Instant::now(),
-            peer,
+            link: super::Link::Plugin(peer),
         })
     }
 }

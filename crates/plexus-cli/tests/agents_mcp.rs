@@ -1,0 +1,351 @@
+//! MCP servers as agents against a real `plexus serve`: a small server built in the
+//! workspace (`examples/mcp/notes_server.rs`) and the real `mcp-server-time` from PyPI,
+//! started over stdio, their tools called from workflows with the permission their
+//! annotations (or the configuration) give, restarted when they die, stopped on removal.
+
+mod common;
+use common::server::*;
+use common::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn notes_server() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/notes_server");
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "plexus-cli", "--example", "notes_server"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the example MCP server");
+    }
+    path
+}
+
+fn cli(p: &Plexus, addr: &str) -> Command {
+    let mut c = p.cmd();
+    c.env("PLEXUS_SERVER", format!("http://{addr}"))
+        .env("PLEXUS_API_KEY", admin_key(addr));
+    c
+}
+
+fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
+    let out = cli(p, addr)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "plexus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn agent(p: &Plexus, addr: &str, name: &str) -> Option<Value> {
+    cli_json(p, addr, &["agent", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .cloned()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn permissions(a: &Value) -> Vec<(String, String)> {
+    a["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["id"].as_str().unwrap().to_owned(),
+                x["permission"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn approve_when_asked(p: &Plexus, addr: &str, step: &str) {
+    let mut run = String::new();
+    wait_for(&format!("{step} to wait for approval"), || {
+        let list = cli_json(p, addr, &["approval", "list"]);
+        if let Some(a) = list["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["step_id"] == step)
+        {
+            run = a["run_id"].as_str().unwrap().to_owned();
+            return true;
+        }
+        false
+    });
+    let out = cli(p, addr).args(["approve", &run, step]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn output(run: &Value, id: &str) -> Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id}: {run}"))["output"]
+        .clone()
+}
+
+/// The pids of the live children of `parent` whose command line contains `needle`.
+fn children_running(parent: u32, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(stat)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read_to_string(entry.path().join("stat")),
+        ) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // pid (comm) state ppid ...
+        let Some((_, tail)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = tail.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent && state != "Z" && cmdline.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The workspace's MCP server: tools as actions (READ by its read-only annotation,
+/// MODIFY otherwise, waiting for approval), a tool's error as the step's, restarted
+/// after kill -9, back after a server restart, gone after `plexus agent remove`.
+#[test]
+fn an_mcp_server_runs_as_an_agent() {
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let notes = p.dir.path().join("notes.txt");
+    let marker = format!("NOTES_FILE={}", notes.display());
+    let out = cli(&p, &addr)
+        .args(["agent", "add-mcp", "notes", "--env", &marker, "--"])
+        .arg(notes_server())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("list_notes"),
+        "add-mcp shows the tools: {shown}"
+    );
+    let a = agent(&p, &addr, "notes").expect("registered");
+    assert_eq!(a["health"], "healthy");
+    assert_eq!(
+        permissions(&a),
+        [
+            ("add_note".to_owned(), "modify".to_owned()),
+            ("list_notes".to_owned(), "read".to_owned())
+        ]
+    );
+
+    let flow = p.dir.path().join("notes.yaml");
+    std::fs::write(
+        &flow,
+        "version: plexus/v1\nname: notes\nsteps:\n- id: add\n  agent: notes\n  action: add_note\n  with: {text: deploy at noon}\n- id: list\n  needs: [add]\n  agent: notes\n  action: list_notes\n",
+    )
+    .unwrap();
+    let runner = cli(&p, &addr)
+        .args(["run", flow.to_str().unwrap(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    approve_when_asked(&p, &addr, "add");
+    let done = runner.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(output(&run, "add"), json!({"added": "deploy at noon"}));
+    assert_eq!(
+        output(&run, "list"),
+        json!({"notes": ["deploy at noon"], "count": 1})
+    );
+
+    // Parameters are checked against the tool's schema before the call.
+    let out = cli(&p, &addr)
+        .args(["action", "invoke", "notes", "add_note", "-p", "txt=x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"text\" is a required property"));
+
+    // kill -9: started again, and back to work.
+    let server_pids = children_running(server.id(), "examples/notes_server");
+    assert_eq!(
+        server_pids.len(),
+        1,
+        "one MCP server process: {server_pids:?}"
+    );
+    // SAFETY: signalling the MCP server process the engine started for this test.
+    unsafe { libc::kill(server_pids[0], libc::SIGKILL) };
+    wait_for("a new MCP server process", || {
+        let now = children_running(server.id(), "examples/notes_server");
+        now.len() == 1 && now != server_pids
+    });
+    wait_for("the agent again", || {
+        agent(&p, &addr, "notes").is_some_and(|a| a["health"] == "healthy")
+    });
+    let run = cli_json(&p, &addr, &["action", "invoke", "notes", "list_notes"]);
+    assert_eq!(output(&run, "invoke")["count"], 1);
+
+    // A server restart starts it again from its setting.
+    let last = children_running(server.id(), "examples/notes_server");
+    stop(&mut server);
+    wait_for("the MCP server to stop with the server", || {
+        last.iter().all(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        })
+    });
+    let (mut server, addr) = start_server(&p);
+    wait_for("the agent after a restart", || {
+        agent(&p, &addr, "notes").is_some()
+    });
+
+    // Removal stops it and forgets it.
+    let out = cli(&p, &addr)
+        .args(["agent", "remove", "notes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(agent(&p, &addr, "notes").is_none());
+    wait_for("the MCP server process to end", || {
+        children_running(server.id(), "examples/notes_server").is_empty()
+    });
+    let (status, _) = http(&addr, "GET", "/api/v1/settings/mcp.notes", None);
+    assert_eq!(status, 404, "its configuration is gone");
+    stop(&mut server);
+}
+
+/// The real `mcp-server-time` from PyPI: its read-only tools are READ; one made MODIFY
+/// by the configuration waits for approval; both feed a workflow.
+#[test]
+fn the_mcp_server_time_package_runs_in_a_workflow() {
+    let python = venv_python("mcp_server_time", "mcp-server-time");
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let out = cli(&p, &addr)
+        .args([
+            "agent",
+            "add-mcp",
+            "time",
+            "--permission",
+            "convert_time=modify",
+            "--",
+        ])
+        .arg(&python)
+        .args(["-m", "mcp_server_time"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = agent(&p, &addr, "time").expect("registered");
+    assert_eq!(
+        permissions(&a),
+        [
+            ("convert_time".to_owned(), "modify".to_owned()),
+            ("get_current_time".to_owned(), "read".to_owned())
+        ]
+    );
+    let flow = p.dir.path().join("time.yaml");
+    std::fs::write(
+        &flow,
+        r#"version: plexus/v1
+name: time
+steps:
+  - id: now
+    agent: time
+    action: get_current_time
+    with: {timezone: UTC}
+  - id: tokyo
+    needs: [now]
+    agent: time
+    action: convert_time
+    with: {source_timezone: UTC, time: "12:00", target_timezone: Asia/Tokyo}
+"#,
+    )
+    .unwrap();
+    let runner = cli(&p, &addr)
+        .args(["run", flow.to_str().unwrap(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    approve_when_asked(&p, &addr, "tokyo");
+    let done = runner.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let now = output(&run, "now");
+    assert_eq!(now["timezone"], "UTC", "{now}");
+    assert!(
+        now["datetime"].as_str().unwrap().ends_with("+00:00"),
+        "{now}"
+    );
+    let tokyo = output(&run, "tokyo");
+    assert_eq!(tokyo["target"]["timezone"], "Asia/Tokyo", "{tokyo}");
+    assert!(
+        tokyo["target"]["datetime"]
+            .as_str()
+            .unwrap()
+            .contains("T21:00:00+09:00"),
+        "{tokyo}"
+    );
+    stop(&mut server);
+}
