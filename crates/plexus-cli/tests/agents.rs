@@ -552,3 +552,42 @@ fn a_co_located_plugin_is_started_restarted_and_stopped_by_the_server() {
         "the plugin stopped with the server"
     );
 }
+
+/// A plugin killed without deregistering and started again (a new instance id, a new
+/// port) replaces its dead predecessor at once: no call goes to the dead one.
+#[test]
+fn a_restarted_plugin_replaces_its_dead_predecessor() {
+    let p = Plexus::new();
+    write_plexus_toml(&p);
+    let (mut server, addr) = start_server(&p);
+    let grpc = grpc_addr(&addr);
+    let mut first = start_agent(&grpc);
+    wait_for("the first instance", Duration::from_secs(20), || {
+        agent_health(&p, &addr, "ops").is_some()
+    });
+    let before = cli_json(&p, &addr, &["agent", "get", "ops"]);
+    let first_id = before["instances"][0]["instance_id"].clone();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = start_agent(&grpc);
+    wait_for("only the second instance", Duration::from_secs(20), || {
+        let a = cli_json(&p, &addr, &["agent", "get", "ops"]);
+        let instances = a["instances"].as_array().unwrap();
+        instances.len() == 1 && instances[0]["instance_id"] != first_id
+    });
+    for i in 0..4 {
+        let out = cli(&p, &addr)
+            .args(["action", "invoke", "ops", "remember", "-p", "key=k"])
+            .args(["-p", &format!("value={i}"), "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "call {i} went to a live instance: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    stop(&mut server);
+}

@@ -278,6 +278,42 @@ impl Agents {
         }
         self.update_gauge();
         self.announce("registered", &name, &id, "");
+        self.spawn_predecessor_check(&name, &id);
+    }
+
+    /// A plugin that registers again after a restart comes back with a new instance id
+    /// and often a new port: the instance it replaces is dead but still listed. Each
+    /// other instance of the name is asked at once whether it is there; one that cannot
+    /// be reached is forgotten, so work does not go to it. Live ones keep sharing the work.
+    fn spawn_predecessor_check(&self, name: &str, newcomer: &str) {
+        let others: Vec<(String, Peer)> = self
+            .lock()
+            .instances
+            .iter()
+            .filter(|i| i.name == name && i.instance_id != newcomer)
+            .filter_map(|i| match &i.link {
+                Link::Plugin(peer) => Some((i.instance_id.clone(), peer.clone())),
+                Link::Mcp(_) => None,
+            })
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let agents = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            for (id, peer) in others {
+                let answer = peer
+                    .call("HealthCheck", serde_json::json!({}), Duration::from_secs(3))
+                    .await;
+                if let Err(e) = answer
+                    && unreachable(&e)
+                {
+                    tracing::info!(agent = %name, instance = %id, error = %e, "an earlier instance is gone");
+                    agents.deregister(&name, &id);
+                }
+            }
+        });
     }
 
     /// Forgets an instance; whether it was known.
