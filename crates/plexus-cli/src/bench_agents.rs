@@ -99,6 +99,7 @@ pub async fn roundtrip(b: &Bench, n: usize) -> Result<Json> {
     let direct = Peer::lazy(PluginServiceName::NAME, &addr)?;
     let params: serde_json::Map<String, Json> =
         json!({"n": 1}).as_object().cloned().unwrap_or_default();
+    let started = Instant::now();
     // Warm both connections.
     for _ in 0..50 {
         direct
@@ -134,6 +135,7 @@ pub async fn roundtrip(b: &Bench, n: usize) -> Result<Json> {
     runs.sort();
     let overhead = e50 - d50;
     Ok(json!({
+        "seconds": started.elapsed().as_secs_f64(),
         "calls": n,
         "engine_p50_ms": e50, "engine_p99_ms": e99,
         "direct_p50_ms": d50, "direct_p99_ms": d99,
@@ -175,6 +177,7 @@ pub async fn throughput(b: &Bench, concurrency: usize, rounds: usize) -> Result<
     let params: serde_json::Map<String, Json> =
         json!({"n": 1}).as_object().cloned().unwrap_or_default();
     let total = concurrency * rounds;
+    let started = Instant::now();
     let direct_rate = burst(total, concurrency, || {
         let d = direct.clone();
         async move {
@@ -207,6 +210,7 @@ pub async fn throughput(b: &Bench, concurrency: usize, rounds: usize) -> Result<
     let wall = b.run(yaml).await.context("a run of agent steps")?;
     let steps_rate = concurrency as f64 / wall.as_secs_f64();
     Ok(json!({
+        "seconds": started.elapsed().as_secs_f64(),
         "concurrency": concurrency, "calls": total,
         "engine_calls_per_second": engine_rate,
         "direct_calls_per_second": direct_rate,

@@ -302,8 +302,28 @@ fn bench_quick_reports_every_scenario() {
             "isolation-100",
             "park-100k",
             "http-1000",
-            "http-clients"
+            "http-clients",
+            "agent-roundtrip",
+            "agent-throughput"
         ]
+    );
+    // Agents: the engine's call beside a bare call to the same plugin.
+    let (roundtrip, throughput) = (&v[10], &v[11]);
+    assert!(
+        roundtrip["direct_p50_ms"].as_f64().unwrap() > 0.0,
+        "{roundtrip}"
+    );
+    assert!(
+        roundtrip["engine_p99_ms"].as_f64().unwrap()
+            >= roundtrip["engine_p50_ms"].as_f64().unwrap()
+    );
+    assert!(
+        throughput["engine_calls_per_second"].as_f64().unwrap() > 0.0,
+        "{throughput}"
+    );
+    assert!(
+        throughput["run_steps_per_second"].as_f64().unwrap() > 0.0,
+        "{throughput}"
     );
     for s in v.as_array().unwrap() {
         assert!(s["seconds"].as_f64().unwrap() > 0.0, "{s}");
