@@ -1,11 +1,14 @@
-//! A small MCP server (stdio) for the tests and as an example: notes kept in the file
+//! A small MCP server for the tests and as an example: notes kept in the file
 //! `NOTES_FILE`. `list_notes` is annotated read-only (an agent action Plexus runs at
-//! once); `add_note` is not (Plexus asks a person first).
+//! once); `add_note` is not (Plexus asks a person first). It speaks over stdio, or over
+//! streamable HTTP at `/mcp` with `--http ADDR` (it then prints `listening on ADDR`).
 //!
 //! ```sh
 //! cargo build -p plexus-cli --example notes_server
 //! plexus agent add-mcp notes --env NOTES_FILE=/tmp/notes.txt -- target/debug/examples/notes_server
 //! plexus action invoke notes list_notes
+//! NOTES_FILE=/tmp/notes.txt target/debug/examples/notes_server --http 127.0.0.1:8001 &
+//! plexus agent add-mcp remote-notes --url http://127.0.0.1:8001/mcp
 //! ```
 
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -72,10 +75,27 @@ impl ServerHandler for Notes {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let file = std::env::var_os("NOTES_FILE").ok_or("set NOTES_FILE to the notes' file")?;
-    let service = Notes::new(PathBuf::from(file))
-        .serve(rmcp::transport::stdio())
-        .await?;
+    let file =
+        PathBuf::from(std::env::var_os("NOTES_FILE").ok_or("set NOTES_FILE to the notes' file")?);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, addr] = args.as_slice()
+        && flag == "--http"
+    {
+        use rmcp::transport::streamable_http_server::{
+            StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+        };
+        let service = StreamableHttpService::new(
+            move || Ok(Notes::new(file.clone())),
+            LocalSessionManager::default().into(),
+            StreamableHttpServerConfig::default(),
+        );
+        let app = axum::Router::new().nest_service("/mcp", service);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        println!("listening on {}", listener.local_addr()?);
+        axum::serve(listener, app).await?;
+        return Ok(());
+    }
+    let service = Notes::new(file).serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }

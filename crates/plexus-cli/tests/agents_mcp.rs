@@ -349,3 +349,65 @@ steps:
     );
     stop(&mut server);
 }
+
+/// An MCP server reached over streamable HTTP (`--url`): the same tools, the same path.
+#[test]
+fn an_mcp_server_over_streamable_http_runs_as_an_agent() {
+    use std::io::{BufRead, BufReader};
+    let p = Plexus::new();
+    let notes = p.dir.path().join("notes.txt");
+    std::fs::write(&notes, "first\n").unwrap();
+    let mut mcp = Command::new(notes_server())
+        .args(["--http", "127.0.0.1:0"])
+        .env("NOTES_FILE", &notes)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(mcp.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mcp_addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let (mut server, addr) = start_server(&p);
+    let out = cli(&p, &addr)
+        .args(["agent", "add-mcp", "remote-notes", "--url"])
+        .arg(format!("http://{mcp_addr}/mcp"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = agent(&p, &addr, "remote-notes").expect("registered");
+    assert_eq!(a["instances"][0]["addr"], format!("http://{mcp_addr}/mcp"));
+    assert_eq!(
+        permissions(&a),
+        [
+            ("add_note".to_owned(), "modify".to_owned()),
+            ("list_notes".to_owned(), "read".to_owned())
+        ]
+    );
+    let run = cli_json(
+        &p,
+        &addr,
+        &["action", "invoke", "remote-notes", "list_notes"],
+    );
+    assert_eq!(
+        output(&run, "invoke"),
+        json!({"notes": ["first"], "count": 1})
+    );
+    let out = cli(&p, &addr)
+        .args(["agent", "remove", "remote-notes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(agent(&p, &addr, "remote-notes").is_none());
+    stop(&mut server);
+    let _ = mcp.kill();
+    let _ = mcp.wait();
+}
