@@ -11,7 +11,8 @@
 //!
 //! - `inspect` (READ): how many files and bytes a directory under the root holds;
 //! - `write_note` (MODIFY: the engine asks a person first): writes a file under the root;
-//! - `remember` (READ): keeps a value in the engine's cache and reads it back.
+//! - `remember` (READ): keeps a value in the engine's cache and reads it back;
+//! - `wait` (READ): takes a while (a slow backend, for trying timeouts and crashes).
 
 use plexus_agent::{Action, ActionError, Agent, ConfigKey, Permission, Request, Stage};
 use schemars::JsonSchema;
@@ -41,6 +42,12 @@ struct Note {
 struct Written {
     path: String,
     bytes: usize,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Wait {
+    /// How long to take, in seconds
+    seconds: u64,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -150,6 +157,15 @@ async fn main() {
                 .await?;
             let back = engine.cache_get(&p.key).await?.unwrap_or_default();
             Ok(serde_json::json!({"key": p.key, "value": String::from_utf8_lossy(&back)}))
+        },
+    ));
+    let agent = agent.action(Action::new(
+        "wait",
+        "Answers after the given number of seconds",
+        Permission::Read,
+        |_req: Request, p: Wait| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(p.seconds)).await;
+            Ok(serde_json::json!({ "waited": p.seconds }))
         },
     ));
     if let Err(e) = plexus_agent::serve(agent).await {

@@ -364,6 +364,15 @@ impl Peer {
         };
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
+            // tonic reports its own deadline as CANCELLED "Timeout expired".
+            Ok(Err(status))
+                if status.code() == Code::Cancelled
+                    && status.message().contains("Timeout expired") =>
+            {
+                Err(CallError::Status(Status::deadline_exceeded(
+                    "no answer in time",
+                )))
+            }
             Ok(Err(status)) => Err(CallError::Status(status)),
             Err(_) => Err(CallError::Status(Status::deadline_exceeded(
                 "no answer in time",

@@ -184,7 +184,7 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
         .iter()
         .map(|a| a["id"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["inspect", "remember", "write_note"]);
+    assert_eq!(actions, ["inspect", "remember", "wait", "write_note"]);
     let table = cli(&p, &addr).args(["agent", "list"]).output().unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -542,6 +542,35 @@ fn a_co_located_plugin_is_started_restarted_and_stopped_by_the_server() {
         1,
         "the dead instance is gone: {agents}"
     );
+
+    // A plugin that dies in the middle of a call fails the attempt; the retry goes to
+    // the plugin started again.
+    let slow = p.dir.path().join("slow.yaml");
+    std::fs::write(
+        &slow,
+        "version: plexus/v1\nname: slow\nsteps:\n- id: wait\n  agent: ops\n  action: wait\n  with: {seconds: 1}\n  retry: {max_attempts: 2, backoff: 3s}\n",
+    )
+    .unwrap();
+    let runner = cli(&p, &addr)
+        .args(["run", slow.to_str().unwrap(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let dying = children_named(server.id(), "ops");
+    // SAFETY: signalling the plugin process the server started for this test.
+    unsafe { libc::kill(dying[0] as i32, libc::SIGKILL) };
+    let done = runner.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(step(&run, "wait")["attempt"], 2, "{run}");
+    assert_eq!(step(&run, "wait")["output"], json!({"waited": 1}));
 
     let last = children_named(server.id(), "ops")[0];
     stop(&mut server);

@@ -502,6 +502,32 @@ steps:
         "{error}"
     );
 
+    // A plugin that hangs: the step's timeout ends each attempt, retries follow the
+    // policy, and the run ends — it never hangs.
+    let hang = p.dir.path().join("hang.yaml");
+    std::fs::write(
+        &hang,
+        "version: plexus/v1\nname: hang\nsteps:\n- id: nap\n  agent: query_vmetrics\n  action: slow\n  timeout: 300ms\n  retry: {max_attempts: 2, backoff: 10ms}\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = cli(&p, &addr)
+        .args(["run", hang.to_str().unwrap(), "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nap = &run["steps"][0];
+    assert_eq!(nap["attempt"], 2, "{nap}");
+    assert!(
+        nap["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 300ms"),
+        "{nap}"
+    );
+
     // One plugin calling another through the engine (here, itself): a READ action at
     // once; a MODIFY one after a person approves it in the name of the calling step.
     let run = cli_json(
@@ -564,10 +590,11 @@ steps:
         ),
     );
     let run_id = started["id"].as_str().unwrap().to_owned();
+    // The calls of this run's step (the hanging run above called `slow` too).
     let slow_calls = |seen: &Seen| -> Vec<Value> {
         seen.executes
             .iter()
-            .filter(|e| e["action_id"] == "slow")
+            .filter(|e| e["action_id"] == "slow" && e["execution_id"] == run_id.as_str())
             .cloned()
             .collect()
     };
