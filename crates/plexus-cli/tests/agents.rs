@@ -3,33 +3,18 @@
 //! its approval, configuration and cache, an engine restart, deregistration.
 
 mod common;
+use common::agents::*;
 use common::server::*;
 use common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The example agent's binary (`examples/agents/ops_agent.rs`), built with the tests.
-fn ops_agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().unwrap().parent().unwrap();
-    let path = debug.join("examples/ops_agent");
-    if !path.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "plexus-cli", "--example", "ops_agent"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the example agent");
-    }
-    path
-}
 
 /// Starts the example agent against the engine at `grpc`; returns it once it said its
 /// port (it registers in the background).
 fn start_agent(grpc: &str) -> Child {
-    let mut cmd = Command::new(ops_agent());
+    let mut cmd = Command::new(example("ops_agent"));
     cmd.env_clear()
         .env("MIRASTACK_ENGINE_ADDR", grpc)
         .env("MIRASTACK_PLUGIN_TENANT_SLUG", "default")
@@ -52,57 +37,6 @@ fn start_agent(grpc: &str) -> Child {
         .unwrap();
     assert!(line.starts_with("MIRASTACK_PLUGIN_PORT="), "{line}");
     child
-}
-
-/// `plexus` against the server at `addr`, as its admin.
-fn cli(p: &Plexus, addr: &str) -> Command {
-    let mut c = p.cmd();
-    c.env("PLEXUS_SERVER", format!("http://{addr}"))
-        .env("PLEXUS_API_KEY", admin_key(addr));
-    c
-}
-
-fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
-    let out = cli(p, addr)
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "plexus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn agent_health(p: &Plexus, addr: &str, name: &str) -> Option<String> {
-    cli_json(p, addr, &["agent", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == name)
-        .map(|a| a["health"].as_str().unwrap().to_owned())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id || s["step_id"] == id)
-        .unwrap_or_else(|| panic!("no step {id} in {run}"))
 }
 
 /// A GET's body as text, as the admin.
@@ -148,14 +82,6 @@ fn agent_feed(addr: &str) -> std::sync::mpsc::Receiver<Value> {
     rx
 }
 
-fn write_plexus_toml(p: &Plexus) {
-    std::fs::write(
-        p.dir.path().join("plexus.toml"),
-        "[plugins]\nhealth_check_interval = \"1s\"\nregistration_grace = \"0s\"\n",
-    )
-    .unwrap();
-}
-
 /// The example agent registers itself; a workflow calls its READ actions with checked
 /// parameters (results become outputs, the engine's cache and the agent's configuration
 /// work through callbacks), its MODIFY action waits for approval even though the step
@@ -163,11 +89,11 @@ fn write_plexus_toml(p: &Plexus) {
 #[test]
 fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
     let p = Plexus::new();
-    write_plexus_toml(&p);
+    write_plugins_toml(&p, "0s", "");
     let (mut server, addr) = start_server(&p);
     let feed = agent_feed(&addr);
     let mut agent = start_agent(&grpc_addr(&addr));
-    wait_for("the agent to register", Duration::from_secs(20), || {
+    wait_for("the agent to register", || {
         agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
     });
     let change = feed
@@ -288,14 +214,10 @@ steps:
         .spawn()
         .unwrap();
     let mut pending = Value::Null;
-    wait_for(
-        "the MODIFY action to ask for approval",
-        Duration::from_secs(30),
-        || {
-            pending = cli_json(&p, &addr, &["approval", "list"])["approvals"].clone();
-            pending.as_array().is_some_and(|a| !a.is_empty())
-        },
-    );
+    wait_for("the MODIFY action to ask for approval", || {
+        pending = cli_json(&p, &addr, &["approval", "list"])["approvals"].clone();
+        pending.as_array().is_some_and(|a| !a.is_empty())
+    });
     let ask = &pending[0];
     assert_eq!(ask["step_id"], "note", "{ask}");
     assert_eq!(ask["permission"], "modify", "{ask}");
@@ -426,11 +348,11 @@ steps:
 #[test]
 fn an_agent_registers_again_after_the_engine_restarts() {
     let p = Plexus::new();
-    write_plexus_toml(&p);
+    write_plugins_toml(&p, "0s", "");
     let grpc = free_addr();
     let (mut server, addr) = start_server_on(&p, &grpc);
     let mut agent = start_agent(&grpc);
-    wait_for("the agent to register", Duration::from_secs(20), || {
+    wait_for("the agent to register", || {
         agent_health(&p, &addr, "ops").is_some()
     });
     stop(&mut server);
@@ -440,11 +362,9 @@ fn an_agent_registers_again_after_the_engine_restarts() {
         None,
         "a new engine knows no one"
     );
-    wait_for(
-        "the agent to register again",
-        Duration::from_secs(20),
-        || agent_health(&p, &addr, "ops").as_deref() == Some("healthy"),
-    );
+    wait_for("the agent to register again", || {
+        agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
+    });
     let run = cli_json(
         &p,
         &addr,
@@ -492,18 +412,12 @@ fn a_co_located_plugin_is_started_restarted_and_stopped_by_the_server() {
     let p = Plexus::new();
     let dir = p.dir.path().join("plugins/ops");
     std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(ops_agent(), dir.join("ops")).unwrap();
-    std::fs::write(
-        p.dir.path().join("plexus.toml"),
-        "[plugins]\ndir = \"plugins\"\nhealth_check_interval = \"1s\"\nregistration_grace = \"30s\"\n",
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(example("ops_agent"), dir.join("ops")).unwrap();
+    write_plugins_toml(&p, "30s", "dir = \"plugins\"\n");
     let (mut server, addr) = start_server(&p);
-    wait_for(
-        "the co-located agent to register",
-        Duration::from_secs(20),
-        || agent_health(&p, &addr, "ops").as_deref() == Some("healthy"),
-    );
+    wait_for("the co-located agent to register", || {
+        agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
+    });
     let invoke = |value: &str| {
         cli_json(
             &p,
@@ -527,11 +441,11 @@ fn a_co_located_plugin_is_started_restarted_and_stopped_by_the_server() {
     // kill -9: it is forgotten, started again, registers again; work goes on.
     // SAFETY: signalling the plugin process the server started for this test.
     unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
-    wait_for("a new plugin process", Duration::from_secs(20), || {
+    wait_for("a new plugin process", || {
         let now = children_named(server.id(), "ops");
         now.len() == 1 && now != first
     });
-    wait_for("it to register again", Duration::from_secs(20), || {
+    wait_for("it to register again", || {
         agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
     });
     let run = invoke("two");
@@ -587,11 +501,11 @@ fn a_co_located_plugin_is_started_restarted_and_stopped_by_the_server() {
 #[test]
 fn a_restarted_plugin_replaces_its_dead_predecessor() {
     let p = Plexus::new();
-    write_plexus_toml(&p);
+    write_plugins_toml(&p, "0s", "");
     let (mut server, addr) = start_server(&p);
     let grpc = grpc_addr(&addr);
     let mut first = start_agent(&grpc);
-    wait_for("the first instance", Duration::from_secs(20), || {
+    wait_for("the first instance", || {
         agent_health(&p, &addr, "ops").is_some()
     });
     let before = cli_json(&p, &addr, &["agent", "get", "ops"]);
@@ -599,7 +513,7 @@ fn a_restarted_plugin_replaces_its_dead_predecessor() {
     first.kill().unwrap();
     first.wait().unwrap();
     let mut second = start_agent(&grpc);
-    wait_for("only the second instance", Duration::from_secs(20), || {
+    wait_for("only the second instance", || {
         let a = cli_json(&p, &addr, &["agent", "get", "ops"]);
         let instances = a["instances"].as_array().unwrap();
         instances.len() == 1 && instances[0]["instance_id"] != first_id

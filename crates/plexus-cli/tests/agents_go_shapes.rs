@@ -8,12 +8,13 @@
 mod common;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::agents::*;
 use common::server::*;
 use common::*;
 use plexus_agent::rpc::{Call, Handler, JsonService, PluginServiceName};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Status;
@@ -234,27 +235,6 @@ impl Handler for GoAgent {
     }
 }
 
-fn cli(p: &Plexus, addr: &str) -> Command {
-    let mut c = p.cmd();
-    c.env("PLEXUS_SERVER", format!("http://{addr}"))
-        .env("PLEXUS_API_KEY", admin_key(addr));
-    c
-}
-
-fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
-    let out = cli(p, addr)
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "plexus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn health(p: &Plexus, addr: &str) -> Option<String> {
     cli_json(p, addr, &["agent", "list"])
         .as_array()
@@ -262,37 +242,6 @@ fn health(p: &Plexus, addr: &str) -> Option<String> {
         .iter()
         .find(|a| a["name"] == NAME)
         .map(|a| a["health"].as_str().unwrap().to_owned())
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn approve_when_asked(p: &Plexus, addr: &str, step: &str, kind: &str) {
-    let mut run = String::new();
-    wait_for(&format!("{step} to wait for a decision ({kind})"), || {
-        let list = cli_json(p, addr, &["approval", "list"]);
-        if let Some(a) = list["approvals"].as_array().unwrap().iter().find(|a| {
-            a["step_id"] == step && (kind != "agent_request" || a["detail"]["kind"] == kind)
-        }) {
-            run = a["run_id"].as_str().unwrap().to_owned();
-            return true;
-        }
-        false
-    });
-    let out = cli(p, addr).args(["approve", &run, step]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -413,8 +362,8 @@ steps:
         .spawn()
         .unwrap();
     // The MODIFY action is gated before it runs; inside, the agent asks again.
-    approve_when_asked(&p, &addr, "delete", "agent");
-    approve_when_asked(&p, &addr, "delete", "agent_request");
+    approve_when_asked(&p, &addr, Some("delete"), Some("agent"));
+    approve_when_asked(&p, &addr, Some("delete"), Some("agent_request"));
     let done = runner.wait_with_output().unwrap();
     assert_eq!(
         done.status.code(),
@@ -552,8 +501,8 @@ steps:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    approve_when_asked(&p, &addr, "invoke", "agent_request"); // the call itself
-    approve_when_asked(&p, &addr, "invoke", "agent_request"); // delete_series asks again
+    approve_when_asked(&p, &addr, Some("invoke"), Some("agent_request")); // the call itself
+    approve_when_asked(&p, &addr, Some("invoke"), Some("agent_request")); // delete_series asks again
     let done = runner.wait_with_output().unwrap();
     let run: Value = serde_json::from_slice(&done.stdout).unwrap();
     assert_eq!(

@@ -4,71 +4,12 @@
 //! annotations (or the configuration) give, restarted when they die, stopped on removal.
 
 mod common;
+use common::agents::*;
 use common::server::*;
 use common::*;
 use serde_json::{Value, json};
-use std::path::PathBuf;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn notes_server() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/notes_server");
-    if !path.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "plexus-cli", "--example", "notes_server"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the example MCP server");
-    }
-    path
-}
-
-fn cli(p: &Plexus, addr: &str) -> Command {
-    let mut c = p.cmd();
-    c.env("PLEXUS_SERVER", format!("http://{addr}"))
-        .env("PLEXUS_API_KEY", admin_key(addr));
-    c
-}
-
-fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
-    let out = cli(p, addr)
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "plexus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn agent(p: &Plexus, addr: &str, name: &str) -> Option<Value> {
-    cli_json(p, addr, &["agent", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == name)
-        .cloned()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn permissions(a: &Value) -> Vec<(String, String)> {
     a["actions"]
@@ -84,67 +25,6 @@ fn permissions(a: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn approve_when_asked(p: &Plexus, addr: &str, step: &str) {
-    let mut run = String::new();
-    wait_for(&format!("{step} to wait for approval"), || {
-        let list = cli_json(p, addr, &["approval", "list"]);
-        if let Some(a) = list["approvals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["step_id"] == step)
-        {
-            run = a["run_id"].as_str().unwrap().to_owned();
-            return true;
-        }
-        false
-    });
-    let out = cli(p, addr).args(["approve", &run, step]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn output(run: &Value, id: &str) -> Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id}: {run}"))["output"]
-        .clone()
-}
-
-/// The pids of the live children of `parent` whose command line contains `needle`.
-fn children_running(parent: u32, needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let (Ok(cmdline), Ok(stat)) = (
-            std::fs::read(entry.path().join("cmdline")),
-            std::fs::read_to_string(entry.path().join("stat")),
-        ) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        // pid (comm) state ppid ...
-        let Some((_, tail)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let mut fields = tail.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == parent && state != "Z" && cmdline.contains(needle) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// The workspace's MCP server: tools as actions (READ by its read-only annotation,
 /// MODIFY otherwise, waiting for approval), a tool's error as the step's, restarted
 /// after kill -9, back after a server restart, gone after `plexus agent remove`.
@@ -156,7 +36,7 @@ fn an_mcp_server_runs_as_an_agent() {
     let marker = format!("NOTES_FILE={}", notes.display());
     let out = cli(&p, &addr)
         .args(["agent", "add-mcp", "notes", "--env", &marker, "--"])
-        .arg(notes_server())
+        .arg(example("notes_server"))
         .output()
         .unwrap();
     assert!(
@@ -191,7 +71,7 @@ fn an_mcp_server_runs_as_an_agent() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    approve_when_asked(&p, &addr, "add");
+    approve_when_asked(&p, &addr, Some("add"), None);
     let done = runner.wait_with_output().unwrap();
     assert_eq!(
         done.status.code(),
@@ -200,9 +80,12 @@ fn an_mcp_server_runs_as_an_agent() {
         String::from_utf8_lossy(&done.stderr)
     );
     let run: Value = serde_json::from_slice(&done.stdout).unwrap();
-    assert_eq!(output(&run, "add"), json!({"added": "deploy at noon"}));
     assert_eq!(
-        output(&run, "list"),
+        step(&run, "add")["output"],
+        json!({"added": "deploy at noon"})
+    );
+    assert_eq!(
+        step(&run, "list")["output"],
         json!({"notes": ["deploy at noon"], "count": 1})
     );
 
@@ -231,7 +114,7 @@ fn an_mcp_server_runs_as_an_agent() {
         agent(&p, &addr, "notes").is_some_and(|a| a["health"] == "healthy")
     });
     let run = cli_json(&p, &addr, &["action", "invoke", "notes", "list_notes"]);
-    assert_eq!(output(&run, "invoke")["count"], 1);
+    assert_eq!(step(&run, "invoke")["output"]["count"], 1);
 
     // A server restart starts it again from its setting.
     let last = children_running(server.id(), "examples/notes_server");
@@ -323,7 +206,7 @@ steps:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    approve_when_asked(&p, &addr, "tokyo");
+    approve_when_asked(&p, &addr, Some("tokyo"), None);
     let done = runner.wait_with_output().unwrap();
     assert_eq!(
         done.status.code(),
@@ -332,13 +215,13 @@ steps:
         String::from_utf8_lossy(&done.stderr)
     );
     let run: Value = serde_json::from_slice(&done.stdout).unwrap();
-    let now = output(&run, "now");
+    let now = &step(&run, "now")["output"];
     assert_eq!(now["timezone"], "UTC", "{now}");
     assert!(
         now["datetime"].as_str().unwrap().ends_with("+00:00"),
         "{now}"
     );
-    let tokyo = output(&run, "tokyo");
+    let tokyo = &step(&run, "tokyo")["output"];
     assert_eq!(tokyo["target"]["timezone"], "Asia/Tokyo", "{tokyo}");
     assert!(
         tokyo["target"]["datetime"]
@@ -357,7 +240,7 @@ fn an_mcp_server_over_streamable_http_runs_as_an_agent() {
     let p = Plexus::new();
     let notes = p.dir.path().join("notes.txt");
     std::fs::write(&notes, "first\n").unwrap();
-    let mut mcp = Command::new(notes_server())
+    let mut mcp = Command::new(example("notes_server"))
         .args(["--http", "127.0.0.1:0"])
         .env("NOTES_FILE", &notes)
         .stdout(Stdio::piped())
@@ -398,7 +281,7 @@ fn an_mcp_server_over_streamable_http_runs_as_an_agent() {
         &["action", "invoke", "remote-notes", "list_notes"],
     );
     assert_eq!(
-        output(&run, "invoke"),
+        step(&run, "invoke")["output"],
         json!({"notes": ["first"], "count": 1})
     );
     let out = cli(&p, &addr)

@@ -4,6 +4,7 @@
 //! (`tests/agents_python/hosts_agent.py` says how).
 
 mod common;
+use common::agents::*;
 use common::server::*;
 use common::*;
 use serde_json::{Value, json};
@@ -53,27 +54,6 @@ fn start_python_agent(grpc: &str, mend: bool, restarts: &Path) -> Child {
     child
 }
 
-fn cli(p: &Plexus, addr: &str) -> Command {
-    let mut c = p.cmd();
-    c.env("PLEXUS_SERVER", format!("http://{addr}"))
-        .env("PLEXUS_API_KEY", admin_key(addr));
-    c
-}
-
-fn cli_json(p: &Plexus, addr: &str, args: &[&str]) -> Value {
-    let out = cli(p, addr)
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "plexus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn hosts(p: &Plexus, addr: &str) -> Option<Value> {
     cli_json(p, addr, &["agent", "list"])
         .as_array()
@@ -81,17 +61,6 @@ fn hosts(p: &Plexus, addr: &str) -> Option<Value> {
         .iter()
         .find(|a| a["name"] == "hosts")
         .cloned()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn server(p: &Plexus) -> (Child, String, String) {
@@ -166,32 +135,6 @@ fn the_published_python_sdk_registers_and_fails_its_calls_promptly() {
     stop(&mut server);
 }
 
-fn approve_when_asked(p: &Plexus, addr: &str, kind: &str) {
-    let mut run = String::new();
-    wait_for(&format!("a {kind} approval"), || {
-        let list = cli_json(p, addr, &["approval", "list"]);
-        if let Some(a) = list["approvals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["detail"]["kind"] == kind)
-        {
-            run = a["run_id"].as_str().unwrap().to_owned();
-            return true;
-        }
-        false
-    });
-    let out = cli(p, addr)
-        .args(["approve", &run, "restart"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// With the SDK's two defects mended inside the agent, the Python wire shapes (plain
 /// `application/grpc`, bytes as raw JSON text) work both ways: a workflow calls both
 /// actions with parameters, the MODIFY one waits for approval and runs once, and the
@@ -244,9 +187,9 @@ steps:
         .spawn()
         .unwrap();
     // The step's gate (its action is MODIFY), then the agent's own request.
-    approve_when_asked(&p, &addr, "agent");
+    approve_when_asked(&p, &addr, Some("restart"), Some("agent"));
     assert!(!restarts.exists(), "nothing happens before the approval");
-    approve_when_asked(&p, &addr, "agent_request");
+    approve_when_asked(&p, &addr, Some("restart"), Some("agent_request"));
     let done = runner.wait_with_output().unwrap();
     assert_eq!(
         done.status.code(),

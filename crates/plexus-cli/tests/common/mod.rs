@@ -1,6 +1,7 @@
 //! Black-box helpers: every test drives the real `plexus` binary against its own data dir.
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod server;
 
 use serde_json::Value;
