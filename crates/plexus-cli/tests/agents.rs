@@ -182,9 +182,10 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
         json!({"root": root.to_str().unwrap()})
     );
 
-    let flow = p.dir.path().join("ops.yaml");
-    std::fs::write(
-        &flow,
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "ops",
         r#"version: plexus/v1
 name: ops-report
 steps:
@@ -205,14 +206,7 @@ steps:
       path: summary.txt
       text: "{{ steps.look.output.bytes }} bytes in {{ steps.look.output.files }} files"
 "#,
-    )
-    .unwrap();
-    let runner = cli(&p, &addr)
-        .args(["run", flow.to_str().unwrap(), "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    );
     let mut pending = Value::Null;
     wait_for("the MODIFY action to ask for approval", || {
         pending = cli_json(&p, &addr, &["approval", "list"])["approvals"].clone();
@@ -235,14 +229,7 @@ steps:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let done = runner.wait_with_output().unwrap();
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let run = finish_run(runner, 0);
     assert_eq!(
         step(&run, "look")["output"],
         json!({"files": 2, "bytes": 8})
@@ -459,30 +446,17 @@ fn a_co_located_plugin_is_started_restarted_and_stopped_by_the_server() {
 
     // A plugin that dies in the middle of a call fails the attempt; the retry goes to
     // the plugin started again.
-    let slow = p.dir.path().join("slow.yaml");
-    std::fs::write(
-        &slow,
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "slow",
         "version: plexus/v1\nname: slow\nsteps:\n- id: wait\n  agent: ops\n  action: wait\n  with: {seconds: 1}\n  retry: {max_attempts: 2, backoff: 3s}\n",
-    )
-    .unwrap();
-    let runner = cli(&p, &addr)
-        .args(["run", slow.to_str().unwrap(), "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    );
     std::thread::sleep(Duration::from_millis(500));
     let dying = children_named(server.id(), "ops");
     // SAFETY: signalling the plugin process the server started for this test.
     unsafe { libc::kill(dying[0] as i32, libc::SIGKILL) };
-    let done = runner.wait_with_output().unwrap();
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let run = finish_run(runner, 0);
     assert_eq!(step(&run, "wait")["attempt"], 2, "{run}");
     assert_eq!(step(&run, "wait")["output"], json!({"waited": 1}));
 

@@ -332,9 +332,10 @@ fn a_plugin_with_the_go_sdks_shapes_works_through_the_whole_path() {
             .any(|c| c.get("metrics_url").map(String::as_str) == Some("http://vm:8428"))
     });
 
-    let flow = p.dir.path().join("metrics.yaml");
-    std::fs::write(
-        &flow,
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "metrics",
         r#"version: plexus/v1
 name: metrics
 steps:
@@ -353,25 +354,11 @@ steps:
     needs: [again]
     with: {match: "{job=\"old\"}"}
 "#,
-    )
-    .unwrap();
-    let runner = cli(&p, &addr)
-        .args(["run", flow.to_str().unwrap(), "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    );
     // The MODIFY action is gated before it runs; inside, the agent asks again.
     approve_when_asked(&p, &addr, Some("delete"), Some("agent"));
     approve_when_asked(&p, &addr, Some("delete"), Some("agent_request"));
-    let done = runner.wait_with_output().unwrap();
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let run = finish_run(runner, 0);
     let output = |id: &str| {
         run["steps"]
             .as_array()

@@ -59,27 +59,14 @@ fn an_mcp_server_runs_as_an_agent() {
         ]
     );
 
-    let flow = p.dir.path().join("notes.yaml");
-    std::fs::write(
-        &flow,
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "notes",
         "version: plexus/v1\nname: notes\nsteps:\n- id: add\n  agent: notes\n  action: add_note\n  with: {text: deploy at noon}\n- id: list\n  needs: [add]\n  agent: notes\n  action: list_notes\n",
-    )
-    .unwrap();
-    let runner = cli(&p, &addr)
-        .args(["run", flow.to_str().unwrap(), "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    approve_when_asked(&p, &addr, Some("add"), None);
-    let done = runner.wait_with_output().unwrap();
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
     );
-    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    approve_when_asked(&p, &addr, Some("add"), None);
+    let run = finish_run(runner, 0);
     assert_eq!(
         step(&run, "add")["output"],
         json!({"added": "deploy at noon"})
@@ -182,9 +169,10 @@ fn the_mcp_server_time_package_runs_in_a_workflow() {
             ("get_current_time".to_owned(), "read".to_owned())
         ]
     );
-    let flow = p.dir.path().join("time.yaml");
-    std::fs::write(
-        &flow,
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "time",
         r#"version: plexus/v1
 name: time
 steps:
@@ -198,23 +186,9 @@ steps:
     action: convert_time
     with: {source_timezone: UTC, time: "12:00", target_timezone: Asia/Tokyo}
 "#,
-    )
-    .unwrap();
-    let runner = cli(&p, &addr)
-        .args(["run", flow.to_str().unwrap(), "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    approve_when_asked(&p, &addr, Some("tokyo"), None);
-    let done = runner.wait_with_output().unwrap();
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
     );
-    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    approve_when_asked(&p, &addr, Some("tokyo"), None);
+    let run = finish_run(runner, 0);
     let now = &step(&run, "now")["output"];
     assert_eq!(now["timezone"], "UTC", "{now}");
     assert!(

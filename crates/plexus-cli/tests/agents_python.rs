@@ -190,14 +190,7 @@ steps:
     approve_when_asked(&p, &addr, Some("restart"), Some("agent"));
     assert!(!restarts.exists(), "nothing happens before the approval");
     approve_when_asked(&p, &addr, Some("restart"), Some("agent_request"));
-    let done = runner.wait_with_output().unwrap();
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    let run: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let run = finish_run(runner, 0);
     let output = |id: &str| {
         run["steps"]
             .as_array()

@@ -166,3 +166,29 @@ pub fn write_plugins_toml(p: &Plexus, grace: &str, extra: &str) {
     )
     .unwrap();
 }
+
+/// Writes `yaml` as NAME.yaml in the test's directory and starts `plexus run -o json`
+/// of it against the server, in the background (approve what it waits for, then
+/// [`finish_run`]).
+pub fn spawn_run(p: &Plexus, addr: &str, name: &str, yaml: &str) -> std::process::Child {
+    let file = p.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    cli(p, addr)
+        .args(["run", file.to_str().unwrap(), "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a [`spawn_run`] to end with `exit`; the run.
+pub fn finish_run(runner: std::process::Child, exit: i32) -> Value {
+    let done = runner.wait_with_output().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(exit),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    serde_json::from_slice(&done.stdout).unwrap()
+}
