@@ -101,6 +101,9 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
         .expect("the WebSocket feed tells of the registration");
     assert_eq!(change["kind"], "registered", "{change}");
     assert_eq!(change["name"], "ops", "{change}");
+    let (_, health) = http(&addr, "GET", "/healthz", None);
+    assert_eq!(health["plugins"][0]["name"], "ops", "{health}");
+    assert_eq!(health["plugins"][0]["health"], "healthy", "{health}");
     let listed = cli_json(&p, &addr, &["agent", "get", "ops"]);
     assert_eq!(listed["version"], "0.1.0");
     assert_eq!(listed["permission"], "modify", "{listed}");

@@ -28,14 +28,22 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Json_>)
             json!({"state": "off", "reason": reason})
         }
     };
-    // No plugin runtime yet: the list of connected plugins is empty, not unknown.
+    // The agents and their health (an unhealthy agent does not make the server
+    // unhealthy: its steps fail, others run).
+    let plugins: Vec<_> = state
+        .engine
+        .agents
+        .list()
+        .into_iter()
+        .map(|i| json!({"name": i.name, "instance_id": i.instance_id, "source": i.source, "health": i.health}))
+        .collect();
     let body = json!({
         "isolation": isolation,
         "status": if ok { "ok" } else { "unavailable" },
         "store": store_text,
         "engine": engine,
         "pools": engine.pools,
-        "plugins": [],
+        "plugins": plugins,
     });
     (status, Json(body))
 }
