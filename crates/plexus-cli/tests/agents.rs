@@ -511,3 +511,38 @@ fn a_restarted_plugin_replaces_its_dead_predecessor() {
     let _ = second.wait();
     stop(&mut server);
 }
+
+/// A plugin listed under `[[plugins.external]]` (here one that does not register
+/// itself) is dialled at start and called like any other.
+#[test]
+fn a_static_external_plugin_is_dialled_at_start() {
+    let p = Plexus::new();
+    let plugin_addr = free_addr();
+    let mut cmd = Command::new(example("ops_agent"));
+    cmd.env_clear()
+        .env("MIRASTACK_PLUGIN_ADDR", &plugin_addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut plugin = cmd.spawn().unwrap();
+    write_plugins_toml(
+        &p,
+        "30s",
+        &format!("\n[[plugins.external]]\nname = \"ops\"\naddr = \"{plugin_addr}\"\n"),
+    );
+    let (mut server, addr) = start_server(&p);
+    wait_for("the external plugin", || {
+        agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
+    });
+    let got = cli_json(&p, &addr, &["agent", "get", "ops"]);
+    assert_eq!(got["instances"][0]["source"], "static", "{got}");
+    assert_eq!(got["instances"][0]["addr"], plugin_addr.as_str());
+    let run = cli_json(
+        &p,
+        &addr,
+        &["action", "invoke", "ops", "wait", "-p", "seconds:=0"],
+    );
+    assert_eq!(step(&run, "invoke")["output"], json!({"waited": 0}));
+    stop(&mut server);
+    let _ = plugin.kill();
+    let _ = plugin.wait();
+}

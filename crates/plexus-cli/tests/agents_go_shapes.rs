@@ -331,6 +331,29 @@ fn a_plugin_with_the_go_sdks_shapes_works_through_the_whole_path() {
             .iter()
             .any(|c| c.get("metrics_url").map(String::as_str) == Some("http://vm:8428"))
     });
+    // A secret is sealed in the store, shown to people only as set, and opened for the
+    // plugin alone.
+    let out = cli(&p, &addr)
+        .args(["agent", "config-set", NAME, "api_token", "--value-stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"s3cr3t-token")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = cli_json(&p, &addr, &["agent", "config", NAME]);
+    assert_eq!(shown["api_token"], json!({"set": true}), "{shown}");
+    assert!(!shown.to_string().contains("s3cr3t"));
+    let opened = rt.block_on(engine.config()).unwrap();
+    assert_eq!(opened["api_token"], "s3cr3t-token");
+    assert_eq!(opened["metrics_url"], "http://vm:8428");
 
     let runner = spawn_run(
         &p,
