@@ -355,6 +355,13 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cmd_agent::AgentCommand,
     },
+    /// LLM providers of a server (what `llm` steps call)
+    Provider {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        cmd: crate::cmd_provider::ProviderCommand,
+    },
     /// Run an agent's action by hand (with the approval and audit of a step)
     Action {
         #[command(flatten)]
@@ -535,6 +542,7 @@ impl Command {
             | Command::Event { remote, .. }
             | Command::Schedule { remote, .. }
             | Command::Agent { remote, .. }
+            | Command::Provider { remote, .. }
             | Command::Action { remote, .. } => Place {
                 data_dir: None,
                 server: remote.server.clone(),

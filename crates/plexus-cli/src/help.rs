@@ -194,6 +194,16 @@ const EXAMPLES: &[(&str, &str)] = &[
         "plexus agent add-mcp time -- python3 -m mcp_server_time\nplexus agent add-mcp notes --permission delete_note=admin -- /opt/mcp/notes-server\nplexus agent add-mcp search --url http://127.0.0.1:8000/mcp\nplexus agent add-mcp tickets --env TICKETS_TOKEN=... -- /opt/mcp/tickets-server",
     ),
     (
+        "provider",
+        "plexus provider add local --base-url http://127.0.0.1:11434/v1 --model llama3.1\nplexus provider list",
+    ),
+    ("provider list", "plexus provider list -o json"),
+    (
+        "provider add",
+        "printf %s \"$OPENAI_API_KEY\" | plexus provider add openai --base-url https://api.openai.com/v1 --model gpt-4o-mini --api-key-stdin --default",
+    ),
+    ("provider remove", "plexus provider remove local"),
+    (
         "action",
         "plexus action invoke ops inspect --param path=reports",
     ),

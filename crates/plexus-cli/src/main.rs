@@ -8,6 +8,7 @@ mod cli;
 mod cmd_admin;
 mod cmd_agent;
 mod cmd_docs;
+mod cmd_provider;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_serve;
@@ -337,6 +338,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Agent { cmd, .. } => {
             let c = target.server("agent")?;
             cmd_agent::agent(c, cmd, format).await
+        }
+        Command::Provider { cmd, .. } => {
+            let c = target.server("provider")?;
+            cmd_provider::provider(c, cmd, format).await
         }
         Command::Action { cmd, .. } => {
             let c = target.server("action")?;

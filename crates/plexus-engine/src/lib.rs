@@ -267,6 +267,8 @@ pub struct Engine {
     pub agents: agents::Agents,
     /// The MCP servers run as agents.
     pub mcp: agents::mcp::McpAgents,
+    /// The LLM providers `llm` steps call.
+    pub llm: Arc<plexus_llm::Providers>,
 }
 
 /// A run to start.
@@ -373,6 +375,7 @@ impl Engine {
             isolation: Arc::new(isolation),
             require_isolation: Arc::default(),
             mcp: agents::mcp::McpAgents::new(agents.clone()),
+            llm: Arc::default(),
             agents,
         };
         scheduler::spawn(engine.clone(), rx);

@@ -28,6 +28,10 @@ const KNOWN: &[(&str, &str)] = &[
         "true | false: refuse to start steps where they cannot be isolated from the data directory",
     ),
     (
+        "llm.default_provider",
+        "the name of the LLM provider `llm` steps use when they name none",
+    ),
+    (
         "plugins.allow_loopback_unauthenticated",
         "true | false (default true): agent plugins on this machine may register without a key",
     ),
@@ -84,6 +88,11 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
             "`{k}` names no key: plugin settings are plugin.<agent>.<key>"
         )),
         k if k.starts_with("mcp.") => mcp_config(k, value).map(|_| ()),
+        "llm.default_provider" => match value {
+            Json_::String(_) => Ok(()),
+            _ => bad("llm.default_provider is the name of a provider".into()),
+        },
+        k if is_provider(k, value) => provider_config(k, value).map(|_| ()),
         k if OPEN.iter().any(|p| k.starts_with(p) && k.len() > p.len()) => Ok(()),
         k => {
             let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
@@ -226,6 +235,63 @@ async fn cached(state: &AppState) -> ApiResult<Vec<Setting>> {
 pub async fn apply_to_engine(state: &AppState) -> ApiResult<()> {
     let required = value(state, "steps.require_isolation").await? == Some(json!(true));
     state.engine.set_require_isolation(required);
+    apply_providers(state).await
+}
+
+/// `providers.<name>` holding `{kind, ...}` configures an LLM provider; other keys under
+/// `providers.` are free (for plugins and future runtimes).
+fn is_provider(key: &str, value: &Json_) -> bool {
+    key.strip_prefix("providers.")
+        .is_some_and(|n| !n.contains('.'))
+        && value.get("kind").is_some()
+}
+
+fn provider_config(key: &str, value: &Json_) -> ApiResult<plexus_llm::ProviderConfig> {
+    let config: plexus_llm::ProviderConfig = serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
+    config
+        .build()
+        .map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
+    Ok(config)
+}
+
+/// Hands the LLM providers the settings describe to the engine.
+async fn apply_providers(state: &AppState) -> ApiResult<()> {
+    let keys: Vec<String> = cached(state)
+        .await?
+        .into_iter()
+        .map(|s| s.key)
+        .filter(|k| k.starts_with("providers."))
+        .collect();
+    let mut providers = std::collections::BTreeMap::new();
+    for key in keys {
+        let Some(value) = value(state, &key).await? else {
+            continue;
+        };
+        if !is_provider(&key, &value) {
+            continue;
+        }
+        // The API key is a setting of its own (`providers.<name>.api_key`, sealed), so
+        // that the rest of the configuration can be shown.
+        let mut value = value;
+        if value.get("api_key").is_none()
+            && let Some(k) = crate::settings::value(state, &format!("{key}.api_key")).await?
+        {
+            value["api_key"] = k;
+        }
+        match provider_config(&key, &value)
+            .and_then(|c| c.build().map_err(|e| ApiError::bad_request(e.to_string())))
+        {
+            Ok(p) => {
+                providers.insert(key["providers.".len()..].to_owned(), p);
+            }
+            Err(e) => tracing::warn!(setting = %key, error = %e.message, "LLM provider not usable"),
+        }
+    }
+    let default = value(state, "llm.default_provider")
+        .await?
+        .and_then(|v| v.as_str().map(str::to_owned));
+    state.engine.llm.set(providers, default);
     Ok(())
 }
 

@@ -227,8 +227,11 @@ pub enum Work {
     Echo(Json),
     Noop,
     Fail(String),
-    /// Kinds this version parses but cannot execute yet (llm).
+    /// Kinds this version parses but cannot execute.
     Unsupported(String),
+    /// A call of a model: the step's `llm:` mapping with its strings rendered (`llm:
+    /// "text"` becomes `{prompt: "text"}`).
+    Llm(Box<Json>),
     /// An action of an agent (boxed: it is the largest kind and tasks are many).
     Agent(Box<AgentWork>),
     /// A child run of the workflow file at `path` (relative to the run's directory),

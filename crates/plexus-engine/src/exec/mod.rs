@@ -11,6 +11,7 @@ mod builtin;
 pub mod held;
 pub mod isolation;
 pub mod leftovers;
+pub mod llm;
 pub mod local;
 pub mod process;
 pub mod scratch;
@@ -152,15 +153,22 @@ pub struct Executors {
     local: Arc<LocalProcesses>,
     workflows: Arc<SubWorkflows>,
     agents: Arc<agent::AgentCalls>,
+    llm: Arc<llm::LlmCalls>,
 }
 
 impl Executors {
-    pub fn new(local: LocalProcesses, workflows: SubWorkflows, agents: agent::AgentCalls) -> Self {
+    pub fn new(
+        local: LocalProcesses,
+        workflows: SubWorkflows,
+        agents: agent::AgentCalls,
+        llm: llm::LlmCalls,
+    ) -> Self {
         Executors {
             builtins: Arc::new(Builtins),
             local: Arc::new(local),
             workflows: Arc::new(workflows),
             agents: Arc::new(agents),
+            llm: Arc::new(llm),
         }
     }
 
@@ -171,6 +179,7 @@ impl Executors {
             self.local.as_ref(),
             self.workflows.as_ref(),
             self.agents.as_ref(),
+            self.llm.as_ref(),
         ]
         .into_iter()
         .find(|e| e.name() == name)
@@ -181,6 +190,7 @@ impl Executors {
             Work::Shell { .. } | Work::Python { .. } => self.local.as_ref(),
             Work::Workflow { .. } => self.workflows.as_ref(),
             Work::Agent(_) => self.agents.as_ref(),
+            Work::Llm(_) => self.llm.as_ref(),
             Work::Noop | Work::Echo(_) | Work::Fail(_) | Work::Unsupported(_) => {
                 self.builtins.as_ref()
             }
@@ -205,8 +215,7 @@ pub fn warnings(plan: &Plan, file: &str) -> Vec<Diagnostic> {
 }
 
 /// What in a valid plan this engine does not carry out yet, as warnings naming the step:
-/// LLM steps (their attempts fail), and resource requests and placement constraints
-/// (accepted, not enforced).
+/// resource requests and placement constraints (accepted, not enforced).
 pub fn not_executed(plan: &Plan, file: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for step in &plan.manifest.steps {
@@ -218,14 +227,6 @@ pub fn not_executed(plan: &Plan, file: &str) -> Vec<Diagnostic> {
             d.file = file.to_owned();
             out.push(d);
         };
-        if let StepKind::Llm(_) = &step.kind {
-            warn(
-                "llm",
-                "llm steps are not executed by this version yet: the step will fail when it runs"
-                    .into(),
-                "call the model from a `run:` or `python:` step until the LLM runtime is available",
-            );
-        }
         if step.resources.is_some() {
             warn(
                 "resources",

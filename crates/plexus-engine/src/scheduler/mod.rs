@@ -114,6 +114,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         exec::LocalProcesses::new(processes, crate::owner::hostname()),
         exec::SubWorkflows::new(engine.clone()),
         exec::agent::AgentCalls::new(engine.agents.clone()),
+        exec::llm::LlmCalls::new(engine.llm.clone()),
     );
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {

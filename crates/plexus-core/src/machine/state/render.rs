@@ -139,10 +139,14 @@ pub(super) fn render_work(
                 detail,
             )
         }
-        StepKind::Llm(_) => (
-            (Work::Unsupported("llm steps are not executable in this version yet".into())),
-            Json::Null,
-        ),
+        StepKind::Llm(spec) => {
+            let spec = match spec {
+                Json::String(_) => json!({"prompt": spec}),
+                other => other.clone(),
+            };
+            let rendered = template::render_value(&spec, ctx)?;
+            (Work::Llm(Box::new(rendered.clone())), rendered)
+        }
         StepKind::Wait(_) | StepKind::Approval(_) => ((Work::Noop), Json::Null),
     };
     Ok((work, detail, env, workdir))

@@ -1,0 +1,152 @@
+//! `plexus provider ...`: the LLM providers a server's `llm` steps call (settings
+//! `providers.<name>`, the API key apart in `providers.<name>.api_key`, sealed).
+
+use crate::http_client::{Client, segment};
+use crate::output::{self, Format};
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use serde_json::{Value as Json, json};
+
+#[derive(Subcommand)]
+pub enum ProviderCommand {
+    /// Every provider: name, kind, model, base URL, whether it has a key, the default
+    List,
+    /// Add (or change) a provider
+    Add {
+        name: String,
+        /// openai: any OpenAI-compatible API (OpenAI, Ollama's /v1, vLLM, llama.cpp, LM
+        /// Studio, OpenRouter)
+        #[arg(long, default_value = "openai")]
+        kind: String,
+        /// The API's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1
+        #[arg(long, value_name = "URL")]
+        base_url: String,
+        /// The model steps use unless they name one
+        #[arg(long)]
+        model: String,
+        /// Read the API key from standard input (it is sealed in the store and never shown)
+        #[arg(long)]
+        api_key_stdin: bool,
+        /// Make it the default provider (`llm.default_provider`)
+        #[arg(long)]
+        default: bool,
+    },
+    /// Remove a provider and its key
+    Remove { name: String },
+}
+
+async fn put(c: &Client, key: &str, value: Json) -> Result<Json> {
+    c.call(
+        "PUT",
+        &format!("/api/v1/settings/{}", segment(key)),
+        Some(&json!({"value": value}).to_string()),
+    )
+    .await
+}
+
+pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Result<i32> {
+    match cmd {
+        ProviderCommand::List => {
+            let all = c.call("GET", "/api/v1/settings", None).await?;
+            let settings = all["settings"].as_array().cloned().unwrap_or_default();
+            let default = settings
+                .iter()
+                .find(|s| s["key"] == "llm.default_provider")
+                .and_then(|s| s["value"].as_str().map(str::to_owned));
+            let mut rows = Vec::new();
+            let mut data = Vec::new();
+            for s in &settings {
+                let key = s["key"].as_str().unwrap_or("");
+                let Some(name) = key.strip_prefix("providers.").filter(|n| !n.contains('.')) else {
+                    continue;
+                };
+                let v = &s["value"];
+                if v.get("kind").is_none() {
+                    continue;
+                }
+                let has_key = settings
+                    .iter()
+                    .any(|k| k["key"] == format!("providers.{name}.api_key").as_str());
+                let is_default = default.as_deref() == Some(name);
+                data.push(json!({"name": name, "kind": v["kind"], "model": v["model"], "base_url": v["base_url"], "api_key": has_key, "default": is_default}));
+                rows.push(vec![
+                    name.to_owned(),
+                    v["kind"].as_str().unwrap_or("").to_owned(),
+                    v["model"].as_str().unwrap_or("").to_owned(),
+                    v["base_url"].as_str().unwrap_or("").to_owned(),
+                    if has_key { "set" } else { "-" }.to_owned(),
+                    if is_default { "yes" } else { "" }.to_owned(),
+                ]);
+            }
+            if format.is_data() {
+                output::data(format, &data);
+            } else if rows.is_empty() {
+                output::remark(
+                    "no provider: plexus provider add NAME --base-url URL --model MODEL",
+                );
+            } else {
+                output::table(
+                    &["NAME", "KIND", "MODEL", "BASE URL", "KEY", "DEFAULT"],
+                    &rows,
+                );
+            }
+            Ok(0)
+        }
+        ProviderCommand::Add {
+            name,
+            kind,
+            base_url,
+            model,
+            api_key_stdin,
+            default,
+        } => {
+            if name.contains('.') || name.is_empty() {
+                bail!("a provider's name has no dots");
+            }
+            if api_key_stdin {
+                let mut key = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)?;
+                let key = key.trim();
+                if key.is_empty() {
+                    bail!("--api-key-stdin read nothing");
+                }
+                put(c, &format!("providers.{name}.api_key"), json!(key)).await?;
+            }
+            put(
+                c,
+                &format!("providers.{name}"),
+                json!({"kind": kind, "base_url": base_url, "model": model}),
+            )
+            .await?;
+            if default {
+                put(c, "llm.default_provider", json!(name)).await?;
+            }
+            output::remark(&format!("provider {name} ({kind}, {model}) is set"));
+            Ok(0)
+        }
+        ProviderCommand::Remove { name } => {
+            let gone = c
+                .request(
+                    "DELETE",
+                    &format!("/api/v1/settings/{}", segment(&format!("providers.{name}"))),
+                    None,
+                )
+                .await?;
+            let _ = c
+                .request(
+                    "DELETE",
+                    &format!(
+                        "/api/v1/settings/{}",
+                        segment(&format!("providers.{name}.api_key"))
+                    ),
+                    None,
+                )
+                .await?;
+            if gone.0 == 404 {
+                bail!("no provider `{name}`");
+            }
+            output::remark(&format!("provider {name} removed"));
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `llm` steps against a real `plexus serve` and an OpenAI-compatible stand-in (a paid
+//! API cannot run here): providers set with `plexus provider`, the key sealed and sent as
+//! a bearer token, prompts rendered from templates, `output_schema` repaired.
+
+mod common;
+use common::agents::*;
+use common::server::*;
+use common::*;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+/// What the stand-in saw: the authorization header and the messages of each call.
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// An OpenAI-compatible chat completions endpoint: echoes the prompt, answers JSON
+/// prompts wrongly once (to be repaired), and refuses keys other than `sk-test`.
+fn stand_in(rt: &tokio::runtime::Runtime, seen: Seen) -> String {
+    use axum::Json;
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: HeaderMap, Json(body): Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let calls = {
+                    let mut s = seen.lock().unwrap();
+                    s.push((auth.clone(), body["messages"].clone()));
+                    s.len()
+                };
+                if auth != "Bearer sk-test" {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})),
+                    );
+                }
+                let messages = body["messages"].as_array().unwrap();
+                let prompt = messages.last().unwrap()["content"].as_str().unwrap().to_owned();
+                let content = if prompt.contains("JSON Schema") {
+                    "I think we should restart it.".to_owned() // not JSON: repaired next
+                } else if prompt.contains("does not fit the schema") {
+                    "{\"action\": \"restart\", \"why\": \"error rate\"}".to_owned()
+                } else {
+                    format!("echo: {prompt}")
+                };
+                (
+                    StatusCode::OK,
+                    Json(json!({
+                        "id": format!("chatcmpl-{calls}"), "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+                    })),
+                )
+            }
+        }),
+    );
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    })
+}
+
+#[test]
+fn llm_steps_call_the_configured_provider() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Seen = Arc::default();
+    let api = stand_in(&rt, seen.clone());
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let add = |name: &str, key: &str| {
+        let mut child = cli(&p, &addr)
+            .args(["provider", "add", name, "--base-url"])
+            .arg(format!("http://{api}/v1"))
+            .args(["--model", "stand-in-1", "--api-key-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(key.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    add("standin", "sk-test");
+    let listed = cli_json(&p, &addr, &["provider", "list"]);
+    assert_eq!(
+        listed,
+        json!([{"name": "standin", "kind": "openai", "model": "stand-in-1",
+                "base_url": format!("http://{api}/v1"), "api_key": true, "default": false}])
+    );
+    assert!(!listed.to_string().contains("sk-test"));
+
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "triage",
+        r#"version: plexus/v1
+name: triage
+inputs:
+  service: {type: string, default: checkout}
+steps:
+  - id: greet
+    llm: "Say hello to {{ inputs.service }}"
+  - id: decide
+    needs: [greet]
+    llm:
+      system: You are an SRE.
+      prompt: "The error rate of {{ inputs.service }} doubled. What now?"
+      output_schema: {type: object, required: [action], properties: {action: {enum: [restart, wait]}}}
+  - id: act
+    needs: [decide]
+    builtin: echo
+    with: {do: "{{ steps.decide.output.action }}"}
+"#,
+    );
+    let run = finish_run(runner, 0);
+    let greet = &step(&run, "greet")["output"];
+    assert_eq!(greet["text"], "echo: Say hello to checkout", "{greet}");
+    assert_eq!(greet["model"], "stand-in-1");
+    assert_eq!(greet["usage"]["total_tokens"], 19);
+    assert_eq!(
+        step(&run, "decide")["output"],
+        json!({"action": "restart", "why": "error rate"}),
+        "the reply that did not fit was repaired"
+    );
+    assert_eq!(step(&run, "act")["output"], json!({"do": "restart"}));
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "one call, then one and its repair");
+        assert!(seen.iter().all(|(auth, _)| auth == "Bearer sk-test"));
+        assert_eq!(
+            seen[1].1[0],
+            json!({"role": "system", "content": "You are an SRE."})
+        );
+    }
+
+    // A wrong key: the step fails with the provider's own message, the key is not in it.
+    add("standin", "sk-wrong");
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "bad",
+        "version: plexus/v1\nname: bad\nsteps:\n- {id: ask, llm: hi}\n",
+    );
+    let run = finish_run(runner, 1);
+    let error = step(&run, "ask")["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("provider `standin`: the provider answered 401: Incorrect API key provided"),
+        "{error}"
+    );
+    assert!(!error.contains("sk-wrong"));
+    // No provider: a clear error.
+    let out = cli(&p, &addr)
+        .args(["provider", "remove", "standin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "none",
+        "version: plexus/v1\nname: none\nsteps:\n- {id: ask, llm: hi}\n",
+    );
+    let run = finish_run(runner, 1);
+    assert!(
+        step(&run, "ask")["error"]
+            .as_str()
+            .unwrap()
+            .contains("no LLM provider is configured"),
+        "{run}"
+    );
+    stop(&mut server);
+}

@@ -1,0 +1,259 @@
+//! `llm` steps: the rendered prompt sent to a provider (`provider:`, else the default),
+//! the reply as the step's output. With `output_schema`, the reply must be a JSON value
+//! that fits the schema: the model is asked again, with what was wrong, up to
+//! [`REPAIRS`] times, and the parsed value is the output. The rendered request is in the
+//! step's start event and the reply in its end event, so a completed call is never made
+//! again after a crash.
+
+use super::{AttemptCtx, AttemptFuture, AttemptResult, Executor};
+use plexus_core::machine::{Outcome, Task, Work};
+use plexus_llm::{ChatRequest, Message, Providers, Usage};
+use serde_json::{Value as Json, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How many times a reply that does not fit `output_schema` is sent back for repair.
+pub const REPAIRS: usize = 2;
+
+/// Deadline of a model call when the step sets no `timeout`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct LlmCalls {
+    providers: Arc<Providers>,
+}
+
+impl LlmCalls {
+    pub fn new(providers: Arc<Providers>) -> Self {
+        LlmCalls { providers }
+    }
+}
+
+/// A reply as JSON: the text itself, or inside a ```json fence.
+fn parse_json(text: &str) -> Result<Json, String> {
+    let t = text.trim();
+    let inner = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .and_then(|r| r.trim_end().strip_suffix("```"))
+        .unwrap_or(t);
+    serde_json::from_str(inner.trim()).map_err(|e| format!("the reply is not JSON ({e})"))
+}
+
+async fn call(
+    providers: &Providers,
+    spec: &Json,
+    timeout: Duration,
+) -> Result<(Json, Usage), String> {
+    let prompt = spec["prompt"]
+        .as_str()
+        .filter(|p| !p.trim().is_empty())
+        .ok_or("an llm step needs a `prompt` (or `llm: \"text\"`)")?;
+    let (name, provider) = providers.pick(spec["provider"].as_str())?;
+    let schema = spec.get("output_schema").filter(|s| !s.is_null());
+    let validator = match schema {
+        Some(s) => Some(
+            jsonschema::validator_for(s)
+                .map_err(|e| format!("`output_schema` is not a valid JSON Schema: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut messages = Vec::new();
+    if let Some(system) = spec["system"].as_str() {
+        messages.push(Message::new("system", system));
+    }
+    let mut user = prompt.to_owned();
+    if let Some(s) = schema {
+        user.push_str(&format!(
+            "\n\nAnswer with only a JSON value that fits this JSON Schema:\n{s}"
+        ));
+    }
+    messages.push(Message::new("user", user));
+    let mut usage = Usage::default();
+    for round in 0..=REPAIRS {
+        let request = ChatRequest {
+            model: spec["model"].as_str().map(str::to_owned),
+            messages: messages.clone(),
+            max_tokens: spec["max_tokens"].as_u64().map(|n| n as u32),
+            temperature: spec["temperature"].as_f64(),
+            json: schema.is_some_and(|s| s["type"] == "object"),
+            timeout,
+        };
+        let reply = provider
+            .chat(request)
+            .await
+            .map_err(|e| format!("provider `{name}`: {e}"))?;
+        usage += reply.usage;
+        let Some(validator) = &validator else {
+            let output = json!({
+                "text": reply.content,
+                "model": reply.model,
+                "finish_reason": reply.finish_reason,
+                "usage": reply.usage,
+            });
+            return Ok((output, usage));
+        };
+        let problems = match parse_json(&reply.content) {
+            Ok(value) => {
+                let errors: Vec<String> = validator
+                    .iter_errors(&value)
+                    .map(|e| e.to_string())
+                    .collect();
+                if errors.is_empty() {
+                    return Ok((value, usage));
+                }
+                errors.join("; ")
+            }
+            Err(e) => e,
+        };
+        tracing::info!(provider = %name, round, %problems, "the reply does not fit output_schema: asking again");
+        if round == REPAIRS {
+            return Err(format!(
+                "the reply did not fit `output_schema` after {REPAIRS} repairs: {problems}"
+            ));
+        }
+        messages.push(Message::new("assistant", reply.content));
+        messages.push(Message::new(
+            "user",
+            format!("That answer does not fit the schema: {problems}. Answer again with only the JSON value."),
+        ));
+    }
+    unreachable!("the loop returns")
+}
+
+impl Executor for LlmCalls {
+    fn name(&self) -> &'static str {
+        "llm"
+    }
+
+    fn start(
+        &self,
+        task: Task,
+        _ctx: AttemptCtx,
+        mut kill: oneshot::Receiver<()>,
+    ) -> AttemptFuture {
+        let providers = self.providers.clone();
+        Box::pin(async move {
+            let Work::Llm(spec) = task.work else {
+                return AttemptResult::failed("not an llm step");
+            };
+            let timeout = task.timeout.unwrap_or(DEFAULT_TIMEOUT);
+            let answer = tokio::select! {
+                answer = call(&providers, &spec, timeout) => answer,
+                _ = &mut kill => return AttemptResult::failed("cancelled"),
+            };
+            match answer {
+                Ok((output, usage)) => {
+                    metrics::counter!("plexus_llm_tokens_total").increment(usage.total_tokens);
+                    let mut result = AttemptResult::of(Outcome::Success(output));
+                    result.usage = serde_json::to_value(usage).unwrap_or(Json::Null);
+                    result
+                }
+                Err(e) => AttemptResult::failed(e),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_llm::{ChatResponse, Provider, Reply};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// Answers from a script, one reply per call, and keeps what it was asked.
+    struct Scripted {
+        replies: Mutex<Vec<String>>,
+        asked: Mutex<Vec<Vec<Message>>>,
+    }
+
+    impl Provider for Scripted {
+        fn default_model(&self) -> &str {
+            "scripted"
+        }
+        fn chat(&self, request: ChatRequest) -> Reply<'_> {
+            self.asked.lock().unwrap().push(request.messages);
+            let content = self.replies.lock().unwrap().remove(0);
+            Box::pin(async move {
+                Ok(ChatResponse {
+                    content,
+                    model: "scripted".into(),
+                    finish_reason: "stop".into(),
+                    usage: Usage {
+                        prompt_tokens: 10,
+                        completion_tokens: 5,
+                        total_tokens: 15,
+                    },
+                })
+            })
+        }
+    }
+
+    fn providers(replies: &[&str]) -> (Providers, Arc<Scripted>) {
+        let scripted = Arc::new(Scripted {
+            replies: Mutex::new(replies.iter().map(|r| r.to_string()).collect()),
+            asked: Mutex::default(),
+        });
+        let p = Providers::default();
+        p.set(
+            BTreeMap::from([("s".to_owned(), scripted.clone() as Arc<dyn Provider>)]),
+            None,
+        );
+        (p, scripted)
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_the_text_or_the_value_that_fits_the_schema_after_repairs() {
+        let (p, _) = providers(&["hello"]);
+        let (out, usage) = call(
+            &p,
+            &json!({"prompt": "hi", "system": "be brief"}),
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["text"], "hello");
+        assert_eq!(usage.total_tokens, 15);
+
+        let schema = json!({"type": "object", "required": ["action"], "properties": {"action": {"enum": ["restart", "none"]}}});
+        let (p, s) = providers(&[
+            "not json",
+            "{\"action\": \"reboot\"}",
+            "```json\n{\"action\": \"restart\"}\n```",
+        ]);
+        let (out, usage) = call(
+            &p,
+            &json!({"prompt": "what now?", "output_schema": schema}),
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, json!({"action": "restart"}));
+        assert_eq!(usage.total_tokens, 45, "every round counts");
+        let last = s.asked.lock().unwrap().last().unwrap().clone();
+        assert!(
+            last.last()
+                .unwrap()
+                .content
+                .contains("does not fit the schema")
+        );
+
+        let (p, _) = providers(&["x", "y", "z"]);
+        let e = call(
+            &p,
+            &json!({"prompt": "q", "output_schema": schema}),
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("after 2 repairs"), "{e}");
+        let (p, _) = providers(&[]);
+        assert!(
+            call(&p, &json!({}), DEFAULT_TIMEOUT)
+                .await
+                .unwrap_err()
+                .contains("needs a `prompt`")
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! LLM providers behind one trait, and the set of them an engine knows.
+//!
+//! [`Provider::chat`] sends messages and answers the model's reply with its usage.
+//! [`openai::OpenAiCompatible`] speaks the OpenAI chat completions API, which OpenAI,
+//! Ollama's `/v1`, vLLM, llama.cpp's server, LM Studio and OpenRouter all serve.
+//! Providers are configured at run time (settings `providers.<name>`, see
+//! [`ProviderConfig`]) and held in [`Providers`].
+
+pub mod openai;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Message {
+        Message {
+            role: role.to_owned(),
+            content: content.into(),
+        }
+    }
+}
+
+/// What to ask a model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatRequest {
+    /// The model; the provider's own when `None`.
+    pub model: Option<String>,
+    pub messages: Vec<Message>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    /// Ask for a JSON object as the answer (where the provider supports it).
+    pub json: bool,
+    pub timeout: Duration,
+}
+
+/// Tokens a call consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// A model's reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub content: String,
+    pub model: String,
+    pub finish_reason: String,
+    pub usage: Usage,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the provider answered {status}: {message}")]
+    Http {
+        status: u16,
+        message: String,
+        /// What `Retry-After` said, when it did.
+        retry_after: Option<Duration>,
+    },
+    #[error("no answer in {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the provider: {0}")]
+    Transport(String),
+    #[error("the provider's answer is not what the API describes: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A future of a call's result.
+pub type Reply<'a> = Pin<Box<dyn Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a>>;
+
+/// A source of completions.
+pub trait Provider: Send + Sync {
+    /// The model used when a request names none.
+    fn default_model(&self) -> &str;
+    fn chat(&self, request: ChatRequest) -> Reply<'_>;
+}
+
+/// A provider as configured (the setting `providers.<name>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `openai` (any OpenAI-compatible API).
+    pub kind: String,
+    /// The API's base, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Sealed in the store (its name says secret); absent for local servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+impl ProviderConfig {
+    /// The provider this describes.
+    pub fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
+        match self.kind.as_str() {
+            "openai" => Ok(Arc::new(openai::OpenAiCompatible::new(
+                &self.base_url,
+                &self.model,
+                self.api_key.clone(),
+            )?)),
+            other => Err(ProviderError::Config(format!(
+                "unknown provider kind `{other}`: this version speaks `openai` (any OpenAI-compatible API)"
+            ))),
+        }
+    }
+}
+
+/// The providers an engine knows, and which one is the default.
+#[derive(Default)]
+pub struct Providers {
+    known: RwLock<BTreeMap<String, Arc<dyn Provider>>>,
+    default: RwLock<Option<String>>,
+}
+
+impl Providers {
+    /// Replaces every provider (from the settings) and the default.
+    pub fn set(&self, providers: BTreeMap<String, Arc<dyn Provider>>, default: Option<String>) {
+        if let Ok(mut k) = self.known.write() {
+            *k = providers;
+        }
+        if let Ok(mut d) = self.default.write() {
+            *d = default;
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.known
+            .read()
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The provider `name`, or the default: the one named by `llm.default_provider`, or
+    /// the only one there is.
+    pub fn pick(&self, name: Option<&str>) -> Result<(String, Arc<dyn Provider>), String> {
+        let known = self
+            .known
+            .read()
+            .map_err(|_| "providers unavailable".to_owned())?;
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => match self.default.read().ok().and_then(|d| d.clone()) {
+                Some(d) => d,
+                None if known.len() == 1 => known.keys().next().cloned().unwrap_or_default(),
+                None if known.is_empty() => {
+                    return Err(
+                        "no LLM provider is configured: plexus provider add NAME --kind openai --base-url URL --model MODEL"
+                            .to_owned(),
+                    );
+                }
+                None => {
+                    return Err(format!(
+                        "several providers are configured ({}) and none is the default: name one with `provider:` or set llm.default_provider",
+                        known.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            },
+        };
+        known
+            .get(&name)
+            .map(|p| (name.clone(), p.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "no LLM provider `{name}` is configured (configured: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+    impl Provider for Fixed {
+        fn default_model(&self) -> &str {
+            "m"
+        }
+        fn chat(&self, _r: ChatRequest) -> Reply<'_> {
+            Box::pin(async { Err(ProviderError::Config("not used".into())) })
+        }
+    }
+
+    #[test]
+    fn the_default_is_the_named_one_or_the_only_one() {
+        let p = Providers::default();
+        assert!(
+            p.pick(None)
+                .err()
+                .unwrap()
+                .contains("no LLM provider is configured")
+        );
+        let one: Arc<dyn Provider> = Arc::new(Fixed);
+        p.set(BTreeMap::from([("a".to_owned(), one.clone())]), None);
+        assert_eq!(p.pick(None).unwrap().0, "a");
+        p.set(
+            BTreeMap::from([("a".to_owned(), one.clone()), ("b".to_owned(), one.clone())]),
+            None,
+        );
+        assert!(p.pick(None).err().unwrap().contains("none is the default"));
+        p.set(
+            BTreeMap::from([("a".to_owned(), one.clone()), ("b".to_owned(), one)]),
+            Some("b".into()),
+        );
+        assert_eq!(p.pick(None).unwrap().0, "b");
+        assert_eq!(p.pick(Some("a")).unwrap().0, "a");
+        assert!(
+            p.pick(Some("c"))
+                .err()
+                .unwrap()
+                .contains("no LLM provider `c`")
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The OpenAI chat completions API (`POST {base_url}/chat/completions`), as OpenAI,
+//! Ollama's `/v1`, vLLM, llama.cpp's server, LM Studio and OpenRouter serve it.
+
+use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Reply, Usage};
+use serde_json::{Value as Json, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct OpenAiCompatible {
+    endpoint: String,
+    model: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+fn tls() -> Result<rustls::ClientConfig, ProviderError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ProviderError::Config(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+impl OpenAiCompatible {
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        api_key: Option<String>,
+    ) -> Result<Self, ProviderError> {
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(ProviderError::Config(format!(
+                "base_url `{base_url}` is not an http:// or https:// URL"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls()?)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
+        Ok(OpenAiCompatible {
+            endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            model: model.to_owned(),
+            api_key,
+            http,
+        })
+    }
+
+    async fn call(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let mut body = json!({
+            "model": request.model.as_deref().unwrap_or(&self.model),
+            "messages": request.messages,
+        });
+        if let Some(m) = request.max_tokens {
+            body["max_tokens"] = json!(m);
+        }
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if request.json {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        let mut call = self
+            .http
+            .post(&self.endpoint)
+            .json(&body)
+            .timeout(request.timeout);
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let answer = call.send().await.map_err(|e| {
+            if e.is_timeout() {
+                ProviderError::Timeout(request.timeout)
+            } else {
+                ProviderError::Transport(e.to_string())
+            }
+        })?;
+        let status = answer.status();
+        let retry_after = answer
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = answer
+            .text()
+            .await
+            .map_err(|e| ProviderError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            // OpenAI-style errors say what went wrong in error.message.
+            let message = serde_json::from_str::<Json>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return Err(ProviderError::Http {
+                status: status.as_u16(),
+                message,
+                retry_after,
+            });
+        }
+        let v: Json = serde_json::from_str(&text)
+            .map_err(|e| ProviderError::Malformed(format!("not JSON: {e}")))?;
+        let choice = &v["choices"][0];
+        let content = choice["message"]["content"]
+            .as_str()
+            .ok_or_else(|| ProviderError::Malformed("no choices[0].message.content".into()))?;
+        let usage = &v["usage"];
+        let n = |k: &str| usage[k].as_u64().unwrap_or(0);
+        Ok(ChatResponse {
+            content: content.to_owned(),
+            model: v["model"].as_str().unwrap_or(&self.model).to_owned(),
+            finish_reason: choice["finish_reason"].as_str().unwrap_or("").to_owned(),
+            usage: Usage {
+                prompt_tokens: n("prompt_tokens"),
+                completion_tokens: n("completion_tokens"),
+                total_tokens: n("total_tokens"),
+            },
+        })
+    }
+}
+
+impl Provider for OpenAiCompatible {
+    fn default_model(&self) -> &str {
+        &self.model
+    }
+
+    fn chat(&self, request: ChatRequest) -> Reply<'_> {
+        Box::pin(self.call(request))
+    }
+}
