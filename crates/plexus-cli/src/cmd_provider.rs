@@ -33,6 +33,8 @@ pub enum ProviderCommand {
     },
     /// Remove a provider and its key
     Remove { name: String },
+    /// Ask a provider for a one-word answer, as a one-step run (exit 0 when it answers)
+    Test { name: String },
 }
 
 async fn put(c: &Client, key: &str, value: Json) -> Result<Json> {
@@ -123,6 +125,15 @@ pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Resul
             }
             output::remark(&format!("provider {name} ({kind}, {model}) is set"));
             Ok(0)
+        }
+        ProviderCommand::Test { name } => {
+            let manifest = json!({
+                "version": "plexus/v1",
+                "name": format!("test-provider-{name}"),
+                "steps": [{"id": "ask", "llm": {"prompt": "Reply with the single word OK.", "provider": name, "max_tokens": 5}}],
+            })
+            .to_string();
+            crate::remote::run_text(c, &manifest, "provider test", Default::default(), format).await
         }
         ProviderCommand::Remove { name } => {
             let gone = c

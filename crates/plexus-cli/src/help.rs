@@ -204,6 +204,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("provider remove", "plexus provider remove local"),
     (
+        "provider test",
+        "plexus provider test openai   # one short request, as a run",
+    ),
+    (
         "action",
         "plexus action invoke ops inspect --param path=reports",
     ),

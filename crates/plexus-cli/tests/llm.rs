@@ -99,6 +99,21 @@ fn llm_steps_call_the_configured_provider() {
                 "base_url": format!("http://{api}/v1"), "api_key": true, "default": false}])
     );
     assert!(!listed.to_string().contains("sk-test"));
+    let tested = cli(&p, &addr)
+        .args(["provider", "test", "standin", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        tested.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    let tested: Value = serde_json::from_slice(&tested.stdout).unwrap();
+    assert_eq!(
+        step(&tested, "ask")["output"]["text"],
+        "echo: Reply with the single word OK."
+    );
+    seen.lock().unwrap().clear();
 
     let runner = spawn_run(
         &p,
