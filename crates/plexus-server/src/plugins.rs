@@ -56,6 +56,9 @@ pub fn service(state: AppState) -> JsonService<EngineService, EngineServiceName>
 /// Who is calling, as audit records name them.
 struct Plugin {
     actor: String,
+    /// The plugin a `plugin`-role key acts for: the one named like its user. Such a
+    /// caller cannot speak for another plugin (its configuration, its cache).
+    bound: Option<String>,
 }
 
 fn bad(e: String) -> Status {
@@ -86,6 +89,7 @@ impl EngineService {
             }
             return Ok(Plugin {
                 actor: format!("{}(plugin:{named})", caller.actor()),
+                bound: (caller.role == Role::Plugin).then(|| caller.username.clone()),
             });
         }
         let loopback = call.remote.is_some_and(|a| a.ip().is_loopback());
@@ -96,6 +100,7 @@ impl EngineService {
         if loopback && allowed {
             return Ok(Plugin {
                 actor: format!("plugin:{named}"),
+                bound: None,
             });
         }
         Err(Status::unauthenticated(if loopback {
@@ -398,7 +403,7 @@ impl EngineService {
             self.state.store.as_ref(),
             actor,
             "permission.denied",
-            "grpc EngineService/CallPlugin",
+            "grpc EngineService",
             json!({"reason": message}),
         )
         .await;
@@ -508,10 +513,27 @@ impl Handler for EngineService {
                 t.to_owned()
             }
         };
-        let plugin = call
-            .header("x-plugin-name")
-            .map(str::to_owned)
-            .unwrap_or_else(|| body_name(&call.body));
+        let plugin = match &who.bound {
+            Some(own) => {
+                let named = ["name", "plugin_name", "caller_plugin"]
+                    .iter()
+                    .filter_map(|k| call.body.get(k).and_then(Json::as_str))
+                    .chain(call.header("x-plugin-name"))
+                    .find(|n| !n.is_empty() && n != own);
+                if let Some(other) = named {
+                    let message = format!(
+                        "this key acts for the plugin `{own}` (its user's name), not `{other}`"
+                    );
+                    self.refuse_call(&who.actor, &message).await;
+                    return Err(Status::permission_denied(message));
+                }
+                own.clone()
+            }
+            None => call
+                .header("x-plugin-name")
+                .map(str::to_owned)
+                .unwrap_or_else(|| body_name(&call.body)),
+        };
         match call.method.as_str() {
             "RegisterPlugin" => self.register(call, &who).await,
             "DeregisterPlugin" => {

@@ -108,6 +108,49 @@ async fn every_plugin_method_checks_its_caller() {
     assert_eq!(err.code(), Some(tonic::Code::Unauthenticated));
 }
 
+/// A key of a `plugin` user acts for the plugin named like the user, and for no other:
+/// not its configuration (secrets), not its name.
+#[tokio::test]
+async fn a_plugin_key_speaks_for_its_own_plugin_only() {
+    let api = Api::new().await;
+    let addr = serve(&api).await;
+    let key = api.user_key("metrics", "plugin").await;
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/api/v1/settings/plugin.billing.api_token",
+            json!({"value": "s3cr3t"}).to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert!(status.is_success());
+    let p = peer(&addr, Some(&key));
+    let own = p
+        .call(
+            "GetConfig",
+            json!({"plugin_name": "metrics"}),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(own["config"], json!({}));
+    for body in [
+        json!({"plugin_name": "billing"}),
+        json!({"name": "billing", "instance_id": "i"}),
+        json!({"caller_plugin": "billing", "target_plugin": "x"}),
+    ] {
+        let err = p
+            .call("GetConfig", body.clone(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{body}");
+        assert!(
+            err.to_string().contains("acts for the plugin `metrics`"),
+            "{err}"
+        );
+    }
+}
+
 /// Unknown instances are told to register again (OK, never NOT_FOUND: the SDKs only log
 /// errors); a registration whose plugin cannot be reached fails with a reason.
 #[tokio::test]
