@@ -140,7 +140,7 @@ fn an_mcp_server_runs_as_an_agent() {
 /// by the configuration waits for approval; both feed a workflow.
 #[test]
 fn the_mcp_server_time_package_runs_in_a_workflow() {
-    let python = venv_python("mcp_server_time", "mcp-server-time");
+    let python = venv_python("mcp_server_time", "mcp-server-time==2026.10.19");
     let p = Plexus::new();
     let (mut server, addr) = start_server(&p);
     let out = cli(&p, &addr)
