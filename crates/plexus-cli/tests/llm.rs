@@ -174,6 +174,21 @@ steps:
         "{error}"
     );
     assert!(!error.contains("sk-wrong"));
+    // Fallbacks: a provider that fails (not retried: a bad key) gives way to the next.
+    add("backup", "sk-test");
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "fallback",
+        "version: plexus/v1\nname: fallback\nsteps:\n- {id: ask, llm: {prompt: hi, provider: standin, fallbacks: [backup]}}\n",
+    );
+    let run = finish_run(runner, 0);
+    assert_eq!(step(&run, "ask")["output"]["text"], "echo: hi");
+    let out = cli(&p, &addr)
+        .args(["provider", "remove", "backup"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     // No provider: a clear error.
     let out = cli(&p, &addr)
         .args(["provider", "remove", "standin"])

@@ -7,6 +7,7 @@
 //! [`ProviderConfig`]) and held in [`Providers`].
 
 pub mod openai;
+pub mod route;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -135,6 +136,8 @@ impl ProviderConfig {
 pub struct Providers {
     known: RwLock<BTreeMap<String, Arc<dyn Provider>>>,
     default: RwLock<Option<String>>,
+    /// Which providers are skipped for now after repeated failures.
+    pub breakers: route::Breakers,
 }
 
 impl Providers {

@@ -49,7 +49,20 @@ async fn call(
         .as_str()
         .filter(|p| !p.trim().is_empty())
         .ok_or("an llm step needs a `prompt` (or `llm: \"text\"`)")?;
-    let (name, provider) = providers.pick(spec["provider"].as_str())?;
+    // Fails now, with a clear message, when there is no such provider.
+    providers.pick(spec["provider"].as_str())?;
+    let fallbacks: Vec<String> = match &spec["fallbacks"] {
+        Json::Null => Vec::new(),
+        Json::Array(names) => names
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .map(str::to_owned)
+                    .ok_or("`fallbacks` is a list of provider names")
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("`fallbacks` is a list of provider names".into()),
+    };
     let schema = spec.get("output_schema").filter(|s| !s.is_null());
     let validator = match schema {
         Some(s) => Some(
@@ -79,10 +92,9 @@ async fn call(
             json: schema.is_some_and(|s| s["type"] == "object"),
             timeout,
         };
-        let reply = provider
-            .chat(request)
-            .await
-            .map_err(|e| format!("provider `{name}`: {e}"))?;
+        let (name, reply) = providers
+            .chat_routed(spec["provider"].as_str(), &fallbacks, request)
+            .await?;
         usage += reply.usage;
         let Some(validator) = &validator else {
             let output = json!({
