@@ -15,7 +15,7 @@ pub enum ProviderCommand {
     Add {
         name: String,
         /// openai: any OpenAI-compatible API (OpenAI, Ollama's /v1, vLLM, llama.cpp, LM
-        /// Studio, OpenRouter)
+        /// Studio, OpenRouter); anthropic: the Anthropic Messages API
         #[arg(long, default_value = "openai")]
         kind: String,
         /// The API's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1

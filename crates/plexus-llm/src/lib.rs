@@ -2,10 +2,13 @@
 //!
 //! [`Provider::chat`] sends messages and answers the model's reply with its usage.
 //! [`openai::OpenAiCompatible`] speaks the OpenAI chat completions API, which OpenAI,
-//! Ollama's `/v1`, vLLM, llama.cpp's server, LM Studio and OpenRouter all serve.
+//! Ollama's `/v1`, vLLM, llama.cpp's server, LM Studio and OpenRouter all serve;
+//! [`anthropic::Anthropic`] the Anthropic Messages API. [`route`] retries, falls back
+//! and skips providers that keep failing.
 //! Providers are configured at run time (settings `providers.<name>`, see
 //! [`ProviderConfig`]) and held in [`Providers`].
 
+pub mod anthropic;
 pub mod openai;
 pub mod route;
 
@@ -105,7 +108,7 @@ pub trait Provider: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// `openai` (any OpenAI-compatible API).
+    /// `openai` (any OpenAI-compatible API) or `anthropic` (the Messages API).
     pub kind: String,
     /// The API's base, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
     pub base_url: String,
@@ -124,8 +127,13 @@ impl ProviderConfig {
                 &self.model,
                 self.api_key.clone(),
             )?)),
+            "anthropic" => Ok(Arc::new(anthropic::Anthropic::new(
+                &self.base_url,
+                &self.model,
+                self.api_key.clone(),
+            )?)),
             other => Err(ProviderError::Config(format!(
-                "unknown provider kind `{other}`: this version speaks `openai` (any OpenAI-compatible API)"
+                "unknown provider kind `{other}`: kinds are `openai` (any OpenAI-compatible API) and `anthropic`"
             ))),
         }
     }

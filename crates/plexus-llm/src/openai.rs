@@ -27,6 +27,15 @@ fn tls() -> Result<rustls::ClientConfig, ProviderError> {
     .with_no_client_auth())
 }
 
+/// An HTTP client on the workspace's one TLS configuration (ring, the system's roots).
+pub(crate) fn http_client() -> Result<reqwest::Client, ProviderError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls()?)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| ProviderError::Config(e.to_string()))
+}
+
 impl OpenAiCompatible {
     pub fn new(
         base_url: &str,
@@ -38,11 +47,7 @@ impl OpenAiCompatible {
                 "base_url `{base_url}` is not an http:// or https:// URL"
             )));
         }
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls()?)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ProviderError::Config(e.to_string()))?;
+        let http = http_client()?;
         Ok(OpenAiCompatible {
             endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             model: model.to_owned(),

@@ -1,0 +1,249 @@
+//! The Anthropic Messages API (`POST {base_url}/messages`, `x-api-key`,
+//! `anthropic-version`): the system prompt apart from the messages, `max_tokens` required.
+
+use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Reply, Usage};
+use serde_json::{Value as Json, json};
+use std::time::Duration;
+
+/// The API version this client speaks.
+const VERSION: &str = "2023-06-01";
+/// `max_tokens` when a request sets none (the API requires one).
+const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+pub struct Anthropic {
+    endpoint: String,
+    model: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Anthropic {
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        api_key: Option<String>,
+    ) -> Result<Self, ProviderError> {
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(ProviderError::Config(format!(
+                "base_url `{base_url}` is not an http:// or https:// URL"
+            )));
+        }
+        Ok(Anthropic {
+            endpoint: format!("{}/messages", base_url.trim_end_matches('/')),
+            model: model.to_owned(),
+            api_key,
+            http: crate::openai::http_client()?,
+        })
+    }
+
+    async fn call(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let system: Vec<&str> = request
+            .messages
+            .iter()
+            .filter(|m| m.role == "system")
+            .map(|m| m.content.as_str())
+            .collect();
+        let messages: Vec<Json> = request
+            .messages
+            .iter()
+            .filter(|m| m.role != "system")
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        let mut body = json!({
+            "model": request.model.as_deref().unwrap_or(&self.model),
+            "max_tokens": request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            "messages": messages,
+        });
+        if !system.is_empty() {
+            body["system"] = json!(system.join("\n\n"));
+        }
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        let mut call = self
+            .http
+            .post(&self.endpoint)
+            .header("anthropic-version", VERSION)
+            .json(&body)
+            .timeout(request.timeout);
+        if let Some(key) = &self.api_key {
+            call = call.header("x-api-key", key);
+        }
+        let answer = call.send().await.map_err(|e| {
+            if e.is_timeout() {
+                ProviderError::Timeout(request.timeout)
+            } else {
+                ProviderError::Transport(e.to_string())
+            }
+        })?;
+        let status = answer.status();
+        let retry_after = answer
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = answer
+            .text()
+            .await
+            .map_err(|e| ProviderError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Json>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return Err(ProviderError::Http {
+                status: status.as_u16(),
+                message,
+                retry_after,
+            });
+        }
+        let v: Json = serde_json::from_str(&text)
+            .map_err(|e| ProviderError::Malformed(format!("not JSON: {e}")))?;
+        let blocks = v["content"]
+            .as_array()
+            .ok_or_else(|| ProviderError::Malformed("no `content`".into()))?;
+        let content: String = blocks
+            .iter()
+            .filter(|b| b["type"] == "text")
+            .filter_map(|b| b["text"].as_str())
+            .collect();
+        let n = |k: &str| v["usage"][k].as_u64().unwrap_or(0);
+        Ok(ChatResponse {
+            content,
+            model: v["model"].as_str().unwrap_or(&self.model).to_owned(),
+            finish_reason: match v["stop_reason"].as_str().unwrap_or("") {
+                "end_turn" | "stop_sequence" => "stop".to_owned(),
+                "max_tokens" => "length".to_owned(),
+                "tool_use" => "tool_calls".to_owned(),
+                other => other.to_owned(),
+            },
+            usage: Usage {
+                prompt_tokens: n("input_tokens"),
+                completion_tokens: n("output_tokens"),
+                total_tokens: n("input_tokens") + n("output_tokens"),
+            },
+        })
+    }
+}
+
+impl Provider for Anthropic {
+    fn default_model(&self) -> &str {
+        &self.model
+    }
+
+    fn chat(&self, request: ChatRequest) -> Reply<'_> {
+        Box::pin(self.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot HTTP server: answers `reply` and hands back the request it got.
+    async fn stub(status: &'static str, reply: Json) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 65536];
+            let mut got = Vec::new();
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let body = reply.to_string();
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(response.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&got).to_string()
+        });
+        (format!("http://{addr}/v1"), task)
+    }
+
+    #[tokio::test]
+    async fn a_message_goes_with_the_system_apart_and_the_key_in_its_header() {
+        let (url, request) = stub(
+            "200 OK",
+            json!({"content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
+                   "model": "claude-x", "stop_reason": "end_turn",
+                   "usage": {"input_tokens": 9, "output_tokens": 3}}),
+        )
+        .await;
+        let a = Anthropic::new(&url, "claude-x", Some("sk-ant".into())).unwrap();
+        let reply = a
+            .chat(ChatRequest {
+                messages: vec![
+                    Message::new("system", "be brief"),
+                    Message::new("user", "hello"),
+                ],
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.content, "Hi there");
+        assert_eq!(reply.finish_reason, "stop");
+        assert_eq!(reply.usage.total_tokens, 12);
+        let request = request.await.unwrap();
+        assert!(request.starts_with("POST /v1/messages"), "{request}");
+        assert!(request.to_ascii_lowercase().contains("x-api-key: sk-ant"));
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("anthropic-version: 2023-06-01")
+        );
+        let body: Json = serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body["system"], "be brief");
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "hello"}])
+        );
+        assert_eq!(body["max_tokens"], 1024);
+    }
+
+    #[tokio::test]
+    async fn an_error_says_what_the_api_said() {
+        let (url, _) = stub(
+            "529 Overloaded",
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        )
+        .await;
+        let a = Anthropic::new(&url, "claude-x", None).unwrap();
+        let e = a
+            .chat(ChatRequest {
+                messages: vec![Message::new("user", "hello")],
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ProviderError::Http {
+                status: 529,
+                message: "Overloaded".into(),
+                retry_after: None
+            }
+        );
+    }
+}
