@@ -211,3 +211,65 @@ steps:
     );
     stop(&mut server);
 }
+
+/// The gateway driven by the real `openai` package from PyPI: models, a completion, a
+/// stream, a bad key (OpenAI's error shape, so the client raises AuthenticationError);
+/// the call is audited without its prompt.
+#[test]
+fn the_openai_package_talks_to_the_gateway() {
+    let python = venv_python("openai", "openai==3.57.0");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Seen = Arc::default();
+    let api = stand_in(&rt, seen.clone());
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    let mut child = cli(&p, &addr)
+        .args(["provider", "add", "standin", "--base-url"])
+        .arg(format!("http://{api}/v1"))
+        .args(["--model", "stand-in-1", "--api-key-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"sk-test").unwrap();
+    assert!(child.wait().unwrap().success());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm_python/openai_client.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(format!("http://{addr}/v1"))
+        .arg(admin_key(&addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        got,
+        json!({
+            "models": ["standin", "standin/stand-in-1"],
+            "text": "echo: ping",
+            "tokens": 19,
+            "streamed": "echo: stream me",
+            "bad_key": 401
+        })
+    );
+    let models: Vec<Value> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert_eq!(models.len(), 2, "the bad key never reached the provider");
+    let (_, audit) = http(&addr, "GET", "/api/v1/audit?limit=1000", None);
+    let text = audit.to_string();
+    assert!(text.contains("\"llm.chat\""), "{text}");
+    assert!(
+        !text.contains("stream me"),
+        "the prompt is not in the audit log"
+    );
+    stop(&mut server);
+}

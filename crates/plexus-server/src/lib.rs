@@ -9,6 +9,7 @@ pub mod auth;
 mod body;
 mod error;
 mod events;
+mod gateway;
 pub mod grpc;
 mod health;
 pub mod metrics;
@@ -98,6 +99,7 @@ macro_rules! api {
                 .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
                 .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
                 .layer(axum::middleware::from_fn(error::json_errors))
+                .layer(axum::middleware::from_fn(gateway::openai_errors))
                 .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panic_answer))
                 .layer(axum::middleware::from_fn(auth::security_headers))
                 .layer(axum::middleware::from_fn(metrics::track))
@@ -163,6 +165,8 @@ api! {
     operator get "/api/v1/agents/{name}/health" => agents_api::check,
     admin delete "/api/v1/agents/{name}" => agents_api::remove,
     engineer post "/api/v1/agents/{name}/actions/{action}" => agents_api::invoke,
+    engineer post "/v1/chat/completions" => gateway::chat,
+    operator get "/v1/models" => gateway::models,
     engineer post "/api/v1/schedules" => schedules::create,
     operator get "/api/v1/schedules" => schedules::list,
     operator get "/api/v1/schedules/{name}" => schedules::get,

@@ -1,0 +1,28 @@
+"""The real `openai` package against Plexus's gateway: models, a completion, a stream,
+a bad key. Prints one JSON line of what it saw."""
+
+import json
+import sys
+
+import openai
+
+base, key = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+seen = {}
+seen["models"] = sorted(m.id for m in client.models.list())
+done = client.chat.completions.create(
+    model="standin", messages=[{"role": "user", "content": "ping"}], max_tokens=20
+)
+seen["text"] = done.choices[0].message.content
+seen["tokens"] = done.usage.total_tokens
+chunks = client.chat.completions.create(
+    model="standin/other-model", messages=[{"role": "user", "content": "stream me"}], stream=True
+)
+seen["streamed"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+bad = openai.OpenAI(base_url=base, api_key="plx_nope_wrong", max_retries=0)
+try:
+    bad.chat.completions.create(model="standin", messages=[{"role": "user", "content": "x"}])
+    seen["bad_key"] = "accepted"
+except openai.AuthenticationError as e:
+    seen["bad_key"] = e.status_code
+print(json.dumps(seen))

@@ -1,0 +1,208 @@
+//! An OpenAI-compatible gateway on the HTTP port: `POST /v1/chat/completions` and `GET
+//! /v1/models`, for clients such as the `openai` package, authenticated by Plexus API keys
+//! or tokens (as a bearer), routed to the configured providers and audited (who, model,
+//! tokens — never the prompt). Errors have OpenAI's shape: `{"error": {"message", "type",
+//! "code"}}`.
+//!
+//! `model` picks the provider: `PROVIDER` (its model), `PROVIDER/MODEL`, or a model name
+//! for the default provider.
+
+use crate::auth::{Caller, audit};
+use crate::body;
+use crate::{AppState, now_ms};
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use plexus_llm::{ChatRequest, Message};
+use serde_json::{Value as Json, json};
+use std::time::Duration;
+
+/// An answer in OpenAI's error shape.
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    let body = json!({"error": {"message": message.into(), "type": kind, "code": Json::Null, "param": Json::Null}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Rewrites the server's own error answers (`{code, message, details}`: a missing key, a
+/// role too low) on `/v1/` into OpenAI's shape, so that its clients read them.
+pub async fn openai_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !req.uri().path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let (_, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let v: Json = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
+    if v.get("error").is_some() {
+        return (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    }
+    let message = v["message"].as_str().unwrap_or("error").to_owned();
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::FORBIDDEN => "permission_error",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+        s if s.is_server_error() => "api_error",
+        _ => "invalid_request_error",
+    };
+    error(status, kind, message)
+}
+
+/// `GET /v1/models`: each provider as `PROVIDER` and as `PROVIDER/MODEL`.
+pub async fn models(State(state): State<AppState>) -> Response {
+    let mut data = Vec::new();
+    for name in state.engine.llm.names() {
+        if let Ok((_, p)) = state.engine.llm.pick(Some(&name)) {
+            for id in [name.clone(), format!("{name}/{}", p.default_model())] {
+                data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": "plexus"}));
+            }
+        }
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// The provider and model a request's `model` names.
+fn route(state: &AppState, model: &str) -> Result<(Option<String>, Option<String>), String> {
+    let names = state.engine.llm.names();
+    if names.iter().any(|n| n == model) {
+        return Ok((Some(model.to_owned()), None));
+    }
+    if let Some((p, m)) = model.split_once('/')
+        && names.iter().any(|n| n == p)
+    {
+        return Ok((Some(p.to_owned()), Some(m.to_owned())));
+    }
+    Ok((None, (!model.is_empty()).then(|| model.to_owned())))
+}
+
+/// `POST /v1/chat/completions` (`stream: true` answers server-sent events).
+pub async fn chat(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Response {
+    let bytes = match body::read(body, state.config.body_limit).await {
+        Ok(b) => b,
+        Err(e) => return error(e.status, "invalid_request_error", e.message),
+    };
+    let req: Json = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    if req.get("tools").is_some_and(|t| !t.is_null()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "tools are not supported by this gateway yet",
+        );
+    }
+    let Some(raw) = req["messages"].as_array() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "`messages` is required",
+        );
+    };
+    let mut messages = Vec::new();
+    for m in raw {
+        let content = match &m["content"] {
+            Json::String(s) => s.clone(),
+            // Content parts: their text, in order.
+            Json::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => String::new(),
+        };
+        messages.push(Message::new(m["role"].as_str().unwrap_or("user"), content));
+    }
+    let model = req["model"].as_str().unwrap_or("");
+    let (provider, model_override) = match route(&state, model) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+    };
+    let request = ChatRequest {
+        model: model_override,
+        messages,
+        max_tokens: req["max_tokens"]
+            .as_u64()
+            .or_else(|| req["max_completion_tokens"].as_u64())
+            .map(|n| n as u32),
+        temperature: req["temperature"].as_f64(),
+        json: req["response_format"]["type"] == "json_object",
+        timeout: Duration::from_secs(120),
+    };
+    let routed = state
+        .engine
+        .llm
+        .chat_routed(provider.as_deref(), &[], request)
+        .await;
+    let (name, reply) = match routed {
+        Ok(r) => r,
+        Err(e) if e.contains("no LLM provider") => {
+            return error(StatusCode::NOT_FOUND, "invalid_request_error", e);
+        }
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "api_error", e),
+    };
+    metrics::counter!("plexus_llm_requests_total", "provider" => name.clone()).increment(1);
+    metrics::counter!("plexus_llm_tokens_total", "provider" => name.clone())
+        .increment(reply.usage.total_tokens);
+    audit(
+        state.store.as_ref(),
+        &caller.actor(),
+        "llm.chat",
+        &format!("provider:{name}"),
+        json!({"model": reply.model, "usage": reply.usage}),
+    )
+    .await;
+    let id = format!("chatcmpl-{}", now_ms());
+    let created = now_ms() / 1000;
+    let usage = json!({
+        "prompt_tokens": reply.usage.prompt_tokens,
+        "completion_tokens": reply.usage.completion_tokens,
+        "total_tokens": reply.usage.total_tokens,
+    });
+    if req["stream"] == true {
+        // The whole answer in one chunk, then the end: what a streaming client reads.
+        let chunk = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": reply.model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": reply.content}, "finish_reason": Json::Null}]});
+        let end = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": reply.model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}], "usage": usage});
+        let text = format!("data: {chunk}\n\ndata: {end}\n\ndata: [DONE]\n\n");
+        return (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            text,
+        )
+            .into_response();
+    }
+    axum::Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": reply.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content},
+                     "finish_reason": reply.finish_reason}],
+        "usage": usage,
+    }))
+    .into_response()
+}
