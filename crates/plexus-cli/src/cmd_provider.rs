@@ -55,6 +55,17 @@ pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Resul
                 .iter()
                 .find(|s| s["key"] == "llm.default_provider")
                 .and_then(|s| s["value"].as_str().map(str::to_owned));
+            // Health as the engine sees it (the settings say what is configured).
+            let live = c.call("GET", "/api/v1/providers", None).await?;
+            let health = |name: &str| {
+                live["providers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"] == name)
+                    .and_then(|p| p["health"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "not loaded".to_owned())
+            };
             let mut rows = Vec::new();
             let mut data = Vec::new();
             for s in &settings {
@@ -69,8 +80,14 @@ pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Resul
                 let has_key = settings
                     .iter()
                     .any(|k| k["key"] == format!("providers.{name}.api_key").as_str());
-                let is_default = default.as_deref() == Some(name);
-                data.push(json!({"name": name, "kind": v["kind"], "model": v["model"], "base_url": v["base_url"], "api_key": has_key, "default": is_default}));
+                // The engine's default: the named one, or the only one there is.
+                let is_default = live["providers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == name && p["default"] == true)
+                    || default.as_deref() == Some(name);
+                data.push(json!({"name": name, "kind": v["kind"], "model": v["model"], "base_url": v["base_url"], "api_key": has_key, "default": is_default, "health": health(name)}));
                 rows.push(vec![
                     name.to_owned(),
                     v["kind"].as_str().unwrap_or("").to_owned(),
@@ -78,6 +95,7 @@ pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Resul
                     v["base_url"].as_str().unwrap_or("").to_owned(),
                     if has_key { "set" } else { "-" }.to_owned(),
                     if is_default { "yes" } else { "" }.to_owned(),
+                    health(name),
                 ]);
             }
             if format.is_data() {

@@ -96,7 +96,8 @@ fn llm_steps_call_the_configured_provider() {
     assert_eq!(
         listed,
         json!([{"name": "standin", "kind": "openai", "model": "stand-in-1",
-                "base_url": format!("http://{api}/v1"), "api_key": true, "default": false}])
+                "base_url": format!("http://{api}/v1"), "api_key": true, "default": true,
+                "health": "healthy"}])
     );
     assert!(!listed.to_string().contains("sk-test"));
     let tested = cli(&p, &addr)

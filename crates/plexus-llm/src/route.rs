@@ -60,6 +60,15 @@ impl Breakers {
     pub fn is_open(&self, name: &str) -> bool {
         self.open(name)
     }
+
+    /// How many times in a row a provider has failed (0 after a success).
+    pub fn failures(&self, name: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map_or(0, |(n, _)| *n)
+    }
 }
 
 fn retryable(e: &ProviderError) -> Option<Option<Duration>> {

@@ -73,6 +73,28 @@ pub async fn models(State(state): State<AppState>) -> Response {
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
+/// `GET /api/v1/providers`: each provider with its model, whether it is the default, and
+/// its health (`unhealthy` while it is skipped after repeated failures).
+pub async fn providers(State(state): State<AppState>) -> Response {
+    let llm = &state.engine.llm;
+    let default = llm.pick(None).ok().map(|(n, _)| n);
+    let list: Vec<Json> = llm
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let (_, p) = llm.pick(Some(&name)).ok()?;
+            Some(json!({
+                "name": name,
+                "model": p.default_model(),
+                "default": default.as_deref() == Some(name.as_str()),
+                "health": if llm.breakers.is_open(&name) { "unhealthy" } else { "healthy" },
+                "failures_in_a_row": llm.breakers.failures(&name),
+            }))
+        })
+        .collect();
+    axum::Json(json!({ "providers": list })).into_response()
+}
+
 /// The provider and model a request's `model` names.
 fn route(state: &AppState, model: &str) -> Result<(Option<String>, Option<String>), String> {
     let names = state.engine.llm.names();

@@ -167,6 +167,7 @@ api! {
     engineer post "/api/v1/agents/{name}/actions/{action}" => agents_api::invoke,
     engineer post "/v1/chat/completions" => gateway::chat,
     operator get "/v1/models" => gateway::models,
+    operator get "/api/v1/providers" => gateway::providers,
     engineer post "/api/v1/schedules" => schedules::create,
     operator get "/api/v1/schedules" => schedules::list,
     operator get "/api/v1/schedules/{name}" => schedules::get,
