@@ -3,7 +3,6 @@
 
 use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Reply, Usage};
 use serde_json::{Value as Json, json};
-use std::time::Duration;
 
 /// The API version this client speaks.
 const VERSION: &str = "2023-06-01";
@@ -69,37 +68,7 @@ impl Anthropic {
         if let Some(key) = &self.api_key {
             call = call.header("x-api-key", key);
         }
-        let answer = call.send().await.map_err(|e| {
-            if e.is_timeout() {
-                ProviderError::Timeout(request.timeout)
-            } else {
-                ProviderError::Transport(e.to_string())
-            }
-        })?;
-        let status = answer.status();
-        let retry_after = answer
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = answer
-            .text()
-            .await
-            .map_err(|e| ProviderError::Transport(e.to_string()))?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<Json>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| text.chars().take(300).collect());
-            return Err(ProviderError::Http {
-                status: status.as_u16(),
-                message,
-                retry_after,
-            });
-        }
-        let v: Json = serde_json::from_str(&text)
-            .map_err(|e| ProviderError::Malformed(format!("not JSON: {e}")))?;
+        let v = crate::openai::send(call, request.timeout).await?;
         let blocks = v["content"]
             .as_array()
             .ok_or_else(|| ProviderError::Malformed("no `content`".into()))?;
@@ -141,6 +110,7 @@ impl Provider for Anthropic {
 mod tests {
     use super::*;
     use crate::Message;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A one-shot HTTP server: answers `reply` and hands back the request it got.

@@ -27,6 +27,45 @@ fn tls() -> Result<rustls::ClientConfig, ProviderError> {
     .with_no_client_auth())
 }
 
+/// Sends a request and reads its JSON answer; an error status becomes
+/// [`ProviderError::Http`] with the API's own message (`error.message`, which OpenAI and
+/// Anthropic both use) and what `Retry-After` said.
+pub(crate) async fn send(
+    call: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Json, ProviderError> {
+    let answer = call.send().await.map_err(|e| {
+        if e.is_timeout() {
+            ProviderError::Timeout(timeout)
+        } else {
+            ProviderError::Transport(e.to_string())
+        }
+    })?;
+    let status = answer.status();
+    let retry_after = answer
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = answer
+        .text()
+        .await
+        .map_err(|e| ProviderError::Transport(e.to_string()))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<Json>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        return Err(ProviderError::Http {
+            status: status.as_u16(),
+            message,
+            retry_after,
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| ProviderError::Malformed(format!("not JSON: {e}")))
+}
+
 /// An HTTP client on the workspace's one TLS configuration (ring, the system's roots).
 pub(crate) fn http_client() -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
@@ -78,38 +117,7 @@ impl OpenAiCompatible {
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
-        let answer = call.send().await.map_err(|e| {
-            if e.is_timeout() {
-                ProviderError::Timeout(request.timeout)
-            } else {
-                ProviderError::Transport(e.to_string())
-            }
-        })?;
-        let status = answer.status();
-        let retry_after = answer
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = answer
-            .text()
-            .await
-            .map_err(|e| ProviderError::Transport(e.to_string()))?;
-        if !status.is_success() {
-            // OpenAI-style errors say what went wrong in error.message.
-            let message = serde_json::from_str::<Json>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| text.chars().take(300).collect());
-            return Err(ProviderError::Http {
-                status: status.as_u16(),
-                message,
-                retry_after,
-            });
-        }
-        let v: Json = serde_json::from_str(&text)
-            .map_err(|e| ProviderError::Malformed(format!("not JSON: {e}")))?;
+        let v = send(call, request.timeout).await?;
         let choice = &v["choices"][0];
         let content = choice["message"]["content"]
             .as_str()
