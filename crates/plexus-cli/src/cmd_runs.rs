@@ -129,6 +129,7 @@ pub async fn show_run(store: &dyn Store, run: &str, format: Format) -> Result<()
         .collect();
     println!();
     output::table(&["STEP", "STATUS", "ATTEMPT", "TOOK", "DETAIL"], &table);
+    output::tool_calls(steps.iter().map(|s| (s.step_id.as_str(), &s.output)));
     if !row.outputs.is_null() && row.outputs != json!({}) {
         println!("\noutputs: {}", serde_json::to_string_pretty(&row.outputs)?);
     }

@@ -136,3 +136,45 @@ pub fn one_line(s: &str, max: usize) -> String {
         first.to_owned()
     }
 }
+
+/// The tool calls of each step that ran an agentic loop (an `llm` step with `tools`),
+/// from its output: what the model called, with what, and what came of it.
+pub fn tool_calls<'a>(steps: impl Iterator<Item = (&'a str, &'a serde_json::Value)>) {
+    for (id, out) in steps {
+        let Some(calls) = out["tool_calls"].as_array() else {
+            continue;
+        };
+        println!(
+            "\n{id}: {} model calls, {} tokens, {} tool calls",
+            out["iterations"],
+            out["usage"]["total_tokens"],
+            calls.len()
+        );
+        let rows: Vec<Vec<String>> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let tool = match (c["agent"].as_str(), c["action"].as_str()) {
+                    (Some(a), Some(b)) => format!("{a}/{b}"),
+                    _ => c["tool"].as_str().unwrap_or("?").to_owned(),
+                };
+                let came = match c["status"].as_str() {
+                    Some("ok") => c["result"].to_string(),
+                    _ => c["error"].as_str().unwrap_or("").to_owned(),
+                };
+                let status = match c["approved_by"].as_str() {
+                    Some(by) => format!("ok (approved by {by})"),
+                    None => c["status"].as_str().unwrap_or("").to_owned(),
+                };
+                vec![
+                    (i + 1).to_string(),
+                    tool,
+                    one_line(&c["arguments"].to_string(), 40),
+                    status,
+                    one_line(&came, 60),
+                ]
+            })
+            .collect();
+        table(&["#", "TOOL", "ARGUMENTS", "STATUS", "RESULT"], &rows);
+    }
+}

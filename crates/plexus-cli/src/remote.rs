@@ -138,6 +138,13 @@ fn print_run(run: &Json, format: Format) {
             .unwrap_or_default();
     println!();
     output::table(&["STEP", "STATE", "ATTEMPT", "DETAIL"], &rows);
+    if let Some(steps) = run["steps"].as_array() {
+        output::tool_calls(
+            steps
+                .iter()
+                .map(|s| (s["id"].as_str().unwrap_or(""), &s["output"])),
+        );
+    }
     if !run["outputs"].is_null() && run["outputs"] != json!({}) {
         println!(
             "\noutputs: {}",

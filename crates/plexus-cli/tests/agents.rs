@@ -7,37 +7,9 @@ use common::agents::*;
 use common::server::*;
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-/// Starts the example agent against the engine at `grpc`; returns it once it said its
-/// port (it registers in the background).
-fn start_agent(grpc: &str) -> Child {
-    let mut cmd = Command::new(example("ops_agent"));
-    cmd.env_clear()
-        .env("MIRASTACK_ENGINE_ADDR", grpc)
-        .env("MIRASTACK_PLUGIN_TENANT_SLUG", "default")
-        // Beat every second, so that an engine restart is noticed at once.
-        .env("MIRASTACK_HEARTBEAT_INTERVAL_SECONDS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl only marks the child to die with the test's thread.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("the example agent starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("MIRASTACK_PLUGIN_PORT="), "{line}");
-    child
-}
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A GET's body as text, as the admin.
 fn raw_get(addr: &str, path: &str) -> String {
@@ -92,7 +64,7 @@ fn an_agent_written_with_the_rust_sdk_runs_in_workflows() {
     write_plugins_toml(&p, "0s", "");
     let (mut server, addr) = start_server(&p);
     let feed = agent_feed(&addr);
-    let mut agent = start_agent(&grpc_addr(&addr));
+    let mut agent = start_ops_agent(&grpc_addr(&addr));
     wait_for("the agent to register", || {
         agent_health(&p, &addr, "ops").as_deref() == Some("healthy")
     });
@@ -341,7 +313,7 @@ fn an_agent_registers_again_after_the_engine_restarts() {
     write_plugins_toml(&p, "0s", "");
     let grpc = free_addr();
     let (mut server, addr) = start_server_on(&p, &grpc);
-    let mut agent = start_agent(&grpc);
+    let mut agent = start_ops_agent(&grpc);
     wait_for("the agent to register", || {
         agent_health(&p, &addr, "ops").is_some()
     });
@@ -481,7 +453,7 @@ fn a_restarted_plugin_replaces_its_dead_predecessor() {
     write_plugins_toml(&p, "0s", "");
     let (mut server, addr) = start_server(&p);
     let grpc = grpc_addr(&addr);
-    let mut first = start_agent(&grpc);
+    let mut first = start_ops_agent(&grpc);
     wait_for("the first instance", || {
         agent_health(&p, &addr, "ops").is_some()
     });
@@ -489,7 +461,7 @@ fn a_restarted_plugin_replaces_its_dead_predecessor() {
     let first_id = before["instances"][0]["instance_id"].clone();
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut second = start_agent(&grpc);
+    let mut second = start_ops_agent(&grpc);
     wait_for("only the second instance", || {
         let a = cli_json(&p, &addr, &["agent", "get", "ops"]);
         let instances = a["instances"].as_array().unwrap();

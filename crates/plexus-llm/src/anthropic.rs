@@ -1,7 +1,7 @@
 //! The Anthropic Messages API (`POST {base_url}/messages`, `x-api-key`,
 //! `anthropic-version`): the system prompt apart from the messages, `max_tokens` required.
 
-use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Reply, Usage};
+use crate::{ChatRequest, ChatResponse, Message, Provider, ProviderError, Reply, ToolCall, Usage};
 use serde_json::{Value as Json, json};
 
 /// The API version this client speaks.
@@ -42,12 +42,7 @@ impl Anthropic {
             .filter(|m| m.role == "system")
             .map(|m| m.content.as_str())
             .collect();
-        let messages: Vec<Json> = request
-            .messages
-            .iter()
-            .filter(|m| m.role != "system")
-            .map(|m| json!({"role": m.role, "content": m.content}))
-            .collect();
+        let messages = wire_messages(&request.messages);
         let mut body = json!({
             "model": request.model.as_deref().unwrap_or(&self.model),
             "max_tokens": request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -58,6 +53,13 @@ impl Anthropic {
         }
         if let Some(t) = request.temperature {
             body["temperature"] = json!(t);
+        }
+        if !request.tools.is_empty() {
+            body["tools"] = request
+                .tools
+                .iter()
+                .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+                .collect();
         }
         let mut call = self
             .http
@@ -77,9 +79,19 @@ impl Anthropic {
             .filter(|b| b["type"] == "text")
             .filter_map(|b| b["text"].as_str())
             .collect();
+        let tool_calls = blocks
+            .iter()
+            .filter(|b| b["type"] == "tool_use")
+            .map(|b| ToolCall {
+                id: b["id"].as_str().unwrap_or_default().to_owned(),
+                name: b["name"].as_str().unwrap_or_default().to_owned(),
+                arguments: b["input"].to_string(),
+            })
+            .collect();
         let n = |k: &str| v["usage"][k].as_u64().unwrap_or(0);
         Ok(ChatResponse {
             content,
+            tool_calls,
             model: v["model"].as_str().unwrap_or(&self.model).to_owned(),
             finish_reason: match v["stop_reason"].as_str().unwrap_or("") {
                 "end_turn" | "stop_sequence" => "stop".to_owned(),
@@ -94,6 +106,42 @@ impl Anthropic {
             },
         })
     }
+}
+
+/// The conversation as the Messages API takes it: tool calls as `tool_use` blocks of the
+/// assistant's message, tool results as `tool_result` blocks of one user message (the API
+/// wants the results of one turn together), the system prompt left out (it goes apart).
+fn wire_messages(messages: &[Message]) -> Vec<Json> {
+    let mut out: Vec<Json> = Vec::new();
+    for m in messages.iter().filter(|m| m.role != "system") {
+        if m.role == "tool" {
+            let block = json!({"type": "tool_result",
+                "tool_use_id": m.tool_call_id.as_deref().unwrap_or_default(),
+                "content": m.content});
+            match out.last_mut() {
+                Some(last) if last["role"] == "user" && last["content"].is_array() => {
+                    if let Some(blocks) = last["content"].as_array_mut() {
+                        blocks.push(block);
+                    }
+                }
+                _ => out.push(json!({"role": "user", "content": [block]})),
+            }
+        } else if !m.tool_calls.is_empty() {
+            let mut blocks = Vec::new();
+            if !m.content.is_empty() {
+                blocks.push(json!({"type": "text", "text": m.content}));
+            }
+            for c in &m.tool_calls {
+                let input: Json = serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
+                blocks
+                    .push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+            }
+            out.push(json!({"role": "assistant", "content": blocks}));
+        } else {
+            out.push(json!({"role": m.role, "content": m.content}));
+        }
+    }
+    out
 }
 
 impl Provider for Anthropic {
@@ -189,6 +237,63 @@ mod tests {
             json!([{"role": "user", "content": "hello"}])
         );
         assert_eq!(body["max_tokens"], 1024);
+    }
+
+    #[tokio::test]
+    async fn tools_go_as_input_schemas_and_calls_come_back_as_tool_use_blocks() {
+        let (url, request) = stub(
+            "200 OK",
+            json!({"content": [{"type": "text", "text": "Looking."},
+                               {"type": "tool_use", "id": "tu_2", "name": "ops__hosts", "input": {"env": "prod"}}],
+                   "model": "claude-x", "stop_reason": "tool_use",
+                   "usage": {"input_tokens": 20, "output_tokens": 8}}),
+        )
+        .await;
+        let a = Anthropic::new(&url, "claude-x", None).unwrap();
+        let earlier = crate::ToolCall {
+            id: "tu_1".into(),
+            name: "ops__status".into(),
+            arguments: "{\"service\":\"db\"}".into(),
+        };
+        let reply = a
+            .chat(ChatRequest {
+                messages: vec![
+                    Message::new("user", "why is db slow?"),
+                    Message {
+                        role: "assistant".into(),
+                        tool_calls: vec![earlier],
+                        ..Message::default()
+                    },
+                    Message::tool_result("tu_1", "{\"ok\":true}"),
+                ],
+                tools: vec![crate::Tool {
+                    name: "ops__hosts".into(),
+                    description: "list hosts".into(),
+                    parameters: json!({"type": "object"}),
+                }],
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.finish_reason, "tool_calls");
+        assert_eq!(reply.tool_calls.len(), 1);
+        assert_eq!(reply.tool_calls[0].name, "ops__hosts");
+        assert_eq!(
+            serde_json::from_str::<Json>(&reply.tool_calls[0].arguments).unwrap(),
+            json!({"env": "prod"})
+        );
+        let request = request.await.unwrap();
+        let body: Json = serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body["tools"][0]["input_schema"], json!({"type": "object"}));
+        assert_eq!(
+            body["messages"][1]["content"][0],
+            json!({"type": "tool_use", "id": "tu_1", "name": "ops__status", "input": {"service": "db"}})
+        );
+        assert_eq!(
+            body["messages"][2],
+            json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu_1", "content": "{\"ok\":true}"}]})
+        );
     }
 
     #[tokio::test]

@@ -20,11 +20,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// One message of a conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool` (a tool's result).
     pub role: String,
+    #[serde(default)]
     pub content: String,
+    /// The tools an `assistant` message asks to call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -32,8 +39,37 @@ impl Message {
         Message {
             role: role.to_owned(),
             content: content.into(),
+            ..Message::default()
         }
     }
+
+    /// A tool's result, answering the call `id`.
+    pub fn tool_result(id: &str, content: impl Into<String>) -> Message {
+        Message {
+            role: "tool".to_owned(),
+            content: content.into(),
+            tool_call_id: Some(id.to_owned()),
+            ..Message::default()
+        }
+    }
+}
+
+/// A tool a model may call: a name, what it does, and its parameters as JSON Schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// A call a model asks for. `arguments` is the model's text, which should be a JSON
+/// object but need not be: callers check it before acting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 /// What to ask a model.
@@ -46,6 +82,8 @@ pub struct ChatRequest {
     pub temperature: Option<f64>,
     /// Ask for a JSON object as the answer (where the provider supports it).
     pub json: bool,
+    /// Tools the model may call; its reply's `tool_calls` name them.
+    pub tools: Vec<Tool>,
     pub timeout: Duration,
 }
 
@@ -65,10 +103,50 @@ impl std::ops::AddAssign for Usage {
     }
 }
 
+/// The limits of a tool-calling loop: the settings `budgets.agentic_max_iterations`,
+/// `budgets.agentic_max_tool_calls` and `budgets.agentic_max_tokens`. A step or a
+/// workflow may set lower ones, never higher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Model calls.
+    pub max_iterations: u32,
+    /// Tool calls, including refused and invalid ones.
+    pub max_tool_calls: u32,
+    /// Tokens, prompt and completion, over every model call.
+    pub max_tokens: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_iterations: 10,
+            max_tool_calls: 15,
+            max_tokens: 50_000,
+        }
+    }
+}
+
+impl Budget {
+    /// This budget lowered (never raised) by `max_iterations`, `max_tool_calls` and
+    /// `max_tokens` in `overrides` (a step's or a workflow's `budget:`).
+    pub fn lowered_by(self, overrides: &serde_json::Value) -> Budget {
+        let n = |k: &str| overrides.get(k).and_then(serde_json::Value::as_u64);
+        Budget {
+            max_iterations: n("max_iterations")
+                .map_or(self.max_iterations, |v| self.max_iterations.min(v as u32)),
+            max_tool_calls: n("max_tool_calls")
+                .map_or(self.max_tool_calls, |v| self.max_tool_calls.min(v as u32)),
+            max_tokens: n("max_tokens").map_or(self.max_tokens, |v| self.max_tokens.min(v)),
+        }
+    }
+}
+
 /// A model's reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatResponse {
     pub content: String,
+    /// Tools the model asks to call (`finish_reason` is then `tool_calls`).
+    pub tool_calls: Vec<ToolCall>,
     pub model: String,
     pub finish_reason: String,
     pub usage: Usage,
@@ -146,6 +224,7 @@ pub struct Providers {
     default: RwLock<Option<String>>,
     /// Which providers are skipped for now after repeated failures.
     pub breakers: route::Breakers,
+    budget: RwLock<Budget>,
 }
 
 impl Providers {
@@ -157,6 +236,17 @@ impl Providers {
         if let Ok(mut d) = self.default.write() {
             *d = default;
         }
+    }
+
+    /// Sets the limits of tool-calling loops (from the settings).
+    pub fn set_budget(&self, budget: Budget) {
+        if let Ok(mut b) = self.budget.write() {
+            *b = budget;
+        }
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget.read().map(|b| *b).unwrap_or_default()
     }
 
     pub fn names(&self) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! The OpenAI chat completions API (`POST {base_url}/chat/completions`), as OpenAI,
 //! Ollama's `/v1`, vLLM, llama.cpp's server, LM Studio and OpenRouter serve it.
 
-use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Reply, Usage};
+use crate::{ChatRequest, ChatResponse, Message, Provider, ProviderError, Reply, ToolCall, Usage};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,8 +98,19 @@ impl OpenAiCompatible {
     async fn call(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
         let mut body = json!({
             "model": request.model.as_deref().unwrap_or(&self.model),
-            "messages": request.messages,
+            "messages": request.messages.iter().map(wire_message).collect::<Vec<_>>(),
         });
+        if !request.tools.is_empty() {
+            body["tools"] = request
+                .tools
+                .iter()
+                .map(|t| {
+                    json!({"type": "function", "function": {
+                        "name": t.name, "description": t.description, "parameters": t.parameters,
+                    }})
+                })
+                .collect();
+        }
         if let Some(m) = request.max_tokens {
             body["max_tokens"] = json!(m);
         }
@@ -119,13 +130,23 @@ impl OpenAiCompatible {
         }
         let v = send(call, request.timeout).await?;
         let choice = &v["choices"][0];
-        let content = choice["message"]["content"]
-            .as_str()
-            .ok_or_else(|| ProviderError::Malformed("no choices[0].message.content".into()))?;
+        let message = &choice["message"];
+        let tool_calls = read_tool_calls(&message["tool_calls"])?;
+        // A reply that only calls tools has a null content.
+        let content = match &message["content"] {
+            Json::String(s) => s.clone(),
+            Json::Null if !tool_calls.is_empty() => String::new(),
+            _ => {
+                return Err(ProviderError::Malformed(
+                    "no choices[0].message.content".into(),
+                ));
+            }
+        };
         let usage = &v["usage"];
         let n = |k: &str| usage[k].as_u64().unwrap_or(0);
         Ok(ChatResponse {
-            content: content.to_owned(),
+            content,
+            tool_calls,
             model: v["model"].as_str().unwrap_or(&self.model).to_owned(),
             finish_reason: choice["finish_reason"].as_str().unwrap_or("").to_owned(),
             usage: Usage {
@@ -145,4 +166,78 @@ impl Provider for OpenAiCompatible {
     fn chat(&self, request: ChatRequest) -> Reply<'_> {
         Box::pin(self.call(request))
     }
+}
+
+/// A message as the chat completions API writes it (tool calls as functions whose
+/// arguments are a JSON string).
+pub fn wire_message(m: &Message) -> Json {
+    let mut v = json!({"role": m.role, "content": m.content});
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        if m.content.is_empty() {
+            v["content"] = Json::Null;
+        }
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    v
+}
+
+/// A message as a client of the chat completions API sent it.
+pub fn read_message(v: &Json) -> Result<Message, String> {
+    let role = v["role"]
+        .as_str()
+        .ok_or("each message needs a `role`")?
+        .to_owned();
+    let content = match &v["content"] {
+        Json::String(s) => s.clone(),
+        Json::Null => String::new(),
+        // Content parts: the text ones, joined.
+        Json::Array(parts) => parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => return Err("a message's `content` is a string or a list of parts".into()),
+    };
+    Ok(Message {
+        role,
+        content,
+        tool_calls: read_tool_calls(&v["tool_calls"]).map_err(|e| e.to_string())?,
+        tool_call_id: v["tool_call_id"].as_str().map(str::to_owned),
+    })
+}
+
+/// `tool_calls` as the API writes them (absent or null: none).
+pub fn read_tool_calls(v: &Json) -> Result<Vec<ToolCall>, ProviderError> {
+    let Some(calls) = v.as_array() else {
+        return Ok(Vec::new());
+    };
+    calls
+        .iter()
+        .map(|c| {
+            let f = &c["function"];
+            let name = f["name"]
+                .as_str()
+                .ok_or_else(|| ProviderError::Malformed("a tool call without a name".into()))?;
+            Ok(ToolCall {
+                id: c["id"].as_str().unwrap_or_default().to_owned(),
+                name: name.to_owned(),
+                arguments: match &f["arguments"] {
+                    Json::String(s) => s.clone(),
+                    Json::Null => "{}".to_owned(),
+                    other => other.to_string(),
+                },
+            })
+        })
+        .collect()
 }

@@ -151,6 +151,7 @@ mod tests {
             Box::pin(async move {
                 next.map(|content| ChatResponse {
                     content: content.to_owned(),
+                    tool_calls: Vec::new(),
                     model: "m".into(),
                     finish_reason: "stop".into(),
                     usage: Usage::default(),

@@ -50,7 +50,9 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Json_>> {
             "requested_at": a.requested_at,
             "permission": a.permission,
             "approver_role": approver_role(a.permission).as_str(),
-            "detail": {"kind": "agent_request", "agent": a.agent, "description": a.description, "context": a.context},
+            // A model's tool call in an agentic loop, or an agent's own request.
+            "detail": {"kind": if a.context.get("tool_call").is_some() { "tool_call" } else { "agent_request" },
+                       "agent": a.agent, "description": a.description, "context": a.context},
             "expires_at": a.expires_at,
         }));
     }

@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use plexus_llm::{ChatRequest, Message};
+use plexus_llm::ChatRequest;
 use serde_json::{Value as Json, json};
 use std::time::Duration;
 
@@ -129,13 +129,6 @@ pub async fn chat(
             );
         }
     };
-    if req.get("tools").is_some_and(|t| !t.is_null()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "tools are not supported by this gateway yet",
-        );
-    }
     let Some(raw) = req["messages"].as_array() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -143,20 +136,14 @@ pub async fn chat(
             "`messages` is required",
         );
     };
-    let mut messages = Vec::new();
-    for m in raw {
-        let content = match &m["content"] {
-            Json::String(s) => s.clone(),
-            // Content parts: their text, in order.
-            Json::Array(parts) => parts
-                .iter()
-                .filter_map(|p| p["text"].as_str())
-                .collect::<Vec<_>>()
-                .join(""),
-            _ => String::new(),
-        };
-        messages.push(Message::new(m["role"].as_str().unwrap_or("user"), content));
-    }
+    let messages = match raw.iter().map(plexus_llm::openai::read_message).collect() {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+    };
+    let tools = match read_tools(&req["tools"]) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+    };
     let model = req["model"].as_str().unwrap_or("");
     let (provider, model_override) = match route(&state, model) {
         Ok(r) => r,
@@ -171,6 +158,7 @@ pub async fn chat(
             .map(|n| n as u32),
         temperature: req["temperature"].as_f64(),
         json: req["response_format"]["type"] == "json_object",
+        tools,
         timeout: Duration::from_secs(120),
     };
     let routed = state
@@ -205,8 +193,12 @@ pub async fn chat(
     });
     if req["stream"] == true {
         // The whole answer in one chunk, then the end: what a streaming client reads.
+        let mut delta = json!({"role": "assistant", "content": reply.content});
+        if !reply.tool_calls.is_empty() {
+            delta["tool_calls"] = tool_calls_json(&reply.tool_calls, true);
+        }
         let chunk = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": reply.model,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": reply.content}, "finish_reason": Json::Null}]});
+            "choices": [{"index": 0, "delta": delta, "finish_reason": Json::Null}]});
         let end = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": reply.model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}], "usage": usage});
         let text = format!("data: {chunk}\n\ndata: {end}\n\ndata: [DONE]\n\n");
@@ -220,11 +212,59 @@ pub async fn chat(
         )
             .into_response();
     }
+    let mut message = json!({"role": "assistant", "content": reply.content});
+    if !reply.tool_calls.is_empty() {
+        message["tool_calls"] = tool_calls_json(&reply.tool_calls, false);
+    }
     axum::Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": reply.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content},
-                     "finish_reason": reply.finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
         "usage": usage,
     }))
     .into_response()
+}
+
+/// A request's `tools` (functions only, as OpenAI's API has them).
+fn read_tools(v: &Json) -> Result<Vec<plexus_llm::Tool>, String> {
+    let Some(list) = v.as_array() else {
+        return match v {
+            Json::Null => Ok(Vec::new()),
+            _ => Err("`tools` is a list".into()),
+        };
+    };
+    list.iter()
+        .map(|t| {
+            if t["type"] != "function" {
+                return Err("only tools of `type: function` are supported".to_owned());
+            }
+            let f = &t["function"];
+            Ok(plexus_llm::Tool {
+                name: f["name"]
+                    .as_str()
+                    .ok_or("each tool's function needs a `name`")?
+                    .to_owned(),
+                description: f["description"].as_str().unwrap_or_default().to_owned(),
+                parameters: match &f["parameters"] {
+                    Json::Null => json!({"type": "object", "properties": {}}),
+                    p => p.clone(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Tool calls as the API answers them (a stream's deltas carry an `index` each).
+fn tool_calls_json(calls: &[plexus_llm::ToolCall], indexed: bool) -> Json {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = json!({"id": c.id, "type": "function",
+                               "function": {"name": c.name, "arguments": c.arguments}});
+            if indexed {
+                v["index"] = json!(i);
+            }
+            v
+        })
+        .collect()
 }

@@ -32,6 +32,18 @@ const KNOWN: &[(&str, &str)] = &[
         "the name of the LLM provider `llm` steps use when they name none",
     ),
     (
+        "budgets.agentic_max_iterations",
+        "a positive integer (default 10): model calls an agentic loop or an `llm` step with tools may make",
+    ),
+    (
+        "budgets.agentic_max_tool_calls",
+        "a positive integer (default 15): tool calls an agentic loop may make, refused ones included",
+    ),
+    (
+        "budgets.agentic_max_tokens",
+        "a positive integer (default 50000): tokens an agentic loop may use over all its model calls",
+    ),
+    (
         "plugins.allow_loopback_unauthenticated",
         "true | false (default true): agent plugins on this machine may register without a key",
     ),
@@ -88,6 +100,12 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
             "`{k}` names no key: plugin settings are plugin.<agent>.<key>"
         )),
         k if k.starts_with("mcp.") => mcp_config(k, value).map(|_| ()),
+        "budgets.agentic_max_iterations"
+        | "budgets.agentic_max_tool_calls"
+        | "budgets.agentic_max_tokens" => match value.as_u64() {
+            Some(n) if n > 0 => Ok(()),
+            _ => bad(format!("{key} is a positive integer")),
+        },
         "llm.default_provider" => match value {
             Json_::String(_) => Ok(()),
             _ => bad("llm.default_provider is the name of a provider".into()),
@@ -292,6 +310,17 @@ async fn apply_providers(state: &AppState) -> ApiResult<()> {
         .await?
         .and_then(|v| v.as_str().map(str::to_owned));
     state.engine.llm.set(providers, default);
+    let n = |v: Option<Json_>| v.and_then(|v| v.as_u64());
+    let defaults = plexus_llm::Budget::default();
+    let budget = plexus_llm::Budget {
+        max_iterations: n(value(state, "budgets.agentic_max_iterations").await?)
+            .map_or(defaults.max_iterations, |v| v as u32),
+        max_tool_calls: n(value(state, "budgets.agentic_max_tool_calls").await?)
+            .map_or(defaults.max_tool_calls, |v| v as u32),
+        max_tokens: n(value(state, "budgets.agentic_max_tokens").await?)
+            .unwrap_or(defaults.max_tokens),
+    };
+    state.engine.llm.set_budget(budget);
     Ok(())
 }
 

@@ -173,7 +173,7 @@ pub fn materialize(e: &Event) -> RowChange {
             item: None,
             ..
         } => RowChange::Step(step(step_id, "pending")),
-        EventKind::StepInterrupted { .. } => RowChange::None,
+        EventKind::StepInterrupted { .. } | EventKind::StepProgress { .. } => RowChange::None,
         EventKind::StepSkipped {
             step_id,
             reason,
@@ -274,6 +274,49 @@ pub fn run_audit(e: &Event) -> Option<RunAudit> {
             Some(step_id),
             serde_json::json!({ "reason": reason }),
         ),
+        // A tool-calling loop's approvals and calls (see the engine's `llm_loop`).
+        EventKind::StepProgress { step_id, entry, .. } => {
+            let call = serde_json::json!({
+                "tool_call": entry["call"], "agent": entry["agent"], "action": entry["action"],
+            });
+            let with = |k: &str| {
+                let mut d = call.clone();
+                d[k] = entry[k].clone();
+                d
+            };
+            match entry["type"].as_str() {
+                Some("approval_requested") => audit(
+                    "approval.requested",
+                    None,
+                    Some(step_id),
+                    serde_json::json!({"permission": entry["permission"], "detail": {
+                        "kind": "tool_call", "tool_call": entry["call"], "agent": entry["agent"],
+                        "action": entry["action"], "arguments": entry["arguments"]}}),
+                ),
+                Some("approval") if entry["approved"] == true => audit(
+                    "approval.granted",
+                    entry["by"].as_str().map(str::to_owned),
+                    Some(step_id),
+                    with("comment"),
+                ),
+                Some("approval") => match entry["by"].as_str().filter(|b| !b.is_empty()) {
+                    Some(by) => audit(
+                        "approval.rejected",
+                        Some(by.to_owned()),
+                        Some(step_id),
+                        with("comment"),
+                    ),
+                    None => audit(
+                        "approval.timed_out",
+                        Some("system".into()),
+                        Some(step_id),
+                        call,
+                    ),
+                },
+                Some("tool") => audit("tool.called", None, Some(step_id), with("status")),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }

@@ -81,6 +81,19 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// Waits for an approval at `step` (any step: `None`) whose `detail.kind` is `kind`
 /// (any: `None`), and approves it.
 pub fn approve_when_asked(p: &Plexus, addr: &str, step: Option<&str>, kind: Option<&str>) {
+    decide_when_asked(p, addr, step, kind, "approve", None);
+}
+
+/// Waits as [`approve_when_asked`] does, then decides with `plexus approve|reject`
+/// (`verb`) and `comment`.
+pub fn decide_when_asked(
+    p: &Plexus,
+    addr: &str,
+    step: Option<&str>,
+    kind: Option<&str>,
+    verb: &str,
+    comment: Option<&str>,
+) {
     let mut found = None;
     wait_for(&format!("an approval at {step:?} ({kind:?})"), || {
         let list = cli_json(p, addr, &["approval", "list"]);
@@ -101,10 +114,12 @@ pub fn approve_when_asked(p: &Plexus, addr: &str, step: Option<&str>, kind: Opti
         found.is_some()
     });
     let (run, step) = found.unwrap();
-    let out = cli(p, addr)
-        .args(["approve", &run, &step])
-        .output()
-        .unwrap();
+    let mut decide = cli(p, addr);
+    decide.args([verb, &run, &step]);
+    if let Some(c) = comment {
+        decide.args(["--comment", c]);
+    }
+    let out = decide.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -191,4 +206,33 @@ pub fn finish_run(runner: std::process::Child, exit: i32) -> Value {
         String::from_utf8_lossy(&done.stderr)
     );
     serde_json::from_slice(&done.stdout).unwrap()
+}
+
+/// The example agent `ops` (built with the Rust SDK), registering with the engine at
+/// `grpc` and beating every second; killed with the test.
+pub fn start_ops_agent(grpc: &str) -> std::process::Child {
+    let mut cmd = Command::new(example("ops_agent"));
+    cmd.env_clear()
+        .env("MIRASTACK_ENGINE_ADDR", grpc)
+        .env("MIRASTACK_PLUGIN_TENANT_SLUG", "default")
+        // Beat every second, so that an engine restart is noticed at once.
+        .env("MIRASTACK_HEARTBEAT_INTERVAL_SECONDS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl only marks the child to die with the test's thread.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("the example agent starts");
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("MIRASTACK_PLUGIN_PORT="), "{line}");
+    child
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod openai_stand_in;
 pub mod server;
 
 use serde_json::Value;

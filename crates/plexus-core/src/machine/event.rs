@@ -103,6 +103,14 @@ pub enum EventKind {
         item: Option<u32>,
         attempt: u32,
     },
+    /// A step's attempt recorded progress it must find again should the engine stop:
+    /// an entry of the step's journal (an LLM reply, a tool call's result). Every later
+    /// attempt of the step is handed the journal (see [`super::Task::journal`]).
+    StepProgress {
+        step_id: String,
+        attempt: u32,
+        entry: Json,
+    },
     StepSkipped {
         step_id: String,
         /// `rejected` for a rejected approval; otherwise why the step did not run.
@@ -172,6 +180,7 @@ impl EventKind {
             EventKind::StepSucceeded { .. } => "step_succeeded",
             EventKind::StepFailed { .. } => "step_failed",
             EventKind::StepInterrupted { .. } => "step_interrupted",
+            EventKind::StepProgress { .. } => "step_progress",
             EventKind::StepSkipped { .. } => "step_skipped",
             EventKind::StepCancelled { .. } => "step_cancelled",
             EventKind::RunSucceeded { .. } => "run_succeeded",
@@ -195,6 +204,7 @@ impl EventKind {
             | EventKind::StepFailed { step_id, .. }
             | EventKind::StepInterrupted { step_id, .. }
             | EventKind::StepSkipped { step_id, .. }
+            | EventKind::StepProgress { step_id, .. }
             | EventKind::StepCancelled { step_id }
             | EventKind::StepReset { step_id } => Some(step_id),
             _ => None,
@@ -207,7 +217,8 @@ impl EventKind {
             | EventKind::StepWaiting { attempt, .. }
             | EventKind::StepSucceeded { attempt, .. }
             | EventKind::StepFailed { attempt, .. }
-            | EventKind::StepInterrupted { attempt, .. } => Some(*attempt),
+            | EventKind::StepInterrupted { attempt, .. }
+            | EventKind::StepProgress { attempt, .. } => Some(*attempt),
             _ => None,
         }
     }

@@ -165,6 +165,13 @@ pub enum Input {
     Retry {
         by: String,
     },
+    /// A running attempt's journal entry (see [`EventKind::StepProgress`]); refused
+    /// unless the attempt is the step's current one (not a foreach item).
+    Progress {
+        unit: Unit,
+        attempt: u32,
+        entry: Json,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -230,8 +237,8 @@ pub enum Work {
     /// Kinds this version parses but cannot execute.
     Unsupported(String),
     /// A call of a model: the step's `llm:` mapping with its strings rendered (`llm:
-    /// "text"` becomes `{prompt: "text"}`).
-    Llm(Box<Json>),
+    /// "text"` becomes `{prompt: "text"}`), in the run's mode (which gates its tool calls).
+    Llm(Box<LlmWork>),
     /// An action of an agent (boxed: it is the largest kind and tasks are many).
     Agent(Box<AgentWork>),
     /// A child run of the workflow file at `path` (relative to the run's directory),
@@ -241,6 +248,16 @@ pub enum Work {
         inputs: Json,
         mode: crate::manifest::Mode,
     },
+}
+
+/// A model to ask (see [`Work::Llm`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmWork {
+    pub spec: Json,
+    pub mode: crate::manifest::Mode,
+    /// What earlier attempts of the step recorded with [`Input::Progress`], oldest
+    /// first: where an attempt after a crash takes up the work.
+    pub journal: Vec<Json>,
 }
 
 /// An agent action to call, with its parameters rendered (`with:`), in the run's mode.

@@ -457,6 +457,24 @@ impl Agents {
         }
     }
 
+    /// Waits, while the engine is young, for an agent not seen yet to register (see
+    /// [`AgentsConfig::registration_grace`]); whether it is known.
+    pub async fn knows_patiently(&self, name: &str) -> bool {
+        let until = self.started + self.config.registration_grace;
+        let mut changes = self.subscribe();
+        loop {
+            if self.knows(name) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until || self.lock().seen.contains(name) {
+                return false;
+            }
+            let wait = (until - now).min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(wait, changes.recv()).await;
+        }
+    }
+
     /// The permission each action declares, by `agent/action` (for
     /// [`plexus_core::CompileOptions::action_floors`]); the highest when instances differ.
     pub fn floors(&self, wanted: &[(String, String)]) -> BTreeMap<String, Permission> {

@@ -21,16 +21,17 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct LlmCalls {
     providers: Arc<Providers>,
+    agents: crate::agents::Agents,
 }
 
 impl LlmCalls {
-    pub fn new(providers: Arc<Providers>) -> Self {
-        LlmCalls { providers }
+    pub fn new(providers: Arc<Providers>, agents: crate::agents::Agents) -> Self {
+        LlmCalls { providers, agents }
     }
 }
 
 /// A reply as JSON: the text itself, or inside a ```json fence.
-fn parse_json(text: &str) -> Result<Json, String> {
+pub(crate) fn parse_json(text: &str) -> Result<Json, String> {
     let t = text.trim();
     let inner = t
         .strip_prefix("```json")
@@ -90,6 +91,7 @@ async fn call(
             max_tokens: spec["max_tokens"].as_u64().map(|n| n as u32),
             temperature: spec["temperature"].as_f64(),
             json: schema.is_some_and(|s| s["type"] == "object"),
+            tools: Vec::new(),
             timeout,
         };
         let (name, reply) = providers
@@ -138,18 +140,41 @@ impl Executor for LlmCalls {
         "llm"
     }
 
-    fn start(
-        &self,
-        task: Task,
-        _ctx: AttemptCtx,
-        mut kill: oneshot::Receiver<()>,
-    ) -> AttemptFuture {
+    fn start(&self, task: Task, ctx: AttemptCtx, mut kill: oneshot::Receiver<()>) -> AttemptFuture {
         let providers = self.providers.clone();
+        let agents = self.agents.clone();
         Box::pin(async move {
-            let Work::Llm(spec) = task.work else {
+            let Work::Llm(work) = task.work else {
                 return AttemptResult::failed("not an llm step");
             };
             let timeout = task.timeout.unwrap_or(DEFAULT_TIMEOUT);
+            if !work.spec["tools"].is_null() {
+                let cx = super::llm_loop::LoopCtx {
+                    providers: &providers,
+                    agents: &agents,
+                    journal: &ctx.journal,
+                    run_id: &ctx.run_id,
+                    step_id: &task.step_id,
+                    timeout,
+                };
+                let answer = tokio::select! {
+                    answer = super::llm_loop::run(cx, &work) => answer,
+                    _ = &mut kill => return AttemptResult::failed("cancelled"),
+                };
+                let mut result = match answer {
+                    Ok(output) => AttemptResult::of(Outcome::Success(output)),
+                    Err((error, output)) => AttemptResult::of(Outcome::Failure { error, output }),
+                };
+                if let Some(out) = match &result.outcome {
+                    Outcome::Success(o) | Outcome::Failure { output: o, .. } => Some(o),
+                } {
+                    let tokens = out["usage"]["total_tokens"].as_u64().unwrap_or(0);
+                    metrics::counter!("plexus_llm_tokens_total").increment(tokens);
+                    result.usage = out["usage"].clone();
+                }
+                return result;
+            }
+            let spec = work.spec;
             let answer = tokio::select! {
                 answer = call(&providers, &spec, timeout) => answer,
                 _ = &mut kill => return AttemptResult::failed("cancelled"),
@@ -190,6 +215,7 @@ mod tests {
             Box::pin(async move {
                 Ok(ChatResponse {
                     content,
+                    tool_calls: Vec::new(),
                     model: "scripted".into(),
                     finish_reason: "stop".into(),
                     usage: Usage {

@@ -46,6 +46,7 @@ impl LocalProcesses {
                 base_dir,
                 logs,
                 record,
+                ..
             } = ctx;
             let record = move |pgid, start_ticks| {
                 let group = ProcessGroup {

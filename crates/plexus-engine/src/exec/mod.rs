@@ -12,6 +12,7 @@ pub mod held;
 pub mod isolation;
 pub mod leftovers;
 pub mod llm;
+mod llm_loop;
 pub mod local;
 pub mod process;
 pub mod scratch;
@@ -89,6 +90,89 @@ pub struct AttemptCtx {
     /// the next commit, cleared when the attempt ends, handed back to
     /// [`Executor::clean_up`] when the run is resumed after a crash.
     pub record: Box<dyn FnOnce(Json) + Send>,
+    /// Appends to the step's journal (see [`Task::journal`]).
+    pub journal: Journal,
+}
+
+/// Where an attempt writes the step's journal: as run events, through the scheduler.
+#[derive(Clone)]
+pub struct Journal {
+    to: JournalSink,
+}
+
+#[derive(Clone)]
+enum JournalSink {
+    Scheduler {
+        tx: tokio::sync::mpsc::Sender<crate::Msg>,
+        run_id: RunId,
+        unit: plexus_core::machine::Unit,
+        attempt: u32,
+    },
+    Memory(Arc<std::sync::Mutex<Vec<Json>>>),
+}
+
+impl Journal {
+    pub(crate) fn scheduler(
+        tx: tokio::sync::mpsc::Sender<crate::Msg>,
+        run_id: RunId,
+        unit: plexus_core::machine::Unit,
+        attempt: u32,
+    ) -> Journal {
+        Journal {
+            to: JournalSink::Scheduler {
+                tx,
+                run_id,
+                unit,
+                attempt,
+            },
+        }
+    }
+
+    /// A journal kept in `entries` (for executors driven without an engine, in tests).
+    pub fn memory(entries: Arc<std::sync::Mutex<Vec<Json>>>) -> Journal {
+        Journal {
+            to: JournalSink::Memory(entries),
+        }
+    }
+
+    /// Appends `entry`; answers once it is durable. An error means it is not (the run
+    /// ended, the attempt is no longer the step's current one, the store failed): the
+    /// attempt must not act on what the entry records.
+    pub async fn append(&self, entry: Json) -> Result<(), String> {
+        match &self.to {
+            JournalSink::Memory(entries) => {
+                entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(entry);
+                Ok(())
+            }
+            JournalSink::Scheduler {
+                tx,
+                run_id,
+                unit,
+                attempt,
+            } => {
+                let (reply, answer) = oneshot::channel();
+                tx.send(crate::Msg::Input {
+                    run_id: run_id.to_string(),
+                    input: plexus_core::machine::Input::Progress {
+                        unit: *unit,
+                        attempt: *attempt,
+                        entry,
+                    },
+                    reply: Some(reply),
+                })
+                .await
+                .map_err(|_| "the engine stopped".to_owned())?;
+                match answer.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("the journal entry was not recorded: {e:?}")),
+                    Err(_) => Err("the engine stopped before the entry was durable".to_owned()),
+                }
+            }
+        }
+    }
 }
 
 /// Lets a [`Held`] attempt take effect.

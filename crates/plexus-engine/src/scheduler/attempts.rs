@@ -51,6 +51,7 @@ impl Loop {
         let executors = self.executors.clone();
         let executor = executors.for_work(&task.work);
         let recorder = (tx.clone(), run.clone(), executor.name());
+        let journal = exec::Journal::scheduler(tx.clone(), run.clone(), unit, attempt);
         let ctx = AttemptCtx {
             run_id: run.clone(),
             base_dir: active.base_dir.clone(),
@@ -71,6 +72,7 @@ impl Loop {
                     tracing::warn!(executor, "the scheduler is too busy to record an attempt");
                 }
             }),
+            journal,
         };
         let attempt_future = if hold {
             let held = executor.hold(task, ctx, kill_rx);

@@ -211,9 +211,15 @@ impl RunState {
                 self.error = None;
                 self.outputs = Json::Null;
             }
+            EventKind::StepProgress { step_id, entry, .. } => {
+                if let Some(i) = step_of(self, step_id) {
+                    self.steps[i].journal.push(entry.clone());
+                }
+            }
             EventKind::StepReset { step_id } => {
                 if let Some(i) = step_of(self, step_id) {
                     let step = &mut self.steps[i];
+                    step.journal.clear();
                     if step.unit.status.is_terminal() {
                         self.open += 1;
                     }

@@ -315,6 +315,10 @@ impl RunState {
             self.unit_mut(u).status = StepStatus::Running;
             self.unit_mut(u).attempt = attempt;
         }
+        let mut work = work;
+        if let (Work::Llm(w), None) = (&mut work, u.item) {
+            w.journal = self.steps[u.step].journal.clone();
+        }
         let step = self.plan.step(u.step);
         let node = &self.plan.nodes[u.step];
         t.actions.push(Action::Execute(Task {

@@ -75,6 +75,8 @@ struct StepRt {
     /// The digest of what was approved: checked again before the step runs.
     approved_digest: Option<String>,
     items: Option<Box<Items>>,
+    /// The step's journal (see [`EventKind::StepProgress`]); cleared when it is reset.
+    journal: Vec<Json>,
     /// `unit.output` as a template value, made when a template first reads it and shared
     /// by every later reader (each foreach item of a step that reads it): a large output
     /// is converted once, not once per item. Cleared by every event about the step.
@@ -282,6 +284,33 @@ impl RunState {
                 attempt,
                 purpose,
             } => self.timer_fired(&mut t, now, unit, attempt, purpose),
+            Input::Progress {
+                unit,
+                attempt,
+                entry,
+            } => {
+                let step_id = self.plan.step(unit.step).id.clone();
+                let current = self.unit(unit);
+                if unit.item.is_some()
+                    || current.status != StepStatus::Running
+                    || current.attempt != attempt
+                {
+                    return Err(Rejected::WrongState {
+                        step: step_id,
+                        status: current.status.as_str(),
+                        expected: "running this attempt",
+                    });
+                }
+                self.emit(
+                    &mut t,
+                    now,
+                    EventKind::StepProgress {
+                        step_id,
+                        attempt,
+                        entry,
+                    },
+                );
+            }
             Input::Signal { step_id, data } => {
                 let i = self
                     .index_of(&step_id)

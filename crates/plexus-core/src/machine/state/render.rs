@@ -145,7 +145,14 @@ pub(super) fn render_work(
                 other => other.clone(),
             };
             let rendered = template::render_value(&spec, ctx)?;
-            (Work::Llm(Box::new(rendered.clone())), rendered)
+            (
+                Work::Llm(Box::new(crate::machine::LlmWork {
+                    spec: rendered.clone(),
+                    mode,
+                    journal: Vec::new(),
+                })),
+                rendered,
+            )
         }
         StepKind::Wait(_) | StepKind::Approval(_) => ((Work::Noop), Json::Null),
     };
