@@ -716,7 +716,7 @@ fn parse_step(node: &Node, index: usize, out: &mut Vec<Diagnostic>) -> Option<St
                     .zip(action)
                     .map(|(agent, action)| StepKind::Agent { agent, action })
             }
-            "llm" => Some(StepKind::Llm(n.to_json())),
+            "llm" => parse_llm(n, &mut cx).map(StepKind::Llm),
             _ => None,
         };
         if kind.is_none() {
@@ -939,6 +939,92 @@ fn parse_wait(node: &Node, cx: &mut Ctx) -> Option<WaitSpec> {
     }
     f.finish(&["signal", "timer", "timeout"], cx.out);
     Some(spec)
+}
+
+/// The keys of an `llm:` mapping.
+pub const LLM_KEYS: [&str; 13] = [
+    "prompt",
+    "system",
+    "template",
+    "vars",
+    "provider",
+    "fallbacks",
+    "model",
+    "max_tokens",
+    "temperature",
+    "output_schema",
+    "tools",
+    "budget",
+    "approval_timeout",
+];
+
+/// `llm: "prompt"` or a mapping of [`LLM_KEYS`], checked here and kept as JSON for the
+/// executor (its strings are templates, rendered when the step starts).
+fn parse_llm(node: &Node, cx: &mut Ctx) -> Option<Json> {
+    if let Value::Str(_) = node.value {
+        return Some(node.to_json());
+    }
+    let mut f = Fields::new(node, "`llm`", cx.step.as_deref(), cx.out)?;
+    for key in ["prompt", "system", "template", "provider", "model"] {
+        if let Some(n) = f.get(key) {
+            cx.string(n, key);
+        }
+    }
+    if !f.has("prompt") && !f.has("template") {
+        cx.err(
+            "missing-key",
+            node.loc,
+            "an llm step needs a `prompt` (or a plugin's prompt `template`)",
+        );
+    }
+    for key in ["fallbacks", "tools"] {
+        if let Some(n) = f.get(key) {
+            cx.strings(n, key);
+        }
+    }
+    if let Some(n) = f.get("max_tokens") {
+        cx.uint(n, "max_tokens");
+    }
+    if let Some(n) = f.get("temperature") {
+        cx.number(n, "temperature");
+    }
+    if let Some(n) = f.get("approval_timeout") {
+        cx.duration(n, "approval_timeout");
+    }
+    if let Some(n) = f.get("vars")
+        && !matches!(n.value, Value::Map(_))
+    {
+        cx.err(
+            "wrong-type",
+            n.loc,
+            format!("`vars` must be a mapping, found {}", n.describe()),
+        );
+    }
+    if let Some(n) = f.get("output_schema")
+        && !matches!(n.value, Value::Map(_) | Value::Bool(_))
+    {
+        cx.err(
+            "wrong-type",
+            n.loc,
+            format!(
+                "`output_schema` must be a JSON Schema (a mapping), found {}",
+                n.describe()
+            ),
+        );
+    }
+    if let Some(n) = f.get("budget") {
+        let known = ["max_iterations", "max_tool_calls", "max_tokens"];
+        if let Some(mut b) = Fields::new(n, "`budget`", cx.step.as_deref(), cx.out) {
+            for key in known {
+                if let Some(v) = b.get(key) {
+                    cx.uint(v, key);
+                }
+            }
+            b.finish(&known, cx.out);
+        }
+    }
+    f.finish(&LLM_KEYS, cx.out);
+    Some(node.to_json())
 }
 
 fn parse_approval(node: &Node, cx: &mut Ctx) -> Option<ApprovalSpec> {

@@ -224,3 +224,37 @@ fn wrong_values_are_named_in_the_message() {
         "{all:?}"
     );
 }
+
+#[test]
+fn an_llm_mapping_is_checked_key_by_key() {
+    let yaml = "\
+version: plexus/v1
+name: ask
+steps:
+  - id: a
+    llm:
+      promt: hi
+      tools: {ops: yes}
+      max_tokens: lots
+      budget: {max_iterations: -1, max_loops: 3}
+      output_schema: [object]
+  - id: b
+    llm: {prompt: hi, tools: [ops, ops.inspect], budget: {max_tool_calls: 3}, approval_timeout: 10m}
+  - id: c
+    llm: short form
+";
+    let diags = problems(yaml);
+    let unknown: Vec<&Diagnostic> = diags.iter().filter(|d| d.code == "unknown-key").collect();
+    assert_eq!(unknown.len(), 2, "{diags:#?}");
+    assert!(has(&diags, "unknown-key", 6, Some("a")));
+    assert_eq!(unknown[0].hint.as_deref(), Some("did you mean `prompt`?"));
+    assert!(has(&diags, "unknown-key", 9, Some("a")), "{diags:#?}");
+    assert!(has(&diags, "missing-key", 6, Some("a")), "{diags:#?}");
+    assert!(has(&diags, "wrong-type", 7, Some("a")), "{diags:#?}");
+    assert!(has(&diags, "wrong-type", 8, Some("a")), "{diags:#?}");
+    assert!(has(&diags, "wrong-type", 10, Some("a")), "{diags:#?}");
+    assert!(
+        diags.iter().all(|d| d.step.as_deref() == Some("a")),
+        "{diags:#?}"
+    );
+}

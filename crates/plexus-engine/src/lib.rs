@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod exec;
+pub mod intents;
 mod owner;
 pub mod pools;
 mod scheduler;

@@ -1,0 +1,138 @@
+//! Intent phrases with placeholders (`why is {service} slow`), matched against a whole
+//! question word by word: literal words ignore case and punctuation around them; a
+//! placeholder takes one or more words, as few as let the rest match.
+
+/// One part of a phrase.
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Word(String),
+    Slot(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pattern {
+    text: String,
+    parts: Vec<Part>,
+}
+
+/// A word as compared: lower case, without the punctuation around it.
+fn bare(word: &str) -> String {
+    word.trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase()
+}
+
+/// A word as a placeholder keeps it: its case, without sentence punctuation at its end
+/// (`checkout?` is `checkout`; `v1.2` stays).
+fn value_word(word: &str) -> &str {
+    word.trim_end_matches(['?', '!', ',', ';', ':', '.', '"', '\''])
+        .trim_start_matches(['"', '\''])
+}
+
+impl Pattern {
+    pub fn new(text: &str) -> Pattern {
+        let parts = text
+            .split_whitespace()
+            .filter_map(|w| {
+                let t = w.trim_matches(|c: char| {
+                    !(c.is_alphanumeric() || c == '{' || c == '}' || c == '_')
+                });
+                match t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                    Some(name) if !name.is_empty() => Some(Part::Slot(name.to_owned())),
+                    _ => {
+                        let b = bare(w);
+                        (!b.is_empty()).then_some(Part::Word(b))
+                    }
+                }
+            })
+            .collect();
+        Pattern {
+            text: text.to_owned(),
+            parts,
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The placeholders' words when the whole question matches.
+    pub fn matches(&self, question: &str) -> Option<Vec<(String, String)>> {
+        let words: Vec<&str> = question
+            .split_whitespace()
+            .filter(|w| !bare(w).is_empty() || w.chars().any(char::is_alphanumeric))
+            .collect();
+        if self.parts.is_empty() {
+            return None;
+        }
+        let mut slots = Vec::new();
+        self.match_from(0, &words, &mut slots).then_some(slots)
+    }
+
+    fn match_from(&self, part: usize, words: &[&str], slots: &mut Vec<(String, String)>) -> bool {
+        let Some(p) = self.parts.get(part) else {
+            return words.is_empty();
+        };
+        match p {
+            Part::Word(w) => {
+                words.first().is_some_and(|first| bare(first) == *w)
+                    && self.match_from(part + 1, &words[1..], slots)
+            }
+            Part::Slot(name) => {
+                for take in 1..=words.len() {
+                    let mark = slots.len();
+                    let value: Vec<&str> = words[..take].iter().map(|w| value_word(w)).collect();
+                    slots.push((name.clone(), value.join(" ")));
+                    if self.match_from(part + 1, &words[take..], slots) {
+                        return true;
+                    }
+                    slots.truncate(mark);
+                }
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, q: &str) -> Option<Vec<(String, String)>> {
+        Pattern::new(p).matches(q)
+    }
+
+    #[test]
+    fn placeholders_take_the_words_between_the_literal_ones() {
+        assert_eq!(
+            m("why is {service} slow", "Why is Checkout slow?"),
+            Some(vec![("service".into(), "Checkout".into())])
+        );
+        assert_eq!(
+            m(
+                "restart {service} in {env}",
+                "restart payment api in prod-eu."
+            ),
+            Some(vec![
+                ("service".into(), "payment api".into()),
+                ("env".into(), "prod-eu".into())
+            ])
+        );
+        assert_eq!(
+            m(
+                "scale {service} to {replicas} replicas",
+                "Scale web to 3 replicas"
+            ),
+            Some(vec![
+                ("service".into(), "web".into()),
+                ("replicas".into(), "3".into())
+            ])
+        );
+        assert_eq!(m("why is {service} slow", "why is slow"), None);
+        assert_eq!(
+            m("why is {service} slow", "why is checkout slow today"),
+            None
+        );
+        assert_eq!(m("show disk usage", "Show  disk usage!"), Some(vec![]));
+        assert_eq!(m("", "anything"), None);
+    }
+}
