@@ -173,7 +173,7 @@ impl Index {
         }
         // More placeholders filled is more specific: `restart {service} in {env}` before
         // `restart {service}`.
-        out.sort_by(|a, b| b.inputs.len().cmp(&a.inputs.len()));
+        out.sort_by_key(|c| std::cmp::Reverse(c.inputs.len()));
         if let Some(engine) = &self.engine {
             let weights = self.weights(question);
             let total: f64 = weights.values().sum();
