@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 13] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
@@ -25,6 +25,7 @@ pub const SCENARIOS: [&str; 12] = [
     "http-clients",
     "agent-roundtrip",
     "agent-throughput",
+    "intents",
 ];
 
 struct Sizes {
@@ -39,6 +40,7 @@ struct Sizes {
     agent_calls: usize,
     agent_concurrency: usize,
     agent_rounds: usize,
+    intent_rounds: usize,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -55,6 +57,7 @@ fn sizes(quick: bool) -> Sizes {
             agent_calls: 200,
             agent_concurrency: 100,
             agent_rounds: 2,
+            intent_rounds: 3,
         }
     } else {
         Sizes {
@@ -69,6 +72,7 @@ fn sizes(quick: bool) -> Sizes {
             agent_calls: 2_000,
             agent_concurrency: 1_000,
             agent_rounds: 5,
+            intent_rounds: 30,
         }
     }
 }
@@ -742,6 +746,11 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
         "agent-throughput" => {
             let mut r =
                 crate::bench_agents::throughput(&b, sz.agent_concurrency, sz.agent_rounds).await?;
+            r["scenario"] = json!(name);
+            r
+        }
+        "intents" => {
+            let mut r = crate::bench_intents::run(1_000, sz.intent_rounds)?;
             r["scenario"] = json!(name);
             r
         }

@@ -43,6 +43,7 @@ pub async fn run(
         }),
         auth: Arc::new(plexus_server::auth::Auth::open(&dir.join("keys"))?),
         plans: Default::default(),
+        intents: Default::default(),
     };
     // Every request authenticates with an API key, as scripts do.
     let key = plexus_server::auth::bootstrap::bootstrap(&**engine.store())

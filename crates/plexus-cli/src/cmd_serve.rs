@@ -113,6 +113,7 @@ pub async fn serve(
         }),
         auth: Arc::new(auth),
         plans: Default::default(),
+        intents: Default::default(),
     };
     plexus_server::settings::apply_to_engine(&state)
         .await

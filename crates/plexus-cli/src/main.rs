@@ -4,9 +4,11 @@ mod bench;
 mod bench_agents;
 mod bench_clients;
 mod bench_http;
+mod bench_intents;
 mod cli;
 mod cmd_admin;
 mod cmd_agent;
+mod cmd_ask;
 mod cmd_docs;
 mod cmd_provider;
 mod cmd_run;
@@ -342,6 +344,24 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Provider { cmd, .. } => {
             let c = target.server("provider")?;
             cmd_provider::provider(c, cmd, format).await
+        }
+        Command::Ask {
+            question,
+            input,
+            dry_run,
+            no_loop,
+            limit,
+            ..
+        } => {
+            let c = target.server("ask")?;
+            let args = cmd_ask::AskArgs {
+                question,
+                inputs: cmd_run::given_inputs(&input, None)?,
+                dry_run,
+                no_loop,
+                limit,
+            };
+            cmd_ask::ask(c, args, format).await
         }
         Command::Action { cmd, .. } => {
             let c = target.server("action")?;

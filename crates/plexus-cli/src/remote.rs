@@ -352,6 +352,22 @@ pub async fn follow(c: &Client, id: &str, format: Format) -> Result<i32> {
     watch(c, id, format).await
 }
 
+/// The run once it has ended (long polls).
+pub async fn wait_for_end(c: &Client, id: &str) -> Result<Json> {
+    loop {
+        let path = format!("/api/v1/runs/{}?wait={LONG_POLL}&view=full", segment(id));
+        let (status, run) = c.request("GET", &path, None).await?;
+        match status {
+            200 => return Ok(run),
+            202 => continue,
+            _ => bail!(
+                "the server answered {status}: {}",
+                run["message"].as_str().unwrap_or("")
+            ),
+        }
+    }
+}
+
 /// Long polls until the run ended (`status` and `run`: the answer so far).
 async fn poll_to_end(
     c: &Client,
@@ -440,7 +456,7 @@ pub async fn watch(c: &Client, id: &str, format: Format) -> Result<i32> {
 const LONG_POLL: &str = "60s";
 
 /// `plexus run`'s exit status for an ended run.
-fn exit_code(run: &Json) -> i32 {
+pub fn exit_code(run: &Json) -> i32 {
     match run["state"].as_str() {
         Some("succeeded") => 0,
         Some("cancelled") => 130,

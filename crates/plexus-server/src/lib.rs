@@ -4,6 +4,7 @@
 mod accounts;
 mod agents_api;
 mod approvals;
+pub mod ask;
 mod audit_api;
 pub mod auth;
 mod body;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Compiled plans of manifests started before (see `workflows::compile_for_run`).
     pub plans: Arc<workflows::PlanCache>,
+    /// What questions are matched against (see `ask`).
+    pub intents: Arc<ask::IntentCache>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -147,6 +150,7 @@ api! {
     operator get "/api/v1/workflows/{name}" => workflows::get,
     engineer delete "/api/v1/workflows/{name}" => workflows::delete,
     engineer post "/api/v1/runs" => runs::start,
+    engineer post "/api/v1/ask" => ask::ask,
     operator get "/api/v1/runs" => runs::list,
     operator get "/api/v1/runs/{id}" => runs::get,
     operator get "/api/v1/runs/{id}/events" => runs::events,

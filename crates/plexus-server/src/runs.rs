@@ -25,9 +25,19 @@ struct StartRun {
     inputs: serde_json::Map<String, Json_>,
 }
 
+/// `agentic` for an agentic loop (see `ask`), `workflow` for any other run.
+pub fn run_kind(workflow: &str) -> &'static str {
+    if workflow == crate::ask::AGENTIC {
+        "agentic"
+    } else {
+        "workflow"
+    }
+}
+
 fn run_json(row: &RunRow, steps: Option<&[StepRow]>) -> Json_ {
     let mut v = json!({
         "id": row.id,
+        "kind": run_kind(&row.workflow),
         "workflow": row.workflow,
         "state": row.status,
         "error": row.error,
@@ -59,7 +69,7 @@ async fn full_run(state: &AppState, id: &str) -> ApiResult<Json_> {
 
 /// The light answer to a start: what a client needs to follow the run.
 fn light_run(row: &RunRow) -> Json_ {
-    json!({"id": row.id, "state": row.status, "workflow": row.workflow, "created_at": row.created_at})
+    json!({"id": row.id, "kind": run_kind(&row.workflow), "state": row.status, "workflow": row.workflow, "created_at": row.created_at})
 }
 
 /// How much of a run an answer holds: `light` (`id`, `state`, `workflow`,

@@ -44,6 +44,10 @@ const KNOWN: &[(&str, &str)] = &[
         "a positive integer (default 50000): tokens an agentic loop may use over all its model calls",
     ),
     (
+        "intents.min_score",
+        "a number from 0 to 1 (default 0.6): the score from which `plexus ask` runs the best match",
+    ),
+    (
         "plugins.allow_loopback_unauthenticated",
         "true | false (default true): agent plugins on this machine may register without a key",
     ),
@@ -105,6 +109,10 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
         | "budgets.agentic_max_tokens" => match value.as_u64() {
             Some(n) if n > 0 => Ok(()),
             _ => bad(format!("{key} is a positive integer")),
+        },
+        "intents.min_score" => match value.as_f64() {
+            Some(n) if (0.0..=1.0).contains(&n) => Ok(()),
+            _ => bad("intents.min_score is a number from 0 to 1".into()),
         },
         "llm.default_provider" => match value {
             Json_::String(_) => Ok(()),

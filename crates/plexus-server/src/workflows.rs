@@ -129,6 +129,7 @@ pub async fn apply(
         .put_workflow(&plan.manifest.name, text, Some(&caller.actor()), now_ms())
         .await?;
     sync_schedule(&state, &plan.manifest, caller.actor()).await?;
+    state.intents.workflows_changed();
     state
         .store
         .set_triggers(&plan.manifest.name, &plan.manifest.on)
@@ -281,6 +282,7 @@ pub async fn delete(
     }
     state.store.set_triggers(&name, &[]).await?;
     if state.store.delete_workflow(&name, now_ms()).await? {
+        state.intents.workflows_changed();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("workflow `{name}` not found")))

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
 
-pub use pattern::Pattern;
+pub use pattern::{Pattern, Slots};
 
 /// What an entry starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,12 +152,19 @@ impl Index {
 
     /// Lanes 1 and 2: every entry that matches, best first (at most `limit`).
     pub fn rank(&self, question: &str, limit: usize) -> Vec<Candidate> {
+        // Every phrase that fits, the most specific first: more placeholders filled
+        // (`restart {service} in {env}` before `restart {service}`), then more words of
+        // its own (`restart the {service} service` before `restart {service}`); one
+        // candidate per entry.
+        let mut fits: Vec<(usize, &Pattern, Slots)> = self
+            .patterns
+            .iter()
+            .filter_map(|(i, p)| p.matches(question).map(|w| (*i, p, w)))
+            .collect();
+        fits.sort_by_key(|(_, p, w)| std::cmp::Reverse((w.len(), p.words())));
         let mut out: Vec<Candidate> = Vec::new();
-        for (i, pattern) in &self.patterns {
-            let Some(words) = pattern.matches(question) else {
-                continue;
-            };
-            let e = &self.entries[*i];
+        for (i, pattern, words) in fits {
+            let e = &self.entries[i];
             if out.iter().any(|c| c.name == e.name && c.kind == e.kind) {
                 continue;
             }
@@ -171,9 +178,6 @@ impl Index {
                 phrase: Some(pattern.text().to_owned()),
             });
         }
-        // More placeholders filled is more specific: `restart {service} in {env}` before
-        // `restart {service}`.
-        out.sort_by_key(|c| std::cmp::Reverse(c.inputs.len()));
         if let Some(engine) = &self.engine {
             let weights = self.weights(question);
             let total: f64 = weights.values().sum();
@@ -183,12 +187,14 @@ impl Index {
                     continue;
                 }
                 let doc = self.tokenizer.tokenize(&document(e));
-                let (known, unknown): (Vec<_>, Vec<_>) =
-                    weights.iter().partition(|(t, _)| doc.contains(t));
+                let (known, unknown): (Vec<_>, Vec<_>) = weights
+                    .iter()
+                    .filter(|(t, _)| doc.contains(t) || !self.document_frequency.contains_key(*t))
+                    .partition(|(t, _)| doc.contains(t));
                 let mut covered: f64 = known.iter().map(|(_, w)| **w).sum();
-                // Words the entry does not have may be what its placeholders take (the
-                // service in `{service} is slow`): each placeholder explains one, once
-                // some word of the entry's own matched.
+                // Words no entry has may be what placeholders take (the service in
+                // `{service} is slow`): each placeholder explains one, once some word of
+                // the entry's own matched. A word another entry has is no such value.
                 if covered > 0.0 {
                     let slots = e
                         .phrases

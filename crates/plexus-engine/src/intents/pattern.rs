@@ -2,6 +2,9 @@
 //! question word by word: literal words ignore case and punctuation around them; a
 //! placeholder takes one or more words, as few as let the rest match.
 
+/// What placeholders took: (name, words).
+pub type Slots = Vec<(String, String)>;
+
 /// One part of a phrase.
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
@@ -51,12 +54,20 @@ impl Pattern {
         }
     }
 
+    /// How many literal words it has.
+    pub fn words(&self) -> usize {
+        self.parts
+            .iter()
+            .filter(|p| matches!(p, Part::Word(_)))
+            .count()
+    }
+
     pub fn text(&self) -> &str {
         &self.text
     }
 
     /// The placeholders' words when the whole question matches.
-    pub fn matches(&self, question: &str) -> Option<Vec<(String, String)>> {
+    pub fn matches(&self, question: &str) -> Option<Slots> {
         let words: Vec<&str> = question
             .split_whitespace()
             .filter(|w| !bare(w).is_empty() || w.chars().any(char::is_alphanumeric))
@@ -68,7 +79,7 @@ impl Pattern {
         self.match_from(0, &words, &mut slots).then_some(slots)
     }
 
-    fn match_from(&self, part: usize, words: &[&str], slots: &mut Vec<(String, String)>) -> bool {
+    fn match_from(&self, part: usize, words: &[&str], slots: &mut Slots) -> bool {
         let Some(p) = self.parts.get(part) else {
             return words.is_empty();
         };
