@@ -208,6 +208,10 @@ const EXAMPLES: &[(&str, &str)] = &[
         "plexus provider test openai   # one short request, as a run",
     ),
     (
+        "ask",
+        "plexus ask \"why is checkout slow?\"\nplexus ask \"scale web\" --input replicas=3 --dry-run",
+    ),
+    (
         "action",
         "plexus action invoke ops inspect --param path=reports",
     ),

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 /// The name of the workflow an agentic loop runs as.
 pub const AGENTIC: &str = "agentic";
+/// How many entries the model classifier chooses among.
+const CLASSIFY_AT_MOST: usize = 20;
 /// The score from which the best candidate is run (setting `intents.min_score`).
 pub const MIN_SCORE: f64 = 0.6;
 
@@ -148,8 +150,10 @@ pub async fn ask(
         .filter(|c| c.lane == Lane::Pattern || c.score >= threshold)
         .cloned();
     // Lane 3: a model picks among the best when the first two lanes did not decide.
-    if chosen.is_none() && !state.engine.llm.names().is_empty() && !candidates.is_empty() {
-        let listed: Vec<&intents::Entry> = candidates
+    if chosen.is_none() && !state.engine.llm.names().is_empty() {
+        // The lexical lane's best; when it found few, the rest of a small catalogue too
+        // (a model knows words the catalogue does not use).
+        let mut listed: Vec<&intents::Entry> = candidates
             .iter()
             .filter_map(|c| {
                 index
@@ -158,6 +162,14 @@ pub async fn ask(
                     .find(|e| e.name == c.name && e.kind == c.kind)
             })
             .collect();
+        for e in index.entries() {
+            if listed.len() >= CLASSIFY_AT_MOST {
+                break;
+            }
+            if !listed.iter().any(|l| l.name == e.name && l.kind == e.kind) {
+                listed.push(e);
+            }
+        }
         match intents::classify::classify(
             &state.engine.llm,
             question,

@@ -69,7 +69,7 @@ async fn full_run(state: &AppState, id: &str) -> ApiResult<Json_> {
 
 /// The light answer to a start: what a client needs to follow the run.
 fn light_run(row: &RunRow) -> Json_ {
-    json!({"id": row.id, "kind": run_kind(&row.workflow), "state": row.status, "workflow": row.workflow, "created_at": row.created_at})
+    json!({"id": row.id, "state": row.status, "workflow": row.workflow, "created_at": row.created_at})
 }
 
 /// How much of a run an answer holds: `light` (`id`, `state`, `workflow`,
