@@ -32,11 +32,26 @@ fn stand_in(rt: &tokio::runtime::Runtime, seen: Seen) -> String {
                     s.push((auth.clone(), body["messages"].clone()));
                     s.len()
                 };
+                use axum::response::IntoResponse;
                 if auth != "Bearer sk-test" {
                     return (
                         StatusCode::UNAUTHORIZED,
                         Json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})),
-                    );
+                    )
+                        .into_response();
+                }
+                // Asked with tools and no result yet: call the first tool.
+                if let Some(tool) = body["tools"][0]["function"]["name"].as_str()
+                    && !body["messages"].as_array().unwrap().iter().any(|m| m["role"] == "tool")
+                {
+                    let call = json!({"id": "call_1", "type": "function",
+                        "function": {"name": tool, "arguments": "{\"city\": \"Oslo\"}"}});
+                    return Json(json!({
+                        "id": "chatcmpl-t", "object": "chat.completion", "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [call]}, "finish_reason": "tool_calls"}],
+                        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+                    }))
+                    .into_response();
                 }
                 let messages = body["messages"].as_array().unwrap();
                 let prompt = messages.last().unwrap()["content"].as_str().unwrap().to_owned();
@@ -47,15 +62,31 @@ fn stand_in(rt: &tokio::runtime::Runtime, seen: Seen) -> String {
                 } else {
                     format!("echo: {prompt}")
                 };
-                (
-                    StatusCode::OK,
-                    Json(json!({
-                        "id": format!("chatcmpl-{calls}"), "object": "chat.completion",
-                        "model": body["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
-                    })),
-                )
+                if body["stream"] == true {
+                    // Word by word, as a streaming API writes, the usage at the end.
+                    let mut events = String::new();
+                    for (i, word) in content.split_inclusive(' ').enumerate() {
+                        let mut delta = json!({"content": word});
+                        if i == 0 {
+                            delta["role"] = json!("assistant");
+                        }
+                        let chunk = json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": body["model"],
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
+                        events.push_str(&format!("data: {chunk}\n\n"));
+                    }
+                    let end = json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": body["model"],
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}});
+                    events.push_str(&format!("data: {end}\n\ndata: [DONE]\n\n"));
+                    return ([("content-type", "text/event-stream")], events).into_response();
+                }
+                Json(json!({
+                    "id": format!("chatcmpl-{calls}"), "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+                }))
+                .into_response()
             }
         }),
     );
@@ -255,6 +286,10 @@ fn the_openai_package_talks_to_the_gateway() {
             "text": "echo: ping",
             "tokens": 19,
             "streamed": "echo: stream me",
+            "stream_chunks": 3,
+            "stream_tokens": 19,
+            "tool_call": {"name": "weather", "arguments": {"city": "Oslo"}},
+            "after_tool": "echo: 3 degrees",
             "bad_key": 401
         })
     );
@@ -264,7 +299,7 @@ fn the_openai_package_talks_to_the_gateway() {
         .iter()
         .map(|(_, m)| m.clone())
         .collect();
-    assert_eq!(models.len(), 2, "the bad key never reached the provider");
+    assert_eq!(models.len(), 4, "the bad key never reached the provider");
     let (_, audit) = http(&addr, "GET", "/api/v1/audit?limit=1000", None);
     let text = audit.to_string();
     assert!(text.contains("\"llm.chat\""), "{text}");

@@ -11,6 +11,7 @@
 pub mod anthropic;
 pub mod openai;
 pub mod route;
+pub mod stream;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -180,6 +181,10 @@ pub trait Provider: Send + Sync {
     /// The model used when a request names none.
     fn default_model(&self) -> &str;
     fn chat(&self, request: ChatRequest) -> Reply<'_>;
+    /// The reply as it is written; by default, the whole reply at once.
+    fn chat_stream(&self, request: ChatRequest) -> stream::Opening<'_> {
+        Box::pin(async move { self.chat(request).await.map(stream::of_reply) })
+    }
 }
 
 /// A provider as configured (the setting `providers.<name>`).

@@ -1,6 +1,7 @@
 //! The OpenAI chat completions API (`POST {base_url}/chat/completions`), as OpenAI,
 //! Ollama's `/v1`, vLLM, llama.cpp's server, LM Studio and OpenRouter serve it.
 
+use crate::stream::{Delta, Deltas, Opening};
 use crate::{ChatRequest, ChatResponse, Message, Provider, ProviderError, Reply, ToolCall, Usage};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
@@ -34,13 +35,30 @@ pub(crate) async fn send(
     call: reqwest::RequestBuilder,
     timeout: Duration,
 ) -> Result<Json, ProviderError> {
-    let answer = call.send().await.map_err(|e| {
-        if e.is_timeout() {
-            ProviderError::Timeout(timeout)
-        } else {
-            ProviderError::Transport(e.to_string())
-        }
-    })?;
+    let answer = open(call, timeout).await?;
+    let text = answer
+        .text()
+        .await
+        .map_err(|e| ProviderError::Transport(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| ProviderError::Malformed(format!("not JSON: {e}")))
+}
+
+/// Sends a request and waits (up to `timeout`) for its answer's head; an error status
+/// becomes [`ProviderError::Http`] as [`send`] says. The body is left to be read.
+pub(crate) async fn open(
+    call: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<reqwest::Response, ProviderError> {
+    let answer = tokio::time::timeout(timeout, call.send())
+        .await
+        .map_err(|_| ProviderError::Timeout(timeout))?
+        .map_err(|e| {
+            if e.is_timeout() {
+                ProviderError::Timeout(timeout)
+            } else {
+                ProviderError::Transport(e.to_string())
+            }
+        })?;
     let status = answer.status();
     let retry_after = answer
         .headers()
@@ -48,11 +66,8 @@ pub(crate) async fn send(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let text = answer
-        .text()
-        .await
-        .map_err(|e| ProviderError::Transport(e.to_string()))?;
     if !status.is_success() {
+        let text = answer.text().await.unwrap_or_default();
         let message = serde_json::from_str::<Json>(&text)
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
@@ -63,7 +78,7 @@ pub(crate) async fn send(
             retry_after,
         });
     }
-    serde_json::from_str(&text).map_err(|e| ProviderError::Malformed(format!("not JSON: {e}")))
+    Ok(answer)
 }
 
 /// An HTTP client on the workspace's one TLS configuration (ring, the system's roots).
@@ -95,7 +110,8 @@ impl OpenAiCompatible {
         })
     }
 
-    async fn call(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+    /// The request's body as the API takes it.
+    fn body(&self, request: &ChatRequest) -> Json {
         let mut body = json!({
             "model": request.model.as_deref().unwrap_or(&self.model),
             "messages": request.messages.iter().map(wire_message).collect::<Vec<_>>(),
@@ -120,14 +136,20 @@ impl OpenAiCompatible {
         if request.json {
             body["response_format"] = json!({"type": "json_object"});
         }
-        let mut call = self
-            .http
-            .post(&self.endpoint)
-            .json(&body)
-            .timeout(request.timeout);
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
+        body
+    }
+
+    fn post(&self, body: &Json) -> reqwest::RequestBuilder {
+        let call = self.http.post(&self.endpoint).json(body);
+        match &self.api_key {
+            Some(key) => call.bearer_auth(key),
+            None => call,
         }
+    }
+
+    async fn call(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let body = self.body(&request);
+        let call = self.post(&body).timeout(request.timeout);
         let v = send(call, request.timeout).await?;
         let choice = &v["choices"][0];
         let message = &choice["message"];
@@ -166,6 +188,119 @@ impl Provider for OpenAiCompatible {
     fn chat(&self, request: ChatRequest) -> Reply<'_> {
         Box::pin(self.call(request))
     }
+
+    fn chat_stream(&self, request: ChatRequest) -> Opening<'_> {
+        Box::pin(async move {
+            let mut body = self.body(&request);
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            let answer = open(self.post(&body), request.timeout).await?;
+            Ok(read_stream(answer, request.timeout, self.model.clone()))
+        })
+    }
+}
+
+/// The pieces of a streamed chat completion (server-sent events of chunks, then
+/// `[DONE]`); a stream silent for `idle` fails.
+fn read_stream(answer: reqwest::Response, idle: Duration, model: String) -> Deltas {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let events = answer.bytes_stream().eventsource();
+    let state = (
+        Box::pin(events),
+        model,
+        String::new(),
+        Usage::default(),
+        false,
+    );
+    Box::pin(
+        futures_util::stream::unfold(
+            state,
+            move |(mut events, mut model, mut finish, mut usage, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let next = match tokio::time::timeout(idle, events.next()).await {
+                        Err(_) => {
+                            let e = ProviderError::Timeout(idle);
+                            return Some((vec![Err(e)], (events, model, finish, usage, true)));
+                        }
+                        Ok(n) => n,
+                    };
+                    let event = match next {
+                        None => None,
+                        Some(Err(e)) => {
+                            let e = ProviderError::Transport(e.to_string());
+                            return Some((vec![Err(e)], (events, model, finish, usage, true)));
+                        }
+                        Some(Ok(event)) if event.data.trim() == "[DONE]" => None,
+                        Some(Ok(event)) => Some(event),
+                    };
+                    let Some(event) = event else {
+                        let end = Delta::End {
+                            finish_reason: finish.clone(),
+                            usage,
+                            model: model.clone(),
+                        };
+                        return Some((vec![Ok(end)], (events, model, finish, usage, true)));
+                    };
+                    let chunk: Json = match serde_json::from_str(&event.data) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let e = ProviderError::Malformed(format!("a chunk is not JSON: {e}"));
+                            return Some((vec![Err(e)], (events, model, finish, usage, true)));
+                        }
+                    };
+                    if let Some(m) = chunk["model"].as_str() {
+                        model = m.to_owned();
+                    }
+                    if chunk["usage"].is_object() {
+                        let n = |k: &str| chunk["usage"][k].as_u64().unwrap_or(0);
+                        usage = Usage {
+                            prompt_tokens: n("prompt_tokens"),
+                            completion_tokens: n("completion_tokens"),
+                            total_tokens: n("total_tokens"),
+                        };
+                    }
+                    let choice = &chunk["choices"][0];
+                    if let Some(f) = choice["finish_reason"].as_str() {
+                        finish = f.to_owned();
+                    }
+                    let mut out = Vec::new();
+                    if let Some(t) = choice["delta"]["content"]
+                        .as_str()
+                        .filter(|t| !t.is_empty())
+                    {
+                        out.push(Ok(Delta::Text(t.to_owned())));
+                    }
+                    for (i, c) in choice["delta"]["tool_calls"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        out.push(Ok(Delta::ToolCall {
+                            index: c["index"].as_u64().map_or(i, |n| n as usize),
+                            id: c["id"].as_str().unwrap_or_default().to_owned(),
+                            name: c["function"]["name"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            arguments: c["function"]["arguments"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        }));
+                    }
+                    if !out.is_empty() {
+                        return Some((out, (events, model, finish, usage, false)));
+                    }
+                }
+            },
+        )
+        .flat_map(futures_util::stream::iter),
+    )
 }
 
 /// A message as the chat completions API writes it (tool calls as functions whose

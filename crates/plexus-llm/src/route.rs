@@ -4,8 +4,10 @@
 //! straight to the next provider. A provider that failed [`BREAK_AFTER`] times in a row
 //! is skipped for [`BREAK_FOR`] (a circuit breaker) and shown unhealthy.
 
-use crate::{ChatRequest, ChatResponse, ProviderError, Providers};
+use crate::stream::Deltas;
+use crate::{ChatRequest, ChatResponse, Provider, ProviderError, Providers};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 // Tokio's clock, so that tests can move it.
@@ -92,6 +94,34 @@ impl Providers {
         fallbacks: &[String],
         request: ChatRequest,
     ) -> Result<(String, ChatResponse), String> {
+        self.routed(first, fallbacks, |p| {
+            let request = request.clone();
+            Box::pin(async move { p.chat(request).await })
+        })
+        .await
+    }
+
+    /// [`Providers::chat_routed`] for a streamed reply: routed until a stream opens (a
+    /// failure after its first piece is the caller's to report).
+    pub async fn stream_routed(
+        &self,
+        first: Option<&str>,
+        fallbacks: &[String],
+        request: ChatRequest,
+    ) -> Result<(String, Deltas), String> {
+        self.routed(first, fallbacks, |p| {
+            let request = request.clone();
+            Box::pin(async move { p.chat_stream(request).await })
+        })
+        .await
+    }
+
+    async fn routed<T>(
+        &self,
+        first: Option<&str>,
+        fallbacks: &[String],
+        attempt: impl Fn(Arc<dyn Provider>) -> Attempt<T>,
+    ) -> Result<(String, T), String> {
         let mut order = vec![self.pick(first)?];
         for name in fallbacks {
             order.push(self.pick(Some(name))?);
@@ -105,8 +135,8 @@ impl Providers {
                 continue;
             }
             let mut backoff = Duration::from_millis(500);
-            for attempt in 1..=TRIES {
-                match provider.chat(request.clone()).await {
+            for tried in 1..=TRIES {
+                match attempt(provider.clone()).await {
                     Ok(reply) => {
                         self.breakers.succeeded(&name);
                         return Ok((name, reply));
@@ -114,10 +144,10 @@ impl Providers {
                     Err(e) => {
                         self.breakers.failed(&name);
                         let wait = retryable(&e).map(|after| after.unwrap_or(backoff));
-                        tracing::info!(provider = %name, attempt, error = %e, ?wait, "LLM call failed");
+                        tracing::info!(provider = %name, attempt = tried, error = %e, ?wait, "LLM call failed");
                         failures.push(format!("provider `{name}`: {e}"));
                         match wait {
-                            Some(w) if attempt < TRIES && w <= MAX_WAIT => {
+                            Some(w) if tried < TRIES && w <= MAX_WAIT => {
                                 tokio::time::sleep(w).await;
                                 backoff *= 2;
                             }
@@ -131,12 +161,15 @@ impl Providers {
     }
 }
 
+/// One try of one provider.
+type Attempt<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ProviderError>> + Send>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Provider, Reply, Usage};
+    use crate::{Reply, Usage};
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     /// Answers from a script of results.
     struct Scripted(Mutex<Vec<Result<&'static str, ProviderError>>>, Mutex<u32>);

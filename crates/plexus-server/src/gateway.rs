@@ -161,6 +161,12 @@ pub async fn chat(
         tools,
         timeout: Duration::from_secs(120),
     };
+    let id = format!("chatcmpl-{}", now_ms());
+    let created = now_ms() / 1000;
+    if req["stream"] == true {
+        let shown = model.to_owned();
+        return stream(state, caller, provider, request, (id, created, shown)).await;
+    }
     let routed = state
         .engine
         .llm
@@ -168,50 +174,9 @@ pub async fn chat(
         .await;
     let (name, reply) = match routed {
         Ok(r) => r,
-        Err(e) if e.contains("no LLM provider") => {
-            return error(StatusCode::NOT_FOUND, "invalid_request_error", e);
-        }
-        Err(e) => return error(StatusCode::BAD_GATEWAY, "api_error", e),
+        Err(e) => return routing_error(e),
     };
-    metrics::counter!("plexus_llm_requests_total", "provider" => name.clone()).increment(1);
-    metrics::counter!("plexus_llm_tokens_total", "provider" => name.clone())
-        .increment(reply.usage.total_tokens);
-    audit(
-        state.store.as_ref(),
-        &caller.actor(),
-        "llm.chat",
-        &format!("provider:{name}"),
-        json!({"model": reply.model, "usage": reply.usage}),
-    )
-    .await;
-    let id = format!("chatcmpl-{}", now_ms());
-    let created = now_ms() / 1000;
-    let usage = json!({
-        "prompt_tokens": reply.usage.prompt_tokens,
-        "completion_tokens": reply.usage.completion_tokens,
-        "total_tokens": reply.usage.total_tokens,
-    });
-    if req["stream"] == true {
-        // The whole answer in one chunk, then the end: what a streaming client reads.
-        let mut delta = json!({"role": "assistant", "content": reply.content});
-        if !reply.tool_calls.is_empty() {
-            delta["tool_calls"] = tool_calls_json(&reply.tool_calls, true);
-        }
-        let chunk = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": reply.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": Json::Null}]});
-        let end = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": reply.model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}], "usage": usage});
-        let text = format!("data: {chunk}\n\ndata: {end}\n\ndata: [DONE]\n\n");
-        return (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            text,
-        )
-            .into_response();
-    }
+    metered(&state, &caller, &name, &reply.model, reply.usage).await;
     let mut message = json!({"role": "assistant", "content": reply.content});
     if !reply.tool_calls.is_empty() {
         message["tool_calls"] = tool_calls_json(&reply.tool_calls, false);
@@ -219,9 +184,137 @@ pub async fn chat(
     axum::Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": reply.model,
         "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
-        "usage": usage,
+        "usage": usage_json(reply.usage),
     }))
     .into_response()
+}
+
+fn routing_error(e: String) -> Response {
+    if e.contains("no LLM provider") {
+        return error(StatusCode::NOT_FOUND, "invalid_request_error", e);
+    }
+    error(StatusCode::BAD_GATEWAY, "api_error", e)
+}
+
+fn usage_json(u: plexus_llm::Usage) -> Json {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    })
+}
+
+/// Counts a call in the metrics and the audit log (never its prompt).
+async fn metered(
+    state: &AppState,
+    caller: &Caller,
+    provider: &str,
+    model: &str,
+    usage: plexus_llm::Usage,
+) {
+    metrics::counter!("plexus_llm_requests_total", "provider" => provider.to_owned(), "source" => "gateway").increment(1);
+    metrics::counter!("plexus_llm_tokens_total", "provider" => provider.to_owned(), "source" => "gateway")
+        .increment(usage.total_tokens);
+    audit(
+        state.store.as_ref(),
+        &caller.actor(),
+        "llm.chat",
+        &format!("provider:{provider}"),
+        json!({"model": model, "usage": usage}),
+    )
+    .await;
+}
+
+/// `stream: true`: the provider's pieces passed on as they come, as chunks of server-sent
+/// events, then the end (with the usage) and `[DONE]`.
+async fn stream(
+    state: AppState,
+    caller: Caller,
+    provider: Option<String>,
+    request: ChatRequest,
+    (id, created, shown): (String, u64, String),
+) -> Response {
+    use futures_util::StreamExt;
+    let (name, deltas) = match state
+        .engine
+        .llm
+        .stream_routed(provider.as_deref(), &[], request)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return routing_error(e),
+    };
+    let chunk = move |model: &str, delta: Json, finish: Json, usage: Option<Json>| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        format!("data: {c}\n\n")
+    };
+    let mut first = true;
+    let body = deltas.map(move |piece| {
+        let text = match piece {
+            Ok(plexus_llm::stream::Delta::Text(t)) => {
+                let mut delta = json!({"content": t});
+                if std::mem::take(&mut first) {
+                    delta["role"] = json!("assistant");
+                }
+                chunk(&shown, delta, Json::Null, None)
+            }
+            Ok(plexus_llm::stream::Delta::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            }) => {
+                let mut call = json!({"index": index, "function": {"arguments": arguments}});
+                if !id.is_empty() {
+                    call["id"] = json!(id);
+                    call["type"] = json!("function");
+                }
+                if !name.is_empty() {
+                    call["function"]["name"] = json!(name);
+                }
+                let mut delta = json!({"tool_calls": [call]});
+                if std::mem::take(&mut first) {
+                    delta["role"] = json!("assistant");
+                }
+                chunk(&shown, delta, Json::Null, None)
+            }
+            Ok(plexus_llm::stream::Delta::End {
+                finish_reason,
+                usage,
+                model,
+            }) => {
+                let (state, caller, name, m) =
+                    (state.clone(), caller.clone(), name.clone(), model.clone());
+                tokio::spawn(async move { metered(&state, &caller, &name, &m, usage).await });
+                let end = chunk(
+                    &model,
+                    json!({}),
+                    json!(finish_reason),
+                    Some(usage_json(usage)),
+                );
+                format!("{end}data: [DONE]\n\n")
+            }
+            Err(e) => {
+                // The stream broke after it began: say so in the stream, OpenAI's way.
+                let err = json!({"error": {"message": e.to_string(), "type": "api_error"}});
+                format!("data: {err}\n\n")
+            }
+        };
+        Ok::<_, std::convert::Infallible>(text)
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// A request's `tools` (functions only, as OpenAI's API has them).

@@ -18,7 +18,20 @@ seen["tokens"] = done.usage.total_tokens
 chunks = client.chat.completions.create(
     model="standin/other-model", messages=[{"role": "user", "content": "stream me"}], stream=True
 )
+chunks = list(chunks)
 seen["streamed"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+seen["stream_chunks"] = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+seen["stream_tokens"] = next(c.usage.total_tokens for c in chunks if c.usage)
+tools = [{"type": "function", "function": {"name": "weather", "description": "the weather of a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+asked = [{"role": "user", "content": "weather in Oslo?"}]
+done = client.chat.completions.create(model="standin", messages=asked, tools=tools)
+call = done.choices[0].message.tool_calls[0]
+seen["tool_call"] = {"name": call.function.name, "arguments": json.loads(call.function.arguments)}
+asked.append(done.choices[0].message.model_dump(exclude_none=True))
+asked.append({"role": "tool", "tool_call_id": call.id, "content": "3 degrees"})
+done = client.chat.completions.create(model="standin", messages=asked, tools=tools)
+seen["after_tool"] = done.choices[0].message.content
 bad = openai.OpenAI(base_url=base, api_key="plx_nope_wrong", max_retries=0)
 try:
     bad.chat.completions.create(model="standin", messages=[{"role": "user", "content": "x"}])
