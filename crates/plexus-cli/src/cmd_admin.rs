@@ -342,7 +342,7 @@ fn print_verify(v: &Json, format: Format) -> i32 {
 }
 
 /// RFC 3339 date or date-time to ms since the epoch.
-fn parse_since(text: &str) -> Result<u64> {
+pub fn parse_since(text: &str) -> Result<u64> {
     plexus_core::schedule::parse_time(text).with_context(|| {
         format!("--since {text}: give a date like 2026-11-22 or 2026-11-22T10:00:00Z")
     })

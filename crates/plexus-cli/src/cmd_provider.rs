@@ -35,6 +35,18 @@ pub enum ProviderCommand {
     Remove { name: String },
     /// Ask a provider for a one-word answer, as a one-step run (exit 0 when it answers)
     Test { name: String },
+    /// Tokens and cost of model calls (steps, agentic loops, the gateway), summed
+    ///
+    /// Costs come from the price table, the setting `llm.prices` (USD per million
+    /// tokens by model), as it was when each call was made.
+    Usage {
+        /// What to sum by: user, key, run, provider or model
+        #[arg(long, default_value = "user")]
+        by: String,
+        /// Only calls at or after this time (RFC 3339, e.g. 2026-11-01)
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+    },
 }
 
 async fn put(c: &Client, key: &str, value: Json) -> Result<Json> {
@@ -48,6 +60,43 @@ async fn put(c: &Client, key: &str, value: Json) -> Result<Json> {
 
 pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Result<i32> {
     match cmd {
+        ProviderCommand::Usage { by, since } => {
+            let mut path = format!("/api/v1/llm/usage?by={}", segment(&by));
+            if let Some(s) = since {
+                let ms = crate::cmd_admin::parse_since(&s)?;
+                path.push_str(&format!("&since={ms}"));
+            }
+            let answer = c.call("GET", &path, None).await?;
+            if format.is_data() {
+                output::data(format, &answer["usage"]);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = answer["usage"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    vec![
+                        u["group"].as_str().unwrap_or("-").to_owned(),
+                        u["calls"].to_string(),
+                        u["prompt_tokens"].to_string(),
+                        u["completion_tokens"].to_string(),
+                        format!("{:.4}", u["cost_usd"].as_f64().unwrap_or(0.0)),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    &by.to_uppercase(),
+                    "CALLS",
+                    "PROMPT",
+                    "COMPLETION",
+                    "COST (USD)",
+                ],
+                &rows,
+            );
+            Ok(0)
+        }
         ProviderCommand::List => {
             let all = c.call("GET", "/api/v1/settings", None).await?;
             let settings = all["settings"].as_array().cloned().unwrap_or_default();

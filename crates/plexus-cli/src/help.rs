@@ -199,6 +199,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("provider list", "plexus provider list -o json"),
     (
+        "provider usage",
+        "plexus provider usage --by key --since 2026-11-01\nplexus settings set llm.prices '{\"gpt-4o-mini\": {\"prompt\": 0.15, \"completion\": 0.6}}'",
+    ),
+    (
         "provider add",
         "printf %s \"$OPENAI_API_KEY\" | plexus provider add openai --base-url https://api.openai.com/v1 --model gpt-4o-mini --api-key-stdin --default",
     ),

@@ -181,6 +181,24 @@ steps:
         "the reply that did not fit was repaired"
     );
     assert_eq!(step(&run, "act")["output"], json!({"do": "restart"}));
+    // The run's three model calls are accounted to it.
+    let run_id = run["id"].as_str().unwrap();
+    let mut by_run = Value::Null;
+    wait_for("the run's calls to be accounted", || {
+        by_run = cli_json(&p, &addr, &["provider", "usage", "--by", "run"]);
+        by_run
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["group"] == run_id && u["calls"] == 3)
+    });
+    let mine = by_run
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["group"] == run_id)
+        .unwrap();
+    assert_eq!(mine["prompt_tokens"], 36, "{by_run}");
     {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3, "one call, then one and its repair");
@@ -265,6 +283,21 @@ fn the_openai_package_talks_to_the_gateway() {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"sk-test").unwrap();
     assert!(child.wait().unwrap().success());
+    // USD per million tokens: what each call costs is accounted per user and key.
+    let out = cli(&p, &addr)
+        .args([
+            "settings",
+            "set",
+            "llm.prices",
+            r#"{"stand-in-1": {"prompt": 2.0, "completion": 8.0}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm_python/openai_client.py");
     let out = std::process::Command::new(python)
@@ -307,5 +340,22 @@ fn the_openai_package_talks_to_the_gateway() {
         !text.contains("stream me"),
         "the prompt is not in the audit log"
     );
+    // Four calls answered (the bad key's never reached a provider), 12 + 7 tokens each.
+    let by_key = cli_json(&p, &addr, &["provider", "usage", "--by", "key"]);
+    assert_eq!(by_key.as_array().unwrap().len(), 1, "{by_key}");
+    assert_eq!(by_key[0]["calls"], 4, "{by_key}");
+    assert_eq!(by_key[0]["prompt_tokens"], 48);
+    assert_eq!(by_key[0]["completion_tokens"], 28);
+    // Priced by model: the stream asked for `other-model`, which has no price.
+    let cost = by_key[0]["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - 3.0 * (12.0 * 2.0 + 7.0 * 8.0) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+    let by_model = cli_json(&p, &addr, &["provider", "usage", "--by", "model"]);
+    assert_eq!(by_model[0]["group"], "standin/stand-in-1", "{by_model}");
+    assert_eq!(by_model[1]["group"], "standin/other-model", "{by_model}");
+    let by_user = cli_json(&p, &addr, &["provider", "usage", "--by", "user"]);
+    assert_eq!(by_user[0]["group"], "user:admin");
     stop(&mut server);
 }

@@ -142,6 +142,36 @@ impl Budget {
     }
 }
 
+/// What models cost: USD per million prompt and completion tokens, by `provider/model`
+/// or by model (the setting `llm.prices`: `{"gpt-4o-mini": {"prompt": 0.15,
+/// "completion": 0.6}}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Prices(pub BTreeMap<String, Price>);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub prompt: f64,
+    #[serde(default)]
+    pub completion: f64,
+}
+
+impl Prices {
+    /// What `usage` of `provider`'s `model` cost; 0 when the table has no price for it.
+    pub fn cost(&self, provider: &str, model: &str, usage: Usage) -> f64 {
+        let price = self
+            .0
+            .get(&format!("{provider}/{model}"))
+            .or_else(|| self.0.get(model))
+            .copied()
+            .unwrap_or_default();
+        (usage.prompt_tokens as f64 * price.prompt
+            + usage.completion_tokens as f64 * price.completion)
+            / 1_000_000.0
+    }
+}
+
 /// A model's reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatResponse {
@@ -230,6 +260,7 @@ pub struct Providers {
     /// Which providers are skipped for now after repeated failures.
     pub breakers: route::Breakers,
     budget: RwLock<Budget>,
+    prices: RwLock<Prices>,
 }
 
 impl Providers {
@@ -248,6 +279,21 @@ impl Providers {
         if let Ok(mut b) = self.budget.write() {
             *b = budget;
         }
+    }
+
+    /// Sets the price table (from the settings).
+    pub fn set_prices(&self, prices: Prices) {
+        if let Ok(mut p) = self.prices.write() {
+            *p = prices;
+        }
+    }
+
+    /// What `usage` of `provider`'s `model` cost by the price table.
+    pub fn cost(&self, provider: &str, model: &str, usage: Usage) -> f64 {
+        self.prices
+            .read()
+            .map(|p| p.cost(provider, model, usage))
+            .unwrap_or(0.0)
     }
 
     pub fn budget(&self) -> Budget {

@@ -204,7 +204,8 @@ fn usage_json(u: plexus_llm::Usage) -> Json {
     })
 }
 
-/// Counts a call in the metrics and the audit log (never its prompt).
+/// Counts a call in the metrics, the accounts (tokens and cost, per user and key) and
+/// the audit log (never its prompt).
 async fn metered(
     state: &AppState,
     caller: &Caller,
@@ -212,6 +213,26 @@ async fn metered(
     model: &str,
     usage: plexus_llm::Usage,
 ) {
+    let cost = state.engine.llm.cost(provider, model, usage);
+    let record = plexus_store::LlmUsage {
+        time: now_ms(),
+        actor: Some(caller.actor()),
+        api_key: match &caller.via {
+            crate::auth::Via::ApiKey(id) => Some(id.clone()),
+            crate::auth::Via::Session(_) => None,
+        },
+        run_id: None,
+        step_id: None,
+        source: "gateway".into(),
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cost_usd: cost,
+    };
+    if let Err(e) = state.store.record_llm_usage(record).await {
+        tracing::warn!(error = %e, "a model call could not be accounted");
+    }
     metrics::counter!("plexus_llm_requests_total", "provider" => provider.to_owned(), "source" => "gateway").increment(1);
     metrics::counter!("plexus_llm_tokens_total", "provider" => provider.to_owned(), "source" => "gateway")
         .increment(usage.total_tokens);
@@ -220,9 +241,40 @@ async fn metered(
         &caller.actor(),
         "llm.chat",
         &format!("provider:{provider}"),
-        json!({"model": model, "usage": usage}),
+        json!({"model": model, "usage": usage, "cost_usd": cost}),
     )
     .await;
+}
+
+#[derive(serde::Deserialize)]
+pub struct UsageQuery {
+    by: Option<String>,
+    /// Calls at or after this time (ms since the epoch); all when absent.
+    since: Option<u64>,
+}
+
+/// `GET /api/v1/llm/usage?by=user|key|run|provider|model&since=MS`: tokens and cost of
+/// model calls (steps' and the gateway's), summed by what `by` names.
+pub async fn usage(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+) -> Result<axum::Json<Json>, crate::error::ApiError> {
+    let by = match q.by.as_deref().unwrap_or("user") {
+        "user" => plexus_store::UsageGroup::User,
+        "key" => plexus_store::UsageGroup::Key,
+        "run" => plexus_store::UsageGroup::Run,
+        "provider" => plexus_store::UsageGroup::Provider,
+        "model" => plexus_store::UsageGroup::Model,
+        other => {
+            return Err(crate::error::ApiError::bad_request(format!(
+                "`by` is one of user, key, run, provider, model, not `{other}`"
+            )));
+        }
+    };
+    let rows = state.store.llm_usage(by, q.since.unwrap_or(0)).await?;
+    Ok(axum::Json(
+        json!({"by": q.by.as_deref().unwrap_or("user"), "usage": rows}),
+    ))
 }
 
 /// `stream: true`: the provider's pieces passed on as they come, as chunks of server-sent

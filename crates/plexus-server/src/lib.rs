@@ -172,6 +172,7 @@ api! {
     engineer post "/v1/chat/completions" => gateway::chat,
     operator get "/v1/models" => gateway::models,
     operator get "/api/v1/providers" => gateway::providers,
+    operator get "/api/v1/llm/usage" => gateway::usage,
     engineer post "/api/v1/schedules" => schedules::create,
     operator get "/api/v1/schedules" => schedules::list,
     operator get "/api/v1/schedules/{name}" => schedules::get,

@@ -44,6 +44,10 @@ const KNOWN: &[(&str, &str)] = &[
         "a positive integer (default 50000): tokens an agentic loop may use over all its model calls",
     ),
     (
+        "llm.prices",
+        "{\"MODEL or PROVIDER/MODEL\": {\"prompt\": USD, \"completion\": USD}} per million tokens: what model calls cost",
+    ),
+    (
         "intents.min_score",
         "a number from 0 to 1 (default 0.6): the score from which `plexus ask` runs the best match",
     ),
@@ -110,6 +114,13 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
             Some(n) if n > 0 => Ok(()),
             _ => bad(format!("{key} is a positive integer")),
         },
+        "llm.prices" => serde_json::from_value::<plexus_llm::Prices>(value.clone())
+            .map(|_| ())
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "llm.prices maps models to {{prompt, completion}} prices per million tokens: {e}"
+                ))
+            }),
         "intents.min_score" => match value.as_f64() {
             Some(n) if (0.0..=1.0).contains(&n) => Ok(()),
             _ => bad("intents.min_score is a number from 0 to 1".into()),
@@ -329,6 +340,11 @@ async fn apply_providers(state: &AppState) -> ApiResult<()> {
             .unwrap_or(defaults.max_tokens),
     };
     state.engine.llm.set_budget(budget);
+    let prices = value(state, "llm.prices")
+        .await?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    state.engine.llm.set_prices(prices);
     Ok(())
 }
 

@@ -43,7 +43,7 @@ fn ev(seq: u64, kind: EventKind) -> Event {
 #[macro_export]
 macro_rules! store_conformance {
     ($fresh:path) => {
-        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break);
+        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break, sums_model_calls);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(
@@ -75,6 +75,92 @@ pub async fn check_all(store: &dyn Store) {
     chains_audit_records(store).await;
     keeps_settings(store).await;
     a_broken_chain_writes_nothing_after_the_break(store).await;
+    sums_model_calls(store).await;
+}
+
+/// Model calls are summed by run, user, key, provider and model; a step's call counts
+/// for whoever started its run.
+pub async fn sums_model_calls(store: &dyn Store) {
+    let mut r = run("usage-run", None, 100);
+    r.started_by = Some("user:ada".into());
+    store.create_run(r).await.unwrap();
+    let call = |time,
+                actor: Option<&str>,
+                key: Option<&str>,
+                run: Option<&str>,
+                model: &str,
+                p,
+                c,
+                cost| LlmUsage {
+        time,
+        actor: actor.map(str::to_owned),
+        api_key: key.map(str::to_owned),
+        run_id: run.map(str::to_owned),
+        step_id: run.map(|_| "ask".to_owned()),
+        source: if run.is_some() { "step" } else { "gateway" }.into(),
+        provider: "openai".into(),
+        model: model.into(),
+        prompt_tokens: p,
+        completion_tokens: c,
+        cost_usd: cost,
+    };
+    for u in [
+        call(10, None, None, Some("usage-run"), "gpt-x", 100, 20, 0.5),
+        call(20, None, None, Some("usage-run"), "gpt-x", 50, 10, 0.25),
+        call(
+            30,
+            Some("user:bob"),
+            Some("key-1"),
+            None,
+            "gpt-y",
+            7,
+            3,
+            0.0,
+        ),
+        call(
+            1,
+            Some("user:bob"),
+            Some("key-1"),
+            None,
+            "gpt-y",
+            1000,
+            1000,
+            9.0,
+        ),
+    ] {
+        store.record_llm_usage(u).await.unwrap();
+    }
+    let by_user = store.llm_usage(UsageGroup::User, 5).await.unwrap();
+    assert_eq!(
+        by_user
+            .iter()
+            .map(|t| (t.group.as_str(), t.calls, t.total_tokens))
+            .collect::<Vec<_>>(),
+        [("user:ada", 2, 180), ("user:bob", 1, 10)],
+        "a step's calls are its starter's; calls before `since` are left out"
+    );
+    assert!((by_user[0].cost_usd - 0.75).abs() < 1e-9);
+    let by_run = store.llm_usage(UsageGroup::Run, 0).await.unwrap();
+    assert_eq!(by_run.len(), 2);
+    assert!(
+        by_run
+            .iter()
+            .any(|t| t.group == "usage-run" && t.prompt_tokens == 150)
+    );
+    assert!(
+        by_run.iter().any(|t| t.group == "-" && t.calls == 2),
+        "{by_run:?}"
+    );
+    let by_key = store.llm_usage(UsageGroup::Key, 0).await.unwrap();
+    assert_eq!(by_key[0].group, "key-1", "the costliest first");
+    let by_model = store.llm_usage(UsageGroup::Model, 0).await.unwrap();
+    assert_eq!(
+        by_model
+            .iter()
+            .map(|t| t.group.as_str())
+            .collect::<Vec<_>>(),
+        ["openai/gpt-y", "openai/gpt-x"]
+    );
 }
 
 /// Commits on one chain land in order or not at all: after one fails, later ones (even

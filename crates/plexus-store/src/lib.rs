@@ -474,9 +474,60 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
 }
 
-/// Everything Plexus keeps, by concern: [`RunStore`], [`CatalogStore`] and [`AuthStore`]
-/// (users, keys, sessions, audit, settings). A backend implements the three; the engine
-/// and the server hold an `Arc<dyn Store>`.
-pub trait Store: RunStore + CatalogStore + AuthStore {}
+/// One call of a model, for accounting.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LlmUsage {
+    pub time: Millis,
+    /// Who made it (`user:NAME`); for a step, the run's starter when `None`.
+    pub actor: Option<String>,
+    /// The API key it came with (its id), for calls through the gateway.
+    pub api_key: Option<String>,
+    pub run_id: Option<String>,
+    pub step_id: Option<String>,
+    /// `gateway` or `step`.
+    pub source: String,
+    pub provider: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// By the price table when the call was made; 0 when it has no price for the model.
+    pub cost_usd: f64,
+}
 
-impl<T: RunStore + CatalogStore + AuthStore> Store for T {}
+/// What model calls are summed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Run,
+    User,
+    Key,
+    Provider,
+    Model,
+}
+
+/// The model calls of one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageTotal {
+    /// The run, user, key, provider or model (`-` for calls without one).
+    pub group: String,
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Token and cost accounting of model calls.
+#[async_trait::async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    async fn record_llm_usage(&self, usage: LlmUsage) -> Result<()>;
+    /// Sums of the calls made at or after `since`, by `by`, the costliest first (then by
+    /// tokens).
+    async fn llm_usage(&self, by: UsageGroup, since: Millis) -> Result<Vec<UsageTotal>>;
+}
+
+/// Everything Plexus keeps, by concern: [`RunStore`], [`CatalogStore`], [`AuthStore`]
+/// (users, keys, sessions, audit, settings) and [`UsageStore`]. A backend implements
+/// them all; the engine and the server hold an `Arc<dyn Store>`.
+pub trait Store: RunStore + CatalogStore + AuthStore + UsageStore {}
+
+impl<T: RunStore + CatalogStore + AuthStore + UsageStore> Store for T {}

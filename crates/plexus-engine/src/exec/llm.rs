@@ -22,11 +22,59 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct LlmCalls {
     providers: Arc<Providers>,
     agents: crate::agents::Agents,
+    store: Arc<dyn plexus_store::Store>,
 }
 
 impl LlmCalls {
-    pub fn new(providers: Arc<Providers>, agents: crate::agents::Agents) -> Self {
-        LlmCalls { providers, agents }
+    pub fn new(
+        providers: Arc<Providers>,
+        agents: crate::agents::Agents,
+        store: Arc<dyn plexus_store::Store>,
+    ) -> Self {
+        LlmCalls {
+            providers,
+            agents,
+            store,
+        }
+    }
+}
+
+/// Where a step's model calls are accounted: the run and step they belong to.
+#[derive(Clone)]
+pub(crate) struct Accounts {
+    pub store: Option<Arc<dyn plexus_store::Store>>,
+    pub run_id: String,
+    pub step_id: String,
+}
+
+impl Accounts {
+    /// Records one model call (tokens, cost by the price table) for the run's starter;
+    /// in the background, as a failure to account must not fail the step.
+    pub fn record(&self, providers: &Providers, provider: &str, model: &str, usage: Usage) {
+        metrics::counter!("plexus_llm_requests_total", "provider" => provider.to_owned(), "source" => "step").increment(1);
+        metrics::counter!("plexus_llm_tokens_total", "provider" => provider.to_owned(), "source" => "step")
+            .increment(usage.total_tokens);
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let record = plexus_store::LlmUsage {
+            time: crate::now_ms(),
+            actor: None,
+            api_key: None,
+            run_id: Some(self.run_id.clone()),
+            step_id: Some(self.step_id.clone()),
+            source: "step".into(),
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_usd: providers.cost(provider, model, usage),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = store.record_llm_usage(record).await {
+                tracing::warn!(error = %e, "a model call could not be accounted");
+            }
+        });
     }
 }
 
@@ -43,6 +91,7 @@ pub(crate) fn parse_json(text: &str) -> Result<Json, String> {
 
 async fn call(
     providers: &Providers,
+    accounts: &Accounts,
     spec: &Json,
     timeout: Duration,
 ) -> Result<(Json, Usage), String> {
@@ -98,6 +147,7 @@ async fn call(
             .chat_routed(spec["provider"].as_str(), &fallbacks, request)
             .await?;
         usage += reply.usage;
+        accounts.record(providers, &name, &reply.model, reply.usage);
         let Some(validator) = &validator else {
             let output = json!({
                 "text": reply.content,
@@ -143,6 +193,11 @@ impl Executor for LlmCalls {
     fn start(&self, task: Task, ctx: AttemptCtx, mut kill: oneshot::Receiver<()>) -> AttemptFuture {
         let providers = self.providers.clone();
         let agents = self.agents.clone();
+        let accounts = Accounts {
+            store: Some(self.store.clone()),
+            run_id: ctx.run_id.to_string(),
+            step_id: task.step_id.clone(),
+        };
         Box::pin(async move {
             let Work::Llm(work) = task.work else {
                 return AttemptResult::failed("not an llm step");
@@ -153,8 +208,7 @@ impl Executor for LlmCalls {
                     providers: &providers,
                     agents: &agents,
                     journal: &ctx.journal,
-                    run_id: &ctx.run_id,
-                    step_id: &task.step_id,
+                    accounts: &accounts,
                     timeout,
                 };
                 let answer = tokio::select! {
@@ -165,23 +219,18 @@ impl Executor for LlmCalls {
                     Ok(output) => AttemptResult::of(Outcome::Success(output)),
                     Err((error, output)) => AttemptResult::of(Outcome::Failure { error, output }),
                 };
-                if let Some(out) = match &result.outcome {
-                    Outcome::Success(o) | Outcome::Failure { output: o, .. } => Some(o),
-                } {
-                    let tokens = out["usage"]["total_tokens"].as_u64().unwrap_or(0);
-                    metrics::counter!("plexus_llm_tokens_total").increment(tokens);
-                    result.usage = out["usage"].clone();
-                }
+                let (Outcome::Success(out) | Outcome::Failure { output: out, .. }) =
+                    &result.outcome;
+                result.usage = out["usage"].clone();
                 return result;
             }
             let spec = work.spec;
             let answer = tokio::select! {
-                answer = call(&providers, &spec, timeout) => answer,
+                answer = call(&providers, &accounts, &spec, timeout) => answer,
                 _ = &mut kill => return AttemptResult::failed("cancelled"),
             };
             match answer {
                 Ok((output, usage)) => {
-                    metrics::counter!("plexus_llm_tokens_total").increment(usage.total_tokens);
                     let mut result = AttemptResult::of(Outcome::Success(output));
                     result.usage = serde_json::to_value(usage).unwrap_or(Json::Null);
                     result
@@ -228,6 +277,14 @@ mod tests {
         }
     }
 
+    fn no_accounts() -> Accounts {
+        Accounts {
+            store: None,
+            run_id: "r".into(),
+            step_id: "s".into(),
+        }
+    }
+
     fn providers(replies: &[&str]) -> (Providers, Arc<Scripted>) {
         let scripted = Arc::new(Scripted {
             replies: Mutex::new(replies.iter().map(|r| r.to_string()).collect()),
@@ -246,6 +303,7 @@ mod tests {
         let (p, _) = providers(&["hello"]);
         let (out, usage) = call(
             &p,
+            &no_accounts(),
             &json!({"prompt": "hi", "system": "be brief"}),
             DEFAULT_TIMEOUT,
         )
@@ -262,6 +320,7 @@ mod tests {
         ]);
         let (out, usage) = call(
             &p,
+            &no_accounts(),
             &json!({"prompt": "what now?", "output_schema": schema}),
             DEFAULT_TIMEOUT,
         )
@@ -280,6 +339,7 @@ mod tests {
         let (p, _) = providers(&["x", "y", "z"]);
         let e = call(
             &p,
+            &no_accounts(),
             &json!({"prompt": "q", "output_schema": schema}),
             DEFAULT_TIMEOUT,
         )
@@ -288,7 +348,7 @@ mod tests {
         assert!(e.contains("after 2 repairs"), "{e}");
         let (p, _) = providers(&[]);
         assert!(
-            call(&p, &json!({}), DEFAULT_TIMEOUT)
+            call(&p, &no_accounts(), &json!({}), DEFAULT_TIMEOUT)
                 .await
                 .unwrap_err()
                 .contains("needs a `prompt`")

@@ -34,9 +34,19 @@ pub(crate) struct LoopCtx<'a> {
     pub providers: &'a Providers,
     pub agents: &'a Agents,
     pub journal: &'a Journal,
-    pub run_id: &'a str,
-    pub step_id: &'a str,
+    /// The run and step, where the calls are accounted.
+    pub accounts: &'a super::llm::Accounts,
     pub timeout: Duration,
+}
+
+impl LoopCtx<'_> {
+    fn run_id(&self) -> &str {
+        &self.accounts.run_id
+    }
+
+    fn step_id(&self) -> &str {
+        &self.accounts.step_id
+    }
 }
 
 /// The tools a step may use, by the names the model sees.
@@ -329,8 +339,8 @@ pub(crate) async fn run(cx: LoopCtx<'_>, work: &LlmWork) -> Result<Json, (String
     let mut p = Progress::replay(start, journal, validator.as_ref());
     if !journal.is_empty() {
         tracing::info!(
-            run = cx.run_id,
-            step = cx.step_id,
+            run = cx.run_id(),
+            step = cx.step_id(),
             entries = journal.len(),
             iterations = p.iterations,
             tool_calls = p.tool_calls,
@@ -438,6 +448,8 @@ pub(crate) async fn run(cx: LoopCtx<'_>, work: &LlmWork) -> Result<Json, (String
             .append(entry)
             .await
             .map_err(|e| (e, output(&p, "", "error")))?;
+        cx.accounts
+            .record(cx.providers, &provider, &reply.model, reply.usage);
         p.iterations = turn;
         p.usage += reply.usage;
         p.model = reply.model;
@@ -573,13 +585,13 @@ async fn resolve(
             &instance,
             &spec,
             ActionCall {
-                execution_id: cx.run_id.to_owned(),
-                step_id: cx.step_id.to_owned(),
+                execution_id: cx.run_id().to_owned(),
+                step_id: cx.step_id().to_owned(),
                 params,
                 mode: super::agent::mode_wire(mode),
                 context: BTreeMap::from([(
                     "idempotency_key".to_owned(),
-                    format!("{}/{}/{turn}/{}", cx.run_id, cx.step_id, call.id),
+                    format!("{}/{}/{turn}/{}", cx.run_id(), cx.step_id(), call.id),
                 )]),
                 time_range: None,
                 tenant_id: plexus_agent::tenant_id(plexus_agent::DEFAULT_TENANT_SLUG),
@@ -620,8 +632,8 @@ async fn ask_approval(
         }))
         .await?;
     let _asking = cx.agents.approvals.calling(
-        cx.run_id,
-        cx.step_id,
+        cx.run_id(),
+        cx.step_id(),
         agent,
         std::time::Instant::now() + wait,
     );
@@ -633,7 +645,7 @@ async fn ask_approval(
         .agents
         .approvals
         .request(
-            cx.run_id,
+            cx.run_id(),
             agent,
             &format!(
                 "the model asks to call {agent}/{action} ({permission_name}) with {arguments}"

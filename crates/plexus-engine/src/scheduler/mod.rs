@@ -114,7 +114,11 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         exec::LocalProcesses::new(processes, crate::owner::hostname()),
         exec::SubWorkflows::new(engine.clone()),
         exec::agent::AgentCalls::new(engine.agents.clone()),
-        exec::llm::LlmCalls::new(engine.llm.clone(), engine.agents.clone()),
+        exec::llm::LlmCalls::new(
+            engine.llm.clone(),
+            engine.agents.clone(),
+            engine.store.clone(),
+        ),
     );
     let pools = Pools::new(&cfg.pools);
     let lp = Loop {

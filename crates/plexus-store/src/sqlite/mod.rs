@@ -14,6 +14,7 @@ mod cached;
 mod catalog;
 mod rows;
 mod runs;
+mod usage;
 mod writer;
 pub(crate) use cached::Cached;
 use rows::*;
@@ -65,6 +66,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         13,
         include_str!("../../migrations/sqlite/0013_user_email.sql"),
+    ),
+    (
+        14,
+        include_str!("../../migrations/sqlite/0014_llm_usage.sql"),
     ),
 ];
 
