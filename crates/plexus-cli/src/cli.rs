@@ -531,6 +531,22 @@ pub enum RunsCommand {
     ///
     /// Example: plexus runs watch 01a2   (a unique prefix of the id is enough)
     Watch { run: String },
+    /// Turn an agentic loop that succeeded into a workflow making the same tool calls
+    ///
+    /// One agent step per tool call that succeeded, in the order the model made them,
+    /// each after the one before; the question becomes the workflow's intent. MODIFY
+    /// and ADMIN actions wait for approval as in any workflow.
+    ///
+    /// Example: plexus runs promote 01a2 --name tidy-reports -f tidy.yaml
+    Promote {
+        run: String,
+        /// The workflow's name (default promoted-RUNID)
+        #[arg(long)]
+        name: Option<String>,
+        /// Write the YAML here instead of standard output
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 fn parse_duration_flag(s: &str) -> Result<std::time::Duration, String> {

@@ -10,6 +10,7 @@ mod cmd_admin;
 mod cmd_agent;
 mod cmd_ask;
 mod cmd_docs;
+mod cmd_promote;
 mod cmd_provider;
 mod cmd_run;
 mod cmd_runs;
@@ -245,6 +246,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             cmd: RunsCommand::Watch { run },
             ..
         } => target.runs_watch(&run, format).await,
+        Command::Runs {
+            cmd: RunsCommand::Promote { run, name, file },
+            ..
+        } => cmd_promote::promote(&target, &run, name, file).await,
         Command::Runs {
             cmd: RunsCommand::Cancel { run },
             ..

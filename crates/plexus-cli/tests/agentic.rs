@@ -204,6 +204,49 @@ fn an_llm_step_with_tools_checks_gates_and_records_every_call() {
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains("ops/write_note"), "{shown}");
+
+    // Promoted: a workflow that makes the calls that succeeded again, validated against
+    // the server's agents, its MODIFY call approved like any step.
+    let promoted = p.dir.path().join("promoted.yaml");
+    let out = cli(&p, &addr)
+        .args(["runs", "promote", run_id, "--name", "tidy-again", "-f"])
+        .arg(&promoted)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&p, &addr)
+        .args(["validate", promoted.to_str().unwrap(), "--server"])
+        .arg(format!("http://{addr}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(root.join("note.txt")).unwrap();
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "again",
+        &std::fs::read_to_string(&promoted).unwrap(),
+    );
+    approve_when_asked(&p, &addr, Some("call_2_write_note"), None);
+    let again = finish_run(runner, 0);
+    assert_eq!(
+        step(&again, "call_1_inspect")["output"]["bytes"],
+        5,
+        "{again}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("note.txt")).unwrap(),
+        "hello",
+        "the same call made again"
+    );
     let _ = agent.kill();
     stop(&mut server);
 }
