@@ -200,11 +200,11 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("provider list", "plexus provider list -o json"),
     (
         "runs promote",
-        "plexus runs promote 01a2 --name tidy-reports -f tidy.yaml\nplexus validate tidy.yaml --server http://127.0.0.1:8080",
+        "plexus runs promote 01a2 --name tidy-reports -f tidy.yaml\nplexus runs promote 01a2 > tidy.yaml",
     ),
     (
         "provider usage",
-        "plexus provider usage --by key --since 2026-11-01\nplexus settings set llm.prices '{\"gpt-4o-mini\": {\"prompt\": 0.15, \"completion\": 0.6}}'",
+        "plexus provider usage --by key --since 2026-11-01\nplexus provider usage --by run -o json",
     ),
     (
         "provider add",
