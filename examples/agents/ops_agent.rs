@@ -120,15 +120,23 @@ async fn main() {
         secret: false,
         default: String::new(),
     })
-    .action(Action::new(
-        "inspect",
-        "Counts the files and bytes of a directory",
-        Permission::Read,
-        |req: Request, p: Inspect| async move {
-            let dir = under(&root(&req).await?, &p.path)?;
-            Ok(usage(&dir)?)
-        },
-    ))
+    .action(
+        Action::new(
+            "inspect",
+            "Counts the files and bytes of a directory",
+            Permission::Read,
+            |req: Request, p: Inspect| async move {
+                let dir = under(&root(&req).await?, &p.path)?;
+                Ok(usage(&dir)?)
+            },
+        )
+        .intent("count the files in {path}"),
+    )
+    .prompt_template(
+        "summarize",
+        "Asks for a one-line summary of a directory's size",
+        "In one line: the directory {{ path }} holds {{ files }} files.",
+    )
     .action(Action::new(
         "write_note",
         "Writes a text file",

@@ -103,6 +103,8 @@ pub struct Action {
     /// JSON Schema of its parameters (from the parameter type).
     pub input_schema: Json,
     pub output_schema: Option<Json>,
+    /// Phrases that ask for this action (`how big is {path}`), for `plexus ask`.
+    pub intents: Vec<String>,
     run: BoxedAction,
 }
 
@@ -133,8 +135,15 @@ impl Action {
             permission,
             input_schema: serde_json::to_value(schemars::schema_for!(P)).unwrap_or(Json::Null),
             output_schema: serde_json::to_value(schemars::schema_for!(R)).ok(),
+            intents: Vec::new(),
             run,
         }
+    }
+
+    /// A phrase that asks for this action; `{name}` placeholders become its parameters.
+    pub fn intent(mut self, pattern: &str) -> Action {
+        self.intents.push(pattern.to_owned());
+        self
     }
 }
 
@@ -160,6 +169,8 @@ pub struct Agent {
     pub stages: Vec<Stage>,
     pub actions: Vec<Action>,
     pub config: Vec<ConfigKey>,
+    /// Prompts `llm` steps can use by name (`template: AGENT/NAME`).
+    pub prompt_templates: Vec<wire::PromptTemplate>,
     health: Option<HealthFn>,
     /// The configuration the engine pushed last.
     pushed: Arc<RwLock<BTreeMap<String, String>>>,
@@ -176,6 +187,7 @@ impl Agent {
             stages: Vec::new(),
             actions: Vec::new(),
             config: Vec::new(),
+            prompt_templates: Vec::new(),
             health: None,
             pushed: Arc::default(),
             instance_id: uuid::Uuid::new_v4().to_string(),
@@ -190,6 +202,17 @@ impl Agent {
 
     pub fn action(mut self, action: Action) -> Agent {
         self.actions.push(action);
+        self
+    }
+
+    /// A prompt `llm` steps can use by name: `template: AGENT/NAME` with `vars:` for its
+    /// `{{ placeholders }}`.
+    pub fn prompt_template(mut self, name: &str, description: &str, content: &str) -> Agent {
+        self.prompt_templates.push(wire::PromptTemplate {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            content: content.to_owned(),
+        });
         self
     }
 
@@ -259,6 +282,16 @@ impl Agent {
                     .as_ref()
                     .map(|s| Blob::json(s, style))
                     .unwrap_or_default(),
+                intents: a
+                    .intents
+                    .iter()
+                    .map(|p| wire::IntentPattern {
+                        pattern: p.clone(),
+                        confidence: 1.0,
+                        description: a.description.clone(),
+                        priority: 10,
+                    })
+                    .collect(),
                 ..Default::default()
             })
             .collect()
@@ -291,6 +324,7 @@ impl Agent {
                     is_secret: c.secret,
                 })
                 .collect(),
+            prompt_templates: self.prompt_templates.clone(),
             instance_id: self.instance_id.clone(),
             ..Default::default()
         }

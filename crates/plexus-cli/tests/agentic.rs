@@ -363,3 +363,58 @@ fn a_loop_killed_with_its_server_takes_up_where_its_journal_ends() {
     let _ = agent.kill();
     stop(&mut server);
 }
+
+#[test]
+fn agents_contribute_intents_and_prompt_templates() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Seen = Default::default();
+    let api = model::serve(&rt, seen.clone(), |body, _| {
+        let last = body["messages"].as_array().unwrap().last().unwrap();
+        model::text(&format!("echo: {}", last["content"].as_str().unwrap_or("")))
+    });
+    let p = Plexus::new();
+    let (mut server, addr, mut agent) = server_with_ops(&p, &free_addr());
+    model::add_provider(&p, &addr, "standin", &api);
+
+    // The action's own phrase: `plexus ask` runs it with the placeholder as a parameter.
+    let out = cli(&p, &addr)
+        .args(["ask", "count the files in reports", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["chosen"]["kind"], "action", "{v}");
+    assert_eq!(v["chosen"]["name"], "ops/inspect");
+    assert_eq!(v["chosen"]["lane"], "pattern");
+    assert_eq!(step(&v["run"], "invoke")["output"]["bytes"], 5, "{v}");
+
+    // The agent's prompt template, rendered with the step's vars.
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "summary",
+        "version: plexus/v1\nname: summary\nsteps:\n  - id: say\n    llm: {template: ops/summarize, vars: {path: reports, files: 1}}\n",
+    );
+    let run = finish_run(runner, 0);
+    assert_eq!(
+        step(&run, "say")["output"]["text"],
+        "echo: In one line: the directory reports holds 1 files."
+    );
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "nosuch",
+        "version: plexus/v1\nname: nosuch\nsteps:\n  - {id: say, llm: {template: ops/nope}}\n",
+    );
+    let run = finish_run(runner, 1);
+    assert_eq!(
+        step(&run, "say")["error"],
+        "no registered agent offers the prompt template `ops/nope`"
+    );
+    let _ = agent.kill();
+    stop(&mut server);
+}

@@ -230,7 +230,8 @@ steps:
         &p,
         &addr,
         "fallback",
-        "version: plexus/v1\nname: fallback\nsteps:\n- {id: ask, llm: {prompt: hi, provider: standin, fallbacks: [backup]}}\n",
+        // The workflow's defaults name the provider and its fallback for every step.
+        "version: plexus/v1\nname: fallback\ndefaults:\n  llm: {provider: standin, fallbacks: [backup]}\nsteps:\n- {id: ask, llm: hi}\n",
     );
     let run = finish_run(runner, 0);
     assert_eq!(step(&run, "ask")["output"]["text"], "echo: hi");

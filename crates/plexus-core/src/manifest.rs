@@ -104,6 +104,9 @@ pub struct Defaults {
     pub retry: Option<RetryPolicy>,
     pub pool: Option<String>,
     pub on_failure: Option<OnFailure>,
+    /// What every `llm` step of the workflow uses unless it says otherwise: `provider`,
+    /// `model`, `fallbacks`, `max_tokens`, `temperature`, `budget`, `approval_timeout`.
+    pub llm: Option<Json>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -542,11 +542,51 @@ fn parse_defaults(node: &Node, cx: &mut Ctx) -> Defaults {
     d.retry = f.get("retry").and_then(|n| parse_retry(n, cx));
     d.pool = f.get("pool").and_then(|n| cx.string(n, "pool"));
     d.on_failure = f.get("on_failure").and_then(|n| parse_on_failure(n, cx));
+    d.llm = f.get("llm").and_then(|n| parse_llm_defaults(n, cx));
     f.finish(
-        &["timeout", "approval_timeout", "retry", "pool", "on_failure"],
+        &[
+            "timeout",
+            "approval_timeout",
+            "retry",
+            "pool",
+            "on_failure",
+            "llm",
+        ],
         cx.out,
     );
     d
+}
+
+/// `defaults.llm`: the keys of an `llm` step that a workflow may set for all of them.
+fn parse_llm_defaults(node: &Node, cx: &mut Ctx) -> Option<Json> {
+    const KEYS: [&str; 7] = [
+        "provider",
+        "model",
+        "fallbacks",
+        "max_tokens",
+        "temperature",
+        "budget",
+        "approval_timeout",
+    ];
+    let f = Fields::new(node, "`defaults.llm`", None, cx.out)?;
+    f.finish(&KEYS, cx.out);
+    // The values are checked as a step's (only the known keys: the others are reported).
+    let mut as_step = node.clone();
+    if let Value::Map(entries) = &mut as_step.value {
+        entries.retain(|(k, _)| KEYS.contains(&k.name.as_str()));
+        entries.push((
+            crate::node::Key {
+                name: "prompt".into(),
+                loc: node.loc,
+            },
+            Node {
+                value: Value::Str("-".into()),
+                loc: node.loc,
+            },
+        ));
+    }
+    parse_llm(&as_step, cx)?;
+    Some(node.to_json())
 }
 
 fn parse_on_failure(node: &Node, cx: &mut Ctx) -> Option<OnFailure> {

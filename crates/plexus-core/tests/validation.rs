@@ -258,3 +258,22 @@ steps:
         "{diags:#?}"
     );
 }
+
+#[test]
+fn a_workflow_sets_llm_defaults_with_the_keys_of_a_step() {
+    let yaml = "\
+version: plexus/v1
+name: ask
+defaults:
+  llm: {provider: local, model: small, tools: [ops], max_tokens: many}
+steps:
+  - id: a
+    llm: hi
+";
+    let diags = problems(yaml);
+    assert_eq!(diags.len(), 2, "{diags:#?}");
+    assert!(has(&diags, "unknown-key", 4, None), "{diags:#?}");
+    assert!(has(&diags, "wrong-type", 4, None), "{diags:#?}");
+    let ok = "version: plexus/v1\nname: ask\ndefaults:\n  llm: {provider: local, fallbacks: [cloud], budget: {max_tokens: 1000}}\nsteps:\n  - {id: a, llm: hi}\n";
+    assert!(problems(ok).is_empty(), "{:#?}", problems(ok));
+}

@@ -514,6 +514,22 @@ impl Agents {
         out
     }
 
+    /// The prompt template `name` (`agent/template`, or a template's name alone: the
+    /// first agent's that has one) that an agent contributed in its Info; its content.
+    pub fn prompt_template(&self, name: &str) -> Option<String> {
+        let (agent, template) = match name.split_once('/') {
+            Some((a, t)) => (Some(a), t),
+            None => (None, name),
+        };
+        self.lock()
+            .instances
+            .iter()
+            .filter(|i| agent.is_none_or(|a| a == i.name))
+            .flat_map(|i| i.info.prompt_templates.iter())
+            .find(|t| t.name == template)
+            .map(|t| t.content.clone())
+    }
+
     /// A number that changes whenever an agent registers or leaves (to know when an
     /// intent index built from [`Agents::intent_entries`] is stale).
     pub fn generation(&self) -> u64 {

@@ -78,6 +78,32 @@ impl Accounts {
     }
 }
 
+/// Sets a step's `prompt` from the prompt template it names (`template:`, contributed by
+/// an agent), rendered with its `vars` by the bounded template engine.
+async fn resolve_template(spec: &mut Json, agents: &crate::agents::Agents) -> Result<(), String> {
+    let Some(name) = spec["template"].as_str().map(str::to_owned) else {
+        return Ok(());
+    };
+    if spec.get("prompt").is_some_and(|p| !p.is_null()) {
+        return Err("an llm step takes a `prompt` or a `template`, not both".into());
+    }
+    if let Some((agent, _)) = name.split_once('/') {
+        agents.knows_patiently(agent).await;
+    }
+    let content = agents
+        .prompt_template(&name)
+        .ok_or_else(|| format!("no registered agent offers the prompt template `{name}`"))?;
+    let vars = match &spec["vars"] {
+        Json::Null => json!({}),
+        v => v.clone(),
+    };
+    let prompt =
+        plexus_core::template::render_str(&content, &plexus_core::template::context_of(&vars))
+            .map_err(|e| format!("the prompt template `{name}`: {e}"))?;
+    spec["prompt"] = Json::String(prompt);
+    Ok(())
+}
+
 /// A reply as JSON: the text itself, or inside a ```json fence.
 pub(crate) fn parse_json(text: &str) -> Result<Json, String> {
     let t = text.trim();
@@ -199,9 +225,12 @@ impl Executor for LlmCalls {
             step_id: task.step_id.clone(),
         };
         Box::pin(async move {
-            let Work::Llm(work) = task.work else {
+            let Work::Llm(mut work) = task.work else {
                 return AttemptResult::failed("not an llm step");
             };
+            if let Err(e) = resolve_template(&mut work.spec, &agents).await {
+                return AttemptResult::failed(e);
+            }
             let timeout = task.timeout.unwrap_or(DEFAULT_TIMEOUT);
             if !work.spec["tools"].is_null() {
                 let cx = super::llm_loop::LoopCtx {

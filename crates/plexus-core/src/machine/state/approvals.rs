@@ -80,7 +80,7 @@ impl RunState {
         let node = &self.plan.nodes[i];
         let ctx = self.context(i, None);
         let mut detail = json!({"kind": step.kind.name()});
-        match super::render::render_work(step, &ctx, self.plan.mode) {
+        match super::render::render_work(step, &ctx, self.plan.mode, &self.plan.manifest.defaults) {
             Ok((work, rendered, env, workdir)) => {
                 match work {
                     Work::Shell { command } => detail["command"] = Json::String(command),

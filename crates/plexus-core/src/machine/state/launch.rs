@@ -283,7 +283,7 @@ impl RunState {
             u.item.map_or_else(|| "-".to_owned(), |k| k.to_string())
         );
         let ctx = self.context(u.step, u.item);
-        let rendered = render_work(step, &ctx, self.plan.mode);
+        let rendered = render_work(step, &ctx, self.plan.mode, &self.plan.manifest.defaults);
         let (work, detail, env, workdir) = match rendered {
             Ok(r) => r,
             Err(e) => {

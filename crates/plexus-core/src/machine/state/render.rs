@@ -73,6 +73,7 @@ pub(super) fn render_work(
     step: &crate::manifest::Step,
     ctx: &TemplateValue,
     mode: crate::manifest::Mode,
+    defaults: &crate::manifest::Defaults,
 ) -> Result<Rendered, String> {
     let env = step
         .env
@@ -140,10 +141,16 @@ pub(super) fn render_work(
             )
         }
         StepKind::Llm(spec) => {
-            let spec = match spec {
+            let mut spec = match spec {
                 Json::String(_) => json!({"prompt": spec}),
                 other => other.clone(),
             };
+            // The workflow's `defaults.llm` under the step's own keys.
+            if let (Some(Json::Object(d)), Json::Object(s)) = (&defaults.llm, &mut spec) {
+                for (k, v) in d {
+                    s.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
             let rendered = template::render_value(&spec, ctx)?;
             (
                 Work::Llm(Box::new(crate::machine::LlmWork {
