@@ -89,6 +89,22 @@ fn stand_in(rt: &tokio::runtime::Runtime, seen: Seen) -> String {
                 .into_response()
             }
         }),
+    )
+    // Embeddings: [length of the text, 1, 0.5] for each input.
+    .route(
+        "/v1/embeddings",
+        axum::routing::post(|Json(body): Json<Value>| async move {
+            let data: Vec<Value> = body["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| json!({"object": "embedding", "index": i,
+                    "embedding": [t.as_str().unwrap().len() as f64, 1.0, 0.5]}))
+                .collect();
+            Json(json!({"object": "list", "data": data, "model": body["model"],
+                "usage": {"prompt_tokens": 4, "total_tokens": 4}}))
+        }),
     );
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -324,6 +340,7 @@ fn the_openai_package_talks_to_the_gateway() {
             "stream_tokens": 19,
             "tool_call": {"name": "weather", "arguments": {"city": "Oslo"}},
             "after_tool": "echo: 3 degrees",
+            "embeddings": [[5.0, 1.0, 0.5], [2.0, 1.0, 0.5]],
             "bad_key": 401
         })
     );
@@ -341,18 +358,17 @@ fn the_openai_package_talks_to_the_gateway() {
         !text.contains("stream me"),
         "the prompt is not in the audit log"
     );
-    // Four calls answered (the bad key's never reached a provider), 12 + 7 tokens each.
+    // Four chat calls answered (the bad key's never reached a provider), 12 + 7 tokens
+    // each, and the embeddings' 4.
     let by_key = cli_json(&p, &addr, &["provider", "usage", "--by", "key"]);
     assert_eq!(by_key.as_array().unwrap().len(), 1, "{by_key}");
-    assert_eq!(by_key[0]["calls"], 4, "{by_key}");
-    assert_eq!(by_key[0]["prompt_tokens"], 48);
+    assert_eq!(by_key[0]["calls"], 5, "{by_key}");
+    assert_eq!(by_key[0]["prompt_tokens"], 52);
     assert_eq!(by_key[0]["completion_tokens"], 28);
     // Priced by model: the stream asked for `other-model`, which has no price.
     let cost = by_key[0]["cost_usd"].as_f64().unwrap();
-    assert!(
-        (cost - 3.0 * (12.0 * 2.0 + 7.0 * 8.0) / 1e6).abs() < 1e-12,
-        "{cost}"
-    );
+    let priced = 3.0 * (12.0 * 2.0 + 7.0 * 8.0) + 4.0 * 2.0;
+    assert!((cost - priced / 1e6).abs() < 1e-12, "{cost}");
     let by_model = cli_json(&p, &addr, &["provider", "usage", "--by", "model"]);
     assert_eq!(by_model[0]["group"], "standin/stand-in-1", "{by_model}");
     assert_eq!(by_model[1]["group"], "standin/other-model", "{by_model}");

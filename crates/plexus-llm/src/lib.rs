@@ -203,6 +203,18 @@ pub enum ProviderError {
     Config(String),
 }
 
+/// Vectors for texts, in their order, with the tokens they took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+/// A future of embeddings.
+pub type EmbedReply<'a> =
+    Pin<Box<dyn Future<Output = Result<Embeddings, ProviderError>> + Send + 'a>>;
+
 /// A future of a call's result.
 pub type Reply<'a> = Pin<Box<dyn Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a>>;
 
@@ -211,6 +223,21 @@ pub trait Provider: Send + Sync {
     /// The model used when a request names none.
     fn default_model(&self) -> &str;
     fn chat(&self, request: ChatRequest) -> Reply<'_>;
+    /// Vectors for `inputs` (with `model`, else the provider's own).
+    fn embed(
+        &self,
+        model: Option<String>,
+        inputs: Vec<String>,
+        timeout: Duration,
+    ) -> EmbedReply<'_> {
+        let _ = (model, inputs, timeout);
+        Box::pin(async {
+            Err(ProviderError::Config(
+                "this provider does not make embeddings".into(),
+            ))
+        })
+    }
+
     /// The reply as it is written; by default, the whole reply at once.
     fn chat_stream(&self, request: ChatRequest) -> stream::Opening<'_> {
         Box::pin(async move { self.chat(request).await.map(stream::of_reply) })

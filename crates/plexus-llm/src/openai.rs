@@ -2,12 +2,16 @@
 //! Ollama's `/v1`, vLLM, llama.cpp's server, LM Studio and OpenRouter serve it.
 
 use crate::stream::{Delta, Deltas, Opening};
-use crate::{ChatRequest, ChatResponse, Message, Provider, ProviderError, Reply, ToolCall, Usage};
+use crate::{
+    ChatRequest, ChatResponse, EmbedReply, Embeddings, Message, Provider, ProviderError, Reply,
+    ToolCall, Usage,
+};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct OpenAiCompatible {
+    base: String,
     endpoint: String,
     model: String,
     api_key: Option<String>,
@@ -103,6 +107,7 @@ impl OpenAiCompatible {
         }
         let http = http_client()?;
         Ok(OpenAiCompatible {
+            base: base_url.trim_end_matches('/').to_owned(),
             endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             model: model.to_owned(),
             api_key,
@@ -187,6 +192,53 @@ impl Provider for OpenAiCompatible {
 
     fn chat(&self, request: ChatRequest) -> Reply<'_> {
         Box::pin(self.call(request))
+    }
+
+    fn embed(
+        &self,
+        model: Option<String>,
+        inputs: Vec<String>,
+        timeout: Duration,
+    ) -> EmbedReply<'_> {
+        Box::pin(async move {
+            let model = model.unwrap_or_else(|| self.model.clone());
+            let mut call = self
+                .http
+                .post(format!("{}/embeddings", self.base))
+                .json(&json!({"model": model, "input": inputs, "encoding_format": "float"}))
+                .timeout(timeout);
+            if let Some(key) = &self.api_key {
+                call = call.bearer_auth(key);
+            }
+            let v = send(call, timeout).await?;
+            let mut data: Vec<&Json> = v["data"]
+                .as_array()
+                .ok_or_else(|| ProviderError::Malformed("no `data`".into()))?
+                .iter()
+                .collect();
+            data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
+            let vectors = data
+                .iter()
+                .map(|d| {
+                    d["embedding"]
+                        .as_array()
+                        .map(|e| e.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+                        .ok_or_else(|| {
+                            ProviderError::Malformed("an embedding is not a list".into())
+                        })
+                })
+                .collect::<Result<Vec<Vec<f32>>, _>>()?;
+            let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+            Ok(Embeddings {
+                vectors,
+                model: v["model"].as_str().unwrap_or(&model).to_owned(),
+                usage: Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: 0,
+                    total_tokens: v["usage"]["total_tokens"].as_u64().unwrap_or(prompt),
+                },
+            })
+        })
     }
 
     fn chat_stream(&self, request: ChatRequest) -> Opening<'_> {

@@ -116,6 +116,21 @@ impl Providers {
         .await
     }
 
+    /// Embeddings from `first` (or the default), retried and skipped as chat calls are.
+    pub async fn embed_routed(
+        &self,
+        first: Option<&str>,
+        model: Option<String>,
+        inputs: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(String, crate::Embeddings), String> {
+        self.routed(first, &[], |p| {
+            let (model, inputs) = (model.clone(), inputs.clone());
+            Box::pin(async move { p.embed(model, inputs, timeout).await })
+        })
+        .await
+    }
+
     async fn routed<T>(
         &self,
         first: Option<&str>,

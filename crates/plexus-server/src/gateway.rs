@@ -413,3 +413,92 @@ fn tool_calls_json(calls: &[plexus_llm::ToolCall], indexed: bool) -> Json {
         })
         .collect()
 }
+
+/// `POST /v1/embeddings`: vectors for `input` (a text or a list of texts), routed and
+/// accounted as chat calls are; `encoding_format: base64` (what the `openai` package asks
+/// for) gives little-endian f32s in base64.
+pub async fn embeddings(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Response {
+    let bytes = match body::read(body, state.config.body_limit).await {
+        Ok(b) => b,
+        Err(e) => return error(e.status, "invalid_request_error", e.message),
+    };
+    let req: Json = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let inputs: Vec<String> = match &req["input"] {
+        Json::String(s) => vec![s.clone()],
+        Json::Array(items) if items.iter().all(Json::is_string) && !items.is_empty() => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "`input` is a text or a non-empty list of texts (token arrays are not supported)",
+            );
+        }
+    };
+    let base64 = match req["encoding_format"].as_str() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("`encoding_format` is float or base64, not `{other}`"),
+            );
+        }
+    };
+    let model = req["model"].as_str().unwrap_or("");
+    let (provider, model_override) = match route(&state, model) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+    };
+    let routed = state
+        .engine
+        .llm
+        .embed_routed(
+            provider.as_deref(),
+            model_override,
+            inputs,
+            Duration::from_secs(60),
+        )
+        .await;
+    let (name, got) = match routed {
+        Ok(r) => r,
+        Err(e) => return routing_error(e),
+    };
+    metered(&state, &caller, &name, &got.model, got.usage).await;
+    let data: Vec<Json> = got
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                use base64::Engine;
+                let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(raw))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    axum::Json(json!({
+        "object": "list", "data": data, "model": got.model,
+        "usage": {"prompt_tokens": got.usage.prompt_tokens, "total_tokens": got.usage.total_tokens},
+    }))
+    .into_response()
+}

@@ -170,6 +170,7 @@ api! {
     admin delete "/api/v1/agents/{name}" => agents_api::remove,
     engineer post "/api/v1/agents/{name}/actions/{action}" => agents_api::invoke,
     engineer post "/v1/chat/completions" => gateway::chat,
+    engineer post "/v1/embeddings" => gateway::embeddings,
     operator get "/v1/models" => gateway::models,
     operator get "/api/v1/providers" => gateway::providers,
     operator get "/api/v1/llm/usage" => gateway::usage,

@@ -32,6 +32,9 @@ asked.append(done.choices[0].message.model_dump(exclude_none=True))
 asked.append({"role": "tool", "tool_call_id": call.id, "content": "3 degrees"})
 done = client.chat.completions.create(model="standin", messages=asked, tools=tools)
 seen["after_tool"] = done.choices[0].message.content
+# The package asks for base64 by default and decodes it.
+vectors = client.embeddings.create(model="standin", input=["hello", "hi"])
+seen["embeddings"] = [list(d.embedding) for d in vectors.data]
 bad = openai.OpenAI(base_url=base, api_key="plx_nope_wrong", max_retries=0)
 try:
     bad.chat.completions.create(model="standin", messages=[{"role": "user", "content": "x"}])
