@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 14] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
@@ -26,6 +26,7 @@ pub const SCENARIOS: [&str; 13] = [
     "agent-roundtrip",
     "agent-throughput",
     "intents",
+    "gateway",
 ];
 
 struct Sizes {
@@ -41,6 +42,7 @@ struct Sizes {
     agent_concurrency: usize,
     agent_rounds: usize,
     intent_rounds: usize,
+    gateway_calls: usize,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -58,6 +60,7 @@ fn sizes(quick: bool) -> Sizes {
             agent_concurrency: 100,
             agent_rounds: 2,
             intent_rounds: 3,
+            gateway_calls: 256,
         }
     } else {
         Sizes {
@@ -73,6 +76,7 @@ fn sizes(quick: bool) -> Sizes {
             agent_concurrency: 1_000,
             agent_rounds: 5,
             intent_rounds: 30,
+            gateway_calls: 4_096,
         }
     }
 }
@@ -746,6 +750,11 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
         "agent-throughput" => {
             let mut r =
                 crate::bench_agents::throughput(&b, sz.agent_concurrency, sz.agent_rounds).await?;
+            r["scenario"] = json!(name);
+            r
+        }
+        "gateway" => {
+            let mut r = crate::bench_gateway::run(&b.engine, &b.dir, sz.gateway_calls).await?;
             r["scenario"] = json!(name);
             r
         }

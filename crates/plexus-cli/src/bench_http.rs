@@ -23,12 +23,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-pub async fn run(
+/// The HTTP API on a loopback port of this process, over `engine`; its address and an
+/// admin API key.
+pub async fn serve_in_process(
     engine: &Engine,
     dir: &Path,
     pools: std::collections::BTreeMap<String, u32>,
-    n: usize,
-) -> Result<Json> {
+) -> Result<(String, String)> {
     let state = plexus_server::AppState {
         engine: engine.clone(),
         store: engine.store().clone(),
@@ -53,7 +54,16 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     tokio::spawn(async move { axum::serve(listener, plexus_server::app(state)).await });
+    Ok((addr, key))
+}
 
+pub async fn run(
+    engine: &Engine,
+    dir: &Path,
+    pools: std::collections::BTreeMap<String, u32>,
+    n: usize,
+) -> Result<Json> {
+    let (addr, key) = serve_in_process(engine, dir, pools).await?;
     let mut manifest = String::from("version: plexus/v1\nname: five\nsteps:\n");
     for i in 0..5 {
         let needs = if i > 0 {

@@ -420,7 +420,8 @@ pub enum Command {
     /// gRPC call, p50/p99), agent-throughput (1,000 calls at once, and 1,000 agent steps
     /// of one durable run, vs direct calls), intents (34 phrasings over the examples'
     /// intent catalogue: top-1 accuracy without a model; matching latency with 1,000
-    /// workflows vs a plain scan).
+    /// workflows vs a plain scan), gateway (chat calls through /v1/chat/completions vs
+    /// straight to a scripted model server, 1 and 64 clients).
     /// Each runs in its own process on a fresh store with synchronous=FULL.
     Bench {
         #[command(flatten)]

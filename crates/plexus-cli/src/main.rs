@@ -3,6 +3,7 @@
 mod bench;
 mod bench_agents;
 mod bench_clients;
+mod bench_gateway;
 mod bench_http;
 mod bench_intents;
 mod cli;

@@ -86,7 +86,7 @@ pub(crate) async fn open(
 }
 
 /// An HTTP client on the workspace's one TLS configuration (ring, the system's roots).
-pub(crate) fn http_client() -> Result<reqwest::Client, ProviderError> {
+pub fn http_client() -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls()?)
         .tcp_nodelay(true)

@@ -230,20 +230,23 @@ async fn metered(
         completion_tokens: usage.completion_tokens,
         cost_usd: cost,
     };
-    if let Err(e) = state.store.record_llm_usage(record).await {
-        tracing::warn!(error = %e, "a model call could not be accounted");
-    }
     metrics::counter!("plexus_llm_requests_total", "provider" => provider.to_owned(), "source" => "gateway").increment(1);
     metrics::counter!("plexus_llm_tokens_total", "provider" => provider.to_owned(), "source" => "gateway")
         .increment(usage.total_tokens);
-    audit(
+    // Both writes at once, so that the store's writer can commit them together.
+    let (actor, target) = (caller.actor(), format!("provider:{provider}"));
+    let usage_written = state.store.record_llm_usage(record);
+    let audited = audit(
         state.store.as_ref(),
-        &caller.actor(),
+        &actor,
         "llm.chat",
-        &format!("provider:{provider}"),
+        &target,
         json!({"model": model, "usage": usage, "cost_usd": cost}),
-    )
-    .await;
+    );
+    let (written, ()) = tokio::join!(usage_written, audited);
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "a model call could not be accounted");
+    }
 }
 
 #[derive(serde::Deserialize)]
