@@ -157,6 +157,14 @@ pub struct ConfigKey {
     pub default: String,
 }
 
+type EmbedFn = Arc<
+    dyn Fn(
+            wire::EmbedRequest,
+        ) -> Pin<Box<dyn Future<Output = Result<Vec<Vec<f32>>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 type HealthFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
@@ -171,6 +179,9 @@ pub struct Agent {
     pub config: Vec<ConfigKey>,
     /// Prompts `llm` steps can use by name (`template: AGENT/NAME`).
     pub prompt_templates: Vec<wire::PromptTemplate>,
+    /// `PROVIDER` for a model provider (see [`Agent::provider`]), else `AGENT`.
+    pub plugin_type: i32,
+    embed: Option<EmbedFn>,
     health: Option<HealthFn>,
     /// The configuration the engine pushed last.
     pushed: Arc<RwLock<BTreeMap<String, String>>>,
@@ -188,6 +199,8 @@ impl Agent {
             actions: Vec::new(),
             config: Vec::new(),
             prompt_templates: Vec::new(),
+            plugin_type: wire::plugin_type::AGENT,
+            embed: None,
             health: None,
             pushed: Arc::default(),
             instance_id: uuid::Uuid::new_v4().to_string(),
@@ -213,6 +226,20 @@ impl Agent {
             description: description.to_owned(),
             content: content.to_owned(),
         });
+        self
+    }
+
+    /// Makes this a model provider plugin (type `PROVIDER`): its action `chat` answers
+    /// chat calls (parameters `messages` (a JSON string), `tools`, `max_tokens`,
+    /// `temperature`, `model`; result `content`, `model`, `finish_reason`, `tool_calls`,
+    /// `usage`), and `embed` makes embeddings (`Embed`).
+    pub fn provider<F, Fut>(mut self, embed: F) -> Agent
+    where
+        F: Fn(wire::EmbedRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Vec<f32>>, String>> + Send + 'static,
+    {
+        self.plugin_type = wire::plugin_type::PROVIDER;
+        self.embed = Some(Arc::new(move |r| Box::pin(embed(r))));
         self
     }
 
@@ -302,7 +329,7 @@ impl Agent {
             name: self.name.clone(),
             version: self.version.clone(),
             description: self.description.clone(),
-            plugin_type: wire::plugin_type::AGENT,
+            plugin_type: self.plugin_type,
             permission: self
                 .actions
                 .iter()
@@ -416,6 +443,26 @@ impl Handler for Agent {
                 {
                     out.result_json = Blob::json(&v, style);
                 }
+                wire::encode(&out)
+            }
+            "Embed" => {
+                let req: wire::EmbedRequest = wire::decode(call.body).map_err(bad)?;
+                let Some(embed) = &self.embed else {
+                    return Err(Status::unimplemented("Embed is not implemented"));
+                };
+                let model = req.model.clone();
+                let out = match embed(req).await {
+                    Ok(vectors) => wire::EmbedResponse {
+                        dimensions: vectors.first().map_or(0, |v| v.len() as i32),
+                        vectors,
+                        model,
+                        error: String::new(),
+                    },
+                    Err(error) => wire::EmbedResponse {
+                        error,
+                        ..Default::default()
+                    },
+                };
                 wire::encode(&out)
             }
             "HealthCheck" => {

@@ -288,6 +288,24 @@ pub struct ExecuteResponse {
     pub duration_ms: i64,
 }
 
+/// A provider plugin's `Embed`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EmbedRequest {
+    pub model: String,
+    pub inputs: Vec<String>,
+    pub tenant_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EmbedResponse {
+    pub vectors: Vec<Vec<f32>>,
+    pub model: String,
+    pub dimensions: i32,
+    pub error: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct HealthCheckResponse {

@@ -15,12 +15,16 @@ pub enum ProviderCommand {
     Add {
         name: String,
         /// openai: any OpenAI-compatible API (OpenAI, Ollama's /v1, vLLM, llama.cpp, LM
-        /// Studio, OpenRouter); anthropic: the Anthropic Messages API
+        /// Studio, OpenRouter); anthropic: the Anthropic Messages API; plugin: a provider
+        /// plugin registered with the server (--plugin NAME)
         #[arg(long, default_value = "openai")]
         kind: String,
         /// The API's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1
-        #[arg(long, value_name = "URL")]
-        base_url: String,
+        #[arg(long, value_name = "URL", required_unless_present = "plugin")]
+        base_url: Option<String>,
+        /// The provider plugin (with --kind plugin)
+        #[arg(long, value_name = "NAME")]
+        plugin: Option<String>,
         /// The model steps use unless they name one
         #[arg(long)]
         model: String,
@@ -136,12 +140,20 @@ pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Resul
                     .flatten()
                     .any(|p| p["name"] == name && p["default"] == true)
                     || default.as_deref() == Some(name);
-                data.push(json!({"name": name, "kind": v["kind"], "model": v["model"], "base_url": v["base_url"], "api_key": has_key, "default": is_default, "health": health(name)}));
+                let mut shown = json!({"name": name, "kind": v["kind"], "model": v["model"], "base_url": v["base_url"], "api_key": has_key, "default": is_default, "health": health(name)});
+                if !v["plugin"].is_null() {
+                    shown["plugin"] = v["plugin"].clone();
+                }
+                data.push(shown);
                 rows.push(vec![
                     name.to_owned(),
                     v["kind"].as_str().unwrap_or("").to_owned(),
                     v["model"].as_str().unwrap_or("").to_owned(),
-                    v["base_url"].as_str().unwrap_or("").to_owned(),
+                    v["base_url"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .or_else(|| v["plugin"].as_str().map(|p| format!("plugin {p}")))
+                        .unwrap_or_default(),
                     if has_key { "set" } else { "-" }.to_owned(),
                     if is_default { "yes" } else { "" }.to_owned(),
                     health(name),
@@ -165,10 +177,16 @@ pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Resul
             name,
             kind,
             base_url,
+            plugin,
             model,
             api_key_stdin,
             default,
         } => {
+            let kind = if plugin.is_some() && kind == "openai" {
+                "plugin".to_owned()
+            } else {
+                kind
+            };
             if name.contains('.') || name.is_empty() {
                 bail!("a provider's name has no dots");
             }
@@ -184,7 +202,10 @@ pub async fn provider(c: &Client, cmd: ProviderCommand, format: Format) -> Resul
             put(
                 c,
                 &format!("providers.{name}"),
-                json!({"kind": kind, "base_url": base_url, "model": model}),
+                match &plugin {
+                    Some(p) => json!({"kind": kind, "plugin": p, "model": model}),
+                    None => json!({"kind": kind, "base_url": base_url, "model": model}),
+                },
             )
             .await?;
             if default {

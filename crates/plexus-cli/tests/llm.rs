@@ -376,3 +376,55 @@ fn the_openai_package_talks_to_the_gateway() {
     assert_eq!(by_user[0]["group"], "user:admin");
     stop(&mut server);
 }
+
+/// A provider plugin (the example `echo_provider`, written with the Rust SDK) behind
+/// `plexus provider add --kind plugin`: steps and the gateway reach it over the agent
+/// protocol, chat and embeddings alike.
+#[test]
+fn a_provider_plugin_answers_steps_and_the_gateway() {
+    let p = Plexus::new();
+    write_plugins_toml(&p, "30s", "");
+    let grpc = free_addr();
+    let (mut server, addr) = start_server_on(&p, &grpc);
+    let mut plugin = start_example_agent("echo_provider", &grpc);
+    wait_for("the provider plugin to register", || {
+        agent_health(&p, &addr, "echo-llm").as_deref() == Some("healthy")
+    });
+    let out = cli(&p, &addr)
+        .args([
+            "provider", "add", "local", "--kind", "plugin", "--plugin", "echo-llm", "--model",
+            "echo-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = cli_json(&p, &addr, &["provider", "list"]);
+    assert_eq!(listed[0]["kind"], "plugin");
+    assert_eq!(listed[0]["plugin"], "echo-llm");
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "plugged",
+        "version: plexus/v1\nname: plugged\nsteps:\n- {id: ask, llm: {prompt: hello there, system: be brief}}\n",
+    );
+    let run = finish_run(runner, 0);
+    let out = &step(&run, "ask")["output"];
+    assert_eq!(out["text"], "echo: hello there", "{run}");
+    assert_eq!(out["model"], "echo-1");
+    assert_eq!(out["usage"]["total_tokens"], 5);
+    let (status, v) = http(
+        &addr,
+        "POST",
+        "/v1/embeddings",
+        Some(&json!({"model": "local", "input": ["a b", "c"]})),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"][0]["embedding"], json!([3.0, 2.0, 1.0]));
+    assert_eq!(v["data"][1]["embedding"], json!([1.0, 1.0, 1.0]));
+    let _ = plugin.kill();
+    stop(&mut server);
+}

@@ -248,10 +248,16 @@ pub trait Provider: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// `openai` (any OpenAI-compatible API) or `anthropic` (the Messages API).
+    /// `openai` (any OpenAI-compatible API), `anthropic` (the Messages API) or `plugin`
+    /// (a provider plugin over the agent protocol, built by the engine).
     pub kind: String,
-    /// The API's base, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
+    /// The API's base, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`
+    /// (not for `plugin`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub base_url: String,
+    /// The provider plugin's name (`plugin` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
     pub model: String,
     /// Sealed in the store (its name says secret); absent for local servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,8 +278,11 @@ impl ProviderConfig {
                 &self.model,
                 self.api_key.clone(),
             )?)),
+            "plugin" => Err(ProviderError::Config(
+                "a provider plugin is reached through the engine's agents".into(),
+            )),
             other => Err(ProviderError::Config(format!(
-                "unknown provider kind `{other}`: kinds are `openai` (any OpenAI-compatible API) and `anthropic`"
+                "unknown provider kind `{other}`: kinds are `openai` (any OpenAI-compatible API), `anthropic` and `plugin`"
             ))),
         }
     }

@@ -286,10 +286,36 @@ fn is_provider(key: &str, value: &Json_) -> bool {
 fn provider_config(key: &str, value: &Json_) -> ApiResult<plexus_llm::ProviderConfig> {
     let config: plexus_llm::ProviderConfig = serde_json::from_value(value.clone())
         .map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
+    if config.kind == "plugin" {
+        if config.plugin.as_deref().is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request(format!(
+                "`{key}`: a provider of kind plugin names its plugin (`plugin`)"
+            )));
+        }
+        return Ok(config);
+    }
     config
         .build()
         .map_err(|e| ApiError::bad_request(format!("`{key}`: {e}")))?;
     Ok(config)
+}
+
+/// The provider a configuration describes; provider plugins are reached through the
+/// engine's agents.
+fn build_provider(
+    state: &AppState,
+    config: &plexus_llm::ProviderConfig,
+) -> Result<std::sync::Arc<dyn plexus_llm::Provider>, String> {
+    match (config.kind.as_str(), &config.plugin) {
+        ("plugin", Some(plugin)) => Ok(std::sync::Arc::new(
+            plexus_engine::agents::provider::PluginProvider::new(
+                state.engine.agents.clone(),
+                plugin,
+                &config.model,
+            ),
+        )),
+        _ => config.build().map_err(|e| e.to_string()),
+    }
 }
 
 /// Hands the LLM providers the settings describe to the engine.
@@ -317,7 +343,7 @@ async fn apply_providers(state: &AppState) -> ApiResult<()> {
             value["api_key"] = k;
         }
         match provider_config(&key, &value)
-            .and_then(|c| c.build().map_err(|e| ApiError::bad_request(e.to_string())))
+            .and_then(|c| build_provider(state, &c).map_err(ApiError::bad_request))
         {
             Ok(p) => {
                 providers.insert(key["providers.".len()..].to_owned(), p);

@@ -211,7 +211,12 @@ pub fn finish_run(runner: std::process::Child, exit: i32) -> Value {
 /// The example agent `ops` (built with the Rust SDK), registering with the engine at
 /// `grpc` and beating every second; killed with the test.
 pub fn start_ops_agent(grpc: &str) -> std::process::Child {
-    let mut cmd = Command::new(example("ops_agent"));
+    start_example_agent("ops_agent", grpc)
+}
+
+/// An example plugin of this package (see [`start_ops_agent`]).
+pub fn start_example_agent(name: &str, grpc: &str) -> std::process::Child {
+    let mut cmd = Command::new(example(name));
     cmd.env_clear()
         .env("MIRASTACK_ENGINE_ADDR", grpc)
         .env("MIRASTACK_PLUGIN_TENANT_SLUG", "default")

@@ -13,6 +13,7 @@ mod call;
 pub mod check;
 pub mod colocated;
 pub mod mcp;
+pub mod provider;
 mod registration;
 
 use plexus_agent::params::Params;
@@ -154,6 +155,8 @@ impl Instance {
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceView {
     pub name: String,
+    /// `agent`, or `provider` for a model provider plugin (its actions are no tools).
+    pub kind: &'static str,
     pub version: String,
     pub description: String,
     pub instance_id: String,
@@ -464,7 +467,10 @@ impl Agents {
         let mut seen = std::collections::BTreeSet::new();
         let mut out = Vec::new();
         for i in &reg.instances {
-            if !seen.insert(i.name.clone()) {
+            // A model provider's `chat` is not something to ask for.
+            if i.info.plugin_type == plexus_agent::wire::plugin_type::PROVIDER
+                || !seen.insert(i.name.clone())
+            {
                 continue;
             }
             let agent_words: Vec<String> = std::iter::once(i.description.clone())
@@ -639,6 +645,11 @@ impl Agents {
     fn view(&self, i: &Instance) -> InstanceView {
         InstanceView {
             name: i.name.clone(),
+            kind: if i.info.plugin_type == plexus_agent::wire::plugin_type::PROVIDER {
+                "provider"
+            } else {
+                "agent"
+            },
             version: i.version.clone(),
             description: i.description.clone(),
             instance_id: i.instance_id.clone(),

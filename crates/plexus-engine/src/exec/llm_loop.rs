@@ -104,7 +104,7 @@ fn toolbox(agents: &Agents, wanted: &[String]) -> Result<Toolbox, String> {
         let mut found = false;
         for instance in registered
             .iter()
-            .filter(|i| agent == "*" || i.name == agent)
+            .filter(|i| (agent == "*" && i.kind == "agent") || i.name == agent)
         {
             for a in instance
                 .actions
