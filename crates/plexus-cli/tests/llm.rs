@@ -426,5 +426,6 @@ fn a_provider_plugin_answers_steps_and_the_gateway() {
     assert_eq!(v["data"][0]["embedding"], json!([3.0, 2.0, 1.0]));
     assert_eq!(v["data"][1]["embedding"], json!([1.0, 1.0, 1.0]));
     let _ = plugin.kill();
+    let _ = plugin.wait();
     stop(&mut server);
 }
