@@ -374,6 +374,25 @@ fn the_openai_package_talks_to_the_gateway() {
     assert_eq!(by_model[1]["group"], "standin/other-model", "{by_model}");
     let by_user = cli_json(&p, &addr, &["provider", "usage", "--by", "user"]);
     assert_eq!(by_user[0]["group"], "user:admin");
+    // With llm.audit_prompts on, the audit record holds what was asked.
+    let out = cli(&p, &addr)
+        .args(["settings", "set", "llm.audit_prompts", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&json!({"model": "standin", "messages": [{"role": "user", "content": "audit me"}]})),
+    );
+    assert_eq!(status, 200);
+    let (_, audit) = http(&addr, "GET", "/api/v1/audit?limit=1000", None);
+    assert!(audit.to_string().contains("audit me"), "{audit}");
     stop(&mut server);
 }
 

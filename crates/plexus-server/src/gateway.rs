@@ -165,7 +165,16 @@ pub async fn chat(
     let created = now_ms() / 1000;
     if req["stream"] == true {
         let shown = model.to_owned();
-        return stream(state, caller, provider, request, (id, created, shown)).await;
+        let asked = audited_prompt(&state, &req["messages"]).await;
+        return stream(
+            state,
+            caller,
+            provider,
+            request,
+            (id, created, shown),
+            asked,
+        )
+        .await;
     }
     let routed = state
         .engine
@@ -176,7 +185,8 @@ pub async fn chat(
         Ok(r) => r,
         Err(e) => return routing_error(e),
     };
-    metered(&state, &caller, &name, &reply.model, reply.usage).await;
+    let asked = audited_prompt(&state, &req["messages"]).await;
+    metered(&state, &caller, &name, &reply.model, reply.usage, asked).await;
     let mut message = json!({"role": "assistant", "content": reply.content});
     if !reply.tool_calls.is_empty() {
         message["tool_calls"] = tool_calls_json(&reply.tool_calls, false);
@@ -204,6 +214,17 @@ fn usage_json(u: plexus_llm::Usage) -> Json {
     })
 }
 
+/// What was asked, for the audit record, when `llm.audit_prompts` is on (off by default:
+/// prompts may hold what the audit log should not).
+async fn audited_prompt(state: &AppState, asked: &Json) -> Option<Json> {
+    let on = crate::settings::value(state, "llm.audit_prompts")
+        .await
+        .ok()
+        .flatten()
+        == Some(json!(true));
+    on.then(|| asked.clone())
+}
+
 /// Counts a call in the metrics, the accounts (tokens and cost, per user and key) and
 /// the audit log (never its prompt).
 async fn metered(
@@ -212,6 +233,7 @@ async fn metered(
     provider: &str,
     model: &str,
     usage: plexus_llm::Usage,
+    asked: Option<Json>,
 ) {
     let cost = state.engine.llm.cost(provider, model, usage);
     let record = plexus_store::LlmUsage {
@@ -235,14 +257,12 @@ async fn metered(
         .increment(usage.total_tokens);
     // Both writes at once, so that the store's writer can commit them together.
     let (actor, target) = (caller.actor(), format!("provider:{provider}"));
+    let mut details = json!({"model": model, "usage": usage, "cost_usd": cost});
+    if let Some(asked) = asked {
+        details["prompt"] = asked;
+    }
     let usage_written = state.store.record_llm_usage(record);
-    let audited = audit(
-        state.store.as_ref(),
-        &actor,
-        "llm.chat",
-        &target,
-        json!({"model": model, "usage": usage, "cost_usd": cost}),
-    );
+    let audited = audit(state.store.as_ref(), &actor, "llm.chat", &target, details);
     let (written, ()) = tokio::join!(usage_written, audited);
     if let Err(e) = written {
         tracing::warn!(error = %e, "a model call could not be accounted");
@@ -288,6 +308,7 @@ async fn stream(
     provider: Option<String>,
     request: ChatRequest,
     (id, created, shown): (String, u64, String),
+    asked: Option<Json>,
 ) -> Response {
     use futures_util::StreamExt;
     let (name, deltas) = match state
@@ -344,7 +365,10 @@ async fn stream(
             }) => {
                 let (state, caller, name, m) =
                     (state.clone(), caller.clone(), name.clone(), model.clone());
-                tokio::spawn(async move { metered(&state, &caller, &name, &m, usage).await });
+                let asked = asked.clone();
+                tokio::spawn(
+                    async move { metered(&state, &caller, &name, &m, usage, asked).await },
+                );
                 let end = chunk(
                     &model,
                     json!({}),
@@ -483,7 +507,8 @@ pub async fn embeddings(
         Ok(r) => r,
         Err(e) => return routing_error(e),
     };
-    metered(&state, &caller, &name, &got.model, got.usage).await;
+    let asked = audited_prompt(&state, &req["input"]).await;
+    metered(&state, &caller, &name, &got.model, got.usage, asked).await;
     let data: Vec<Json> = got
         .vectors
         .iter()

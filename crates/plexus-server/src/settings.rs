@@ -44,6 +44,10 @@ const KNOWN: &[(&str, &str)] = &[
         "a positive integer (default 50000): tokens an agentic loop may use over all its model calls",
     ),
     (
+        "llm.audit_prompts",
+        "true | false (default false): the gateway's audit records hold what was asked",
+    ),
+    (
         "llm.prices",
         "{\"MODEL or PROVIDER/MODEL\": {\"prompt\": USD, \"completion\": USD}} per million tokens: what model calls cost",
     ),
@@ -100,7 +104,9 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
             Json_::Bool(_) => Ok(()),
             _ => bad("approvals.forbid_self_approval is true or false".into()),
         },
-        "steps.require_isolation" | "plugins.allow_loopback_unauthenticated" => match value {
+        "steps.require_isolation"
+        | "plugins.allow_loopback_unauthenticated"
+        | "llm.audit_prompts" => match value {
             Json_::Bool(_) => Ok(()),
             _ => bad(format!("{key} is true or false")),
         },
