@@ -448,3 +448,46 @@ fn a_provider_plugin_answers_steps_and_the_gateway() {
     let _ = plugin.wait();
     stop(&mut server);
 }
+
+/// A provider's 429 is waited out as its `Retry-After` says, then the call is made again.
+#[test]
+fn a_rate_limited_call_waits_as_the_provider_asks() {
+    use common::openai_stand_in as model;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: model::Seen = Default::default();
+    let times: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let api = {
+        let times = times.clone();
+        model::serve(&rt, seen.clone(), move |_, n| {
+            times.lock().unwrap().push(std::time::Instant::now());
+            if n == 0 {
+                (
+                    429,
+                    vec![("retry-after", "1".to_owned())],
+                    json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}),
+                )
+            } else {
+                model::text("fine")
+            }
+        })
+    };
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    model::add_provider(&p, &addr, "standin", &api);
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "limited",
+        "version: plexus/v1\nname: limited\nsteps:\n- {id: ask, llm: hi}\n",
+    );
+    let run = finish_run(runner, 0);
+    assert_eq!(step(&run, "ask")["output"]["text"], "fine");
+    let times = times.lock().unwrap();
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= std::time::Duration::from_secs(1),
+        "waited {:?}",
+        times[1] - times[0]
+    );
+    stop(&mut server);
+}
