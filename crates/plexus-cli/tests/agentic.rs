@@ -11,15 +11,10 @@ use common::server::*;
 use common::*;
 use serde_json::Value;
 
-const TIDY: &str = r#"version: plexus/v1
-name: tidy
-steps:
-  - id: agent
-    llm:
-      system: You look after the reports directory.
-      prompt: Look at the reports and leave a note.
-      tools: [ops]
-"#;
+/// The agentic example: an `llm` step with the `ops` agent's actions as its tools.
+fn tidy() -> String {
+    std::fs::read_to_string(examples().join("llm/agentic.yaml")).unwrap()
+}
 
 /// A server with the `ops` agent registered, its root at `root/` with two reports.
 /// The gRPC address is fixed, so that the agent finds a restarted server again.
@@ -73,7 +68,7 @@ fn an_llm_step_with_tools_checks_gates_and_records_every_call() {
     let (mut server, addr, mut agent) = server_with_ops(&p, &free_addr());
     model::add_provider(&p, &addr, "standin", &api);
 
-    let runner = spawn_run(&p, &addr, "tidy", TIDY);
+    let runner = spawn_run(&p, &addr, "tidy", &tidy());
     decide_when_asked(&p, &addr, Some("agent"), Some("tool_call"), "approve", None);
     decide_when_asked(
         &p,
@@ -272,7 +267,7 @@ fn budgets_stop_a_loop_with_a_clear_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let runner = spawn_run(&p, &addr, "tidy", TIDY);
+    let runner = spawn_run(&p, &addr, "tidy", &tidy());
     let run = finish_run(runner, 1);
     let s = step(&run, "agent");
     assert_eq!(
@@ -287,7 +282,7 @@ fn budgets_stop_a_loop_with_a_clear_message() {
         &p,
         &addr,
         "lowered",
-        &TIDY.replace(
+        &tidy().replace(
             "tools: [ops]",
             "tools: [ops]\n      budget: {max_iterations: 50, max_tool_calls: 1}",
         ),
@@ -310,7 +305,7 @@ fn a_loop_killed_with_its_server_takes_up_where_its_journal_ends() {
     let grpc = free_addr();
     let (mut server, addr, mut agent) = server_with_ops(&p, &grpc);
     model::add_provider(&p, &addr, "standin", &api);
-    let mut runner = spawn_run(&p, &addr, "tidy", TIDY);
+    let mut runner = spawn_run(&p, &addr, "tidy", &tidy());
     // The note is written (approved), then the server dies while the second write waits.
     approve_when_asked(&p, &addr, Some("agent"), Some("tool_call"));
     let note = p.dir.path().join("root/note.txt");

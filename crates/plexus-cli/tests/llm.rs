@@ -491,3 +491,47 @@ fn a_rate_limited_call_waits_as_the_provider_asks() {
     );
     stop(&mut server);
 }
+
+/// The `llm` example runs end to end against an OpenAI-compatible server (here a
+/// scripted one): a summary, then a verdict that fits its schema.
+#[test]
+fn the_llm_example_runs_against_an_openai_compatible_server() {
+    use common::openai_stand_in as model;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: model::Seen = Default::default();
+    let api = model::serve(&rt, seen.clone(), |body, _| {
+        let last = body["messages"].as_array().unwrap().last().unwrap()["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if last.contains("JSON Schema") {
+            model::text(r#"{"level": "low"}"#)
+        } else {
+            model::text("Not much: a few kilobytes.")
+        }
+    });
+    let p = Plexus::new();
+    let (mut server, addr) = start_server(&p);
+    model::add_provider(&p, &addr, "local", &api);
+    let file = examples().join("llm/summarize.yaml");
+    let out = cli(&p, &addr)
+        .args(["run", file.to_str().unwrap(), "-i", "path=.", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        run["outputs"],
+        json!({"summary": "Not much: a few kilobytes.", "level": "low"})
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0]["max_tokens"], 60);
+    assert_eq!(seen[1]["response_format"]["type"], "json_object");
+    stop(&mut server);
+}

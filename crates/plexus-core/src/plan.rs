@@ -477,6 +477,8 @@ fn templates_of(s: &Step) -> Vec<(&'static str, &str, bool)> {
             }
         }
         StepKind::Workflow(p) => out.push(("workflow", p, false)),
+        // Every string of the mapping is rendered (prompt, system, vars...).
+        StepKind::Llm(spec) => json_strings(spec, &mut |t| out.push(("llm", t, false))),
         _ => {}
     }
     if let Some(w) = &s.when {

@@ -277,3 +277,21 @@ steps:
     let ok = "version: plexus/v1\nname: ask\ndefaults:\n  llm: {provider: local, fallbacks: [cloud], budget: {max_tokens: 1000}}\nsteps:\n  - {id: a, llm: hi}\n";
     assert!(problems(ok).is_empty(), "{:#?}", problems(ok));
 }
+
+#[test]
+fn an_llm_steps_templates_are_checked_and_their_steps_known() {
+    let yaml = "\
+version: plexus/v1
+name: ask
+steps:
+  - id: a
+    run: echo hi
+  - id: b
+    needs: [a]
+    llm: {prompt: \"{{ steps.a.output.stdout }} and {{ steps.nope.output.text }}\"}
+";
+    let diags = problems(yaml);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].step.as_deref(), Some("b"));
+    assert!(diags[0].message.contains("nope"), "{diags:#?}");
+}
