@@ -273,7 +273,56 @@ impl Progress {
                 self.active.remove(step_id);
                 self.say(&format!("✔ {step_id} approved by {by}"));
             }
+            EventKind::StepProgress { step_id, entry, .. } => {
+                if let Some(line) = journal_line(entry) {
+                    self.say(&format!("  {step_id}: {line}"));
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// What a person following a run sees of an agentic loop's journal entry.
+fn journal_line(entry: &serde_json::Value) -> Option<String> {
+    let call = || {
+        format!(
+            "{}/{}",
+            entry["agent"].as_str().unwrap_or("?"),
+            entry["action"]
+                .as_str()
+                .unwrap_or(entry["tool"].as_str().unwrap_or("?"))
+        )
+    };
+    match entry["type"].as_str()? {
+        "reply" => {
+            let calls = entry["tool_calls"].as_array().map_or(0, Vec::len);
+            Some(if calls > 0 {
+                format!("the model asks for {calls} tool call(s)")
+            } else {
+                "the model answered".to_owned()
+            })
+        }
+        "approval_requested" => Some(format!(
+            "{} ({}) waits for approval: plexus approval list",
+            call(),
+            entry["permission"].as_str().unwrap_or("")
+        )),
+        "approval" if entry["approved"] == true => Some(format!(
+            "{} approved by {}",
+            call_of(entry),
+            entry["by"].as_str().unwrap_or("?")
+        )),
+        "approval" => Some(format!("{} not approved", call_of(entry))),
+        "tool" => Some(format!(
+            "{} {}",
+            call(),
+            entry["status"].as_str().unwrap_or("")
+        )),
+        _ => None,
+    }
+}
+
+fn call_of(entry: &serde_json::Value) -> String {
+    format!("call {}", entry["call"].as_str().unwrap_or("?"))
 }

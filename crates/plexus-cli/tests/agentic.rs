@@ -410,6 +410,29 @@ fn agents_contribute_intents_and_prompt_templates() {
         step(&run, "say")["error"],
         "no registered agent offers the prompt template `ops/nope`"
     );
+
+    // Tools are checked against the server's agents before a run.
+    let file = p.dir.path().join("tools.yaml");
+    std::fs::write(
+        &file,
+        "version: plexus/v1\nname: tools\nsteps:\n  - id: a\n    llm: {prompt: hi, tools: [opz, ops.nope, ops.inspect]}\n",
+    )
+    .unwrap();
+    let out = cli(&p, &addr)
+        .args(["validate", file.to_str().unwrap(), "--server"])
+        .arg(format!("http://{addr}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error[unknown-agent]") && err.contains("did you mean `ops`?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error[unknown-action]") && err.contains("`ops.nope`"),
+        "{err}"
+    );
     let _ = agent.kill();
     stop(&mut server);
 }

@@ -304,7 +304,9 @@ fn bench_quick_reports_every_scenario() {
             "http-1000",
             "http-clients",
             "agent-roundtrip",
-            "agent-throughput"
+            "agent-throughput",
+            "intents",
+            "gateway"
         ]
     );
     // Agents: the engine's call beside a bare call to the same plugin.
@@ -324,6 +326,17 @@ fn bench_quick_reports_every_scenario() {
     assert!(
         throughput["run_steps_per_second"].as_f64().unwrap() > 0.0,
         "{throughput}"
+    );
+    // Intents: the phrasings answered; the gateway beside direct calls.
+    let (intents, gateway) = (&v[12], &v[13]);
+    assert!(intents["questions"].as_u64().unwrap() >= 30, "{intents}");
+    assert!(
+        intents["top1_accuracy"].as_f64().unwrap() > 0.0,
+        "{intents}"
+    );
+    assert!(
+        gateway["clients_64"]["gateway_p50_ms"].as_f64().unwrap() > 0.0,
+        "{gateway}"
     );
     for s in v.as_array().unwrap() {
         assert!(s["seconds"].as_f64().unwrap() > 0.0, "{s}");

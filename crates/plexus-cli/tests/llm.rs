@@ -393,6 +393,36 @@ fn the_openai_package_talks_to_the_gateway() {
     assert_eq!(status, 200);
     let (_, audit) = http(&addr, "GET", "/api/v1/audit?limit=1000", None);
     assert!(audit.to_string().contains("audit me"), "{audit}");
+    // A daily token budget per user: spent, the next call is refused OpenAI's way.
+    let out = cli(&p, &addr)
+        .args([
+            "settings",
+            "set",
+            "budgets.gateway_max_tokens_per_day",
+            "50",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&json!({"model": "standin", "messages": [{"role": "user", "content": "more"}]})),
+    );
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens today (budgets.gateway_max_tokens_per_day)"),
+        "{body}"
+    );
     stop(&mut server);
 }
 

@@ -129,6 +129,9 @@ pub async fn chat(
             );
         }
     };
+    if let Err(refused) = within_budget(&state, &caller).await {
+        return refused;
+    }
     let Some(raw) = req["messages"].as_array() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -212,6 +215,48 @@ fn usage_json(u: plexus_llm::Usage) -> Json {
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
     })
+}
+
+/// Refuses a call (OpenAI's 429) when the caller has used `budgets.gateway_max_tokens_per_day`
+/// tokens through the gateway and steps since midnight UTC.
+async fn within_budget(state: &AppState, caller: &Caller) -> Result<(), Response> {
+    let Some(limit) = crate::settings::value(state, "budgets.gateway_max_tokens_per_day")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_u64())
+    else {
+        return Ok(());
+    };
+    let day = now_ms() - now_ms() % 86_400_000;
+    let used = match state
+        .store
+        .llm_usage(plexus_store::UsageGroup::User, day)
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .find(|r| r.group == caller.actor())
+            .map_or(0, |r| r.total_tokens),
+        Err(e) => {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                e.to_string(),
+            ));
+        }
+    };
+    if used >= limit {
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "{} has used {used} of its {limit} tokens today (budgets.gateway_max_tokens_per_day)",
+                caller.actor()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What was asked, for the audit record, when `llm.audit_prompts` is on (off by default:
@@ -463,6 +508,9 @@ pub async fn embeddings(
             );
         }
     };
+    if let Err(refused) = within_budget(&state, &caller).await {
+        return refused;
+    }
     let inputs: Vec<String> = match &req["input"] {
         Json::String(s) => vec![s.clone()],
         Json::Array(items) if items.iter().all(Json::is_string) && !items.is_empty() => items

@@ -44,6 +44,10 @@ const KNOWN: &[(&str, &str)] = &[
         "a positive integer (default 50000): tokens an agentic loop may use over all its model calls",
     ),
     (
+        "budgets.gateway_max_tokens_per_day",
+        "a positive integer (no limit when unset): tokens each user may use per day (UTC) through the gateway and their runs' llm steps",
+    ),
+    (
         "llm.audit_prompts",
         "true | false (default false): the gateway's audit records hold what was asked",
     ),
@@ -116,7 +120,8 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
         k if k.starts_with("mcp.") => mcp_config(k, value).map(|_| ()),
         "budgets.agentic_max_iterations"
         | "budgets.agentic_max_tool_calls"
-        | "budgets.agentic_max_tokens" => match value.as_u64() {
+        | "budgets.agentic_max_tokens"
+        | "budgets.gateway_max_tokens_per_day" => match value.as_u64() {
             Some(n) if n > 0 => Ok(()),
             _ => bad(format!("{key} is a positive integer")),
         },

@@ -22,6 +22,10 @@ pub fn check_plan(agents: &Agents, plan: &Plan, file: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let registered = agents.list();
     for step in &plan.manifest.steps {
+        if let StepKind::Llm(spec) = &step.kind {
+            out.extend(check_tools(agents, &registered, step, spec, file));
+            continue;
+        }
         let StepKind::Agent { agent, action } = &step.kind else {
             continue;
         };
@@ -90,6 +94,57 @@ pub fn check_plan(agents: &Agents, plan: &Plan, file: &str) -> Vec<Diagnostic> {
                 Some(format!("`plexus agent get {agent}` shows its parameters")),
             );
         }
+    }
+    out
+}
+
+/// The `tools` of an `llm` step: each names a registered agent (and one of its actions).
+fn check_tools(
+    agents: &Agents,
+    registered: &[super::InstanceView],
+    step: &plexus_core::manifest::Step,
+    spec: &Json,
+    file: &str,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let names: Vec<&str> = registered
+        .iter()
+        .filter(|i| i.kind == "agent")
+        .map(|i| i.name.as_str())
+        .collect();
+    for tool in spec["tools"].as_array().into_iter().flatten() {
+        let Some(tool) = tool.as_str().filter(|t| *t != "*") else {
+            continue;
+        };
+        let (agent, action) = match tool.split_once(['.', '/']) {
+            Some((a, b)) => (a, Some(b)),
+            None => (tool, None),
+        };
+        let (code, message, hint) = if !names.contains(&agent) {
+            let hint = match did_you_mean(agent, names.iter().copied()) {
+                Some(n) => format!("did you mean `{n}`?"),
+                None if names.is_empty() => "no agent is registered with this server".to_owned(),
+                None => format!("registered: {}", names.join(", ")),
+            };
+            (
+                "unknown-agent",
+                format!("tool `{tool}`: no agent `{agent}` is registered"),
+                hint,
+            )
+        } else if let Some(action) = action.filter(|a| agents.action(agent, a).is_none()) {
+            (
+                "unknown-action",
+                format!("tool `{tool}`: agent `{agent}` has no action `{action}`"),
+                format!("list the agent's actions with `plexus agent get {agent}`"),
+            )
+        } else {
+            continue;
+        };
+        let mut d = Diagnostic::new(code, step.locs.field("llm"), message)
+            .with_step(Some(&step.id))
+            .with_hint(hint);
+        d.file = file.to_owned();
+        out.push(d);
     }
     out
 }
