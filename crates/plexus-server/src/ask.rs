@@ -37,7 +37,11 @@ pub struct IntentCache {
     /// Bumped when a workflow is applied or deleted.
     pub workflows: AtomicU64,
     built: Mutex<Option<Built>>,
+    /// The entries' embeddings: (the index they are of, the provider, the vectors).
+    vectors: Mutex<Option<Vectors>>,
 }
+
+type Vectors = (usize, String, Arc<Vec<Vec<f32>>>);
 
 impl IntentCache {
     pub fn workflows_changed(&self) {
@@ -119,6 +123,51 @@ outputs:
     .to_owned()
 }
 
+/// The provider whose embeddings the lexical lane uses (`intents.embeddings`), if any.
+async fn embeddings_provider(state: &AppState) -> Option<String> {
+    crate::settings::value(state, "intents.embeddings")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.as_str().map(str::to_owned))
+}
+
+/// The question's vector and the entries' (made once per index and provider).
+async fn vectors(
+    state: &AppState,
+    index: &Arc<Index>,
+    provider: &str,
+    question: &str,
+) -> Result<(Vec<f32>, Arc<Vec<Vec<f32>>>), String> {
+    let id = Arc::as_ptr(index) as usize;
+    let known = state.intents.vectors.lock().ok().and_then(|v| {
+        v.as_ref()
+            .filter(|(i, p, _)| *i == id && p == provider)
+            .map(|(_, _, vectors)| vectors.clone())
+    });
+    let llm = &state.engine.llm;
+    let timeout = Duration::from_secs(30);
+    let entries = match known {
+        Some(v) => v,
+        None => {
+            let docs = index.documents();
+            let (_, got) = llm
+                .embed_routed(Some(provider), None, docs, timeout)
+                .await?;
+            let v = Arc::new(got.vectors);
+            if let Ok(mut cache) = state.intents.vectors.lock() {
+                *cache = Some((id, provider.to_owned(), v.clone()));
+            }
+            v
+        }
+    };
+    let (_, q) = llm
+        .embed_routed(Some(provider), None, vec![question.to_owned()], timeout)
+        .await?;
+    let q = q.vectors.into_iter().next().unwrap_or_default();
+    Ok((q, entries))
+}
+
 async fn min_score(state: &AppState) -> f64 {
     crate::settings::value(state, "intents.min_score")
         .await
@@ -144,6 +193,13 @@ pub async fn ask(
     let index = index(&state).await?;
     let limit = req.limit.unwrap_or(5).clamp(1, 50);
     let mut candidates = index.rank(question, limit.max(10));
+    // Lane 2 with meaning as well as words, when a provider makes embeddings for it.
+    if let Some(provider) = embeddings_provider(&state).await {
+        match vectors(&state, &index, &provider, question).await {
+            Ok((q, v)) => candidates = index.with_similarity(candidates, &q, &v, limit.max(10)),
+            Err(e) => tracing::warn!(error = %e, "intent embeddings failed; words only"),
+        }
+    }
     let threshold = min_score(&state).await;
     let mut chosen: Option<Candidate> = candidates
         .first()

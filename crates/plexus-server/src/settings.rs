@@ -56,6 +56,10 @@ const KNOWN: &[(&str, &str)] = &[
         "{\"MODEL or PROVIDER/MODEL\": {\"prompt\": USD, \"completion\": USD}} per million tokens: what model calls cost",
     ),
     (
+        "intents.embeddings",
+        "the name of a provider whose embeddings `plexus ask` uses besides the words (unset: words only)",
+    ),
+    (
         "intents.min_score",
         "a number from 0 to 1 (default 0.6): the score from which `plexus ask` runs the best match",
     ),
@@ -135,6 +139,10 @@ fn check(key: &str, value: &Json_) -> ApiResult<()> {
         "intents.min_score" => match value.as_f64() {
             Some(n) if (0.0..=1.0).contains(&n) => Ok(()),
             _ => bad("intents.min_score is a number from 0 to 1".into()),
+        },
+        "intents.embeddings" => match value {
+            Json_::String(_) => Ok(()),
+            _ => bad("intents.embeddings is the name of a provider".into()),
         },
         "llm.default_provider" => match value {
             Json_::String(_) => Ok(()),

@@ -12,7 +12,32 @@ pub type Seen = Arc<Mutex<Vec<Value>>>;
 /// An answer: status, extra headers, body.
 pub type Answer = (u16, Vec<(&'static str, String)>, Value);
 
-/// Serves `POST /v1/chat/completions` on a loopback port with `script`; its address.
+/// Groups of words that mean one thing, for [`toy_embedding`].
+const CONCEPTS: [&[&str]; 8] = [
+    &["memory", "ram", "swap"],
+    &["disk", "space", "storage", "full"],
+    &["cpu", "process", "processes", "busy", "load"],
+    &["slow", "latency", "crawls", "sluggish"],
+    &["restart", "bounce", "reboot"],
+    &["scale", "replicas"],
+    &["log", "logs", "tail"],
+    &["certificate", "cert", "tls", "ssl"],
+];
+
+/// A stand-in for an embedding model: how often a text uses each concept's words.
+pub fn toy_embedding(text: &str) -> Vec<f32> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .collect();
+    CONCEPTS
+        .iter()
+        .map(|group| words.iter().filter(|w| group.contains(&w.as_str())).count() as f32)
+        .collect()
+}
+
+/// Serves `POST /v1/chat/completions` on a loopback port with `script` (and `POST
+/// /v1/embeddings` with [`toy_embedding`]); its address.
 pub fn serve(
     rt: &tokio::runtime::Runtime,
     seen: Seen,
@@ -39,6 +64,21 @@ pub fn serve(
                 }
                 res
             }
+        }),
+    )
+    .route(
+        "/v1/embeddings",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            let data: Vec<Value> = body["input"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": toy_embedding(t.as_str().unwrap_or(""))}))
+                .collect();
+            axum::Json(json!({"object": "list", "data": data, "model": "toy-embed",
+                "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
         }),
     );
     rt.block_on(async {

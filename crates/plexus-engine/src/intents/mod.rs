@@ -150,6 +150,63 @@ impl Index {
         &self.entries
     }
 
+    /// The text each entry is known by (for embeddings), in entry order.
+    pub fn documents(&self) -> Vec<String> {
+        self.entries.iter().map(document).collect()
+    }
+
+    /// Lane 2 with embeddings: each lexical candidate's score becomes the mean of its
+    /// coverage and its similarity to the question (cosine, 0 to 1); entries the words
+    /// missed but the meaning finds join in. `vectors` are the entries' (see
+    /// [`Index::documents`]), `question` the question's.
+    pub fn with_similarity(
+        &self,
+        mut ranked: Vec<Candidate>,
+        question: &[f32],
+        vectors: &[Vec<f32>],
+        limit: usize,
+    ) -> Vec<Candidate> {
+        let similarity = |i: usize| {
+            vectors
+                .get(i)
+                .map_or(0.0, |v| cosine(question, v).clamp(0.0, 1.0))
+        };
+        let index_of = |c: &Candidate| {
+            self.entries
+                .iter()
+                .position(|e| e.name == c.name && e.kind == c.kind)
+        };
+        for c in ranked.iter_mut().filter(|c| c.lane == Lane::Lexical) {
+            if let Some(i) = index_of(c) {
+                c.score = (c.score + similarity(i)) / 2.0;
+            }
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            if ranked.iter().any(|c| c.name == e.name && c.kind == e.kind) {
+                continue;
+            }
+            let s = similarity(i) / 2.0;
+            if s > 0.0 {
+                ranked.push(Candidate {
+                    kind: e.kind,
+                    name: e.name.clone(),
+                    description: e.description.clone(),
+                    score: s,
+                    lane: Lane::Lexical,
+                    inputs: Map::new(),
+                    phrase: None,
+                });
+            }
+        }
+        ranked.sort_by(|a, b| {
+            (b.lane == Lane::Pattern)
+                .cmp(&(a.lane == Lane::Pattern))
+                .then(b.score.total_cmp(&a.score))
+        });
+        ranked.truncate(limit);
+        ranked
+    }
+
     /// Lanes 1 and 2: every entry that matches, best first (at most `limit`).
     pub fn rank(&self, question: &str, limit: usize) -> Vec<Candidate> {
         // Every phrase that fits, the most specific first: more placeholders filled
@@ -243,6 +300,17 @@ impl Index {
             })
             .collect()
     }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let n = norm(a) * norm(b);
+    if n == 0.0 { 0.0 } else { dot / n }
 }
 
 /// Placeholder words as the entry's typed inputs: a number where it takes a number, a

@@ -86,3 +86,21 @@ fn missing_required_inputs_are_named() {
     given.insert("service".into(), Json::from("web"));
     assert_eq!(missing(e, &given), ["replicas"]);
 }
+
+#[test]
+fn embeddings_find_what_the_words_miss() {
+    let index = catalogue();
+    // Toy vectors: the question means what the first entry does, in other words.
+    let vectors = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.0, 1.0]];
+    let ranked = index.rank("the shop crawls", 5);
+    assert!(
+        ranked.iter().all(|c| c.name != "latency-triage"),
+        "{ranked:?}"
+    );
+    let ranked = index.with_similarity(ranked, &[0.9, 0.1], &vectors, 5);
+    assert_eq!(ranked[0].name, "latency-triage", "{ranked:?}");
+    assert!(
+        ranked[0].score > 0.45 && ranked[0].score < 0.5,
+        "{ranked:?}"
+    );
+}
