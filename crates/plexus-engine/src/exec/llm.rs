@@ -115,9 +115,36 @@ pub(crate) fn parse_json(text: &str) -> Result<Json, String> {
     serde_json::from_str(inner.trim()).map_err(|e| format!("the reply is not JSON ({e})"))
 }
 
+/// One reply as the journal keeps it.
+fn reply_entry(round: usize, provider: &str, reply: &plexus_llm::ChatResponse) -> Json {
+    json!({
+        "type": "reply", "turn": round + 1, "provider": provider, "model": reply.model,
+        "content": reply.content, "finish_reason": reply.finish_reason, "usage": reply.usage,
+    })
+}
+
+/// A journaled reply read back.
+fn reply_of(entry: &Json) -> plexus_llm::ChatResponse {
+    plexus_llm::ChatResponse {
+        content: entry["content"].as_str().unwrap_or_default().to_owned(),
+        tool_calls: Vec::new(),
+        model: entry["model"].as_str().unwrap_or_default().to_owned(),
+        finish_reason: entry["finish_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        usage: serde_json::from_value(entry["usage"].clone()).unwrap_or_default(),
+    }
+}
+
+/// Asks the model (and again, with what was wrong, while the reply does not fit
+/// `output_schema`). Each reply is a journal entry before it is used, so an attempt after
+/// a crash reads the replies already made (`prior`) instead of asking again.
 async fn call(
     providers: &Providers,
     accounts: &Accounts,
+    journal: &super::Journal,
+    prior: &[Json],
     spec: &Json,
     timeout: Duration,
 ) -> Result<(Json, Usage), String> {
@@ -169,11 +196,22 @@ async fn call(
             tools: Vec::new(),
             timeout,
         };
-        let (name, reply) = providers
-            .chat_routed(spec["provider"].as_str(), &fallbacks, request)
-            .await?;
+        let replies: Vec<&Json> = prior.iter().filter(|e| e["type"] == "reply").collect();
+        let (name, reply) = match replies.get(round) {
+            Some(entry) => (
+                entry["provider"].as_str().unwrap_or_default().to_owned(),
+                reply_of(entry),
+            ),
+            None => {
+                let (name, reply) = providers
+                    .chat_routed(spec["provider"].as_str(), &fallbacks, request)
+                    .await?;
+                accounts.record(providers, &name, &reply.model, reply.usage);
+                journal.append(reply_entry(round, &name, &reply)).await?;
+                (name, reply)
+            }
+        };
         usage += reply.usage;
-        accounts.record(providers, &name, &reply.model, reply.usage);
         let Some(validator) = &validator else {
             let output = json!({
                 "text": reply.content,
@@ -255,7 +293,7 @@ impl Executor for LlmCalls {
             }
             let spec = work.spec;
             let answer = tokio::select! {
-                answer = call(&providers, &accounts, &spec, timeout) => answer,
+                answer = call(&providers, &accounts, &ctx.journal, &work.journal, &spec, timeout) => answer,
                 _ = &mut kill => return AttemptResult::failed("cancelled"),
             };
             match answer {
@@ -273,6 +311,7 @@ impl Executor for LlmCalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::Journal;
     use plexus_llm::{ChatResponse, Provider, Reply};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -333,6 +372,8 @@ mod tests {
         let (out, usage) = call(
             &p,
             &no_accounts(),
+            &Journal::memory(Default::default()),
+            &[],
             &json!({"prompt": "hi", "system": "be brief"}),
             DEFAULT_TIMEOUT,
         )
@@ -350,6 +391,8 @@ mod tests {
         let (out, usage) = call(
             &p,
             &no_accounts(),
+            &Journal::memory(Default::default()),
+            &[],
             &json!({"prompt": "what now?", "output_schema": schema}),
             DEFAULT_TIMEOUT,
         )
@@ -369,6 +412,8 @@ mod tests {
         let e = call(
             &p,
             &no_accounts(),
+            &Journal::memory(Default::default()),
+            &[],
             &json!({"prompt": "q", "output_schema": schema}),
             DEFAULT_TIMEOUT,
         )
@@ -377,10 +422,59 @@ mod tests {
         assert!(e.contains("after 2 repairs"), "{e}");
         let (p, _) = providers(&[]);
         assert!(
-            call(&p, &no_accounts(), &json!({}), DEFAULT_TIMEOUT)
-                .await
-                .unwrap_err()
-                .contains("needs a `prompt`")
+            call(
+                &p,
+                &no_accounts(),
+                &Journal::memory(Default::default()),
+                &[],
+                &json!({}),
+                DEFAULT_TIMEOUT
+            )
+            .await
+            .unwrap_err()
+            .contains("needs a `prompt`")
         );
+    }
+
+    #[tokio::test]
+    async fn replies_in_the_journal_are_not_asked_for_again() {
+        let schema = json!({"type": "object", "required": ["action"]});
+        let spec = json!({"prompt": "what now?", "output_schema": schema});
+        // The first reply was made before a crash and journaled; only the repair is asked.
+        let (p, s) = providers(&["{\"action\": \"wait\"}"]);
+        let first = ChatResponse {
+            content: "not json".into(),
+            tool_calls: Vec::new(),
+            model: "scripted".into(),
+            finish_reason: "stop".into(),
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                total_tokens: 2,
+            },
+        };
+        let prior = vec![reply_entry(0, "s", &first)];
+        let entries = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (out, usage) = call(
+            &p,
+            &no_accounts(),
+            &Journal::memory(entries.clone()),
+            &prior,
+            &spec,
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, json!({"action": "wait"}));
+        assert_eq!(usage.total_tokens, 2 + 15, "the replayed reply counts too");
+        let asked = s.asked.lock().unwrap();
+        assert_eq!(asked.len(), 1, "only the repair was asked");
+        assert_eq!(
+            asked[0][1].content, "not json",
+            "the journaled reply is in the conversation"
+        );
+        let entries = entries.lock().unwrap();
+        assert_eq!(entries.len(), 1, "the new reply is journaled");
+        assert_eq!(entries[0]["turn"], 2);
     }
 }
