@@ -489,4 +489,47 @@ impl Handler for Agent {
             other => return Err(Status::unimplemented(format!("{other} is not implemented"))),
         })
     }
+
+    fn streams(&self, method: &str) -> bool {
+        method == "ChatStream" && self.plugin_type == wire::plugin_type::PROVIDER
+    }
+
+    /// `ChatStream`: the provider's `chat` action, its `content` sent on in pieces as
+    /// they are ready (word by word here: the action answers whole), then the end.
+    async fn call_stream(&self, call: Call) -> Result<crate::rpc::JsonStream, Status> {
+        let req: wire::ChatStreamRequest =
+            wire::decode(call.body).map_err(Status::invalid_argument)?;
+        let answer = self
+            .execute(wire::ExecuteRequest {
+                action_id: "chat".into(),
+                params_json: req.params_json,
+                tenant_id: req.tenant_id,
+                ..Default::default()
+            })
+            .await;
+        let piece = |token: String, is_final: bool, error: String| {
+            Ok(wire::encode(&wire::ChatStreamResponse {
+                token,
+                is_final,
+                error,
+            }))
+        };
+        let mut pieces = Vec::new();
+        if !answer.success {
+            pieces.push(piece(String::new(), true, answer.error));
+        } else {
+            let content = answer
+                .result_json
+                .to_json()
+                .ok()
+                .flatten()
+                .and_then(|v| v["content"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            for word in content.split_inclusive(' ') {
+                pieces.push(piece(word.to_owned(), false, String::new()));
+            }
+            pieces.push(piece(String::new(), true, String::new()));
+        }
+        Ok(Box::pin(tokio_stream::iter(pieces)))
+    }
 }

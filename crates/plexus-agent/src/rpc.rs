@@ -112,9 +112,27 @@ impl Call {
     }
 }
 
+/// Messages a server-streaming method answers with.
+pub type JsonStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Json, Status>> + Send>>;
+
 /// The methods of one service.
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, call: Call) -> impl Future<Output = Result<Json, Status>> + Send;
+
+    /// Whether `method` answers with a stream of messages ([`Handler::call_stream`]).
+    fn streams(&self, _method: &str) -> bool {
+        false
+    }
+
+    /// A server-streaming method.
+    fn call_stream(&self, call: Call) -> impl Future<Output = Result<JsonStream, Status>> + Send {
+        async move {
+            Err(Status::unimplemented(format!(
+                "{} is not implemented",
+                call.method
+            )))
+        }
+    }
 }
 
 /// Serves the methods of the service `N` with a [`Handler`]; register it on a tonic
@@ -177,6 +195,7 @@ where
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok()),
         );
+        let streams = self.handler.streams(&method);
         let unary = Unary {
             handler: self.handler.clone(),
             method,
@@ -186,6 +205,9 @@ where
             let mut grpc = tonic::server::Grpc::new(JsonCodec)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
+            if streams {
+                return Ok(grpc.server_streaming(unary, req).await);
+            }
             Ok(grpc.unary(unary, req).await)
         })
     }
@@ -216,6 +238,30 @@ impl<H: Handler> tonic::server::UnaryService<Json> for Unary<H> {
                 remote,
             };
             handler.call(call).await.map(tonic::Response::new)
+        })
+    }
+}
+
+impl<H: Handler> tonic::server::ServerStreamingService<Json> for Unary<H> {
+    type Response = Json;
+    type ResponseStream = JsonStream;
+    type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<JsonStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<Json>) -> Self::Future {
+        let handler = self.handler.clone();
+        let method = std::mem::take(&mut self.method);
+        let style = self.style;
+        Box::pin(async move {
+            let remote = request.remote_addr();
+            let (metadata, _, body) = request.into_parts();
+            let call = Call {
+                method,
+                body,
+                metadata,
+                style,
+                remote,
+            };
+            handler.call_stream(call).await.map(tonic::Response::new)
         })
     }
 }
@@ -336,6 +382,39 @@ impl Peer {
         headers.push((name, value.into()));
         self.headers = Arc::new(headers);
         self
+    }
+
+    /// Calls the server-streaming `method` with `body`; the stream of its answers (each
+    /// answer within `deadline` of the one before is the caller's to enforce).
+    pub async fn call_stream(
+        &self,
+        method: &str,
+        body: Json,
+        deadline: Duration,
+    ) -> Result<tonic::Streaming<Json>, CallError> {
+        let path = format!("/{}/{method}", self.service)
+            .parse::<http::uri::PathAndQuery>()
+            .map_err(|e| CallError::Address(format!("bad method `{method}`: {e}")))?;
+        let mut request = tonic::Request::new(body);
+        for (name, value) in self.headers.iter() {
+            if let Ok(v) = value.parse() {
+                request.metadata_mut().insert(*name, v);
+            }
+        }
+        let mut grpc = self.grpc.clone();
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            grpc.server_streaming(request, path, JsonCodec).await
+        };
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(CallError::Status(status)),
+            Err(_) => Err(CallError::Status(Status::deadline_exceeded(
+                "no answer in time",
+            ))),
+        }
     }
 
     /// Calls `method` with `body`, giving up after `deadline`.

@@ -288,6 +288,23 @@ pub struct ExecuteResponse {
     pub duration_ms: i64,
 }
 
+/// A provider plugin's `ChatStream` (server streaming): the `chat` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ChatStreamRequest {
+    pub params_json: Blob,
+    pub tenant_id: String,
+}
+
+/// One piece of a streamed reply; the last has `is_final`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ChatStreamResponse {
+    pub token: String,
+    pub is_final: bool,
+    pub error: String,
+}
+
 /// A provider plugin's `Embed`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]

@@ -474,6 +474,40 @@ fn a_provider_plugin_answers_steps_and_the_gateway() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["data"][0]["embedding"], json!([3.0, 2.0, 1.0]));
     assert_eq!(v["data"][1]["embedding"], json!([1.0, 1.0, 1.0]));
+    // Streamed through ChatStream: one piece per word, then the end and [DONE].
+    let body = json!({"model": "local", "stream": true,
+        "messages": [{"role": "user", "content": "three small words"}]})
+    .to_string();
+    let text = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            admin_key(&addr),
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let pieces: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(pieces, ["echo: ", "three ", "small ", "words"], "{text}");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert!(text.contains("data: [DONE]"));
     let _ = plugin.kill();
     let _ = plugin.wait();
     stop(&mut server);

@@ -7,6 +7,7 @@
 use super::{ActionCall, Agents};
 use plexus_agent::wire;
 use plexus_core::machine::Outcome;
+use plexus_llm::stream::{Delta, Deltas, Opening};
 use plexus_llm::{
     ChatRequest, ChatResponse, EmbedReply, Embeddings, Provider, ProviderError, Reply, Usage,
 };
@@ -36,12 +37,8 @@ impl PluginProvider {
         ProviderError::Transport(format!("provider plugin `{}`: {e}", self.plugin))
     }
 
-    async fn chat_call(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let (instance, spec) = self
-            .agents
-            .pick_patiently(&self.plugin, CHAT_ACTION)
-            .await
-            .map_err(|e| self.unavailable(e))?;
+    /// The `chat` parameters of a request (only those the action declares, when it does).
+    fn params(&self, request: &ChatRequest, spec: &super::ActionSpec) -> Map<String, Json> {
         let messages: Vec<Json> = request
             .messages
             .iter()
@@ -71,6 +68,17 @@ impl PluginProvider {
         if !declared.is_empty() {
             params.retain(|k, _| declared.contains(k));
         }
+        params
+    }
+
+    async fn chat_call(&self, request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let (instance, spec) = self
+            .agents
+            .pick_patiently(&self.plugin, CHAT_ACTION)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let model = request.model.clone().unwrap_or_else(|| self.model.clone());
+        let params = self.params(&request, &spec);
         let call = ActionCall {
             execution_id: String::new(),
             step_id: String::new(),
@@ -166,5 +174,79 @@ impl Provider for PluginProvider {
         timeout: Duration,
     ) -> EmbedReply<'_> {
         Box::pin(self.embed_call(model, inputs, timeout))
+    }
+
+    /// `ChatStream`: the plugin's pieces as they come. It says nothing of tool calls or
+    /// usage, so a request with tools is answered whole (by `chat`).
+    fn chat_stream(&self, request: ChatRequest) -> Opening<'_> {
+        Box::pin(self.stream_call(request))
+    }
+}
+
+impl PluginProvider {
+    async fn stream_call(&self, request: ChatRequest) -> Result<Deltas, ProviderError> {
+        if !request.tools.is_empty() {
+            return self
+                .chat_call(request)
+                .await
+                .map(plexus_llm::stream::of_reply);
+        }
+        let (instance, spec) = self
+            .agents
+            .pick_patiently(&self.plugin, CHAT_ACTION)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let super::Link::Plugin(peer) = &instance.link else {
+            return Err(ProviderError::Config(format!(
+                "`{}` is not a provider plugin",
+                self.plugin
+            )));
+        };
+        let model = request.model.clone().unwrap_or_else(|| self.model.clone());
+        let params = self.params(&request, &spec);
+        let body = wire::encode(&wire::ChatStreamRequest {
+            params_json: wire::Blob::json(&Json::Object(params), instance.style),
+            tenant_id: plexus_agent::tenant_id(plexus_agent::DEFAULT_TENANT_SLUG),
+        });
+        let pieces = peer
+            .call_stream("ChatStream", body, request.timeout)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let plugin = self.plugin.clone();
+        let idle = request.timeout;
+        let failed =
+            move |e: String| ProviderError::Transport(format!("provider plugin `{plugin}`: {e}"));
+        let stream = futures_util::stream::unfold(Some(pieces), move |pieces| {
+            let (failed, model) = (failed.clone(), model.clone());
+            async move {
+                let mut pieces = pieces?;
+                let next = match tokio::time::timeout(idle, pieces.message()).await {
+                    Err(_) => return Some((Err(failed(format!("no piece in {idle:?}"))), None)),
+                    Ok(Err(status)) => return Some((Err(failed(status.to_string())), None)),
+                    Ok(Ok(None)) => {
+                        let e = failed("the stream ended before its last piece".into());
+                        return Some((Err(e), None));
+                    }
+                    Ok(Ok(Some(v))) => v,
+                };
+                let piece: wire::ChatStreamResponse = match wire::decode(next) {
+                    Ok(p) => p,
+                    Err(e) => return Some((Err(failed(format!("a piece is garbled: {e}"))), None)),
+                };
+                if !piece.error.is_empty() {
+                    return Some((Err(failed(piece.error)), None));
+                }
+                if piece.is_final {
+                    let end = Delta::End {
+                        finish_reason: "stop".into(),
+                        usage: Usage::default(),
+                        model,
+                    };
+                    return Some((Ok(end), None));
+                }
+                Some((Ok(Delta::Text(piece.token)), Some(pieces)))
+            }
+        });
+        Ok(Box::pin(stream))
     }
 }
