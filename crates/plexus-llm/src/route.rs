@@ -151,7 +151,12 @@ impl Providers {
             }
             let mut backoff = Duration::from_millis(500);
             for tried in 1..=TRIES {
-                match attempt(provider.clone()).await {
+                let started = std::time::Instant::now();
+                let result = attempt(provider.clone()).await;
+                let outcome = if result.is_ok() { "success" } else { "failure" };
+                metrics::histogram!("plexus_llm_request_seconds", "provider" => name.clone(), "outcome" => outcome)
+                    .record(started.elapsed().as_secs_f64());
+                match result {
                     Ok(reply) => {
                         self.breakers.succeeded(&name);
                         return Ok((name, reply));

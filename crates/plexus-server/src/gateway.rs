@@ -300,6 +300,8 @@ async fn metered(
     metrics::counter!("plexus_llm_requests_total", "provider" => provider.to_owned(), "source" => "gateway").increment(1);
     metrics::counter!("plexus_llm_tokens_total", "provider" => provider.to_owned(), "source" => "gateway")
         .increment(usage.total_tokens);
+    metrics::counter!("plexus_llm_cost_microdollars_total", "provider" => provider.to_owned(), "source" => "gateway")
+        .increment((cost * 1e6).round() as u64);
     // Both writes at once, so that the store's writer can commit them together.
     let (actor, target) = (caller.actor(), format!("provider:{provider}"));
     let mut details = json!({"model": model, "usage": usage, "cost_usd": cost});

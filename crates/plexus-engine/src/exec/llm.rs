@@ -54,6 +54,9 @@ impl Accounts {
         metrics::counter!("plexus_llm_requests_total", "provider" => provider.to_owned(), "source" => "step").increment(1);
         metrics::counter!("plexus_llm_tokens_total", "provider" => provider.to_owned(), "source" => "step")
             .increment(usage.total_tokens);
+        let cost = providers.cost(provider, model, usage);
+        metrics::counter!("plexus_llm_cost_microdollars_total", "provider" => provider.to_owned(), "source" => "step")
+            .increment((cost * 1e6).round() as u64);
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -68,7 +71,7 @@ impl Accounts {
             model: model.to_owned(),
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
-            cost_usd: providers.cost(provider, model, usage),
+            cost_usd: cost,
         };
         tokio::spawn(async move {
             if let Err(e) = store.record_llm_usage(record).await {
