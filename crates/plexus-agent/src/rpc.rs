@@ -219,26 +219,29 @@ struct Unary<H> {
     style: Style,
 }
 
+impl<H> Unary<H> {
+    /// The call a request makes of this method.
+    fn call_of(&mut self, request: tonic::Request<Json>) -> Call {
+        let remote = request.remote_addr();
+        let (metadata, _, body) = request.into_parts();
+        Call {
+            method: std::mem::take(&mut self.method),
+            body,
+            metadata,
+            style: self.style,
+            remote,
+        }
+    }
+}
+
 impl<H: Handler> tonic::server::UnaryService<Json> for Unary<H> {
     type Response = Json;
     type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<Json>, Status>> + Send>>;
 
     fn call(&mut self, request: tonic::Request<Json>) -> Self::Future {
         let handler = self.handler.clone();
-        let method = std::mem::take(&mut self.method);
-        let style = self.style;
-        Box::pin(async move {
-            let remote = request.remote_addr();
-            let (metadata, _, body) = request.into_parts();
-            let call = Call {
-                method,
-                body,
-                metadata,
-                style,
-                remote,
-            };
-            handler.call(call).await.map(tonic::Response::new)
-        })
+        let call = self.call_of(request);
+        Box::pin(async move { handler.call(call).await.map(tonic::Response::new) })
     }
 }
 
@@ -249,20 +252,8 @@ impl<H: Handler> tonic::server::ServerStreamingService<Json> for Unary<H> {
 
     fn call(&mut self, request: tonic::Request<Json>) -> Self::Future {
         let handler = self.handler.clone();
-        let method = std::mem::take(&mut self.method);
-        let style = self.style;
-        Box::pin(async move {
-            let remote = request.remote_addr();
-            let (metadata, _, body) = request.into_parts();
-            let call = Call {
-                method,
-                body,
-                metadata,
-                style,
-                remote,
-            };
-            handler.call_stream(call).await.map(tonic::Response::new)
-        })
+        let call = self.call_of(request);
+        Box::pin(async move { handler.call_stream(call).await.map(tonic::Response::new) })
     }
 }
 

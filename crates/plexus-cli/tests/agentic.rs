@@ -258,15 +258,7 @@ fn budgets_stop_a_loop_with_a_clear_message() {
     let p = Plexus::new();
     let (mut server, addr, mut agent) = server_with_ops(&p, &free_addr());
     model::add_provider(&p, &addr, "standin", &api);
-    let out = cli(&p, &addr)
-        .args(["settings", "set", "budgets.agentic_max_iterations", "3"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_setting(&p, &addr, "budgets.agentic_max_iterations", Some("3"));
     let runner = spawn_run(&p, &addr, "tidy", &tidy());
     let run = finish_run(runner, 1);
     let s = step(&run, "agent");

@@ -162,28 +162,12 @@ fn with_a_model_it_classifies_and_otherwise_runs_an_agentic_loop() {
     assert_eq!(v["run"]["inputs"]["path"], "/tmp");
 
     // Lane 2 with embeddings: the meaning finds what the words miss (`ram` is memory).
-    let out = cli(&p, &addr)
-        .args(["settings", "set", "intents.embeddings", "standin"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_setting(&p, &addr, "intents.embeddings", Some("standin"));
     let (code, v, err) = ask(&p, &addr, &["show ram usage", "--dry-run"]);
     assert_eq!(code, 0, "{err} {v}");
     assert_eq!(v["chosen"]["name"], "memory-usage", "{v}");
     assert_eq!(v["chosen"]["lane"], "lexical");
-    let out = cli(&p, &addr)
-        .args(["settings", "unset", "intents.embeddings"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_setting(&p, &addr, "intents.embeddings", None);
 
     // Nothing matches: an agentic loop answers, as a run of its own kind.
     let (code, v, err) = ask(&p, &addr, &["what is the meaning of life?"]);

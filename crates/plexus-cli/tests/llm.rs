@@ -301,19 +301,11 @@ fn the_openai_package_talks_to_the_gateway() {
     child.stdin.take().unwrap().write_all(b"sk-test").unwrap();
     assert!(child.wait().unwrap().success());
     // USD per million tokens: what each call costs is accounted per user and key.
-    let out = cli(&p, &addr)
-        .args([
-            "settings",
-            "set",
-            "llm.prices",
-            r#"{"stand-in-1": {"prompt": 2.0, "completion": 8.0}}"#,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    set_setting(
+        &p,
+        &addr,
+        "llm.prices",
+        Some(r#"{"stand-in-1": {"prompt": 2.0, "completion": 8.0}}"#),
     );
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm_python/openai_client.py");
@@ -375,15 +367,7 @@ fn the_openai_package_talks_to_the_gateway() {
     let by_user = cli_json(&p, &addr, &["provider", "usage", "--by", "user"]);
     assert_eq!(by_user[0]["group"], "user:admin");
     // With llm.audit_prompts on, the audit record holds what was asked.
-    let out = cli(&p, &addr)
-        .args(["settings", "set", "llm.audit_prompts", "true"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_setting(&p, &addr, "llm.audit_prompts", Some("true"));
     let (status, _) = http(
         &addr,
         "POST",
@@ -394,20 +378,7 @@ fn the_openai_package_talks_to_the_gateway() {
     let (_, audit) = http(&addr, "GET", "/api/v1/audit?limit=1000", None);
     assert!(audit.to_string().contains("audit me"), "{audit}");
     // A daily token budget per user: spent, the next call is refused OpenAI's way.
-    let out = cli(&p, &addr)
-        .args([
-            "settings",
-            "set",
-            "budgets.gateway_max_tokens_per_day",
-            "50",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_setting(&p, &addr, "budgets.gateway_max_tokens_per_day", Some("50"));
     let (status, body) = http(
         &addr,
         "POST",

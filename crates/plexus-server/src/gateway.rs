@@ -109,29 +109,32 @@ fn route(state: &AppState, model: &str) -> Result<(Option<String>, Option<String
     Ok((None, (!model.is_empty()).then(|| model.to_owned())))
 }
 
+/// A gateway request's JSON body, once the caller is within its budget; else the answer.
+async fn request_of(state: &AppState, caller: &Caller, body: Body) -> Result<Json, Response> {
+    let bytes = body::read(body, state.config.body_limit)
+        .await
+        .map_err(|e| error(e.status, "invalid_request_error", e.message))?;
+    let req: Json = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    within_budget(state, caller).await?;
+    Ok(req)
+}
+
 /// `POST /v1/chat/completions` (`stream: true` answers server-sent events).
 pub async fn chat(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
-    let bytes = match body::read(body, state.config.body_limit).await {
-        Ok(b) => b,
-        Err(e) => return error(e.status, "invalid_request_error", e.message),
+    let req = match request_of(&state, &caller, body).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
     };
-    let req: Json = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!("the body is not JSON: {e}"),
-            );
-        }
-    };
-    if let Err(refused) = within_budget(&state, &caller).await {
-        return refused;
-    }
     let Some(raw) = req["messages"].as_array() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -496,23 +499,10 @@ pub async fn embeddings(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
-    let bytes = match body::read(body, state.config.body_limit).await {
-        Ok(b) => b,
-        Err(e) => return error(e.status, "invalid_request_error", e.message),
+    let req = match request_of(&state, &caller, body).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
     };
-    let req: Json = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!("the body is not JSON: {e}"),
-            );
-        }
-    };
-    if let Err(refused) = within_budget(&state, &caller).await {
-        return refused;
-    }
     let inputs: Vec<String> = match &req["input"] {
         Json::String(s) => vec![s.clone()],
         Json::Array(items) if items.iter().all(Json::is_string) && !items.is_empty() => items

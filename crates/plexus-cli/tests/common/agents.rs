@@ -241,3 +241,19 @@ pub fn start_example_agent(name: &str, grpc: &str) -> std::process::Child {
     assert!(line.starts_with("MIRASTACK_PLUGIN_PORT="), "{line}");
     child
 }
+
+/// `plexus settings set KEY VALUE` (or `unset` when `value` is `None`), which must
+/// succeed.
+pub fn set_setting(p: &Plexus, addr: &str, key: &str, value: Option<&str>) {
+    let mut c = cli(p, addr);
+    match value {
+        Some(v) => c.args(["settings", "set", key, v]),
+        None => c.args(["settings", "unset", key]),
+    };
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "settings {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
