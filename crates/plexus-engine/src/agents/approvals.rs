@@ -64,6 +64,21 @@ pub struct Approvals {
     book: Mutex<Book>,
 }
 
+/// Removes a waiting approval from the inbox when its request ends, however it ends.
+struct Leaves<'a> {
+    approvals: &'a Approvals,
+    id: String,
+}
+
+impl Drop for Leaves<'_> {
+    fn drop(&mut self) {
+        self.approvals
+            .lock()
+            .waiting
+            .retain(|w| w.view.id != self.id);
+    }
+}
+
 /// Removes its call from the book when the call ends, however it ends.
 pub struct CallGuard<'a> {
     approvals: &'a Approvals,
@@ -155,11 +170,16 @@ impl Approvals {
             view
         };
         let wait = Duration::from_millis(view.expires_at.saturating_sub(now_ms));
+        // Leaves the inbox however the wait ends: decided, timed out, or given up by
+        // its caller (a cancelled step, a plugin that hung up).
+        let _leaves = Leaves {
+            approvals: self,
+            id: view.id.clone(),
+        };
         let decision = tokio::time::timeout(wait, rx)
             .await
             .ok()
             .and_then(Result::ok);
-        self.lock().waiting.retain(|w| w.view.id != view.id);
         (view, decision)
     }
 
@@ -287,6 +307,34 @@ mod tests {
         assert!(
             approvals.pending().is_empty(),
             "a timed-out request leaves the inbox"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_leaves_the_inbox() {
+        let approvals = Arc::new(Approvals::default());
+        let asking = approvals.clone();
+        let waiter = tokio::spawn(async move {
+            asking
+                .request(
+                    "run2",
+                    "ops",
+                    "write",
+                    Permission::Modify,
+                    json!({}),
+                    Duration::from_secs(30),
+                    1000,
+                )
+                .await
+        });
+        while approvals.pending().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        waiter.abort();
+        let _ = waiter.await;
+        assert!(
+            approvals.pending().is_empty(),
+            "a cancelled wait is not left in the inbox"
         );
     }
 }
