@@ -428,3 +428,35 @@ fn agents_contribute_intents_and_prompt_templates() {
     let _ = agent.kill();
     stop(&mut server);
 }
+
+#[test]
+fn in_manual_mode_every_tool_call_waits_for_approval() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Seen = Default::default();
+    let api = model::serve(&rt, seen.clone(), |body, _| {
+        if model::tool_results(body).is_empty() {
+            model::tool_calls(&[("r1", "ops__inspect", r#"{"path": "reports"}"#)])
+        } else {
+            model::text("5 bytes.")
+        }
+    });
+    let p = Plexus::new();
+    let (mut server, addr, mut agent) = server_with_ops(&p, &free_addr());
+    model::add_provider(&p, &addr, "standin", &api);
+    let runner = spawn_run(
+        &p,
+        &addr,
+        "careful",
+        "version: plexus/v1\nname: careful\nmode: manual\nsteps:\n  - id: look\n    llm: {prompt: how big are the reports?, tools: [ops.inspect]}\n",
+    );
+    // Manual mode gates the step itself, then every call it makes: a READ action too.
+    approve_when_asked(&p, &addr, Some("look"), None);
+    decide_when_asked(&p, &addr, Some("look"), Some("tool_call"), "approve", None);
+    let run = finish_run(runner, 0);
+    let out = &step(&run, "look")["output"];
+    assert_eq!(out["text"], "5 bytes.");
+    assert_eq!(out["tool_calls"][0]["status"], "ok", "{out}");
+    assert_eq!(out["tool_calls"][0]["approved_by"], "user:admin", "{out}");
+    let _ = agent.kill();
+    stop(&mut server);
+}
