@@ -232,15 +232,8 @@ async fn within_budget(state: &AppState, caller: &Caller) -> Result<(), Response
         return Ok(());
     };
     let day = now_ms() - now_ms() % 86_400_000;
-    let used = match state
-        .store
-        .llm_usage(plexus_store::UsageGroup::User, day)
-        .await
-    {
-        Ok(rows) => rows
-            .iter()
-            .find(|r| r.group == caller.actor())
-            .map_or(0, |r| r.total_tokens),
+    let used = match state.store.tokens_used(&caller.actor(), day).await {
+        Ok(n) => n,
         Err(e) => {
             return Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,

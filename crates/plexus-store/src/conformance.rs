@@ -130,6 +130,9 @@ pub async fn sums_model_calls(store: &dyn Store) {
     ] {
         store.record_llm_usage(u).await.unwrap();
     }
+    assert_eq!(store.tokens_used("user:bob", 5).await.unwrap(), 10);
+    assert_eq!(store.tokens_used("user:ada", 0).await.unwrap(), 180);
+    assert_eq!(store.tokens_used("user:nobody", 0).await.unwrap(), 0);
     let by_user = store.llm_usage(UsageGroup::User, 5).await.unwrap();
     assert_eq!(
         by_user

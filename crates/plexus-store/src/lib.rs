@@ -523,6 +523,8 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Sums of the calls made at or after `since`, by `by`, the costliest first (then by
     /// tokens).
     async fn llm_usage(&self, by: UsageGroup, since: Millis) -> Result<Vec<UsageTotal>>;
+    /// The tokens `actor`'s calls took at or after `since` (what a budget checks).
+    async fn tokens_used(&self, actor: &str, since: Millis) -> Result<u64>;
 }
 
 /// Everything Plexus keeps, by concern: [`RunStore`], [`CatalogStore`], [`AuthStore`]

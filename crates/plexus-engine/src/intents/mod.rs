@@ -93,6 +93,8 @@ pub struct Index {
     tokenizer: DefaultTokenizer,
     /// How many entries' documents hold each token.
     document_frequency: HashMap<String, u32>,
+    /// Each entry's distinct tokens, made once (coverage reads them per question).
+    tokens: Vec<std::collections::HashSet<String>>,
 }
 
 fn english() -> DefaultTokenizer {
@@ -126,12 +128,13 @@ impl Index {
         let tokenizer = english();
         let docs: Vec<String> = entries.iter().map(document).collect();
         let mut document_frequency: HashMap<String, u32> = HashMap::new();
-        for d in &docs {
-            let mut tokens = tokenizer.tokenize(d);
-            tokens.sort();
-            tokens.dedup();
-            for t in tokens {
-                *document_frequency.entry(t).or_default() += 1;
+        let tokens: Vec<std::collections::HashSet<String>> = docs
+            .iter()
+            .map(|d| tokenizer.tokenize(d).into_iter().collect())
+            .collect();
+        for set in &tokens {
+            for t in set {
+                *document_frequency.entry(t.clone()).or_default() += 1;
             }
         }
         let engine = (!docs.is_empty()).then(|| {
@@ -143,6 +146,7 @@ impl Index {
             engine,
             tokenizer,
             document_frequency,
+            tokens,
         }
     }
 
@@ -243,11 +247,11 @@ impl Index {
                 if out.iter().any(|c| c.name == e.name && c.kind == e.kind) {
                     continue;
                 }
-                let doc = self.tokenizer.tokenize(&document(e));
+                let doc = &self.tokens[hit.document.id as usize];
                 let (known, unknown): (Vec<_>, Vec<_>) = weights
                     .iter()
-                    .filter(|(t, _)| doc.contains(t) || !self.document_frequency.contains_key(*t))
-                    .partition(|(t, _)| doc.contains(t));
+                    .filter(|(t, _)| doc.contains(*t) || !self.document_frequency.contains_key(*t))
+                    .partition(|(t, _)| doc.contains(*t));
                 let mut covered: f64 = known.iter().map(|(_, w)| **w).sum();
                 // Words no entry has may be what placeholders take (the service in
                 // `{service} is slow`): each placeholder explains one, once some word of

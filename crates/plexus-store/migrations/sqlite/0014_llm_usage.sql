@@ -16,3 +16,4 @@ CREATE TABLE llm_usage (
 );
 CREATE INDEX llm_usage_time ON llm_usage (time);
 CREATE INDEX llm_usage_run ON llm_usage (run_id);
+CREATE INDEX llm_usage_actor ON llm_usage (actor, time);

@@ -30,6 +30,20 @@ impl UsageStore for SqliteStore {
         .await
     }
 
+    async fn tokens_used(&self, actor: &str, since: Millis) -> Result<u64> {
+        let actor = actor.to_owned();
+        self.read(move |conn| {
+            conn.query_row_cached(
+                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM llm_usage WHERE actor = ?1 AND time >= ?2",
+                params![actor, since as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(db_err)
+        })
+        .await
+    }
+
     async fn llm_usage(&self, by: UsageGroup, since: Millis) -> Result<Vec<UsageTotal>> {
         let column = match by {
             UsageGroup::Run => "run_id",
