@@ -107,6 +107,55 @@ async fn resolve_template(spec: &mut Json, agents: &crate::agents::Agents) -> Re
     Ok(())
 }
 
+/// A step's `fallbacks`: provider names.
+pub(crate) fn fallbacks_of(spec: &Json) -> Result<Vec<String>, String> {
+    let wrong = || "`fallbacks` is a list of provider names".to_owned();
+    match &spec["fallbacks"] {
+        Json::Null => Ok(Vec::new()),
+        Json::Array(names) => names
+            .iter()
+            .map(|n| n.as_str().map(str::to_owned).ok_or_else(wrong))
+            .collect(),
+        _ => Err(wrong()),
+    }
+}
+
+/// A step's `output_schema`, compiled.
+pub(crate) struct Validator(jsonschema::Validator);
+
+impl Validator {
+    /// The step's validator, if it has an `output_schema`.
+    pub fn of(spec: &Json) -> Result<Option<Validator>, String> {
+        match spec.get("output_schema").filter(|s| !s.is_null()) {
+            Some(s) => jsonschema::validator_for(s)
+                .map(|v| Some(Validator(v)))
+                .map_err(|e| format!("`output_schema` is not a valid JSON Schema: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    /// The answer parsed, or what is wrong with it.
+    pub fn check(&self, text: &str) -> Result<Json, String> {
+        let value = parse_json(text)?;
+        let errors: Vec<String> = self.0.iter_errors(&value).map(|e| e.to_string()).collect();
+        if errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// What the model is told when its answer does not fit the schema.
+pub(crate) fn repair(problems: &str) -> Message {
+    Message::new(
+        "user",
+        format!(
+            "That answer does not fit the schema: {problems}. Answer again with only the JSON value."
+        ),
+    )
+}
+
 /// A reply as JSON: the text itself, or inside a ```json fence.
 pub(crate) fn parse_json(text: &str) -> Result<Json, String> {
     let t = text.trim();
@@ -157,26 +206,9 @@ async fn call(
         .ok_or("an llm step needs a `prompt` (or `llm: \"text\"`)")?;
     // Fails now, with a clear message, when there is no such provider.
     providers.pick(spec["provider"].as_str())?;
-    let fallbacks: Vec<String> = match &spec["fallbacks"] {
-        Json::Null => Vec::new(),
-        Json::Array(names) => names
-            .iter()
-            .map(|n| {
-                n.as_str()
-                    .map(str::to_owned)
-                    .ok_or("`fallbacks` is a list of provider names")
-            })
-            .collect::<Result<_, _>>()?,
-        _ => return Err("`fallbacks` is a list of provider names".into()),
-    };
+    let fallbacks = fallbacks_of(spec)?;
     let schema = spec.get("output_schema").filter(|s| !s.is_null());
-    let validator = match schema {
-        Some(s) => Some(
-            jsonschema::validator_for(s)
-                .map_err(|e| format!("`output_schema` is not a valid JSON Schema: {e}"))?,
-        ),
-        None => None,
-    };
+    let validator = Validator::of(spec)?;
     let mut messages = Vec::new();
     if let Some(system) = spec["system"].as_str() {
         messages.push(Message::new("system", system));
@@ -224,18 +256,9 @@ async fn call(
             });
             return Ok((output, usage));
         };
-        let problems = match parse_json(&reply.content) {
-            Ok(value) => {
-                let errors: Vec<String> = validator
-                    .iter_errors(&value)
-                    .map(|e| e.to_string())
-                    .collect();
-                if errors.is_empty() {
-                    return Ok((value, usage));
-                }
-                errors.join("; ")
-            }
-            Err(e) => e,
+        let problems = match validator.check(&reply.content) {
+            Ok(value) => return Ok((value, usage)),
+            Err(problems) => problems,
         };
         tracing::info!(provider = %name, round, %problems, "the reply does not fit output_schema: asking again");
         if round == REPAIRS {
@@ -244,10 +267,7 @@ async fn call(
             ));
         }
         messages.push(Message::new("assistant", reply.content));
-        messages.push(Message::new(
-            "user",
-            format!("That answer does not fit the schema: {problems}. Answer again with only the JSON value."),
-        ));
+        messages.push(repair(&problems));
     }
     unreachable!("the loop returns")
 }

@@ -15,6 +15,7 @@
 //!   idempotency key.
 
 use super::Journal;
+use super::llm::{Validator, repair};
 use crate::agents::{ActionCall, Agents};
 use plexus_core::machine::LlmWork;
 use plexus_core::manifest::{Mode, Permission};
@@ -241,31 +242,6 @@ fn trace_of(entry: &Json) -> Json {
     t
 }
 
-fn repair(problems: &str) -> Message {
-    Message::new(
-        "user",
-        format!(
-            "That answer does not fit the schema: {problems}. Answer again with only the JSON value."
-        ),
-    )
-}
-
-/// The step's `output_schema`, compiled.
-struct Validator(jsonschema::Validator);
-
-impl Validator {
-    /// The answer parsed, or what is wrong with it.
-    fn check(&self, text: &str) -> Result<Json, String> {
-        let value = super::llm::parse_json(text)?;
-        let errors: Vec<String> = self.0.iter_errors(&value).map(|e| e.to_string()).collect();
-        if errors.is_empty() {
-            Ok(value)
-        } else {
-            Err(errors.join("; "))
-        }
-    }
-}
-
 /// Why the loop stopped short.
 fn spent(what: &str, used: u64, limit: u64, setting: &str) -> String {
     format!(
@@ -295,20 +271,8 @@ pub(crate) async fn run(cx: LoopCtx<'_>, work: &LlmWork) -> Result<Json, (String
             ));
         }
     };
-    let fallbacks: Vec<String> = spec["fallbacks"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .filter_map(|n| n.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let validator = match spec.get("output_schema").filter(|s| !s.is_null()) {
-        Some(s) => Some(Validator(jsonschema::validator_for(s).map_err(|e| {
-            fail(format!("`output_schema` is not a valid JSON Schema: {e}"))
-        })?)),
-        None => None,
-    };
+    let fallbacks = super::llm::fallbacks_of(spec).map_err(fail)?;
+    let validator = Validator::of(spec).map_err(fail)?;
     let budget: Budget = cx.providers.budget().lowered_by(&spec["budget"]);
     let approval_wait = spec["approval_timeout"]
         .as_str()
