@@ -77,13 +77,18 @@ async fn submit_get_list_stream_and_control() {
     )
     .await;
     let mut seqs = vec![first.seq];
-    while let Some(e) = stream.next().await {
-        let e = e.unwrap();
-        seqs.push(e.seq);
-        if e.r#type == "run_succeeded" {
-            break;
+    // Bounded, so that a stream that stops short fails here and says what it saw.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(e) = stream.next().await {
+            let e = e.unwrap();
+            seqs.push(e.seq);
+            if e.r#type == "run_succeeded" {
+                break;
+            }
         }
-    }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream stopped short of the run's end: {seqs:?}");
     assert_eq!(
         seqs,
         (1..=seqs.len() as u64).collect::<Vec<_>>(),
