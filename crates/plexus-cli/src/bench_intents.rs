@@ -19,7 +19,7 @@ const CATALOGUE: [&str; 9] = [
     include_str!("../../../examples/intents/tail-logs.yaml"),
     include_str!("../../../examples/intents/top-processes.yaml"),
 ];
-const QUESTIONS: &str = include_str!("../../../examples/intents/questions.yaml");
+const QUESTIONS: &str = include_str!("../../../examples/intents/questions/phrasings.yaml");
 
 /// The examples' catalogue as intent entries.
 pub fn catalogue() -> Result<Vec<Entry>> {
@@ -42,10 +42,10 @@ pub fn catalogue() -> Result<Vec<Entry>> {
 /// The phrasings and what each should choose: `(question, workflow, inputs)`.
 pub fn questions() -> Result<Vec<(String, String, Json)>> {
     let node = plexus_core::node::parse_document(QUESTIONS)
-        .map_err(|e| anyhow::anyhow!("questions.yaml: {e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("phrasings.yaml: {e:?}"))?;
     let list = node.to_json();
     list.as_array()
-        .context("questions.yaml is a list")?
+        .context("phrasings.yaml is a list")?
         .iter()
         .map(|q| {
             Ok((

@@ -88,7 +88,10 @@ async fn submit_get_list_stream_and_control() {
         }
     })
     .await;
-    assert!(read.is_ok(), "the stream stopped short of the run's end: {seqs:?}");
+    assert!(
+        read.is_ok(),
+        "the stream stopped short of the run's end: {seqs:?}"
+    );
     assert_eq!(
         seqs,
         (1..=seqs.len() as u64).collect::<Vec<_>>(),
