@@ -101,6 +101,19 @@ fn a_question_runs_the_workflow_it_names_without_a_model() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["run"]["inputs"]["service"], "search");
 
+    // A question too long to be one is refused, as a bad request.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/api/v1/ask",
+        Some(&json!({"question": "why ".repeat(2_000)})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("at most 4096"),
+        "{body}"
+    );
+
     // Nothing close, and no model to ask: nothing runs, and it says why.
     let (code, v, _) = ask(&p, &addr, &["order a pizza with anchovies"]);
     assert_eq!(code, 1);

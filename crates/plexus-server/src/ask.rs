@@ -23,6 +23,8 @@ use std::time::Duration;
 
 /// The name of the workflow an agentic loop runs as.
 pub const AGENTIC: &str = "agentic";
+/// The longest question, in bytes.
+const MAX_QUESTION: usize = 4096;
 /// How many entries the model classifier chooses among.
 const CLASSIFY_AT_MOST: usize = 20;
 /// The score from which the best candidate is run (setting `intents.min_score`).
@@ -189,6 +191,12 @@ pub async fn ask(
     let question = req.question.trim();
     if question.is_empty() {
         return Err(ApiError::bad_request("`question` is empty"));
+    }
+    if question.len() > MAX_QUESTION {
+        return Err(ApiError::bad_request(format!(
+            "the question is {} bytes long; ask in at most {MAX_QUESTION}",
+            question.len()
+        )));
     }
     let index = index(&state).await?;
     let limit = req.limit.unwrap_or(5).clamp(1, 50);

@@ -2,6 +2,9 @@
 //! question word by word: literal words ignore case and punctuation around them; a
 //! placeholder takes one or more words, as few as let the rest match.
 
+/// The longest question (in words) phrases are matched against.
+pub const MAX_WORDS: usize = 48;
+
 /// What placeholders took: (name, words).
 pub type Slots = Vec<(String, String)>;
 
@@ -66,41 +69,60 @@ impl Pattern {
         &self.text
     }
 
-    /// The placeholders' words when the whole question matches.
+    /// The placeholders' words when the whole question matches. A question longer than
+    /// [`MAX_WORDS`] matches no phrase: placeholders try every split of the words, so the
+    /// work must stay bounded whatever is asked.
     pub fn matches(&self, question: &str) -> Option<Slots> {
         let words: Vec<&str> = question
             .split_whitespace()
             .filter(|w| !bare(w).is_empty() || w.chars().any(char::is_alphanumeric))
             .collect();
-        if self.parts.is_empty() {
+        if self.parts.is_empty() || words.len() > MAX_WORDS {
             return None;
         }
         let mut slots = Vec::new();
-        self.match_from(0, &words, &mut slots).then_some(slots)
+        let mut failed = std::collections::HashSet::new();
+        self.match_from(0, &words, 0, &mut slots, &mut failed)
+            .then_some(slots)
     }
 
-    fn match_from(&self, part: usize, words: &[&str], slots: &mut Slots) -> bool {
+    /// Whether parts `part..` match `words[at..]`. What follows depends only on
+    /// `(part, at)`, so a place that failed once is not tried again: the work is at most
+    /// parts × words², whatever the placeholders.
+    fn match_from(
+        &self,
+        part: usize,
+        words: &[&str],
+        at: usize,
+        slots: &mut Slots,
+        failed: &mut std::collections::HashSet<(usize, usize)>,
+    ) -> bool {
         let Some(p) = self.parts.get(part) else {
-            return words.is_empty();
+            return at == words.len();
         };
-        match p {
+        if failed.contains(&(part, at)) {
+            return false;
+        }
+        let matched = match p {
             Part::Word(w) => {
-                words.first().is_some_and(|first| bare(first) == *w)
-                    && self.match_from(part + 1, &words[1..], slots)
+                words.get(at).is_some_and(|first| bare(first) == *w)
+                    && self.match_from(part + 1, words, at + 1, slots, failed)
             }
-            Part::Slot(name) => {
-                for take in 1..=words.len() {
-                    let mark = slots.len();
-                    let value: Vec<&str> = words[..take].iter().map(|w| value_word(w)).collect();
-                    slots.push((name.clone(), value.join(" ")));
-                    if self.match_from(part + 1, &words[take..], slots) {
-                        return true;
-                    }
+            Part::Slot(name) => (at + 1..=words.len()).any(|end| {
+                let mark = slots.len();
+                let value: Vec<&str> = words[at..end].iter().map(|w| value_word(w)).collect();
+                slots.push((name.clone(), value.join(" ")));
+                let fits = self.match_from(part + 1, words, end, slots, failed);
+                if !fits {
                     slots.truncate(mark);
                 }
-                false
-            }
+                fits
+            }),
+        };
+        if !matched {
+            failed.insert((part, at));
         }
+        matched
     }
 }
 
@@ -145,5 +167,16 @@ mod tests {
         );
         assert_eq!(m("show disk usage", "Show  disk usage!"), Some(vec![]));
         assert_eq!(m("", "anything"), None);
+        // Many placeholders against questions that cannot match: a long one is refused
+        // outright; one at the limit is tried place by place, not split by split.
+        assert_eq!(m("{a} {b} {c} {d} end", &"w ".repeat(5_000)), None);
+        assert_eq!(
+            m("{a} {b} {c} {d} {e} {f} end", &"w ".repeat(MAX_WORDS)),
+            None
+        );
+        assert_eq!(
+            m("{a} {b} end", "x y z end"),
+            Some(vec![("a".into(), "x".into()), ("b".into(), "y z".into())])
+        );
     }
 }
