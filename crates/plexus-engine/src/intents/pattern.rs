@@ -80,6 +80,12 @@ impl Pattern {
         if self.parts.is_empty() || words.len() > MAX_WORDS {
             return None;
         }
+        // Most phrases begin with a word of their own: most questions fail them here.
+        if let (Some(Part::Word(w)), Some(first)) = (self.parts.first(), words.first())
+            && bare(first) != *w
+        {
+            return None;
+        }
         let mut slots = Vec::new();
         let mut failed = std::collections::HashSet::new();
         self.match_from(0, &words, 0, &mut slots, &mut failed)
