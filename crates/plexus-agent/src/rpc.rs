@@ -375,14 +375,12 @@ impl Peer {
         self
     }
 
-    /// Calls the server-streaming `method` with `body`; the stream of its answers (each
-    /// answer within `deadline` of the one before is the caller's to enforce).
-    pub async fn call_stream(
+    /// The path of `method` and a request of `body` with this peer's headers.
+    fn request(
         &self,
         method: &str,
         body: Json,
-        deadline: Duration,
-    ) -> Result<tonic::Streaming<Json>, CallError> {
+    ) -> Result<(http::uri::PathAndQuery, tonic::Request<Json>), CallError> {
         let path = format!("/{}/{method}", self.service)
             .parse::<http::uri::PathAndQuery>()
             .map_err(|e| CallError::Address(format!("bad method `{method}`: {e}")))?;
@@ -392,6 +390,18 @@ impl Peer {
                 request.metadata_mut().insert(*name, v);
             }
         }
+        Ok((path, request))
+    }
+
+    /// Calls the server-streaming `method` with `body`; the stream of its answers (each
+    /// answer within `deadline` of the one before is the caller's to enforce).
+    pub async fn call_stream(
+        &self,
+        method: &str,
+        body: Json,
+        deadline: Duration,
+    ) -> Result<tonic::Streaming<Json>, CallError> {
+        let (path, request) = self.request(method, body)?;
         let mut grpc = self.grpc.clone();
         let call = async {
             grpc.ready()
@@ -415,16 +425,8 @@ impl Peer {
         body: Json,
         deadline: Duration,
     ) -> Result<Json, CallError> {
-        let path = format!("/{}/{method}", self.service)
-            .parse::<http::uri::PathAndQuery>()
-            .map_err(|e| CallError::Address(format!("bad method `{method}`: {e}")))?;
-        let mut request = tonic::Request::new(body);
+        let (path, mut request) = self.request(method, body)?;
         request.set_timeout(deadline);
-        for (name, value) in self.headers.iter() {
-            if let Ok(v) = value.parse() {
-                request.metadata_mut().insert(*name, v);
-            }
-        }
         let mut grpc = self.grpc.clone();
         let call = async {
             grpc.ready()
