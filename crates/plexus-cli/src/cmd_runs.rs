@@ -292,12 +292,12 @@ async fn cancel_interrupted(
 ) -> Result<()> {
     let me = plexus_engine::new_owner_id();
     let now = now_ms();
-    if !store
+    let Some(fence) = store
         .claim_run(&row.id, &me, now + 10_000, now, true)
         .await?
-    {
+    else {
         bail!("run {} could not be claimed", row.id);
-    }
+    };
     let opts = plexus_core::CompileOptions {
         pools: settings.pools.clone(),
         default_mode: None,
@@ -314,6 +314,8 @@ async fn cancel_interrupted(
     )?;
     let batch = Batch {
         events: t.events.into_iter().map(|e| (row.id.clone(), e)).collect(),
+        // Should an engine take the run over meanwhile, this cancel writes nothing.
+        fences: vec![(row.id.clone(), fence)],
         ..Default::default()
     };
     store.commit(batch).await?;

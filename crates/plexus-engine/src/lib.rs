@@ -501,10 +501,11 @@ impl Engine {
             _ => false,
         };
         let lease_until = now + self.config.lease.as_millis() as u64;
-        if !self
+        if self
             .store
             .claim_run(&row.id, &self.config.owner, lease_until, now, force)
             .await?
+            .is_none()
         {
             return Err(EngineError::Owned {
                 run: row.id.clone(),

@@ -43,7 +43,7 @@ fn ev(seq: u64, kind: EventKind) -> Event {
 #[macro_export]
 macro_rules! store_conformance {
     ($fresh:path) => {
-        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break, sums_model_calls);
+        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, fences_out_a_replaced_owner, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break, sums_model_calls);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(
@@ -62,6 +62,7 @@ pub async fn check_all(store: &dyn Store) {
     commits_events_and_rows_atomically(store).await;
     refuses_a_second_writer_of_the_same_event(store).await;
     leases_decide_who_drives_a_run(store).await;
+    fences_out_a_replaced_owner(store).await;
     commands_wait_for_their_owner(store).await;
     wakes_for_new_commands(store).await;
     finds_runs_by_prefix_and_filters(store).await;
@@ -877,29 +878,99 @@ pub async fn refuses_a_second_writer_of_the_same_event(store: &dyn Store) {
 pub async fn leases_decide_who_drives_a_run(store: &dyn Store) {
     let id = "00000000-0000-0000-0000-000000000004";
     store.create_run(run(id, Some("one"), 100)).await.unwrap();
-    assert!(
-        !store
+    assert_eq!(
+        store
             .claim_run(id, "two", 20_000, 200, false)
             .await
             .unwrap(),
+        None,
         "a live lease is respected"
     );
+    let two = store.claim_run(id, "two", 20_000, 200, true).await.unwrap();
+    assert!(two.is_some(), "force takes over");
+    let three = store
+        .claim_run(id, "three", 40_000, 30_000, false)
+        .await
+        .unwrap();
     assert!(
-        store.claim_run(id, "two", 20_000, 200, true).await.unwrap(),
-        "force takes over"
-    );
-    assert!(
-        store
-            .claim_run(id, "three", 40_000, 30_000, false)
-            .await
-            .unwrap(),
-        "an expired lease is taken over"
+        three > two,
+        "an expired lease is taken over, with a higher token"
     );
     store.renew_leases("three", 90_000).await.unwrap();
     assert_eq!(store.get_run(id).await.unwrap().lease_until, Some(90_000));
     store.release_runs("three").await.unwrap();
     let row = store.get_run(id).await.unwrap();
     assert_eq!((row.owner, row.lease_until), (None, None));
+}
+
+/// A commit that names a fencing token the run has moved past writes nothing at all —
+/// not its events, not its rows, not the other runs of the same commit.
+pub async fn fences_out_a_replaced_owner(store: &dyn Store) {
+    let (id, other) = (
+        "00000000-0000-0000-0000-0000000000e1",
+        "00000000-0000-0000-0000-0000000000e2",
+    );
+    store.create_run(run(id, None, 100)).await.unwrap();
+    store.create_run(run(other, None, 100)).await.unwrap();
+    let first = store
+        .claim_run(id, "first", 10_000, 100, false)
+        .await
+        .unwrap()
+        .expect("an ownerless run is claimed");
+    let started = |run: &str, seq| {
+        (
+            run.to_owned(),
+            ev(seq, EventKind::RunStarted { inputs: json!({}) }),
+        )
+    };
+    store
+        .commit(Batch {
+            events: vec![started(id, 1)],
+            fences: vec![(id.to_owned(), first)],
+            ..Default::default()
+        })
+        .await
+        .expect("the holder of the token writes");
+    // The first owner stalls past its lease; another takes the run over.
+    let second = store
+        .claim_run(id, "second", 50_000, 20_000, false)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken over");
+    assert!(second > first);
+    let stale = Batch {
+        events: vec![
+            (
+                id.to_owned(),
+                ev(2, EventKind::RunSucceeded { outputs: json!({}) }),
+            ),
+            started(other, 1),
+        ],
+        fences: vec![(id.to_owned(), first)],
+        ..Default::default()
+    };
+    assert!(
+        matches!(store.commit(stale).await, Err(StoreError::Conflict(_))),
+        "the replaced owner is refused"
+    );
+    assert_eq!(store.events(id, 0, 0).await.unwrap().len(), 1);
+    assert_eq!(store.get_run(id).await.unwrap().status, "running");
+    assert!(
+        store.events(other, 0, 0).await.unwrap().is_empty(),
+        "nothing of the refused commit was written"
+    );
+    store
+        .commit(Batch {
+            events: vec![(
+                id.to_owned(),
+                ev(2, EventKind::RunSucceeded { outputs: json!({}) }),
+            )],
+            fences: vec![(id.to_owned(), second)],
+            ..Default::default()
+        })
+        .await
+        .expect("the new owner writes");
+    assert_eq!(store.get_run(id).await.unwrap().status, "succeeded");
 }
 
 pub async fn commands_wait_for_their_owner(store: &dyn Store) {

@@ -1,19 +1,22 @@
 //! Durable storage for Plexus. The engine talks to the [`Store`] trait only; [`SqliteStore`]
-//! is the embedded implementation (a PostgreSQL one implements the same trait).
+//! is the embedded implementation, [`PgStore`] the one several replicas share.
 //!
 //! Every write of run progress goes through [`Store::commit`]: events are appended and the
 //! `runs`/`steps` rows they imply are updated in the same transaction.
 
 pub mod auth;
 mod materialize;
+mod postgres;
 mod sqlite;
 mod sqlite_auth;
 mod wal;
 
 pub mod conformance;
+pub mod test_postgres;
 
 pub use auth::AuthStore;
-pub use materialize::{RowChange, RunAudit, StepChange, materialize, run_audit};
+pub use materialize::{RowChange, RunAudit, StepChange, materialize, run_audit, run_audit_entry};
+pub use postgres::{PgStore, PostgresOptions, redacted_url};
 pub use sqlite::{SqliteOptions, SqliteStore, WRITER_THREAD, measure_commit_latency};
 
 use plexus_core::machine::{Event, Millis};
@@ -52,6 +55,13 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The error of a commit whose fencing token for `run_id` is not the run's any more.
+pub(crate) fn fenced_out(run_id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "run `{run_id}` was taken over by another engine (its lease ran out); this engine may not write to it any more"
+    ))
+}
 
 /// Where a child run reports back to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -339,6 +349,10 @@ pub struct Batch {
     pub logs: Vec<StepLogs>,
     /// The chain this commit belongs to (see [`CommitChain`]).
     pub chain: Option<CommitChain>,
+    /// The fencing token the committing engine holds for each run it drives (see
+    /// [`RunStore::claim_run`]): checked in the commit's own transaction, and the whole
+    /// commit is refused with [`StoreError::Conflict`] when a run's token has moved on.
+    pub fences: Vec<(String, u64)>,
 }
 
 impl Batch {
@@ -361,7 +375,10 @@ pub trait RunStore: Send + Sync + 'static {
     async fn create_run(&self, run: NewRun) -> Result<bool>;
     /// Appends events and updates the rows they imply, atomically.
     async fn commit(&self, batch: Batch) -> Result<()>;
-    /// Takes ownership of a run if nobody holds a live lease on it (or `force`).
+    /// Takes ownership of a run if nobody holds a live lease on it (or `force`), and
+    /// returns the run's new fencing token (`None`: someone else holds it). Every claim
+    /// raises the token, so commits that name an older one ([`Batch::fences`]) are
+    /// refused: an engine whose lease was taken over can never write to the run again.
     async fn claim_run(
         &self,
         run_id: &str,
@@ -369,7 +386,7 @@ pub trait RunStore: Send + Sync + 'static {
         lease_until: Millis,
         now: Millis,
         force: bool,
-    ) -> Result<bool>;
+    ) -> Result<Option<u64>>;
     /// Extends the leases of every non-terminal run `owner` holds.
     async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()>;
     /// Gives up ownership of `owner`'s non-terminal runs (clean shutdown).

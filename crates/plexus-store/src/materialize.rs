@@ -320,3 +320,36 @@ pub fn run_audit(e: &Event) -> Option<RunAudit> {
         _ => None,
     }
 }
+
+/// The workflow audit record of a run event, given the run's workflow and starter: what
+/// every backend appends in the commit that stores the event. Workflow events also go to
+/// the JSON log.
+pub fn run_audit_entry(
+    run_id: &str,
+    time: Millis,
+    audit: RunAudit,
+    workflow: &str,
+    started_by: Option<String>,
+) -> plexus_core::audit::AuditEntry {
+    let actor = audit
+        .actor
+        .or(started_by)
+        .unwrap_or_else(|| "system".into());
+    let target = match &audit.step_id {
+        Some(step) => format!("run:{run_id}/{step}"),
+        None => format!("run:{run_id}"),
+    };
+    let mut details = serde_json::json!({ "workflow": workflow });
+    if let Json::Object(extra) = audit.details {
+        details.as_object_mut().expect("an object").extend(extra);
+    }
+    tracing::info!(target: "plexus::audit", actor, action = audit.action, target, "audit");
+    plexus_core::audit::AuditEntry {
+        time,
+        actor,
+        domain: plexus_core::audit::Domain::Workflow,
+        action: audit.action.to_owned(),
+        target,
+        details: details.to_string(),
+    }
+}

@@ -349,35 +349,23 @@ fn audit_run_event(conn: &Connection, run_id: &str, time: Millis, audit: RunAudi
         .map_err(db_err)?
         .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(db_err)?;
-    let actor = audit
-        .actor
-        .or(started_by)
-        .unwrap_or_else(|| "system".into());
-    let target = match &audit.step_id {
-        Some(step) => format!("run:{run_id}/{step}"),
-        None => format!("run:{run_id}"),
-    };
-    let mut details = serde_json::json!({ "workflow": workflow });
-    if let Json::Object(extra) = audit.details {
-        details.as_object_mut().expect("an object").extend(extra);
-    }
-    // Workflow events also go to the JSON log.
-    tracing::info!(target: "plexus::audit", actor, action = audit.action, target, "audit");
-    crate::sqlite_auth::append_audit_tx(
-        conn,
-        &plexus_core::audit::AuditEntry {
-            time,
-            actor,
-            domain: plexus_core::audit::Domain::Workflow,
-            action: audit.action.to_owned(),
-            target,
-            details: details.to_string(),
-        },
-    )?;
+    let entry = run_audit_entry(run_id, time, audit, &workflow, started_by);
+    crate::sqlite_auth::append_audit_tx(conn, &entry)?;
     Ok(())
 }
 
 fn apply_batch(conn: &Connection, batch: &Batch) -> Result<()> {
+    for (run_id, fence) in &batch.fences {
+        let now: Option<i64> = conn
+            .query_row_cached("SELECT fence FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db_err)?;
+        if now != Some(*fence as i64) {
+            return Err(fenced_out(run_id));
+        }
+    }
     let mut insert_event = conn
         .prepare_cached("INSERT INTO events (run_id, seq, time, type, step_id, attempt, data, schema) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
         .map_err(db_err)?;

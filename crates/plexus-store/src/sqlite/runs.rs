@@ -69,17 +69,18 @@ impl RunStore for SqliteStore {
         lease_until: Millis,
         now: Millis,
         force: bool,
-    ) -> Result<bool> {
+    ) -> Result<Option<u64>> {
         let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
         self.write(move |conn| {
-            let n = conn
-                .execute_cached(
-                    "UPDATE runs SET owner = ?2, lease_until = ?3, fence = fence + 1 WHERE id = ?1 \
-                     AND (?5 OR owner IS NULL OR owner = ?2 OR lease_until IS NULL OR lease_until < ?4)",
-                    params![run_id, owner, lease_until as i64, now as i64, force],
-                )
-                .map_err(db_err)?;
-            Ok(n == 1)
+            conn.query_row_cached(
+                "UPDATE runs SET owner = ?2, lease_until = ?3, fence = fence + 1 WHERE id = ?1 \
+                 AND (?5 OR owner IS NULL OR owner = ?2 OR lease_until IS NULL OR lease_until < ?4) RETURNING fence",
+                params![run_id, owner, lease_until as i64, now as i64, force],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|fence| fence.map(|f| f as u64))
+            .map_err(db_err)
         })
         .await
     }

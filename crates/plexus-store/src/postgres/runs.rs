@@ -1,0 +1,506 @@
+//! [`RunStore`] on PostgreSQL: runs, their events and everything that belongs to them.
+
+use super::rows::*;
+use super::*;
+use plexus_core::machine::{EVENT_SCHEMA, Event};
+
+/// Statuses of runs nobody drives any more.
+const ENDED: &str = "('succeeded', 'failed', 'cancelled')";
+
+#[async_trait::async_trait]
+impl RunStore for PgStore {
+    async fn create_run(&self, run: NewRun) -> Result<bool> {
+        let run = Arc::new(run);
+        self.write(move |conn| {
+            let run = Arc::clone(&run);
+            Box::pin(async move {
+                let inserted = sqlx::query(
+                    "INSERT INTO runs (id, workflow, status, base_dir, inputs, parent_run_id, parent_step_id, \
+                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, \
+                     workflow_version, started_by, mode, responsible) \
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&run.id)
+                .bind(&run.workflow)
+                .bind(&run.base_dir)
+                .bind(run.inputs.to_string())
+                .bind(run.parent.as_ref().map(|p| p.run_id.as_str()))
+                .bind(run.parent.as_ref().map(|p| p.step_id.as_str()))
+                .bind(run.parent.as_ref().and_then(|p| p.item).map(i64::from))
+                .bind(run.parent.as_ref().map(|p| i64::from(p.attempt)))
+                .bind(run.created_at as i64)
+                .bind(&run.owner)
+                .bind(run.lease_until.map(|t| t as i64))
+                .bind(&run.idempotency_key)
+                .bind(run.workflow_version.map(i64::from))
+                .bind(&run.started_by)
+                .bind(&run.mode)
+                .bind(serde_json::to_string(&run.responsible).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if inserted == 0 {
+                    return Ok(false);
+                }
+                sqlx::query("INSERT INTO run_definitions (run_id, manifest, plan) VALUES ($1, $2, $3)")
+                    .bind(&run.id)
+                    .bind(&run.manifest)
+                    .bind(&run.plan)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                let positions: Vec<i64> = (0..run.step_ids.len() as i64).collect();
+                sqlx::query(
+                    "INSERT INTO steps (run_id, step_id, position, status) \
+                     SELECT $1, s, p, 'pending' FROM UNNEST($2::text[], $3::int8[]) AS t(s, p)",
+                )
+                .bind(&run.id)
+                .bind(&run.step_ids)
+                .bind(&positions)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() && batch.fences.is_empty() {
+            return Ok(());
+        }
+        let chain = batch.chain.clone();
+        let audited = batch.events.iter().any(|(_, e)| run_audit(e).is_some());
+        let batch = Arc::new(batch);
+        self.write_chained(chain, audited, move |conn| {
+            let batch = Arc::clone(&batch);
+            Box::pin(async move { batch::apply_batch(conn, &batch).await })
+        })
+        .await
+    }
+
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+        force: bool,
+    ) -> Result<Option<u64>> {
+        let (run_id, owner) = (Arc::<str>::from(run_id), Arc::<str>::from(owner));
+        self.write(move |conn| {
+            let (run_id, owner) = (Arc::clone(&run_id), Arc::clone(&owner));
+            Box::pin(async move {
+                let fence: Option<i64> = sqlx::query_scalar(
+                    "UPDATE runs SET owner = $2, lease_until = $3, fence = fence + 1 WHERE id = $1 \
+                     AND ($5 OR owner IS NULL OR owner = $2 OR lease_until IS NULL OR lease_until < $4) RETURNING fence",
+                )
+                .bind(&*run_id)
+                .bind(&*owner)
+                .bind(lease_until as i64)
+                .bind(now as i64)
+                .bind(force)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err)?;
+                Ok(fence.map(|f| f as u64))
+            })
+        })
+        .await
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()> {
+        let owner = Arc::<str>::from(owner);
+        self.write(move |conn| {
+            let owner = Arc::clone(&owner);
+            Box::pin(async move {
+                query(format!(
+                    "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND status NOT IN {ENDED}"
+                ))
+                .bind(&*owner)
+                .bind(lease_until as i64)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn release_runs(&self, owner: &str) -> Result<()> {
+        let owner = Arc::<str>::from(owner);
+        self.write(move |conn| {
+            let owner = Arc::clone(&owner);
+            Box::pin(async move {
+                sqlx::query("UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1")
+                    .bind(&*owner)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow> {
+        let key = id_or_prefix;
+        // `last`: the newest run, so a person never has to copy an id.
+        if key == "last" {
+            let row = query(format!(
+                "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC LIMIT 1"
+            ))
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+            return match row {
+                Some(r) => run_from_row(&r),
+                None => Err(StoreError::RunNotFound(key.to_owned())),
+            };
+        }
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(StoreError::RunNotFound(key.to_owned()));
+        }
+        // The exact id, or a range on the key (ids compare byte by byte; they are hex
+        // digits and dashes, all below `~`).
+        let rows = query(format!(
+            "(SELECT {RUN_COLUMNS}, 0 AS exact FROM runs WHERE id = $1) UNION ALL \
+             (SELECT {RUN_COLUMNS}, 1 FROM runs WHERE id > $1 AND id < $1 || '~' LIMIT 2) ORDER BY exact LIMIT 2"
+        ))
+        .bind(key)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        match rows.as_slice() {
+            [] => Err(StoreError::RunNotFound(key.to_owned())),
+            [one] => run_from_row(one),
+            [first, _] if get::<i32>(first, 20)? == 0 => run_from_row(first),
+            _ => Err(StoreError::Ambiguous(key.to_owned())),
+        }
+    }
+
+    async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunRow>> {
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE TRUE");
+        let mut args: Vec<String> = Vec::new();
+        let arg = |v: &str, args: &mut Vec<String>| {
+            args.push(v.to_owned());
+            format!("${}", args.len())
+        };
+        if let Some(s) = &filter.status {
+            sql.push_str(&format!(" AND status = {}", arg(s, &mut args)));
+        }
+        if let Some(w) = &filter.workflow {
+            sql.push_str(&format!(" AND workflow = {}", arg(w, &mut args)));
+        }
+        if let Some(cursor) = &filter.before {
+            let n = arg(cursor, &mut args);
+            sql.push_str(&format!(
+                " AND (created_at, id) < (SELECT created_at, id FROM runs WHERE id = {n})"
+            ));
+        }
+        if let Some(t) = filter.created_since {
+            sql.push_str(&format!(" AND created_at >= {t}"));
+        }
+        if let Some(t) = filter.created_until {
+            sql.push_str(&format!(" AND created_at < {t}"));
+        }
+        if filter.active {
+            sql.push_str(&format!(" AND status NOT IN {ENDED}"));
+        }
+        if let Some(owner) = &filter.not_owned_by {
+            let n = arg(owner, &mut args);
+            sql.push_str(&format!(" AND owner IS DISTINCT FROM {n}"));
+        }
+        let limit = if filter.limit == 0 { 50 } else { filter.limit };
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
+        let mut q = query(sql);
+        for a in &args {
+            q = q.bind(a);
+        }
+        all(
+            q.fetch_all(self.pool()).await.map_err(db_err)?,
+            run_from_row,
+        )
+    }
+
+    async fn count_runs_by_status(&self) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err)?;
+        all(rows, |r| Ok((get(r, 0)?, count(r, 1)?)))
+    }
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRow>> {
+        let rows = sqlx::query(
+            "SELECT step_id, status, attempt, started_at, finished_at, output, error FROM steps \
+             WHERE run_id = $1 ORDER BY position",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        all(rows, |r| {
+            Ok(StepRow {
+                step_id: get(r, 0)?,
+                status: get(r, 1)?,
+                attempt: get::<i64>(r, 2)? as u32,
+                started_at: count_opt(r, 3)?,
+                finished_at: count_opt(r, 4)?,
+                output: json_at(r, 5)?,
+                error: get(r, 6)?,
+            })
+        })
+    }
+
+    async fn run_definition(&self, run_id: &str) -> Result<RunDefinition> {
+        let row = sqlx::query("SELECT manifest, plan FROM run_definitions WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_owned()))?;
+        Ok(RunDefinition {
+            manifest: get(&row, 0)?,
+            plan: get(&row, 1)?,
+        })
+    }
+
+    async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+        let rows = sqlx::query(
+            "SELECT data, schema FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(run_id)
+        .bind(after as i64)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        all(rows, |r| {
+            let schema: i32 = get(r, 1)?;
+            if schema as i64 > i64::from(EVENT_SCHEMA) {
+                return Err(StoreError::Db(format!(
+                    "an event of run `{run_id}` was written in event schema {schema}, newer \
+                     than this plexus understands ({EVENT_SCHEMA}); upgrade plexus"
+                )));
+            }
+            let data: String = get(r, 0)?;
+            serde_json::from_str(&data).map_err(json_err)
+        })
+    }
+
+    async fn children(&self, run_id: &str) -> Result<Vec<RunRow>> {
+        let rows = query(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        all(rows, run_from_row)
+    }
+
+    async fn add_command(
+        &self,
+        run_id: &str,
+        kind: CommandKind,
+        step_id: Option<&str>,
+        data: Json,
+        actor: &str,
+        now: Millis,
+    ) -> Result<i64> {
+        let args = Arc::new((
+            run_id.to_owned(),
+            step_id.map(str::to_owned),
+            data.to_string(),
+            actor.to_owned(),
+        ));
+        let id = self
+            .write(move |conn| {
+                let args = Arc::clone(&args);
+                Box::pin(async move {
+                    let (run_id, step_id, data, actor) = &*args;
+                    // Announced to every replica when the transaction commits.
+                    sqlx::query_scalar(
+                        "WITH c AS (INSERT INTO commands (run_id, kind, step_id, data, actor, created_at) \
+                           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id) \
+                         SELECT id FROM c, LATERAL (SELECT pg_notify($7, $1)) AS n",
+                    )
+                    .bind(run_id)
+                    .bind(kind.as_str())
+                    .bind(step_id)
+                    .bind(data)
+                    .bind(actor)
+                    .bind(now as i64)
+                    .bind(COMMANDS_CHANNEL)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db_err)
+                })
+            })
+            .await?;
+        // An engine of this process that waits for commands learns of it at once.
+        self.commands_added.notify_waiters();
+        Ok(id)
+    }
+
+    /// Resolves at a `NOTIFY` of a new command from any replica, or after `wait`.
+    async fn commands_may_be_waiting(&self, _owner: &str, wait: std::time::Duration) {
+        tokio::select! {
+            _ = self.commands_added.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>> {
+        let rows = query(format!(
+            "SELECT {COMMAND_COLUMNS} FROM commands c JOIN runs r ON r.id = c.run_id \
+             WHERE c.consumed_at IS NULL AND r.owner = $1 ORDER BY c.id"
+        ))
+        .bind(owner)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        all(rows, command_from_row)
+    }
+
+    async fn command(&self, id: i64) -> Result<Option<Command>> {
+        let row = query(format!(
+            "SELECT {COMMAND_COLUMNS} FROM commands c WHERE c.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(command_from_row).transpose()
+    }
+
+    async fn artifacts(&self, run_id: &str) -> Result<Vec<Artifact>> {
+        let rows = sqlx::query(
+            "SELECT sha256, run_id, step_id, attempt, name, size FROM artifacts WHERE run_id = $1 \
+             ORDER BY step_id, name",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        all(rows, |r| {
+            Ok(Artifact {
+                sha256: get(r, 0)?,
+                run_id: get(r, 1)?,
+                step_id: get(r, 2)?,
+                attempt: get::<i64>(r, 3)? as u32,
+                name: get(r, 4)?,
+                size: count(r, 5)?,
+            })
+        })
+    }
+
+    async fn awaiting_approvals(&self) -> Result<Vec<PendingApproval>> {
+        let rows = sqlx::query(
+            "SELECT s.run_id, r.workflow, s.step_id, r.started_by, \
+               (SELECT data FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.step_id \
+                  AND e.type = 'step_awaiting_approval' ORDER BY e.seq DESC LIMIT 1), \
+               r.responsible \
+             FROM steps s JOIN runs r ON r.id = s.run_id \
+             WHERE s.status = 'awaiting_approval' ORDER BY r.created_at, s.position",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        all(rows, |r| {
+            Ok(PendingApproval {
+                run_id: get(r, 0)?,
+                workflow: get(r, 1)?,
+                step_id: get(r, 2)?,
+                requested_by: get(r, 3)?,
+                request: json_at(r, 4)?,
+                responsible: parsed_at(r, 5)?,
+            })
+        })
+    }
+
+    async fn health(&self) -> Result<()> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        if let Some(e) = self.last_commit_error.lock().ok().and_then(|e| e.clone()) {
+            return Err(StoreError::Db(format!("the last commit failed: {e}")));
+        }
+        sqlx::query("SELECT 1")
+            .execute(self.pool())
+            .await
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    async fn step_logs(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        item: Option<u32>,
+        attempt: u32,
+    ) -> Result<Option<StepLogs>> {
+        let row = sqlx::query(
+            "SELECT stdout, stderr, exit_code FROM step_logs \
+             WHERE run_id = $1 AND step_id = $2 AND item = $3 AND attempt = $4",
+        )
+        .bind(run_id)
+        .bind(step_id)
+        .bind(item.map_or(-1, i64::from))
+        .bind(i64::from(attempt))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            Ok(StepLogs {
+                run_id: run_id.to_owned(),
+                step_id: step_id.to_owned(),
+                item,
+                attempt,
+                stdout: get(&r, 0)?,
+                stderr: get(&r, 1)?,
+                exit_code: get(&r, 2)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn find_run_by_key(&self, key: &str) -> Result<Option<RunRow>> {
+        let row = query(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn attempt_records(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT run_id, step_id, item, attempt, executor, data FROM attempt_records WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        all(rows, |r| {
+            Ok(AttemptRecord {
+                key: AttemptKey {
+                    run_id: get(r, 0)?,
+                    step_id: get(r, 1)?,
+                    item: u32::try_from(get::<i64>(r, 2)?).ok(),
+                    attempt: get::<i64>(r, 3)? as u32,
+                },
+                executor: get(r, 4)?,
+                data: json_at(r, 5)?,
+            })
+        })
+    }
+}

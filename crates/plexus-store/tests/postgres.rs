@@ -1,0 +1,170 @@
+//! The shared store suite against a real PostgreSQL server, plus what is PostgreSQL's own:
+//! migrations, notifications across connections, several stores on one database.
+
+use plexus_store::test_postgres::fresh_database;
+use plexus_store::{PgStore, PostgresOptions, RunStore};
+use sqlx::Connection as _;
+
+async fn fresh_store() -> (PgStore, ()) {
+    let url = fresh_database().await;
+    let store = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    (store, ())
+}
+
+/// The shared suite: one test per behaviour, each on a fresh database.
+mod conformance {
+    use super::fresh_store;
+    plexus_store::store_conformance!(fresh_store);
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything_and_migrations_run_once() {
+    let url = fresh_database().await;
+    let before = {
+        let store = PgStore::open(&url, PostgresOptions::default())
+            .await
+            .unwrap();
+        plexus_store::conformance::check_all(&store).await;
+        store.list_runs(Default::default()).await.unwrap()
+    };
+    let store = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let after = store.list_runs(Default::default()).await.unwrap();
+    assert!(!after.is_empty());
+    assert_eq!(after, before, "every run is still there, unchanged");
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_plexus_is_refused() {
+    let url = fresh_database().await;
+    drop(
+        PgStore::open(&url, PostgresOptions::default())
+            .await
+            .unwrap(),
+    );
+    let mut raw = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let err = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("newer than this plexus understands"),
+        "{err}"
+    );
+}
+
+/// A database that cannot be reached is unavailable (worth trying again), named without
+/// its password, and found out within the configured wait.
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_and_its_password_is_not_shown() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // free, and closed again
+    let url = format!("postgres://plexus:s3cret-pw@127.0.0.1:{port}/plexus");
+    let opts = PostgresOptions {
+        acquire_timeout: std::time::Duration::from_secs(3),
+        ..Default::default()
+    };
+    let err = PgStore::open(&url, opts).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(text.contains(&format!("127.0.0.1:{port}/plexus")), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+}
+
+/// Two replicas on one database: a command stored through one wakes the owner waiting on
+/// the other at once (LISTEN/NOTIFY), and audit appends from both form one chain.
+#[tokio::test]
+async fn replicas_share_commands_and_one_audit_chain() {
+    use plexus_core::audit::{AuditEntry, Domain};
+    use plexus_store::{AuthStore, CommandKind};
+    let url = fresh_database().await;
+    let a = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let b = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let id = "00000000-0000-0000-0000-0000000000f1";
+    a.create_run(plexus_store::NewRun {
+        id: id.into(),
+        workflow: "wf".into(),
+        manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
+        base_dir: None,
+        inputs: serde_json::json!({}),
+        step_ids: vec!["a".into()],
+        parent: None,
+        owner: Some("replica-a".into()),
+        lease_until: Some(u64::MAX / 2),
+        created_at: 1,
+        idempotency_key: None,
+        workflow_version: None,
+        started_by: None,
+        mode: None,
+        plan: None,
+        responsible: Vec::new(),
+    })
+    .await
+    .unwrap();
+    // Let the listener of `a` connect before the command is sent.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waited = std::time::Instant::now();
+    let waiting = a.commands_may_be_waiting("replica-a", std::time::Duration::from_secs(30));
+    let sending = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        b.add_command(
+            id,
+            CommandKind::Cancel,
+            None,
+            serde_json::json!({}),
+            "user:ada",
+            2,
+        )
+        .await
+        .unwrap();
+    };
+    tokio::join!(waiting, sending);
+    assert!(
+        waited.elapsed() < std::time::Duration::from_secs(10),
+        "woken by the notification, not the wait: {:?}",
+        waited.elapsed()
+    );
+    assert_eq!(a.pending_commands("replica-a").await.unwrap().len(), 1);
+
+    fn append(
+        store: &PgStore,
+        i: u32,
+    ) -> impl Future<Output = plexus_store::Result<plexus_core::audit::AuditRecord>> + '_ {
+        store.append_audit(AuditEntry {
+            time: u64::from(i),
+            actor: format!("user:{i}"),
+            domain: Domain::Security,
+            action: "test.append".into(),
+            target: "chain".into(),
+            details: "{}".into(),
+        })
+    }
+    let mut appends = Vec::new();
+    for i in 0..40 {
+        appends.push(append(if i % 2 == 0 { &a } else { &b }, i));
+    }
+    for r in futures_util::future::join_all(appends).await {
+        r.unwrap();
+    }
+    let records = a.audit(Default::default()).await.unwrap();
+    assert_eq!(records.len(), 40);
+    let mut chain = plexus_core::audit::ChainVerifier::default();
+    for r in &records {
+        chain.push(r).expect("one unbroken chain");
+    }
+}
