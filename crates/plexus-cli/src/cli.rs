@@ -47,6 +47,11 @@ const SERVER_HELP: &str = "Talk to this `plexus serve` instead of the local stor
 pub struct Global {
     #[arg(long, env = "PLEXUS_DATA_DIR", value_name = "DIR", help = DATA_DIR_HELP, help_heading = GLOBAL)]
     pub data_dir: Option<PathBuf>,
+    /// Where the store is: postgres://USER:PASSWORD@HOST:PORT/DB (replicas sharing one
+    /// PostgreSQL database) or sqlite:PATH [default: store.url in plexus.toml, else the
+    /// SQLite file in the data directory]
+    #[arg(long, global = true, env = "PLEXUS_DATABASE_URL", value_name = "URL", hide_env_values = true, help_heading = GLOBAL)]
+    pub database_url: Option<String>,
     /// Configuration file [default: ./plexus.toml, then $XDG_CONFIG_HOME/plexus/plexus.toml]
     #[arg(long, global = true, env = "PLEXUS_CONFIG", value_name = "FILE", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,

@@ -3,7 +3,6 @@
 
 use crate::target::Target;
 use anyhow::{Context, Result, bail};
-use plexus_store::RunStore;
 use serde_json::Value as Json;
 use std::path::PathBuf;
 
@@ -11,7 +10,7 @@ use std::path::PathBuf;
 async fn fetch(target: &Target<'_>, run: &str) -> Result<Json> {
     match target {
         Target::Local(settings) => {
-            let store = settings.open_store()?;
+            let store = settings.open_store().await?;
             let row = store.get_run(run).await?;
             let steps = store.steps(&row.id).await?;
             Ok(serde_json::json!({

@@ -78,7 +78,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             return Ok(2);
         }
     };
-    let store = settings.open_store()?;
+    let store = settings.open_store().await?;
     let engine = Engine::start(store, engine_config(settings));
     let notices = engine.subscribe();
     let logs = args.follow_logs.then(|| engine.logs());
@@ -114,7 +114,7 @@ pub async fn resume(
     follow_logs: bool,
     format: Format,
 ) -> Result<i32> {
-    let store = settings.open_store()?;
+    let store = settings.open_store().await?;
     let engine = Engine::start(store.clone(), engine_config(settings));
     let notices = engine.subscribe();
     let logs = follow_logs.then(|| engine.logs());

@@ -39,7 +39,7 @@ pub async fn serve(
         settings.body_limit,
         settings.shutdown_grace,
     );
-    let store = settings.open_store()?;
+    let store = settings.open_store().await?;
     // Before the engine starts: one server per data directory.
     let _lock =
         crate::serve_lock::ServeLock::acquire(&settings.data_dir, wait_for_lock, listen_addr)
@@ -93,8 +93,9 @@ pub async fn serve(
         None => {}
     }
     eprintln!(
-        "plexus serve: listening on {scheme}://{addr} (gRPC on {grpc_addr}, data dir {})",
-        settings.data_dir.display()
+        "plexus serve: listening on {scheme}://{addr} (gRPC on {grpc_addr}, data dir {}, store {})",
+        settings.data_dir.display(),
+        settings.store_location()?.shown()
     );
     resume_interrupted(&engine, &*store).await?;
     let state = AppState {
@@ -240,7 +241,7 @@ const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// waits for the next restart of anything.
 async fn adopt_orphans(
     engine: Engine,
-    store: Arc<plexus_store::SqliteStore>,
+    store: Arc<dyn Store>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {

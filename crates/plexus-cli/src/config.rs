@@ -32,6 +32,19 @@ pub struct FileConfig {
     /// `plexus serve`: agent plugins (`[plugins]`).
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// Where runs and everything else are kept (`[store]`).
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]` in `plexus.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` to share one PostgreSQL database between
+    /// replicas; `sqlite:PATH` for a SQLite file elsewhere than the data directory.
+    /// Unset: the SQLite file in the data directory.
+    pub url: Option<String>,
 }
 
 /// `[plugins]` in `plexus.toml`.
@@ -144,6 +157,9 @@ pub fn load_file_config(explicit: Option<&Path>) -> Result<(FileConfig, Option<P
 
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// `--database-url` / `PLEXUS_DATABASE_URL` / `store.url`: `None` is the SQLite file
+    /// in the data directory.
+    pub database_url: Option<String>,
     pub pools: BTreeMap<String, u32>,
     pub fsync: bool,
     pub listen_addr: String,
@@ -185,6 +201,7 @@ pub fn parse_pool_flag(s: &str) -> Result<(String, u32)> {
 
 pub fn resolve(
     data_dir_flag: Option<PathBuf>,
+    database_url_flag: Option<String>,
     pool_flags: &[String],
     config_file: Option<&Path>,
     serve: ServeFlags,
@@ -213,6 +230,20 @@ pub fn resolve(
         file.data_dir,
         default_data_dir(),
     );
+    let database_url = match (database_url_flag.filter(|u| !u.is_empty()), file.store.url) {
+        (Some(u), _) => {
+            sources.insert("database_url", "flag or environment");
+            Some(u)
+        }
+        (None, Some(u)) => {
+            sources.insert("database_url", "file");
+            Some(u)
+        }
+        (None, None) => None,
+    };
+    if let Some(url) = &database_url {
+        StoreLocation::parse(url)?;
+    }
     let mut pools = BTreeMap::from([("default".to_owned(), cores())]);
     let pools_source = if !pool_flags.is_empty() {
         "flag or environment"
@@ -331,6 +362,7 @@ pub fn resolve(
     }
     Ok(Settings {
         data_dir,
+        database_url,
         pools,
         fsync,
         listen_addr,
@@ -354,6 +386,10 @@ impl Settings {
         serde_json::json!({
             "config_file": self.config_file,
             "data_dir": {"value": self.data_dir, "source": src("data_dir")},
+            "database_url": {
+                "value": self.database_url.as_deref().map(plexus_store::redacted_url),
+                "source": src("database_url"),
+            },
             "pools": {"value": self.pools, "source": src("pools")},
             "fsync": {"value": self.fsync, "source": src("fsync")},
             "listen_addr": {"value": self.listen_addr, "source": src("listen_addr")},
@@ -377,6 +413,7 @@ impl Settings {
         println!("configuration file: {file}\n");
         let keys = [
             "data_dir",
+            "database_url",
             "pools",
             "fsync",
             "listen_addr",
@@ -399,7 +436,10 @@ impl Settings {
         crate::output::table(&["SETTING", "VALUE", "SOURCE"], &rows);
     }
 
-    pub fn open_store(&self) -> Result<std::sync::Arc<plexus_store::SqliteStore>> {
+    /// Opens the store: the PostgreSQL database or SQLite file of `database_url`, else
+    /// the SQLite file in the data directory (which is made, owner-only, in any case:
+    /// artifacts and scratch space live there).
+    pub async fn open_store(&self) -> Result<std::sync::Arc<dyn plexus_store::Store>> {
         std::fs::create_dir_all(&self.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",
@@ -418,14 +458,70 @@ impl Settings {
                     )
                 })?;
         }
-        let path = self.data_dir.join("plexus.db");
-        let store = plexus_store::SqliteStore::open(
-            &path,
-            plexus_store::SqliteOptions {
-                synchronous_full: self.fsync,
-            },
+        self.store_location()?.open(self.fsync).await
+    }
+
+    /// Where the store is.
+    pub fn store_location(&self) -> Result<StoreLocation> {
+        Ok(match &self.database_url {
+            Some(url) => StoreLocation::parse(url)?,
+            None => StoreLocation::Sqlite(self.data_dir.join("plexus.db")),
+        })
+    }
+}
+
+/// Where a store is: what `--database-url`, `store.url` and `plexus store migrate`
+/// accept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreLocation {
+    /// `sqlite:PATH` (or the data directory's file).
+    Sqlite(PathBuf),
+    /// `postgres://...` or `postgresql://...`.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    pub fn parse(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                bail!("`{url}` names no file: write sqlite:PATH, e.g. sqlite:/var/lib/plexus/plexus.db");
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        bail!(
+            "`{}` is not a store URL: write postgres://USER:PASSWORD@HOST:PORT/DATABASE or sqlite:PATH",
+            plexus_store::redacted_url(url)
         )
-        .with_context(|| format!("cannot open the store {}", path.display()))?;
-        Ok(std::sync::Arc::new(store))
+    }
+
+    /// Where it is, for messages (never a password).
+    pub fn shown(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(p) => format!("sqlite:{}", p.display()),
+            StoreLocation::Postgres(url) => plexus_store::redacted_url(url),
+        }
+    }
+
+    pub async fn open(&self, fsync: bool) -> Result<std::sync::Arc<dyn plexus_store::Store>> {
+        Ok(match self {
+            StoreLocation::Sqlite(path) => std::sync::Arc::new(
+                plexus_store::SqliteStore::open(
+                    path,
+                    plexus_store::SqliteOptions {
+                        synchronous_full: fsync,
+                    },
+                )
+                .with_context(|| format!("cannot open the store {}", path.display()))?,
+            ),
+            StoreLocation::Postgres(url) => std::sync::Arc::new(
+                plexus_store::PgStore::open(url, plexus_store::PostgresOptions::default())
+                    .await
+                    .with_context(|| format!("cannot open the store {}", self.shown()))?,
+            ),
+        })
     }
 }

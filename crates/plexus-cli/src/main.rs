@@ -143,6 +143,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     };
     let settings = config::resolve(
         data_dir,
+        g.database_url.clone(),
         cli.command.pools(),
         g.config.as_deref(),
         serve_flags,

@@ -82,7 +82,7 @@ impl Target<'_> {
     pub async fn runs_list(&self, q: RunsQuery, format: Format) -> Result<i32> {
         match self {
             Target::Local(settings) => {
-                let store = settings.open_store()?;
+                let store = settings.open_store().await?;
                 let filter = RunFilter {
                     status: q.status,
                     workflow: q.workflow,
@@ -107,7 +107,7 @@ impl Target<'_> {
     pub async fn runs_show(&self, run: &str, format: Format) -> Result<i32> {
         match self {
             Target::Local(settings) => {
-                let store = settings.open_store()?;
+                let store = settings.open_store().await?;
                 cmd_runs::show_run(&*store, run, format).await.map(|_| 0)
             }
             Target::Remote(c) => remote::runs_show(c, run, format).await,
@@ -117,7 +117,7 @@ impl Target<'_> {
     pub async fn runs_events(&self, run: &str, after: u64, format: Format) -> Result<i32> {
         match self {
             Target::Local(settings) => {
-                let store = settings.open_store()?;
+                let store = settings.open_store().await?;
                 cmd_runs::events(&*store, run, after, format).await
             }
             Target::Remote(c) => remote::runs_events(c, run, after, format).await,
@@ -127,7 +127,7 @@ impl Target<'_> {
     pub async fn runs_watch(&self, run: &str, format: Format) -> Result<i32> {
         match self {
             Target::Local(settings) => {
-                let store: Arc<dyn Store> = settings.open_store()?;
+                let store: Arc<dyn Store> = settings.open_store().await?;
                 cmd_runs::watch(store.as_ref(), run, format).await
             }
             Target::Remote(c) => remote::watch(c, run, format).await,
@@ -154,7 +154,7 @@ impl Target<'_> {
                         json!({ "comment": comment }),
                     ),
                 };
-                let store: Arc<dyn Store> = settings.open_store()?;
+                let store: Arc<dyn Store> = settings.open_store().await?;
                 let actor = cmd_run::local_user();
                 let step = step.as_deref();
                 cmd_runs::control(store, run, kind, step, data, &actor, settings, format).await
@@ -182,7 +182,7 @@ impl Target<'_> {
     pub async fn approvals_list(&self, format: Format) -> Result<i32> {
         match self {
             Target::Local(settings) => {
-                let store = settings.open_store()?;
+                let store = settings.open_store().await?;
                 cmd_admin::approvals_local(&*store, format).await
             }
             Target::Remote(c) => cmd_admin::approvals_remote(c, format).await,
@@ -192,7 +192,7 @@ impl Target<'_> {
     pub async fn audit(&self, cmd: &cmd_admin::AuditCommand, format: Format) -> Result<i32> {
         match self {
             Target::Local(settings) => {
-                let store = settings.open_store()?;
+                let store = settings.open_store().await?;
                 cmd_admin::audit_local(&*store, cmd, format).await
             }
             Target::Remote(c) => cmd_admin::audit_remote(c, cmd, format).await,
