@@ -324,6 +324,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The store itself: copy a single-machine store into PostgreSQL
+    Store {
+        #[command(flatten)]
+        local: Local,
+        #[command(subcommand)]
+        cmd: crate::cmd_store::StoreCommand,
+    },
     /// The keys in --data-dir that sign session tokens
     #[command(name = "token-keys")]
     TokenKeys {
@@ -588,6 +595,7 @@ impl Command {
             Command::Serve { local, .. }
             | Command::Bench { local, .. }
             | Command::Config { local, .. }
+            | Command::Store { local, .. }
             | Command::TokenKeys { local, .. } => Place {
                 data_dir: local.data_dir.clone(),
                 server: None,

@@ -488,7 +488,9 @@ impl StoreLocation {
         if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                bail!("`{url}` names no file: write sqlite:PATH, e.g. sqlite:/var/lib/plexus/plexus.db");
+                bail!(
+                    "`{url}` names no file: write sqlite:PATH, e.g. sqlite:/var/lib/plexus/plexus.db"
+                );
             }
             return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
         }

@@ -16,6 +16,7 @@ mod cmd_provider;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_serve;
+mod cmd_store;
 mod cmd_validate;
 mod config;
 mod help;
@@ -184,6 +185,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             settings.print(format);
             Ok(0)
         }
+        Command::Store { cmd, .. } => cmd_store::run(cmd, &settings, format).await,
         Command::TokenKeys {
             cmd: cmd_admin::TokenKeysCommand::Rotate,
             ..

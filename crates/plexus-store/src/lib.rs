@@ -5,6 +5,7 @@
 //! `runs`/`steps` rows they imply are updated in the same transaction.
 
 pub mod auth;
+mod copy;
 mod materialize;
 mod postgres;
 mod sqlite;
@@ -15,6 +16,7 @@ pub mod conformance;
 pub mod test_postgres;
 
 pub use auth::AuthStore;
+pub use copy::{Copied, copy_sqlite_to_postgres};
 pub use materialize::{RowChange, RunAudit, StepChange, materialize, run_audit, run_audit_entry};
 pub use postgres::{PgStore, PostgresOptions, redacted_url};
 pub use sqlite::{SqliteOptions, SqliteStore, WRITER_THREAD, measure_commit_latency};

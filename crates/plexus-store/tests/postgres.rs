@@ -168,3 +168,109 @@ async fn replicas_share_commands_and_one_audit_chain() {
         chain.push(r).expect("one unbroken chain");
     }
 }
+
+/// What a store holds, read through the trait, with what a copy changes on purpose (who
+/// drives runs in flight) left out.
+async fn everything(store: &dyn plexus_store::Store) -> serde_json::Value {
+    let mut runs = store
+        .list_runs(plexus_store::RunFilter {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut per_run = Vec::new();
+    for r in &mut runs {
+        (r.owner, r.lease_until) = (None, None);
+        per_run.push(serde_json::json!({
+            "steps": store.steps(&r.id).await.unwrap(),
+            "events": store.events(&r.id, 0, 0).await.unwrap(),
+            "definition": format!("{:?}", store.run_definition(&r.id).await.unwrap()),
+            "artifacts": store.artifacts(&r.id).await.unwrap(),
+            "records": store.attempt_records(&r.id).await.unwrap(),
+            "children": store.children(&r.id).await.unwrap().len(),
+        }));
+    }
+    let users = store.users().await.unwrap();
+    let mut sessions = Vec::new();
+    for k in store.api_keys(None).await.unwrap() {
+        sessions.push(format!("{:?}", store.key_with_user(&k.id).await.unwrap()));
+    }
+    let mut usage = Vec::new();
+    for by in [
+        plexus_store::UsageGroup::Run,
+        plexus_store::UsageGroup::User,
+        plexus_store::UsageGroup::Key,
+        plexus_store::UsageGroup::Model,
+    ] {
+        usage.push(store.llm_usage(by, 0).await.unwrap());
+    }
+    serde_json::json!({
+        "runs": runs,
+        "per_run": per_run,
+        "by_status": store.count_runs_by_status().await.unwrap(),
+        "approvals": store.awaiting_approvals().await.unwrap(),
+        "users": users,
+        "keys": sessions,
+        "audit": store.audit(Default::default()).await.unwrap(),
+        "settings": store.settings().await.unwrap(),
+        "workflows": store.list_workflows().await.unwrap(),
+        "schedules": store.list_schedules().await.unwrap(),
+        "dead_letters": store.dead_letters(1000).await.unwrap(),
+        "usage": usage,
+    })
+}
+
+/// `plexus store migrate`: everything a single-machine store holds arrives in PostgreSQL
+/// as it was — runs and their history, users, keys, settings, the audit chain (which
+/// still verifies) — and the new database goes on numbering where the old one stopped.
+#[tokio::test]
+async fn a_sqlite_store_is_copied_whole_into_postgres() {
+    use plexus_store::{AuthStore, CatalogStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plexus.db");
+    let sqlite = plexus_store::SqliteStore::open(&path, Default::default()).unwrap();
+    plexus_store::conformance::check_all(&sqlite).await;
+    let before = everything(&sqlite).await;
+    drop(sqlite);
+    assert!(before["runs"].as_array().unwrap().len() > 10);
+    assert!(!before["audit"].as_array().unwrap().is_empty());
+
+    let url = fresh_database().await;
+    let mut heard = Vec::new();
+    let copied = plexus_store::copy_sqlite_to_postgres(&path, &url, &mut |t, n| {
+        heard.push((t.to_owned(), n))
+    })
+    .await
+    .unwrap();
+    let events = copied.tables.iter().find(|t| t.0 == "events").unwrap().1;
+    assert!(events > 0, "{copied:?}");
+    assert!(heard.iter().any(|(t, _)| t == "audit"), "progress is told");
+
+    let pg = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let after = everything(&pg).await;
+    for key in before.as_object().unwrap().keys() {
+        assert_eq!(after[key], before[key], "{key} arrived as it was");
+    }
+    let mut chain = plexus_core::audit::ChainVerifier::default();
+    for r in pg.audit(Default::default()).await.unwrap() {
+        chain
+            .push(&r)
+            .expect("the audit chain verifies after the copy");
+    }
+    // Numbering goes on: a new dead letter gets a new id, not a copied one's.
+    let newest = pg.dead_letters(1).await.unwrap()[0].id;
+    let id = pg
+        .add_dead_letter("event", "x", serde_json::json!({}), "test", 5)
+        .await
+        .unwrap();
+    assert!(id > newest);
+
+    // A second copy into the same database is refused and changes nothing.
+    let err = plexus_store::copy_sqlite_to_postgres(&path, &url, &mut |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+}

@@ -38,6 +38,7 @@ impl Plexus {
         c.env("PLEXUS_DATA_DIR", self.data_dir())
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env_remove("PLEXUS_CONFIG")
+            .env_remove("PLEXUS_DATABASE_URL")
             .env_remove("PLEXUS_LOG")
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
