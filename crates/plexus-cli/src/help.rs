@@ -137,6 +137,14 @@ const EXAMPLES: &[(&str, &str)] = &[
         "plexus completion bash > ~/.local/share/bash-completion/completions/plexus",
     ),
     ("man", "plexus man | man -l -"),
+    (
+        "store",
+        "plexus store migrate --to postgres://plexus:PASSWORD@db:5432/plexus",
+    ),
+    (
+        "store migrate",
+        "plexus store migrate --from sqlite:/var/lib/plexus/plexus.db --to postgres://plexus:PASSWORD@db:5432/plexus",
+    ),
     ("token-keys", "plexus token-keys rotate"),
     (
         "token-keys rotate",

@@ -207,6 +207,9 @@ pub(crate) enum Msg {
         parent: Option<ParentRef>,
         reply: Option<oneshot::Sender<()>>,
         first: Option<Input>,
+        /// The run's fencing token when this engine claimed or created it (`None`: not
+        /// known, commits are not fenced).
+        fence: Option<u64>,
     },
     Input {
         run_id: String,
@@ -468,6 +471,8 @@ impl Engine {
             parent: None,
             reply: Some(reply),
             first: None,
+            // Created owned by this engine: nobody has claimed it since.
+            fence: Some(0),
         })
         .await?;
         let _ = done.await;
@@ -501,17 +506,16 @@ impl Engine {
             _ => false,
         };
         let lease_until = now + self.config.lease.as_millis() as u64;
-        if self
+        let Some(fence) = self
             .store
             .claim_run(&row.id, &self.config.owner, lease_until, now, force)
             .await?
-            .is_none()
-        {
+        else {
             return Err(EngineError::Owned {
                 run: row.id.clone(),
                 owner: row.owner.unwrap_or_default(),
             });
-        }
+        };
         let leftovers = self.store.attempt_records(&row.id).await?;
         if !leftovers.is_empty() {
             // Each executor deals with what its attempts left, before any new attempt.
@@ -532,7 +536,7 @@ impl Engine {
                 })
                 .await?;
         }
-        self.adopt_stored(row, None).await
+        self.adopt_stored(row, None, Some(fence)).await
     }
 
     /// Rebuilds a stored run from its events and hands it to the scheduler, which then
@@ -541,6 +545,7 @@ impl Engine {
         &self,
         row: plexus_store::RunRow,
         first: Option<Input>,
+        fence: Option<u64>,
     ) -> Result<String, EngineError> {
         let plan = stored_plan(&*self.store, &row, &self.config.compile_options()).await?;
         let events = self.store.events(&row.id, 0, 0).await?;
@@ -556,6 +561,7 @@ impl Engine {
             parent: row.parent,
             reply: Some(reply),
             first,
+            fence,
         };
         self.send(adopt).await?;
         let _ = done.await;
@@ -577,10 +583,11 @@ impl Engine {
         // Nobody drives a finished run, so taking it is always allowed.
         let now = now_ms();
         let lease_until = now + self.config.lease.as_millis() as u64;
-        self.store
+        let fence = self
+            .store
             .claim_run(&row.id, &self.config.owner, lease_until, now, true)
             .await?;
-        self.adopt_stored(row, Some(Input::Retry { by: by.to_owned() }))
+        self.adopt_stored(row, Some(Input::Retry { by: by.to_owned() }), fence)
             .await
     }
 

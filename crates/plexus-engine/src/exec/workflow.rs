@@ -233,6 +233,8 @@ async fn start_child(
             parent: Some(parent),
             reply: None,
             first: None,
+            // Created owned by this engine just now.
+            fence: Some(0),
         })
         .await
         .map_err(|_| "the engine stopped".to_owned())?;

@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 struct Active {
     state: RunState,
     base_dir: PathBuf,
+    /// The fencing token this engine holds for the run: every commit names it, and the
+    /// store refuses the commit if another engine has claimed the run since.
+    fence: Option<u64>,
 }
 
 type CommitFuture =
@@ -68,6 +71,8 @@ struct Loop {
     timers: Timers,
     running: HashMap<(RunId, Unit), oneshot::Sender<()>>,
     batch: Batch,
+    /// The runs whose fencing token the open batch names already.
+    fenced: HashSet<RunId>,
     actions: Vec<(RunId, Action)>,
     notices: Vec<Notice>,
     replies: Vec<InputReply>,
@@ -130,6 +135,7 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         timers: Timers::default(),
         running: HashMap::new(),
         batch: Batch::default(),
+        fenced: HashSet::new(),
         actions: Vec::new(),
         notices: Vec::new(),
         replies: Vec::new(),
@@ -294,6 +300,7 @@ impl Loop {
                 self.lazy_since = None;
                 let mut batch = std::mem::take(&mut self.batch);
                 batch.chain = Some(self.chain.clone());
+                self.fenced.clear();
                 let events = batch.events.len();
                 let store = Arc::clone(&self.engine.store);
                 let mut commit: CommitFuture = Box::pin(async move { store.commit(batch).await });
@@ -344,6 +351,7 @@ impl Loop {
                 parent,
                 reply,
                 first,
+                fence,
             } => {
                 let run: RunId = state.run_id.as_str().into();
                 if self.runs.contains_key(&run) {
@@ -370,6 +378,7 @@ impl Loop {
                     Active {
                         state: *state,
                         base_dir,
+                        fence,
                     },
                 );
                 self.absorb(&run, t);
@@ -520,8 +529,21 @@ impl Loop {
         })
     }
 
+    /// Names the run's fencing token in the open batch, once: if another engine has
+    /// claimed the run since this one did, the store refuses the whole commit.
+    fn fence_in_batch(&mut self, run: &RunId) {
+        if let Some(fence) = self.runs.get(run).and_then(|a| a.fence)
+            && self.fenced.insert(run.clone())
+        {
+            self.batch.fences.push((run.to_string(), fence));
+        }
+    }
+
     fn absorb(&mut self, run: &RunId, t: plexus_core::machine::Transition) {
         let listening = self.engine.notices.receiver_count() > 0;
+        if !t.events.is_empty() {
+            self.fence_in_batch(run);
+        }
         for e in t.events {
             self.observe(run, &e);
             if listening {
