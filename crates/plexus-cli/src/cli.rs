@@ -324,6 +324,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The `plexus serve` replicas sharing the store, and the runs each drives
+    Replica {
+        #[command(flatten)]
+        place: Place,
+        #[command(subcommand)]
+        cmd: crate::cmd_replica::ReplicaCommand,
+    },
     /// The store itself: copy a single-machine store into PostgreSQL
     Store {
         #[command(flatten)]
@@ -591,7 +598,8 @@ impl Command {
             | Command::Reject { place, .. }
             | Command::Runs { place, .. }
             | Command::Approval { place, .. }
-            | Command::Audit { place, .. } => place.clone(),
+            | Command::Audit { place, .. }
+            | Command::Replica { place, .. } => place.clone(),
             Command::Serve { local, .. }
             | Command::Bench { local, .. }
             | Command::Config { local, .. }

@@ -47,8 +47,12 @@ pub fn given_inputs(
     Ok(map)
 }
 
-fn engine_config(settings: &Settings) -> EngineConfig {
-    EngineConfig::new(settings.data_dir.clone(), settings.pools.clone())
+pub(crate) fn engine_config(settings: &Settings) -> EngineConfig {
+    EngineConfig {
+        lease: settings.lease,
+        renew_every: settings.renew_every,
+        ..EngineConfig::new(settings.data_dir.clone(), settings.pools.clone())
+    }
 }
 
 pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {

@@ -2,7 +2,7 @@
 
 use crate::config::Settings;
 use anyhow::{Context, Result};
-use plexus_engine::{Engine, EngineConfig};
+use plexus_engine::Engine;
 use plexus_server::{AppState, ServerConfig};
 use plexus_store::{RunFilter, Store};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub async fn serve(
     let _lock =
         crate::serve_lock::ServeLock::acquire(&settings.data_dir, wait_for_lock, listen_addr)
             .await?;
-    let mut engine_config = EngineConfig::new(settings.data_dir.clone(), settings.pools.clone());
+    let mut engine_config = crate::cmd_run::engine_config(settings);
     engine_config.agents.health_check_interval = settings.health_check_interval;
     engine_config.agents.registration_grace = settings.registration_grace;
     let engine = Engine::start(store.clone(), engine_config);
@@ -97,7 +97,7 @@ pub async fn serve(
         settings.data_dir.display(),
         settings.store_location()?.shown()
     );
-    resume_interrupted(&engine, &*store).await?;
+    take_over_runs(&engine, &*store).await?;
     let state = AppState {
         engine: engine.clone(),
         store: store.clone(),
@@ -143,6 +143,18 @@ pub async fn serve(
     let refusals = tokio::spawn(plexus_server::auth::run_refusal_flusher(
         state.clone(),
         stopped.clone(),
+    ));
+    // Where other replicas and people reach this one (a wildcard address by host name).
+    let advertised = if addr.ip().is_unspecified() {
+        format!("{scheme}://{}:{}", plexus_engine::hostname(), addr.port())
+    } else {
+        format!("{scheme}://{addr}")
+    };
+    let (beat_stop, beat_stopped) = tokio::sync::watch::channel(false);
+    let beat = tokio::spawn(plexus_server::replicas::heartbeat(
+        state.clone(),
+        plexus_server::replicas::this_replica(&state, &advertised),
+        beat_stopped,
     ));
     let (jobs, health) = plexus_server::grpc::services(state.clone());
     let mut grpc_stop = stopped;
@@ -226,6 +238,9 @@ pub async fn serve(
         "stopping: running steps may finish within the grace period"
     );
     engine.drain(grace).await;
+    // Its runs are handed back: it leaves the list of replicas.
+    let _ = beat_stop.send(true);
+    let _ = beat.await;
     // After the drain: steps still calling them had the grace period to finish.
     supervisor.shutdown().await;
     engine.mcp.shutdown();
@@ -233,12 +248,18 @@ pub async fn serve(
     Ok(0)
 }
 
-/// How often a server looks for runs whose owner died (a `plexus run` killed, a server
-/// on another host whose lease ran out) to take them over.
+/// How often a server looks for runs whose owner died (a `plexus run` killed, a replica
+/// whose lease ran out) to take them over; a replica that hands its runs back on
+/// shutdown wakes the others at once.
 const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Takes over, every [`ADOPT_EVERY`], runs that no live process drives: a run never
-/// waits for the next restart of anything.
+/// Runs claimed at a time, and claims per look: replicas looking at the same moment
+/// share what needs an owner instead of one taking everything.
+const CLAIM_BATCH: usize = 64;
+const CLAIMS_PER_LOOK: usize = 8;
+
+/// Takes over, every [`ADOPT_EVERY`] or when a replica hands runs back, the runs that no
+/// live process drives: a run never waits for the next restart of anything.
 async fn adopt_orphans(
     engine: Engine,
     store: Arc<dyn Store>,
@@ -246,26 +267,53 @@ async fn adopt_orphans(
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(ADOPT_EVERY) => {}
+            _ = store.orphans_may_be_waiting(ADOPT_EVERY) => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = resume_interrupted(&engine, &*store).await {
+        if let Err(e) = take_over_runs(&engine, &*store).await {
             tracing::warn!(error = %e, "looking for runs to take over failed");
         }
     }
 }
 
-/// Every run nobody drives is taken over: a restart continues where the last one stopped.
-async fn resume_interrupted(engine: &Engine, store: &dyn Store) -> Result<()> {
-    let active = store
+/// Claims the runs nobody drives (no owner, or a lease that ran out) and continues them;
+/// then the runs of processes on this host that died, seen at once rather than when
+/// their leases run out.
+async fn take_over_runs(engine: &Engine, store: &dyn Store) -> Result<()> {
+    let (lease, _) = engine.lease_timing();
+    for _ in 0..CLAIMS_PER_LOOK {
+        let now = plexus_engine::now_ms();
+        let claimed = store
+            .claim_orphans(
+                engine.owner(),
+                now + lease.as_millis() as u64,
+                now,
+                CLAIM_BATCH,
+            )
+            .await?;
+        let full = claimed.len() == CLAIM_BATCH;
+        for (row, fence) in claimed {
+            let (id, workflow) = (row.id.clone(), row.workflow.clone());
+            match engine.take_over(row, fence).await {
+                Ok(_) => tracing::info!(run = %id, %workflow, "took over a run nobody drove"),
+                Err(e) => tracing::warn!(run = %id, error = %e, "could not take over run"),
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    let here = format!("plexus/{}/", plexus_engine::hostname());
+    let local = store
         .list_runs(RunFilter {
             active: true,
             limit: 100_000,
             not_owned_by: Some(engine.owner().to_owned()),
+            owner_prefix: Some(here),
             ..Default::default()
         })
         .await?;
-    for row in active
+    for row in local
         .iter()
         .filter(|r| r.parent.is_none() && !crate::cmd_runs::is_driven(r))
     {

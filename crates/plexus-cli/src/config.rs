@@ -35,6 +35,21 @@ pub struct FileConfig {
     /// Where runs and everything else are kept (`[store]`).
     #[serde(default)]
     pub store: StoreConfig,
+    /// Run leases between replicas (`[leases]`).
+    #[serde(default)]
+    pub leases: LeasesConfig,
+}
+
+/// `[leases]` in `plexus.toml`: how runs are owned when several replicas share a store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesConfig {
+    /// How long a run stays its replica's without a renewal, e.g. "15s" (the default):
+    /// a replica that died is noticed this long after, and its runs taken over.
+    pub duration: Option<String>,
+    /// How often a replica renews the leases of all its runs (one write), e.g. "5s"
+    /// (the default); at most half the duration.
+    pub renew_every: Option<String>,
 }
 
 /// `[store]` in `plexus.toml`.
@@ -176,6 +191,10 @@ pub struct Settings {
     /// `plugins.registration_grace`, read.
     pub registration_grace: std::time::Duration,
     pub config_file: Option<PathBuf>,
+    /// `leases.duration`, read.
+    pub lease: std::time::Duration,
+    /// `leases.renew_every`, read.
+    pub renew_every: std::time::Duration,
     /// Where each setting came from: `flag or environment`, `file`, `default`.
     pub sources: BTreeMap<&'static str, &'static str>,
 }
@@ -348,6 +367,27 @@ pub fn resolve(
         // Two heartbeats of the SDKs (30 s) and some slack.
         None => std::time::Duration::from_secs(70),
     };
+    let read = |key: &str, text: &Option<String>, default: u64| -> Result<std::time::Duration> {
+        match text {
+            Some(t) => plexus_core::duration::parse_duration(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("leases.{key} `{t}` is not a duration such as 15s")),
+            None => Ok(std::time::Duration::from_secs(default)),
+        }
+    };
+    let lease = read("duration", &file.leases.duration, 15)?;
+    let renew_every = read("renew_every", &file.leases.renew_every, 5)?;
+    if renew_every * 2 > lease {
+        bail!(
+            "leases.renew_every ({}) must be at most half of leases.duration ({}): a lease renewed that rarely runs out between renewals",
+            plexus_core::duration::format_duration(renew_every),
+            plexus_core::duration::format_duration(lease)
+        );
+    }
+    if file.leases.duration.is_some() || file.leases.renew_every.is_some() {
+        sources.insert("leases", "file");
+    }
     if let Some(dir) = &file.plugins.dir {
         sources.insert("plugins", "file");
         if !dir.is_dir() {
@@ -361,6 +401,8 @@ pub fn resolve(
         sources.insert("plugins", "file");
     }
     Ok(Settings {
+        lease,
+        renew_every,
         data_dir,
         database_url,
         pools,
@@ -399,6 +441,13 @@ impl Settings {
             "tls": {"value": self.tls.as_ref().map(|(c, k)| serde_json::json!({"cert": c, "key": k})), "source": src("tls")},
             "allowed_origins": {"value": self.allowed_origins, "source": src("allowed_origins")},
             "plugins": {"value": self.plugins, "source": src("plugins")},
+            "leases": {
+                "value": {
+                    "duration": plexus_core::duration::format_duration(self.lease),
+                    "renew_every": plexus_core::duration::format_duration(self.renew_every),
+                },
+                "source": src("leases"),
+            },
         })
     }
 
@@ -423,6 +472,7 @@ impl Settings {
             "tls",
             "allowed_origins",
             "plugins",
+            "leases",
         ];
         let rows: Vec<Vec<String>> = keys
             .iter()

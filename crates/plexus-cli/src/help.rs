@@ -137,6 +137,11 @@ const EXAMPLES: &[(&str, &str)] = &[
         "plexus completion bash > ~/.local/share/bash-completion/completions/plexus",
     ),
     ("man", "plexus man | man -l -"),
+    ("replica", "plexus replica list"),
+    (
+        "replica list",
+        "plexus replica list --database-url postgres://plexus:PASSWORD@db:5432/plexus",
+    ),
     (
         "store",
         "plexus store migrate --to postgres://plexus:PASSWORD@db:5432/plexus",

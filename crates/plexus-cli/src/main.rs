@@ -13,6 +13,7 @@ mod cmd_ask;
 mod cmd_docs;
 mod cmd_promote;
 mod cmd_provider;
+mod cmd_replica;
 mod cmd_run;
 mod cmd_runs;
 mod cmd_serve;
@@ -297,6 +298,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             ..
         } => target.approvals_list(format).await,
         Command::Audit { cmd, .. } => target.audit(&cmd, format).await,
+        Command::Replica { cmd, .. } => cmd_replica::run(cmd, &target, format).await,
 
         // A server's own business.
         Command::Init { server, api_key } => remote::init(&server, api_key.as_deref()).await,

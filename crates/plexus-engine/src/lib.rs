@@ -36,7 +36,11 @@ pub struct EngineConfig {
     pub owner: String,
     pub output_cap: usize,
     pub python: String,
+    /// How long a run's lease lasts: another engine may take a run over once its
+    /// owner has not renewed it for this long.
     pub lease: Duration,
+    /// How often the leases of every run this engine drives are renewed (one write).
+    pub renew_every: Duration,
     /// How often control commands from other processes are picked up.
     pub command_poll: Duration,
     /// Run steps isolated from the data directory when the system allows it (see
@@ -55,6 +59,7 @@ impl EngineConfig {
             output_cap: 1024 * 1024,
             python: std::env::var("PLEXUS_PYTHON").unwrap_or_else(|_| "python3".into()),
             lease: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
             command_poll: Duration::from_millis(200),
             isolate_steps: true,
             agents: agents::AgentsConfig::default(),
@@ -125,12 +130,26 @@ pub(crate) struct Liveness {
     fatal: std::sync::Mutex<Option<String>>,
     /// Wall-clock time the oldest commit still in flight was sent, 0 if none.
     commit_since: AtomicU64,
+    /// Since when, and why, renewing the leases fails (cleared by a renewal that works).
+    renewal_failing: std::sync::Mutex<Option<(Millis, String)>>,
 }
 
 impl Liveness {
     pub(crate) fn set_fatal(&self, error: String) {
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert(error);
+        }
+    }
+
+    pub(crate) fn renewed(&self, outcome: Result<(), String>) {
+        if let Ok(mut failing) = self.renewal_failing.lock() {
+            match outcome {
+                Ok(()) => *failing = None,
+                Err(e) => {
+                    let since = failing.as_ref().map_or_else(now_ms, |f| f.0);
+                    *failing = Some((since, e));
+                }
+            }
         }
     }
 
@@ -401,6 +420,11 @@ impl Engine {
         &self.config.owner
     }
 
+    /// How long leases last and how often they are renewed.
+    pub fn lease_timing(&self) -> (Duration, Duration) {
+        (self.config.lease, self.config.renew_every)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -516,6 +540,17 @@ impl Engine {
                 owner: row.owner.unwrap_or_default(),
             });
         };
+        self.take_over(row, fence).await
+    }
+
+    /// Continues a run this engine has just claimed (with `fence`, the claim's token):
+    /// what its last owner's attempts left behind is dealt with first, then the run is
+    /// rebuilt from its events and driven from where it stopped.
+    pub async fn take_over(
+        &self,
+        row: plexus_store::RunRow,
+        fence: u64,
+    ) -> Result<String, EngineError> {
         let leftovers = self.store.attempt_records(&row.id).await?;
         if !leftovers.is_empty() {
             // Each executor deals with what its attempts left, before any new attempt.
@@ -641,6 +676,24 @@ impl Engine {
                 };
             }
         };
+        let failing = self
+            .liveness
+            .renewal_failing
+            .lock()
+            .ok()
+            .and_then(|f| f.clone());
+        if let Some((since, error)) = failing {
+            let lapsed = now_ms().saturating_sub(since);
+            if lapsed >= self.config.lease.as_millis() as u64 {
+                return EngineHealth {
+                    state: "stalled",
+                    reason: Some(format!(
+                        "the leases of its runs could not be renewed for {lapsed} ms (other replicas may take them over): {error}"
+                    )),
+                    pools: Some(pools),
+                };
+            }
+        }
         let since = self.liveness.commit_since.load(Ordering::Relaxed);
         let waited = now_ms().saturating_sub(since);
         if since > 0 && waited > COMMIT_STALL.as_millis() as u64 {

@@ -15,6 +15,7 @@ pub mod grpc;
 mod health;
 pub mod metrics;
 pub mod plugins;
+pub mod replicas;
 mod runs;
 pub mod schedules;
 pub mod settings;
@@ -182,6 +183,7 @@ api! {
     engineer post "/api/v1/schedules/{name}/resume" => schedules::resume,
     engineer post "/api/v1/events" => events::post,
     operator get "/api/v1/dead-letters" => events::dead_letters,
+    operator get "/api/v1/replicas" => replicas::list,
     operator get "/api/v1/audit" => audit_api::list,
     operator get "/api/v1/audit/verify" => audit_api::verify,
     admin get "/api/v1/audit/export" => audit_api::export,

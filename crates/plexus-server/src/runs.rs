@@ -355,6 +355,7 @@ pub async fn list(
         created_since: q.since,
         created_until: q.until,
         not_owned_by: None,
+        owner_prefix: None,
     };
     let rows = state.store.list_runs(filter).await?;
     let next_cursor = (rows.len() == limit)

@@ -6,6 +6,10 @@
 //! events are followed live. A heartbeat message goes out every `heartbeat_ms` (default
 //! 15 s). A client too slow for the feed is closed with a reason that says where to pick
 //! up, so it never slows the engine down.
+//!
+//! Runs another replica drives are followed too: the store announces every replica's
+//! commits (PostgreSQL's LISTEN/NOTIFY), and their events are read from the store in
+//! order. A gap in any feed is filled from the store before what comes after it.
 
 use crate::auth::{Caller, audit};
 use crate::{ApiError, AppState};
@@ -106,8 +110,12 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
     let mut credentials = state.auth.credentials.subscribe();
     let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
     recheck.tick().await; // the first tick is now: it was checked to get here
-    // Join the live feed first, so nothing committed from now on can be missed.
+    // Join the live feeds first, so nothing committed from now on can be missed: this
+    // replica's engine, and the announcements of every replica's commits.
     let mut live = state.engine.subscribe();
+    let mut elsewhere = state.store.committed_events();
+    // Runs whose `finished` went out (a follower of every run hears it once).
+    let mut ended: std::collections::HashSet<String> = Default::default();
     let mut last: HashMap<String, u64> = HashMap::new();
     let run = match &sub.run {
         Some(id) => match state.store.get_run(id).await {
@@ -186,11 +194,68 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
                     return;
                 }
             }
+            announced = async {
+                match &mut elsewhere {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (run_id, from, upto) = match announced {
+                    Ok(c) => {
+                        if run.as_deref().is_some_and(|r| r != &*c.run_id) {
+                            continue;
+                        }
+                        (c.run_id.to_string(), c.first_seq.saturating_sub(1), Some(c.last_seq))
+                    }
+                    // Announcements were missed: a followed run is read up to date.
+                    Err(RecvError::Lagged(_)) => match &run {
+                        Some(r) => (r.clone(), last.get(r).copied().unwrap_or(0), None),
+                        None => {
+                            let reason = "too slow: announcements of other replicas' events were missed; reconnect";
+                            let _ = tx.send(Message::Close(Some(CloseFrame { code: TOO_SLOW, reason: reason.into() }))).await;
+                            return;
+                        }
+                    },
+                    Err(RecvError::Closed) => {
+                        elsewhere = None;
+                        continue;
+                    }
+                };
+                let after = last.get(&run_id).copied().unwrap_or(from);
+                if upto.is_some_and(|u| u <= after) {
+                    continue; // sent already (from this replica's own feed)
+                }
+                match send_stored(&state, &mut tx, &run_id, after, &mut last).await {
+                    Err(()) => return,
+                    Ok(Some(status)) => {
+                        if run.is_some() {
+                            finish(&mut tx, &run_id, status).await;
+                            return;
+                        }
+                        if ended.insert(run_id.clone()) {
+                            let msg = json!({"type": "finished", "run_id": run_id, "state": status});
+                            if tx.send(Message::Text(msg.to_string().into())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                }
+            }
             notice = live.recv() => {
                 let msg = match notice {
                     Ok(Notice::Event { run_id, event }) => {
                         if run.as_deref().is_some_and(|r| r != &*run_id) {
                             continue;
+                        }
+                        // A gap (events committed by the run's previous owner, not yet
+                        // announced here) is filled from the store first.
+                        if let Some(&seen) = last.get(&*run_id)
+                            && event.seq > seen + 1
+                        {
+                            if send_stored(&state, &mut tx, &run_id, seen, &mut last).await.is_err() {
+                                return;
+                            }
                         }
                         let seen = last.entry(run_id.to_string()).or_insert(0);
                         if event.seq <= *seen {
@@ -207,6 +272,7 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
                                 finish(&mut tx, r, status.as_str()).await;
                                 return;
                             }
+                            None if !ended.insert(run_id.to_string()) => continue,
                             None => json!({"type": "finished", "run_id": &*run_id, "state": status.as_str()}),
                         }
                     }
@@ -251,5 +317,46 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
                 }
             }
         }
+    }
+}
+
+/// Sends a run's stored events after `after`, in order, and notes the last one sent.
+/// Returns the run's end state if one of them ended it; `Err` when the client is gone.
+async fn send_stored(
+    state: &AppState,
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    run_id: &str,
+    mut after: u64,
+    last: &mut HashMap<String, u64>,
+) -> Result<Option<&'static str>, ()> {
+    use plexus_core::machine::EventKind;
+    let mut ended = None;
+    loop {
+        let events = match state.store.events(run_id, after, 1000).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(run = run_id, error = %e, "reading a run's events for a follower failed");
+                return Ok(ended);
+            }
+        };
+        let Some(end) = events.last().map(|e| e.seq) else {
+            return Ok(ended);
+        };
+        for e in events {
+            ended = match &e.kind {
+                EventKind::RunSucceeded { .. } => Some("succeeded"),
+                EventKind::RunFailed { .. } => Some("failed"),
+                EventKind::RunCancelled { .. } => Some("cancelled"),
+                EventKind::RunRetried { .. } => None,
+                _ => ended,
+            };
+            let msg = json!({"type": "event", "run_id": run_id, "event": e});
+            tx.send(Message::Text(msg.to_string().into()))
+                .await
+                .map_err(|_| ())?;
+        }
+        after = end;
+        let seen = last.entry(run_id.to_owned()).or_insert(0);
+        *seen = (*seen).max(end);
     }
 }

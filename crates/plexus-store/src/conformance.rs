@@ -43,7 +43,7 @@ fn ev(seq: u64, kind: EventKind) -> Event {
 #[macro_export]
 macro_rules! store_conformance {
     ($fresh:path) => {
-        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, fences_out_a_replaced_owner, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break, sums_model_calls);
+        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, fences_out_a_replaced_owner, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break, sums_model_calls, lists_replicas_and_what_they_drive, claims_runs_nobody_drives);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(
@@ -77,6 +77,147 @@ pub async fn check_all(store: &dyn Store) {
     keeps_settings(store).await;
     a_broken_chain_writes_nothing_after_the_break(store).await;
     sums_model_calls(store).await;
+    lists_replicas_and_what_they_drive(store).await;
+    claims_runs_nobody_drives(store).await;
+}
+
+/// A replica takes over the top-level unfinished runs that nobody drives — ownerless, or
+/// whose lease ran out — each once, with a new fencing token; it leaves live leases,
+/// finished runs and sub-workflow runs (their parent's engine re-attaches them) alone.
+pub async fn claims_runs_nobody_drives(store: &dyn Store) {
+    let id = |i: u32| format!("00000000-0000-0000-0000-00000000d00{i}");
+    store.create_run(run(&id(1), None, 10)).await.unwrap(); // ownerless
+    let mut expired = run(&id(2), Some("dead-replica"), 20);
+    expired.lease_until = Some(500);
+    store.create_run(expired).await.unwrap();
+    let mut live = run(&id(3), Some("live-replica"), 30);
+    live.lease_until = Some(1_000_000);
+    store.create_run(live).await.unwrap();
+    store.create_run(run(&id(4), None, 40)).await.unwrap();
+    store
+        .commit(Batch {
+            events: vec![
+                (id(4), ev(1, EventKind::RunStarted { inputs: json!({}) })),
+                (id(4), ev(2, EventKind::RunSucceeded { outputs: json!({}) })),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut child = run(&id(5), None, 50);
+    child.parent = Some(ParentRef {
+        run_id: id(3),
+        step_id: "a".into(),
+        item: None,
+        attempt: 1,
+    });
+    store.create_run(child).await.unwrap();
+
+    let claimed = store
+        .claim_orphans("new-replica", 90_000, 1_000, 100)
+        .await
+        .unwrap();
+    let mine: Vec<&str> = claimed
+        .iter()
+        .map(|(r, _)| r.id.as_str())
+        .filter(|r| r.starts_with("00000000-0000-0000-0000-00000000d00"))
+        .collect();
+    assert_eq!(mine, [id(1), id(2)], "the oldest first");
+    for (row, fence) in &claimed {
+        assert_eq!(row.owner.as_deref(), Some("new-replica"));
+        assert_eq!(row.lease_until, Some(90_000));
+        assert!(*fence >= 1);
+    }
+    // The token is the run's: a commit naming it is accepted.
+    let (row, fence) = &claimed[0];
+    store
+        .commit(Batch {
+            events: vec![(
+                row.id.clone(),
+                ev(1, EventKind::RunStarted { inputs: json!({}) }),
+            )],
+            fences: vec![(row.id.clone(), *fence)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_orphans("another", 90_000, 1_000, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(r, _)| !r.id.starts_with("00000000-0000-0000-0000-00000000d00")),
+        "claimed runs are nobody else's"
+    );
+    let waited = std::time::Instant::now();
+    store
+        .orphans_may_be_waiting(std::time::Duration::from_millis(50))
+        .await;
+    assert!(waited.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// Replicas are listed by their latest heartbeat, each with the unfinished runs it
+/// drives; a clean shutdown removes its row.
+pub async fn lists_replicas_and_what_they_drive(store: &dyn Store) {
+    let replica = |id: &str, beat: Millis| Replica {
+        id: id.into(),
+        host: "host-1".into(),
+        address: "127.0.0.1:8080".into(),
+        version: "0.1.0".into(),
+        started_at: 1_000,
+        heartbeat_at: beat,
+        runs: 0,
+    };
+    store.heartbeat(&replica("replica-a", 5_000)).await.unwrap();
+    store.heartbeat(&replica("replica-b", 6_000)).await.unwrap();
+    for (i, owner) in ["replica-a", "replica-a", "replica-b"].iter().enumerate() {
+        let id = format!("00000000-0000-0000-0000-0000000000c{i}");
+        store.create_run(run(&id, Some(owner), 100)).await.unwrap();
+    }
+    // One of replica-a's runs ends: it drives one now.
+    let done = "00000000-0000-0000-0000-0000000000c0";
+    store
+        .commit(Batch {
+            events: vec![
+                (
+                    done.into(),
+                    ev(1, EventKind::RunStarted { inputs: json!({}) }),
+                ),
+                (
+                    done.into(),
+                    ev(2, EventKind::RunSucceeded { outputs: json!({}) }),
+                ),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store.heartbeat(&replica("replica-a", 7_000)).await.unwrap();
+    let listed: Vec<(String, Millis, u64)> = store
+        .replicas()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.id.starts_with("replica-"))
+        .map(|r| (r.id, r.heartbeat_at, r.runs))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("replica-a".into(), 7_000, 2 - 1),
+            ("replica-b".into(), 6_000, 1)
+        ]
+    );
+    store.forget_replica("replica-b").await.unwrap();
+    assert!(
+        !store
+            .replicas()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == "replica-b")
+    );
 }
 
 /// Model calls are summed by run, user, key, provider and model; a step's call counts

@@ -65,6 +65,15 @@ pub(crate) fn fenced_out(run_id: &str) -> StoreError {
     ))
 }
 
+/// Events committed for a run, as announced to every process sharing the store: the
+/// run and the range of sequence numbers (read them with [`RunStore::events`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedEvents {
+    pub run_id: std::sync::Arc<str>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
 /// Where a child run reports back to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ParentRef {
@@ -228,6 +237,8 @@ pub struct RunFilter {
     pub created_until: Option<Millis>,
     /// Only runs this owner does not hold (an engine looking for runs to take over).
     pub not_owned_by: Option<String>,
+    /// Only runs whose owner's id starts with this (the engines of one host).
+    pub owner_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -389,6 +400,21 @@ pub trait RunStore: Send + Sync + 'static {
         now: Millis,
         force: bool,
     ) -> Result<Option<u64>>;
+    /// Takes over at most `limit` top-level runs that nobody drives — no owner, or an
+    /// owner whose lease ran out before `now` — for `owner` until `lease_until`, the
+    /// oldest first, each with its new fencing token. Runs another replica is claiming
+    /// at the same moment are skipped, not waited for (`FOR UPDATE SKIP LOCKED`), so
+    /// replicas share the work instead of queueing on it.
+    async fn claim_orphans(
+        &self,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(RunRow, u64)>>;
+    /// Resolves when runs may have been handed back (a replica shut down cleanly), after
+    /// `wait` at the latest. A backend with notifications resolves when one arrives.
+    async fn orphans_may_be_waiting(&self, wait: std::time::Duration);
     /// Extends the leases of every non-terminal run `owner` holds.
     async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()>;
     /// Gives up ownership of `owner`'s non-terminal runs (clean shutdown).
@@ -417,6 +443,10 @@ pub trait RunStore: Send + Sync + 'static {
     /// latest. A backend with notifications (PostgreSQL's LISTEN/NOTIFY) resolves when one
     /// arrives; one without polls. The engine then reads [`RunStore::pending_commands`].
     async fn commands_may_be_waiting(&self, owner: &str, wait: std::time::Duration);
+    /// Announcements of the events every process sharing the store commits (PostgreSQL:
+    /// LISTEN/NOTIFY), for followers of runs another replica drives. `None`: the backend
+    /// announces nothing, and this process's own engine is the only feed.
+    fn committed_events(&self) -> Option<tokio::sync::broadcast::Receiver<CommittedEvents>>;
     /// Unapplied commands for runs owned by `owner`.
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>>;
     async fn command(&self, id: i64) -> Result<Option<Command>>;
@@ -546,9 +576,36 @@ pub trait UsageStore: Send + Sync + 'static {
     async fn tokens_used(&self, actor: &str, since: Millis) -> Result<u64>;
 }
 
-/// Everything Plexus keeps, by concern: [`RunStore`], [`CatalogStore`], [`AuthStore`]
-/// (users, keys, sessions, audit, settings) and [`UsageStore`]. A backend implements
-/// them all; the engine and the server hold an `Arc<dyn Store>`.
-pub trait Store: RunStore + CatalogStore + AuthStore + UsageStore {}
+/// One `plexus serve` sharing the store, as the store knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Replica {
+    /// Its engine's owner id (what the runs it drives name as their owner).
+    pub id: String,
+    pub host: String,
+    /// Where its HTTP API listens.
+    pub address: String,
+    pub version: String,
+    pub started_at: Millis,
+    pub heartbeat_at: Millis,
+    /// The unfinished runs it drives now (filled in by [`ReplicaStore::replicas`]).
+    pub runs: u64,
+}
 
-impl<T: RunStore + CatalogStore + AuthStore + UsageStore> Store for T {}
+/// The replicas that share a store: each one's heartbeat, and what it drives.
+#[async_trait::async_trait]
+pub trait ReplicaStore: Send + Sync + 'static {
+    /// Records that `replica` is alive at `replica.heartbeat_at` (its row is made the
+    /// first time); rows of replicas silent for a day are dropped.
+    async fn heartbeat(&self, replica: &Replica) -> Result<()>;
+    /// Every replica with a row, the latest heartbeat first, with the runs each drives.
+    async fn replicas(&self) -> Result<Vec<Replica>>;
+    /// Removes a replica's row (a clean shutdown).
+    async fn forget_replica(&self, id: &str) -> Result<()>;
+}
+
+/// Everything Plexus keeps, by concern: [`RunStore`], [`CatalogStore`], [`AuthStore`]
+/// (users, keys, sessions, audit, settings), [`UsageStore`] and [`ReplicaStore`]. A
+/// backend implements them all; the engine and the server hold an `Arc<dyn Store>`.
+pub trait Store: RunStore + CatalogStore + AuthStore + UsageStore + ReplicaStore {}
+
+impl<T: RunStore + CatalogStore + AuthStore + UsageStore + ReplicaStore> Store for T {}

@@ -274,3 +274,139 @@ async fn a_sqlite_store_is_copied_whole_into_postgres() {
         .unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
 }
+
+/// Two replicas claiming the same orphaned runs at the same moment share them: every run
+/// is claimed once, and neither waits on the other's locks (`SKIP LOCKED`).
+#[tokio::test]
+async fn replicas_claiming_at_once_take_each_run_once() {
+    let url = fresh_database().await;
+    let a = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let b = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let n = 200;
+    for i in 0..n {
+        a.create_run(plexus_store::NewRun {
+            id: format!("00000000-0000-0000-0000-{i:012}"),
+            workflow: "wf".into(),
+            manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
+            base_dir: None,
+            inputs: serde_json::json!({}),
+            step_ids: vec!["a".into()],
+            parent: None,
+            owner: None,
+            lease_until: None,
+            created_at: i,
+            idempotency_key: None,
+            workflow_version: None,
+            started_by: None,
+            mode: None,
+            plan: None,
+            responsible: Vec::new(),
+        })
+        .await
+        .unwrap();
+    }
+    async fn claim(store: &PgStore, me: &str) -> Vec<String> {
+        let mut mine = Vec::new();
+        loop {
+            let got = store
+                .claim_orphans(me, u64::MAX / 4, 1_000, 7)
+                .await
+                .unwrap();
+            if got.is_empty() {
+                return mine;
+            }
+            mine.extend(got.into_iter().map(|(r, _)| r.id));
+        }
+    }
+    let (ra, rb) = tokio::join!(claim(&a, "replica-a"), claim(&b, "replica-b"));
+    let mut all: Vec<String> = ra.iter().chain(&rb).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), ra.len() + rb.len(), "no run was claimed twice");
+    assert_eq!(all.len(), n as usize, "every run was claimed");
+    assert!(
+        !ra.is_empty() && !rb.is_empty(),
+        "both took a share: {} / {}",
+        ra.len(),
+        rb.len()
+    );
+}
+
+/// Events one replica commits are announced to the others (for the followers of runs
+/// driven elsewhere), with the range of sequence numbers to read.
+#[tokio::test]
+async fn committed_events_are_announced_to_every_replica() {
+    use plexus_core::machine::{Event, EventKind};
+    let url = fresh_database().await;
+    let a = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let b = PgStore::open(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let mut heard = b.committed_events().expect("PostgreSQL announces commits");
+    let id = "00000000-0000-0000-0000-0000000000e9";
+    a.create_run(plexus_store::NewRun {
+        id: id.into(),
+        workflow: "wf".into(),
+        manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
+        base_dir: None,
+        inputs: serde_json::json!({}),
+        step_ids: vec!["a".into()],
+        parent: None,
+        owner: Some("replica-a".into()),
+        lease_until: Some(u64::MAX / 4),
+        created_at: 1,
+        idempotency_key: None,
+        workflow_version: None,
+        started_by: None,
+        mode: None,
+        plan: None,
+        responsible: Vec::new(),
+    })
+    .await
+    .unwrap();
+    // The listener of `b` is connected once it hears anything; give it a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ev = |seq, kind| Event {
+        seq,
+        time: seq,
+        kind,
+    };
+    a.commit(plexus_store::Batch {
+        events: vec![
+            (
+                id.into(),
+                ev(
+                    1,
+                    EventKind::RunStarted {
+                        inputs: serde_json::json!({}),
+                    },
+                ),
+            ),
+            (
+                id.into(),
+                ev(
+                    2,
+                    EventKind::RunCancelled {
+                        reason: "test".into(),
+                    },
+                ),
+            ),
+        ],
+        fences: vec![(id.into(), 0)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv())
+        .await
+        .expect("announced within seconds")
+        .unwrap();
+    assert_eq!((&*got.run_id, got.first_seq, got.last_seq), (id, 1, 2));
+    assert_eq!(b.events(id, got.first_seq - 1, 0).await.unwrap().len(), 2);
+}

@@ -119,7 +119,7 @@ async fn older_runs_keep_their_manifest_after_the_upgrade() {
          ALTER TABLE runs DROP COLUMN responsible; ALTER TABLE workflows DROP COLUMN applied_by; \
          ALTER TABLE schedules DROP COLUMN changed_by; \
          DROP INDEX users_by_email_nocase; ALTER TABLE users DROP COLUMN email; \
-         DROP TABLE attempt_records; DROP TABLE llm_usage; \
+         DROP TABLE attempt_records; DROP TABLE llm_usage; DROP TABLE replicas; DROP INDEX runs_by_owner; \
          CREATE TABLE processes (run_id TEXT NOT NULL, step_id TEXT NOT NULL, item INTEGER NOT NULL, \
            attempt INTEGER NOT NULL, host TEXT NOT NULL, pgid INTEGER NOT NULL, start_ticks INTEGER NOT NULL, \
            PRIMARY KEY (run_id, step_id, item, attempt)) WITHOUT ROWID; \

@@ -78,9 +78,11 @@ impl Loop {
         let engine = self.engine.clone();
         tokio::spawn(async move {
             let until = now_ms() + engine.config.lease.as_millis() as u64;
-            if let Err(e) = engine.store.renew_leases(&engine.config.owner, until).await {
+            let outcome = engine.store.renew_leases(&engine.config.owner, until).await;
+            if let Err(e) = &outcome {
                 tracing::warn!(error = %e, "renewing run leases failed");
             }
+            engine.liveness.renewed(outcome.map_err(|e| e.to_string()));
         });
     }
 }

@@ -174,7 +174,7 @@ fn spawn_command_watch(engine: &Engine) {
 
 impl Loop {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut lease = tokio::time::interval(self.engine.config.lease / 3);
+        let mut lease = tokio::time::interval(self.engine.config.renew_every);
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();

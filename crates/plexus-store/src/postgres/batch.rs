@@ -19,6 +19,8 @@ struct RunPatch {
     finished: Option<i64>,
     outputs: Option<String>,
     error: Option<String>,
+    /// The first and last sequence numbers of the commit's events (0: none).
+    first: i64,
     seq: i64,
     time: i64,
     fence: Option<i64>,
@@ -77,6 +79,9 @@ pub(super) async fn apply_batch(conn: &mut PgConnection, batch: &Batch) -> Resul
     let mut audits = Vec::new();
     for (run_id, e) in &batch.events {
         let run = runs.entry(run_id.as_str()).or_default();
+        if run.first == 0 {
+            run.first = e.seq as i64;
+        }
         run.seq = run.seq.max(e.seq as i64);
         run.time = run.time.max(e.time as i64);
         match materialize(e) {
@@ -143,16 +148,22 @@ async fn update_runs(conn: &mut PgConnection, runs: &BTreeMap<&str, RunPatch>) -
     let error: Vec<Option<&str>> = p.clone().map(|r| r.error.as_deref()).collect();
     let seq: Vec<i64> = p.clone().map(|r| r.seq).collect();
     let time: Vec<i64> = p.clone().map(|r| r.time).collect();
-    let fence: Vec<Option<i64>> = p.map(|r| r.fence).collect();
+    let fence: Vec<Option<i64>> = p.clone().map(|r| r.fence).collect();
+    let first: Vec<i64> = p.map(|r| r.first).collect();
+    // Every replica hears of the new events (for the followers of these runs) when the
+    // transaction commits.
     let updated: Vec<String> = sqlx::query(
-        "UPDATE runs r SET status = COALESCE(p.status, r.status), \
+        "WITH u AS (UPDATE runs r SET status = COALESCE(p.status, r.status), \
            finished_at = CASE WHEN p.reset THEN p.finished ELSE COALESCE(p.finished, r.finished_at) END, \
            outputs = CASE WHEN p.reset THEN p.outputs ELSE COALESCE(p.outputs, r.outputs) END, \
            error = CASE WHEN p.reset THEN p.error ELSE COALESCE(p.error, r.error) END, \
            last_seq = GREATEST(r.last_seq, p.seq), updated_at = GREATEST(r.updated_at, p.time) \
-         FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[]) \
-           AS p(id, status, reset, finished, outputs, error, seq, time, fence) \
-         WHERE r.id = p.id AND (p.fence IS NULL OR r.fence = p.fence) RETURNING r.id",
+         FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[], \
+                     $9::int8[], $10::int8[]) \
+           AS p(id, status, reset, finished, outputs, error, seq, time, fence, first) \
+         WHERE r.id = p.id AND (p.fence IS NULL OR r.fence = p.fence) RETURNING r.id, p.first, r.last_seq) \
+         SELECT u.id FROM u LEFT JOIN LATERAL \
+           (SELECT pg_notify($11, u.id || ' ' || u.first || ' ' || u.last_seq) WHERE u.first > 0) AS n ON TRUE",
     )
     .bind(&ids)
     .bind(&status)
@@ -163,6 +174,8 @@ async fn update_runs(conn: &mut PgConnection, runs: &BTreeMap<&str, RunPatch>) -
     .bind(&seq)
     .bind(&time)
     .bind(&fence)
+    .bind(&first)
+    .bind(super::EVENTS_CHANNEL)
     .fetch_all(&mut *conn)
     .await
     .map_err(db_err)?

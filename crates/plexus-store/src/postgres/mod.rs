@@ -15,6 +15,7 @@ use std::sync::Arc;
 mod auth;
 mod batch;
 mod catalog;
+mod replicas;
 mod rows;
 mod runs;
 mod usage;
@@ -22,7 +23,13 @@ mod writer;
 
 use writer::{LastCommitError, Writer};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_replicas.sql"),
+    ),
+];
 
 /// Keys of the transaction-level advisory locks the store takes.
 pub(crate) mod locks {
@@ -35,6 +42,10 @@ pub(crate) mod locks {
 
 /// The channel new commands are announced on (payload: the run id).
 pub(crate) const COMMANDS_CHANNEL: &str = "plexus_commands";
+/// The channel commits announce their runs' new events on (payload: `RUN FIRST LAST`).
+pub(crate) const EVENTS_CHANNEL: &str = "plexus_events";
+/// The channel a replica announces on that it handed its runs back (payload: its id).
+pub(crate) const RELEASED_CHANNEL: &str = "plexus_runs_released";
 
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -60,6 +71,10 @@ pub struct PgStore {
     last_commit_error: LastCommitError,
     /// Woken by this process's commands and by every `NOTIFY` of another replica's.
     commands_added: Arc<tokio::sync::Notify>,
+    /// Woken by every `NOTIFY` that a replica handed its runs back.
+    runs_released: Arc<tokio::sync::Notify>,
+    /// Every replica's committed events, as announced.
+    committed: tokio::sync::broadcast::Sender<CommittedEvents>,
     listener: tokio::task::JoinHandle<()>,
     /// Where it is, for messages (never the password).
     shown: String,
@@ -210,15 +225,21 @@ impl PgStore {
         let last_commit_error = LastCommitError::default();
         let writer = Writer::start(first, connect, last_commit_error.clone());
         let commands_added = Arc::new(tokio::sync::Notify::new());
-        let listener = tokio::spawn(listen_for_commands(
+        let runs_released = Arc::new(tokio::sync::Notify::new());
+        let (committed, _) = tokio::sync::broadcast::channel(65_536);
+        let listener = tokio::spawn(listen(
             pool.clone(),
             Arc::clone(&commands_added),
+            Arc::clone(&runs_released),
+            committed.clone(),
         ));
         Ok(PgStore {
             pool,
             writer,
             last_commit_error,
             commands_added,
+            runs_released,
+            committed,
             listener,
             shown,
         })
@@ -331,26 +352,56 @@ fn bind_all<'q>(
 }
 
 /// Wakes waiters of [`RunStore::commands_may_be_waiting`] on every `NOTIFY` of a new
-/// command, from any replica. When the listening connection is lost, notifications may
-/// have been missed: every waiter is woken to look, and the listener connects again.
-async fn listen_for_commands(pool: PgPool, wake: Arc<tokio::sync::Notify>) {
+/// command, and of [`RunStore::orphans_may_be_waiting`] on every hand-back, from any
+/// replica. When the listening connection is lost, notifications may have been missed:
+/// every waiter is woken to look, and the listener connects again.
+async fn listen(
+    pool: PgPool,
+    commands: Arc<tokio::sync::Notify>,
+    released: Arc<tokio::sync::Notify>,
+    committed: tokio::sync::broadcast::Sender<CommittedEvents>,
+) {
+    let wake = |channel: Option<&str>, payload: &str| match channel {
+        Some(COMMANDS_CHANNEL) => commands.notify_waiters(),
+        Some(RELEASED_CHANNEL) => released.notify_waiters(),
+        Some(EVENTS_CHANNEL) => {
+            let mut parts = payload.split(' ');
+            if let (Some(run), Some(Ok(first)), Some(Ok(last))) = (
+                parts.next(),
+                parts.next().map(str::parse),
+                parts.next().map(str::parse),
+            ) {
+                // Nobody following is fine: the announcement is only for followers.
+                let _ = committed.send(CommittedEvents {
+                    run_id: run.into(),
+                    first_seq: first,
+                    last_seq: last,
+                });
+            }
+        }
+        _ => {
+            commands.notify_waiters();
+            released.notify_waiters();
+        }
+    };
     let mut pause = std::time::Duration::from_millis(200);
     loop {
         let listening = async {
             let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
             l.ignore_pool_close_event(true);
-            l.listen(COMMANDS_CHANNEL).await?;
+            l.listen_all([COMMANDS_CHANNEL, RELEASED_CHANNEL, EVENTS_CHANNEL])
+                .await?;
             Ok::<_, sqlx::Error>(l)
         };
         match listening.await {
             Ok(mut l) => {
                 pause = std::time::Duration::from_millis(200);
-                wake.notify_waiters();
+                wake(None, "");
                 loop {
                     match l.try_recv().await {
-                        Ok(Some(_)) => wake.notify_waiters(),
+                        Ok(Some(n)) => wake(Some(n.channel()), n.payload()),
                         // The connection was lost (and will be made again).
-                        Ok(None) => wake.notify_waiters(),
+                        Ok(None) => wake(None, ""),
                         Err(e) => {
                             tracing::warn!(error = %e, "listening for new commands failed");
                             break;

@@ -112,6 +112,54 @@ impl RunStore for PgStore {
         .await
     }
 
+    async fn claim_orphans(
+        &self,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(RunRow, u64)>> {
+        let owner = Arc::<str>::from(owner);
+        let columns: Vec<String> = RUN_COLUMNS
+            .split(',')
+            .map(|c| format!("r.{}", c.trim()))
+            .collect();
+        let sql = Arc::new(format!(
+            "WITH picked AS (SELECT id FROM runs WHERE status NOT IN {ENDED} AND parent_run_id IS NULL \
+               AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3) \
+               ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             UPDATE runs r SET owner = $1, lease_until = $2, fence = r.fence + 1 FROM picked \
+             WHERE r.id = picked.id RETURNING {}, r.fence",
+            columns.join(", ")
+        ));
+        let mut claimed = self
+            .write(move |conn| {
+                let (owner, sql) = (Arc::clone(&owner), Arc::clone(&sql));
+                Box::pin(async move {
+                    let rows = query(sql.to_string())
+                        .bind(&*owner)
+                        .bind(lease_until as i64)
+                        .bind(now as i64)
+                        .bind(limit as i64)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(db_err)?;
+                    all(rows, |r| Ok((run_from_row(r)?, count(r, 20)?)))
+                })
+            })
+            .await?;
+        claimed.sort_by_key(|(r, _)| r.created_at);
+        Ok(claimed)
+    }
+
+    /// Resolves at a `NOTIFY` that a replica handed its runs back, or after `wait`.
+    async fn orphans_may_be_waiting(&self, wait: std::time::Duration) {
+        tokio::select! {
+            _ = self.runs_released.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
     async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()> {
         let owner = Arc::<str>::from(owner);
         self.write(move |conn| {
@@ -136,11 +184,23 @@ impl RunStore for PgStore {
         self.write(move |conn| {
             let owner = Arc::clone(&owner);
             Box::pin(async move {
-                sqlx::query("UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1")
-                    .bind(&*owner)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_err)?;
+                let handed_back = sqlx::query(
+                    "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1",
+                )
+                .bind(&*owner)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if handed_back > 0 {
+                    // The other replicas take them over now, not at their next look.
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(RELEASED_CHANNEL)
+                        .bind(&*owner)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(db_err)?;
+                }
                 Ok(())
             })
         })
@@ -214,6 +274,10 @@ impl RunStore for PgStore {
         if let Some(owner) = &filter.not_owned_by {
             let n = arg(owner, &mut args);
             sql.push_str(&format!(" AND owner IS DISTINCT FROM {n}"));
+        }
+        if let Some(prefix) = &filter.owner_prefix {
+            let n = arg(prefix, &mut args);
+            sql.push_str(&format!(" AND starts_with(owner, {n})"));
         }
         let limit = if filter.limit == 0 { 50 } else { filter.limit };
         sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
@@ -355,6 +419,10 @@ impl RunStore for PgStore {
             _ = self.commands_added.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+
+    fn committed_events(&self) -> Option<tokio::sync::broadcast::Receiver<CommittedEvents>> {
+        Some(self.committed.subscribe())
     }
 
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>> {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 mod cached;
 mod catalog;
+mod replicas;
 mod rows;
 mod runs;
 mod usage;
@@ -70,6 +71,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         14,
         include_str!("../../migrations/sqlite/0014_llm_usage.sql"),
+    ),
+    (
+        15,
+        include_str!("../../migrations/sqlite/0015_replicas.sql"),
     ),
 ];
 

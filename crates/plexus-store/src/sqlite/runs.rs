@@ -85,6 +85,51 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn claim_orphans(
+        &self,
+        owner: &str,
+        lease_until: Millis,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(RunRow, u64)>> {
+        let owner = owner.to_owned();
+        self.write(move |conn| {
+            let mut claim = conn
+                .prepare_cached(
+                    "UPDATE runs SET owner = ?1, lease_until = ?2, fence = fence + 1 WHERE id IN \
+                       (SELECT id FROM runs WHERE status NOT IN ('succeeded', 'failed', 'cancelled') \
+                          AND parent_run_id IS NULL AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?3) \
+                        ORDER BY created_at LIMIT ?4) \
+                     RETURNING id, fence",
+                )
+                .map_err(db_err)?;
+            let claimed = claim
+                .query_map(
+                    params![owner, lease_until as i64, now as i64, limit as i64],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
+                )
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+            let mut out = Vec::with_capacity(claimed.len());
+            for (id, fence) in claimed {
+                let row = conn
+                    .query_row_cached(&sql, [&id], run_from_row)
+                    .map_err(db_err)?;
+                out.push((row, fence));
+            }
+            out.sort_by_key(|(r, _)| r.created_at);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Another process cannot tell this one that it handed runs back: SQLite waits.
+    async fn orphans_may_be_waiting(&self, wait: std::time::Duration) {
+        tokio::time::sleep(wait).await;
+    }
+
     async fn renew_leases(&self, owner: &str, lease_until: Millis) -> Result<()> {
         let owner = owner.to_owned();
         self.write(move |conn| {
@@ -186,6 +231,11 @@ impl RunStore for SqliteStore {
             if let Some(owner) = &filter.not_owned_by {
                 args.push(owner.clone());
                 sql.push_str(&format!(" AND owner IS NOT ?{}", args.len()));
+            }
+            if let Some(prefix) = &filter.owner_prefix {
+                args.push(prefix.clone());
+                let n = args.len();
+                sql.push_str(&format!(" AND substr(owner, 1, length(?{n})) = ?{n}"));
             }
             let limit = if filter.limit == 0 { 50 } else { filter.limit };
             sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
@@ -345,6 +395,11 @@ impl RunStore for SqliteStore {
             _ = self.commands_added.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+
+    /// One machine: its engine's notices are the feed.
+    fn committed_events(&self) -> Option<tokio::sync::broadcast::Receiver<CommittedEvents>> {
+        None
     }
 
     async fn pending_commands(&self, owner: &str) -> Result<Vec<Command>> {

@@ -1,0 +1,265 @@
+//! Several `plexus serve` replicas on one PostgreSQL database, as black boxes: any replica
+//! serves any request — a run started on one is approved through another, and followed
+//! over the other's WebSocket with every event in order — and when a replica is killed,
+//! another takes its runs over and finishes them.
+
+mod common;
+use common::server::*;
+use common::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn fresh_database() -> String {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(plexus_store::test_postgres::fresh_database())
+}
+
+/// A replica's data directory, with short leases so that takeovers happen within a test.
+fn replica_dir() -> Plexus {
+    let p = Plexus::new();
+    std::fs::write(
+        p.dir.path().join("plexus.toml"),
+        "[leases]\nduration = \"3s\"\nrenew_every = \"1s\"\n",
+    )
+    .unwrap();
+    p
+}
+
+/// Starts a replica on `url`; the first one bootstraps the admin, the others use its key.
+fn start_replica(p: &Plexus, url: &str, first: Option<&Plexus>) -> (std::process::Child, String) {
+    if let Some(first) = first {
+        std::fs::copy(
+            first.dir.path().join("admin.key"),
+            p.dir.path().join("admin.key"),
+        )
+        .unwrap();
+    }
+    start_server_with(p, &["--database-url", url])
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn run_state(addr: &str, id: &str) -> Value {
+    http(addr, "GET", &format!("/api/v1/runs/{id}"), None).1
+}
+
+fn step_status(run: &Value, step: &str) -> String {
+    run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["id"] == step || s["step_id"] == step)
+        .and_then(|s| s["status"].as_str().or(s["state"].as_str()))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Follows a run over one replica's WebSocket until `finished`; returns the sequence
+/// numbers it saw.
+fn follow(addr: String, run: String) -> std::thread::JoinHandle<Vec<u64>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let url = format!("ws://{addr}/ws?run={run}&access_token={}", admin_key(&addr));
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws");
+            let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let msg = tokio::time::timeout_at(deadline, ws.next())
+                    .await
+                    .expect("the run finished within a minute");
+                let Some(Ok(Message::Text(text))) = msg else {
+                    panic!("the stream ended before `finished`: {msg:?}");
+                };
+                let v: Value = serde_json::from_str(&text).unwrap();
+                match v["type"].as_str() {
+                    Some("event") => seen.push(v["event"]["seq"].as_u64().unwrap()),
+                    Some("finished") => return seen,
+                    _ => {}
+                }
+            }
+        })
+    })
+}
+
+#[test]
+fn replicas_share_every_run_and_take_over_a_dead_ones() {
+    let url = fresh_database();
+    let (pa, pb) = (replica_dir(), replica_dir());
+    let (mut a, addr_a) = start_replica(&pa, &url, None);
+    let (mut b, addr_b) = start_replica(&pb, &url, Some(&pa));
+    wait_for(
+        "both replicas to be listed",
+        Duration::from_secs(20),
+        || {
+            let (_, v) = http(&addr_b, "GET", "/api/v1/replicas", None);
+            v["replicas"]
+                .as_array()
+                .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["alive"] == true))
+        },
+    );
+
+    // A run started on A, gated by an approval given through B, followed on B.
+    let flow = "version: plexus/v1\nname: gated\nsteps:\n- {id: gate, approval: {message: ok?}}\n- {id: after, needs: [gate], run: echo done}\n";
+    let (status, _) = http_text(&addr_a, "POST", "/api/v1/workflows", flow);
+    assert!(status < 300, "applied: {status}");
+    let (status, run) = http(
+        &addr_a,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "gated"})),
+    );
+    assert!(status < 300, "{status} {run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let watcher = follow(addr_b.clone(), id.clone());
+    wait_for(
+        "the gate to wait, as B sees it",
+        Duration::from_secs(20),
+        || step_status(&run_state(&addr_b, &id), "gate") == "awaiting_approval",
+    );
+    let (status, v) = http(
+        &addr_b,
+        "POST",
+        &format!("/api/v1/runs/{id}/steps/gate/approve"),
+        Some(&json!({"comment": "from the other replica"})),
+    );
+    assert_eq!(
+        (status, v["outcome"].as_str()),
+        (202, Some("recorded")),
+        "{v}"
+    );
+    wait_for("the run to succeed on A", Duration::from_secs(20), || {
+        run_state(&addr_a, &id)["state"] == "succeeded"
+    });
+    let seen = watcher.join().expect("B's follower saw the run end");
+    let all: Vec<u64> = (1..=seen.len() as u64).collect();
+    assert_eq!(
+        seen, all,
+        "every event once, in order, on the replica that does not drive it"
+    );
+
+    // A replica is killed in the middle of a run: the other takes it over and ends it.
+    let marks = pa.dir.path().join("marks.log");
+    let flow = format!(
+        "version: plexus/v1\nname: slow\nsteps:\n- {{id: one, run: 'echo one >> {m}'}}\n- {{id: wait, needs: [one], run: 'sleep 2'}}\n- {{id: two, needs: [wait], run: 'echo two >> {m}'}}\n",
+        m = marks.display()
+    );
+    let (status, _) = http_text(&addr_a, "POST", "/api/v1/workflows", &flow);
+    assert!(status < 300);
+    let (_, run) = http(
+        &addr_a,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "slow"})),
+    );
+    let slow = run["id"].as_str().unwrap().to_owned();
+    wait_for("step `wait` to run on A", Duration::from_secs(20), || {
+        step_status(&run_state(&addr_b, &slow), "wait") == "running"
+    });
+    let killed = Instant::now();
+    // SAFETY: killing the child this test started.
+    unsafe { libc::kill(a.id() as i32, libc::SIGKILL) };
+    let _ = a.wait();
+    wait_for("B to finish A's run", Duration::from_secs(30), || {
+        run_state(&addr_b, &slow)["state"] == "succeeded"
+    });
+    let took = killed.elapsed();
+    // Takeover within two lease durations, plus the step itself.
+    assert!(took < Duration::from_secs(2 * 3 + 2 + 3), "took {took:?}");
+    let log = std::fs::read_to_string(&marks).unwrap();
+    assert_eq!(log, "one\ntwo\n", "no completed step ran twice");
+    let (_, v) = http(&addr_b, "GET", "/api/v1/replicas", None);
+    let replicas = v["replicas"].as_array().unwrap();
+    let me = v["self"].as_str().unwrap();
+    assert!(
+        replicas
+            .iter()
+            .any(|r| r["id"] != me && r["alive"] == false),
+        "the killed replica shows as silent: {v}"
+    );
+    let out = pb.run(&["replica", "list", "--database-url", &url]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("alive") && table.contains("silent"),
+        "{table}"
+    );
+    stop(&mut b);
+}
+
+/// A replica paused (SIGSTOP) past its lease loses its run to another replica, which
+/// finishes it; when it is resumed (SIGCONT) it can write nothing more to that run — its
+/// commits name a fencing token the run has moved past — and it says so on /healthz.
+#[test]
+fn a_paused_replica_past_its_lease_writes_nothing_after_the_takeover() {
+    let url = fresh_database();
+    let (pa, pb) = (replica_dir(), replica_dir());
+    let (mut a, addr_a) = start_replica(&pa, &url, None);
+    let (mut b, addr_b) = start_replica(&pb, &url, Some(&pa));
+    let marks = pa.dir.path().join("marks.log");
+    let flow = format!(
+        "version: plexus/v1\nname: slow\nsteps:\n- {{id: one, run: 'echo one >> {m}'}}\n- {{id: wait, needs: [one], run: 'sleep 1'}}\n- {{id: two, needs: [wait], run: 'echo two >> {m}'}}\n",
+        m = marks.display()
+    );
+    let (status, _) = http_text(&addr_a, "POST", "/api/v1/workflows", &flow);
+    assert!(status < 300);
+    let (_, run) = http(
+        &addr_a,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "slow"})),
+    );
+    let id = run["id"].as_str().unwrap().to_owned();
+    wait_for("step `wait` to run on A", Duration::from_secs(20), || {
+        step_status(&run_state(&addr_b, &id), "wait") == "running"
+    });
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) };
+    wait_for(
+        "B to take the run over and finish it",
+        Duration::from_secs(30),
+        || run_state(&addr_b, &id)["state"] == "succeeded",
+    );
+    let events_after_b = http(&addr_b, "GET", &format!("/api/v1/runs/{id}/events"), None).1;
+    // SAFETY: as above.
+    unsafe { libc::kill(a.id() as i32, libc::SIGCONT) };
+    // A wakes up with step `wait` done in its memory, and tries to write it.
+    wait_for("A to find it lost the run", Duration::from_secs(20), || {
+        let (status, v) = http(&addr_a, "GET", "/healthz", None);
+        status == 503 && v.to_string().contains("taken over")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let events_now = http(&addr_b, "GET", &format!("/api/v1/runs/{id}/events"), None).1;
+    assert_eq!(
+        events_now, events_after_b,
+        "nothing was written after the takeover"
+    );
+    let log = std::fs::read_to_string(&marks).unwrap();
+    assert_eq!(log, "one\ntwo\n", "step two ran once, on B");
+    let succeeded = events_now["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "step_succeeded" && e["step_id"] == "wait")
+        .count();
+    assert_eq!(succeeded, 1, "`wait` succeeded once: {events_now}");
+    // SAFETY: as above.
+    unsafe { libc::kill(a.id() as i32, libc::SIGKILL) };
+    let _ = a.wait();
+    stop(&mut b);
+}
