@@ -252,10 +252,9 @@ async fn follow(state: AppState, caller: Caller, sub: Subscribe, socket: WebSock
                         // announced here) is filled from the store first.
                         if let Some(&seen) = last.get(&*run_id)
                             && event.seq > seen + 1
+                            && send_stored(&state, &mut tx, &run_id, seen, &mut last).await.is_err()
                         {
-                            if send_stored(&state, &mut tx, &run_id, seen, &mut last).await.is_err() {
-                                return;
-                            }
+                            return;
                         }
                         let seen = last.entry(run_id.to_string()).or_insert(0);
                         if event.seq <= *seen {
