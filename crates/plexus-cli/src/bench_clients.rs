@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Concurrent clients.
-const CLIENTS: usize = 50;
+pub(crate) const CLIENTS: usize = 50;
 
-const ONE_STEP: &str = "version: plexus/v1\nname: one\nsteps:\n  - {id: a, builtin: noop}\n";
+pub(crate) const ONE_STEP: &str =
+    "version: plexus/v1\nname: one\nsteps:\n  - {id: a, builtin: noop}\n";
 
 /// A `plexus serve` of this binary, killed when dropped.
-struct Server {
-    child: Child,
+pub(crate) struct Server {
+    pub(crate) child: Child,
     url: String,
     key: String,
 }
@@ -35,15 +36,38 @@ impl Drop for Server {
     }
 }
 
+/// A preset admin key for bench servers.
+pub(crate) fn bench_key() -> String {
+    let random = || uuid::Uuid::now_v7().simple().to_string();
+    format!("plx_benchadmin_{}{}", random(), random())
+}
+
 impl Server {
     async fn start(dir: &Path) -> Result<Server> {
+        Server::start_with(dir, None, &bench_key(), &[]).await
+    }
+
+    /// A server on `database` (its own SQLite file when `None`), with `key` as its
+    /// admin's key and `env` besides.
+    pub(crate) async fn start_with(
+        dir: &Path,
+        database: Option<&str>,
+        key: &str,
+        env: &[(&str, String)],
+    ) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let random = || uuid::Uuid::now_v7().simple().to_string();
-        let key = format!("plx_benchadmin_{}{}", random(), random());
+        let key = key.to_owned();
         let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.env_remove("PLEXUS_DATABASE_URL");
+        if let Some(url) = database {
+            cmd.args(["--database-url", url]);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args(["serve", "--listen-addr"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--grpc-addr", "127.0.0.1:0"])
@@ -52,7 +76,8 @@ impl Server {
             .env_remove("PLEXUS_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::null())
+            .current_dir(dir);
         // The server dies with the bench even when the bench is killed.
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl is async-signal-safe and touches only the child.
@@ -79,7 +104,7 @@ impl Server {
         Ok(server)
     }
 
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         let mut client = Client::new(&self.url)?;
         client.credential = Some(crate::login::Credential::ApiKey(self.key.clone()));
         Ok(client)
@@ -104,14 +129,14 @@ impl Server {
 }
 
 /// Latencies of one way of waiting, and its wall time.
-struct Phase {
-    wall: Duration,
-    latencies: Vec<Duration>,
-    server_cpu: Duration,
+pub(crate) struct Phase {
+    pub(crate) wall: Duration,
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) server_cpu: Duration,
 }
 
 impl Phase {
-    fn json(&mut self) -> Json {
+    pub(crate) fn json(&mut self) -> Json {
         self.latencies.sort();
         let n = self.latencies.len().max(1);
         let pct = |p: f64| {
@@ -132,7 +157,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Makes `n` calls of `one` from [`CLIENTS`] tasks at once, each task with its own
 /// `state()` (a client and its connection); every call's latency, and the wall time.
-async fn timed<S, F, Fut>(
+pub(crate) async fn timed<S, F, Fut>(
     n: usize,
     mut state: impl FnMut() -> Result<S>,
     one: F,
@@ -180,7 +205,7 @@ where
 }
 
 /// One workflow, waited for by long poll: the start answers when the run ended.
-async fn by_long_poll(client: Arc<Client>) -> Result<()> {
+pub(crate) async fn by_long_poll(client: Arc<Client>) -> Result<()> {
     let body = json!({"workflow": "one"}).to_string();
     let (status, run) = client
         .request("POST", "/api/v1/runs?wait=30s&view=light", Some(&body))

@@ -521,8 +521,8 @@ pub enum TokenKeysCommand {
     Rotate,
 }
 
-pub fn rotate_token_key(data_dir: &std::path::Path, format: Format) -> Result<i32> {
-    let path = data_dir.join("keys").join("token-keys.json");
+pub fn rotate_token_key(keys_dir: &std::path::Path, format: Format) -> Result<i32> {
+    let path = keys_dir.join("token-keys.json");
     let kid = plexus_server::auth::tokens::Keyring::rotate(&path, plexus_engine::now_ms())
         .with_context(|| format!("rotating the token key in {}", path.display()))?;
     if format.is_data() {

@@ -72,7 +72,7 @@ pub async fn serve(
             )
         })?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let key_dir = settings.data_dir.join("keys");
+    let key_dir = settings.keys_dir.clone();
     let auth = plexus_server::auth::Auth::open(&key_dir)
         .with_context(|| format!("the server's keys in {}", key_dir.display()))?;
     match plexus_server::auth::bootstrap::bootstrap_with(&*store, preset.as_deref()).await? {

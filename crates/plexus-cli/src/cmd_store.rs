@@ -100,10 +100,10 @@ async fn migrate(from: Option<&str>, to: &str, settings: &Settings, format: Form
             .collect();
         crate::output::table(&["TABLE", "ROWS"], &rows);
         println!(
-            "\ncopied in {:.1}s. Next: check it with `plexus audit verify --database-url {}`, give every replica the keys directory {}, and start them with --database-url.",
+            "\ncopied in {:.1}s. Next: check it with `plexus audit verify --database-url {}`, give every replica the keys directory {} (keys_dir or PLEXUS_KEYS_DIR), and start them with --database-url.",
             took.as_secs_f64(),
             target.shown(),
-            dir.join("keys").display()
+            settings.keys_dir.display()
         );
     }
     Ok(0)

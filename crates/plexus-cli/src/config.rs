@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    /// The server's keys (token signing, the secrets key): every replica of one store
+    /// needs the same ones. Default: `keys/` in the data directory.
+    pub keys_dir: Option<PathBuf>,
     #[serde(default)]
     pub pools: BTreeMap<String, u32>,
     /// `false` trades durability on power loss for speed (SQLite synchronous=NORMAL).
@@ -172,6 +175,8 @@ pub fn load_file_config(explicit: Option<&Path>) -> Result<(FileConfig, Option<P
 
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// `keys_dir` / `PLEXUS_KEYS_DIR`: the token keys and the secrets key.
+    pub keys_dir: PathBuf,
     /// `--database-url` / `PLEXUS_DATABASE_URL` / `store.url`: `None` is the SQLite file
     /// in the data directory.
     pub database_url: Option<String>,
@@ -248,6 +253,15 @@ pub fn resolve(
         data_dir_flag,
         file.data_dir,
         default_data_dir(),
+    );
+    let keys_dir = pick(
+        &mut sources,
+        "keys_dir",
+        std::env::var_os("PLEXUS_KEYS_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+        file.keys_dir,
+        data_dir.join("keys"),
     );
     let database_url = match (database_url_flag.filter(|u| !u.is_empty()), file.store.url) {
         (Some(u), _) => {
@@ -401,6 +415,7 @@ pub fn resolve(
         sources.insert("plugins", "file");
     }
     Ok(Settings {
+        keys_dir,
         lease,
         renew_every,
         data_dir,
@@ -428,6 +443,7 @@ impl Settings {
         serde_json::json!({
             "config_file": self.config_file,
             "data_dir": {"value": self.data_dir, "source": src("data_dir")},
+            "keys_dir": {"value": self.keys_dir, "source": src("keys_dir")},
             "database_url": {
                 "value": self.database_url.as_deref().map(plexus_store::redacted_url),
                 "source": src("database_url"),
@@ -462,6 +478,7 @@ impl Settings {
         println!("configuration file: {file}\n");
         let keys = [
             "data_dir",
+            "keys_dir",
             "database_url",
             "pools",
             "fsync",

@@ -190,7 +190,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::TokenKeys {
             cmd: cmd_admin::TokenKeysCommand::Rotate,
             ..
-        } => cmd_admin::rotate_token_key(&settings.data_dir, format),
+        } => cmd_admin::rotate_token_key(&settings.keys_dir, format),
         Command::Bench {
             quick, scenario, ..
         } => match (&scenario, format) {

@@ -263,3 +263,118 @@ fn a_paused_replica_past_its_lease_writes_nothing_after_the_takeover() {
     let _ = a.wait();
     stop(&mut b);
 }
+
+/// A PostgreSQL server of the test's own (it is stopped and started again).
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+}
+
+impl OwnPostgres {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres")
+    }
+
+    fn start(&self) -> String {
+        let out = std::process::Command::new(Self::script())
+            .args(["start", self.dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn stop(&self) {
+        let out = std::process::Command::new(Self::script())
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A replica whose database goes away stops taking work and keeps nothing half-done
+/// (`/healthz` says why); when the database is back it takes its runs up again from
+/// their last durable step and finishes them, and serves as before.
+#[test]
+fn a_replica_that_loses_its_database_recovers_when_it_returns() {
+    let pg = OwnPostgres {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let url = pg.start();
+    let p = replica_dir();
+    let (mut server, addr) = start_replica(&p, &url, None);
+    let marks = p.dir.path().join("marks.log");
+    let flow = format!(
+        "version: plexus/v1\nname: slow\nsteps:\n- {{id: one, run: 'echo one >> {m}'}}\n- {{id: wait, needs: [one], run: 'sleep 2'}}\n- {{id: two, needs: [wait], run: 'echo two >> {m}'}}\n",
+        m = marks.display()
+    );
+    let (status, _) = http_text(&addr, "POST", "/api/v1/workflows", &flow);
+    assert!(status < 300);
+    let (_, run) = http(
+        &addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "slow"})),
+    );
+    let id = run["id"].as_str().unwrap().to_owned();
+    wait_for("step `wait` to run", Duration::from_secs(20), || {
+        step_status(&run_state(&addr, &id), "wait") == "running"
+    });
+    pg.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, health) = http(&addr, "GET", "/healthz", None);
+        if status == 503 && health["engine"]["state"] == "suspended" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never said the store is away; last: {health}\n{}",
+            std::fs::read_to_string(p.dir.path().join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "slow"})),
+    );
+    assert!(status >= 500, "no work is taken meanwhile: {status}");
+    assert_eq!(pg.start(), url, "the database comes back where it was");
+    wait_for("/healthz to be well again", Duration::from_secs(30), || {
+        http(&addr, "GET", "/healthz", None).0 == 200
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run_state(&addr, &id)["state"] != "succeeded" {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(p.dir.path().join("serve.log")).unwrap_or_default();
+            panic!("the run did not finish: {}\n{log}", run_state(&addr, &id));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(&marks).unwrap();
+    assert_eq!(log, "one\ntwo\n", "nothing durable ran again");
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "slow"})),
+    );
+    assert!(status < 300, "it takes work again: {status}");
+    stop(&mut server);
+}

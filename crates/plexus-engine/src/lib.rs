@@ -132,12 +132,20 @@ pub(crate) struct Liveness {
     commit_since: AtomicU64,
     /// Since when, and why, renewing the leases fails (cleared by a renewal that works).
     renewal_failing: std::sync::Mutex<Option<(Millis, String)>>,
+    /// Why the engine dropped its runs and waits for the store (cleared when it is back).
+    suspended: std::sync::Mutex<Option<String>>,
 }
 
 impl Liveness {
     pub(crate) fn set_fatal(&self, error: String) {
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert(error);
+        }
+    }
+
+    pub(crate) fn set_suspended(&self, why: Option<String>) {
+        if let Ok(mut s) = self.suspended.lock() {
+            *s = why;
         }
     }
 
@@ -245,6 +253,8 @@ pub(crate) enum Msg {
     Commands(Vec<plexus_store::Command>),
     /// The store says commands from other processes may be waiting.
     CommandsMayWait,
+    /// The store answers again after it was lost (see `scheduler::suspend`).
+    StoreBack,
     /// An executor's record of a running attempt, to be made durable (see
     /// [`exec::AttemptCtx::record`]).
     Recorded {
@@ -506,6 +516,10 @@ impl Engine {
     /// Takes over an interrupted run and continues it from its events.
     pub async fn resume(&self, run_id: &str) -> Result<String, EngineError> {
         let row = self.store.get_run(run_id).await?;
+        // Claiming a run this engine drives would fence out its own commits.
+        if self.is_active(&row.id).await? {
+            return Ok(row.id);
+        }
         let now = now_ms();
         if let Some(status) = RunStatus::parse(&row.status).filter(|s| s.is_terminal()) {
             return Err(EngineError::Finished {
@@ -541,6 +555,37 @@ impl Engine {
             });
         };
         self.take_over(row, fence).await
+    }
+
+    /// Takes up again the runs this engine owns but does not drive (after the store was
+    /// lost and came back); one that another engine has claimed meanwhile is left to it.
+    pub async fn resume_own_runs(&self) {
+        let own = match self
+            .store
+            .list_runs(plexus_store::RunFilter {
+                active: true,
+                limit: 100_000,
+                owner_prefix: Some(self.config.owner.clone()),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(runs) => runs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this engine's runs to take them up again");
+                return;
+            }
+        };
+        for row in own
+            .into_iter()
+            .filter(|r| r.parent.is_none() && r.owner.as_deref() == Some(&self.config.owner))
+        {
+            let id = row.id.clone();
+            match self.resume(&id).await {
+                Ok(_) => tracing::info!(run = %id, "took a run up again"),
+                Err(e) => tracing::warn!(run = %id, error = %e, "could not take a run up again"),
+            }
+        }
     }
 
     /// Continues a run this engine has just claimed (with `fence`, the claim's token):
@@ -661,6 +706,15 @@ impl Engine {
         };
         if let Some(fatal) = self.liveness.fatal.lock().ok().and_then(|f| f.clone()) {
             return stopped(format!("cannot persist run progress: {fatal}"));
+        }
+        if let Some(why) = self.liveness.suspended.lock().ok().and_then(|s| s.clone()) {
+            return EngineHealth {
+                state: "suspended",
+                reason: Some(format!(
+                    "the store cannot be reached; no work is taken until it answers again: {why}"
+                )),
+                pools: None,
+            };
         }
         let pools = match tokio::time::timeout(HEALTH_ANSWER, self.pool_stats()).await {
             Ok(Ok(pools)) => pools,

@@ -69,11 +69,13 @@ impl From<StoreError> for ApiError {
                 "storage_full",
                 e.to_string(),
             ),
-            StoreError::Closed | StoreError::Unavailable(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
+            StoreError::Closed | StoreError::Unavailable(_) | StoreError::Unreachable(_) => {
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+            }
             StoreError::Db(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }

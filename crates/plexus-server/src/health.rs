@@ -6,10 +6,23 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value as Json_, json};
 
+/// How long the store may take to answer the health probe.
+const STORE_ANSWER: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The store can serve, and the engine is alive and committing; either failing is a 503
 /// that names what failed, and stays one until it recovers.
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Json_>) {
-    let (store, engine) = tokio::join!(state.store.health(), state.engine.health());
+    // A database that does not answer makes the probe fail, not hang.
+    let store = async {
+        match tokio::time::timeout(STORE_ANSWER, state.store.health()).await {
+            Ok(r) => r,
+            Err(_) => Err(plexus_store::StoreError::Unreachable(format!(
+                "the store did not answer within {} s",
+                STORE_ANSWER.as_secs()
+            ))),
+        }
+    };
+    let (store, engine) = tokio::join!(store, state.engine.health());
     let store_text = match &store {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.to_string(),

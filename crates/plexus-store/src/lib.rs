@@ -33,9 +33,13 @@ use serde_json::Value as Json;
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(String),
-    /// The database is busy, locked or cannot be reached right now.
+    /// The database is busy or locked right now.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database server cannot be reached (refused, reset, not answering): a store
+    /// that shares a server with other replicas; an engine waits for it to come back.
+    #[error("the database cannot be reached: {0}")]
+    Unreachable(String),
     #[error("the database is full or the disk is out of space: {0}")]
     Full(String),
     #[error("run `{0}` not found")]
@@ -52,7 +56,10 @@ impl StoreError {
     /// Whether the same operation may succeed if tried again later (after re-reading,
     /// for a conflict).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Conflict(_) | StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Conflict(_) | StoreError::Unavailable(_) | StoreError::Unreachable(_)
+        )
     }
 }
 
@@ -401,7 +408,8 @@ pub trait RunStore: Send + Sync + 'static {
         force: bool,
     ) -> Result<Option<u64>>;
     /// Takes over at most `limit` top-level runs that nobody drives — no owner, or an
-    /// owner whose lease ran out before `now` — for `owner` until `lease_until`, the
+    /// owner (not `owner` itself: an engine never takes a run from itself, which would
+    /// fence out its own commits) whose lease ran out before `now` — for `owner` until `lease_until`, the
     /// oldest first, each with its new fencing token. Runs another replica is claiming
     /// at the same moment are skipped, not waited for (`FOR UPDATE SKIP LOCKED`), so
     /// replicas share the work instead of queueing on it.

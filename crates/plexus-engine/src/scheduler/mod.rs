@@ -4,6 +4,7 @@
 
 mod attempts;
 mod control;
+mod suspend;
 
 use crate::exec::{self, AttemptCtx, Executors, process};
 use crate::pools::{Pools, RunId};
@@ -94,6 +95,9 @@ struct Loop {
     gates: HashMap<(RunId, Unit, u32), exec::Release>,
     /// When each subprocess attempt was made and released (for [`EngineStats`]).
     attempt_times: HashMap<(RunId, Unit, u32), (Instant, Option<Instant>)>,
+    /// Attempts stopped when the store was lost, until they report (see [`suspend`]).
+    abandoned: HashSet<(RunId, Unit)>,
+    abandoned_since: Option<Instant>,
 }
 
 pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
@@ -149,6 +153,8 @@ pub(crate) fn spawn(engine: Engine, rx: mpsc::Receiver<Msg>) {
         spans: Default::default(),
         gates: HashMap::new(),
         attempt_times: HashMap::new(),
+        abandoned: HashSet::new(),
+        abandoned_since: None,
     };
     spawn_command_watch(&lp.engine);
     tokio::spawn(lp.run(rx));
@@ -204,9 +210,17 @@ impl Loop {
                 }, if !self.inflight.is_empty() => {
                     let done = self.inflight.pop_front().expect("guarded");
                     self.engine.liveness.set_commit_since(self.inflight.front().map(|f| f.sent_at));
-                    if let Err(e) = result {
-                        self.fatal(e);
-                        return;
+                    match result {
+                        // The database is away: wait for it, then go on from what is durable.
+                        Err(e @ StoreError::Unreachable(_)) => {
+                            self.suspend(e);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.fatal(e);
+                            return;
+                        }
+                        Ok(()) => {}
                     }
                     let stats = &self.engine.stats;
                     metrics::histogram!("plexus_store_commit_seconds").record(done.started.elapsed().as_secs_f64());
@@ -443,6 +457,9 @@ impl Loop {
                 attempt,
                 finished,
             } => {
+                if self.was_abandoned(&run_id, unit) {
+                    return;
+                }
                 if let Some((made, Some(released))) =
                     self.attempt_times.remove(&(run_id.clone(), unit, attempt))
                 {
@@ -503,6 +520,7 @@ impl Loop {
                 reply.send(self.runs.contains_key(&run_id)).ok();
             }
             Msg::CommandsMayWait => self.poll_commands(),
+            Msg::StoreBack => self.store_back(),
             Msg::Pools(reply) => {
                 let _ = reply.send(self.pools.stats());
             }

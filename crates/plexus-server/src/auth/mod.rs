@@ -153,9 +153,28 @@ impl Caller {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refused(pub String);
 
-/// Finds the user behind a bearer credential (one store read).
+/// Why a credential let nobody in: it is not good, or the store could not tell.
+#[derive(Debug, Clone)]
+pub enum AuthFailure {
+    Refused(Refused),
+    /// Not the caller's fault: the request fails as unavailable, and is not counted
+    /// against the credential.
+    Store(plexus_store::StoreError),
+}
+
+/// Finds the user behind a bearer credential, or refuses it.
 pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refused> {
-    let refused = |m: &str| Refused(m.to_owned());
+    authenticate_or_fail(state, bearer)
+        .await
+        .map_err(|f| match f {
+            AuthFailure::Refused(r) => r,
+            AuthFailure::Store(e) => Refused(e.to_string()),
+        })
+}
+
+/// Finds the user behind a bearer credential (one store read).
+pub async fn authenticate_or_fail(state: &AppState, bearer: &str) -> Result<Caller, AuthFailure> {
+    let refused = |m: &str| AuthFailure::Refused(Refused(m.to_owned()));
     let store = &state.store;
     let (user, via) = if bearer.starts_with(API_KEY_PREFIX) {
         let (id, secret) =
@@ -164,10 +183,7 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
             Some(found) => Some(found),
             None => {
                 let generation = *state.auth.credentials.borrow();
-                let found = store
-                    .key_with_user(id)
-                    .await
-                    .map_err(|e| Refused(e.to_string()))?;
+                let found = store.key_with_user(id).await.map_err(AuthFailure::Store)?;
                 if let Some(found) = &found {
                     state.auth.cache_key(generation, found.clone());
                 }
@@ -189,11 +205,11 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> Result<Caller, Refu
             .auth
             .keyring
             .verify(bearer, now_ms())
-            .map_err(|e| Refused(e.to_string()))?;
+            .map_err(|e| AuthFailure::Refused(Refused(e.to_string())))?;
         let (session, user) = store
             .session_with_user(&claims.sid)
             .await
-            .map_err(|e| Refused(e.to_string()))?
+            .map_err(AuthFailure::Store)?
             .ok_or_else(|| refused("the session of this token does not exist"))?;
         if session.revoked_at.is_some() {
             return Err(refused("the session of this token was ended (logged out)"));
@@ -377,9 +393,13 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let caller = match bearer(&req) {
         Err(Refused(m)) => return unauthenticated(m),
         Ok(None) => None,
-        Ok(Some(token)) => match authenticate(&state, &token).await {
+        Ok(Some(token)) => match authenticate_or_fail(&state, &token).await {
             Ok(c) => Some(c),
-            Err(Refused(m)) => {
+            // Public routes (the health probe among them) answer without a caller;
+            // others cannot be served without knowing who asks.
+            Err(AuthFailure::Store(_)) if access == Access::Public => None,
+            Err(AuthFailure::Store(e)) => return ApiError::from(e).into_response(),
+            Err(AuthFailure::Refused(Refused(m))) => {
                 let address = req
                     .extensions()
                     .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

@@ -114,10 +114,9 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
             };
             match code.as_str() {
                 "53100" => StoreError::Full(text),
-                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" => {
-                    StoreError::Unavailable(text)
-                }
-                c if c.starts_with("08") => StoreError::Unavailable(text),
+                "40001" | "40P01" | "55P03" | "53300" => StoreError::Unavailable(text),
+                "57P01" | "57P02" | "57P03" => StoreError::Unreachable(text),
+                c if c.starts_with("08") => StoreError::Unreachable(text),
                 _ => StoreError::Db(text),
             }
         }
@@ -126,7 +125,7 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        | sqlx::Error::Protocol(_) => StoreError::Unreachable(e.to_string()),
         _ => StoreError::Db(e.to_string()),
     }
 }
@@ -202,8 +201,8 @@ impl PgStore {
         let connect = options(url)?;
         let shown = redacted_url(url);
         let reach = |e: sqlx::Error| match db_err(e) {
-            StoreError::Unavailable(m) | StoreError::Db(m) => {
-                StoreError::Unavailable(format!("cannot reach PostgreSQL at {shown}: {m}"))
+            StoreError::Unavailable(m) | StoreError::Unreachable(m) | StoreError::Db(m) => {
+                StoreError::Unreachable(format!("cannot reach PostgreSQL at {shown}: {m}"))
             }
             other => other,
         };
@@ -211,7 +210,7 @@ impl PgStore {
             tokio::time::timeout(opts.acquire_timeout, PgConnection::connect_with(&connect))
                 .await
                 .map_err(|_| {
-                    StoreError::Unavailable(format!(
+                    StoreError::Unreachable(format!(
                         "cannot reach PostgreSQL at {shown}: no answer in {:?}",
                         opts.acquire_timeout
                     ))

@@ -126,7 +126,7 @@ impl RunStore for PgStore {
             .collect();
         let sql = Arc::new(format!(
             "WITH picked AS (SELECT id FROM runs WHERE status NOT IN {ENDED} AND parent_run_id IS NULL \
-               AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3) \
+               AND owner IS DISTINCT FROM $1 AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3) \
                ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
              UPDATE runs r SET owner = $1, lease_until = $2, fence = r.fence + 1 FROM picked \
              WHERE r.id = picked.id RETURNING {}, r.fence",
@@ -498,7 +498,25 @@ impl RunStore for PgStore {
             return Err(StoreError::Closed);
         }
         if let Some(e) = self.last_commit_error.lock().ok().and_then(|e| e.clone()) {
-            return Err(StoreError::Db(format!("the last commit failed: {e}")));
+            // Whether writing works again: a write of its own through the writer (one
+            // that commits clears the last error).
+            let probe = self
+                .write(|conn| {
+                    Box::pin(async move {
+                        sqlx::query("UPDATE schema_migrations SET applied_at = applied_at WHERE version = 1")
+                            .execute(&mut *conn)
+                            .await
+                            .map(|_| ())
+                            .map_err(db_err)
+                    })
+                })
+                .await;
+            if let Err(now) = probe {
+                return Err(match now {
+                    StoreError::Unreachable(m) => StoreError::Unreachable(m),
+                    _ => StoreError::Db(format!("the last commit failed: {e}")),
+                });
+            }
         }
         sqlx::query("SELECT 1")
             .execute(self.pool())

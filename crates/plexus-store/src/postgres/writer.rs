@@ -26,6 +26,12 @@ const DEADLOCK_TRIES: usize = 3;
 /// Most jobs one transaction takes.
 const GROUP: usize = 1024;
 
+/// How long the writer waits for a connection, and for a transaction: a database that
+/// stops answering (a partition, a host that froze) fails the commit as unavailable
+/// instead of holding it forever.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 trait Job: Send {
     /// Whether its transaction must hold the audit chain's lock.
     fn audited(&self) -> bool;
@@ -189,26 +195,45 @@ async fn commit_group(
         return None;
     }
     if conn.is_none() {
-        match PgConnection::connect_with(connect).await {
-            Ok(c) => *conn = Some(c),
-            Err(e) => return Some(db_err(e)),
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(connect)).await {
+            Ok(Ok(c)) => *conn = Some(c),
+            Ok(Err(e)) => return Some(db_err(e)),
+            Err(_) => {
+                return Some(StoreError::Unreachable(format!(
+                    "no connection to PostgreSQL within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
         }
     }
     let c = conn.as_mut().expect("connected");
     let audited = live.iter().any(|j| j.audited());
-    let mut outcome = Tried::JobFailed;
-    for _ in 0..DEADLOCK_TRIES {
-        outcome = plainly(c, &mut live, audited).await;
-        match &outcome {
-            Tried::Deadlocked => continue,
-            _ => break,
+    let attempt = async {
+        let mut outcome = Tried::JobFailed;
+        for _ in 0..DEADLOCK_TRIES {
+            outcome = plainly(c, &mut live, audited).await;
+            match &outcome {
+                Tried::Deadlocked => continue,
+                _ => break,
+            }
         }
-    }
-    let error = match outcome {
-        Tried::Committed => None,
-        Tried::Failed(e) => Some(e),
-        Tried::JobFailed | Tried::Deadlocked => with_savepoints(c, &mut live, audited).await,
+        match outcome {
+            Tried::Committed => None,
+            Tried::Failed(e) => Some(e),
+            Tried::JobFailed | Tried::Deadlocked => with_savepoints(c, &mut live, audited).await,
+        }
     };
+    // Whether a transaction cut short committed is not known: its callers hear that
+    // the database is unavailable, and the connection is dropped (its open transaction
+    // with it).
+    let error = tokio::time::timeout(TRANSACTION_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Some(StoreError::Unreachable(format!(
+                "PostgreSQL did not finish a commit within {} s",
+                TRANSACTION_TIMEOUT.as_secs()
+            )))
+        });
     if error.is_some() {
         // The connection's state is not known any more: the next transaction makes a
         // new one (and the old one's transaction ends with it, if still open).

@@ -98,7 +98,8 @@ impl RunStore for SqliteStore {
                 .prepare_cached(
                     "UPDATE runs SET owner = ?1, lease_until = ?2, fence = fence + 1 WHERE id IN \
                        (SELECT id FROM runs WHERE status NOT IN ('succeeded', 'failed', 'cancelled') \
-                          AND parent_run_id IS NULL AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?3) \
+                          AND parent_run_id IS NULL AND owner IS NOT ?1 \
+                          AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?3) \
                         ORDER BY created_at LIMIT ?4) \
                      RETURNING id, fence",
                 )
@@ -554,7 +555,21 @@ impl RunStore for SqliteStore {
             return Err(StoreError::Closed);
         }
         if let Some(e) = self.last_commit_error.lock().ok().and_then(|e| e.clone()) {
-            return Err(StoreError::Db(format!("the last commit failed: {e}")));
+            // Whether writing works again: a write of its own (one that commits clears
+            // the last error).
+            let probe = self
+                .write(|conn| {
+                    conn.execute_cached(
+                        "UPDATE schema_migrations SET applied_at = applied_at WHERE version = 1",
+                        [],
+                    )
+                    .map(|_| ())
+                    .map_err(db_err)
+                })
+                .await;
+            if probe.is_err() {
+                return Err(StoreError::Db(format!("the last commit failed: {e}")));
+            }
         }
         self.read(|conn| {
             conn.query_row_cached("SELECT 1", [], |_| Ok(()))
