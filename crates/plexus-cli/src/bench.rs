@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 14] = [
+pub const SCENARIOS: [&str; 15] = [
     "sequential-40",
     "fanout-1000",
     "throughput-10k",
@@ -27,6 +27,7 @@ pub const SCENARIOS: [&str; 14] = [
     "agent-throughput",
     "intents",
     "gateway",
+    "replicas",
 ];
 
 struct Sizes {
@@ -38,6 +39,8 @@ struct Sizes {
     park: usize,
     http: usize,
     clients: usize,
+    /// Runs per configuration, leases renewed, runs taken over (the replicas scenario).
+    replicas: (usize, usize, usize),
     agent_calls: usize,
     agent_concurrency: usize,
     agent_rounds: usize,
@@ -56,6 +59,7 @@ fn sizes(quick: bool) -> Sizes {
             park: 1_000,
             http: 64,
             clients: 100,
+            replicas: (100, 1_000, 50),
             agent_calls: 200,
             agent_concurrency: 100,
             agent_rounds: 2,
@@ -72,6 +76,7 @@ fn sizes(quick: bool) -> Sizes {
             park: 100_000,
             http: 1_000,
             clients: 2_000,
+            replicas: (2_000, 10_000, 200),
             agent_calls: 2_000,
             agent_concurrency: 1_000,
             agent_rounds: 5,
@@ -740,6 +745,12 @@ async fn scenario(name: &str, sz: &Sizes, root: &Path) -> Result<Json> {
                         .unwrap_or(1.0)
                         .max(1e-9)
             ));
+            r
+        }
+        "replicas" => {
+            let (runs, leases, taken) = sz.replicas;
+            let mut r = crate::bench_replicas::run(root, runs, leases, taken).await?;
+            r["scenario"] = json!(name);
             r
         }
         "agent-roundtrip" => {

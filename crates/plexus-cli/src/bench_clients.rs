@@ -76,7 +76,8 @@ impl Server {
             .env_remove("PLEXUS_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Its log stays beside its data, for when a scenario goes wrong.
+            .stderr(std::fs::File::create(dir.join("serve.log"))?)
             .current_dir(dir);
         // The server dies with the bench even when the bench is killed.
         use std::os::unix::process::CommandExt;

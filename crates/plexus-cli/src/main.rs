@@ -6,6 +6,7 @@ mod bench_clients;
 mod bench_gateway;
 mod bench_http;
 mod bench_intents;
+mod bench_replicas;
 mod cli;
 mod cmd_admin;
 mod cmd_agent;

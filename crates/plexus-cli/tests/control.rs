@@ -277,7 +277,16 @@ fn sub_workflow_paths_are_confined_and_never_echoed() {
 #[test]
 fn bench_quick_reports_every_scenario() {
     let p = Plexus::new();
-    let out = p.run(&["bench", "--quick", "-o", "json"]);
+    // The replicas scenario makes its databases on the tests' PostgreSQL.
+    let out = p
+        .cmd()
+        .args(["bench", "--quick", "-o", "json"])
+        .env(
+            "PLEXUS_BENCH_DATABASE_URL",
+            plexus_store::test_postgres::server_url(),
+        )
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -306,7 +315,8 @@ fn bench_quick_reports_every_scenario() {
             "agent-roundtrip",
             "agent-throughput",
             "intents",
-            "gateway"
+            "gateway",
+            "replicas"
         ]
     );
     // Agents: the engine's call beside a bare call to the same plugin.
@@ -337,6 +347,24 @@ fn bench_quick_reports_every_scenario() {
     assert!(
         gateway["clients_64"]["gateway_p50_ms"].as_f64().unwrap() > 0.0,
         "{gateway}"
+    );
+    // Replicas: SQLite's rate beside 1, 2 and 3 replicas on PostgreSQL, leases, takeover.
+    let replicas = &v[14];
+    assert!(
+        replicas["sqlite_1"]["workflows_per_second"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{replicas}"
+    );
+    assert_eq!(
+        replicas["postgres"].as_array().unwrap().len(),
+        3,
+        "{replicas}"
+    );
+    assert!(
+        replicas["takeover"]["takeover_s"].as_f64().unwrap() > 0.0,
+        "{replicas}"
     );
     for s in v.as_array().unwrap() {
         assert!(s["seconds"].as_f64().unwrap() > 0.0, "{s}");

@@ -144,9 +144,17 @@ pub(crate) fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Db(format!("bad JSON in the database: {e}"))
 }
 
+/// How long a transaction may sit open with nothing to do before PostgreSQL ends it: a
+/// replica paused (or cut off) in the middle of a commit would otherwise hold its row
+/// and advisory locks, and every other replica's commits would wait behind it.
+const IDLE_IN_TRANSACTION: &str = "5s";
+
 fn options(url: &str) -> Result<PgConnectOptions> {
     PgConnectOptions::from_str(url)
-        .map(|o| o.application_name("plexus"))
+        .map(|o| {
+            o.application_name("plexus")
+                .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)])
+        })
         .map_err(|e| {
             StoreError::Db(format!(
                 "`{}` is not a PostgreSQL URL: {e}",
