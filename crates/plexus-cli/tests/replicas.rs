@@ -49,6 +49,15 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Steps `one`, `wait` (sleeping `secs`) and `two`; `one` and `two` leave a line in
+/// `marks` each time they run.
+fn slow_flow(marks: &std::path::Path, secs: u32) -> String {
+    format!(
+        "version: plexus/v1\nname: slow\nsteps:\n- {{id: one, run: 'echo one >> {m}'}}\n- {{id: wait, needs: [one], run: 'sleep {secs}'}}\n- {{id: two, needs: [wait], run: 'echo two >> {m}'}}\n",
+        m = marks.display()
+    )
+}
+
 fn run_state(addr: &str, id: &str) -> Value {
     http(addr, "GET", &format!("/api/v1/runs/{id}"), None).1
 }
@@ -155,10 +164,7 @@ fn replicas_share_every_run_and_take_over_a_dead_ones() {
 
     // A replica is killed in the middle of a run: the other takes it over and ends it.
     let marks = pa.dir.path().join("marks.log");
-    let flow = format!(
-        "version: plexus/v1\nname: slow\nsteps:\n- {{id: one, run: 'echo one >> {m}'}}\n- {{id: wait, needs: [one], run: 'sleep 2'}}\n- {{id: two, needs: [wait], run: 'echo two >> {m}'}}\n",
-        m = marks.display()
-    );
+    let flow = slow_flow(&marks, 2);
     let (status, _) = http_text(&addr_a, "POST", "/api/v1/workflows", &flow);
     assert!(status < 300);
     let (_, run) = http(
@@ -212,10 +218,7 @@ fn a_paused_replica_past_its_lease_writes_nothing_after_the_takeover() {
     let (mut a, addr_a) = start_replica(&pa, &url, None);
     let (mut b, addr_b) = start_replica(&pb, &url, Some(&pa));
     let marks = pa.dir.path().join("marks.log");
-    let flow = format!(
-        "version: plexus/v1\nname: slow\nsteps:\n- {{id: one, run: 'echo one >> {m}'}}\n- {{id: wait, needs: [one], run: 'sleep 1'}}\n- {{id: two, needs: [wait], run: 'echo two >> {m}'}}\n",
-        m = marks.display()
-    );
+    let flow = slow_flow(&marks, 1);
     let (status, _) = http_text(&addr_a, "POST", "/api/v1/workflows", &flow);
     assert!(status < 300);
     let (_, run) = http(
@@ -318,10 +321,7 @@ fn a_replica_that_loses_its_database_recovers_when_it_returns() {
     let p = replica_dir();
     let (mut server, addr) = start_replica(&p, &url, None);
     let marks = p.dir.path().join("marks.log");
-    let flow = format!(
-        "version: plexus/v1\nname: slow\nsteps:\n- {{id: one, run: 'echo one >> {m}'}}\n- {{id: wait, needs: [one], run: 'sleep 2'}}\n- {{id: two, needs: [wait], run: 'echo two >> {m}'}}\n",
-        m = marks.display()
-    );
+    let flow = slow_flow(&marks, 2);
     let (status, _) = http_text(&addr, "POST", "/api/v1/workflows", &flow);
     assert!(status < 300);
     let (_, run) = http(

@@ -5,6 +5,33 @@ use plexus_store::test_postgres::fresh_database;
 use plexus_store::{PgStore, PostgresOptions, RunStore};
 use sqlx::Connection as _;
 
+/// A run of one step, as the tests make them.
+fn new_run(
+    id: impl Into<String>,
+    owner: Option<String>,
+    lease_until: Option<u64>,
+    created_at: u64,
+) -> plexus_store::NewRun {
+    plexus_store::NewRun {
+        id: id.into(),
+        workflow: "wf".into(),
+        manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
+        base_dir: None,
+        inputs: serde_json::json!({}),
+        step_ids: vec!["a".into()],
+        parent: None,
+        owner,
+        lease_until,
+        created_at,
+        idempotency_key: None,
+        workflow_version: None,
+        started_by: None,
+        mode: None,
+        plan: None,
+        responsible: Vec::new(),
+    }
+}
+
 async fn fresh_store() -> (PgStore, ()) {
     let url = fresh_database().await;
     let store = PgStore::open(&url, PostgresOptions::default())
@@ -96,26 +123,9 @@ async fn replicas_share_commands_and_one_audit_chain() {
         .await
         .unwrap();
     let id = "00000000-0000-0000-0000-0000000000f1";
-    a.create_run(plexus_store::NewRun {
-        id: id.into(),
-        workflow: "wf".into(),
-        manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
-        base_dir: None,
-        inputs: serde_json::json!({}),
-        step_ids: vec!["a".into()],
-        parent: None,
-        owner: Some("replica-a".into()),
-        lease_until: Some(u64::MAX / 2),
-        created_at: 1,
-        idempotency_key: None,
-        workflow_version: None,
-        started_by: None,
-        mode: None,
-        plan: None,
-        responsible: Vec::new(),
-    })
-    .await
-    .unwrap();
+    a.create_run(new_run(id, Some("replica-a".into()), Some(u64::MAX / 2), 1))
+        .await
+        .unwrap();
     // Let the listener of `a` connect before the command is sent.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let waited = std::time::Instant::now();
@@ -288,24 +298,12 @@ async fn replicas_claiming_at_once_take_each_run_once() {
         .unwrap();
     let n = 200;
     for i in 0..n {
-        a.create_run(plexus_store::NewRun {
-            id: format!("00000000-0000-0000-0000-{i:012}"),
-            workflow: "wf".into(),
-            manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
-            base_dir: None,
-            inputs: serde_json::json!({}),
-            step_ids: vec!["a".into()],
-            parent: None,
-            owner: None,
-            lease_until: None,
-            created_at: i,
-            idempotency_key: None,
-            workflow_version: None,
-            started_by: None,
-            mode: None,
-            plan: None,
-            responsible: Vec::new(),
-        })
+        a.create_run(new_run(
+            format!("00000000-0000-0000-0000-{i:012}"),
+            None,
+            None,
+            i,
+        ))
         .await
         .unwrap();
     }
@@ -350,26 +348,9 @@ async fn committed_events_are_announced_to_every_replica() {
         .unwrap();
     let mut heard = b.committed_events().expect("PostgreSQL announces commits");
     let id = "00000000-0000-0000-0000-0000000000e9";
-    a.create_run(plexus_store::NewRun {
-        id: id.into(),
-        workflow: "wf".into(),
-        manifest: "version: plexus/v1\nname: wf\nsteps: [{id: a, run: 'true'}]\n".into(),
-        base_dir: None,
-        inputs: serde_json::json!({}),
-        step_ids: vec!["a".into()],
-        parent: None,
-        owner: Some("replica-a".into()),
-        lease_until: Some(u64::MAX / 4),
-        created_at: 1,
-        idempotency_key: None,
-        workflow_version: None,
-        started_by: None,
-        mode: None,
-        plan: None,
-        responsible: Vec::new(),
-    })
-    .await
-    .unwrap();
+    a.create_run(new_run(id, Some("replica-a".into()), Some(u64::MAX / 4), 1))
+        .await
+        .unwrap();
     // The listener of `b` is connected once it hears anything; give it a moment.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let ev = |seq, kind| Event {
