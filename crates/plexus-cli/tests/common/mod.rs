@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod openai_stand_in;
+pub mod replicas;
 pub mod server;
 
 use serde_json::Value;

@@ -132,22 +132,53 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16,
 
 /// A minimal HTTP/1.1 client: one request per connection.
 pub fn http_text(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    try_http_text(addr, method, path, body, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`http`] that says why instead of panicking (a server killed or paused mid-request),
+/// within `timeout`.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<(u16, Value), String> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    try_http_text(addr, method, path, &body, timeout)
+}
+
+fn try_http_text(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, Value), String> {
+    let socket: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    let mut stream = TcpStream::connect_timeout(&socket, timeout).map_err(|e| e.to_string())?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         admin_key(addr),
         body.len()
     )
-    .unwrap();
+    .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not a full response: {text}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head}"))?;
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -166,7 +197,7 @@ pub fn http_text(addr: &str, method: &str, path: &str, body: &str) -> (u16, Valu
     } else {
         body.to_owned()
     };
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 /// Stops a server with SIGTERM, as an operator would, and checks it exits cleanly.

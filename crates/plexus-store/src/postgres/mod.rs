@@ -115,7 +115,9 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
             match code.as_str() {
                 "53100" => StoreError::Full(text),
                 "40001" | "40P01" | "55P03" | "53300" => StoreError::Unavailable(text),
-                "57P01" | "57P02" | "57P03" => StoreError::Unreachable(text),
+                // Shut down, or this session ended by the server (a transaction left idle
+                // too long: this process was paused mid-commit).
+                "57P01" | "57P02" | "57P03" | "25P03" => StoreError::Unreachable(text),
                 c if c.starts_with("08") => StoreError::Unreachable(text),
                 _ => StoreError::Db(text),
             }
