@@ -14,12 +14,19 @@ impl RunStore for PgStore {
         self.write(move |conn| {
             let run = Arc::clone(&run);
             Box::pin(async move {
-                let inserted = sqlx::query(
-                    "INSERT INTO runs (id, workflow, status, base_dir, inputs, parent_run_id, parent_step_id, \
-                     parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, \
-                     workflow_version, started_by, mode, responsible) \
-                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16) \
-                     ON CONFLICT DO NOTHING",
+                // The run, its definition and its steps in one statement (one
+                // round-trip): a run that exists already inserts nothing at all.
+                let positions: Vec<i64> = (0..run.step_ids.len() as i64).collect();
+                let inserted: i64 = sqlx::query_scalar(
+                    "WITH r AS (INSERT INTO runs (id, workflow, status, base_dir, inputs, parent_run_id, parent_step_id, \
+                       parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, \
+                       workflow_version, started_by, mode, responsible) \
+                       VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16) \
+                       ON CONFLICT DO NOTHING RETURNING id), \
+                     d AS (INSERT INTO run_definitions (run_id, manifest, plan) SELECT id, $17, $18 FROM r), \
+                     s AS (INSERT INTO steps (run_id, step_id, position, status) \
+                       SELECT r.id, t.s, t.p, 'pending' FROM r, UNNEST($19::text[], $20::int8[]) AS t(s, p)) \
+                     SELECT COUNT(*) FROM r",
                 )
                 .bind(&run.id)
                 .bind(&run.workflow)
@@ -37,32 +44,14 @@ impl RunStore for PgStore {
                 .bind(&run.started_by)
                 .bind(&run.mode)
                 .bind(serde_json::to_string(&run.responsible).unwrap_or_else(|_| "[]".into()))
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                if inserted == 0 {
-                    return Ok(false);
-                }
-                sqlx::query("INSERT INTO run_definitions (run_id, manifest, plan) VALUES ($1, $2, $3)")
-                    .bind(&run.id)
-                    .bind(&run.manifest)
-                    .bind(&run.plan)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_err)?;
-                let positions: Vec<i64> = (0..run.step_ids.len() as i64).collect();
-                sqlx::query(
-                    "INSERT INTO steps (run_id, step_id, position, status) \
-                     SELECT $1, s, p, 'pending' FROM UNNEST($2::text[], $3::int8[]) AS t(s, p)",
-                )
-                .bind(&run.id)
+                .bind(&run.manifest)
+                .bind(&run.plan)
                 .bind(&run.step_ids)
                 .bind(&positions)
-                .execute(&mut *conn)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(db_err)?;
-                Ok(true)
+                Ok(inserted == 1)
             })
         })
         .await
