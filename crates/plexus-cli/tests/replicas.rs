@@ -9,6 +9,24 @@ use common::server::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+/// Applies [`slow_flow`] and starts a run of it on `addr`; returns once its step `wait`
+/// runs, as `watch` sees it.
+fn start_slow_run(addr: &str, watch: &str, marks: &std::path::Path, secs: u32) -> String {
+    let (status, _) = http_text(addr, "POST", "/api/v1/workflows", &slow_flow(marks, secs));
+    assert!(status < 300);
+    let (_, run) = http(
+        addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"workflow": "slow"})),
+    );
+    let id = run["id"].as_str().unwrap().to_owned();
+    wait_for("step `wait` to run", Duration::from_secs(20), || {
+        step_status(&run_state(watch, &id), "wait") == "running"
+    });
+    id
+}
+
 /// Steps `one`, `wait` (sleeping `secs`) and `two`; `one` and `two` leave a line in
 /// `marks` each time they run.
 fn slow_flow(marks: &std::path::Path, secs: u32) -> String {
@@ -109,19 +127,7 @@ fn replicas_share_every_run_and_take_over_a_dead_ones() {
 
     // A replica is killed in the middle of a run: the other takes it over and ends it.
     let marks = pa.dir.path().join("marks.log");
-    let flow = slow_flow(&marks, 2);
-    let (status, _) = http_text(&addr_a, "POST", "/api/v1/workflows", &flow);
-    assert!(status < 300);
-    let (_, run) = http(
-        &addr_a,
-        "POST",
-        "/api/v1/runs",
-        Some(&json!({"workflow": "slow"})),
-    );
-    let slow = run["id"].as_str().unwrap().to_owned();
-    wait_for("step `wait` to run on A", Duration::from_secs(20), || {
-        step_status(&run_state(&addr_b, &slow), "wait") == "running"
-    });
+    let slow = start_slow_run(&addr_a, &addr_b, &marks, 2);
     let killed = Instant::now();
     // SAFETY: killing the child this test started.
     unsafe { libc::kill(a.id() as i32, libc::SIGKILL) };
@@ -163,19 +169,7 @@ fn a_paused_replica_past_its_lease_writes_nothing_after_the_takeover() {
     let (mut a, addr_a) = start_replica(&pa, &url, None);
     let (mut b, addr_b) = start_replica(&pb, &url, Some(&pa));
     let marks = pa.dir.path().join("marks.log");
-    let flow = slow_flow(&marks, 1);
-    let (status, _) = http_text(&addr_a, "POST", "/api/v1/workflows", &flow);
-    assert!(status < 300);
-    let (_, run) = http(
-        &addr_a,
-        "POST",
-        "/api/v1/runs",
-        Some(&json!({"workflow": "slow"})),
-    );
-    let id = run["id"].as_str().unwrap().to_owned();
-    wait_for("step `wait` to run on A", Duration::from_secs(20), || {
-        step_status(&run_state(&addr_b, &id), "wait") == "running"
-    });
+    let id = start_slow_run(&addr_a, &addr_b, &marks, 1);
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) };
     wait_for(
@@ -271,19 +265,7 @@ fn a_replica_that_loses_its_database_recovers_when_it_returns() {
     let p = replica_dir();
     let (mut server, addr) = start_replica(&p, &url, None);
     let marks = p.dir.path().join("marks.log");
-    let flow = slow_flow(&marks, 2);
-    let (status, _) = http_text(&addr, "POST", "/api/v1/workflows", &flow);
-    assert!(status < 300);
-    let (_, run) = http(
-        &addr,
-        "POST",
-        "/api/v1/runs",
-        Some(&json!({"workflow": "slow"})),
-    );
-    let id = run["id"].as_str().unwrap().to_owned();
-    wait_for("step `wait` to run", Duration::from_secs(20), || {
-        step_status(&run_state(&addr, &id), "wait") == "running"
-    });
+    let id = start_slow_run(&addr, &addr, &marks, 2);
     pg.stop();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
