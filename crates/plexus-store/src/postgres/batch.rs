@@ -123,21 +123,32 @@ pub(super) async fn apply_batch(conn: &mut PgConnection, batch: &Batch) -> Resul
     for (run_id, fence) in &batch.fences {
         runs.entry(run_id.as_str()).or_default().fence = Some(*fence as i64);
     }
-    update_runs(conn, &runs).await?;
-    insert_events(conn, batch).await?;
+    let updated = write_progress(conn, &runs, batch, &steps).await?;
     if !audits.is_empty() {
-        append_run_audits(conn, audits).await?;
+        append_run_audits(conn, audits, &updated).await?;
     }
-    update_steps(conn, &steps).await?;
     write_the_rest(conn, batch).await
 }
 
-/// Applies the run patches; the fencing tokens are checked by the same statement, which
+/// The runs a commit updated: each one's workflow and who started it (for its audit
+/// records, read by the same statement).
+type Updated = HashMap<String, (String, Option<String>)>;
+
+/// The run patches, the events and the step patches of a commit in one statement (one
+/// round-trip; PostgreSQL runs data-modifying CTEs on the same snapshot, and these
+/// touch different tables). The fencing tokens are checked by the `runs` update, which
 /// also locks the rows (a claim of the same run waits for this transaction, or this
-/// statement for the claim's).
-async fn update_runs(conn: &mut PgConnection, runs: &BTreeMap<&str, RunPatch>) -> Result<()> {
-    if runs.is_empty() {
-        return Ok(());
+/// statement for the claim's); a run fenced out fails the whole job, which is undone.
+/// Every replica hears of the new events (for the followers of these runs) when the
+/// transaction commits.
+async fn write_progress(
+    conn: &mut PgConnection,
+    runs: &BTreeMap<&str, RunPatch>,
+    batch: &Batch,
+    steps: &BTreeMap<(&str, String), StepPatch>,
+) -> Result<Updated> {
+    if runs.is_empty() && batch.events.is_empty() && steps.is_empty() {
+        return Ok(Updated::new());
     }
     let ids: Vec<&str> = runs.keys().copied().collect();
     let p = runs.values();
@@ -150,9 +161,45 @@ async fn update_runs(conn: &mut PgConnection, runs: &BTreeMap<&str, RunPatch>) -
     let time: Vec<i64> = p.clone().map(|r| r.time).collect();
     let fence: Vec<Option<i64>> = p.clone().map(|r| r.fence).collect();
     let first: Vec<i64> = p.map(|r| r.first).collect();
-    // Every replica hears of the new events (for the followers of these runs) when the
-    // transaction commits.
-    let updated: Vec<String> = sqlx::query(
+
+    let n = batch.events.len();
+    let mut e_run = Vec::with_capacity(n);
+    let mut e_seq = Vec::with_capacity(n);
+    let mut e_time = Vec::with_capacity(n);
+    let mut e_kind = Vec::with_capacity(n);
+    let mut e_step = Vec::with_capacity(n);
+    let mut e_attempt = Vec::with_capacity(n);
+    let mut e_data = Vec::with_capacity(n);
+    for (run_id, e) in &batch.events {
+        e_run.push(run_id.as_str());
+        e_seq.push(e.seq as i64);
+        e_time.push(e.time as i64);
+        e_kind.push(e.kind.type_name());
+        e_step.push(e.kind.step_id());
+        e_attempt.push(e.kind.attempt().map(i64::from));
+        e_data.push(serde_json::to_string(e).map_err(super::json_err)?);
+    }
+
+    let s_run: Vec<&str> = steps.keys().map(|k| k.0).collect();
+    let s_step: Vec<&str> = steps.keys().map(|k| k.1.as_str()).collect();
+    let q = steps.values();
+    let s_status: Vec<Option<&str>> = q.clone().map(|s| s.status).collect();
+    let s_attempt: Vec<Option<i64>> = q.clone().map(|s| s.attempt).collect();
+    let s_reset: Vec<bool> = q.clone().map(|s| s.reset).collect();
+    let s_started: Vec<Option<i64>> = q.clone().map(|s| s.started).collect();
+    let s_set_finished: Vec<bool> = q.clone().map(|s| s.finished.is_some()).collect();
+    let s_finished: Vec<Option<i64>> = q.clone().map(|s| s.finished.flatten()).collect();
+    let s_set_output: Vec<bool> = q.clone().map(|s| s.output.is_some()).collect();
+    let s_output: Vec<Option<&str>> = q
+        .clone()
+        .map(|s| s.output.as_ref().and_then(|o| o.as_deref()))
+        .collect();
+    let s_set_error: Vec<bool> = q.clone().map(|s| s.error.is_some()).collect();
+    let s_error: Vec<Option<&str>> = q
+        .map(|s| s.error.as_ref().and_then(|e| e.as_deref()))
+        .collect();
+
+    let rows = sqlx::query(
         "WITH u AS (UPDATE runs r SET status = COALESCE(p.status, r.status), \
            finished_at = CASE WHEN p.reset THEN p.finished ELSE COALESCE(p.finished, r.finished_at) END, \
            outputs = CASE WHEN p.reset THEN p.outputs ELSE COALESCE(p.outputs, r.outputs) END, \
@@ -161,8 +208,22 @@ async fn update_runs(conn: &mut PgConnection, runs: &BTreeMap<&str, RunPatch>) -
          FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[], \
                      $9::int8[], $10::int8[]) \
            AS p(id, status, reset, finished, outputs, error, seq, time, fence, first) \
-         WHERE r.id = p.id AND (p.fence IS NULL OR r.fence = p.fence) RETURNING r.id, p.first, r.last_seq) \
-         SELECT u.id FROM u LEFT JOIN LATERAL \
+         WHERE r.id = p.id AND (p.fence IS NULL OR r.fence = p.fence) \
+           RETURNING r.id, p.first, r.last_seq, r.workflow, r.started_by), \
+         e AS (INSERT INTO events (run_id, seq, time, type, step_id, attempt, data, schema) \
+           SELECT r, s, t, k, st, a, d, $19 FROM UNNEST($12::text[], $13::int8[], $14::int8[], $15::text[], \
+             $16::text[], $17::int8[], $18::text[]) AS e(r, s, t, k, st, a, d)), \
+         s AS (UPDATE steps s SET status = COALESCE(p.status, s.status), attempt = COALESCE(p.attempt, s.attempt), \
+           started_at = CASE WHEN p.reset THEN p.started ELSE COALESCE(s.started_at, p.started) END, \
+           finished_at = CASE WHEN p.set_finished THEN p.finished ELSE s.finished_at END, \
+           output = CASE WHEN p.set_output THEN p.output ELSE s.output END, \
+           error = CASE WHEN p.set_error THEN p.error ELSE s.error END \
+         FROM UNNEST($20::text[], $21::text[], $22::text[], $23::int8[], $24::bool[], $25::int8[], $26::bool[], \
+                     $27::int8[], $28::bool[], $29::text[], $30::bool[], $31::text[]) \
+           AS p(run_id, step_id, status, attempt, reset, started, set_finished, finished, set_output, output, \
+                set_error, error) \
+         WHERE s.run_id = p.run_id AND s.step_id = p.step_id) \
+         SELECT u.id, u.workflow, u.started_by FROM u LEFT JOIN LATERAL \
            (SELECT pg_notify($11, u.id || ' ' || u.first || ' ' || u.last_seq) WHERE u.first > 0) AS n ON TRUE",
     )
     .bind(&ids)
@@ -176,62 +237,27 @@ async fn update_runs(conn: &mut PgConnection, runs: &BTreeMap<&str, RunPatch>) -
     .bind(&fence)
     .bind(&first)
     .bind(super::EVENTS_CHANNEL)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err)?
-    .iter()
-    .map(|r| r.get::<String, _>(0))
-    .collect();
-    if updated.len() < runs.len() {
-        // A run whose token moved on, or one that does not exist: either way this
-        // engine's commit does not belong in it.
-        if let Some((id, _)) = runs
-            .iter()
-            .find(|(id, p)| p.fence.is_some() && !updated.iter().any(|u| u == *id))
-        {
-            return Err(fenced_out(id));
-        }
-    }
-    Ok(())
-}
-
-async fn insert_events(conn: &mut PgConnection, batch: &Batch) -> Result<()> {
-    if batch.events.is_empty() {
-        return Ok(());
-    }
-    let n = batch.events.len();
-    let (mut run, mut seq, mut time, mut kind, mut step, mut attempt, mut data) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (run_id, e) in &batch.events {
-        run.push(run_id.as_str());
-        seq.push(e.seq as i64);
-        time.push(e.time as i64);
-        kind.push(e.kind.type_name());
-        step.push(e.kind.step_id());
-        attempt.push(e.kind.attempt().map(i64::from));
-        data.push(serde_json::to_string(e).map_err(super::json_err)?);
-    }
-    sqlx::query(
-        "INSERT INTO events (run_id, seq, time, type, step_id, attempt, data, schema) \
-         SELECT r, s, t, k, st, a, d, $8 FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int8[], $7::text[]) \
-           AS e(r, s, t, k, st, a, d)",
-    )
-    .bind(&run)
-    .bind(&seq)
-    .bind(&time)
-    .bind(&kind)
-    .bind(&step)
-    .bind(&attempt)
-    .bind(&data)
+    .bind(&e_run)
+    .bind(&e_seq)
+    .bind(&e_time)
+    .bind(&e_kind)
+    .bind(&e_step)
+    .bind(&e_attempt)
+    .bind(&e_data)
     .bind(EVENT_SCHEMA as i32)
-    .execute(&mut *conn)
+    .bind(&s_run)
+    .bind(&s_step)
+    .bind(&s_status)
+    .bind(&s_attempt)
+    .bind(&s_reset)
+    .bind(&s_started)
+    .bind(&s_set_finished)
+    .bind(&s_finished)
+    .bind(&s_set_output)
+    .bind(&s_output)
+    .bind(&s_set_error)
+    .bind(&s_error)
+    .fetch_all(&mut *conn)
     .await
     .map_err(|e| match unique_violation(&e) {
         Some(_) => StoreError::Conflict(format!(
@@ -240,7 +266,21 @@ async fn insert_events(conn: &mut PgConnection, batch: &Batch) -> Result<()> {
         )),
         None => db_err(e),
     })?;
-    Ok(())
+    let updated: Updated = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    if updated.len() < runs.len() {
+        // A run whose token moved on, or one that does not exist: either way this
+        // engine's commit does not belong in it.
+        if let Some((id, _)) = runs
+            .iter()
+            .find(|(id, p)| p.fence.is_some() && !updated.contains_key(**id))
+        {
+            return Err(fenced_out(id));
+        }
+    }
+    Ok(updated)
 }
 
 /// The workflow audit records of a commit's run events, appended to the chain in event
@@ -248,19 +288,8 @@ async fn insert_events(conn: &mut PgConnection, batch: &Batch) -> Result<()> {
 async fn append_run_audits(
     conn: &mut PgConnection,
     audits: Vec<(&str, Millis, RunAudit)>,
+    known: &Updated,
 ) -> Result<()> {
-    let mut ids: Vec<&str> = audits.iter().map(|a| a.0).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let known: HashMap<String, (String, Option<String>)> =
-        sqlx::query("SELECT id, workflow, started_by FROM runs WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
     let mut entries = Vec::with_capacity(audits.len());
     for (run_id, time, audit) in audits {
         let (workflow, started_by) = known
@@ -275,60 +304,6 @@ async fn append_run_audits(
         ));
     }
     super::auth::append_audit_entries(conn, &entries).await?;
-    Ok(())
-}
-
-async fn update_steps(
-    conn: &mut PgConnection,
-    steps: &BTreeMap<(&str, String), StepPatch>,
-) -> Result<()> {
-    if steps.is_empty() {
-        return Ok(());
-    }
-    let run: Vec<&str> = steps.keys().map(|k| k.0).collect();
-    let step: Vec<&str> = steps.keys().map(|k| k.1.as_str()).collect();
-    let p = steps.values();
-    let status: Vec<Option<&str>> = p.clone().map(|s| s.status).collect();
-    let attempt: Vec<Option<i64>> = p.clone().map(|s| s.attempt).collect();
-    let reset: Vec<bool> = p.clone().map(|s| s.reset).collect();
-    let started: Vec<Option<i64>> = p.clone().map(|s| s.started).collect();
-    let set_finished: Vec<bool> = p.clone().map(|s| s.finished.is_some()).collect();
-    let finished: Vec<Option<i64>> = p.clone().map(|s| s.finished.flatten()).collect();
-    let set_output: Vec<bool> = p.clone().map(|s| s.output.is_some()).collect();
-    let output: Vec<Option<&str>> = p
-        .clone()
-        .map(|s| s.output.as_ref().and_then(|o| o.as_deref()))
-        .collect();
-    let set_error: Vec<bool> = p.clone().map(|s| s.error.is_some()).collect();
-    let error: Vec<Option<&str>> = p
-        .map(|s| s.error.as_ref().and_then(|e| e.as_deref()))
-        .collect();
-    sqlx::query(
-        "UPDATE steps s SET status = COALESCE(p.status, s.status), attempt = COALESCE(p.attempt, s.attempt), \
-           started_at = CASE WHEN p.reset THEN p.started ELSE COALESCE(s.started_at, p.started) END, \
-           finished_at = CASE WHEN p.set_finished THEN p.finished ELSE s.finished_at END, \
-           output = CASE WHEN p.set_output THEN p.output ELSE s.output END, \
-           error = CASE WHEN p.set_error THEN p.error ELSE s.error END \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::bool[], $6::int8[], $7::bool[], $8::int8[], \
-                     $9::bool[], $10::text[], $11::bool[], $12::text[]) \
-           AS p(run_id, step_id, status, attempt, reset, started, set_finished, finished, set_output, output, set_error, error) \
-         WHERE s.run_id = p.run_id AND s.step_id = p.step_id",
-    )
-    .bind(&run)
-    .bind(&step)
-    .bind(&status)
-    .bind(&attempt)
-    .bind(&reset)
-    .bind(&started)
-    .bind(&set_finished)
-    .bind(&finished)
-    .bind(&set_output)
-    .bind(&output)
-    .bind(&set_error)
-    .bind(&error)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
     Ok(())
 }
 

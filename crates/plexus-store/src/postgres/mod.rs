@@ -216,23 +216,31 @@ impl PgStore {
             }
             other => other,
         };
-        let mut first =
-            tokio::time::timeout(opts.acquire_timeout, PgConnection::connect_with(&connect))
-                .await
-                .map_err(|_| {
-                    StoreError::Unreachable(format!(
-                        "cannot reach PostgreSQL at {shown}: no answer in {:?}",
-                        opts.acquire_timeout
-                    ))
-                })?
-                .map_err(reach)?;
+        // The writer's statements all find their rows by key. A plan PostgreSQL caches
+        // while a table is still small (a new database, before autovacuum's first
+        // `ANALYZE`) scans the table instead, and the writer would go on scanning it on
+        // every commit as it grows; on the writer's connection an index is always taken
+        // where there is one.
+        let writer_connect = connect.clone().options([("enable_seqscan", "off")]);
+        let mut first = tokio::time::timeout(
+            opts.acquire_timeout,
+            PgConnection::connect_with(&writer_connect),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unreachable(format!(
+                "cannot reach PostgreSQL at {shown}: no answer in {:?}",
+                opts.acquire_timeout
+            ))
+        })?
+        .map_err(reach)?;
         migrate(&mut first).await?;
         let pool = PgPoolOptions::new()
             .max_connections(opts.readers.max(1))
             .acquire_timeout(opts.acquire_timeout)
             .connect_lazy_with(connect.clone());
         let last_commit_error = LastCommitError::default();
-        let writer = Writer::start(first, connect, last_commit_error.clone());
+        let writer = Writer::start(first, writer_connect, last_commit_error.clone());
         let commands_added = Arc::new(tokio::sync::Notify::new());
         let runs_released = Arc::new(tokio::sync::Notify::new());
         let (committed, _) = tokio::sync::broadcast::channel(65_536);

@@ -269,15 +269,19 @@ async fn exec(conn: &mut PgConnection, sql: &'static str) -> Result<()> {
 }
 
 async fn begin(conn: &mut PgConnection, audited: bool) -> Result<()> {
-    exec(conn, "BEGIN").await?;
     if audited {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(locks::AUDIT)
-            .execute(&mut *conn)
+        // One round-trip: the statements of a simple query run one after the other,
+        // so every statement of the transaction after the lock sees what the chain's
+        // previous holder committed.
+        let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({})", locks::AUDIT);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(conn)
             .await
-            .map_err(db_err)?;
+            .map(|_| ())
+            .map_err(db_err)
+    } else {
+        exec(conn, "BEGIN").await
     }
-    Ok(())
 }
 
 /// The whole group in one transaction without savepoints.
