@@ -29,6 +29,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_replicas.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_partial_run_indexes.sql"),
+    ),
 ];
 
 /// Keys of the transaction-level advisory locks the store takes.
