@@ -138,7 +138,8 @@ type Updated = HashMap<String, (String, Option<String>)>;
 /// round-trip; PostgreSQL runs data-modifying CTEs on the same snapshot, and these
 /// touch different tables). The fencing tokens are checked by the `runs` update, which
 /// also locks the rows (a claim of the same run waits for this transaction, or this
-/// statement for the claim's); a run fenced out fails the whole job, which is undone.
+/// statement for the claim's); the events and steps of a run fenced out are not
+/// written, and the job fails as `taken over` (and is undone).
 /// Every replica hears of the new events (for the followers of these runs) when the
 /// transaction commits.
 async fn write_progress(
@@ -212,7 +213,7 @@ async fn write_progress(
            RETURNING r.id, p.first, r.last_seq, r.workflow, r.started_by), \
          e AS (INSERT INTO events (run_id, seq, time, type, step_id, attempt, data, schema) \
            SELECT r, s, t, k, st, a, d, $19 FROM UNNEST($12::text[], $13::int8[], $14::int8[], $15::text[], \
-             $16::text[], $17::int8[], $18::text[]) AS e(r, s, t, k, st, a, d)), \
+             $16::text[], $17::int8[], $18::text[]) AS e(r, s, t, k, st, a, d) WHERE e.r IN (SELECT id FROM u)), \
          s AS (UPDATE steps s SET status = COALESCE(p.status, s.status), attempt = COALESCE(p.attempt, s.attempt), \
            started_at = CASE WHEN p.reset THEN p.started ELSE COALESCE(s.started_at, p.started) END, \
            finished_at = CASE WHEN p.set_finished THEN p.finished ELSE s.finished_at END, \
@@ -222,7 +223,7 @@ async fn write_progress(
                      $27::int8[], $28::bool[], $29::text[], $30::bool[], $31::text[]) \
            AS p(run_id, step_id, status, attempt, reset, started, set_finished, finished, set_output, output, \
                 set_error, error) \
-         WHERE s.run_id = p.run_id AND s.step_id = p.step_id) \
+         WHERE s.run_id = p.run_id AND s.step_id = p.step_id AND p.run_id IN (SELECT id FROM u)) \
          SELECT u.id, u.workflow, u.started_by FROM u LEFT JOIN LATERAL \
            (SELECT pg_notify($11, u.id || ' ' || u.first || ' ' || u.last_seq) WHERE u.first > 0) AS n ON TRUE",
     )
