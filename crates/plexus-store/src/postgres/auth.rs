@@ -216,25 +216,18 @@ impl AuthStore for PgStore {
     }
 
     async fn create_api_key(&self, key: ApiKey) -> Result<()> {
-        let key = Arc::new(key);
-        self.write(move |conn| {
-            let key = Arc::clone(&key);
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&key.id)
-                .bind(&key.user_id)
-                .bind(&key.name)
-                .bind(&key.secret_hash)
-                .bind(key.created_at as i64)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(())
-            })
-        })
-        .await
+        self.execute(
+            "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                key.id.as_str().into(),
+                key.user_id.as_str().into(),
+                key.name.as_str().into(),
+                key.secret_hash.as_str().into(),
+                (key.created_at as i64).into(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn api_key(&self, id: &str) -> Result<Option<ApiKey>> {
@@ -314,27 +307,20 @@ impl AuthStore for PgStore {
     }
 
     async fn create_session(&self, s: Session) -> Result<()> {
-        let s = Arc::new(s);
-        self.write(move |conn| {
-            let s = Arc::clone(&s);
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, api_key_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&s.id)
-                .bind(&s.user_id)
-                .bind(&s.refresh_hash)
-                .bind(s.created_at as i64)
-                .bind(s.expires_at as i64)
-                .bind(&s.api_key_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(())
-            })
-        })
-        .await
+        self.execute(
+            "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, api_key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                s.id.as_str().into(),
+                s.user_id.as_str().into(),
+                s.refresh_hash.as_str().into(),
+                (s.created_at as i64).into(),
+                (s.expires_at as i64).into(),
+                s.api_key_id.as_deref().into(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn session(&self, id: &str) -> Result<Option<Session>> {
@@ -429,27 +415,20 @@ impl AuthStore for PgStore {
     }
 
     async fn put_setting(&self, s: Setting) -> Result<()> {
-        let s = Arc::new(s);
-        self.write(move |conn| {
-            let s = Arc::clone(&s);
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO settings (key, value, secret, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, secret = excluded.secret, \
-                       updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-                )
-                .bind(&s.key)
-                .bind(&s.value)
-                .bind(s.secret)
-                .bind(s.updated_at as i64)
-                .bind(&s.updated_by)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
-                Ok(())
-            })
-        })
-        .await
+        self.execute(
+            "INSERT INTO settings (key, value, secret, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, secret = excluded.secret, \
+               updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+            vec![
+                s.key.as_str().into(),
+                s.value.as_str().into(),
+                s.secret.into(),
+                (s.updated_at as i64).into(),
+                s.updated_by.as_str().into(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn delete_setting(&self, key: &str) -> Result<bool> {

@@ -132,23 +132,13 @@ impl CatalogStore for PgStore {
     }
 
     async fn delete_workflow(&self, name: &str, now: Millis) -> Result<bool> {
-        let name = Arc::<str>::from(name);
-        self.write(move |conn| {
-            let name = Arc::clone(&name);
-            Box::pin(async move {
-                let n = sqlx::query(
-                    "UPDATE workflows SET deleted_at = $2 WHERE name = $1 AND deleted_at IS NULL",
-                )
-                .bind(&*name)
-                .bind(now as i64)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                Ok(n > 0)
-            })
-        })
-        .await
+        let n = self
+            .execute(
+                "UPDATE workflows SET deleted_at = $2 WHERE name = $1 AND deleted_at IS NULL",
+                vec![name.into(), (now as i64).into()],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
     async fn put_schedule(&self, schedule: ScheduleRow) -> Result<ScheduleRow> {
@@ -210,20 +200,10 @@ impl CatalogStore for PgStore {
     }
 
     async fn delete_schedule(&self, name: &str) -> Result<bool> {
-        let name = Arc::<str>::from(name);
-        self.write(move |conn| {
-            let name = Arc::clone(&name);
-            Box::pin(async move {
-                let n = sqlx::query("DELETE FROM schedules WHERE name = $1")
-                    .bind(&*name)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_err)?
-                    .rows_affected();
-                Ok(n > 0)
-            })
-        })
-        .await
+        let n = self
+            .execute("DELETE FROM schedules WHERE name = $1", vec![name.into()])
+            .await?;
+        Ok(n > 0)
     }
 
     async fn set_schedule_paused(
@@ -232,24 +212,13 @@ impl CatalogStore for PgStore {
         paused: bool,
         by: Option<&str>,
     ) -> Result<bool> {
-        let args = Arc::new((name.to_owned(), by.map(str::to_owned)));
-        self.write(move |conn| {
-            let args = Arc::clone(&args);
-            Box::pin(async move {
-                let n = sqlx::query(
-                    "UPDATE schedules SET paused = $2, changed_by = COALESCE($3, changed_by) WHERE name = $1",
-                )
-                .bind(&args.0)
-                .bind(paused)
-                .bind(&args.1)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                Ok(n > 0)
-            })
-        })
-        .await
+        let n = self
+            .execute(
+                "UPDATE schedules SET paused = $2, changed_by = COALESCE($3, changed_by) WHERE name = $1",
+                vec![name.into(), paused.into(), by.into()],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
     async fn due_schedules(&self, now: Millis) -> Result<Vec<ScheduleRow>> {
@@ -270,25 +239,18 @@ impl CatalogStore for PgStore {
         next: Millis,
         fired_at: Millis,
     ) -> Result<bool> {
-        let name = Arc::<str>::from(name);
-        self.write(move |conn| {
-            let name = Arc::clone(&name);
-            Box::pin(async move {
-                let n = sqlx::query(
-                    "UPDATE schedules SET next_fire_at = $3, last_fired_at = $4 WHERE name = $1 AND next_fire_at = $2",
-                )
-                .bind(&*name)
-                .bind(expected as i64)
-                .bind(next as i64)
-                .bind(fired_at as i64)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                Ok(n == 1)
-            })
-        })
-        .await
+        let n = self
+            .execute(
+                "UPDATE schedules SET next_fire_at = $3, last_fired_at = $4 WHERE name = $1 AND next_fire_at = $2",
+                vec![
+                    name.into(),
+                    (expected as i64).into(),
+                    (next as i64).into(),
+                    (fired_at as i64).into(),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn set_triggers(&self, workflow: &str, event_types: &[String]) -> Result<()> {
@@ -369,23 +331,13 @@ impl CatalogStore for PgStore {
     }
 
     async fn set_event_runs(&self, id: &str, runs: &[String]) -> Result<()> {
-        let args = Arc::new((
-            id.to_owned(),
-            serde_json::to_string(runs).unwrap_or_default(),
-        ));
-        self.write(move |conn| {
-            let args = Arc::clone(&args);
-            Box::pin(async move {
-                sqlx::query("UPDATE received_events SET runs = $2 WHERE id = $1")
-                    .bind(&args.0)
-                    .bind(&args.1)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            })
-        })
-        .await
+        let runs = serde_json::to_string(runs).unwrap_or_default();
+        self.execute(
+            "UPDATE received_events SET runs = $2 WHERE id = $1",
+            vec![id.into(), runs.as_str().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn add_dead_letter(
