@@ -92,6 +92,7 @@ pub async fn serve(
         }
         None => {}
     }
+    let shutdown = shutdown_signal()?;
     eprintln!(
         "plexus serve: listening on {scheme}://{addr} (gRPC on {grpc_addr}, data dir {}, store {})",
         settings.data_dir.display(),
@@ -215,14 +216,14 @@ pub async fn serve(
             // `tap_io` gives the TLS listener axum's connect-info (the client address).
             let listener = plexus_server::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(shutdown)
                 .await?
         }
         None => {
             use axum::serve::ListenerExt;
             let listener = listener.tap_io(|tcp| plexus_server::tls::no_delay(tcp));
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(shutdown)
                 .await?
         }
     }
@@ -327,19 +328,19 @@ async fn take_over_runs(engine: &Engine, store: &dyn Store) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: called before the server says it is listening, a
+/// SIGTERM sent as soon as it answers stops it gracefully instead of killing it.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    })
 }
 
 /// Dials a plugin listed under `plugins.external` until it answers (it may start after

@@ -247,3 +247,29 @@ fn bootstrap_keys_and_addresses_for_automation() {
     assert!(!log.contains(&preset), "the preset key reached the log");
     stop(&mut server);
 }
+
+/// A SIGTERM sent the moment the server says it listens stops it cleanly (exit 0): its
+/// signal handlers are in place before it says so, as a supervisor stopping a server
+/// that just started expects.
+#[test]
+fn a_sigterm_as_soon_as_it_listens_stops_it_cleanly() {
+    for _ in 0..5 {
+        let p = Plexus::new();
+        let mut child = serve_command(&p)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0);
+        }
+        // SAFETY: signalling the child we started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // Its stderr keeps being read so that its last log lines never block it.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    }
+}
