@@ -53,7 +53,8 @@ pub(crate) const RELEASED_CHANNEL: &str = "plexus_runs_released";
 
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
-    /// Read connections in the pool (the writer and the listener have their own).
+    /// Connections in the pool, for reads and for making runs (the writer and the
+    /// listener have their own).
     pub readers: u32,
     /// How long an operation waits for a connection before the database counts as
     /// unavailable.
