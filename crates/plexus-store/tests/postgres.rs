@@ -110,7 +110,8 @@ async fn an_unreachable_database_is_unavailable_and_its_password_is_not_shown() 
 }
 
 /// Two replicas on one database: a command stored through one wakes the owner waiting on
-/// the other at once (LISTEN/NOTIFY), and audit appends from both form one chain.
+/// the other at once (LISTEN/NOTIFY), and audit appends from both form one chain (each
+/// replica's remembered head going stale, and rolled back).
 #[tokio::test]
 async fn replicas_share_commands_and_one_audit_chain() {
     use plexus_core::audit::{AuditEntry, Domain};
@@ -171,8 +172,28 @@ async fn replicas_share_commands_and_one_audit_chain() {
     for r in futures_util::future::join_all(appends).await {
         r.unwrap();
     }
+    // An append whose transaction is rolled back (another job of the same group commit
+    // failed) and run again: the head this replica remembers was never committed.
+    let user = |id: &str| plexus_store::auth::User {
+        id: id.into(),
+        username: "ada".into(),
+        password_hash: None,
+        role: "admin".into(),
+        active: true,
+        created_at: 1,
+        email: None,
+    };
+    a.create_user(user("u1")).await.unwrap();
+    for i in 40..50 {
+        let (appended, duplicate) = tokio::join!(
+            append(if i % 3 == 0 { &b } else { &a }, i),
+            a.create_user(user(&format!("u{i}")))
+        );
+        appended.unwrap();
+        assert!(duplicate.is_err(), "a second user named ada");
+    }
     let records = a.audit(Default::default()).await.unwrap();
-    assert_eq!(records.len(), 40);
+    assert_eq!(records.len(), 50);
     let mut chain = plexus_core::audit::ChainVerifier::default();
     for r in &records {
         chain.push(r).expect("one unbroken chain");

@@ -63,47 +63,6 @@ fn audit_from_row(r: &PgRow) -> RowResult<AuditRecord> {
     })
 }
 
-/// Appends records after the current head, in order, inside the caller's transaction
-/// (which holds the chain's lock).
-pub(super) async fn append_audit_entries(
-    conn: &mut PgConnection,
-    entries: &[AuditEntry],
-) -> Result<Vec<AuditRecord>> {
-    let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    let mut prev: Option<(u64, String)> = match head {
-        Some(r) => Some((count(&r, 0)?, get(&r, 1)?)),
-        None => None,
-    };
-    let mut records = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let record = AuditRecord::chain(entry, prev.as_ref().map(|(s, h)| (*s, h.as_str())));
-        prev = Some((record.seq, record.hash.clone()));
-        records.push(record);
-    }
-    let r = records.iter();
-    sqlx::query(
-        "INSERT INTO audit (seq, time, actor, domain, action, target, details, prev_hash, hash) \
-         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                              $7::text[], $8::text[], $9::text[])",
-    )
-    .bind(r.clone().map(|r| r.seq as i64).collect::<Vec<_>>())
-    .bind(r.clone().map(|r| r.time as i64).collect::<Vec<_>>())
-    .bind(r.clone().map(|r| r.actor.as_str()).collect::<Vec<_>>())
-    .bind(r.clone().map(|r| r.domain.as_str()).collect::<Vec<_>>())
-    .bind(r.clone().map(|r| r.action.as_str()).collect::<Vec<_>>())
-    .bind(r.clone().map(|r| r.target.as_str()).collect::<Vec<_>>())
-    .bind(r.clone().map(|r| r.details.as_str()).collect::<Vec<_>>())
-    .bind(r.clone().map(|r| r.prev_hash.as_str()).collect::<Vec<_>>())
-    .bind(r.map(|r| r.hash.as_str()).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    Ok(records)
-}
-
 #[async_trait::async_trait]
 impl AuthStore for PgStore {
     async fn create_user(&self, user: User) -> Result<()> {
@@ -364,10 +323,11 @@ impl AuthStore for PgStore {
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
         let entry = Arc::new(entry);
+        let head = self.audit_head.clone();
         self.write_chained(None, true, move |conn| {
-            let entry = Arc::clone(&entry);
+            let (entry, head) = (Arc::clone(&entry), head.clone());
             Box::pin(async move {
-                let mut records = append_audit_entries(conn, std::slice::from_ref(&*entry)).await?;
+                let mut records = head.append(conn, std::slice::from_ref(&*entry)).await?;
                 Ok(records.remove(0))
             })
         })

@@ -3,6 +3,7 @@
 //! folded into one patch per row first (the same result as applying them one by one, as
 //! the SQLite store does), then every table is written with one statement over arrays.
 
+use super::audit_chain::AuditHead;
 use super::{db_err, now_ms, unique_violation};
 use crate::*;
 use plexus_core::machine::EVENT_SCHEMA;
@@ -73,7 +74,11 @@ impl StepPatch {
     }
 }
 
-pub(super) async fn apply_batch(conn: &mut PgConnection, batch: &Batch) -> Result<()> {
+pub(super) async fn apply_batch(
+    conn: &mut PgConnection,
+    batch: &Batch,
+    head: &AuditHead,
+) -> Result<()> {
     let mut runs: BTreeMap<&str, RunPatch> = BTreeMap::new();
     let mut steps: BTreeMap<(&str, String), StepPatch> = BTreeMap::new();
     let mut audits = Vec::new();
@@ -125,7 +130,7 @@ pub(super) async fn apply_batch(conn: &mut PgConnection, batch: &Batch) -> Resul
     }
     let updated = write_progress(conn, &runs, batch, &steps).await?;
     if !audits.is_empty() {
-        append_run_audits(conn, audits, &updated).await?;
+        append_run_audits(conn, head, audits, &updated).await?;
     }
     write_the_rest(conn, batch).await
 }
@@ -288,6 +293,7 @@ async fn write_progress(
 /// order (the writer's transaction holds the chain's lock).
 async fn append_run_audits(
     conn: &mut PgConnection,
+    head: &AuditHead,
     audits: Vec<(&str, Millis, RunAudit)>,
     known: &Updated,
 ) -> Result<()> {
@@ -304,7 +310,7 @@ async fn append_run_audits(
             started_by.clone(),
         ));
     }
-    super::auth::append_audit_entries(conn, &entries).await?;
+    head.append(conn, &entries).await?;
     Ok(())
 }
 

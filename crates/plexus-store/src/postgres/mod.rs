@@ -12,6 +12,7 @@ use sqlx::{Connection as _, Row};
 use std::str::FromStr;
 use std::sync::Arc;
 
+mod audit_chain;
 mod auth;
 mod batch;
 mod catalog;
@@ -81,6 +82,8 @@ pub struct PgStore {
     /// Every replica's committed events, as announced.
     committed: tokio::sync::broadcast::Sender<CommittedEvents>,
     listener: tokio::task::JoinHandle<()>,
+    /// The audit chain's head as this replica last appended it.
+    audit_head: audit_chain::AuditHead,
     /// Where it is, for messages (never the password).
     shown: String,
 }
@@ -159,8 +162,14 @@ const IDLE_IN_TRANSACTION: &str = "5s";
 fn options(url: &str) -> Result<PgConnectOptions> {
     PgConnectOptions::from_str(url)
         .map(|o| {
-            o.application_name("plexus")
-                .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)])
+            // No JIT: every statement here is a short lookup or write, and PostgreSQL
+            // compiled the ones it thought costly (a scan of the small `replicas`
+            // table on the writer's connection, where scans are priced out) for ~70 ms
+            // of CPU per call.
+            o.application_name("plexus").options([
+                ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+                ("jit", "off"),
+            ])
         })
         .map_err(|e| {
             StoreError::Db(format!(
@@ -263,6 +272,7 @@ impl PgStore {
             runs_released,
             committed,
             listener,
+            audit_head: Default::default(),
             shown,
         })
     }

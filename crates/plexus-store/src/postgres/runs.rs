@@ -62,9 +62,10 @@ impl RunStore for PgStore {
         let chain = batch.chain.clone();
         let audited = batch.events.iter().any(|(_, e)| run_audit(e).is_some());
         let batch = Arc::new(batch);
+        let head = self.audit_head.clone();
         self.write_chained(chain, audited, move |conn| {
-            let batch = Arc::clone(&batch);
-            Box::pin(async move { batch::apply_batch(conn, &batch).await })
+            let (batch, head) = (Arc::clone(&batch), head.clone());
+            Box::pin(async move { batch::apply_batch(conn, &batch, &head).await })
         })
         .await
     }
@@ -195,6 +196,8 @@ impl RunStore for PgStore {
     }
 
     async fn get_run(&self, id_or_prefix: &str) -> Result<RunRow> {
+        /// The length of a run id (a UUID's text form).
+        const RUN_ID_LEN: usize = 36;
         let key = id_or_prefix;
         // `last`: the newest run, so a person never has to copy an id.
         if key == "last" {
@@ -211,6 +214,18 @@ impl RunStore for PgStore {
         }
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Err(StoreError::RunNotFound(key.to_owned()));
+        }
+        // A whole id (what every client but a person typing sends) by the key alone: the
+        // plan of the prefix query below costs more to start than the lookup itself.
+        if key.len() == RUN_ID_LEN {
+            let row = query(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db_err)?;
+            if let Some(r) = row {
+                return run_from_row(&r);
+            }
         }
         // The exact id, or a range on the key (ids compare byte by byte; they are hex
         // digits and dashes, all below `~`).
