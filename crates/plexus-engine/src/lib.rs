@@ -320,6 +320,13 @@ pub struct Submission {
     pub responsible: Vec<String>,
 }
 
+/// What [`Engine::submit_run`] did.
+pub struct Submitted {
+    pub id: String,
+    /// When the run was made; `None` when the idempotency key named an earlier run.
+    pub created_at: Option<Millis>,
+}
+
 /// The plan a stored run started with: its manifest compiled with the options it was
 /// first compiled with (pools, mode), so later changes to the configuration or settings
 /// do not touch a run already started. A run stored before options were kept, or by a
@@ -462,10 +469,19 @@ impl Engine {
     /// Creates and starts a run; returns its id once the run is recorded. With an
     /// idempotency key already used, returns that run's id and starts nothing.
     pub async fn submit(&self, sub: Submission) -> Result<String, EngineError> {
+        self.submit_run(sub).await.map(|s| s.id)
+    }
+
+    /// [`Self::submit`], telling also whether and when the run was made.
+    pub async fn submit_run(&self, sub: Submission) -> Result<Submitted, EngineError> {
+        let earlier = |id| Submitted {
+            id,
+            created_at: None,
+        };
         if let Some(key) = &sub.idempotency_key
             && let Some(existing) = self.store.find_run_by_key(key).await?
         {
-            return Ok(existing.id);
+            return Ok(earlier(existing.id));
         }
         let id = new_id();
         let now = now_ms();
@@ -495,7 +511,9 @@ impl Engine {
             // Another submission with the same key won the race.
             let key = sub.idempotency_key.unwrap_or_default();
             let existing = self.store.find_run_by_key(&key).await?;
-            return existing.map(|r| r.id).ok_or(EngineError::NotActive(id));
+            return existing
+                .map(|r| earlier(r.id))
+                .ok_or(EngineError::NotActive(id));
         }
         let state = RunState::new(id.clone(), plan, sub.inputs);
         let (reply, done) = oneshot::channel();
@@ -510,7 +528,10 @@ impl Engine {
         })
         .await?;
         let _ = done.await;
-        Ok(id)
+        Ok(Submitted {
+            id,
+            created_at: Some(now),
+        })
     }
 
     /// Takes over an interrupted run and continues it from its events.

@@ -5,7 +5,7 @@
 use crate::auth::Caller;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
-use crate::runs::{Origin, WaitQuery, answer_after, start_run};
+use crate::runs::{Origin, WaitQuery, answer_after, start_watched};
 use crate::{AppState, auth::audit};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -185,7 +185,7 @@ pub async fn invoke(
         .with_details(json!(problems)));
     }
     let text = invoke_manifest(&agent, &action, &req.params);
-    let id = start_run(
+    let (id, just_made) = start_watched(
         &state,
         text,
         None,
@@ -194,5 +194,13 @@ pub async fn invoke(
         Origin::caller(&caller),
     )
     .await?;
-    answer_after(&state, &id, wait, StatusCode::CREATED, q.view(wait)).await
+    answer_after(
+        &state,
+        &id,
+        wait,
+        StatusCode::CREATED,
+        q.view(wait),
+        just_made,
+    )
+    .await
 }

@@ -376,7 +376,7 @@ async fn finish(
     q: &WaitQuery,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let (status, Json(run)) =
-        answer_after(state, id, wait, StatusCode::CREATED, q.view(wait)).await?;
+        answer_after(state, id, wait, StatusCode::CREATED, q.view(wait), None).await?;
     answer["run"] = run;
     Ok((status, Json(answer)))
 }

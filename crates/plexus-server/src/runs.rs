@@ -68,8 +68,31 @@ async fn full_run(state: &AppState, id: &str) -> ApiResult<Json_> {
 }
 
 /// The light answer to a start: what a client needs to follow the run.
+#[derive(Clone)]
+struct Seen {
+    id: String,
+    status: String,
+    workflow: String,
+    created_at: u64,
+}
+
+impl Seen {
+    fn of(row: &RunRow) -> Seen {
+        Seen {
+            id: row.id.clone(),
+            status: row.status.clone(),
+            workflow: row.workflow.clone(),
+            created_at: row.created_at,
+        }
+    }
+
+    fn json(&self) -> Json_ {
+        json!({"id": self.id, "state": self.status, "workflow": self.workflow, "created_at": self.created_at})
+    }
+}
+
 fn light_run(row: &RunRow) -> Json_ {
-    json!({"id": row.id, "state": row.status, "workflow": row.workflow, "created_at": row.created_at})
+    Seen::of(row).json()
 }
 
 /// How much of a run an answer holds: `light` (`id`, `state`, `workflow`,
@@ -115,6 +138,38 @@ impl WaitQuery {
     }
 }
 
+/// A run this request has just made, and the engine's end notices subscribed to before
+/// it was made: waiting for its end needs no first look at the store (no end can have
+/// been missed), nor a read to answer it in the light view.
+pub(crate) struct JustMade {
+    ends: tokio::sync::broadcast::Receiver<(plexus_engine::RunId, RunStatus)>,
+    seen: Seen,
+}
+
+/// Starts a run for a request that may wait for its end; `None` when an idempotency key
+/// named an earlier run (which is then waited for like any other).
+pub(crate) async fn start_watched(
+    state: &AppState,
+    text: String,
+    version: Option<u32>,
+    inputs: &serde_json::Map<String, Json_>,
+    key: Option<String>,
+    origin: Origin<'_>,
+) -> ApiResult<(String, Option<JustMade>)> {
+    let ends = state.engine.finished();
+    let (made, workflow) = submit(state, text, version, inputs, key, origin).await?;
+    let just_made = made.created_at.map(|created_at| JustMade {
+        ends,
+        seen: Seen {
+            id: made.id.clone(),
+            status: RunStatus::Queued.as_str().to_owned(),
+            workflow,
+            created_at,
+        },
+    });
+    Ok((made.id, just_made))
+}
+
 /// Waits up to `wait` for the run to end; whether it did. Woken by the engine's notice
 /// of this run's end (other runs' ends are passed over without a store read: with many
 /// waiters, re-reading on every end was a read per waiter per run), with a look at the
@@ -123,14 +178,23 @@ async fn wait_for_end(
     state: &AppState,
     id: &str,
     wait: std::time::Duration,
-) -> ApiResult<(bool, RunRow)> {
-    let mut ends = state.engine.finished();
+    just_made: Option<JustMade>,
+) -> ApiResult<(bool, Seen)> {
     let deadline = tokio::time::Instant::now() + wait;
+    let (mut ends, mut seen, mut look) = match just_made {
+        Some(j) => (j.ends, Some(j.seen), false),
+        None => (state.engine.finished(), None, true),
+    };
     loop {
-        let mut row = state.store.get_run(id).await?;
+        let row = match seen.take() {
+            Some(s) if !look => s,
+            _ => Seen::of(&state.store.get_run(id).await?),
+        };
+        look = true;
         if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
             return Ok((true, row));
         }
+        let mut row = row;
         let look_again = tokio::time::sleep(std::time::Duration::from_millis(250));
         tokio::pin!(look_again);
         loop {
@@ -166,19 +230,21 @@ pub(crate) async fn answer_after(
     wait: Option<std::time::Duration>,
     otherwise: StatusCode,
     view: View,
+    just_made: Option<JustMade>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let (status, seen) = match wait {
-        Some(w) => match wait_for_end(state, id, w).await? {
+        Some(w) => match wait_for_end(state, id, w, just_made).await? {
             (true, row) => (StatusCode::OK, Some(row)),
             (false, row) => (StatusCode::ACCEPTED, Some(row)),
         },
-        None => (otherwise, None),
+        None => (otherwise, just_made.map(|j| j.seen)),
     };
-    // The light answer of a wait is what the wait saw; it needs no other read.
+    // The light answer of a wait (or of a run just made) is what was seen; it needs no
+    // other read.
     if view == View::Light
         && let Some(row) = seen
     {
-        return Ok((status, Json(light_run(&row))));
+        return Ok((status, Json(row.json())));
     }
     let answer = match view {
         View::Full => full_run(state, id).await?,
@@ -209,7 +275,7 @@ pub async fn start(
     if let Some(key) = &key
         && let Some(existing) = state.store.find_run_by_key(key).await?
     {
-        return answer_after(&state, &existing.id, wait, StatusCode::OK, view).await;
+        return answer_after(&state, &existing.id, wait, StatusCode::OK, view, None).await;
     }
     let (text, version) = match (req.workflow, req.manifest) {
         (Some(name), None) => {
@@ -229,7 +295,7 @@ pub async fn start(
             ));
         }
     };
-    let id = start_run(
+    let (id, just_made) = start_watched(
         &state,
         text,
         version,
@@ -238,7 +304,7 @@ pub async fn start(
         Origin::caller(&caller),
     )
     .await?;
-    answer_after(&state, &id, wait, StatusCode::CREATED, view).await
+    answer_after(&state, &id, wait, StatusCode::CREATED, view, just_made).await
 }
 
 pub async fn stored_workflow(
@@ -288,6 +354,21 @@ pub async fn start_run(
     key: Option<String>,
     origin: Origin<'_>,
 ) -> ApiResult<String> {
+    Ok(submit(state, text, version, inputs, key, origin)
+        .await?
+        .0
+        .id)
+}
+
+/// [`start_run`], telling whether and when the run was made, and its workflow's name.
+async fn submit(
+    state: &AppState,
+    text: String,
+    version: Option<u32>,
+    inputs: &serde_json::Map<String, Json_>,
+    key: Option<String>,
+    origin: Origin<'_>,
+) -> ApiResult<(plexus_engine::Submitted, String)> {
     let Origin {
         started_by,
         mut responsible,
@@ -306,9 +387,10 @@ pub async fn start_run(
             .with_code("invalid_inputs")
             .with_details(json!(errors))
     })?;
-    let id = state
+    let workflow = plan.manifest.name.clone();
+    let made = state
         .engine
-        .submit(Submission {
+        .submit_run(Submission {
             plan,
             manifest_text: text,
             base_dir: state.config.base_dir.clone(),
@@ -319,7 +401,7 @@ pub async fn start_run(
             responsible,
         })
         .await?;
-    Ok(id)
+    Ok((made, workflow))
 }
 
 #[derive(Deserialize)]
@@ -375,7 +457,7 @@ pub async fn get(
     let wait = q.duration()?;
     let id = state.store.get_run(&id).await?.id;
     let view = q.view.unwrap_or(View::Full);
-    answer_after(&state, &id, wait, StatusCode::OK, view).await
+    answer_after(&state, &id, wait, StatusCode::OK, view, None).await
 }
 
 #[derive(Deserialize)]

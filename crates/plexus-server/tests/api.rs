@@ -554,6 +554,12 @@ async fn starts_answer_light_unless_asked_for_the_full_run() {
     keys.sort();
     assert_eq!(keys, ["created_at", "id", "state", "workflow"], "{light}");
     assert_eq!(light["workflow"], "quick");
+    // What the run was when made, as stored.
+    assert_eq!(light["state"], "queued", "{light}");
+    let (_, stored) = api
+        .get(&format!("/api/v1/runs/{}", light["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(light["created_at"], stored["created_at"], "{stored}");
 
     let (s, full) = api
         .post("/api/v1/runs?view=full", json!({"manifest": quick}))
@@ -575,6 +581,23 @@ async fn starts_answer_light_unless_asked_for_the_full_run() {
         )
         .await;
     assert!(waited.get("steps").is_none(), "{waited}");
+    assert_eq!(waited["state"], "succeeded", "{waited}");
+    let (_, stored) = api
+        .get(&format!("/api/v1/runs/{}", waited["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(waited["created_at"], stored["created_at"], "{stored}");
+    assert_eq!(waited["workflow"], "quick", "{waited}");
+    // A wait that ends first answers `202` with the run as it was seen.
+    let slow = "version: plexus/v1\nname: slow\nsteps:\n- {id: a, wait: {timer: 1h}}\n";
+    let (s, waited) = api
+        .post(
+            "/api/v1/runs?wait=50ms&view=light",
+            json!({"manifest": slow}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{waited}");
+    assert_eq!(waited["workflow"], "slow", "{waited}");
+    assert_ne!(waited["state"], "succeeded", "{waited}");
     let (s, _) = api
         .post("/api/v1/runs?view=everything", json!({"manifest": quick}))
         .await;
