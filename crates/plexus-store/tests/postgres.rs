@@ -411,4 +411,45 @@ async fn committed_events_are_announced_to_every_replica() {
         .unwrap();
     assert_eq!((&*got.run_id, got.first_seq, got.last_seq), (id, 1, 2));
     assert_eq!(b.events(id, got.first_seq - 1, 0).await.unwrap().len(), 2);
+
+    // One commit of many runs (more than one notification's worth): each run is heard
+    // of once, with its own events.
+    let ids: Vec<String> = (0..200)
+        .map(|i| format!("00000000-0000-0000-0001-{i:012}"))
+        .collect();
+    for id in &ids {
+        a.create_run(new_run(id, Some("replica-a".into()), Some(u64::MAX / 4), 1))
+            .await
+            .unwrap();
+    }
+    let mut events = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let started = EventKind::RunStarted {
+            inputs: serde_json::json!({}),
+        };
+        events.push((id.clone(), ev(1, started)));
+        if i % 2 == 0 {
+            let reason = "test".to_owned();
+            events.push((id.clone(), ev(2, EventKind::RunCancelled { reason })));
+        }
+    }
+    a.commit(plexus_store::Batch {
+        events,
+        fences: ids.iter().map(|id| (id.clone(), 0)).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < ids.len() {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv())
+            .await
+            .expect("every run announced within seconds")
+            .unwrap();
+        let before = seen.insert(got.run_id.to_string(), (got.first_seq, got.last_seq));
+        assert!(before.is_none(), "{} announced twice", got.run_id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(seen[id], (1, if i % 2 == 0 { 2 } else { 1 }), "{id}");
+    }
 }

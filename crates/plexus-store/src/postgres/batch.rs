@@ -146,7 +146,8 @@ type Updated = HashMap<String, (String, Option<String>)>;
 /// statement for the claim's); the events and steps of a run fenced out are not
 /// written, and the job fails as `taken over` (and is undone).
 /// Every replica hears of the new events (for the followers of these runs) when the
-/// transaction commits.
+/// transaction commits, by one notification for the commit's runs (a notification
+/// each was as many wake-ups of every replica's listener).
 async fn write_progress(
     conn: &mut PgConnection,
     runs: &BTreeMap<&str, RunPatch>,
@@ -228,9 +229,11 @@ async fn write_progress(
                      $27::int8[], $28::bool[], $29::text[], $30::bool[], $31::text[]) \
            AS p(run_id, step_id, status, attempt, reset, started, set_finished, finished, set_output, output, \
                 set_error, error) \
-         WHERE s.run_id = p.run_id AND s.step_id = p.step_id AND p.run_id IN (SELECT id FROM u)) \
-         SELECT u.id, u.workflow, u.started_by FROM u LEFT JOIN LATERAL \
-           (SELECT pg_notify($11, u.id || ' ' || u.first || ' ' || u.last_seq) WHERE u.first > 0) AS n ON TRUE",
+         WHERE s.run_id = p.run_id AND s.step_id = p.step_id AND p.run_id IN (SELECT id FROM u)), \
+         n AS (SELECT pg_notify($11, string_agg(c.id || ' ' || c.first || ' ' || c.last_seq, ';')) \
+           FROM (SELECT id, first, last_seq, row_number() OVER () / $32 AS chunk FROM u WHERE first > 0) AS c \
+           GROUP BY c.chunk) \
+         SELECT u.id, u.workflow, u.started_by, (SELECT count(*) FROM n) FROM u",
     )
     .bind(&ids)
     .bind(&status)
@@ -263,6 +266,7 @@ async fn write_progress(
     .bind(&s_output)
     .bind(&s_set_error)
     .bind(&s_error)
+    .bind(super::EVENTS_PER_NOTIFICATION)
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| match unique_violation(&e) {

@@ -34,6 +34,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_partial_run_indexes.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_run_definitions_unchecked.sql"),
+    ),
 ];
 
 /// Keys of the transaction-level advisory locks the store takes.
@@ -47,8 +51,13 @@ pub(crate) mod locks {
 
 /// The channel new commands are announced on (payload: the run id).
 pub(crate) const COMMANDS_CHANNEL: &str = "plexus_commands";
-/// The channel commits announce their runs' new events on (payload: `RUN FIRST LAST`).
+/// The channel commits announce their runs' new events on: one notification per commit
+/// (per [`EVENTS_PER_NOTIFICATION`] runs), its payload `RUN FIRST LAST` for each run,
+/// joined by `;`.
 pub(crate) const EVENTS_CHANNEL: &str = "plexus_events";
+/// Runs announced by one notification: each takes at most 77 bytes (an id of 36, two
+/// numbers of up to 19 digits), and a payload must stay under 8,000.
+pub(crate) const EVENTS_PER_NOTIFICATION: i64 = 80;
 /// The channel a replica announces on that it handed its runs back (payload: its id).
 pub(crate) const RELEASED_CHANNEL: &str = "plexus_runs_released";
 
@@ -397,18 +406,20 @@ async fn listen(
         Some(COMMANDS_CHANNEL) => commands.notify_waiters(),
         Some(RELEASED_CHANNEL) => released.notify_waiters(),
         Some(EVENTS_CHANNEL) => {
-            let mut parts = payload.split(' ');
-            if let (Some(run), Some(Ok(first)), Some(Ok(last))) = (
-                parts.next(),
-                parts.next().map(str::parse),
-                parts.next().map(str::parse),
-            ) {
-                // Nobody following is fine: the announcement is only for followers.
-                let _ = committed.send(CommittedEvents {
-                    run_id: run.into(),
-                    first_seq: first,
-                    last_seq: last,
-                });
+            for run in payload.split(';') {
+                let mut parts = run.split(' ');
+                if let (Some(run), Some(Ok(first)), Some(Ok(last))) = (
+                    parts.next(),
+                    parts.next().map(str::parse),
+                    parts.next().map(str::parse),
+                ) {
+                    // Nobody following is fine: the announcement is only for followers.
+                    let _ = committed.send(CommittedEvents {
+                        run_id: run.into(),
+                        first_seq: first,
+                        last_seq: last,
+                    });
+                }
             }
         }
         _ => {
