@@ -241,6 +241,7 @@ impl Bench {
             inputs: json!({}),
             idempotency_key: None,
             workflow_version: None,
+            newest_version: false,
             started_by: None,
             responsible: Vec::new(),
         };

@@ -44,6 +44,7 @@ pub async fn serve_in_process(
         }),
         auth: Arc::new(plexus_server::auth::Auth::open(&dir.join("keys"))?),
         plans: Default::default(),
+        newest_workflows: Default::default(),
         intents: Default::default(),
     };
     // Every request authenticates with an API key, as scripts do.

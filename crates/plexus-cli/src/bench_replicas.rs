@@ -101,6 +101,7 @@ async fn renewal(store: &dyn plexus_store::Store, n: usize) -> Result<f64> {
                 created_at: now,
                 idempotency_key: None,
                 workflow_version: None,
+                newest_version: false,
                 started_by: None,
                 mode: None,
                 plan: None,

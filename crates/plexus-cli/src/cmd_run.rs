@@ -102,6 +102,7 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<i32> {
             inputs: Json::Object(inputs),
             idempotency_key: None,
             workflow_version: None,
+            newest_version: false,
             started_by: Some(local_user()),
             responsible: vec![local_user()],
         })

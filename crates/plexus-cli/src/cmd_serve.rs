@@ -115,6 +115,7 @@ pub async fn serve(
         }),
         auth: Arc::new(auth),
         plans: Default::default(),
+        newest_workflows: Default::default(),
         intents: Default::default(),
     };
     plexus_server::settings::apply_to_engine(&state)

@@ -314,6 +314,9 @@ pub struct Submission {
     /// The same key returns the run it first created instead of starting another.
     pub idempotency_key: Option<String>,
     pub workflow_version: Option<u32>,
+    /// `workflow_version` is what the caller read as the newest version: the run is made
+    /// only while it still is (see [`plexus_store::NewRun::newest_version`]).
+    pub newest_version: bool,
     /// Who starts it (the actor of the run's audit records).
     pub started_by: Option<String>,
     /// Every actor who answers for the start (see [`plexus_store::NewRun::responsible`]).
@@ -501,6 +504,7 @@ impl Engine {
                 created_at: now,
                 idempotency_key: sub.idempotency_key.clone(),
                 workflow_version: sub.workflow_version,
+                newest_version: sub.newest_version,
                 started_by: sub.started_by.clone(),
                 mode: Some(plan.mode.as_str().to_owned()),
                 plan: Some(plan.options.to_stored()),

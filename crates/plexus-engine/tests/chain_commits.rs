@@ -49,6 +49,7 @@ async fn a_chain_of_shell_steps_costs_one_commit_per_step_and_keeps_its_order() 
             inputs: json!({}),
             idempotency_key: None,
             workflow_version: None,
+            newest_version: false,
             started_by: None,
             responsible: Vec::new(),
         })

@@ -27,6 +27,7 @@ async fn a_replaced_engine_writes_nothing_more(store: Arc<dyn Store>, dir: &std:
             inputs: json!({}),
             idempotency_key: None,
             workflow_version: None,
+            newest_version: false,
             started_by: None,
             responsible: Vec::new(),
         })

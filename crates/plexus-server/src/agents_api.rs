@@ -189,6 +189,7 @@ pub async fn invoke(
         &state,
         text,
         None,
+        false,
         &Default::default(),
         None,
         Origin::caller(&caller),

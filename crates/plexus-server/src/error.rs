@@ -58,12 +58,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The code of a start of a stored workflow's newest version that lost a race with a
+/// new version or a delete (see [`plexus_store::NewRun::newest_version`]).
+pub const WORKFLOW_CHANGED: &str = "workflow_changed";
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::RunNotFound(_) => Self::not_found(e.to_string()),
             StoreError::Ambiguous(_) => Self::bad_request(e.to_string()),
             StoreError::Conflict(_) => Self::conflict(e.to_string()),
+            StoreError::WorkflowChanged(_) => {
+                Self::conflict(e.to_string()).with_code(WORKFLOW_CHANGED)
+            }
             StoreError::Full(_) => Self::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "storage_full",

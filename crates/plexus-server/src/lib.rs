@@ -67,6 +67,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Compiled plans of manifests started before (see `workflows::compile_for_run`).
     pub plans: Arc<workflows::PlanCache>,
+    /// The newest version of each workflow started by name (see `runs::start`).
+    pub newest_workflows: Arc<workflows::NewestWorkflows>,
     /// What questions are matched against (see `ask`).
     pub intents: Arc<ask::IntentCache>,
 }

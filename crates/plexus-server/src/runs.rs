@@ -152,12 +152,13 @@ pub(crate) async fn start_watched(
     state: &AppState,
     text: String,
     version: Option<u32>,
+    newest: bool,
     inputs: &serde_json::Map<String, Json_>,
     key: Option<String>,
     origin: Origin<'_>,
 ) -> ApiResult<(String, Option<JustMade>)> {
     let ends = state.engine.finished();
-    let (made, workflow) = submit(state, text, version, inputs, key, origin).await?;
+    let (made, workflow) = submit(state, text, version, newest, inputs, key, origin).await?;
     let just_made = made.created_at.map(|created_at| JustMade {
         ends,
         seen: Seen {
@@ -277,9 +278,17 @@ pub async fn start(
     {
         return answer_after(&state, &existing.id, wait, StatusCode::OK, view, None).await;
     }
+    // A stored workflow by name alone: its newest version as this replica knows it.
+    let newest_of = match (&req.workflow, req.version) {
+        (Some(name), None) => Some(name.clone()),
+        _ => None,
+    };
     let (text, version) = match (req.workflow, req.manifest) {
         (Some(name), None) => {
-            let row = stored_workflow(&state, &name, req.version).await?;
+            let row = match req.version {
+                Some(_) => stored_workflow(&state, &name, req.version).await?,
+                None => newest_workflow(&state, &name, false).await?,
+            };
             (row.manifest, Some(row.version))
         }
         (None, Some(Json_::String(text))) => (text, None),
@@ -295,16 +304,51 @@ pub async fn start(
             ));
         }
     };
-    let (id, just_made) = start_watched(
+    let started = start_watched(
         &state,
         text,
         version,
+        newest_of.is_some(),
         &req.inputs,
-        key,
+        key.clone(),
         Origin::caller(&caller),
     )
-    .await?;
+    .await;
+    let (id, just_made) = match (started, newest_of) {
+        // The version this replica knew was not the newest any more (applied or deleted
+        // through another replica): the newest, read now.
+        (Err(e), Some(name)) if e.code == crate::error::WORKFLOW_CHANGED => {
+            let row = newest_workflow(&state, &name, true).await?;
+            start_watched(
+                &state,
+                row.manifest,
+                Some(row.version),
+                true,
+                &req.inputs,
+                key,
+                Origin::caller(&caller),
+            )
+            .await?
+        }
+        (started, _) => started?,
+    };
     answer_after(&state, &id, wait, StatusCode::CREATED, view, just_made).await
+}
+
+/// The newest version of workflow `name`: as this replica last saw it, or (`read`, or
+/// not seen yet) read from the store.
+async fn newest_workflow(
+    state: &AppState,
+    name: &str,
+    read: bool,
+) -> ApiResult<plexus_store::WorkflowRow> {
+    if !read && let Some(row) = state.newest_workflows.get(name) {
+        return Ok(row);
+    }
+    state.newest_workflows.forget(name);
+    let row = stored_workflow(state, name, None).await?;
+    state.newest_workflows.put(row.clone());
+    Ok(row)
 }
 
 pub async fn stored_workflow(
@@ -354,17 +398,19 @@ pub async fn start_run(
     key: Option<String>,
     origin: Origin<'_>,
 ) -> ApiResult<String> {
-    Ok(submit(state, text, version, inputs, key, origin)
+    Ok(submit(state, text, version, false, inputs, key, origin)
         .await?
         .0
         .id)
 }
 
-/// [`start_run`], telling whether and when the run was made, and its workflow's name.
+/// [`start_run`], telling whether and when the run was made, and its workflow's name;
+/// `newest`: `version` is the one read as the newest (see [`Submission::newest_version`]).
 async fn submit(
     state: &AppState,
     text: String,
     version: Option<u32>,
+    newest: bool,
     inputs: &serde_json::Map<String, Json_>,
     key: Option<String>,
     origin: Origin<'_>,
@@ -397,6 +443,7 @@ async fn submit(
             inputs: Json_::Object(inputs),
             idempotency_key: key,
             workflow_version: version,
+            newest_version: newest,
             started_by: Some(started_by),
             responsible,
         })

@@ -98,6 +98,40 @@ impl PlanCache {
     }
 }
 
+/// The newest version of each workflow started by name, as this replica last read or
+/// applied it: a start by name reads nothing before it makes the run. An entry gone
+/// stale through another replica (a version applied there, or the workflow deleted) is
+/// caught by the store, in the statement that makes the run (`workflow_changed`), and
+/// the start reads the newest version again.
+#[derive(Default)]
+pub struct NewestWorkflows {
+    rows: std::sync::Mutex<std::collections::HashMap<String, plexus_store::WorkflowRow>>,
+}
+
+impl NewestWorkflows {
+    /// Most names kept; past that the cache starts again empty.
+    const SIZE: usize = 1024;
+
+    pub fn get(&self, name: &str) -> Option<plexus_store::WorkflowRow> {
+        self.rows.lock().ok()?.get(name).cloned()
+    }
+
+    pub fn put(&self, row: plexus_store::WorkflowRow) {
+        if let Ok(mut rows) = self.rows.lock() {
+            if rows.len() >= Self::SIZE {
+                rows.clear();
+            }
+            rows.insert(row.name.clone(), row);
+        }
+    }
+
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut rows) = self.rows.lock() {
+            rows.remove(name);
+        }
+    }
+}
+
 fn compile_with(
     opts: &plexus_core::CompileOptions,
     text: &str,
@@ -134,6 +168,7 @@ pub async fn apply(
         .store
         .set_triggers(&plan.manifest.name, &plan.manifest.on)
         .await?;
+    state.newest_workflows.put(row.clone());
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -281,6 +316,7 @@ pub async fn delete(
         state.store.delete_schedule(&name).await?;
     }
     state.store.set_triggers(&name, &[]).await?;
+    state.newest_workflows.forget(&name);
     if state.store.delete_workflow(&name, now_ms()).await? {
         state.intents.workflows_changed();
         Ok(StatusCode::NO_CONTENT)

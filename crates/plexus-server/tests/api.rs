@@ -603,3 +603,68 @@ async fn starts_answer_light_unless_asked_for_the_full_run() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+/// A start by name runs the newest version even when another replica applied it (or
+/// deleted the workflow) after this one last started it.
+#[tokio::test]
+async fn a_start_by_name_runs_the_newest_version_applied_anywhere() {
+    let a = Api::new().await;
+    let b = a.replica();
+    let version = |step: &str| {
+        format!("version: plexus/v1\nname: moving\nsteps:\n- {{id: {step}, builtin: noop}}\n")
+    };
+    let steps = |run: &serde_json::Value| -> Vec<String> {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let start = json!({"workflow": "moving"});
+    let (s, _) = a
+        .call("POST", "/api/v1/workflows", version("first"), &[])
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, run) = a.post("/api/v1/runs?view=full", start.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{run}");
+    assert_eq!(steps(&run), ["first"]);
+
+    let (s, _) = b
+        .call("POST", "/api/v1/workflows", version("second"), &[])
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, run) = a.post("/api/v1/runs?view=full", start.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{run}");
+    assert_eq!(
+        steps(&run),
+        ["second"],
+        "the version applied through the other replica"
+    );
+    let (s, run) = a.post("/api/v1/runs?view=full", start.clone()).await;
+    assert_eq!(
+        (s, steps(&run)),
+        (StatusCode::CREATED, vec!["second".to_owned()])
+    );
+
+    let (s, _) = b.call("DELETE", "/api/v1/workflows/moving", "", &[]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, answer) = a.post("/api/v1/runs", start.clone()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{answer}");
+    // An older version asked for by number still starts.
+    let (s, _) = a
+        .call("POST", "/api/v1/workflows", version("third"), &[])
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, run) = a
+        .post(
+            "/api/v1/runs?view=full",
+            json!({"workflow": "moving", "version": 1}),
+        )
+        .await;
+    assert_eq!(
+        (s, steps(&run)),
+        (StatusCode::CREATED, vec!["first".to_owned()]),
+        "{run}"
+    );
+}

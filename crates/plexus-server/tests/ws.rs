@@ -138,6 +138,7 @@ async fn a_client_too_slow_is_cut_off_with_a_reason() {
             inputs: json!({}),
             idempotency_key: None,
             workflow_version: None,
+            newest_version: false,
             started_by: None,
             responsible: Vec::new(),
         })

@@ -21,6 +21,7 @@ fn run(id: &str, owner: Option<&str>, now: Millis) -> NewRun {
         created_at: now,
         idempotency_key: None,
         workflow_version: None,
+        newest_version: false,
         started_by: Some("user:ada".into()),
         mode: Some("guided".into()),
         plan: Some(format!("{{\"format\": 1, \"run\": \"{id}\"}}")),
@@ -815,6 +816,49 @@ pub async fn versions_workflows(store: &dyn Store) {
         v3.version, 3,
         "a deleted name comes back with a new version"
     );
+
+    // A run of what was read as the newest version is made only while it still is.
+    let of = |id: &str, version: u32| NewRun {
+        workflow: "deploy".into(),
+        workflow_version: Some(version),
+        newest_version: true,
+        ..run(id, None, 20)
+    };
+    assert!(
+        store
+            .create_run(of("00000000-0000-0000-0000-0000000057a1", 3))
+            .await
+            .unwrap()
+    );
+    for stale in [2, 1] {
+        let id = format!("00000000-0000-0000-0000-0000000057a{}", 1 + stale);
+        assert!(
+            matches!(
+                store.create_run(of(&id, stale)).await,
+                Err(StoreError::WorkflowChanged(w)) if w == "deploy"
+            ),
+            "version {stale} is not the newest"
+        );
+        assert!(matches!(
+            store.get_run(&id).await,
+            Err(StoreError::RunNotFound(_))
+        ));
+    }
+    let older = NewRun {
+        newest_version: false,
+        ..of("00000000-0000-0000-0000-0000000057a4", 1)
+    };
+    assert!(
+        store.create_run(older).await.unwrap(),
+        "an older version asked for by number"
+    );
+    store.delete_workflow("deploy", 21).await.unwrap();
+    assert!(matches!(
+        store
+            .create_run(of("00000000-0000-0000-0000-0000000057a5", 3))
+            .await,
+        Err(StoreError::WorkflowChanged(_))
+    ));
 }
 
 pub async fn finds_runs_by_idempotency_key(store: &dyn Store) {

@@ -48,6 +48,9 @@ pub enum StoreError {
     Ambiguous(String),
     #[error("{0}")]
     Conflict(String),
+    /// See [`NewRun::newest_version`].
+    #[error("workflow `{0}` changed while the run was being started; start it again")]
+    WorkflowChanged(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -58,7 +61,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Conflict(_) | StoreError::Unavailable(_) | StoreError::Unreachable(_)
+            StoreError::Conflict(_)
+                | StoreError::WorkflowChanged(_)
+                | StoreError::Unavailable(_)
+                | StoreError::Unreachable(_)
         )
     }
 }
@@ -107,6 +113,12 @@ pub struct NewRun {
     /// Starting again with the same key finds this run instead of creating another.
     pub idempotency_key: Option<String>,
     pub workflow_version: Option<u32>,
+    /// Made from what the caller last read as the newest version of its stored workflow
+    /// (`workflow_version`): when that is not the newest any more (a newer version was
+    /// applied, or the workflow deleted, since), nothing is made and the error is
+    /// [`StoreError::WorkflowChanged`]. Lets a caller keep the newest versions it read
+    /// instead of reading one before each start.
+    pub newest_version: bool,
     /// Who started it (`user:NAME`, `local:USER`, `schedule:NAME`...): the actor of its
     /// audit records. `None` for sub-workflow runs, which inherit nothing to audit as.
     pub started_by: Option<String>,

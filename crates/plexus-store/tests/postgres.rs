@@ -25,6 +25,7 @@ fn new_run(
         created_at,
         idempotency_key: None,
         workflow_version: None,
+        newest_version: false,
         started_by: None,
         mode: None,
         plan: None,

@@ -72,6 +72,7 @@ async fn unknown_values_and_corrupt_json_are_errors() {
             created_at: now,
             idempotency_key: None,
             workflow_version: None,
+            newest_version: false,
             started_by: None,
             mode: None,
             plan: None,

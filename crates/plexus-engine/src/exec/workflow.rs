@@ -211,6 +211,7 @@ async fn start_child(
             created_at: now,
             idempotency_key: None,
             workflow_version: None,
+            newest_version: false,
             started_by: None,
             mode: Some(plan.mode.as_str().to_owned()),
             plan: Some(plan.options.to_stored()),

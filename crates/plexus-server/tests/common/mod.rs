@@ -109,6 +109,7 @@ impl Api {
             }),
             auth: Arc::new(plexus_server::auth::Auth::open(&dir.path().join("keys")).unwrap()),
             plans: Default::default(),
+            newest_workflows: Default::default(),
             intents: Default::default(),
         };
         Api {

@@ -18,16 +18,21 @@ impl RunStore for PgStore {
         // The run, its definition and its steps in one statement (one
         // round-trip): a run that exists already inserts nothing at all.
         let positions: Vec<i64> = (0..run.step_ids.len() as i64).collect();
-        let inserted: i64 = sqlx::query_scalar(
-            "WITH r AS (INSERT INTO runs (id, workflow, status, base_dir, inputs, parent_run_id, parent_step_id, \
+        // With `newest_version`, the run is made only if its version is still the
+        // newest (checked on the statement's snapshot).
+        let (inserted, newest): (i64, bool) = sqlx::query_as(
+            "WITH v AS (SELECT NOT $21 OR (SELECT version FROM workflows WHERE name = $2 AND deleted_at IS NULL \
+               ORDER BY version DESC LIMIT 1) IS NOT DISTINCT FROM $13 AS newest), \
+             r AS (INSERT INTO runs (id, workflow, status, base_dir, inputs, parent_run_id, parent_step_id, \
                parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, \
                workflow_version, started_by, mode, responsible) \
-               VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16) \
+               SELECT $1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16 \
+               FROM v WHERE v.newest \
                ON CONFLICT DO NOTHING RETURNING id), \
              d AS (INSERT INTO run_definitions (run_id, manifest, plan) SELECT id, $17, $18 FROM r), \
              s AS (INSERT INTO steps (run_id, step_id, position, status) \
                SELECT r.id, t.s, t.p, 'pending' FROM r, UNNEST($19::text[], $20::int8[]) AS t(s, p)) \
-             SELECT COUNT(*) FROM r",
+             SELECT (SELECT COUNT(*) FROM r), (SELECT newest FROM v)",
         )
         .bind(&run.id)
         .bind(&run.workflow)
@@ -49,9 +54,13 @@ impl RunStore for PgStore {
         .bind(&run.plan)
         .bind(&run.step_ids)
         .bind(&positions)
+        .bind(run.newest_version)
         .fetch_one(self.pool())
         .await
         .map_err(db_err)?;
+        if !newest {
+            return Err(StoreError::WorkflowChanged(run.workflow));
+        }
         Ok(inserted == 1)
     }
 

@@ -6,6 +6,18 @@ use super::*;
 impl RunStore for SqliteStore {
     async fn create_run(&self, run: NewRun) -> Result<bool> {
         self.write(move |conn| {
+            if run.newest_version {
+                let newest: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT version FROM workflows WHERE name = ?1 AND deleted_at IS NULL \
+                         ORDER BY version DESC LIMIT 1",
+                    )
+                    .and_then(|mut q| q.query_row(params![run.workflow], |r| r.get(0)).optional())
+                    .map_err(db_err)?;
+                if newest != run.workflow_version.map(i64::from) {
+                    return Err(StoreError::WorkflowChanged(run.workflow));
+                }
+            }
             let inserted = conn
                 .execute_cached(
                     "INSERT OR IGNORE INTO runs (id, workflow, status, manifest, base_dir, inputs, parent_run_id, parent_step_id, \
