@@ -125,6 +125,55 @@ fn replicas_share_every_run_and_take_over_a_dead_ones() {
         "every event once, in order, on the replica that does not drive it"
     );
 
+    // The same event posted to both replicas at once starts one run; an event without
+    // a dedupe key starts one run wherever it is posted.
+    let on_event =
+        "version: plexus/v1\nname: on-deploy\non: [deploy.done]\nsteps: [{id: a, builtin: noop}]\n";
+    let (status, _) = http_text(&addr_b, "POST", "/api/v1/workflows", on_event);
+    assert!(status < 300, "applied: {status}");
+    let keys = ["d-1", "d-2", "d-3", "d-4", "d-5"];
+    let posts: Vec<_> = keys
+        .iter()
+        .flat_map(|key| [addr_a.clone(), addr_b.clone()].map(|addr| (addr, key.to_string())))
+        .map(|(addr, key)| {
+            std::thread::spawn(move || {
+                let event = json!({"type": "deploy.done", "dedupe_key": key});
+                http(&addr, "POST", "/api/v1/events", Some(&event))
+            })
+        })
+        .collect();
+    let mut started = 0;
+    for post in posts {
+        let (status, v) = post.join().unwrap();
+        assert!(status == 202 || status == 200, "{status} {v}");
+        if v["duplicate"] == false {
+            started += v["runs"].as_array().unwrap().len();
+        }
+    }
+    let (status, v) = http(
+        &addr_b,
+        "POST",
+        "/api/v1/events",
+        Some(&json!({"type": "deploy.done"})),
+    );
+    assert_eq!(
+        (status, v["runs"].as_array().map(Vec::len)),
+        (202, Some(1)),
+        "{v}"
+    );
+    let (_, listed) = http(
+        &addr_a,
+        "GET",
+        "/api/v1/runs?workflow=on-deploy&limit=100",
+        None,
+    );
+    let runs = listed["runs"].as_array().expect("a list of runs");
+    assert_eq!(
+        (started, runs.len()),
+        (keys.len(), keys.len() + 1),
+        "one run per event, whichever replica each post reached: {listed}"
+    );
+
     // A replica is killed in the middle of a run: the other takes it over and ends it.
     let marks = pa.dir.path().join("marks.log");
     let slow = start_slow_run(&addr_a, &addr_b, &marks, 2);
