@@ -454,3 +454,57 @@ async fn committed_events_are_announced_to_every_replica() {
         assert_eq!(seen[id], (1, if i % 2 == 0 { 2 } else { 1 }), "{id}");
     }
 }
+
+/// Runs started at the same moment are made together (one statement), each with the
+/// answer it would get alone: made, a second start of an idempotency key not made, a
+/// version no longer the newest refused, and a run the database refuses failing alone.
+#[tokio::test]
+async fn runs_made_together_answer_each_as_alone() {
+    use plexus_store::{CatalogStore, StoreError};
+    let (store, ()) = fresh_store().await;
+    store.put_workflow("wf", "v: 1", None, 1).await.unwrap();
+    store.put_workflow("wf", "v: 2", None, 2).await.unwrap();
+    let id = |i: usize| format!("00000000-0000-0000-00aa-{i:012}");
+    let runs: Vec<plexus_store::NewRun> = (0..160)
+        .map(|i| {
+            let mut run = new_run(id(i), Some("me".into()), Some(u64::MAX / 4), i as u64);
+            run.step_ids = (0..=i % 3).map(|s| format!("s{s}")).collect();
+            match i % 10 {
+                // Two starts of one key: the first is made.
+                1 | 2 => run.idempotency_key = Some(format!("key-{}", i / 10)),
+                // Of the newest version, and of one that is not any more.
+                3 => (run.workflow_version, run.newest_version) = (Some(2), true),
+                4 => (run.workflow_version, run.newest_version) = (Some(1), true),
+                // Text PostgreSQL cannot store (in a second round: the first is made by
+                // one statement, the second one run at a time once it failed).
+                5 if i == 155 => run.manifest = "nul \0 byte".into(),
+                _ => {}
+            }
+            run
+        })
+        .collect();
+    let mut answers =
+        futures_util::future::join_all(runs[..120].iter().cloned().map(|r| store.create_run(r)))
+            .await;
+    answers.extend(
+        futures_util::future::join_all(runs[120..].iter().cloned().map(|r| store.create_run(r)))
+            .await,
+    );
+    for (i, answer) in answers.into_iter().enumerate() {
+        match (i % 10, answer) {
+            (2, Ok(made)) => assert!(!made, "run {i}: its key was used by run {}", i - 1),
+            (4, Err(StoreError::WorkflowChanged(w))) => assert_eq!(w, "wf"),
+            (5, Err(e)) if i == 155 => assert!(matches!(e, StoreError::Db(_)), "{e}"),
+            (_, Ok(true)) => {
+                let steps = store.steps(&id(i)).await.unwrap();
+                assert_eq!(steps.len(), i % 3 + 1, "run {i}'s steps");
+                let definition = store.run_definition(&id(i)).await.unwrap();
+                assert_eq!(definition.manifest, runs[i].manifest);
+            }
+            (_, other) => panic!("run {i}: {other:?}"),
+        }
+    }
+    for i in [4, 14, 155, 2, 152] {
+        assert!(store.get_run(&id(i)).await.is_err(), "run {i} was not made");
+    }
+}

@@ -16,6 +16,7 @@ mod audit_chain;
 mod auth;
 mod batch;
 mod catalog;
+mod create;
 mod replicas;
 mod rows;
 mod runs;
@@ -91,6 +92,8 @@ pub struct PgStore {
     /// Every replica's committed events, as announced.
     committed: tokio::sync::broadcast::Sender<CommittedEvents>,
     listener: tokio::task::JoinHandle<()>,
+    /// Makes new runs, several in one statement when they come at once.
+    run_maker: create::RunMaker,
     /// The audit chain's head as this replica last appended it.
     audit_head: audit_chain::AuditHead,
     /// Where it is, for messages (never the password).
@@ -273,8 +276,10 @@ impl PgStore {
             Arc::clone(&runs_released),
             committed.clone(),
         ));
+        let run_maker = create::RunMaker::start(pool.clone());
         Ok(PgStore {
             pool,
+            run_maker,
             writer,
             last_commit_error,
             commands_added,

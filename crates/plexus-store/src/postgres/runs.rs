@@ -10,58 +10,7 @@ const ENDED: &str = "('succeeded', 'failed', 'cancelled')";
 #[async_trait::async_trait]
 impl RunStore for PgStore {
     async fn create_run(&self, run: NewRun) -> Result<bool> {
-        // One statement, its own transaction, on a connection of the pool rather than
-        // through the writer: a new run depends on no other write, so the runs that
-        // clients start at once are made side by side, and the writer's transactions
-        // (whose round-trips follow one another) carry only the runs' progress.
-        // PostgreSQL flushes concurrent commits together.
-        // The run, its definition and its steps in one statement (one
-        // round-trip): a run that exists already inserts nothing at all.
-        let positions: Vec<i64> = (0..run.step_ids.len() as i64).collect();
-        // With `newest_version`, the run is made only if its version is still the
-        // newest (checked on the statement's snapshot).
-        let (inserted, newest): (i64, bool) = sqlx::query_as(
-            "WITH v AS (SELECT NOT $21 OR (SELECT version FROM workflows WHERE name = $2 AND deleted_at IS NULL \
-               ORDER BY version DESC LIMIT 1) IS NOT DISTINCT FROM $13 AS newest), \
-             r AS (INSERT INTO runs (id, workflow, status, base_dir, inputs, parent_run_id, parent_step_id, \
-               parent_item, parent_attempt, created_at, updated_at, owner, lease_until, idempotency_key, \
-               workflow_version, started_by, mode, responsible) \
-               SELECT $1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16 \
-               FROM v WHERE v.newest \
-               ON CONFLICT DO NOTHING RETURNING id), \
-             d AS (INSERT INTO run_definitions (run_id, manifest, plan) SELECT id, $17, $18 FROM r), \
-             s AS (INSERT INTO steps (run_id, step_id, position, status) \
-               SELECT r.id, t.s, t.p, 'pending' FROM r, UNNEST($19::text[], $20::int8[]) AS t(s, p)) \
-             SELECT (SELECT COUNT(*) FROM r), (SELECT newest FROM v)",
-        )
-        .bind(&run.id)
-        .bind(&run.workflow)
-        .bind(&run.base_dir)
-        .bind(run.inputs.to_string())
-        .bind(run.parent.as_ref().map(|p| p.run_id.as_str()))
-        .bind(run.parent.as_ref().map(|p| p.step_id.as_str()))
-        .bind(run.parent.as_ref().and_then(|p| p.item).map(i64::from))
-        .bind(run.parent.as_ref().map(|p| i64::from(p.attempt)))
-        .bind(run.created_at as i64)
-        .bind(&run.owner)
-        .bind(run.lease_until.map(|t| t as i64))
-        .bind(&run.idempotency_key)
-        .bind(run.workflow_version.map(i64::from))
-        .bind(&run.started_by)
-        .bind(&run.mode)
-        .bind(serde_json::to_string(&run.responsible).unwrap_or_else(|_| "[]".into()))
-        .bind(&run.manifest)
-        .bind(&run.plan)
-        .bind(&run.step_ids)
-        .bind(&positions)
-        .bind(run.newest_version)
-        .fetch_one(self.pool())
-        .await
-        .map_err(db_err)?;
-        if !newest {
-            return Err(StoreError::WorkflowChanged(run.workflow));
-        }
-        Ok(inserted == 1)
+        self.run_maker.create(run).await
     }
 
     async fn commit(&self, batch: Batch) -> Result<()> {
