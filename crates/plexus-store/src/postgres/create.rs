@@ -177,7 +177,7 @@ async fn create_many(pool: &PgPool, runs: &[NewRun]) -> Result<Vec<Result<bool>>
          s AS (INSERT INTO steps (run_id, step_id, position, status) \
            SELECT t.r, t.s, t.p, 'pending' \
            FROM UNNEST($20::text[], $21::text[], $22::int8[]) AS t(r, s, p) JOIN r ON r.id = t.r) \
-         SELECT v.n, v.fresh, EXISTS (SELECT 1 FROM r WHERE r.id = v.id) FROM v ORDER BY v.n",
+         SELECT v.n, v.fresh, r.id IS NOT NULL FROM v LEFT JOIN r ON r.id = v.id ORDER BY v.n",
     )
     .bind(col(|r| Some(r.id.clone())))
     .bind(col(|r| Some(r.workflow.clone())))
