@@ -5,7 +5,7 @@
 use crate::auth::Caller;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
-use crate::runs::{Origin, WaitQuery, answer_after, start_watched};
+use crate::runs::{Origin, Start, WaitQuery, answer_after, start_watched};
 use crate::{AppState, auth::audit};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -185,16 +185,16 @@ pub async fn invoke(
         .with_details(json!(problems)));
     }
     let text = invoke_manifest(&agent, &action, &req.params);
-    let (id, just_made) = start_watched(
-        &state,
+    let inputs = Default::default();
+    let start = Start {
         text,
-        None,
-        false,
-        &Default::default(),
-        None,
-        Origin::caller(&caller),
-    )
-    .await?;
+        version: None,
+        newest: false,
+        inputs: &inputs,
+        key: None,
+        origin: Origin::caller(&caller),
+    };
+    let (id, just_made) = start_watched(&state, start).await?;
     answer_after(
         &state,
         &id,

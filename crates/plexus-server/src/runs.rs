@@ -146,19 +146,27 @@ pub(crate) struct JustMade {
     seen: Seen,
 }
 
+/// What a run is started with.
+pub(crate) struct Start<'a> {
+    /// The manifest's text.
+    pub text: String,
+    /// The stored version it is, if any.
+    pub version: Option<u32>,
+    /// `version` is the one read as the newest (see [`Submission::newest_version`]).
+    pub newest: bool,
+    pub inputs: &'a serde_json::Map<String, Json_>,
+    pub key: Option<String>,
+    pub origin: Origin<'a>,
+}
+
 /// Starts a run for a request that may wait for its end; `None` when an idempotency key
 /// named an earlier run (which is then waited for like any other).
 pub(crate) async fn start_watched(
     state: &AppState,
-    text: String,
-    version: Option<u32>,
-    newest: bool,
-    inputs: &serde_json::Map<String, Json_>,
-    key: Option<String>,
-    origin: Origin<'_>,
+    start: Start<'_>,
 ) -> ApiResult<(String, Option<JustMade>)> {
     let ends = state.engine.finished();
-    let (made, workflow) = submit(state, text, version, newest, inputs, key, origin).await?;
+    let (made, workflow) = submit(state, start).await?;
     let just_made = made.created_at.map(|created_at| JustMade {
         ends,
         seen: Seen {
@@ -182,20 +190,19 @@ async fn wait_for_end(
     just_made: Option<JustMade>,
 ) -> ApiResult<(bool, Seen)> {
     let deadline = tokio::time::Instant::now() + wait;
-    let (mut ends, mut seen, mut look) = match just_made {
-        Some(j) => (j.ends, Some(j.seen), false),
-        None => (state.engine.finished(), None, true),
+    // A run just made is as it was made; any other is read (and each look again is).
+    let (mut ends, mut made) = match just_made {
+        Some(j) => (j.ends, Some(j.seen)),
+        None => (state.engine.finished(), None),
     };
     loop {
-        let row = match seen.take() {
-            Some(s) if !look => s,
-            _ => Seen::of(&state.store.get_run(id).await?),
+        let mut row = match made.take() {
+            Some(seen) => seen,
+            None => Seen::of(&state.store.get_run(id).await?),
         };
-        look = true;
         if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
             return Ok((true, row));
         }
-        let mut row = row;
         let look_again = tokio::time::sleep(std::time::Duration::from_millis(250));
         tokio::pin!(look_again);
         loop {
@@ -304,31 +311,22 @@ pub async fn start(
             ));
         }
     };
-    let started = start_watched(
-        &state,
+    let newest = newest_of.is_some();
+    let start = |text, version, key| Start {
         text,
         version,
-        newest_of.is_some(),
-        &req.inputs,
-        key.clone(),
-        Origin::caller(&caller),
-    )
-    .await;
+        newest,
+        inputs: &req.inputs,
+        key,
+        origin: Origin::caller(&caller),
+    };
+    let started = start_watched(&state, start(text, version, key.clone())).await;
     let (id, just_made) = match (started, newest_of) {
         // The version this replica knew was not the newest any more (applied or deleted
         // through another replica): the newest, read now.
         (Err(e), Some(name)) if e.code == crate::error::WORKFLOW_CHANGED => {
             let row = newest_workflow(&state, &name, true).await?;
-            start_watched(
-                &state,
-                row.manifest,
-                Some(row.version),
-                true,
-                &req.inputs,
-                key,
-                Origin::caller(&caller),
-            )
-            .await?
+            start_watched(&state, start(row.manifest, Some(row.version), key)).await?
         }
         (started, _) => started?,
     };
@@ -398,23 +396,30 @@ pub async fn start_run(
     key: Option<String>,
     origin: Origin<'_>,
 ) -> ApiResult<String> {
-    Ok(submit(state, text, version, false, inputs, key, origin)
-        .await?
-        .0
-        .id)
+    let start = Start {
+        text,
+        version,
+        newest: false,
+        inputs,
+        key,
+        origin,
+    };
+    Ok(submit(state, start).await?.0.id)
 }
 
-/// [`start_run`], telling whether and when the run was made, and its workflow's name;
-/// `newest`: `version` is the one read as the newest (see [`Submission::newest_version`]).
+/// [`start_run`], telling whether and when the run was made, and its workflow's name.
 async fn submit(
     state: &AppState,
-    text: String,
-    version: Option<u32>,
-    newest: bool,
-    inputs: &serde_json::Map<String, Json_>,
-    key: Option<String>,
-    origin: Origin<'_>,
+    start: Start<'_>,
 ) -> ApiResult<(plexus_engine::Submitted, String)> {
+    let Start {
+        text,
+        version,
+        newest,
+        inputs,
+        key,
+        origin,
+    } = start;
     let Origin {
         started_by,
         mut responsible,

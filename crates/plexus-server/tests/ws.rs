@@ -189,7 +189,10 @@ async fn the_feed_needs_a_credential() {
 async fn approval_requests_and_decisions_reach_the_feed() {
     let api = Api::new().await;
     let addr = serve(&api).await;
-    let mut ws = connect(&api, &addr, "").await;
+    // The feed of every run is live only: its first heartbeat says the server follows
+    // the engine, so the run started next cannot be missed.
+    let mut ws = connect(&api, &addr, "heartbeat_ms=20").await;
+    assert_eq!(next_json(&mut ws).await["type"], "heartbeat");
     let manifest = json!({"version": "plexus/v1", "name": "gate", "steps": [
         {"id": "change", "permission": "modify", "run": "echo change"}]});
     let (_, run) = api
