@@ -729,8 +729,16 @@ impl Engine {
             reason: Some(reason),
             pools: None,
         };
-        if let Some(fatal) = self.liveness.fatal.lock().ok().and_then(|f| f.clone()) {
-            return stopped(format!("cannot persist run progress: {fatal}"));
+        let fatal = || {
+            self.liveness
+                .fatal
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .map(|fatal| stopped(format!("cannot persist run progress: {fatal}")))
+        };
+        if let Some(health) = fatal() {
+            return health;
         }
         if let Some(why) = self.liveness.suspended.lock().ok().and_then(|s| s.clone()) {
             return EngineHealth {
@@ -743,7 +751,8 @@ impl Engine {
         }
         let pools = match tokio::time::timeout(HEALTH_ANSWER, self.pool_stats()).await {
             Ok(Ok(pools)) => pools,
-            Ok(Err(e)) => return stopped(e.to_string()),
+            // The loop stopped after the first look: its reason, if it left one.
+            Ok(Err(e)) => return fatal().unwrap_or_else(|| stopped(e.to_string())),
             Err(_) => {
                 return EngineHealth {
                     state: "stalled",
