@@ -343,7 +343,14 @@ pub fn run_audit_entry(
     if let Json::Object(extra) = audit.details {
         details.as_object_mut().expect("an object").extend(extra);
     }
-    tracing::info!(target: "plexus::audit", actor, action = audit.action, target, "audit");
+    // A run's start and end are logged at info by the engine already ("run event");
+    // their audit lines would double every run's log at info, and this runs on the
+    // store's writer, the one thread every commit waits for.
+    if audit.action.starts_with("run.") {
+        tracing::debug!(target: "plexus::audit", actor, action = audit.action, target, "audit");
+    } else {
+        tracing::info!(target: "plexus::audit", actor, action = audit.action, target, "audit");
+    }
     plexus_core::audit::AuditEntry {
         time,
         actor,

@@ -2,16 +2,17 @@
 
 use super::*;
 
+/// The newest version of workflow `?1`, unless deleted.
+pub(super) const NEWEST_VERSION: &str = "SELECT version FROM workflows WHERE name = ?1 \
+     AND deleted_at IS NULL ORDER BY version DESC LIMIT 1";
+
 #[async_trait::async_trait]
 impl RunStore for SqliteStore {
     async fn create_run(&self, run: NewRun) -> Result<bool> {
         self.write(move |conn| {
             if run.newest_version {
                 let newest: Option<i64> = conn
-                    .prepare_cached(
-                        "SELECT version FROM workflows WHERE name = ?1 AND deleted_at IS NULL \
-                         ORDER BY version DESC LIMIT 1",
-                    )
+                    .prepare_cached(NEWEST_VERSION)
                     .and_then(|mut q| q.query_row(params![run.workflow], |r| r.get(0)).optional())
                     .map_err(db_err)?;
                 if newest != run.workflow_version.map(i64::from) {
