@@ -30,7 +30,7 @@ pub async fn serve_in_process(
     dir: &Path,
     pools: std::collections::BTreeMap<String, u32>,
 ) -> Result<(String, String)> {
-    let state = plexus_server::AppState {
+    let state: plexus_server::AppState = plexus_server::Services {
         engine: engine.clone(),
         store: engine.store().clone(),
         compile: plexus_core::CompileOptions {
@@ -46,7 +46,8 @@ pub async fn serve_in_process(
         plans: Default::default(),
         newest_workflows: Default::default(),
         intents: Default::default(),
-    };
+    }
+    .into();
     // Every request authenticates with an API key, as scripts do.
     let key = plexus_server::auth::bootstrap::bootstrap(&**engine.store())
         .await?

@@ -99,7 +99,7 @@ pub async fn serve(
         settings.store_location()?.shown()
     );
     take_over_runs(&engine, &*store).await?;
-    let state = AppState {
+    let state: AppState = plexus_server::Services {
         engine: engine.clone(),
         store: store.clone(),
         compile: plexus_core::CompileOptions {
@@ -117,7 +117,8 @@ pub async fn serve(
         plans: Default::default(),
         newest_workflows: Default::default(),
         intents: Default::default(),
-    };
+    }
+    .into();
     plexus_server::settings::apply_to_engine(&state)
         .await
         .map_err(|e| anyhow::anyhow!("reading the settings: {}", e.message))?;

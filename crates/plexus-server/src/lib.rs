@@ -58,8 +58,28 @@ impl Default for ServerConfig {
     }
 }
 
+/// What every handler is given: one `Arc`, since axum clones the state for each request
+/// and each layer that takes it (a clone of [`Services`] itself was some twenty reference
+/// counts and a map of pools).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl From<Services> for AppState {
+    fn from(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The engine, the store and what the API keeps beside them.
+pub struct Services {
     pub engine: Engine,
     pub store: Arc<dyn Store>,
     pub compile: CompileOptions,

@@ -93,7 +93,7 @@ impl Api {
             store.clone(),
             EngineConfig::new(dir.path().to_path_buf(), pools.clone()),
         );
-        let state = AppState {
+        let state: AppState = plexus_server::Services {
             engine,
             store,
             compile: plexus_core::CompileOptions {
@@ -111,7 +111,8 @@ impl Api {
             plans: Default::default(),
             newest_workflows: Default::default(),
             intents: Default::default(),
-        };
+        }
+        .into();
         Api {
             router: app(state.clone()),
             state,
