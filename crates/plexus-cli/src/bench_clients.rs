@@ -111,6 +111,30 @@ impl Server {
         Ok(client)
     }
 
+    /// Bytes the server has sent to storage so far (`write_bytes` of `/proc/PID/io`: the
+    /// write-ahead log, checkpoints; not sockets or pipes).
+    fn disk_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/io", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The engine's commits so far (`plexus_store_commit_seconds_count` of `/metrics`).
+    async fn commits(&self) -> Result<f64> {
+        let (status, text) = self.client()?.request("GET", "/metrics", None).await?;
+        let Some(text) = text.as_str().filter(|_| status == 200) else {
+            bail!("/metrics answered {status}: {text}");
+        };
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("plexus_store_commit_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// The server's CPU time so far (user + system).
     fn cpu(&self) -> Duration {
         let stat =
@@ -134,6 +158,8 @@ pub(crate) struct Phase {
     pub(crate) wall: Duration,
     pub(crate) latencies: Vec<Duration>,
     pub(crate) server_cpu: Duration,
+    /// What the server wrote to storage, and its engine's commits (when measured).
+    pub(crate) disk: Option<(u64, f64)>,
 }
 
 impl Phase {
@@ -144,11 +170,17 @@ impl Phase {
             let i = ((self.latencies.len().saturating_sub(1)) as f64 * p).round() as usize;
             self.latencies.get(i).copied().unwrap_or_default()
         };
-        json!({
+        let mut phase = json!({
             "workflows_per_second": self.latencies.len() as f64 / self.wall.as_secs_f64(),
             "p50_ms": ms(pct(0.5)), "p99_ms": ms(pct(0.99)),
             "server_cpu_ms_per_workflow": ms(self.server_cpu) / n as f64,
-        })
+        });
+        if let Some((bytes, commits)) = self.disk {
+            phase["disk_bytes_per_workflow"] = json!(bytes / n as u64);
+            phase["commits_per_second"] = json!(commits / self.wall.as_secs_f64());
+            phase["workflows_per_commit"] = json!(n as f64 / commits.max(1.0));
+        }
+        phase
     }
 }
 
@@ -196,12 +228,16 @@ where
     F: Fn(Arc<Client>) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
-    let cpu = server.cpu();
+    let (cpu, disk, commits) = (server.cpu(), server.disk_bytes(), server.commits().await?);
     let (latencies, wall) = timed(n, || Ok(Arc::new(server.client()?)), one).await?;
     Ok(Phase {
         wall,
         latencies,
         server_cpu: server.cpu().saturating_sub(cpu),
+        disk: Some((
+            server.disk_bytes().saturating_sub(disk),
+            server.commits().await? - commits,
+        )),
     })
 }
 
@@ -327,6 +363,7 @@ async fn in_process(b: &Arc<crate::bench::Bench>, n: usize) -> Result<Phase> {
         wall,
         latencies,
         server_cpu: crate::bench::cpu_times().0.saturating_sub(cpu),
+        disk: None,
     })
 }
 
@@ -357,9 +394,11 @@ pub async fn run(b: &Arc<crate::bench::Bench>, root: &Path, n: usize) -> Result<
         "seconds": (long_poll.wall + websocket.wall).as_secs_f64(),
         "long_poll": lp, "websocket": ws, "in_process": base, "w1": w1, "w3": w3,
         "result": format!(
-            "long poll {rate:.0}/s (p50 {:.1} ms, p99 {p99:.1} ms, server CPU {:.2} ms/run); WebSocket {:.0}/s (p99 {:.1} ms); in-process {:.0}/s ({:.2} ms CPU/run); W1 client-engine gap {gap:.1} ms, W3 {:.1} ms",
+            "long poll {rate:.0}/s (p50 {:.1} ms, p99 {p99:.1} ms, server CPU {:.2} ms/run, {:.0} commits/s, {:.1} KiB/run to disk); WebSocket {:.0}/s (p99 {:.1} ms); in-process {:.0}/s ({:.2} ms CPU/run); W1 client-engine gap {gap:.1} ms, W3 {:.1} ms",
             lp["p50_ms"].as_f64().unwrap_or(0.0),
             lp["server_cpu_ms_per_workflow"].as_f64().unwrap_or(0.0),
+            lp["commits_per_second"].as_f64().unwrap_or(0.0),
+            lp["disk_bytes_per_workflow"].as_f64().unwrap_or(0.0) / 1024.0,
             ws["workflows_per_second"].as_f64().unwrap_or(0.0),
             ws["p99_ms"].as_f64().unwrap_or(0.0),
             base["workflows_per_second"].as_f64().unwrap_or(0.0),

@@ -75,6 +75,7 @@ async fn submit(servers: &[Server], runs: usize) -> Result<Json> {
         wall,
         latencies,
         server_cpu: Duration::ZERO,
+        disk: None,
     };
     let mut r = phase.json();
     if let Some(o) = r.as_object_mut() {

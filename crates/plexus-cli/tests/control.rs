@@ -415,6 +415,12 @@ fn bench_quick_reports_every_scenario() {
         clients["w3"]["engine_ms"].as_f64().unwrap() > 0.0,
         "{clients}"
     );
+    // What the long-poll phase wrote and committed: every run reaches the disk, in
+    // fewer commits than runs' events would take one by one.
+    let lp = &clients["long_poll"];
+    assert!(lp["disk_bytes_per_workflow"].as_u64().unwrap() > 0, "{lp}");
+    assert!(lp["commits_per_second"].as_f64().unwrap() > 0.0, "{lp}");
+    assert_eq!(clients["w1"]["samples"], 15, "{clients}");
 }
 
 #[test]
