@@ -44,7 +44,7 @@ fn ev(seq: u64, kind: EventKind) -> Event {
 #[macro_export]
 macro_rules! store_conformance {
     ($fresh:path) => {
-        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, fences_out_a_replaced_owner, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break, sums_model_calls, lists_replicas_and_what_they_drive, claims_runs_nobody_drives);
+        $crate::store_conformance!(@each $fresh; creates_runs_once, commits_events_and_rows_atomically, refuses_a_second_writer_of_the_same_event, leases_decide_who_drives_a_run, fences_out_a_replaced_owner, commands_wait_for_their_owner, wakes_for_new_commands, finds_runs_by_prefix_and_filters, remembers_attempts_until_they_end, versions_workflows, finds_runs_by_idempotency_key, schedules_advance_once, events_trigger_and_dead_letters, keeps_logs_per_attempt, keeps_users_keys_and_sessions, chains_audit_records, keeps_settings, a_broken_chain_writes_nothing_after_the_break, sums_model_calls, lists_replicas_and_what_they_drive, claims_runs_nobody_drives, reads_the_steps_of_runs_large_and_small);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(
@@ -80,6 +80,7 @@ pub async fn check_all(store: &dyn Store) {
     sums_model_calls(store).await;
     lists_replicas_and_what_they_drive(store).await;
     claims_runs_nobody_drives(store).await;
+    reads_the_steps_of_runs_large_and_small(store).await;
 }
 
 /// A replica takes over the top-level unfinished runs that nobody drives — ownerless, or
@@ -1023,6 +1024,62 @@ pub async fn commits_events_and_rows_atomically(store: &dyn Store) {
         store.events(id, 3, 1).await.unwrap(),
         events[3..4].to_vec(),
         "after and limit"
+    );
+}
+
+/// A run's steps come back whole and in the manifest's order however many there are and
+/// however large their outputs (a store may read small runs one way and large ones
+/// another).
+pub async fn reads_the_steps_of_runs_large_and_small(store: &dyn Store) {
+    let many = "00000000-0000-0000-0000-0000000000a1";
+    let ids: Vec<String> = (0..150).map(|i| format!("s{:03}", 149 - i)).collect();
+    store
+        .create_run(NewRun {
+            step_ids: ids.clone(),
+            ..run(many, None, 10)
+        })
+        .await
+        .unwrap();
+    let read: Vec<String> = store
+        .steps(many)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.step_id)
+        .collect();
+    assert_eq!(read, ids, "150 steps, in the manifest's order");
+    let big = "00000000-0000-0000-0000-0000000000a2";
+    store.create_run(run(big, None, 10)).await.unwrap();
+    let output = json!({"text": "x".repeat(100 * 1024)});
+    let events = vec![
+        ev(1, EventKind::RunStarted { inputs: json!({}) }),
+        ev(
+            2,
+            EventKind::StepSucceeded {
+                step_id: "a".into(),
+                item: None,
+                attempt: 1,
+                output: output.clone().into(),
+            },
+        ),
+    ];
+    store
+        .commit(Batch {
+            events: events.into_iter().map(|e| (big.to_owned(), e)).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let steps = store.steps(big).await.unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].output, output, "a 100 KiB output, whole");
+    assert_eq!(steps[1].status, "pending");
+    assert!(
+        store
+            .steps("00000000-0000-0000-0000-0000000000a3")
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
