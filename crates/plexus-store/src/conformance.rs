@@ -1031,7 +1031,7 @@ pub async fn commits_events_and_rows_atomically(store: &dyn Store) {
 /// however large their outputs (a store may read small runs one way and large ones
 /// another).
 pub async fn reads_the_steps_of_runs_large_and_small(store: &dyn Store) {
-    let many = "00000000-0000-0000-0000-0000000000a1";
+    let many = "00000000-0000-0000-0000-000000005e71";
     let ids: Vec<String> = (0..150).map(|i| format!("s{:03}", 149 - i)).collect();
     store
         .create_run(NewRun {
@@ -1048,7 +1048,7 @@ pub async fn reads_the_steps_of_runs_large_and_small(store: &dyn Store) {
         .map(|s| s.step_id)
         .collect();
     assert_eq!(read, ids, "150 steps, in the manifest's order");
-    let big = "00000000-0000-0000-0000-0000000000a2";
+    let big = "00000000-0000-0000-0000-000000005e72";
     store.create_run(run(big, None, 10)).await.unwrap();
     let output = json!({"text": "x".repeat(100 * 1024)});
     let events = vec![
@@ -1076,7 +1076,7 @@ pub async fn reads_the_steps_of_runs_large_and_small(store: &dyn Store) {
     assert_eq!(steps[1].status, "pending");
     assert!(
         store
-            .steps("00000000-0000-0000-0000-0000000000a3")
+            .steps("00000000-0000-0000-0000-000000005e73")
             .await
             .unwrap()
             .is_empty()
